@@ -1,0 +1,123 @@
+"""The `omni` command: serve, chat, keys, golden-check. The only place that reads argv/env."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_keys(a) -> int:
+    from .config import OmniConfig
+    from .loader import expected_shapes
+    from .embedded import read_model_config
+    cfg = OmniConfig.from_dict(read_model_config(a.config))
+    json.dump({k: list(v) for k, v in expected_shapes(cfg).items()}, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+def _cmd_golden(a) -> int:
+    from .golden.run import main
+    return main(a.folder, a.case or None)
+
+
+def _load(a):
+    import torch
+    from .embedded import embedded_checkpoint
+    from .loader import load
+    ckpt = Path(a.model) if a.model else embedded_checkpoint()
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[a.dtype]
+    return load(ckpt, dtype=dtype, device=a.device)
+
+
+def _cmd_chat(a) -> int:
+    import time
+    import numpy as np
+    import soundfile as sf
+    from PIL import Image
+    from .chat import chat
+    from .sampling import GREEDY, SamplingParams
+    m = _load(a)
+    content: list = []
+    for p in a.image or []:
+        content.append(Image.open(p).convert("RGB"))
+    if a.text:
+        content.append(a.text)
+    for p in a.audio or []:
+        content.append(_read_16k(p))
+    if not content:
+        content = ["Hello!"]
+    sampling = SamplingParams() if a.sample else GREEDY
+    t = time.perf_counter()
+    res = chat(m, [{"role": "user", "content": content}], max_new_tokens=a.max_new_tokens,
+               sampling=sampling, seed=a.seed, generate_audio=bool(a.out_wav))
+    print(json.dumps({"text": res.text, "ids": res.ids, "seconds": round(time.perf_counter() - t, 3)},
+                     ensure_ascii=False))
+    if a.out_wav:
+        sf.write(a.out_wav, np.asarray(res.wav_24k, dtype=np.float32), 24000)
+        print(f"wrote {a.out_wav} ({len(res.wav_24k) / 24000:.2f} s at 24 kHz)", file=sys.stderr)
+    return 0
+
+
+def _read_16k(path: str):
+    import librosa
+    audio, _ = librosa.load(path, sr=16000, mono=True)
+    return audio
+
+
+def _cmd_serve(a) -> int:
+    try:
+        from streaming.server import serve  # the realtime gateway (streaming/)
+    except ImportError:
+        # Until the gateway lands, `serve` proves the stack end to end with one offline chat.
+        print("gateway not installed yet: running one offline chat on the model instead", file=sys.stderr)
+        a.text, a.image, a.audio, a.max_new_tokens, a.sample, a.seed = "Hello!", None, None, 16, False, None
+        a.out_wav = a.out_wav or "omni-hello.wav"
+        return _cmd_chat(a)
+    return serve(a)
+
+
+def _model_args(p):
+    p.add_argument("--model", help="checkpoint directory (default: the embedded tiny model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="omni", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("keys", help="print the state-dict key -> shape map a config describes (JSON)")
+    p.add_argument("config", help="config.json (official layout) or a TOML model config")
+    p.set_defaults(fn=_cmd_keys)
+    p = sub.add_parser("golden-check", help="replay a golden folder's cases against its checkpoint")
+    p.add_argument("folder")
+    p.add_argument("--case", action="append", help="only this case (repeatable)")
+    p.set_defaults(fn=_cmd_golden)
+    p = sub.add_parser("chat", help="one offline chat turn")
+    _model_args(p)
+    p.add_argument("--text")
+    p.add_argument("--image", action="append")
+    p.add_argument("--audio", action="append", help="audio file (any rate; resampled to 16 kHz)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--sample", action="store_true", help="sample (top-p/top-k) instead of greedy")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out-wav", help="also synthesise speech into this 24 kHz WAV")
+    p.set_defaults(fn=_cmd_chat)
+    p = sub.add_parser("serve", help="start the service")
+    _model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--config", help="server settings TOML")
+    p.add_argument("--out-wav", help=argparse.SUPPRESS)
+    p.set_defaults(fn=_cmd_serve)
+    a = ap.parse_args(argv)
+    try:
+        return a.fn(a)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"omni {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Checkpoint directory -> ready model bundle, loaded strictly.
+
+Owns: reading an official `openbmb/MiniCPM-o-2_6`-layout directory (config.json, sharded
+safetensors + index or one model.safetensors, tokenizer and preprocessor files, assets/Vocos.pt,
+assets/chattts_tokenizer), checking every key and shape *before* allocating, and loading the shards
+one at a time into a model built on the meta device (peak memory near one copy of the weights).
+Does not own: model math, sessions.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .config import OmniConfig, PreprocessorConfig
+from .model.omni import MiniCPMO
+
+# Official key -> our module path. Empty: every official name is our attribute path (STYLE §3).
+RENAMES: dict[str, str] = {}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint whose key set or shapes differ from the model the config describes."""
+
+
+@dataclass
+class Omni:
+    """Everything inference needs, shared read-only by all sessions."""
+    net: MiniCPMO
+    vocos: torch.nn.Module | None
+    config: OmniConfig
+    pre: PreprocessorConfig
+    tokenizer: object
+    ids: object
+    tts_tokenizer: object | None
+    image_processor: object
+    checkpoint_dir: Path
+    device: torch.device
+    dtype: torch.dtype
+
+
+def expected_shapes(cfg: OmniConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the state dict the config describes (built on the meta device)."""
+    with torch.device("meta"):
+        net = MiniCPMO(cfg)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def shard_files(ckpt: Path) -> list[Path]:
+    index = ckpt / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [ckpt / f for f in sorted(set(weight_map.values()))]
+    single = ckpt / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise FileNotFoundError(f"{ckpt}: neither model.safetensors.index.json nor model.safetensors")
+
+
+def checkpoint_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Key -> shape from the safetensors headers only (no tensor data read)."""
+    shapes = {}
+    for f in files:
+        with safe_open(str(f), "pt") as s:
+            for k in s.keys():
+                shapes[RENAMES.get(k, k)] = tuple(s.get_slice(k).get_shape())
+    return shapes
+
+
+def verify_keys(expected: dict, found: dict) -> None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint does not match the model described by config.json: "
+                 f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mis-shaped keys"]
+        lines += [f"  missing     {k} {list(expected[k])}" for k in missing]
+        lines += [f"  unexpected  {k} {list(found[k])}" for k in unexpected]
+        lines += [f"  mis-shaped  {k}: checkpoint {list(found[k])}, model {list(expected[k])}" for k in mismatched]
+        raise CheckpointError("\n".join(lines))
+
+
+def load_net(ckpt: Path, cfg: OmniConfig, dtype: torch.dtype, device, progress: bool = True) -> MiniCPMO:
+    files = shard_files(ckpt)
+    verify_keys(expected_shapes(cfg), checkpoint_shapes(files))
+    with torch.device("meta"):
+        net = MiniCPMO(cfg)
+    net = net.to_empty(device=device)
+    params = dict(net.state_dict(keep_vars=True))
+    bar = _progress(files, progress)
+    for f in bar:
+        with safe_open(str(f), "pt", device=str(device)) as s:
+            for k in s.keys():
+                target = params[RENAMES.get(k, k)]
+                with torch.no_grad():
+                    target.data = s.get_tensor(k).to(dtype)
+    net.init_buffers()
+    # Official quirk kept on purpose (spec §8.3): the TTS runs in float32 (bf16 weight_norm
+    # kernels were missing), so it is up-cast whatever `dtype` the rest uses.
+    if cfg.init_tts:
+        net.tts.float()
+    return net.eval()
+
+
+def _progress(files, enabled: bool):
+    if not enabled or len(files) == 0:
+        return files
+    try:
+        from tqdm import tqdm
+        return tqdm(files, desc="loading shards", unit="shard", file=sys.stderr)
+    except ImportError:  # tqdm comes with transformers; keep a plain fallback anyway
+        return files
+
+
+def load_vocos(ckpt: Path, device) -> torch.nn.Module:
+    from .model.vocos import Vocos
+    path = ckpt / "assets" / "Vocos.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the vocoder ships with the checkpoint (assets/Vocos.pt)")
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    vocos = Vocos()
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    verify_keys({k: tuple(v.shape) for k, v in vocos.state_dict().items()}, found)
+    vocos.load_state_dict(state, strict=True)
+    return vocos.to(device).float().eval()  # Vocos always runs in fp32 (spec §5.4)
+
+
+def load(ckpt: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+         progress: bool = True) -> Omni:
+    """Load a checkpoint directory laid out like `openbmb/MiniCPM-o-2_6`."""
+    from .processing.image import ImageProcessor
+    from .processing.tokens import load_tokenizer, load_tts_tokenizer, special_ids
+    ckpt = Path(ckpt)
+    if not (ckpt / "config.json").is_file():
+        raise FileNotFoundError(f"{ckpt}/config.json not found: not a checkpoint directory")
+    device = torch.device(device)
+    cfg = OmniConfig.from_file(ckpt / "config.json")
+    pre_path = ckpt / "preprocessor_config.json"
+    pre = PreprocessorConfig.from_file(pre_path) if pre_path.is_file() else PreprocessorConfig()
+    if pre.image_feature_size != cfg.query_num:
+        raise CheckpointError(f"preprocessor image_feature_size {pre.image_feature_size} != query_num {cfg.query_num}")
+    net = load_net(ckpt, cfg, dtype, device, progress)
+    tok = load_tokenizer(ckpt)
+    vocos = load_vocos(ckpt, device) if cfg.init_tts else None
+    tts_tok = load_tts_tokenizer(ckpt) if cfg.init_tts else None
+    return Omni(net=net, vocos=vocos, config=cfg, pre=pre, tokenizer=tok, ids=special_ids(tok),
+                tts_tokenizer=tts_tok, image_processor=ImageProcessor(pre), checkpoint_dir=ckpt,
+                device=device, dtype=dtype)

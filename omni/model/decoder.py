@@ -1,0 +1,208 @@
+"""Pre-norm RoPE decoder shared by the Qwen2 LLM (`llm.`) and the TTS Llama backbone (`tts.model.`).
+
+Owns: the transformer math (RMSNorm, rotary embedding, grouped-query attention, SwiGLU MLP) with
+the attribute names of the official checkpoints, and `KVCache`, the per-session key/value store
+that the *caller* owns and passes into every forward. Does not own: any session state, sampling,
+prompt layout.
+
+The math mirrors transformers' Qwen2/Llama modules (spec §2.3): RoPE inverse frequencies and
+angles in float32, rotate-half convention, RMSNorm in float32, no embedding scaling.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    """[head_dim/2] float32, the exact transformers formula."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+
+
+def rope_cos_sin(position_ids: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype):
+    """position_ids [B, T] -> cos, sin [B, 1, T, head_dim] (angles in float32)."""
+    freqs = position_ids.to(torch.float32)[..., None] * inv_freq.to(position_ids.device)[None, None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+class KVCache:
+    """Keys/values per layer, [B, H_kv, T, head_dim] each, grown in place (amortised doubling).
+
+    Owned by the session; the model only calls `update`. `crop` and `drop` support barge-in
+    rollback and sliding windows.
+    """
+
+    def __init__(self, num_layers: int):
+        self.num_layers = num_layers
+        self._k: list[torch.Tensor | None] = [None] * num_layers
+        self._v: list[torch.Tensor | None] = [None] * num_layers
+        self._len = [0] * num_layers
+
+    @property
+    def seq_len(self) -> int:
+        return self._len[0]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Append k, v [B, H, T, D] to `layer`; return all keys and values so far."""
+        B, H, T, D = k.shape
+        n = self._len[layer]
+        buf_k, buf_v = self._k[layer], self._v[layer]
+        if buf_k is None or buf_k.shape[2] < n + T:
+            cap = max(64, 2 * (n + T))
+            new_k = k.new_empty(B, H, cap, D)
+            new_v = v.new_empty(B, H, cap, D)
+            if n:
+                new_k[:, :, :n] = buf_k[:, :, :n]
+                new_v[:, :, :n] = buf_v[:, :, :n]
+            self._k[layer], self._v[layer] = buf_k, buf_v = new_k, new_v
+        buf_k[:, :, n:n + T] = k
+        buf_v[:, :, n:n + T] = v
+        self._len[layer] = n + T
+        return buf_k[:, :, :n + T], buf_v[:, :, :n + T]
+
+    def layer(self, i: int):
+        n = self._len[i]
+        return self._k[i][:, :, :n], self._v[i][:, :, :n]
+
+    def crop(self, length: int) -> None:
+        """Keep the first `length` positions (absolute count, unlike transformers 5.x)."""
+        assert 0 <= length <= self.seq_len, f"crop to {length} of {self.seq_len}"
+        self._len = [length] * self.num_layers
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._k + self._v if t is not None)
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int, kv_heads: int, bias: bool):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
+        self.q_proj = nn.Linear(hidden, heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(heads * self.head_dim, hidden, bias=False)
+
+    def forward(self, x, cos, sin, layer_idx: int, cache, mask):
+        """x [B, T, D]; mask: bool/additive [B|1, 1, T, S] or None (no masking)."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer_idx, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             enable_gqa=self.kv_heads != self.heads)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, inter: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inter, bias=False)
+        self.up_proj = nn.Linear(hidden, inter, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, hidden, inter, heads, kv_heads, eps, bias):
+        super().__init__()
+        self.self_attn = Attention(hidden, heads, kv_heads, bias)
+        self.mlp = MLP(hidden, inter)
+        self.input_layernorm = RMSNorm(hidden, eps)
+        self.post_attention_layernorm = RMSNorm(hidden, eps)
+
+    def forward(self, x, cos, sin, layer_idx, cache, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layer_idx, cache, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def causal_mask(T: int, past: int, device) -> torch.Tensor | None:
+    """Bool [1, 1, T, past+T]: query i (absolute past+i) sees keys <= past+i. None when T == 1."""
+    if T == 1:
+        return None
+    q = torch.arange(past, past + T, device=device)[:, None]
+    k = torch.arange(past + T, device=device)[None, :]
+    return (k <= q)[None, None]
+
+
+class DecoderModel(nn.Module):
+    """`embed_tokens`, `layers.N`, `norm` — the names under `llm.model.` and `tts.model.`."""
+
+    def __init__(self, vocab: int, hidden: int, inter: int, layers: int, heads: int, kv_heads: int,
+                 rope_theta: float, eps: float, qkv_bias: bool):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, hidden)
+        self.layers = nn.ModuleList(DecoderLayer(hidden, inter, heads, kv_heads, eps, qkv_bias)
+                                    for _ in range(layers))
+        self.norm = RMSNorm(hidden, eps)
+        self.head_dim, self.rope_theta = hidden // heads, rope_theta
+        self.register_buffer("inv_freq", rope_inv_freq(self.head_dim, rope_theta), persistent=False)
+
+    def init_buffers(self) -> None:
+        self.inv_freq = rope_inv_freq(self.head_dim, self.rope_theta).to(self.norm.weight.device)
+
+    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor | None = None,
+                cache: KVCache | None = None, mask: torch.Tensor | None | str = "causal") -> torch.Tensor:
+        """inputs_embeds [B, T, D] -> final hidden after `norm` [B, T, D].
+
+        position_ids default to cache length + arange(T) (contiguous positions, spec §4.1);
+        mask "causal" builds the causal mask over cache + new, None disables masking, a tensor is
+        used as given.
+        """
+        B, T, _ = inputs_embeds.shape
+        past = cache.seq_len if cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=inputs_embeds.device)[None].expand(B, T)
+        if isinstance(mask, str):
+            mask = causal_mask(T, past, inputs_embeds.device)
+        cos, sin = rope_cos_sin(position_ids, self.inv_freq, inputs_embeds.dtype)
+        h = inputs_embeds
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, i, cache, mask)
+        return self.norm(h)
+
+
+class CausalLM(nn.Module):
+    """Qwen2ForCausalLM layout: `model` + `lm_head` (state-dict prefix `llm.`)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.model = DecoderModel(cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size,
+                                  cfg.num_hidden_layers, cfg.num_attention_heads,
+                                  cfg.num_key_value_heads, cfg.rope_theta, cfg.rms_norm_eps,
+                                  qkv_bias=True)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(len(self.model.layers))
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)

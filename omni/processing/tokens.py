@@ -1,0 +1,75 @@
+"""The Qwen2 tokenizer with the MiniCPM-o special tokens, read from the checkpoint directory.
+
+Owns: loading the tokenizer files (tokenizer.json / vocab + merges, tokenizer_config.json) with
+transformers' Qwen2 tokenizer, and `SpecialIds`, every special-token id the prompt layout needs,
+looked up by string so nothing depends on a particular vocabulary. Does not own: prompt layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MARK_IMAGE = "(<image>./</image>)"
+MARK_AUDIO = "(<audio>./</audio>)"
+TERMINATORS = ("<|im_end|>", "<|endoftext|>")
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    unk: int
+    im_start: int          # <|im_start|>
+    im_end: int            # <|im_end|>
+    endoftext: int
+    image_start: int       # <image>
+    image_end: int
+    slice_start: int
+    slice_end: int
+    audio_start: int
+    audio_end: int
+    spk_bos: int
+    spk: int
+    spk_eos: int
+    tts_bos: int
+    tts_eos: int
+    unit: int
+
+    @property
+    def terminators(self) -> tuple[int, int]:
+        return (self.im_end, self.endoftext)
+
+
+_NAMES = {
+    "unk": "<unk>", "im_start": "<|im_start|>", "im_end": "<|im_end|>",
+    "endoftext": "<|endoftext|>", "image_start": "<image>", "image_end": "</image>",
+    "slice_start": "<slice>", "slice_end": "</slice>", "audio_start": "<|audio_start|>",
+    "audio_end": "<|audio_end|>", "spk_bos": "<|spk_bos|>", "spk": "<|spk|>",
+    "spk_eos": "<|spk_eos|>", "tts_bos": "<|tts_bos|>", "tts_eos": "<|tts_eos|>", "unit": "<unit>",
+}
+
+
+def load_tokenizer(checkpoint_dir: str | Path):
+    """Qwen2 fast tokenizer from the checkpoint's own files (no remote code, no network).
+
+    The official tokenizer_config names `MiniCPMOTokenizerFast` with an auto_map to remote code;
+    that class only adds `*_id` properties, which `SpecialIds` replaces, so the stock Qwen2 class
+    loads the same vocabulary, merges and added tokens.
+    """
+    from transformers import Qwen2TokenizerFast
+    return Qwen2TokenizerFast.from_pretrained(str(checkpoint_dir))
+
+
+def special_ids(tokenizer) -> SpecialIds:
+    vocab = tokenizer.get_vocab()
+    missing = [s for s in _NAMES.values() if s not in vocab]
+    if missing:
+        raise ValueError(f"tokenizer lacks MiniCPM-o special tokens: {missing}")
+    return SpecialIds(**{k: vocab[s] for k, s in _NAMES.items()})
+
+
+def load_tts_tokenizer(checkpoint_dir: str | Path):
+    """ChatTTS BERT tokenizer from assets/chattts_tokenizer (spec §1.5; never downloaded)."""
+    from transformers import BertTokenizerFast
+    path = Path(checkpoint_dir) / "assets" / "chattts_tokenizer"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is missing: the TTS text tokenizer ships with the checkpoint")
+    return BertTokenizerFast.from_pretrained(str(path))
