@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 REPO = Path(__file__).resolve().parent.parent
 TINY_TOML = REPO / "configs" / "tiny.toml"
 TINY_ASSETS = Path(__file__).resolve().parent / "assets" / "tiny"
-FORMAT_VERSION = "1"  # bump when the init recipe changes
+FORMAT_VERSION = "2"  # bump when the init recipe changes
 
 
 def read_model_config(path: str | Path) -> dict:

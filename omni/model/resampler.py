@@ -51,6 +51,10 @@ class Resampler(nn.Module):
         pos = torch.from_numpy(sincos_2d(self.embed_dim, *size))
         self.register_buffer("pos_embed", pos.to(device) if device else pos, persistent=False)
 
+    def init_buffers(self) -> None:
+        """Recompute the sin-cos table after a meta-device build (it is not in the checkpoint)."""
+        self._set_pos_cache(self.max_size, self.query.device)
+
     def _grow_pos_cache(self, tgt_sizes: torch.Tensor, device) -> None:
         """Official behaviour: enlarge the table once a slice exceeds it, never shrink."""
         h, w = int(tgt_sizes[:, 0].max()), int(tgt_sizes[:, 1].max())

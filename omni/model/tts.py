@@ -20,7 +20,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from ..config import TTSConfig
 from ..processing.tts_text import condition_length, text_start_len, visible_text_count
 from .audio import MultiModalProjector  # the official class is shared by audio and TTS projectors
-from .decoder import DecoderModel, causal_mask, rope_inv_freq
+from .decoder import DecoderModel, causal_mask
 from .dvae import DVAE
 
 # transformers' TopP/TopK warpers as `gen_logits` builds them: min_tokens_to_keep=3.
@@ -52,8 +52,10 @@ class TTSCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Append k, v [1, H, T, Dh]; return all keys and values of `layer`."""
         n, T = self._len[layer], k.shape[2]
-        if n + T > self._k[layer].shape[2]:
-            grow = lambda buf: torch.cat([buf, torch.zeros_like(buf[:, :, :max(n + T, 2 * buf.shape[2]) - buf.shape[2]])], 2)
+        cap = self._k[layer].shape[2]
+        if n + T > cap:  # amortised doubling; text slots keep their place
+            extra = max(n + T, 2 * cap) - cap
+            grow = lambda buf: torch.cat([buf, buf.new_zeros(*buf.shape[:2], extra, buf.shape[3])], 2)
             self._k[layer], self._v[layer] = grow(self._k[layer]), grow(self._v[layer])
         self._k[layer][:, :, n:n + T] = k
         self._v[layer][:, :, n:n + T] = v
@@ -168,13 +170,6 @@ class ConditionalChatTTS(nn.Module):
     @property
     def condition_length(self) -> int:
         return condition_length(self.cfg.streaming_text_reserved_len, self.cfg.num_spk_embs)
-
-    def init_buffers(self) -> None:
-        """Recompute the backbone's RoPE table after a meta-device build (non-persistent buffer)."""
-        if not hasattr(self.model, "init_buffers"):
-            c = self.cfg
-            self.model.inv_freq = rope_inv_freq(c.hidden_size // c.num_attention_heads, c.rope_theta).to(
-                self.emb_text.weight.device)
 
     def new_state(self, text_mask: torch.Tensor | None = None) -> TTSState:
         c, w = self.cfg, self.emb_text.weight
