@@ -3,7 +3,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-TORCH  ?= torch==2.13.0   # CPU build from local disk here; set TORCH to your CUDA build elsewhere
+# torch==2.13.0 is a CPU build from local disk here; set TORCH to your CUDA build elsewhere.
+TORCH  ?= torch==2.13.0
 
 .PHONY: setup serve test golden bench clean
 
@@ -11,7 +12,6 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@

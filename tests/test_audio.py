@@ -223,7 +223,7 @@ def _golden_dir() -> GoldenDir:
     env = os.environ.get("OMNI_GOLDEN_DIR")
     path = Path(env) if env else REPO / "tests/assets/golden/tiny-a"
     if not env and not (path / "cases.json").is_file():
-        pytest.skip(f"no golden folder at {path}; set OMNI_GOLDEN_DIR")
+        pytest.fail(f"no golden folder at {path}; set OMNI_GOLDEN_DIR")
     return GoldenDir(path)
 
 

@@ -51,3 +51,22 @@ def test_earlier_cache_never_changes_and_crop_rolls_back():
         cache2.update(i, k[:, :, :10].clone(), v[:, :, :10].clone())
     b = llm.model(llm.embed(ids), cache=cache2)
     assert torch.allclose(a, b, atol=1e-6)
+
+
+@torch.no_grad()
+def test_drop_shifts_later_keys_to_their_new_positions():
+    llm, _ = _llm()
+    a, b, c = (torch.randint(0, 97, (1, n)) for n in (6, 9, 5))
+    cache = llm.new_cache()
+    llm.model(llm.embed(torch.cat([a, b, c], 1)), cache=cache)
+    cache.drop(6, 15, llm.model.inv_freq)
+    fresh = llm.new_cache()
+    llm.model(llm.embed(torch.cat([a, c], 1)), cache=fresh)
+    assert cache.seq_len == fresh.seq_len == 11
+    # Layer 0 keys/values depend only on token and position, so they must equal a fresh prefill.
+    k, v = cache.layer(0)
+    fk, fv = fresh.layer(0)
+    assert torch.allclose(k, fk, atol=1e-5) and torch.allclose(v, fv, atol=1e-6)
+    # Decoding continues at position 11 with a cache of the right length.
+    h = llm.model(llm.embed(torch.tensor([[3]])), cache=cache)
+    assert h.shape[1] == 1 and cache.seq_len == 12

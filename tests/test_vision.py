@@ -173,7 +173,7 @@ def _load_models(g: GoldenDir):
 
 def test_golden_vision():
     if not (GOLDEN / "cases.json").is_file():
-        pytest.skip(f"no golden folder at {GOLDEN} (set OMNI_GOLDEN_DIR)")
+        pytest.fail(f"no golden folder at {GOLDEN} (set OMNI_GOLDEN_DIR)")
     from omni.golden.vision import check
     g = GoldenDir(GOLDEN)
     vpm, resampler = _load_models(g)

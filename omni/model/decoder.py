@@ -93,6 +93,27 @@ class KVCache:
         assert 0 <= length <= self.seq_len, f"crop to {length} of {self.seq_len}"
         self._len = [length] * self.num_layers
 
+    def drop(self, start: int, end: int, inv_freq: torch.Tensor) -> None:
+        """Remove positions [start, end) and shift later keys back by end-start positions.
+
+        Keys carry their RoPE rotation, and rotations compose: rotating by -(end-start) gives
+        exactly the key a token at the new position would have had at that layer's input. This is
+        what lets a long session slide its window without a hard reset (spec §4.1 positions stay
+        contiguous).
+        """
+        n, d = self.seq_len, end - start
+        assert 0 <= start <= end <= n, f"drop [{start}, {end}) of {n}"
+        if d == 0:
+            return
+        for i in range(self.num_layers):
+            k, v = self._k[i], self._v[i]
+            tail_k = k[:, :, end:n]
+            shift = torch.full((1, tail_k.shape[2]), -float(d), device=k.device)
+            cos, sin = rope_cos_sin(shift, inv_freq, torch.float32)
+            k[:, :, start:n - d] = apply_rope(tail_k.float(), cos, sin).to(k.dtype)
+            v[:, :, start:n - d] = v[:, :, end:n].clone()
+        self._len = [n - d] * self.num_layers
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self._k + self._v if t is not None)
 

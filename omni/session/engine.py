@@ -1,0 +1,280 @@
+"""`Session`: the official streaming API (streaming_prefill / streaming_generate, spec §4) on one
+shared `Omni` bundle, with all per-conversation state in a `SessionState`.
+
+Owns: the prompt rules of a streaming conversation (first call through the TTS template, turn
+prefixes after completed / interrupted replies, TDM units), media encoding per fragment (vision
+with max_slice_nums=1 and no image ids, audio through the incremental Whisper encoder), the
+3-token LLM chunk generator with its quirks, barge-in rollback. Does not own: model math, prompt
+strings (processing.prompt), the TTS loop (speech.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..chat import decode_text
+from ..loader import Omni
+from ..model.audio import audio_embeddings_streaming
+from ..model.tts import GreedySampler, MultinomialSampler
+from ..processing import prompt as P
+from ..processing.audio import audio_placeholder, log_mel
+from ..sampling import SamplingParams, choose
+from .speech import LLMChunk, SpeechOptions, stream_speech
+from .state import ReplyMark, SessionState
+
+LLM_TOKENS_PER_CALL = 3        # official llm_generate_chunk: llm.generate(max_new_tokens=3) per call
+STREAM_MAX_SLICE_NUMS = 1      # official streaming_prefill processor call
+REPLACEMENT_CHAR = "\ufffd"    # decode of an incomplete UTF-8 sequence: held back for the next call
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    sampling: SamplingParams = SamplingParams()   # official streaming default (sampling=True)
+    max_new_tokens: int = 512                     # checked after each 3-token call (may overshoot by 2)
+    max_speech_s: float | None = None             # random tiny weights never draw the TTS EOS
+    low_latency_first_chunk: bool = False
+    generate_audio: bool = True
+
+
+@dataclass
+class PrefillRecord:
+    """What one prefill fed the LLM (returned for tests and the golden replay)."""
+    text: str
+    input_ids: torch.Tensor                  # [1, L]
+    image_bounds: list[tuple[int, int]]
+    audio_bounds: list[tuple[int, int]]
+    tgt_sizes: torch.Tensor | None
+    mels: list[torch.Tensor]                 # [1, 80, T] per clip
+    vision: torch.Tensor | None              # [n_slices, query_num, H]
+    inputs_embeds: torch.Tensor              # [1, L, H]
+    last_logits: torch.Tensor                # [V] at the last position
+    cache_range: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class _Reply:
+    start: int                               # cache length before the generate prefix
+    prefix_end: int                          # cache length once the prefix is in
+    marks: list[ReplyMark] = field(default_factory=list)
+
+
+class Session:
+    def __init__(self, m: Omni, seed: int | None = None):
+        self.m = m
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        gen = torch.Generator()
+        gen.manual_seed(self.seed) if self.seed is not None else gen.seed()
+        self.state = SessionState(self.m.net.llm.new_cache(), generator=gen)
+        self._reply: _Reply | None = None
+        self._active = None
+
+    # ---- prefill ------------------------------------------------------------------------------
+    def set_system(self, mode: str = "omni", ref_audio: np.ndarray | None = None,
+                   text: str | None = None) -> PrefillRecord:
+        """Start a new conversation with the system prompt of `get_sys_prompt` or a custom text."""
+        if ref_audio is not None and not 1 <= len(ref_audio) / self.m.pre.sampling_rate <= 30:
+            raise ValueError("reference clip must be 1-30 s of 16 kHz audio")
+        self.reset()
+        if text is None:
+            msg = P.sys_prompt(mode, ref_audio)
+        else:
+            msg = {"role": "user", "content": [text] + ([ref_audio] if ref_audio is not None else [])}
+        return self.prefill(msg)
+
+    def append_unit(self, audio_16k: np.ndarray, frame=None) -> PrefillRecord:
+        """One TDM unit (spec §3.5): `<unit>` + frame + audio, or the audio alone."""
+        content = ["<unit>", frame, audio_16k] if frame is not None else [audio_16k]
+        return self.prefill({"role": "user", "content": content})
+
+    @torch.inference_mode()
+    def prefill(self, msg: dict) -> PrefillRecord:
+        """Official streaming_prefill of one message (spec §4.2)."""
+        m, st = self.m, self.state
+        self._close_active()
+        col = P.collect([msg], omni_input=True)
+        role, content = col.texts[0]
+        first = not st.started
+        if first:
+            text = P.tts_template([(role, content)], add_generation_prompt=False)
+        elif st.new_user_msg and role == "user":
+            text = self._turn_prefix() + content
+            st.new_user_msg = False
+        else:
+            text = content
+        if role in ("system", "assistant"):
+            st.new_user_msg = True
+            st.audio_cache.clear()
+        strips, tgt, img_ph = [], None, []
+        if col.images:
+            strips, tgt, img_ph = m.image_processor.process(col.images, max_slice_nums=STREAM_MAX_SLICE_NUMS,
+                                                            use_image_id=False)
+        text = P.expand_markers(text, img_ph, [audio_placeholder(len(a), chunk_input=m.config.chunk_input)
+                                               for a in col.audios])
+        ids = m.tokenizer.encode(text, add_special_tokens=first)
+        s = m.ids
+        ib = P.bounds(ids, (s.image_start, s.slice_start), (s.image_end, s.slice_end))
+        ab = P.bounds(ids, (s.audio_start,), (s.audio_end,))
+        vision = m.net.vision_features(strips, tgt) if strips else None
+        mels, audio = [], []
+        for a in col.audios:
+            mel, emb = self._encode_audio(a)
+            mels.append(mel)
+            audio.append(emb)
+        if first:   # the reference/system audio must not stay in the user-audio cache
+            st.audio_cache.clear()
+        input_ids = torch.tensor([ids], device=m.device)
+        embeds = m.net.embed(input_ids, ib, vision, ab, audio)
+        start = st.cache_len
+        h = m.net.llm.model(embeds, cache=st.llm_cache)
+        st.started = True
+        st.record(role, start)
+        return PrefillRecord(text, input_ids, ib, ab, tgt, mels, vision, embeds,
+                             m.net.llm.lm_head(h[0, -1]), (start, st.cache_len))
+
+    def _turn_prefix(self) -> str:
+        st = self.state
+        if not st.llm_generated:
+            return P.USER_OPEN
+        return P.AFTER_COMPLETED if st.llm_generate_completed else P.AFTER_INTERRUPTED
+
+    def _encode_audio(self, audio_16k: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One clip through the streaming encoder in one call (full attention within the clip)."""
+        net, pre = self.m.net, self.m.pre
+        if len(audio_16k) > pre.chunk_length * pre.sampling_rate:
+            raise ValueError(f"audio fragment over {pre.chunk_length} s (the official encoder asserts batch 1)")
+        w = net.apm.conv1.weight
+        mel = torch.from_numpy(log_mel(audio_16k))[None].to(device=w.device, dtype=w.dtype)
+        return mel, audio_embeddings_streaming(net.apm, net.audio_projection_layer, mel,
+                                               self.state.audio_cache, self.m.config.audio_pool_step)
+
+    # ---- generate -----------------------------------------------------------------------------
+    def generate(self, options: GenerateOptions = GenerateOptions(),
+                 trace: dict | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        """Official streaming_generate (spec §4.4): yields (text delta, 24-kHz float32 audio)."""
+        if not self.state.started:
+            raise RuntimeError("prefill a system prompt and user input before generate")
+        self._close_active()
+        gen = self._generate(options, trace)
+        self._active = gen
+        return gen
+
+    def _generate(self, o: GenerateOptions, trace: dict | None):
+        m, st = self.m, self.state
+        st.new_user_msg, st.llm_generated, st.llm_generate_completed = True, True, False
+        st.audio_cache.clear()
+        ids = m.tokenizer.encode(P.GENERATE_PREFIX, add_special_tokens=False)
+        (spk_pos, _), = P.bounds(ids, (m.ids.spk_bos,), (m.ids.spk_eos,))
+        self._reply = reply = _Reply(st.cache_len, st.cache_len + len(ids))
+        chunks = self._llm_chunks(ids, o, trace)
+        if not o.generate_audio:
+            for ch in _inference(chunks):
+                yield ch.text, np.zeros(0, np.float32)
+            return
+        sampler = MultinomialSampler(st.generator) if o.sampling.do_sample else GreedySampler()
+        rate = self.m.vocos.dims.sample_rate_hz
+        opts = SpeechOptions(low_latency_first_chunk=o.low_latency_first_chunk,
+                             max_speech_samples=None if o.max_speech_s is None else int(o.max_speech_s * rate))
+        samples = 0
+        speech = stream_speech(m.net.tts, m.vocos, m.tts_tokenizer, chunks, spk_pos, sampler, opts, trace)
+        for piece in _inference(speech):
+            samples += piece.wav.shape[-1]
+            reply.marks.append(ReplyMark(samples, piece.cache_len))
+            if trace is not None:
+                n = trace.setdefault("_yields", 0)
+                trace[f"yield.{n}.wav"], trace[f"yield.{n}.text"] = piece.wav.detach().cpu(), piece.text
+                trace["_yields"] = n + 1
+            yield piece.text, piece.wav.detach().float().cpu().numpy()
+
+    def _llm_chunks(self, input_ids: list[int], o: GenerateOptions, trace: dict | None) -> Iterator[LLMChunk]:
+        """Official llm_generate_chunk (spec §4.5): 3-token calls, incomplete UTF-8 held back,
+        the last sampled token fed only as the next call's input (never at the end)."""
+        st, term = self.state, self.m.ids.terminators
+        held: list[int] = []
+        generated, j = 0, 0
+        while True:
+            with torch.inference_mode():
+                new, hidden = self._llm_call(input_ids, j == 0, o.sampling)
+            if trace is not None:
+                trace[f"llm_chunk.{j}.input_ids"] = torch.tensor([input_ids])
+                trace[f"llm_chunk.{j}.new_ids"] = torch.tensor([new])
+                trace.setdefault("llm_generated_ids", []).extend(new)
+                if hidden is not None:
+                    trace["first_chunk_last_layer_hidden"] = hidden.detach().cpu()
+            pending = held + new
+            cut = len(pending)
+            while cut and decode_text(self.m, pending[:cut]).endswith(REPLACEMENT_CHAR):
+                cut -= 1
+            held = pending[cut:]
+            text = decode_text(self.m, pending[:cut])
+            if trace is not None:
+                trace.setdefault("llm_chunk_texts", []).append(text)
+            input_ids, generated, j = [new[-1]], generated + len(new), j + 1
+            eos = new[-1] in term
+            if eos:
+                st.llm_generate_completed = True
+            yield LLMChunk(text, hidden, st.cache_len)
+            if eos or generated >= o.max_new_tokens:
+                return
+
+    def _llm_call(self, input_ids: list[int], want_hidden: bool, params: SamplingParams):
+        """One `llm.generate(max_new_tokens=3)`: the repetition penalty sees this call's ids only."""
+        llm, st, dev = self.m.net.llm, self.state, self.m.device
+        start = st.cache_len
+        seen = list(input_ids)
+        h = llm.model(llm.embed(torch.tensor([input_ids], device=dev)), cache=st.llm_cache)
+        hidden = h[0] if want_hidden else None
+        logits = llm.lm_head(h[0, -1])
+        new: list[int] = []
+        for i in range(LLM_TOKENS_PER_CALL):
+            tok = choose(logits, torch.tensor(seen), params, st.generator)
+            new.append(tok)
+            seen.append(tok)
+            if tok in self.m.ids.terminators or i == LLM_TOKENS_PER_CALL - 1:
+                break
+            h = llm.model(llm.embed(torch.tensor([[tok]], device=dev)), cache=st.llm_cache)
+            logits = llm.lm_head(h[0, -1])
+        st.record("reply", start)
+        return new, hidden
+
+    # ---- barge-in -----------------------------------------------------------------------------
+    def interrupt(self, played_samples: int) -> int:
+        """Stop the reply; keep in the LLM cache only the reply text whose audio was fully played.
+
+        Returns the new cache length. The next user prefill opens with the interrupted-turn prefix.
+        """
+        self._close_active()
+        st, reply = self.state, self._reply
+        if reply is None:
+            return st.cache_len
+        keep = reply.prefix_end
+        for mark in reply.marks:
+            if mark.samples_end <= played_samples:
+                keep = max(keep, mark.cache_len)
+        if keep < st.cache_len:
+            st.crop(keep)
+        st.llm_generate_completed = False
+        st.new_user_msg = True
+        self._reply = None
+        return st.cache_len
+
+    def _close_active(self) -> None:
+        if self._active is not None:
+            self._active.close()
+            self._active = None
+
+
+def _inference(it):
+    """Advance `it` under inference_mode at every step (a generator body does not inherit it)."""
+    while True:
+        with torch.inference_mode():
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+        yield item
