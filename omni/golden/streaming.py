@@ -37,7 +37,7 @@ def check(g: GoldenDir, m, report: Report) -> None:
             if name in want:   # tiny-a stores three of the four tensors
                 report.compare(name, got, want[name])
 
-    (call,) = parse_calls(rec["generate_call"], resolver(g.path, g.case("inputs")))
+    (call,) = parse_calls(rec["generate_call"], _resolver(g))
     opts = GenerateOptions(sampling=sampling_from(call.kwargs), max_new_tokens=call.kwargs["max_new_tokens"],
                            generate_audio=call.kwargs.get("generate_audio", True))
     trace: dict = {}
@@ -59,6 +59,16 @@ def check(g: GoldenDir, m, report: Report) -> None:
     for key, value in rec.items():
         if key.startswith("tts_generate.") or re.fullmatch(r"yield\.\d+\.text", key):
             report.equal(key, trace.get(key), value)
+
+
+def _resolver(g: GoldenDir):
+    """Folder inputs, plus the reference's positional `session_id, tokenizer` (bound to nothing:
+    our Session owns both)."""
+    base = resolver(g.path, g.case("inputs"))
+
+    def resolve(name: str):
+        return None if name in ("session_id", "tokenizer") else base(name)
+    return resolve
 
 
 def _system_message(g: GoldenDir) -> dict:

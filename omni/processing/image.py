@@ -10,7 +10,6 @@ Sizes are PIL-style (width, height); grids are (cols, rows), as in the official 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -123,20 +122,8 @@ def from_strip(strip: torch.Tensor, tgt_size: tuple[int, int]) -> torch.Tensor:
     return strip.reshape(C, P, hp, wp, P).permute(0, 2, 1, 3, 4).reshape(C, hp * P, wp * P)
 
 
-@dataclass(frozen=True)
-class PlaceholderTokens:
-    """The token strings of the placeholder text (preprocessor_config.json names)."""
-    im_start: str = "<image>"
-    im_end: str = "</image>"
-    slice_start: str = "<slice>"
-    slice_end: str = "</slice>"
-    unk: str = "<unk>"
-    im_id_start: str = "<image_id>"
-    im_id_end: str = "</image_id>"
-
-
 def image_placeholder(feature_size: int, grid: Grid | None, image_id: int | None,
-                      tok: PlaceholderTokens = PlaceholderTokens()) -> str:
+                      tok: PreprocessorConfig = PreprocessorConfig()) -> str:
     """[<image_id>k</image_id>]<image><unk>×F</image> then the grid of <slice> groups.
 
     Grid rows are concatenated groups of `cols` slices, rows joined by "\\n"; no newline between
@@ -157,8 +144,7 @@ class ImageProcessor:
     def __init__(self, cfg: PreprocessorConfig):
         assert cfg.slice_mode, "slice_mode=False is not supported (the official config forces it on)"
         self.cfg = cfg
-        self.tokens = PlaceholderTokens(cfg.im_start, cfg.im_end, cfg.slice_start, cfg.slice_end,
-                                        cfg.unk, cfg.im_id_start, cfg.im_id_end)
+        self.tokens = cfg  # the token strings are preprocessor_config.json fields
 
     def grid(self, size: Size, max_slice_nums: int | None = None) -> Grid | None:
         """Slice grid of an image of original `size` (w, h)."""
