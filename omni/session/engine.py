@@ -69,7 +69,10 @@ class Session:
 
     def reset(self) -> None:
         gen = torch.Generator()
-        gen.manual_seed(self.seed) if self.seed is not None else gen.seed()
+        if self.seed is not None:   # per-session seed: sampled replies are reproducible per session
+            gen.manual_seed(self.seed)
+        else:
+            gen.seed()
         self.state = SessionState(self.m.net.llm.new_cache(), generator=gen)
         self._reply: _Reply | None = None
         self._active = None
