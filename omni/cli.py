@@ -67,14 +67,7 @@ def _read_16k(path: str):
 
 
 def _cmd_serve(a) -> int:
-    try:
-        from streaming.server import serve  # the realtime gateway (streaming/)
-    except ImportError:
-        # Until the gateway lands, `serve` proves the stack end to end with one offline chat.
-        print("gateway not installed yet: running one offline chat on the model instead", file=sys.stderr)
-        a.text, a.image, a.audio, a.max_new_tokens, a.sample, a.seed = "Hello!", None, None, 16, False, None
-        a.out_wav = a.out_wav or "omni-hello.wav"
-        return _cmd_chat(a)
+    from streaming.server import serve  # the realtime gateway (streaming/)
     return serve(a)
 
 
@@ -104,17 +97,23 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--out-wav", help="also synthesise speech into this 24 kHz WAV")
     p.set_defaults(fn=_cmd_chat)
-    p = sub.add_parser("serve", help="start the service")
-    _model_args(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--config", help="server settings TOML")
-    p.add_argument("--out-wav", help=argparse.SUPPRESS)
+    p = sub.add_parser("serve", help="start the realtime service (web client, WebSocket, WebRTC)")
+    p.add_argument("--config", help="server settings TOML (configs/server.toml documents every key)")
+    p.add_argument("--model", help="checkpoint directory (default: the embedded tiny demo model)")
+    p.add_argument("--device")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/ routes")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--tls-self-signed", action="store_true", help="HTTPS with a throwaway certificate")
+    p.add_argument("--max-sessions", type=int)
     p.set_defaults(fn=_cmd_serve)
     a = ap.parse_args(argv)
     try:
         return a.fn(a)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # includes settings errors: one clear line
         print(f"omni {a.cmd}: error: {e}", file=sys.stderr)
         return 2
 

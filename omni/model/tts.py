@@ -200,21 +200,49 @@ class ConditionalChatTTS(nn.Module):
         pos = torch.arange(begin, end, device=ids.device)[None]
         self.model(emb, position_ids=pos, cache=state.cache.at_slot(begin), mask=causal_mask(n, begin, ids.device))
 
-    def streaming_mask(self, past: int, text_mask: torch.Tensor | None, device=None) -> torch.Tensor:
-        """bool [1, 1, 1, past+1] (True = attend) for the audio step at cache length `past`.
+    def streaming_mask(self, past: int, text_mask: torch.Tensor | None, device=None,
+                       new: int = 1) -> torch.Tensor:
+        """bool [1, 1, 1, past+new] (True = attend) for the audio step(s) at cache length `past`.
 
         Hides text slots not yet revealed and the [Ptts] slot itself (so the BOS input is never
         attended to, not even by its own step: official quirk kept), then every condition slot
-        where `text_mask` is 0.
+        where `text_mask` is 0. One row, broadcast over the `new` queries (see prefill_audio_ids).
         """
         c, C = self.cfg, self.condition_length
         V = visible_text_count(past, c.streaming_text_reserved_len, c.streaming_audio_chunk_size,
                                c.streaming_text_chunk_size)
-        allowed = torch.ones(past + 1, dtype=torch.bool, device=device)
+        allowed = torch.ones(past + new, dtype=torch.bool, device=device)
         allowed[text_start_len(c.num_spk_embs) + V:C] = False
         if text_mask is not None:
             allowed[:C] &= text_mask.to(device=device).bool()
         return allowed[None, None, None]
+
+    @torch.inference_mode()
+    def prefill_audio_ids(self, state: TTSState, frames: torch.Tensor) -> None:
+        """Segment rollover (spec §5.3): carry frames [1, n, Q] of the previous segment into `state`.
+
+        `state` holds text only (no frame drawn yet). Feeds the audio BOS plus frames[:, :-1] at
+        positions [past, past+n); the last frame is not fed, it becomes the next step's input, so
+        afterwards state.frames == frames and the cache is one step behind as `generate` expects.
+        Official quirk kept: the mask is the one-row streaming mask broadcast over all n queries
+        (make_streaming_chunk_mask_generation with past_seen_tokens=past), so there is no
+        causality among the new tokens: each carried frame also attends to the later ones.
+        """
+        B, n, Q = frames.shape
+        assert B == 1 and n > 0 and Q == self.cfg.num_vq, f"frames {tuple(frames.shape)}"
+        assert state.frames.shape[1] == 0 and state.cache.seq_len == self.condition_length - 1, \
+            "prefill_audio_ids needs a fresh segment (text prefilled, no audio yet)"
+        dev = self.emb_text.weight.device
+        frames = frames.to(dev).long()
+        bos = self.emb_text(torch.tensor([[self.cfg.audio_bos_token_id]], device=dev))
+        codes = frames[:, :-1]
+        code_emb = torch.stack([emb(codes[:, :, q]) for q, emb in enumerate(self.emb_code)], 3).sum(3)
+        emb = torch.cat([bos, code_emb], 1)                                   # [1, n, H]
+        past = state.cache.seq_len
+        pos = torch.arange(past, past + n, device=dev)[None]
+        self.model(emb, position_ids=pos, cache=state.cache,
+                   mask=self.streaming_mask(past, state.text_mask, dev, new=n))
+        state.frames = frames
 
     def _step_input(self, state: TTSState) -> torch.Tensor:
         """[1, 1, H]: emb_text(audio BOS) at the first step of a segment, else the last frame's code sum."""

@@ -4,8 +4,18 @@ shared `Omni` bundle, with all per-conversation state in a `SessionState`.
 Owns: the prompt rules of a streaming conversation (first call through the TTS template, turn
 prefixes after completed / interrupted replies, TDM units), media encoding per fragment (vision
 with max_slice_nums=1 and no image ids, audio through the incremental Whisper encoder), the
-3-token LLM chunk generator with its quirks, barge-in rollback. Does not own: model math, prompt
-strings (processing.prompt), the TTS loop (speech.py).
+barge-in rollback (`interrupt` / `interrupt_ms`), and the sliding window of a long session
+(`max_cache_tokens`: oldest complete turns dropped before a new user turn). Does not own: model
+math, prompt strings (processing.prompt), the 3-token LLM chunk loop (llm.py), the TTS loop
+(speech.py), scheduling (the worker).
+
+Scheduling many sessions: sessions share nothing but the read-only `Omni` bundle, so a worker may
+interleave them freely. Each `append_unit`/`prefill` is one LLM forward over one unit (~50-100
+tokens at full size). With `GenerateOptions(step_yields=True)` every next() on the `generate`
+iterator does a bounded amount of work: at most one 3-token LLM call, at most one TTS step (text
+prefill + 25 frames) and its decode, or one rollover carry-over prefill; a step that produced
+nothing to hand out yields ("", empty audio). Without it (the official behaviour, and what the
+golden replay counts) a next() may run several LLM calls before the first audio is ready.
 """
 from __future__ import annotations
 
@@ -15,19 +25,18 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..chat import decode_text
 from ..loader import Omni
 from ..model.audio import audio_embeddings_streaming
 from ..model.tts import GreedySampler, MultinomialSampler
 from ..processing import prompt as P
 from ..processing.audio import audio_placeholder, log_mel
-from ..sampling import SamplingParams, choose
-from .speech import LLMChunk, SpeechOptions, stream_speech
+from ..sampling import SamplingParams
+from .llm import inference, llm_chunks
+from .speech import SpeechOptions, stream_speech
 from .state import ReplyMark, SessionState
 
-LLM_TOKENS_PER_CALL = 3        # official llm_generate_chunk: llm.generate(max_new_tokens=3) per call
 STREAM_MAX_SLICE_NUMS = 1      # official streaming_prefill processor call
-REPLACEMENT_CHAR = "\ufffd"    # decode of an incomplete UTF-8 sequence: held back for the next call
+MS_PER_S = 1000
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class GenerateOptions:
     max_speech_s: float | None = None             # random tiny weights never draw the TTS EOS
     low_latency_first_chunk: bool = False
     generate_audio: bool = True
+    step_yields: bool = False                     # one bounded step per next(); idle steps yield ("", [])
 
 
 @dataclass
@@ -58,13 +68,18 @@ class PrefillRecord:
 class _Reply:
     start: int                               # cache length before the generate prefix
     prefix_end: int                          # cache length once the prefix is in
+    samples: int = 0                         # audio handed out so far
     marks: list[ReplyMark] = field(default_factory=list)
 
 
 class Session:
-    def __init__(self, m: Omni, seed: int | None = None):
+    def __init__(self, m: Omni, seed: int | None = None, max_cache_tokens: int | None = None):
+        """`max_cache_tokens`: LLM cache budget; before a new user turn is prefilled, the oldest
+        complete turns are dropped until the cache fits (the system prompt and the latest turn
+        always stay). None keeps everything (the official behaviour)."""
         self.m = m
         self.seed = seed
+        self.max_cache_tokens = max_cache_tokens
         self.reset()
 
     def reset(self) -> None:
@@ -106,8 +121,14 @@ class Session:
         if first:
             text = P.tts_template([(role, content)], add_generation_prompt=False)
         elif st.new_user_msg and role == "user":
-            text = self._turn_prefix() + content
+            prefix = self._turn_prefix()
+            text = prefix + content
             st.new_user_msg = False
+            self._slide_window()
+            # The turn starts after the close of the previous reply (`<|im_end|>\n`), so a dropped
+            # turn takes its reply's close with it and the next turn opens right after the system.
+            close = m.tokenizer.encode(prefix[:len(prefix) - len(P.USER_OPEN)], add_special_tokens=False)
+            st.turn_starts.append(st.cache_len + len(close))
         else:
             text = content
         if role in ("system", "assistant"):
@@ -174,78 +195,48 @@ class Session:
         ids = m.tokenizer.encode(P.GENERATE_PREFIX, add_special_tokens=False)
         (spk_pos, _), = P.bounds(ids, (m.ids.spk_bos,), (m.ids.spk_eos,))
         self._reply = reply = _Reply(st.cache_len, st.cache_len + len(ids))
-        chunks = self._llm_chunks(ids, o, trace)
+        chunks = llm_chunks(m, st, ids, o.max_new_tokens, o.sampling, trace)
         if not o.generate_audio:
-            for ch in _inference(chunks):
+            for ch in inference(chunks):
                 yield ch.text, np.zeros(0, np.float32)
             return
         sampler = MultinomialSampler(st.generator) if o.sampling.do_sample else GreedySampler()
         rate = self.m.vocos.dims.sample_rate_hz
         opts = SpeechOptions(low_latency_first_chunk=o.low_latency_first_chunk,
-                             max_speech_samples=None if o.max_speech_s is None else int(o.max_speech_s * rate))
-        samples = 0
+                             max_speech_samples=None if o.max_speech_s is None else int(o.max_speech_s * rate),
+                             idle_pieces=o.step_yields)
         speech = stream_speech(m.net.tts, m.vocos, m.tts_tokenizer, chunks, spk_pos, sampler, opts, trace)
-        for piece in _inference(speech):
-            samples += piece.wav.shape[-1]
-            reply.marks.append(ReplyMark(samples, piece.cache_len))
+        for piece in inference(speech):
+            if not piece.text and piece.wav.shape[-1] == 0:   # an idle step (step_yields)
+                yield "", np.zeros(0, np.float32)
+                continue
+            reply.samples += piece.wav.shape[-1]
+            reply.marks.append(ReplyMark(reply.samples, piece.cache_len))
             if trace is not None:
                 n = trace.setdefault("_yields", 0)
                 trace[f"yield.{n}.wav"], trace[f"yield.{n}.text"] = piece.wav.detach().cpu(), piece.text
                 trace["_yields"] = n + 1
             yield piece.text, piece.wav.detach().float().cpu().numpy()
 
-    def _llm_chunks(self, input_ids: list[int], o: GenerateOptions, trace: dict | None) -> Iterator[LLMChunk]:
-        """Official llm_generate_chunk (spec §4.5): 3-token calls, incomplete UTF-8 held back,
-        the last sampled token fed only as the next call's input (never at the end)."""
-        st, term = self.state, self.m.ids.terminators
-        held: list[int] = []
-        generated, j = 0, 0
-        while True:
-            with torch.inference_mode():
-                new, hidden = self._llm_call(input_ids, j == 0, o.sampling)
-            if trace is not None:
-                trace[f"llm_chunk.{j}.input_ids"] = torch.tensor([input_ids])
-                trace[f"llm_chunk.{j}.new_ids"] = torch.tensor([new])
-                trace.setdefault("llm_generated_ids", []).extend(new)
-                if hidden is not None:
-                    trace["first_chunk_last_layer_hidden"] = hidden.detach().cpu()
-            pending = held + new
-            cut = len(pending)
-            while cut and decode_text(self.m, pending[:cut]).endswith(REPLACEMENT_CHAR):
-                cut -= 1
-            held = pending[cut:]
-            text = decode_text(self.m, pending[:cut])
-            if trace is not None:
-                trace.setdefault("llm_chunk_texts", []).append(text)
-            input_ids, generated, j = [new[-1]], generated + len(new), j + 1
-            eos = new[-1] in term
-            if eos:
-                st.llm_generate_completed = True
-            yield LLMChunk(text, hidden, st.cache_len)
-            if eos or generated >= o.max_new_tokens:
-                return
-
-    def _llm_call(self, input_ids: list[int], want_hidden: bool, params: SamplingParams):
-        """One `llm.generate(max_new_tokens=3)`: the repetition penalty sees this call's ids only."""
-        llm, st, dev = self.m.net.llm, self.state, self.m.device
-        start = st.cache_len
-        seen = list(input_ids)
-        h = llm.model(llm.embed(torch.tensor([input_ids], device=dev)), cache=st.llm_cache)
-        hidden = h[0] if want_hidden else None
-        logits = llm.lm_head(h[0, -1])
-        new: list[int] = []
-        for i in range(LLM_TOKENS_PER_CALL):
-            tok = choose(logits, torch.tensor(seen), params, st.generator)
-            new.append(tok)
-            seen.append(tok)
-            if tok in self.m.ids.terminators or i == LLM_TOKENS_PER_CALL - 1:
-                break
-            h = llm.model(llm.embed(torch.tensor([[tok]], device=dev)), cache=st.llm_cache)
-            logits = llm.lm_head(h[0, -1])
-        st.record("reply", start)
-        return new, hidden
-
     # ---- barge-in -----------------------------------------------------------------------------
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.m.vocos.dims.sample_rate_hz
+
+    @property
+    def reply_audio_ms(self) -> float:
+        """Audio handed out so far in the current reply, in ms at 24 kHz (0 when there is none).
+
+        A gateway can check a client's `audio_end_ms` against it before `interrupt_ms`."""
+        reply = self._reply
+        return 0.0 if reply is None else reply.samples * MS_PER_S / self.sample_rate_hz
+
+    def interrupt_ms(self, played_ms: float) -> int:
+        """`interrupt` with the playback position in milliseconds of reply audio actually played."""
+        if played_ms < 0:
+            raise ValueError(f"played_ms {played_ms} < 0")
+        return self.interrupt(int(played_ms * self.sample_rate_hz // MS_PER_S))
+
     def interrupt(self, played_samples: int) -> int:
         """Stop the reply; keep in the LLM cache only the reply text whose audio was fully played.
 
@@ -266,18 +257,18 @@ class Session:
         self._reply = None
         return st.cache_len
 
+    def _slide_window(self) -> None:
+        """Drop the oldest complete turns while the cache is over budget (never mid-turn)."""
+        st = self.state
+        if self.max_cache_tokens is None or st.cache_len <= self.max_cache_tokens:
+            return
+        dropped = st.drop_oldest_turns(self.max_cache_tokens, self.m.net.llm.model.inv_freq)
+        if dropped and self._reply is not None:   # the latest reply is never dropped: shift it
+            r = self._reply
+            r.start, r.prefix_end = r.start - dropped, r.prefix_end - dropped
+            r.marks = [ReplyMark(k.samples_end, k.cache_len - dropped) for k in r.marks]
+
     def _close_active(self) -> None:
         if self._active is not None:
             self._active.close()
             self._active = None
-
-
-def _inference(it):
-    """Advance `it` under inference_mode at every step (a generator body does not inherit it)."""
-    while True:
-        with torch.inference_mode():
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-        yield item

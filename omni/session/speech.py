@@ -4,11 +4,20 @@ Owns: the per-reply loop of the official `_generate_mel_spec_audio_streaming` bu
 functions of `omni.model.tts_loop` (prefill one text chunk, draw 25 frames, decode new frames with
 4 frames of left context, 2048-sample crossfade): speaker embedding from the first chunk, per-chunk
 text normalisation + re-tokenisation, at most one TTS step per LLM chunk, the end-of-text flush and
-the final held-back tail. Does not own: the LLM (the engine feeds `LLMChunk`s lazily, so the LLM
-runs in lock-step with the audio), model math, text slot arithmetic (processing.tts_text).
+the final held-back tail, and segment rollover: once a segment holds 120 TTS tokens and an LLM
+chunk ends a sentence, the segment is flushed and a fresh TTS state continues from the last 5 text
+ids and 50 code frames of the old one (`_carry_over`). Does not own: the LLM (the engine feeds
+`LLMChunk`s lazily, so the LLM runs in lock-step with the audio), model math, text slot
+arithmetic (processing.tts_text).
 
-Not implemented: segment rollover at 120 TTS tokens (needs `prefill_audio_ids`, absent from
-model/tts.py); a longer reply keeps one segment and its text is truncated at 300 slots.
+Bounded steps: every iteration of `stream_speech` pulls at most one LLM chunk and runs at most one
+TTS step (prefill + 25 frames + decode), or one rollover carry-over prefill. With
+`SpeechOptions.idle_pieces` it yields an empty `SpeechPiece` when such a step produced nothing to
+hand out, so a worker can round-robin sessions one bounded step at a time.
+
+Deliberate deviations from the official rollover (both lose speech there): a new segment whose
+first LLM chunk is empty does not end the reply, and text left over when the LLM ends right at a
+rollover is still spoken (the official skips the flush because its prompt was never rebuilt).
 """
 from __future__ import annotations
 
@@ -41,6 +50,7 @@ class SpeechOptions:
     params: L.SpeechParams = L.SpeechParams()
     low_latency_first_chunk: bool = False   # emit the first decoded audio at once (see _Out.first)
     max_speech_samples: int | None = None   # stop drawing frames once this much audio exists
+    idle_pieces: bool = False               # yield an empty piece after a step with no output
 
 
 class _Out:
@@ -76,19 +86,36 @@ class _Out:
         if self.prev is None:   # no audio at all (e.g. an empty reply): hand out pending text only
             return self.take(torch.zeros(0)) if self.text else None
         piece = self.take(self.prev[self.prev_emitted:])
-        self.prev = None
+        self.prev, self.prev_emitted = None, 0
         return piece
+
+    def idle(self) -> SpeechPiece:
+        """A piece with no audio and no text (the text stays pending until its audio comes)."""
+        return SpeechPiece("", torch.zeros(0), self.cache_len)
 
     @property
     def total_samples(self) -> int:
         return self.samples + (self.prev.shape[-1] - self.prev_emitted if self.prev is not None else 0)
 
 
+@dataclass
+class _Segment:
+    """One TTS segment: its own TTSState and text prompt (official: one recursion level)."""
+    state: object                     # TTSState
+    gen_text: str                     # normalised text of this segment (carried text first)
+    raw: str                          # un-normalised text, for the language check
+    decoded: int = 0                  # frames already turned into audio
+    chunk_idx: int = 0                # text chunks prefilled
+    received: bool = False            # an LLM chunk arrived in this segment
+    finished: bool = False            # the TTS drew EOS
+    carried: bool = False             # started by a rollover (text and frames carried over)
+    left: str = ""                    # text after the old segment's last sentence end
+
+
 def stream_speech(tts, vocos, tts_tokenizer, chunks: Iterable[LLMChunk], spk_pos: int, sampler,
                   opts: SpeechOptions = SpeechOptions(), trace: dict | None = None) -> Iterator[SpeechPiece]:
-    """Drive one reply's TTS segment over `chunks`; the first chunk must carry `hidden`."""
-    c, p = tts.cfg, opts.params
-    R, step_tokens, n_spk = c.streaming_text_reserved_len, c.streaming_text_chunk_size, c.num_spk_embs
+    """Drive one reply's TTS over `chunks` (with segment rollover); the first chunk must carry `hidden`."""
+    p = opts.params
     it = iter(chunks)
     first = next(it, None)
     if first is None:
@@ -96,58 +123,132 @@ def stream_speech(tts, vocos, tts_tokenizer, chunks: Iterable[LLMChunk], spk_pos
     assert first.hidden is not None, "the first LLM chunk must carry the prompt hidden states"
     spk = first.hidden[spk_pos][None]                        # [1, H] last layer at <|spk|>
     out = _Out(L.crossfade_samples(p, tts, vocos), opts.low_latency_first_chunk)
-    gen_text = _cut(first.text)
-    out.text, out.cache_len = gen_text, first.cache_len
-    state = tts.new_state()
-    prompt = T.prepare_tts_text(tts_tokenizer, gen_text, R, n_spk)
-    ids = _ids(prompt, tts)
-    chunk_idx, decoded, finished, language = 0, 0, False, T.detect_language(gen_text)
+    text = _cut(first.text)
+    out.text, out.cache_len = text, first.cache_len
+    seg = _Segment(tts.new_state(), text, text)
+    ctx = _Ctx(tts, vocos, tts_tokenizer, spk, sampler, opts, trace, out)
+    while seg is not None:
+        seg = yield from _run_segment(ctx, seg, it)
+        if seg is not None and opts.idle_pieces:
+            yield out.idle()                                 # the carry-over prefill was this step
 
-    def emit(codes):
-        nonlocal decoded
-        if codes.shape[1] <= decoded:       # EOS at the first step of a call: nothing new
-            return None
-        wav = L.decode_new_audio(tts, vocos, codes, decoded, p, trace)
-        decoded = codes.shape[1]
-        return out.add(wav)
 
-    def over_budget() -> bool:
-        return opts.max_speech_samples is not None and out.total_samples >= opts.max_speech_samples
+@dataclass
+class _Ctx:
+    tts: object
+    vocos: object
+    tokenizer: object
+    spk: torch.Tensor
+    sampler: object
+    opts: SpeechOptions
+    trace: dict | None
+    out: _Out
+
+    def prompt(self, gen_text: str) -> T.TTSPrompt:
+        c = self.tts.cfg
+        return T.prepare_tts_text(self.tokenizer, gen_text, c.streaming_text_reserved_len, c.num_spk_embs)
+
+    def over_budget(self) -> bool:
+        m = self.opts.max_speech_samples
+        return m is not None and self.out.total_samples >= m
+
+
+def _run_segment(ctx: _Ctx, seg: _Segment, it: Iterator[LLMChunk]):
+    """Run `seg` until the LLM ends, the TTS draws EOS or a rollover; returns the next segment or None."""
+    tts, p, out = ctx.tts, ctx.opts.params, ctx.out
+    c = tts.cfg
+    R, step_tokens, n_spk = c.streaming_text_reserved_len, c.streaming_text_chunk_size, c.num_spk_embs
+    state, prompt = seg.state, ctx.prompt(seg.gen_text)
+    language = T.detect_language(seg.raw)
+    text_left: str | None = None
+
+    def step(codes):   # decode the frames not yet decoded; a piece, or an idle one, or nothing
+        piece = None
+        if codes.shape[1] > seg.decoded:       # EOS at the first step of a call: nothing new
+            wav = L.decode_new_audio(tts, ctx.vocos, codes, seg.decoded, p, ctx.trace)
+            seg.decoded = codes.shape[1]
+            piece = out.add(wav)
+        if piece is None and ctx.opts.idle_pieces:
+            piece = out.idle()
+        return piece
 
     for n_loop, chunk in enumerate(it):
+        seg.received = True
         txt = _cut(chunk.text)
         out.text, out.cache_len = out.text + txt, chunk.cache_len
-        if n_loop < 2:   # official: the language is settled on the first two chunks
-            language = T.detect_language(gen_text + txt)
-        gen_text += T.normalize_tts_text(txt, language)
-        prompt = T.prepare_tts_text(tts_tokenizer, gen_text, R, n_spk)
-        ids = _ids(prompt, tts)
+        if n_loop < 2:   # official: the language is settled on the first two chunks of a segment
+            language = T.detect_language(seg.raw + txt)
+        seg.raw += txt
+        seg.gen_text += T.normalize_tts_text(txt, language)
+        prompt = ctx.prompt(seg.gen_text)
+        end_char = T.sentence_end(txt) if prompt.tokens_len >= T.rollover_threshold(R) else ""
+        if end_char:   # segment rollover: this segment ends after the last sentence end
+            seg.gen_text, text_left = T.split_at_sentence_end(seg.gen_text, end_char)
+            prompt = ctx.prompt(seg.gen_text)
+            break
         state.text_mask = T.text_mask(prompt.tokens_len, R, n_spk)
+        piece = None
         # Official: one step per LLM chunk at most (an `if`, not a `while`).
-        if prompt.tokens_len >= (chunk_idx + 1) * step_tokens:
-            b, e = T.text_chunk_bounds(chunk_idx, step_tokens, R, n_spk)
-            L.prefill_chunk(tts, state, ids, b, e, spk, trace)
-            codes, finished = L.generate_chunk(tts, state, p, sampler, trace)
-            chunk_idx += 1
-            piece = emit(codes)
-            if piece is not None:
-                yield piece
-            if finished or over_budget():
-                break
-    if not finished and gen_text and not over_budget():
-        b, e = T.final_flush_bounds(chunk_idx, step_tokens, prompt.tokens_len, n_spk)
+        if prompt.tokens_len >= (seg.chunk_idx + 1) * step_tokens:
+            b, e = T.text_chunk_bounds(seg.chunk_idx, step_tokens, R, n_spk)
+            L.prefill_chunk(tts, state, _ids(prompt, tts), b, e, ctx.spk, ctx.trace)
+            codes, seg.finished = L.generate_chunk(tts, state, p, ctx.sampler, ctx.trace)
+            seg.chunk_idx += 1
+            piece = step(codes)
+        elif ctx.opts.idle_pieces:
+            piece = out.idle()
+        if piece is not None:
+            yield piece
+        if seg.finished or ctx.over_budget():
+            break
+    stop = seg.finished or ctx.over_budget()
+    # A carried segment always holds the old segment's last words: flush only when new text came.
+    has_text = bool(seg.gen_text) and (not seg.carried or seg.received or bool(seg.left))
+    if not stop and has_text:
+        b, e = T.final_flush_bounds(seg.chunk_idx, step_tokens, prompt.tokens_len, n_spk)
         state.text_mask = T.text_mask(prompt.tokens_len, R, n_spk)
-        L.prefill_chunk(tts, state, ids, b, e, spk, trace)
+        L.prefill_chunk(tts, state, _ids(prompt, tts), b, e, ctx.spk, ctx.trace)
         while True:   # all text is in: draw until EOS or the frame cap (checked after a call)
-            codes, finished = L.generate_chunk(tts, state, p, sampler, trace)
-            piece = emit(codes)
+            codes, seg.finished = L.generate_chunk(tts, state, p, ctx.sampler, ctx.trace)
+            piece = step(codes)
             if piece is not None:
                 yield piece
-            if finished or codes.shape[1] > p.max_frames or over_budget():
+            if seg.finished or ctx.over_budget():
+                break
+            if codes.shape[1] > p.max_frames:
+                stop = True
                 break
     piece = out.tail()
     if piece is not None:
         yield piece
+    if text_left is None or stop or ctx.over_budget():
+        return None
+    return _carry_over(ctx, seg, prompt, text_left)
+
+
+# Official rollover constants (`tid_len`, `aid_len`): what a new segment keeps of the old one.
+CARRY_TEXT_TOKENS = 5
+CARRY_FRAMES = 50
+
+
+def _carry_over(ctx: _Ctx, old: _Segment, prompt: T.TTSPrompt, text_left: str) -> _Segment | None:
+    """A fresh segment primed with the old one's last 5 text ids and last 50 frames (spec §5.3)."""
+    tts, c = ctx.tts, ctx.tts.cfg
+    n_spk = c.num_spk_embs
+    start = T.text_start_len(n_spk)
+    text_ids = prompt.input_ids[start + prompt.tokens_len - CARRY_TEXT_TOKENS:start + prompt.tokens_len]
+    frames = old.state.codes[:, -CARRY_FRAMES:]
+    if frames.shape[1] == 0:   # nothing drawn (cannot happen after a flush): start from scratch
+        return _Segment(tts.new_state(), text_left, text_left, carried=True, left=text_left)
+    state = tts.new_state(T.text_mask(len(text_ids), c.streaming_text_reserved_len, n_spk))
+    head = prompt.input_ids[:start]                           # [Stts][spk_emb]
+    ids = torch.tensor([head + text_ids], device=tts.emb_text.weight.device)
+    L.prefill_chunk(tts, state, ids, 0, ids.shape[1], ctx.spk, ctx.trace)
+    tts.prefill_audio_ids(state, frames)
+    carried = ctx.tokenizer.decode(text_ids) + text_left
+    # chunk_idx = 5 // 10 = 0: the next text prefill rewrites [Stts][spk_emb] + the first 10 tokens.
+    return _Segment(state, carried, carried, decoded=frames.shape[1],
+                    chunk_idx=CARRY_TEXT_TOKENS // c.streaming_text_chunk_size, carried=True, left=text_left)
 
 
 def _cut(text: str) -> str:

@@ -2,6 +2,7 @@
 
 Owns: the LLM KV cache, the Whisper encoder cache, the official turn flags, a record of which
 cache positions each prefill / reply occupies (for barge-in rollback and a later sliding window)
+the cache positions where each user turn begins (for the sliding window, `drop_oldest_turns`)
 and the session's random generator. Does not own: model weights (the shared `Omni` bundle) or any
 logic; the engine mutates this object, nothing else does.
 """
@@ -40,6 +41,7 @@ class SessionState:
     llm_generated: bool = False            # an assistant turn was started in this session
     llm_generate_completed: bool = False   # the last assistant turn reached an LLM terminator
     spans: list[Span] = field(default_factory=list)
+    turn_starts: list[int] = field(default_factory=list)   # where each user turn's `<|im_start|>user` is
     reply_marks: list[ReplyMark] = field(default_factory=list)
     generator: torch.Generator = field(default_factory=torch.Generator)
 
@@ -56,6 +58,39 @@ class SessionState:
         else:
             self.spans.append(Span(kind, start, self.cache_len))
 
+    def drop_oldest_turns(self, budget: int, inv_freq: torch.Tensor) -> int:
+        """Drop the fewest oldest complete turns (a user turn plus its reply) that bring the cache
+        to <= `budget`, or all but the latest if that is not enough. Returns the positions removed.
+
+        Called only between turns. The system prompt (everything before the first turn, incl. the
+        reference audio) and the latest turn always stay; later keys are re-rotated by
+        `KVCache.drop`, so positions stay contiguous and the next prefill continues at cache_len.
+        """
+        starts = self.turn_starts
+        if len(starts) < 2 or self.cache_len <= budget:
+            return 0
+        j = 1
+        while j < len(starts) - 1 and self.cache_len - (starts[j] - starts[0]) > budget:
+            j += 1
+        a, b = starts[0], starts[j]
+        self.drop(a, b, inv_freq)
+        return b - a
+
+    def drop(self, start: int, end: int, inv_freq: torch.Tensor) -> None:
+        """Remove cache positions [start, end) and shift the span / turn records after them."""
+        d = end - start
+        self.llm_cache.drop(start, end, inv_freq)
+
+        def shift(x: int) -> int:
+            return x if x <= start else (start if x < end else x - d)
+        kept = []
+        for s in self.spans:
+            new = Span(s.kind, shift(s.start), shift(s.end))
+            if new.end > new.start:
+                kept.append(new)
+        self.spans = kept
+        self.turn_starts = [shift(x) for x in self.turn_starts if not start <= x < end]
+
     def crop(self, length: int) -> None:
         """Roll the LLM cache back to `length` positions and trim the span record to match."""
         self.llm_cache.crop(length)
@@ -64,3 +99,4 @@ class SessionState:
             if s.start < length:
                 kept.append(Span(s.kind, s.start, min(s.end, length)))
         self.spans = kept
+        self.turn_starts = [x for x in self.turn_starts if x <= length]

@@ -1,0 +1,85 @@
+"""The official 3-token LLM chunk generator of `streaming_generate` (spec §4.5) on a session's state.
+
+Owns: one `llm.generate(max_new_tokens=3)` call (`llm_call`: one forward over the input ids, then
+one per sampled token, so a call is a bounded amount of work) and the chunk loop around it
+(`llm_chunks`: incomplete UTF-8 held back, the last sampled token fed only as the next call's
+input). Does not own: the turn flags beyond `llm_generate_completed`, the TTS, prompt strings.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from ..chat import decode_text
+from ..loader import Omni
+from ..sampling import SamplingParams, choose
+from .speech import LLMChunk
+from .state import SessionState
+
+LLM_TOKENS_PER_CALL = 3        # official llm_generate_chunk: llm.generate(max_new_tokens=3) per call
+REPLACEMENT_CHAR = "\ufffd"    # decode of an incomplete UTF-8 sequence: held back for the next call
+
+
+def llm_chunks(m: Omni, st: SessionState, input_ids: list[int], max_new_tokens: int, params: SamplingParams,
+               trace: dict | None) -> Iterator[LLMChunk]:
+    """Official llm_generate_chunk (spec §4.5): 3-token calls, incomplete UTF-8 held back,
+    the last sampled token fed only as the next call's input (never at the end)."""
+    term = m.ids.terminators
+    held: list[int] = []
+    generated, j = 0, 0
+    while True:
+        with torch.inference_mode():
+            new, hidden = llm_call(m, st, input_ids, j == 0, params)
+        if trace is not None:
+            trace[f"llm_chunk.{j}.input_ids"] = torch.tensor([input_ids])
+            trace[f"llm_chunk.{j}.new_ids"] = torch.tensor([new])
+            trace.setdefault("llm_generated_ids", []).extend(new)
+            if hidden is not None:
+                trace["first_chunk_last_layer_hidden"] = hidden.detach().cpu()
+        pending = held + new
+        cut = len(pending)
+        while cut and decode_text(m, pending[:cut]).endswith(REPLACEMENT_CHAR):
+            cut -= 1
+        held = pending[cut:]
+        text = decode_text(m, pending[:cut])
+        if trace is not None:
+            trace.setdefault("llm_chunk_texts", []).append(text)
+        input_ids, generated, j = [new[-1]], generated + len(new), j + 1
+        eos = new[-1] in term
+        if eos:
+            st.llm_generate_completed = True
+        yield LLMChunk(text, hidden, st.cache_len)
+        if eos or generated >= max_new_tokens:
+            return
+
+def llm_call(m: Omni, st: SessionState, input_ids: list[int], want_hidden: bool, params: SamplingParams):
+    """One `llm.generate(max_new_tokens=3)`: the repetition penalty sees this call's ids only."""
+    llm, dev = m.net.llm, m.device
+    start = st.cache_len
+    seen = list(input_ids)
+    h = llm.model(llm.embed(torch.tensor([input_ids], device=dev)), cache=st.llm_cache)
+    hidden = h[0] if want_hidden else None
+    logits = llm.lm_head(h[0, -1])
+    new: list[int] = []
+    for i in range(LLM_TOKENS_PER_CALL):
+        tok = choose(logits, torch.tensor(seen), params, st.generator)
+        new.append(tok)
+        seen.append(tok)
+        if tok in m.ids.terminators or i == LLM_TOKENS_PER_CALL - 1:
+            break
+        h = llm.model(llm.embed(torch.tensor([[tok]], device=dev)), cache=st.llm_cache)
+        logits = llm.lm_head(h[0, -1])
+    st.record("reply", start)
+    return new, hidden
+
+
+def inference(it):
+    """Advance `it` under inference_mode at every step (a generator body does not inherit it)."""
+    while True:
+        with torch.inference_mode():
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+        yield item

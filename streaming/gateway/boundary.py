@@ -1,0 +1,31 @@
+"""The one place where a client message meets the conversation and exceptions become `error`
+events (STYLE §12). Both transports (WebSocket frames, WebRTC data-channel messages) call
+`dispatch`; a bad message costs an error event, never the session or the server."""
+from __future__ import annotations
+
+import logging
+
+from .errors import OmniError, close_code, to_error_event
+from .protocol import parse_client_event
+
+log = logging.getLogger("omni.gateway")
+
+
+async def dispatch(conv, raw: str | bytes, send, max_bytes: int) -> int | None:
+    """Parse and handle one client message; returns a close code when the connection must end."""
+    event_id = None
+    try:
+        ev = parse_client_event(raw, max_bytes)
+        event_id = ev.event_id
+        await conv.handle(ev)
+    except Exception as e:  # noqa: BLE001 - this is the boundary
+        await send(to_error_event(e, event_id))
+        # Typed errors say whether to close (auth, capacity, model); anything unexpected is
+        # reported and the session goes on, so one bad message never ends a conversation.
+        return close_code(e) if isinstance(e, OmniError) else None
+    return None
+
+
+async def report(send, exc: BaseException) -> None:
+    """Report an error raised outside a client message (e.g. a failed reply step)."""
+    await send(to_error_event(exc))

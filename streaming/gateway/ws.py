@@ -1,0 +1,84 @@
+"""WebSocket transport: `/v1/realtime`, OpenAI Realtime JSON events in both directions.
+
+One task group per connection: the receive loop (client events, in order), the sender (one
+bounded queue, so events leave in the order they were made), and the conversation's reply task.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from aiohttp import WSMsgType, web
+
+from ..playout import ClockPlayout
+from ..session.conversation import Conversation
+from .boundary import dispatch
+from .errors import CapacityError, close_code, to_error_event
+
+log = logging.getLogger("omni.gateway")
+SEND_QUEUE = 512          # events; a client that stops reading stalls its own replies, nobody else's
+_CLOSE = object()
+
+
+async def realtime_ws(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings, manager = app["settings"], app["manager"]
+    protocols = [p for p in ("realtime",) if p in request.headers.get("Sec-WebSocket-Protocol", "")]
+    ws = web.WebSocketResponse(max_msg_size=4 * settings.max_message_bytes, heartbeat=30,
+                               protocols=protocols + _key_protocols(request))
+    await ws.prepare(request)
+    try:
+        lease = manager.acquire("websocket")
+    except CapacityError as e:
+        await ws.send_str(json.dumps(to_error_event(e)))
+        await ws.close(code=close_code(e), message=b"server full")
+        return ws
+    queue: asyncio.Queue = asyncio.Queue(SEND_QUEUE)
+
+    async def send(event: dict) -> None:
+        await queue.put(event)
+
+    conv = Conversation(app["worker"], settings, send, ClockPlayout(), app["vad"], app["vad_pool"])
+    lease.close = lambda reason: queue.put_nowait(_CLOSE)
+    app["conversations"].add(conv)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            sender = tg.create_task(_sender(ws, queue))
+            await conv.start()
+            async for msg in ws:
+                manager.touch(lease)
+                if msg.type == WSMsgType.TEXT:
+                    code = await dispatch(conv, msg.data, send, settings.max_message_bytes)
+                elif msg.type == WSMsgType.BINARY:
+                    code = await dispatch(conv, b"\x00binary", send, settings.max_message_bytes)
+                else:
+                    break
+                if code is not None:
+                    break
+            await conv.close()
+            await queue.put(_CLOSE)
+            await sender
+    finally:
+        await conv.close()
+        app["conversations"].discard(conv)
+        manager.release(lease)
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _sender(ws: web.WebSocketResponse, queue: asyncio.Queue) -> None:
+    while True:
+        event = await queue.get()
+        if event is _CLOSE or ws.closed:
+            if not ws.closed:
+                await ws.close()
+            return
+        await ws.send_str(json.dumps(event))
+
+
+def _key_protocols(request: web.Request) -> list[str]:
+    """Echo the browser auth subprotocol (`openai-insecure-api-key.<key>`) so the handshake completes."""
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    return [p for p in offered if p.startswith("openai-insecure-api-key.")][:1]

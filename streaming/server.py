@@ -1,0 +1,141 @@
+"""`omni serve`: one port for the web client, `/healthz`, WebSocket `/v1/realtime` and WebRTC
+signalling (`POST /v1/realtime/calls`, SDP offer in, answer out).
+
+Owns: building the process-wide objects (settings, the model worker, the session manager, the
+shared VAD network and its thread) and the HTTP routes; auth; TLS. Does not own: protocol
+handling (gateway/), conversations (session/).
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import ssl
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from .settings import ServerSettings, load_settings
+
+log = logging.getLogger("omni.server")
+REPO = Path(__file__).resolve().parent.parent
+WEB_CLIENT = REPO / "web_client"
+
+
+def build_app(settings: ServerSettings, omni, embedded: bool) -> web.Application:
+    from .gateway.ws import realtime_ws
+    from .session.manager import SessionManager
+    from .turn.vad import SileroVAD
+    from .worker import ModelWorker
+    app = web.Application(middlewares=[_auth_middleware], client_max_size=settings.max_message_bytes)
+    app["settings"], app["embedded"] = settings, embedded
+    app["worker"] = ModelWorker(omni)
+    app["manager"] = SessionManager(settings.max_sessions, settings.idle_timeout_s)
+    app["vad"] = SileroVAD()
+    app["vad_pool"] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="omni-vad")
+    app["conversations"] = set()
+    app["model_name"] = "embedded-tiny" if embedded else str(settings.model)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/realtime", realtime_ws)
+    try:
+        from .gateway.webrtc import post_call
+        app.router.add_post("/v1/realtime/calls", post_call)
+    except ImportError:  # aiortc missing: WebSocket only
+        log.warning("aiortc not installed: WebRTC signalling disabled")
+    static = Path(settings.static_dir) if settings.static_dir else WEB_CLIENT
+    if static.is_dir():
+        app.router.add_get("/", lambda r: web.FileResponse(static / "index.html"))
+        app.router.add_static("/", static, show_index=False)
+    app.on_startup.append(_start_reaper)
+    app.on_cleanup.append(_cleanup)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    app = request.app
+    s: ServerSettings = app["settings"]
+    return web.json_response({
+        "status": "ok", "model": app["model_name"], "embedded_demo_model": app["embedded"],
+        "sessions": app["manager"].in_use, "max_sessions": s.max_sessions,
+        "auth_required": s.api_key is not None, "tls": s.tls,
+        "load_model_hint": "omni serve --model /path/to/MiniCPM-o-2_6 --device cuda --dtype bfloat16",
+    })
+
+
+@web.middleware
+async def _auth_middleware(request: web.Request, handler):
+    key = request.app["settings"].api_key
+    if key is None or request.path in ("/healthz", "/") or not request.path.startswith("/v1/"):
+        return await handler(request)
+    if _presented_key(request) != key:
+        return web.json_response({"error": {"type": "invalid_request_error", "code": "invalid_api_key",
+                                            "message": "missing or wrong API key: send "
+                                            "`Authorization: Bearer <key>`"}}, status=401)
+    return await handler(request)
+
+
+def _presented_key(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        return auth[len("Bearer "):].strip()
+    for p in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        p = p.strip()
+        if p.startswith("openai-insecure-api-key."):   # browsers cannot set headers on WebSockets
+            return p[len("openai-insecure-api-key."):]
+    return None
+
+
+async def _start_reaper(app: web.Application) -> None:
+    async def reap():
+        while True:
+            await asyncio.sleep(min(5.0, app["settings"].idle_timeout_s / 2))
+            app["manager"].expire_idle()
+    app["reaper"] = asyncio.create_task(reap(), name="idle reaper")
+
+
+async def _cleanup(app: web.Application) -> None:
+    app["reaper"].cancel()
+    await asyncio.gather(app["reaper"], return_exceptions=True)
+    for conv in list(app["conversations"]):
+        await conv.close()
+    app["worker"].close()
+    app["vad_pool"].shutdown(wait=False, cancel_futures=True)
+
+
+def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    if not settings.tls:
+        return None
+    from .tls import self_signed
+    cert, key = (settings.tls_cert, settings.tls_key) if settings.tls_cert else self_signed()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def load_model(settings: ServerSettings):
+    import torch
+    from omni.embedded import embedded_checkpoint
+    from omni.loader import load
+    ckpt = Path(settings.model) if settings.model else embedded_checkpoint()
+    return load(ckpt, dtype=getattr(torch, settings.dtype), device=settings.device), settings.model is None
+
+
+def serve(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    overrides = {k: getattr(args, k, None) for k in ("host", "port", "model", "device", "dtype", "api_key",
+                                                     "tls_cert", "tls_key", "max_sessions")}
+    if getattr(args, "tls_self_signed", False):
+        overrides["tls_self_signed"] = True
+    settings = load_settings(args.config, **overrides)
+    omni, embedded = load_model(settings)
+    if embedded:
+        print("serving the EMBEDDED DEMO MODEL (tiny, random weights: replies are noise by design). "
+              "Load a real checkpoint with --model DIR.", file=sys.stderr)
+    app = build_app(settings, omni, embedded)
+    scheme = "https" if settings.tls else "http"
+    print(f"omni: open {scheme}://{settings.host}:{settings.port}/  (realtime API: "
+          f"{'wss' if settings.tls else 'ws'}://{settings.host}:{settings.port}/v1/realtime)", file=sys.stderr)
+    web.run_app(app, host=settings.host, port=settings.port, ssl_context=ssl_context(settings),
+                print=None, access_log=None)
+    return 0

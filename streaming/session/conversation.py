@@ -1,0 +1,326 @@
+"""A realtime conversation: client events in, engine steps on the worker, server events out.
+
+Owns one connection's protocol state: the session config, the engine `Session` (context),
+listening (VAD + chunker), the live response, barge-in rollback and the item ids the client sees.
+Every method that touches the model goes through the worker; this object only ever runs on the
+event loop. Transports (WebSocket, WebRTC data channel + tracks) call `handle`, `push_audio_16k`
+and `push_frame`; they never see the engine.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from omni.sampling import SamplingParams
+from omni.session.engine import GenerateOptions, Session
+
+from ..gateway import protocol as W
+from ..gateway.codecs import InputAudioStream, decode_image, read_wav_any, wire_to_float
+from ..gateway.errors import MediaError, ProtocolError
+from ..turn.vad import ServerVadConfig, SpeechStarted, SpeechStopped
+from .listen import Listener, UnitReady
+from .respond import Responder, Send
+
+MIN_COMMIT_MS = 100      # OpenAI rejects commits of less than 100 ms of audio
+
+
+@dataclass
+class Turn:
+    """The user turn being received."""
+    item_id: str
+    units: int = 0
+    audio_ms: float = 0.0
+    prefill_ms: list[float] = field(default_factory=list)
+
+
+class Conversation:
+    def __init__(self, worker, settings, send: Send, playout, vad, vad_pool, wire_audio: bool = True,
+                 clock_s: Callable[[], float] = time.monotonic):
+        self.worker, self.settings, self.send, self.vad_pool = worker, settings, send, vad_pool
+        self.clock_s = clock_s
+        vad_default = W.ServerVad(settings.vad_threshold, settings.vad_prefix_padding_ms,
+                                  settings.vad_silence_duration_ms)
+        self.config = W.SessionConfig(turn_detection=vad_default)
+        self.wire_audio = wire_audio
+        self.engine = Session(worker.omni, seed=None, max_cache_tokens=settings.max_context_tokens)
+        self.listener = Listener(vad, self._vad_cfg(), self.config.omni.video, clock_s)
+        self.input = InputAudioStream(self.config.input_format)
+        self.responder = Responder(send, worker, playout, self.config.output_format if wire_audio else None, clock_s)
+        self.playout = playout
+        self.turn: Turn | None = None
+        self.last_item_id: str | None = None
+        self.system_dirty = True
+        self.pending_units: list = []             # units heard while a reply plays without barge-in
+        self.pending_rollback: tuple[str, float] | None = None   # (reply item id, heard ms)
+        self.rollback_open = False                # the last reply can still be cut (nothing prefilled since)
+        self.last_reply = None                    # respond.Response of the latest reply
+        self.last_turn: Turn | None = None
+        self.t_turn_end_s: float | None = None    # when VAD decided the user stopped
+        self.ref_16k: np.ndarray | None = None
+        self.session_id = W.new_id("sess")
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.send(W.session_created(self._wire_session()))
+
+    async def close(self) -> None:
+        await self.responder.close()
+
+    def _wire_session(self) -> dict:
+        return W.to_wire(self.config, session_id=self.session_id, model="minicpm-o-2.6")
+
+    def _vad_cfg(self) -> ServerVadConfig | None:
+        td = self.config.turn_detection
+        if td is None:
+            return None
+        return ServerVadConfig(td.threshold, td.prefix_padding_ms, td.silence_duration_ms,
+                               td.create_response, td.interrupt_response)
+
+    # ---- dispatch -----------------------------------------------------------------------------
+    async def handle(self, ev) -> None:
+        handler = getattr(self, "_on_" + ev.TYPE.replace(".", "_"))
+        await handler(ev)
+
+    async def _on_session_update(self, ev) -> None:
+        old = self.config
+        new = W.apply_update(old, ev.session)
+        if new.reference_audio is not None and new.reference_audio != old.reference_audio:
+            ref = new.reference_audio   # decode now so a bad clip is rejected with the update
+            self.ref_16k = read_wav_any(ref.data, ref.rate_hz if ref.format == "pcm16" else None)
+        self.config = new
+        if (new.instructions, new.voice, new.reference_audio) != (old.instructions, old.voice, old.reference_audio):
+            self.system_dirty = True
+        if new.input_format != old.input_format:
+            self.input = InputAudioStream(new.input_format)
+        self.responder.output_format = new.output_format if self.wire_audio else None
+        if new.turn_detection != old.turn_detection or new.omni.video != old.omni.video:
+            self.listener.configure(self._vad_cfg(), new.omni.video)
+        await self.send(W.session_updated(self._wire_session()))
+
+    async def _on_input_audio_buffer_append(self, ev) -> None:
+        await self.push_audio_16k(self.input.push(ev.audio))
+
+    async def _on_input_image_buffer_append(self, ev) -> None:
+        if not self.config.omni.video:
+            raise ProtocolError("video_disabled", "camera frames are off for this session "
+                                "(session.update {\"omni\": {\"video\": true}})", "image", ev.event_id)
+        self.push_frame(decode_image(ev.image, self.settings.max_image_pixels))
+
+    async def _on_input_audio_buffer_commit(self, ev) -> None:
+        unit = self.listener.commit()
+        total_ms = (self.turn.audio_ms if self.turn else 0.0) + (unit.duration_ms if unit else 0.0)
+        if total_ms < MIN_COMMIT_MS:
+            raise ProtocolError("input_audio_buffer_commit_empty",
+                                f"buffer too small: a commit needs at least {MIN_COMMIT_MS} ms of audio, "
+                                f"{total_ms:.0f} ms buffered", None, ev.event_id)
+        if unit is not None:
+            await self._prefill_unit(unit)
+        await self._end_turn(create_response=False)
+
+    async def _on_input_audio_buffer_clear(self, ev) -> None:
+        self.listener.clear()
+        await self.send(W.input_audio_buffer_cleared())
+
+    async def _on_conversation_item_create(self, ev) -> None:
+        item = ev.item
+        if item.role == "assistant":
+            raise ProtocolError("unsupported_item", "assistant items cannot be added to a MiniCPM-o "
+                                "context; send user or system items", "item.role", ev.event_id)
+        if item.role == "system":
+            text = "\n".join(p.text or "" for p in item.content)
+            self.config = W.SessionConfig(**{**self.config.__dict__, "instructions": text})
+            self.system_dirty = True
+        else:
+            content: list = []
+            for p in item.content:
+                if p.type == "input_text":
+                    content.append(p.text or "")
+                elif p.type == "input_audio":
+                    content.append(wire_to_float(p.audio, self.config.input_format) if p.audio else None)
+                elif p.type == "input_image":
+                    content.append(decode_image(p.image, self.settings.max_image_pixels))
+            content = [c for c in content if c is not None]
+            await self._ensure_system()
+            await self._apply_rollback()
+            await self.worker.run("prefill", self.engine.prefill, {"role": "user", "content": content})
+        item_id = item.id or W.new_id("item")
+        obj = W.item_object(item_id, item.role, [self._part_wire(p) for p in item.content])
+        await self.send(W.conversation_item_added(obj, self.last_item_id))
+        await self.send(W.conversation_item_done(obj, self.last_item_id))
+        self.last_item_id = item_id
+
+    @staticmethod
+    def _part_wire(p) -> dict:
+        return {"type": p.type, **({"text": p.text} if p.text is not None else {})}
+
+    async def _on_conversation_item_truncate(self, ev) -> None:
+        r = self.last_reply
+        if r is None or ev.item_id != r.item_id:
+            raise ProtocolError("item_not_found", f"no assistant audio item {ev.item_id!r} to truncate",
+                                "item_id", ev.event_id)
+        emitted_ms = 1000.0 * r.audio_samples / 24000
+        if ev.audio_end_ms > emitted_ms + 1:
+            raise ProtocolError("invalid_audio_end_ms", f"audio_end_ms {ev.audio_end_ms} is beyond the "
+                                f"{emitted_ms:.0f} ms of audio sent for this item", "audio_end_ms", ev.event_id)
+        if self.responder.current is r:
+            await self.responder.cancel("client_truncated")
+        elif not self.rollback_open:
+            raise ProtocolError("truncate_too_late", "the next turn was already added; the context was "
+                                "cut at the server's playout position", "item_id", ev.event_id)
+        self.pending_rollback = (r.item_id, float(ev.audio_end_ms))
+        await self.send(W.conversation_item_truncated(ev.item_id, ev.content_index, ev.audio_end_ms))
+
+    async def _on_conversation_item_delete(self, ev) -> None:
+        raise ProtocolError("unsupported_operation", "items already in the model context cannot be "
+                            "deleted; start a new session or truncate the reply", "item_id", ev.event_id)
+
+    async def _on_response_create(self, ev) -> None:
+        if self.responder.current is not None:
+            raise ProtocolError("conversation_already_has_active_response",
+                                "a response is in progress; cancel it first", None, ev.event_id)
+        if self.turn is not None:
+            unit = self.listener.commit()
+            if unit is not None:
+                await self._prefill_unit(unit)
+            await self._end_turn(create_response=False)
+        await self._respond(ev.response.max_output_tokens)
+
+    async def _on_response_cancel(self, ev) -> None:
+        r = self.responder.current
+        if r is None or (ev.response_id and ev.response_id != r.id):
+            raise ProtocolError("response_not_found", "no response in progress to cancel",
+                                "response_id", ev.event_id)
+        await self._barge_in("client_cancelled")
+
+    # ---- listening ----------------------------------------------------------------------------
+    def push_frame(self, image) -> None:
+        if self.config.omni.video:
+            self.listener.push_frame(image)
+
+    async def push_audio_16k(self, samples: np.ndarray) -> None:
+        if not len(samples):
+            return
+        loop = asyncio.get_running_loop()
+        events = await loop.run_in_executor(self.vad_pool, self.listener.push_audio, samples)
+        stopped = False                           # the turn ends once its last units are in
+        for ev in events:
+            if isinstance(ev, SpeechStarted):
+                if stopped:
+                    await self._end_turn(self.config.turn_detection.create_response)
+                    stopped = False
+                await self._speech_started(ev)
+            elif isinstance(ev, SpeechStopped):
+                self.t_turn_end_s = self.clock_s()
+                await self.send(W.speech_stopped(int(ev.audio_end_ms), self._turn().item_id))
+                stopped = True
+            else:
+                await self._prefill_unit(ev.unit)
+        if stopped and self.config.turn_detection is not None:
+            await self._end_turn(self.config.turn_detection.create_response)
+
+    async def _speech_started(self, ev: SpeechStarted) -> None:
+        td = self.config.turn_detection
+        if td is not None and td.interrupt_response and self._reply_audible():
+            await self._barge_in("turn_detected")
+        await self.send(W.speech_started(int(ev.audio_start_ms), self._turn().item_id))
+
+    def _turn(self) -> Turn:
+        if self.turn is None:
+            self.turn = Turn(W.new_id("item"))
+        return self.turn
+
+    async def _prefill_unit(self, unit) -> None:
+        turn = self._turn()
+        turn.units += 1
+        turn.audio_ms += unit.duration_ms
+        if self.responder.current is not None:   # no barge-in: hear it after the reply
+            self.pending_units.append(unit)
+            return
+        await self._ensure_system()
+        await self._apply_rollback()
+        t = time.perf_counter()
+        await self.worker.run("unit", self.engine.append_unit, unit.audio_16k, unit.frame)
+        turn.prefill_ms.append(1000 * (time.perf_counter() - t))
+
+    async def _end_turn(self, create_response: bool) -> None:
+        turn = self.turn
+        if turn is None:
+            return
+        self.turn = None
+        await self.send(W.input_audio_buffer_committed(turn.item_id, self.last_item_id))
+        item = W.item_object(turn.item_id, "user", [{"type": "input_audio", "transcript": None}])
+        await self.send(W.conversation_item_added(item, self.last_item_id))
+        await self.send(W.conversation_item_done(item, self.last_item_id))
+        self.last_item_id = turn.item_id
+        self.last_turn = turn
+        if create_response and self.responder.current is None:
+            await self._respond(None)
+
+    # ---- replies and barge-in -----------------------------------------------------------------
+    async def _respond(self, max_tokens) -> None:
+        await self._ensure_system()
+        await self._apply_rollback()
+        limit = self.settings.max_reply_tokens
+        cap = self.config.max_output_tokens if max_tokens is None else max_tokens
+        if isinstance(cap, int):
+            limit = min(limit, cap)
+        opts = GenerateOptions(sampling=SamplingParams(), max_new_tokens=limit,
+                               max_speech_s=self.settings.max_speech_s, low_latency_first_chunk=True,
+                               step_yields=True)   # one bounded step per worker call: fair to other sessions
+        turn, self.last_turn = self.last_turn, None
+        timings = {}
+        if turn is not None and turn.prefill_ms:
+            timings["unit_prefill_max_ms"] = max(turn.prefill_ms)
+            timings["unit_prefill_mean_ms"] = sum(turn.prefill_ms) / len(turn.prefill_ms)
+        t0 = self.t_turn_end_s or self.clock_s()
+        self.t_turn_end_s = None
+        r = await self.responder.start(lambda: self.engine.generate(opts), t0, self.last_item_id, timings)
+        self.last_reply, self.rollback_open = r, True
+        self.last_item_id = r.item_id
+        r.task.add_done_callback(lambda _t: asyncio.ensure_future(self._after_response()))
+
+    async def _after_response(self) -> None:
+        units, self.pending_units = self.pending_units, []
+        for u in units:
+            await self._prefill_unit(u)
+
+    def _reply_audible(self) -> bool:
+        """The last reply is still being generated or its audio is still playing."""
+        r = self.last_reply
+        if r is None or not self.rollback_open:
+            return False
+        return self.responder.current is r or self.playout.played_ms(r.id) < 1000.0 * r.audio_samples / 24000 - 20
+
+    async def _barge_in(self, reason: str) -> None:
+        """Stop the reply the user talks over; the context will keep only what was heard (the
+        server's playout position, replaced by the client's `audio_end_ms` if a truncate comes)."""
+        r = self.last_reply
+        if r is None:
+            return
+        heard_ms = self.playout.played_ms(r.id)       # read before cancel stops the playout
+        await self.responder.cancel(reason)
+        self.pending_rollback = (r.item_id, heard_ms)
+
+    async def _apply_rollback(self) -> None:
+        """Cut the context to the reply audio actually heard, before anything new is prefilled."""
+        self.rollback_open = False
+        if self.pending_rollback is None:
+            return
+        _, heard_ms = self.pending_rollback
+        self.pending_rollback = None
+        await self.worker.run("rollback", self.engine.interrupt_ms, heard_ms)
+
+    async def _ensure_system(self) -> None:
+        if not self.system_dirty:
+            return
+        self.system_dirty = False
+        c = self.config
+        ref = self.ref_16k if c.reference_audio is not None else None
+        self.engine.seed = c.omni.seed             # a seed takes effect from the next context start
+        text = c.instructions or None
+        mode = "audio_assistant"                 # default voice without a clip, cloned voice with one
+        await self.worker.run("system", self.engine.set_system, mode, ref, text)

@@ -1,0 +1,91 @@
+"""Listening: user audio (16 kHz) and camera frames -> turn events and TDM units.
+
+Owns one connection's VAD state, turn detector, prefix buffer and unit chunker. With server VAD
+only speech (plus `prefix_padding_ms` before it) becomes units, prefilled while the user talks, so
+the end of a turn leaves at most one partial unit; without VAD every sample is chunked and the
+client commits. Pure bookkeeping plus the VAD network; the caller runs `push_audio` off the event
+loop (silero is torch).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..turn.chunker import PrefixBuffer, Unit, UnitChunker
+from ..turn.vad import ServerVadConfig, SileroVAD, SpeechStarted, SpeechStopped, TurnDetector
+
+
+@dataclass(frozen=True)
+class UnitReady:
+    unit: Unit
+
+
+ListenEvent = SpeechStarted | SpeechStopped | UnitReady
+
+
+class Listener:
+    def __init__(self, vad: SileroVAD | None, vad_cfg: ServerVadConfig | None, video: bool,
+                 clock_s: Callable[[], float] = time.monotonic):
+        self.vad = vad
+        self.chunker = UnitChunker(clock_s=clock_s, video=video)
+        self.configure(vad_cfg, video)
+
+    def configure(self, vad_cfg: ServerVadConfig | None, video: bool) -> None:
+        """Switch turn detection; an utterance in progress is kept in manual mode."""
+        self.vad_cfg = vad_cfg
+        self.chunker.video = video
+        if vad_cfg is not None:
+            assert self.vad is not None, "server VAD needs the silero model"
+            self.detector = TurnDetector(vad_cfg)
+            self.vad_state = self.vad.new_state()
+            # 2 s of slack beyond the look-back: reads happen at every push.
+            self.prefix = PrefixBuffer(vad_cfg.lookback_ms + 2000, start_ms=self.chunker.audio_end_ms)
+            self.speaking = False
+
+    @property
+    def pending_ms(self) -> float:
+        """Audio of the current turn not yet emitted as a unit."""
+        return self.chunker.pending_ms
+
+    def push_audio(self, samples_16k: np.ndarray) -> list[ListenEvent]:
+        if self.vad_cfg is None:
+            return [UnitReady(u) for u in self.chunker.push_audio(samples_16k)]
+        self.prefix.push(samples_16k)
+        events: list[ListenEvent] = []
+        for frame_ms, prob in self.vad.push(self.vad_state, samples_16k):
+            for ev in self.detector.step(prob, frame_ms):
+                events += self._on_turn_event(ev)
+        if self.speaking:
+            events += [UnitReady(u) for u in self.chunker.push_audio(self.prefix.read(self.chunker.audio_end_ms))]
+        return events
+
+    def _on_turn_event(self, ev) -> list[ListenEvent]:
+        out: list[ListenEvent] = [ev]
+        if isinstance(ev, SpeechStarted):
+            self.speaking = True
+            self.chunker.reset(ev.audio_start_ms)
+            out += [UnitReady(u) for u in self.chunker.push_audio(self.prefix.read(ev.audio_start_ms))]
+        else:
+            self.speaking = False
+            tail = self.prefix.read(self.chunker.audio_end_ms, ev.audio_end_ms)
+            out += [UnitReady(u) for u in self.chunker.push_audio(tail)]
+            last = self.chunker.flush()
+            if last is not None:
+                out.append(UnitReady(last))
+        return out
+
+    def push_frame(self, image, t_ms: float | None = None) -> None:
+        self.chunker.push_frame(image, t_ms)
+
+    def commit(self) -> Unit | None:
+        """Manual turn end: the partial last unit, if any."""
+        return self.chunker.flush()
+
+    def clear(self) -> None:
+        self.chunker.reset(self.chunker.audio_end_ms)
+        if self.vad_cfg is not None:
+            self.speaking = False
+            self.detector.reset(int(self.chunker.audio_end_ms))

@@ -1,0 +1,61 @@
+"""Session registry: admission (a maximum), idle timeout, and freeing everything on disconnect.
+
+Owns: the set of live connections' conversations and when each was last active (by an injected
+clock). Does not own: the conversations themselves (each connection's task group does) or the
+model (the worker).
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..gateway.errors import CapacityError
+
+
+@dataclass
+class Lease:
+    session_id: str
+    transport: str
+    created_s: float
+    last_active_s: float
+    close: Callable[[str], None] | None = None     # asks the connection to close (idle timeout)
+
+
+@dataclass
+class SessionManager:
+    max_sessions: int
+    idle_timeout_s: float
+    clock: Callable[[], float] = time.monotonic
+    leases: dict[str, Lease] = field(default_factory=dict)
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def acquire(self, transport: str, close: Callable[[str], None] | None = None) -> Lease:
+        if len(self.leases) >= self.max_sessions:
+            raise CapacityError("server_busy", f"server full: {len(self.leases)} of {self.max_sessions} sessions in use; "
+                                "try again later")
+        now = self.clock()
+        lease = Lease(f"sess_{next(self._ids):06d}", transport, now, now, close)
+        self.leases[lease.session_id] = lease
+        return lease
+
+    def touch(self, lease: Lease) -> None:
+        lease.last_active_s = self.clock()
+
+    def release(self, lease: Lease) -> None:
+        self.leases.pop(lease.session_id, None)
+
+    def expire_idle(self) -> list[Lease]:
+        """Leases idle longer than the timeout; each gets its close callback called once."""
+        now = self.clock()
+        idle = [l for l in self.leases.values() if now - l.last_active_s > self.idle_timeout_s]
+        for lease in idle:
+            self.release(lease)
+            if lease.close:
+                lease.close("idle timeout")
+        return idle
+
+    @property
+    def in_use(self) -> int:
+        return len(self.leases)

@@ -1,0 +1,136 @@
+"""One reply: engine steps on the worker -> protocol events and playout, with cancellation.
+
+Owns the lifecycle of a `Response` (created -> deltas -> done) and its invariant: every event of a
+response is sent before its `response.done`, nothing after it. Cancellation is by number: the
+canceller marks the response, sends the closing events at once, and the running task drops every
+later step on sight (STYLE §9). Does not own: turn taking, the engine's state (the conversation
+rolls the context back), transport.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import numpy as np
+
+from ..gateway import protocol as W
+from ..gateway.boundary import report
+from ..gateway.codecs import encode_output_audio
+
+Send = Callable[[dict], Awaitable[None]]
+
+
+@dataclass
+class Response:
+    id: str
+    item_id: str
+    t_trigger_s: float                           # end of the user's turn (VAD decision / commit / create)
+    status: str = "in_progress"
+    reason: str | None = None
+    closed: bool = False                         # response.done sent
+    transcript: list[str] = field(default_factory=list)
+    audio_samples: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    task: asyncio.Task | None = None
+
+    def part(self) -> dict:
+        return {"type": "output_audio", "transcript": "".join(self.transcript)}
+
+    def item(self, status: str) -> dict:
+        return W.item_object(self.item_id, "assistant", [self.part()], status=status)
+
+
+class Responder:
+    """Runs replies of one conversation; at most one live at a time."""
+
+    def __init__(self, send: Send, worker, playout, output_format, clock_s: Callable[[], float] = time.monotonic):
+        self.send, self.worker, self.playout = send, worker, playout
+        self.output_format = output_format
+        self.clock_s = clock_s
+        self.current: Response | None = None
+
+    async def start(self, gen_factory: Callable[[], object], t_trigger_s: float,
+                    previous_item_id: str | None, extra_timings: dict | None = None) -> Response:
+        r = Response(W.new_id("resp"), W.new_id("item"), t_trigger_s)
+        self.current = r
+        r.timings_ms.update(extra_timings or {})
+        self.playout.start(r.id)
+        await self.send(W.response_created(W.response_object(r.id, "in_progress")))
+        await self.send(W.conversation_item_added(r.item("in_progress"), previous_item_id))
+        await self.send(W.response_output_item_added(r.id, 0, r.item("in_progress")))
+        await self.send(W.response_content_part_added(r.id, r.item_id, 0, 0, {"type": "output_audio", "transcript": ""}))
+        r.task = asyncio.create_task(self._run(r, gen_factory), name=f"response {r.id}")
+        return r
+
+    async def _run(self, r: Response, gen_factory) -> None:
+        try:
+            gen = await self.worker.run("generate", gen_factory)
+            while not r.closed:
+                item = await self.worker.next("reply_step", gen)
+                if r.closed:                      # cancelled while the step ran: drop it
+                    return
+                if item is None:
+                    break
+                await self._emit(r, *item)
+            if not r.closed:
+                await self.finish(r, "completed")
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:                    # the model failed: report it, close the response
+            await report(self.send, e)
+            if not r.closed:
+                await self.finish(r, "failed", reason=type(e).__name__)
+
+    async def _emit(self, r: Response, text: str, wav: np.ndarray) -> None:
+        now_ms = lambda: 1000.0 * (self.clock_s() - r.t_trigger_s)
+        if text:
+            r.timings_ms.setdefault("first_text_ms", now_ms())
+            r.transcript.append(text)
+            await self.send(W.response_output_audio_transcript_delta(r.id, r.item_id, 0, 0, text))
+        if len(wav):
+            r.timings_ms.setdefault("first_audio_ms", now_ms())
+            r.audio_samples += len(wav)
+            self.playout.write(r.id, wav)
+            if self.output_format is not None:    # WebRTC carries audio on its track instead
+                await self.send(W.response_output_audio_delta(
+                    r.id, r.item_id, 0, 0, encode_output_audio(wav, self.output_format)))
+
+    async def finish(self, r: Response, status: str, reason: str | None = None) -> None:
+        """Close `r`: the done events, then `response.done`; idempotent."""
+        if r.closed:
+            return
+        r.closed, r.status, r.reason = True, status, reason
+        if status != "completed":
+            self.playout.stop(r.id)
+        r.timings_ms["total_ms"] = 1000.0 * (self.clock_s() - r.t_trigger_s)
+        r.timings_ms["audio_ms"] = 1000.0 * r.audio_samples / 24000
+        item_status = "completed" if status == "completed" else "incomplete"
+        await self.send(W.response_output_audio_done(r.id, r.item_id, 0, 0))
+        await self.send(W.response_output_audio_transcript_done(r.id, r.item_id, 0, 0, "".join(r.transcript)))
+        await self.send(W.response_content_part_done(r.id, r.item_id, 0, 0, r.part()))
+        await self.send(W.response_output_item_done(r.id, 0, r.item(item_status)))
+        await self.send(W.conversation_item_done(r.item(item_status), None))
+        details = None if status == "completed" else {"type": status, "reason": reason}
+        await self.send(W.response_done(W.response_object(
+            r.id, status, [r.item(item_status)], status_details=details,
+            timings_ms={k: round(v, 1) for k, v in r.timings_ms.items()})))
+        if self.current is r:
+            self.current = None
+
+    async def cancel(self, reason: str) -> Response | None:
+        """Stop the live response at once (its task drops whatever it is computing)."""
+        r = self.current
+        if r is None or r.closed:
+            return None
+        await self.finish(r, "cancelled", reason)
+        return r
+
+    async def close(self) -> None:
+        r = self.current
+        if r is not None:
+            r.closed = True
+            if r.task:
+                r.task.cancel()
+                await asyncio.gather(r.task, return_exceptions=True)

@@ -1,0 +1,132 @@
+"""Server settings: one frozen dataclass, read from TOML whose keys are the field names.
+
+Owns: `ServerSettings` (defaults and range checks), `load_settings` (TOML file + command-line
+overrides, unknown keys are an error) and `dump_settings` (the inverse, for round trips and
+`configs/server.toml`). Does not own: per-session options (protocol.SessionConfig, set by the
+client) or reading argv/env (the entry point does that and passes overrides in).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+class SettingsError(ValueError):
+    """A settings file or override that names an unknown key or holds a bad value."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything the operator sets; see configs/server.toml for the documented defaults."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str | None = None  # checkpoint directory; None = the embedded tiny model
+    device: str = "cpu"  # matches `omni chat`; the real model wants "cuda" + "bfloat16"
+    dtype: str = "float32"
+    max_sessions: int = 16  # sessions share one model; the worker interleaves their steps
+    idle_timeout_s: float = 300.0
+    max_message_bytes: int = 4 * 1024 * 1024  # a 30 s PCM16 reference clip is ~1.9 MB base64
+    max_image_pixels: int = 1920 * 1080
+    api_key: str | None = None  # None = open server (fine on localhost only)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_self_signed: bool = False  # iPad/Safari need HTTPS for the microphone even on a LAN
+    static_dir: str | None = None  # None = the bundled web client
+    vad_threshold: float = 0.5  # OpenAI server_vad defaults
+    vad_prefix_padding_ms: int = 300
+    vad_silence_duration_ms: int = 500
+    max_reply_tokens: int = 512
+    max_speech_s: float = 60.0
+    max_context_tokens: int = 8192  # LLM cache budget; oldest complete turns slide out (system prompt kept)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), str(f.type))
+            if f.type == "float":  # TOML `300` for a float field: keep the declared type
+                object.__setattr__(self, f.name, float(getattr(self, f.name)))
+        checks = [
+            (0 <= self.port <= 65_535, "port must be 0..65535"),
+            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}"),
+            (self.max_sessions >= 1, "max_sessions must be at least 1"),
+            (self.idle_timeout_s > 0, "idle_timeout_s must be positive"),
+            (self.max_message_bytes >= 1024, "max_message_bytes must be at least 1024"),
+            (self.max_image_pixels >= 64 * 64, "max_image_pixels must be at least 4096"),
+            ((self.tls_cert is None) == (self.tls_key is None),
+             "tls_cert and tls_key must be given together"),
+            (not (self.tls_self_signed and self.tls_cert), "tls_self_signed excludes tls_cert"),
+            (0.0 <= self.vad_threshold <= 1.0, "vad_threshold must be 0..1"),
+            (self.vad_prefix_padding_ms >= 0, "vad_prefix_padding_ms must be >= 0"),
+            (self.vad_silence_duration_ms > 0, "vad_silence_duration_ms must be positive"),
+            (self.max_reply_tokens >= 1, "max_reply_tokens must be at least 1"),
+            (self.max_speech_s > 0, "max_speech_s must be positive"),
+            (self.max_context_tokens >= 512, "max_context_tokens must be at least 512"),
+        ]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise SettingsError("invalid server settings: " + "; ".join(bad))
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None or self.tls_self_signed
+
+
+_KINDS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float),
+                                       "bool": (bool,)}
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    # Annotations are strings under `from __future__ import annotations`: "int", "str | None".
+    parts = [p.strip() for p in annotation.split("|")]
+    if value is None and "None" in parts:
+        return
+    kinds = tuple(k for p in parts for k in _KINDS.get(p, ()))
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise SettingsError(f"setting {name!r} must be {annotation}, got {value!r}")
+
+
+def _unknown(keys: set[str], source: str) -> None:
+    names = [f.name for f in fields(ServerSettings)]
+    bad = sorted(keys - set(names))
+    if bad:
+        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(
+            k, names, n=1)) else "") for k in bad]
+        raise SettingsError(f"unknown setting(s) in {source}: {', '.join(hints)}; "
+                            f"known settings: {', '.join(names)}")
+
+
+def load_settings(toml_path: str | Path | None = None, **cli_overrides: Any) -> ServerSettings:
+    """Defaults, then the TOML file, then command-line overrides (a None override means unset).
+
+    Raises:
+        SettingsError: unknown key, wrong type or out-of-range value, naming the key and source.
+        FileNotFoundError: `toml_path` does not exist.
+    """
+    values: dict[str, Any] = {}
+    if toml_path is not None:
+        with open(toml_path, "rb") as fh:
+            try:
+                values = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as e:
+                raise SettingsError(f"{toml_path}: invalid TOML: {e}") from None
+        _unknown(set(values), str(toml_path))
+    overrides = {k: v for k, v in cli_overrides.items() if v is not None}
+    _unknown(set(overrides), "command-line overrides")
+    return ServerSettings(**{**values, **overrides})
+
+
+def dump_settings(settings: ServerSettings) -> str:
+    """TOML text that `load_settings` reads back to an equal object (None fields are omitted)."""
+    lines = []
+    for key, value in dataclasses.asdict(settings).items():
+        if value is not None:  # TOML has no null; an absent key means the default None
+            # JSON string escapes are valid TOML basic-string escapes.
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"

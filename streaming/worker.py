@@ -1,0 +1,63 @@
+"""The model owner: one thread that runs every torch step, so the event loop never blocks on torch.
+
+Owns: the shared `Omni` bundle and a single-thread executor. Connections submit small steps (one
+unit prefill, one `next()` of a reply generator: one 3-token LLM call plus at most one 25-frame TTS
+step) and await them; the FIFO queue of the executor interleaves sessions step by step, so a step
+of one session never waits for more than the steps already queued by others. Does not own:
+per-session state (each connection's `omni.session.Session`), protocol, media.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+_DONE = object()
+
+
+@dataclass
+class WorkerStats:
+    steps: int = 0
+    busy_s: float = 0.0
+    step_ms_by_kind: dict = field(default_factory=dict)
+
+    def add(self, kind: str, seconds: float) -> None:
+        self.steps += 1
+        self.busy_s += seconds
+        self.step_ms_by_kind.setdefault(kind, []).append(seconds * 1000)
+        if len(self.step_ms_by_kind[kind]) > 1000:     # bounded: keep the recent window only
+            del self.step_ms_by_kind[kind][:500]
+
+
+class ModelWorker:
+    def __init__(self, omni, threads: int | None = None):
+        self.omni = omni
+        self.stats = WorkerStats()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="omni-model")
+        if threads:
+            self._pool.submit(torch.set_num_threads, threads).result()
+
+    async def run(self, kind: str, fn, *args, **kwargs):
+        """Run `fn(*args, **kwargs)` on the model thread; returns its result (exceptions propagate)."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._timed, kind, fn, *args, **kwargs)
+        return await loop.run_in_executor(self._pool, call)
+
+    async def next(self, kind: str, iterator):
+        """One `next()` of a generator on the model thread; `None` when it is exhausted."""
+        item = await self.run(kind, next, iterator, _DONE)
+        return None if item is _DONE else item
+
+    def _timed(self, kind, fn, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.stats.add(kind, time.perf_counter() - t)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

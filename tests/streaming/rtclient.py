@@ -1,0 +1,62 @@
+"""Helpers for gateway tests: client audio, event waiting, an in-process server on 127.0.0.1."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "golden" / "tiny-a"
+
+
+def utterance_24k_pcm16(speech_16k: np.ndarray, lead_s=1.0, tail_s=1.5) -> bytes:
+    """Silence, the speech clip, silence: PCM16 at 24 kHz (the OpenAI Realtime input format)."""
+    from streaming.gateway.codecs import float_to_pcm16, resample
+    x = np.concatenate([np.zeros(int(lead_s * 16000), np.float32), speech_16k,
+                        np.zeros(int(tail_s * 16000), np.float32)])
+    return float_to_pcm16(resample(x, 16000, 24000)).tobytes()
+
+
+def chunks_b64(pcm: bytes, ms: int = 100, rate: int = 24000) -> list[str]:
+    step = 2 * rate * ms // 1000
+    return [base64.b64encode(pcm[i:i + step]).decode() for i in range(0, len(pcm), step)]
+
+
+class Server:
+    def __init__(self, runner, port, app):
+        self.runner, self.port, self.app = runner, port, app
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/realtime"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+async def start_server(omni, **overrides) -> Server:
+    from aiohttp import web
+    from streaming.server import build_app
+    from streaming.settings import ServerSettings
+    settings = ServerSettings(**{"max_reply_tokens": 12, "max_speech_s": 2.0, **overrides})
+    app = build_app(settings, omni, embedded=True)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return Server(runner, port, app)
+
+
+async def recv_until(ws, pred, timeout=60.0) -> list[dict]:
+    """Events until one satisfies `pred` (inclusive)."""
+    events = []
+    async with asyncio.timeout(timeout):
+        while True:
+            ev = json.loads(await ws.recv())
+            events.append(ev)
+            if pred(ev):
+                return events

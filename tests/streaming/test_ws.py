@@ -1,0 +1,180 @@
+"""WebSocket `/v1/realtime` with a real `websockets` client and the real tiny model."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import numpy as np
+import pytest
+import websockets
+
+from rtclient import chunks_b64, recv_until, start_server, utterance_24k_pcm16
+
+
+def types(events):
+    return [e["type"] for e in events]
+
+
+async def send(ws, **ev):
+    await ws.send(json.dumps(ev))
+
+
+@pytest.mark.asyncio
+async def test_full_voice_turn_with_server_vad(server, speech_16k):
+    async with websockets.connect(server.ws_url) as ws:
+        created = json.loads(await ws.recv())
+        assert created["type"] == "session.created"
+        assert created["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+        for c in chunks_b64(utterance_24k_pcm16(speech_16k)):
+            await send(ws, type="input_audio_buffer.append", audio=c)
+        events = await recv_until(ws, lambda e: e["type"] == "response.done")
+    t = types(events)
+    assert t.index("input_audio_buffer.speech_started") < t.index("input_audio_buffer.speech_stopped") \
+        < t.index("input_audio_buffer.committed") < t.index("response.created")
+    deltas = [e for e in events if e["type"] == "response.output_audio.delta"]
+    assert deltas, t
+    pcm = np.frombuffer(b"".join(base64.b64decode(d["delta"]) for d in deltas), np.int16)
+    assert len(pcm) > 2400 and np.abs(pcm).max() > 0          # real 24 kHz speech samples
+    done = events[-1]["response"]
+    assert done["status"] == "completed"
+    timings = done["omni"]["timings"]
+    assert timings["first_audio_ms"] > 0 and "unit_prefill_max_ms" in timings
+    started = next(e for e in events if e["type"] == "input_audio_buffer.speech_started")
+    assert 700 <= started["audio_start_ms"] <= 1100            # speech begins at 1.0 s (minus padding)
+
+
+@pytest.mark.asyncio
+async def test_manual_commit_turn(server, speech_16k):
+    async with websockets.connect(server.ws_url) as ws:
+        await recv_until(ws, lambda e: e["type"] == "session.created")
+        await send(ws, type="session.update", session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+        upd = await recv_until(ws, lambda e: e["type"] == "session.updated")
+        assert upd[-1]["session"]["audio"]["input"]["turn_detection"] is None
+        for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.2, 0.2)):
+            await send(ws, type="input_audio_buffer.append", audio=c)
+        await send(ws, type="input_audio_buffer.commit")
+        committed = await recv_until(ws, lambda e: e["type"] == "input_audio_buffer.committed")
+        assert "input_audio_buffer.speech_started" not in types(committed)
+        await send(ws, type="response.create")
+        events = await recv_until(ws, lambda e: e["type"] == "response.done")
+    assert "response.output_audio.delta" in types(events)
+    assert events[-1]["response"]["status"] == "completed"
+
+
+@pytest.mark.asyncio
+async def test_barge_in_cancels_and_truncates_to_what_was_heard(tiny_omni, speech_16k):
+    srv = await start_server(tiny_omni, max_reply_tokens=300, max_speech_s=60.0)  # a long, live reply
+    try:
+        async with websockets.connect(srv.ws_url) as ws:
+            await recv_until(ws, lambda e: e["type"] == "session.created")
+            for c in chunks_b64(utterance_24k_pcm16(speech_16k)):
+                await send(ws, type="input_audio_buffer.append", audio=c)
+            first = await recv_until(ws, lambda e: e["type"] == "response.output_audio.delta")
+            resp_id, item_id = first[-1]["response_id"], first[-1]["item_id"]
+            # The user talks over the reply: server VAD must cancel it at once. Audio is sent in
+            # two parts, as a live client would (the truncate arrives before the turn ends).
+            talk = chunks_b64(utterance_24k_pcm16(speech_16k, 0.1, 1.5))
+            for c in talk[:8]:
+                await send(ws, type="input_audio_buffer.append", audio=c)
+            events = await recv_until(ws, lambda e: e["type"] == "response.done")
+            assert events[-1]["response"]["status"] == "cancelled"
+            assert events[-1]["response"]["status_details"]["reason"] == "turn_detected"
+            await send(ws, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=200)
+            after = await recv_until(ws, lambda e: e["type"] in ("conversation.item.truncated", "error"))
+            assert after[-1]["type"] == "conversation.item.truncated", after[-1]
+            conv, = srv.app["conversations"]
+            assert conv.pending_rollback == (item_id, 200.0)
+            calls = []
+            prefill, interrupt_ms = conv.engine.prefill, conv.engine.interrupt_ms
+            conv.engine.prefill = lambda msg: calls.append(("prefill", prefill(msg).text)) or None
+            conv.engine.interrupt_ms = lambda ms: calls.append(("interrupt_ms", ms, interrupt_ms(ms))) or None
+            for c in talk[8:]:
+                await send(ws, type="input_audio_buffer.append", audio=c)
+            rest = await recv_until(ws, lambda e: e["type"] == "response.done" and e["response"]["id"] != resp_id)
+            # Nothing of the cancelled response after its response.done.
+            assert all(e.get("response_id") != resp_id for e in after + rest)
+            assert rest[-1]["response"]["status"] == "completed"
+            # The context kept only the reply audio that was heard (200 ms = less than one chunk),
+            # and the new turn opened with the interrupted-turn prefix.
+            assert conv.pending_rollback is None
+            assert calls[0][:2] == ("interrupt_ms", 200.0)
+            assert calls[1][0] == "prefill" and calls[1][1].startswith("<|tts_eos|><|im_end|>\n<|im_start|>user\n")
+        engine_lens = [c.engine.state.cache_len for c in srv.app["conversations"]]
+        assert engine_lens == []                     # freed on disconnect
+    finally:
+        await srv.runner.cleanup()
+
+
+BAD_INPUTS = [
+    ("{not json", "invalid_json"),
+    ("[1, 2]", None),
+    (json.dumps({"type": "no.such.event"}), None),
+    (json.dumps({"type": "input_audio_buffer.append"}), "missing_required_parameter"),
+    (json.dumps({"type": "input_audio_buffer.append", "audio": 5}), None),
+    (json.dumps({"type": "input_audio_buffer.append", "audio": "!!!notbase64"}), None),
+    (json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\x01\x02\x03").decode()}), None),
+    (json.dumps({"type": "input_image_buffer.append", "image": base64.b64encode(b"not an image").decode()}), None),
+    (json.dumps({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/flac"}}}}}), None),
+    (json.dumps({"type": "conversation.item.truncate", "item_id": "nope", "content_index": 0, "audio_end_ms": 1}), "item_not_found"),
+    (json.dumps({"type": "response.cancel"}), "response_not_found"),
+    (json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (5 * 1024 * 1024)}), "message_too_large"),
+]
+
+
+@pytest.mark.asyncio
+async def test_bad_inputs_get_error_events_and_the_session_goes_on(server, speech_16k):
+    async with websockets.connect(server.ws_url, max_size=None) as ws:
+        await recv_until(ws, lambda e: e["type"] == "session.created")
+        for raw, code in BAD_INPUTS:
+            await ws.send(raw)
+            ev = (await recv_until(ws, lambda e: e["type"] == "error"))[-1]
+            assert ev["error"]["message"], raw[:60]
+            if code:
+                assert ev["error"]["code"] == code, (raw[:60], ev)
+        await ws.send(b"\x00\x01binary")
+        ev = (await recv_until(ws, lambda e: e["type"] == "error"))[-1]
+        # Still alive: a normal manual turn works afterwards.
+        await send(ws, type="session.update", session={"audio": {"input": {"turn_detection": None}}})
+        for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.1, 0.1)):
+            await send(ws, type="input_audio_buffer.append", audio=c)
+        await send(ws, type="response.create")
+        events = await recv_until(ws, lambda e: e["type"] == "response.done")
+        assert events[-1]["response"]["status"] == "completed"
+
+
+@pytest.mark.asyncio
+async def test_server_full_and_sessions_freed(tiny_omni):
+    srv = await start_server(tiny_omni, max_sessions=1)
+    try:
+        async with websockets.connect(srv.ws_url) as ws1:
+            await recv_until(ws1, lambda e: e["type"] == "session.created")
+            assert srv.app["manager"].in_use == 1
+            async with websockets.connect(srv.ws_url) as ws2:
+                ev = json.loads(await ws2.recv())
+                assert ev["type"] == "error" and ev["error"]["code"] == "server_busy"
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await ws2.recv()
+                assert closed.value.rcvd.code == 1013
+        await asyncio.sleep(0.2)
+        assert srv.app["manager"].in_use == 0 and not srv.app["conversations"]
+        async with websockets.connect(srv.ws_url) as ws3:              # the slot is free again
+            assert json.loads(await ws3.recv())["type"] == "session.created"
+    finally:
+        await srv.runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_api_key_required(tiny_omni):
+    srv = await start_server(tiny_omni, api_key="s3cret")
+    try:
+        with pytest.raises(websockets.InvalidStatus) as e:
+            async with websockets.connect(srv.ws_url):
+                pass
+        assert e.value.response.status_code == 401
+        async with websockets.connect(srv.ws_url, additional_headers={"Authorization": "Bearer s3cret"}) as ws:
+            assert json.loads(await ws.recv())["type"] == "session.created"
+        async with websockets.connect(srv.ws_url, subprotocols=["realtime", "openai-insecure-api-key.s3cret"]) as ws:
+            assert json.loads(await ws.recv())["type"] == "session.created"
+    finally:
+        await srv.runner.cleanup()
