@@ -27,10 +27,10 @@ def build_app(settings: ServerSettings, omni, embedded: bool) -> web.Application
     from .gateway.ws import realtime_ws
     from .session.manager import SessionManager
     from .turn.vad import SileroVAD
-    from .worker import ModelWorker
+    from .worker import ModelWorker, auto_lanes
     app = web.Application(middlewares=[_auth_middleware], client_max_size=settings.max_message_bytes)
     app["settings"], app["embedded"] = settings, embedded
-    app["worker"] = ModelWorker(omni)
+    app["worker"] = ModelWorker(omni, settings.model_lanes or auto_lanes(settings.device))
     app["manager"] = SessionManager(settings.max_sessions, settings.idle_timeout_s)
     app["vad"] = SileroVAD()
     app["vad_pool"] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="omni-vad")

@@ -45,6 +45,7 @@ class ServerSettings:
     vad_silence_duration_ms: int = 500
     max_reply_tokens: int = 512
     max_speech_s: float = 60.0
+    model_lanes: int = 0  # parallel model steps (sessions); 0 = auto: one per core on CPU, 1 on GPU
     max_context_tokens: int = 8192  # LLM cache budget; oldest complete turns slide out (system prompt kept)
 
     def __post_init__(self) -> None:
@@ -67,6 +68,7 @@ class ServerSettings:
             (self.vad_silence_duration_ms > 0, "vad_silence_duration_ms must be positive"),
             (self.max_reply_tokens >= 1, "max_reply_tokens must be at least 1"),
             (self.max_speech_s > 0, "max_speech_s must be positive"),
+            (self.model_lanes >= 0, "model_lanes must be >= 0 (0 = auto)"),
             (self.max_context_tokens >= 512, "max_context_tokens must be at least 512"),
         ]
         bad = [msg for ok, msg in checks if not ok]

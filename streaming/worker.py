@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -33,13 +34,25 @@ class WorkerStats:
             del self.step_ms_by_kind[kind][:500]
 
 
+def auto_lanes(device: str) -> int:
+    """Parallel step lanes: on a CPU, one per core with single-threaded torch ops (small tiny-model
+    ops scale better across sessions than inside one op); on a GPU one lane (kernels serialise)."""
+    if device.startswith("cpu"):
+        return max(1, min(4, os.cpu_count() or 1))
+    return 1
+
+
 class ModelWorker:
-    def __init__(self, omni, threads: int | None = None):
+    """`lanes` threads run steps; one session never has two steps in flight (each awaits its
+    own), so sessions run in parallel while each one's steps stay ordered."""
+
+    def __init__(self, omni, lanes: int = 1):
         self.omni = omni
         self.stats = WorkerStats()
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="omni-model")
-        if threads:
-            self._pool.submit(torch.set_num_threads, threads).result()
+        self.lanes = lanes
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="omni-model")
+        if lanes > 1:
+            torch.set_num_threads(1)   # process-wide: each lane is one core
 
     async def run(self, kind: str, fn, *args, **kwargs):
         """Run `fn(*args, **kwargs)` on the model thread; returns its result (exceptions propagate)."""

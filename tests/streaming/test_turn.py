@@ -261,11 +261,13 @@ def test_silero_matches_wrapper_and_chunking(silero, golden_dir):
     import torch
     speech, _ = sf.read(golden_dir / "speech_16k.wav", dtype="float32")
     speech = speech[:40 * 512 + 100]
-    wrapper = silero._wrapper  # the public stateful path our shared-model path must reproduce
+    from streaming.turn.vad import load_silero_jit
+    wrapper = load_silero_jit()  # the public stateful TorchScript path our ONNX path must reproduce
     wrapper.reset_states()
     with torch.inference_mode():
-        ref = [wrapper(torch.from_numpy(speech[k * 512:(k + 1) * 512]), 16000).item() for k in range(40)]
-    assert _probs(silero, speech, 1) == ref                      # bit-equal, remainder held back
+        jit = [wrapper(torch.from_numpy(speech[k * 512:(k + 1) * 512]), 16000).item() for k in range(40)]
+    ref = _probs(silero, speech, 1)                              # remainder held back
+    assert len(ref) == 40 and np.allclose(ref, jit, atol=1e-4), max(abs(a - b) for a, b in zip(ref, jit))
     assert _probs(silero, speech, 77) == ref                     # any split gives the same frames
     results = [None] * 4                                         # shared model, concurrent streams
     threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, _probs(silero, speech, 13 + i)))

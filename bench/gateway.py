@@ -1,0 +1,176 @@
+"""Gateway figures (one JSON line), tiny model on this CPU by default.
+
+* `overhead_ms_per_unit`: service time per 1 s of user audio that is not model time (JSON parse,
+  base64, 24->16 kHz resampling, VAD, chunking, protocol), measured in-process around `dispatch`
+  minus the worker's busy time.
+* `eos_to_first_audio_ms`: end of speech as decided by the VAD (`speech_stopped`) -> first
+  `response.output_audio.delta`, both timed at the client of a live server (p50/p95).
+* `concurrency`: N WebSocket sessions streaming speech in real time against one server process
+  (a subprocess, so clients do not share its interpreter); per level the p95 end-of-speech ->
+  first audio, and whether every session was held in real time (reply audio produced at least as
+  fast as it plays, turn end detected within 1.5 s). `knee_sessions` is the largest N held.
+
+    python bench/gateway.py [--levels 1,2,4,8,12,16] [--port 8790]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parent.parent
+SPEECH = REPO / "tests" / "assets" / "golden" / "tiny-a" / "speech_16k.wav"
+CHUNK_MS = 100
+
+
+def utterance_pcm16_24k(lead_s=1.0, tail_s=1.5) -> bytes:
+    from streaming.gateway.codecs import float_to_pcm16, resample
+    speech, _ = sf.read(str(SPEECH), dtype="float32")
+    x = np.concatenate([np.zeros(int(lead_s * 16000), np.float32), speech, np.zeros(int(tail_s * 16000), np.float32)])
+    return float_to_pcm16(resample(x, 16000, 24000)).tobytes()
+
+
+def appends(pcm: bytes) -> list[str]:
+    step = 2 * 24000 * CHUNK_MS // 1000
+    return [json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[i:i + step]).decode()})
+            for i in range(0, len(pcm), step)]
+
+
+async def overhead_per_unit(messages: list[str], audio_s: float) -> float:
+    """In-process: wall time inside dispatch minus model-worker time, per second of audio."""
+    import concurrent.futures
+    from streaming.gateway.boundary import dispatch
+    from streaming.playout import ClockPlayout
+    from streaming.server import load_model
+    from streaming.session.conversation import Conversation
+    from streaming.settings import ServerSettings
+    from streaming.turn.vad import SileroVAD
+    from streaming.worker import ModelWorker
+    settings = ServerSettings(max_reply_tokens=3, max_speech_s=0.5)
+    omni, _ = load_model(settings)
+    worker = ModelWorker(omni)
+    sent = []
+
+    async def send(ev):
+        sent.append(ev["type"])
+    conv = Conversation(worker, settings, send, ClockPlayout(), SileroVAD(),
+                        concurrent.futures.ThreadPoolExecutor(1))
+    await conv.start()
+    await dispatch(conv, json.dumps({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
+        "type": "server_vad", "create_response": False}}}}}), send, settings.max_message_bytes)  # VAD on, no replies
+    for m in messages[:5]:          # warm up (first VAD/resampler calls)
+        await dispatch(conv, m, send, settings.max_message_bytes)
+    busy0, t0 = worker.stats.busy_s, time.perf_counter()
+    for m in messages:
+        await dispatch(conv, m, send, settings.max_message_bytes)
+    wall = time.perf_counter() - t0
+    model = worker.stats.busy_s - busy0
+    await conv.close()
+    worker.close()
+    return 1000.0 * (wall - model) / audio_s
+
+
+async def one_session(url: str, messages: list[str], realtime: bool) -> dict:
+    import websockets
+    out = {"eos_to_audio_ms": None, "stop_lag_s": None, "audio_rate": None, "ok": False}
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.recv()
+        t_start = time.perf_counter()
+        n = 0
+        t_stop = t_first = t_last = None
+        audio_samples = 0
+
+        async def sender():
+            nonlocal n
+            for i, m in enumerate(messages):
+                if realtime:
+                    await asyncio.sleep(max(0.0, t_start + i * CHUNK_MS / 1000 - time.perf_counter()))
+                await ws.send(m)
+                n = i + 1
+        task = asyncio.create_task(sender())
+        speech_end_s = len(messages) * CHUNK_MS / 1000 - 1.5
+        async with asyncio.timeout(120):
+            async for raw in ws:
+                ev = json.loads(raw)
+                now = time.perf_counter()
+                if ev["type"] == "input_audio_buffer.speech_stopped":
+                    t_stop = now
+                    out["stop_lag_s"] = now - t_start - speech_end_s
+                elif ev["type"] == "response.output_audio.delta":
+                    t_first = t_first or now
+                    t_last = now
+                    audio_samples += len(base64.b64decode(ev["delta"])) // 2
+                elif ev["type"] == "response.done":
+                    out["ok"] = ev["response"]["status"] == "completed"
+                    break
+        await task
+    if t_stop and t_first:
+        out["eos_to_audio_ms"] = 1000 * (t_first - t_stop)
+        gen_s = max(t_last - t_stop, 1e-3)
+        out["audio_rate"] = (audio_samples / 24000) / gen_s
+    return out
+
+
+def start_server(port: int, max_sessions: int) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, "-m", "omni.cli", "serve", "--port", str(port), "--max-sessions",
+                          str(max_sessions)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:
+        if "omni: open" in line:
+            return p
+    raise RuntimeError("server did not start")
+
+
+def pct(xs, q):
+    xs = sorted(x for x in xs if x is not None)
+    return round(xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))], 1) if xs else None
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--levels", default="1,2,4,8,12,16")
+    ap.add_argument("--port", type=int, default=8790)
+    a = ap.parse_args()
+    pcm = utterance_pcm16_24k()
+    messages = appends(pcm)
+    audio_s = len(pcm) / 2 / 24000
+    result = {"bench": "gateway", "model": "embedded-tiny", "device": "cpu",
+              "overhead_ms_per_unit": round(await overhead_per_unit(messages, audio_s), 2)}
+    levels = [int(x) for x in a.levels.split(",")]
+    server = start_server(a.port, max(levels))
+    try:
+        url = f"ws://127.0.0.1:{a.port}/v1/realtime"
+        solo = [await one_session(url, messages, realtime=False) for _ in range(5)]
+        result["eos_to_first_audio_ms_p50"] = pct([s["eos_to_audio_ms"] for s in solo], 0.5)
+        result["eos_to_first_audio_ms_p95"] = pct([s["eos_to_audio_ms"] for s in solo], 0.95)
+        curve, knee = [], 0
+        for n in levels:
+            runs = await asyncio.gather(*[one_session(url, messages, realtime=True) for _ in range(n)])
+            held = all(r["ok"] and r["audio_rate"] and r["audio_rate"] >= 1.0 and r["stop_lag_s"] is not None
+                       and r["stop_lag_s"] < 1.5 for r in runs)
+            curve.append({"sessions": n, "held": held,
+                          "eos_to_first_audio_ms_p95": pct([r["eos_to_audio_ms"] for r in runs], 0.95),
+                          "min_audio_rate_x": round(min((r["audio_rate"] or 0) for r in runs), 2),
+                          "max_stop_lag_s": round(max((r["stop_lag_s"] or 99) for r in runs), 2)})
+            if held:
+                knee = n
+        result["concurrency"] = curve
+        result["knee_sessions"] = knee
+    finally:
+        server.terminate()
+        server.wait(10)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,317 @@
+"""WebRTC transport: `POST /v1/realtime/calls` (SDP offer in, SDP answer out), then media on tracks
+and the Realtime JSON events on a data channel.
+
+One call = one peer connection, one session lease, one `Conversation` (wire_audio=False: speech
+leaves on the audio track, so there are no `response.output_audio.delta` events). One task group
+per call: the event sender (bounded queue -> data channel), the event receiver (data channel ->
+`dispatch`, the single error boundary), the microphone listener and the camera sampler. The call
+ends, and frees everything, when the peer connection fails or closes, the data channel closes,
+the lease idles out, or the server shuts down. Does not own: auth (server middleware), ICE
+candidate policy and frame conversion (media.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from ..playout import QueuePlayout
+from ..session.conversation import Conversation
+from .boundary import dispatch
+from .codecs import MODEL_INPUT_RATE_HZ, StreamResampler
+from .errors import CapacityError, OmniError
+from .media import PlayoutTrack, frame_to_mono, loopback_only
+from .protocol import new_id, parse_client_event
+
+log = logging.getLogger("omni.gateway")
+SEND_QUEUE = 512              # events, as on the WebSocket
+EVENTS_LABEL = "oai-events"   # OpenAI's label; any client label is accepted
+CONNECT_TIMEOUT_S = 20.0      # answered but never connected: free the slot
+CHANNEL_WAIT_S = 2.0          # then open the events channel ourselves
+FRAME_INTERVAL_S = 0.5        # camera: ~2 frames/s reach the model (it joins ~1 per 1-s unit)
+CALLS_PATH = "/v1/realtime/calls"
+_HANG_UP = object()
+
+
+class BadOffer(Exception):
+    """The signalling request is unusable: HTTP 400 with an OpenAI-shaped error body."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _error_response(status: int, err_type: str, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"type": err_type, "code": code, "message": message}}, status=status)
+
+
+async def post_call(request: web.Request) -> web.Response:
+    app = request.app
+    try:
+        offer, session = await _read_offer(request)
+    except BadOffer as e:
+        return _error_response(400, "invalid_request_error", e.code, e.message)
+    try:
+        lease = app["manager"].acquire("webrtc")
+    except CapacityError as e:
+        return _error_response(503, e.error_type, e.code, e.message)
+    call = Call(app, lease)
+    try:
+        answer = await call.negotiate(offer, session)
+    except (BadOffer, OmniError) as e:
+        await call.abort()
+        err_type = getattr(e, "error_type", "invalid_request_error")
+        return _error_response(400, err_type, e.code, e.message)
+    except BaseException:
+        await call.abort()
+        raise
+    call.start()
+    return web.Response(status=201, text=answer, content_type="application/sdp",
+                        headers={"Location": f"{CALLS_PATH}/{call.id}"})
+
+
+async def _read_offer(request: web.Request) -> tuple[str, dict | None]:
+    """The SDP offer and an optional session object, from `application/sdp`, JSON
+    (`{"sdp", "type": "offer", "session"?}`) or multipart (`sdp`, `session` fields, as OpenAI)."""
+    ctype = request.content_type
+    session = None
+    if ctype == "application/sdp":
+        sdp = await request.text()
+    elif ctype == "application/json":
+        try:
+            body = await request.json()
+        except ValueError as e:
+            raise BadOffer("invalid_json", f"the body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise BadOffer("invalid_json", "the JSON body must be an object {\"type\": \"offer\", \"sdp\": ...}")
+        if body.get("type", "offer") != "offer":
+            raise BadOffer("invalid_value", f"'type' must be \"offer\", got {body.get('type')!r}")
+        sdp, session = body.get("sdp"), body.get("session")
+    elif ctype == "multipart/form-data":
+        form = await request.post()
+        sdp, session = _form_text(form.get("sdp")), _form_text(form.get("session"))
+        if session is not None:
+            try:
+                session = json.loads(session)
+            except ValueError as e:
+                raise BadOffer("invalid_json", f"the 'session' field is not valid JSON: {e}") from None
+    else:
+        raise BadOffer("unsupported_content_type", f"send the SDP offer as application/sdp (or JSON / "
+                       f"multipart with an 'sdp' field), not {ctype or 'no content type'!r}")
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise BadOffer("missing_sdp", "the request carries no SDP offer")
+    if not sdp.lstrip().startswith("v=0") or "\nm=" not in sdp:
+        raise BadOffer("invalid_sdp", "the body is not an SDP offer (it must start with 'v=0' and have m= lines)")
+    if session is not None and not isinstance(session, dict):
+        raise BadOffer("invalid_type", "'session' must be an object")
+    return sdp, session
+
+
+def _form_text(v) -> str | None:
+    if v is None or isinstance(v, str):
+        return v
+    return v.file.read().decode("utf-8", "replace")     # a file part
+
+
+class CallConversation(Conversation):
+    """A conversation whose `close()` (e.g. at server shutdown) also hangs up its call, and whose
+    barge-in always silences the speech track."""
+    call: "Call"
+
+    async def close(self) -> None:
+        await super().close()
+        await self.call.hangup()
+
+    async def _barge_in(self, reason: str) -> None:
+        # A reply that finished generating may still be playing from the queue (generation is
+        # faster than real time); the base class only stops the playout of a live response.
+        # TODO(conversation owner): move this stop into Conversation._barge_in.
+        r = self.last_reply
+        await super()._barge_in(reason)           # reads the heard position first
+        if r is not None:
+            self.playout.stop(r.id)
+
+
+class Call:
+    def __init__(self, app: web.Application, lease, clock_s=time.monotonic):
+        self.app, self.lease, self.clock_s = app, lease, clock_s
+        self.settings, self.manager = app["settings"], app["manager"]
+        self.id = new_id("rtc")
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))   # default = a STUN server
+        self.queue: asyncio.Queue = asyncio.Queue(SEND_QUEUE)
+        self.inbox: asyncio.Queue = asyncio.Queue()    # data-channel messages, in order
+        self.playout = QueuePlayout()
+        self.speaker = PlayoutTrack(self.playout)
+        self.conv = CallConversation(app["worker"], self.settings, self.send, self.playout, app["vad"],
+                                     app["vad_pool"], wire_audio=False)
+        self.conv.call = self
+        self.channel = None
+        self.channel_ready, self.connected, self.ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self.tracks_in: list = []
+        self.frames_in = 0                 # camera frames passed to the conversation
+        self.offers_data = False
+        self.task: asyncio.Task | None = None
+        lease.close = lambda reason: self.ended.set()
+        app["conversations"].add(self.conv)
+        self.pc.on("datachannel", self._use_channel)
+        self.pc.on("track", self.tracks_in.append)
+        self.pc.on("connectionstatechange", self._on_state)
+
+    async def send(self, event: dict) -> None:
+        await self.queue.put(event)
+
+    # ---- signalling ---------------------------------------------------------------------------
+    async def negotiate(self, offer: str, session: dict | None) -> str:
+        offer, n_candidates = loopback_only(offer)
+        if n_candidates == 0:
+            raise BadOffer("invalid_sdp", "the offer has no 127.0.0.1 ICE candidate: gather all candidates "
+                           "before POSTing (no trickle ICE) and allow loopback")
+        if "\nm=audio" not in offer:
+            raise BadOffer("invalid_sdp", "the offer needs an audio m-line (microphone in, speech out)")
+        self.offers_data = "\nm=application" in offer
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        except Exception as e:  # noqa: BLE001 - aiortc raises many kinds on a bad offer
+            raise BadOffer("invalid_sdp", f"the SDP offer was rejected: {type(e).__name__}: {e}") from None
+        speaker_attached = False
+        for t in self.pc.getTransceivers():      # answer on the offered m-lines
+            if t.kind == "audio" and not speaker_attached:
+                t.sender.replaceTrack(self.speaker)
+                t.direction, speaker_attached = "sendrecv", True
+            else:
+                t.direction = "recvonly"
+        await self.conv.start()
+        if session is not None:
+            await self.conv.handle(parse_client_event(json.dumps({"type": "session.update", "session": session})))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())   # gathers ICE fully
+        return self.pc.localDescription.sdp
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"webrtc call {self.id}")
+
+    async def hangup(self) -> None:
+        self.ended.set()
+        if self.task is not None and self.task is not asyncio.current_task():
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    async def abort(self) -> None:
+        """Free a call that never started (bad offer)."""
+        await self._free()
+
+    # ---- the call -----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._sender()), tg.create_task(self._receiver())]
+                for track in self.tracks_in:
+                    tasks.append(tg.create_task(self._listen(track) if track.kind == "audio" else self._watch(track)))
+                await self._await_connection()
+                await self.ended.wait()
+                for t in tasks:
+                    t.cancel()
+        except Exception:  # noqa: BLE001 - a broken call must not outlive its resources
+            log.exception("webrtc call %s failed", self.id)
+        finally:
+            await self._free()
+
+    async def _await_connection(self) -> None:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await self.connected.wait()
+        except TimeoutError:
+            log.info("webrtc call %s never connected", self.id)
+            self.ended.set()
+            return
+        if not self.offers_data:
+            self.channel_ready.set()               # no data channel: events have nowhere to go
+        elif self.channel is None:
+            try:
+                async with asyncio.timeout(CHANNEL_WAIT_S):
+                    await self.channel_ready.wait()
+            except TimeoutError:                   # the client offered SCTP but opened no channel
+                self._use_channel(self.pc.createDataChannel(EVENTS_LABEL))
+
+    async def _free(self) -> None:
+        self.ended.set()
+        await self.conv.close()
+        self.app["conversations"].discard(self.conv)
+        self.manager.release(self.lease)
+        self.speaker.stop()
+        for track in self.tracks_in:
+            track.stop()
+        await self.pc.close()
+
+    def _on_state(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected":
+            self.connected.set()
+        elif state in ("failed", "closed"):
+            self.ended.set()
+
+    def _use_channel(self, channel) -> None:
+        if self.channel is not None:               # one events channel; later ones are ignored
+            return
+        self.channel = channel
+        channel.on("message", self.inbox.put_nowait)
+        channel.on("close", self.ended.set)
+        if channel.readyState == "open":
+            self.channel_ready.set()
+        else:
+            channel.on("open", self.channel_ready.set)
+
+    async def _sender(self) -> None:
+        await self.channel_ready.wait()
+        while True:
+            event = await self.queue.get()
+            if event is _HANG_UP:
+                self.ended.set()
+                return
+            if self.channel is None:
+                continue
+            if self.channel.readyState != "open":
+                self.ended.set()
+                return
+            self.channel.send(json.dumps(event))
+
+    async def _receiver(self) -> None:
+        while True:
+            raw = await self.inbox.get()
+            self.manager.touch(self.lease)
+            code = await dispatch(self.conv, raw, self.send, self.settings.max_message_bytes)
+            if code is not None:                   # auth / capacity / model error: end the call
+                await self.queue.put(_HANG_UP)     # after the error event
+                return
+
+    async def _listen(self, track) -> None:
+        """Microphone: decoded frames (48 kHz stereo from Opus) -> mono -> 16 kHz -> the conversation."""
+        resampler = None
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.manager.touch(self.lease)
+            if resampler is None or resampler.in_rate_hz != frame.sample_rate:
+                resampler = StreamResampler(frame.sample_rate, MODEL_INPUT_RATE_HZ)
+            await self.conv.push_audio_16k(resampler.push(frame_to_mono(frame)))
+
+    async def _watch(self, track) -> None:
+        """Camera: the newest frame at most every FRAME_INTERVAL_S, converted off the loop."""
+        loop = asyncio.get_running_loop()
+        last_s = float("-inf")
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = self.clock_s()
+            if now - last_s < FRAME_INTERVAL_S:
+                continue
+            last_s = now
+            self.conv.push_frame(await loop.run_in_executor(None, frame.to_image))
+            self.frames_in += 1

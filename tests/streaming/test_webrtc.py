@@ -1,0 +1,274 @@
+"""WebRTC `POST /v1/realtime/calls` with a real aiortc client peer and the real tiny model.
+
+The client plays an espeak WAV on its microphone track, sends a small camera track, opens the
+`oai-events` data channel and records the speech track it gets back (arrival time + RMS per
+20 ms frame). Everything runs over 127.0.0.1 only, inside a private network namespace when the
+tests run as root (ENV-NOTES §4)."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import fractions
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from streaming.gateway import media  # noqa: F401 - patches aioice to loopback-only host candidates
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
+from rtclient import start_server
+
+SPEECH = Path(__file__).resolve().parent.parent / "assets" / "speech" / "hello_48k.wav"
+MIC_RATE_HZ, MIC_FRAME = 48_000, 960
+SPEECH_RMS = 1e-3            # received frames above this carry speech; Opus-coded silence is ~0
+CLONE_NEWNET = 0x40000000
+
+
+@pytest.fixture(scope="session", autouse=True)
+def loopback_netns():
+    """Move this pytest process into a network namespace that has only `lo` (root on Linux).
+    Without it the tests still run: media.py limits ICE to 127.0.0.1 host candidates."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        yield False
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        print(f"unshare(CLONE_NEWNET) failed (errno {ctypes.get_errno()}): relying on loopback-only ICE")
+        yield False
+        return
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    yield True
+
+
+@pytest.fixture(scope="session")
+def hello_48k() -> np.ndarray:
+    audio, rate = sf.read(str(SPEECH), dtype="int16")
+    assert rate == MIC_RATE_HZ and audio.ndim == 1
+    return audio
+
+
+class MicTrack(AudioStreamTrack):
+    """A microphone that says what it is given, then silence; paced in real time."""
+
+    def __init__(self):
+        super().__init__()
+        self.pending = np.zeros(0, np.int16)
+        self.t0, self.pts = None, 0
+
+    def say(self, pcm: np.ndarray, lead_s: float = 0.0) -> None:
+        self.pending = np.concatenate([self.pending, np.zeros(int(lead_s * MIC_RATE_HZ), np.int16), pcm])
+
+    async def recv(self):
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.t0 is None:
+            self.t0 = time.time()
+        else:
+            self.pts += MIC_FRAME
+            await asyncio.sleep(self.t0 + self.pts / MIC_RATE_HZ - time.time())
+        chunk = np.zeros(MIC_FRAME, np.int16)
+        n = min(MIC_FRAME, len(self.pending))
+        chunk[:n], self.pending = self.pending[:n], self.pending[n:]
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = MIC_RATE_HZ, self.pts, fractions.Fraction(1, MIC_RATE_HZ)
+        return frame
+
+
+class Camera(VideoStreamTrack):
+    """320x240 grey frames at 10 fps (VP8 on two CPUs stays cheap)."""
+
+    async def recv(self):
+        await asyncio.sleep(0.1)
+        pts, time_base = await self.next_timestamp()
+        frame = av.VideoFrame.from_ndarray(np.full((240, 320, 3), 128, np.uint8), format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+class Client:
+    """One aiortc peer: mic + camera out, speech in, events on a data channel."""
+
+    def __init__(self, label="oai-events"):
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.mic = MicTrack()
+        self.pc.addTrack(self.mic)
+        self.pc.addTrack(Camera())
+        self.channel = self.pc.createDataChannel(label)
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.seen: list[dict] = []
+        self.frames: list[tuple[float, int, float]] = []     # (arrival monotonic s, pts, rms)
+        self.channel.on("message", lambda m: self.events.put_nowait((time.monotonic(), json.loads(m))))
+        self.pc.on("track", lambda t: asyncio.ensure_future(self._record(t)))
+
+    async def _record(self, track):
+        while True:
+            try:
+                f = await track.recv()
+            except MediaStreamError:
+                return
+            x = f.to_ndarray().astype(np.float32) / 32768
+            self.frames.append((time.monotonic(), f.pts, float(np.sqrt(np.mean(x * x)))))
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp
+
+    async def call(self, http, base: str, headers=None) -> aiohttp.ClientResponse:
+        sdp = await self.offer()
+        async with http.post(base + "/v1/realtime/calls", data=sdp,
+                             headers={"Content-Type": "application/sdp", **(headers or {})}) as r:
+            body = await r.text()
+            if r.status == 201:
+                assert r.content_type == "application/sdp"
+                assert r.headers["Location"].startswith("/v1/realtime/calls/rtc_")
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+            return r
+
+    async def until(self, pred, timeout=60.0) -> tuple[float, dict]:
+        async with asyncio.timeout(timeout):
+            while True:
+                t, ev = await self.events.get()
+                self.seen.append(ev)
+                if pred(ev):
+                    return t, ev
+
+    def selected_pair(self) -> tuple[str, str]:
+        conn = self.pc.sctp.transport.transport._connection
+        pair = conn._nominated[1]
+        return pair.local_candidate.host, pair.remote_candidate.host
+
+
+def call_of(srv):
+    conv, = srv.app["conversations"]
+    return conv.call
+
+
+async def wait_freed(srv, timeout=10.0):
+    async with asyncio.timeout(timeout):
+        while srv.app["manager"].in_use or srv.app["conversations"]:
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.asyncio
+async def test_voice_turn_over_webrtc(server, hello_48k, loopback_netns):
+    c = Client()
+    async with aiohttp.ClientSession() as http:
+        r = await c.call(http, server.http)
+        assert r.status == 201
+    c.mic.say(hello_48k, lead_s=0.5)
+    _, created = await c.until(lambda e: True)
+    assert created["type"] == "session.created"
+    _, done = await c.until(lambda e: e["type"] == "response.done")
+    t = [e["type"] for e in c.seen]
+    assert t.index("input_audio_buffer.speech_started") < t.index("input_audio_buffer.speech_stopped") \
+        < t.index("response.created") < t.index("response.done")
+    assert "response.output_audio.delta" not in t                   # audio rides the track
+    resp = done["response"]
+    assert resp["status"] == "completed"
+    assert resp["omni"]["timings"]["first_audio_ms"] > 0
+    await asyncio.sleep(resp["omni"]["timings"]["audio_ms"] / 1000 + 0.5)   # let the speech play out
+    voiced = [f for f in c.frames if f[2] > SPEECH_RMS]
+    assert len(voiced) >= 10, f"{len(voiced)} voiced frames of {len(c.frames)}"
+    assert c.selected_pair() == ("127.0.0.1", "127.0.0.1")
+    assert call_of(server).frames_in >= 2                           # camera frames reached the model
+    await c.pc.close()
+    await wait_freed(server)
+
+
+@pytest.mark.asyncio
+async def test_barge_in_silences_the_track_at_once(tiny_omni, hello_48k):
+    srv = await start_server(tiny_omni, max_reply_tokens=300, max_speech_s=60.0)    # a long reply
+    c = Client()
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert (await c.call(http, srv.http)).status == 201
+        c.mic.say(hello_48k, lead_s=0.5)
+        await c.until(lambda e: e["type"] == "response.created")
+        async with asyncio.timeout(30):
+            while sum(f[2] > SPEECH_RMS for f in c.frames) < 5:     # the reply is audible
+                await asyncio.sleep(0.02)
+        c.mic.say(hello_48k)                                         # the user talks over it
+        t_done, done = await c.until(lambda e: e["type"] == "response.done")
+        print("timings", done["response"]["omni"]["timings"])
+        assert done["response"]["status"] == "cancelled"
+        assert done["response"]["status_details"]["reason"] == "turn_detected"
+        await asyncio.sleep(1.0)
+        after = [f for f in c.frames if f[0] > t_done]
+        voiced_after = [f for f in after if f[2] > SPEECH_RMS]
+        lag_ms = 1000 * (voiced_after[-1][0] - t_done) if voiced_after else 0.0
+        print(f"barge-in: last voiced frame {lag_ms:.0f} ms after response.done, "
+              f"{len(voiced_after)} voiced frames of {len(after)} after it")
+        assert len(after) >= 40                                      # the track kept running (silence)
+        assert lag_ms <= 100 and len(voiced_after) <= 4, (lag_ms, len(voiced_after))
+        await c.pc.close()
+        await wait_freed(srv)
+    finally:
+        await c.pc.close()
+        await srv.runner.cleanup()
+
+
+BAD = [
+    ("application/sdp", "hello", 400, "invalid_sdp"),
+    ("application/sdp", "", 400, "missing_sdp"),
+    ("text/plain", "v=0\r\n", 400, "unsupported_content_type"),
+    ("application/json", "{nope", 400, "invalid_json"),
+    ("application/json", json.dumps({"type": "answer", "sdp": "v=0"}), 400, "invalid_value"),
+    ("application/sdp", "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", 400, "invalid_sdp"),
+]
+
+
+@pytest.mark.asyncio
+async def test_bad_offers_are_400_and_leak_nothing(server):
+    async with aiohttp.ClientSession() as http:
+        for ctype, body, status, code in BAD:
+            async with http.post(server.http + "/v1/realtime/calls", data=body, headers={"Content-Type": ctype}) as r:
+                assert r.status == status, (body[:40], await r.text())
+                err = (await r.json())["error"]
+                assert err["code"] == code and err["type"] == "invalid_request_error" and err["message"]
+    assert server.app["manager"].in_use == 0 and not server.app["conversations"]
+
+
+@pytest.mark.asyncio
+async def test_server_full_auth_and_freed_after_close(tiny_omni):
+    srv = await start_server(tiny_omni, max_sessions=1, api_key="s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
+    first, second, third = Client(), Client(), Client(label="my-events")
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert (await second.call(http, srv.http)).status == 401
+            assert (await first.call(http, srv.http, auth)).status == 201
+            await first.until(lambda e: e["type"] == "session.created")
+            busy = await second.call(http, srv.http, auth)
+            assert busy.status == 503
+            assert (await busy.json())["error"]["code"] == "server_busy"
+            server_pc = call_of(srv).pc
+            await first.pc.close()                                     # the client hangs up
+            await wait_freed(srv)
+            assert server_pc.connectionState == "closed"
+            # The slot is free again; a JSON body and any channel label work too.
+            sdp = await third.offer()
+            async with http.post(srv.http + "/v1/realtime/calls", json={"type": "offer", "sdp": sdp},
+                                 headers=auth) as r:
+                assert r.status == 201, await r.text()
+                await third.pc.setRemoteDescription(RTCSessionDescription(sdp=await r.text(), type="answer"))
+            _, ev = await third.until(lambda e: True)
+            assert ev["type"] == "session.created"
+            third.channel.send(json.dumps({"type": "response.cancel"}))
+            _, err = await third.until(lambda e: e["type"] == "error")
+            assert err["error"]["code"] == "response_not_found"
+            third.channel.close()                                      # closing the channel ends the call
+            await wait_freed(srv)
+    finally:
+        for c in (first, second, third):
+            await c.pc.close()
+        await srv.runner.cleanup()

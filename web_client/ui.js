@@ -1,0 +1,101 @@
+// DOM side of the page: states, transcript, numbers, banner and errors. No protocol here.
+
+const $ = (id) => document.getElementById(id);
+const STATE_TEXT = { idle: "idle", connecting: "connecting…", listening: "listening", user_speaking: "you are speaking",
+  thinking: "thinking", speaking: "speaking" };
+
+export const el = $;
+
+export function setState(state) {
+  const s = $("state");
+  s.className = "state " + state;
+  s.dataset.state = state;
+  s.textContent = STATE_TEXT[state] || state;
+}
+
+export function setConnection(text) { $("conn").textContent = text; $("st-conn").textContent = text; }
+
+export function setCallButtons(inCall) {
+  $("start").disabled = inCall;
+  for (const id of ["mute", "hangup"]) $(id).disabled = !inCall;
+  if (!inCall) $("interrupt").disabled = true;
+}
+
+export function setMuted(on) { $("mute").textContent = on ? "Unmute" : "Mute"; $("mute").classList.toggle("on", on); }
+
+// ---- transcript ----------------------------------------------------------------------------
+const bubbles = new Map();   // key -> <li>
+
+function bubble(key, role) {
+  let li = bubbles.get(key);
+  if (!li) {
+    li = document.createElement("li");
+    li.className = role;
+    li.dataset.role = role;
+    li.innerHTML = '<span class="text"></span><span class="meta"></span>';
+    $("transcript").appendChild(li);
+    bubbles.set(key, li);
+  }
+  return li;
+}
+
+const scroll = () => { const t = $("transcript"); t.scrollTop = t.scrollHeight; };
+
+export function userTurn(itemId, durationMs) {
+  const li = bubble(itemId, "user");
+  li.querySelector(".text").textContent = "🎤 (speech)";
+  li.querySelector(".meta").textContent = durationMs == null ? "speaking…" : `you spoke ${(durationMs / 1000).toFixed(1)} s`;
+  scroll();
+}
+
+export function assistantText(responseId, delta) {
+  const span = bubble(responseId, "assistant").querySelector(".text");
+  span.textContent += delta;
+  scroll();
+}
+
+export function assistantMeta(responseId, text, cancelled = false) {
+  const li = bubble(responseId, "assistant");
+  li.querySelector(".meta").textContent = text;
+  li.classList.toggle("cancelled", cancelled);
+}
+
+// ---- numbers -------------------------------------------------------------------------------
+export function setStat(id, text) { $(id).textContent = text; }
+
+export function setLevel(id, v) { $(id).value = Math.min(1, v); }
+
+// ---- banner and errors ---------------------------------------------------------------------
+export function demoBanner(hint) {
+  const b = $("banner");
+  b.innerHTML = "";
+  b.append("Demo model: this server runs the tiny embedded model, whose replies are noise by design. " +
+    "To talk to MiniCPM-o 2.6, start it with ");
+  const c = document.createElement("code");
+  c.textContent = hint;
+  b.append(c);
+  b.hidden = false;
+}
+
+/** Show an error; `html` parts may be strings or [code] one-element arrays rendered as <code>. */
+export function showError(parts, { reconnect = false } = {}) {
+  const t = $("error-text");
+  t.innerHTML = "";
+  for (const p of [].concat(parts)) {
+    if (Array.isArray(p)) { const c = document.createElement("code"); c.textContent = p[0]; t.append(c); }
+    else t.append(p);
+  }
+  $("reconnect").hidden = !reconnect;
+  $("error").hidden = false;
+}
+
+export function clearError() { $("error").hidden = true; }
+
+export function askForKey(value) {
+  $("key-box").hidden = false;
+  $("settings").open = true;
+  if (value) $("api-key").value = value;
+  $("api-key").focus();
+}
+
+export function videoShown(on) { $("no-video").hidden = on; $("preview").hidden = !on; }
