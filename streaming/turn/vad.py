@@ -143,19 +143,20 @@ def load_silero_jit() -> torch.jit.ScriptModule:
 
 
 def silero_onnx_path() -> str:
-    """The ONNX export that ships inside the silero-vad package (no download)."""
+    """The sequence ONNX export that ships inside the silero-vad package (no download)."""
     import importlib.util
     import os
     spec = importlib.util.find_spec("silero_vad")
     assert spec and spec.origin, "silero-vad is not installed"
-    return os.path.join(os.path.dirname(spec.origin), "data", "silero_vad.onnx")
+    return os.path.join(os.path.dirname(spec.origin), "data", "silero_vad_16k_sequence.onnx")
 
 
 @dataclass
 class VadState:
     """Everything one stream needs between calls; the model itself holds none of it."""
-    rnn_state: np.ndarray = field(default_factory=lambda: np.zeros((2, 1, 128), np.float32))
-    context_16k: np.ndarray = field(default_factory=lambda: np.zeros((1, SileroVAD.CONTEXT_SAMPLES), np.float32))
+    h: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 128), np.float32))   # LSTM state
+    c: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 128), np.float32))
+    context_16k: np.ndarray = field(default_factory=lambda: np.zeros(SileroVAD.CONTEXT_SAMPLES, np.float32))
     pending_16k: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # < 512 samples not yet scored
     frames_done: int = 0
 
@@ -167,13 +168,13 @@ class VadState:
 class SileroVAD:
     """One Silero network shared by all streams; per-stream state lives in `VadState`.
 
-    Why onnxruntime and not the TorchScript model: on this 2-core CPU the packaged ONNX export
-    scores a second of audio in 0.4 ms against 8-10 ms for the TorchScript one (one 512-sample
-    frame at a time is dominated by per-op dispatch), which is what keeps the whole service
-    overhead under 5 ms per 1-s unit. The ONNX graph is a pure function of (64-sample context +
-    frame, LSTM state, rate), exactly what the public wrapper computes; a test checks it against
-    the wrapper (within 1e-4). Sessions are thread-safe for concurrent `run` calls, so concurrent
-    streams with distinct VadStates are safe; one VadState must not be pushed from two threads."""
+    Why onnxruntime and its sequence export rather than the TorchScript model: one call scores all
+    frames a push completed ([n, 64 context + 512] rows, LSTM state carried inside), which costs
+    ~2.3 ms per second of audio for 100-ms pushes on this 2-core CPU against ~8 ms for TorchScript
+    frame by frame (per-op dispatch dominates such small frames). The graph is a pure function of
+    (rows, h, c); a test checks it against the public TorchScript wrapper (within 1e-4). Sessions
+    allow concurrent `run` calls, so concurrent streams with distinct VadStates are safe; one
+    VadState must not be pushed from two threads at once."""
 
     CONTEXT_SAMPLES = 64  # the wrapper prepends the previous frame's last 64 samples at 16 kHz
 
@@ -181,9 +182,9 @@ class SileroVAD:
         import onnxruntime as ort
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3            # the export carries unused initialisers it warns about
         self._session = ort.InferenceSession(path or silero_onnx_path(), sess_options=opts,
                                              providers=["CPUExecutionProvider"])
-        self._sr = np.array(SAMPLE_RATE_HZ, dtype=np.int64)
 
     def new_state(self) -> VadState:
         """A fresh stream (equivalent to the wrapper's reset_states())."""
@@ -195,14 +196,15 @@ class SileroVAD:
         x = np.asarray(samples_16k)
         assert x.ndim == 1 and np.issubdtype(x.dtype, np.floating), f"want 1-D float audio, got {x.dtype} {x.shape}"
         buf = np.concatenate([state.pending_16k, x.astype(np.float32, copy=False)])
-        n_frames = len(buf) // FRAME_SAMPLES
-        state.pending_16k = buf[n_frames * FRAME_SAMPLES:].copy()
-        out: list[tuple[int, float]] = []
-        for k in range(n_frames):
-            frame = buf[None, k * FRAME_SAMPLES:(k + 1) * FRAME_SAMPLES]
-            x_ctx = np.concatenate([state.context_16k, frame], axis=1)  # (1, 64 + 512)
-            prob, state.rnn_state = self._session.run(None, {"input": x_ctx, "state": state.rnn_state, "sr": self._sr})
-            state.context_16k = x_ctx[:, -self.CONTEXT_SAMPLES:].copy()
-            out.append((state.next_frame_ms, float(prob[0, 0])))
-            state.frames_done += 1
+        n = len(buf) // FRAME_SAMPLES
+        state.pending_16k = buf[n * FRAME_SAMPLES:].copy()
+        if n == 0:
+            return []
+        frames = buf[:n * FRAME_SAMPLES].reshape(n, FRAME_SAMPLES)
+        ctx = np.concatenate([state.context_16k[None], frames[:-1, -self.CONTEXT_SAMPLES:]], axis=0)
+        rows = np.ascontiguousarray(np.concatenate([ctx, frames], axis=1))       # (n, 64 + 512)
+        probs, state.h, state.c = self._session.run(None, {"input": rows, "h": state.h, "c": state.c})
+        state.context_16k = frames[-1, -self.CONTEXT_SAMPLES:].copy()
+        out = [(state.next_frame_ms + k * FRAME_MS, float(p)) for k, p in enumerate(probs)]
+        state.frames_done += n
         return out
