@@ -65,6 +65,9 @@ class ModelWorker:
         item = await self.run(kind, next, iterator, _DONE)
         return None if item is _DONE else item
 
+    def for_session(self) -> "SessionLane":
+        return SessionLane(self)
+
     def _timed(self, kind, fn, *args, **kwargs):
         t = time.perf_counter()
         try:
@@ -74,3 +77,22 @@ class ModelWorker:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class SessionLane:
+    """The worker as one session sees it: its steps run strictly one after another (the engine's
+    state is not thread-safe, and a reply step and a unit prefill of the same session may be
+    submitted by two coroutines), while other sessions' steps run on the other lanes."""
+
+    def __init__(self, worker: ModelWorker):
+        self.worker = worker
+        self.omni = worker.omni
+        self._lock = asyncio.Lock()
+
+    async def run(self, kind: str, fn, *args, **kwargs):
+        async with self._lock:
+            return await self.worker.run(kind, fn, *args, **kwargs)
+
+    async def next(self, kind: str, iterator):
+        async with self._lock:
+            return await self.worker.next(kind, iterator)

@@ -128,6 +128,8 @@ function hangUp(showIdle = true) {
 }
 
 function transportFailed(e) {
+  // A refused WebSocket handshake (401) reaches a browser only as close 1006: /healthz tells why.
+  if (e.kind === "network" && app.health?.auth_required) e = new TransportError("auth", e.message);
   if (e.kind === "auth") {
     localStorage.removeItem(KEY_STORE);
     ui.askForKey();

@@ -43,7 +43,7 @@ const scroll = () => { const t = $("transcript"); t.scrollTop = t.scrollHeight; 
 
 export function userTurn(itemId, durationMs) {
   const li = bubble(itemId, "user");
-  li.querySelector(".text").textContent = "🎤 (speech)";
+  li.querySelector(".text").textContent = "(your speech)";
   li.querySelector(".meta").textContent = durationMs == null ? "speaking…" : `you spoke ${(durationMs / 1000).toFixed(1)} s`;
   scroll();
 }

@@ -238,13 +238,13 @@ class Call:
 
     async def _free(self) -> None:
         self.ended.set()
-        await self.conv.close()
-        self.app["conversations"].discard(self.conv)
-        self.manager.release(self.lease)
         self.speaker.stop()
         for track in self.tracks_in:
             track.stop()
         await self.pc.close()
+        await self.conv.close()
+        self.app["conversations"].discard(self.conv)
+        self.manager.release(self.lease)            # last: a free slot means a fully freed call
 
     def _on_state(self) -> None:
         state = self.pc.connectionState

@@ -40,7 +40,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
         await queue.put(event)
 
     conv = Conversation(app["worker"], settings, send, ClockPlayout(), app["vad"], app["vad_pool"])
-    lease.close = lambda reason: queue.put_nowait(_CLOSE)
+    lease.close = lambda reason: queue.put_nowait((_CLOSE, 1001))   # idle timeout: "going away"
     app["conversations"].add(conv)
     try:
         async with asyncio.TaskGroup() as tg:
@@ -50,8 +50,8 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
                 manager.touch(lease)
                 if msg.type == WSMsgType.TEXT:
                     code = await dispatch(conv, msg.data, send, settings.max_message_bytes)
-                elif msg.type == WSMsgType.BINARY:
-                    code = await dispatch(conv, b"\x00binary", send, settings.max_message_bytes)
+                elif msg.type == WSMsgType.BINARY:   # UTF-8 JSON in a binary frame is accepted too
+                    code = await dispatch(conv, msg.data, send, settings.max_message_bytes)
                 else:
                     break
                 if code is not None:
@@ -71,9 +71,9 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
 async def _sender(ws: web.WebSocketResponse, queue: asyncio.Queue) -> None:
     while True:
         event = await queue.get()
-        if event is _CLOSE or ws.closed:
+        if event is _CLOSE or isinstance(event, tuple) or ws.closed:
             if not ws.closed:
-                await ws.close()
+                await ws.close(code=event[1] if isinstance(event, tuple) else 1000)
             return
         await ws.send_str(json.dumps(event))
 

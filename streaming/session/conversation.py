@@ -40,7 +40,8 @@ class Turn:
 class Conversation:
     def __init__(self, worker, settings, send: Send, playout, vad, vad_pool, wire_audio: bool = True,
                  clock_s: Callable[[], float] = time.monotonic):
-        self.worker, self.settings, self.send, self.vad_pool = worker, settings, send, vad_pool
+        self.worker = worker.for_session()   # this session's steps in order, others in parallel
+        self.settings, self.send, self.vad_pool = settings, send, vad_pool
         self.clock_s = clock_s
         vad_default = W.ServerVad(settings.vad_threshold, settings.vad_prefix_padding_ms,
                                   settings.vad_silence_duration_ms)
@@ -49,7 +50,7 @@ class Conversation:
         self.engine = Session(worker.omni, seed=None, max_cache_tokens=settings.max_context_tokens)
         self.listener = Listener(vad, self._vad_cfg(), self.config.omni.video, clock_s)
         self.input = InputAudioStream(self.config.input_format)
-        self.responder = Responder(send, worker, playout, self.config.output_format if wire_audio else None, clock_s)
+        self.responder = Responder(send, self.worker, playout, self.config.output_format if wire_audio else None, clock_s)
         self.playout = playout
         self.turn: Turn | None = None
         self.last_item_id: str | None = None
@@ -164,7 +165,7 @@ class Conversation:
                                 "item_id", ev.event_id)
         emitted_ms = 1000.0 * r.audio_samples / 24000
         if ev.audio_end_ms > emitted_ms + 1:
-            raise ProtocolError("invalid_audio_end_ms", f"audio_end_ms {ev.audio_end_ms} is beyond the "
+            raise ProtocolError("invalid_value", f"audio_end_ms {ev.audio_end_ms} is beyond the "
                                 f"{emitted_ms:.0f} ms of audio sent for this item", "audio_end_ms", ev.event_id)
         if self.responder.current is r:
             await self.responder.cancel("client_truncated")
@@ -268,7 +269,8 @@ class Conversation:
         cap = self.config.max_output_tokens if max_tokens is None else max_tokens
         if isinstance(cap, int):
             limit = min(limit, cap)
-        opts = GenerateOptions(sampling=SamplingParams(), max_new_tokens=limit,
+        speak = "audio" in self.config.output_modalities
+        opts = GenerateOptions(sampling=SamplingParams(), max_new_tokens=limit, generate_audio=speak,
                                max_speech_s=self.settings.max_speech_s, low_latency_first_chunk=True,
                                step_yields=True)   # one bounded step per worker call: fair to other sessions
         turn, self.last_turn = self.last_turn, None
@@ -278,7 +280,8 @@ class Conversation:
             timings["unit_prefill_mean_ms"] = sum(turn.prefill_ms) / len(turn.prefill_ms)
         t0 = self.t_turn_end_s or self.clock_s()
         self.t_turn_end_s = None
-        r = await self.responder.start(lambda: self.engine.generate(opts), t0, self.last_item_id, timings)
+        r = await self.responder.start(lambda: self.engine.generate(opts), t0, self.last_item_id, timings,
+                                       speak=speak, finished=lambda: self.engine.state.llm_generate_completed)
         self.last_reply, self.rollback_open = r, True
         self.last_item_id = r.item_id
         r.task.add_done_callback(lambda _t: asyncio.ensure_future(self._after_response()))

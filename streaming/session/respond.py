@@ -34,9 +34,11 @@ class Response:
     audio_samples: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
     task: asyncio.Task | None = None
+    speak: bool = True                           # output_modalities: audio (+ transcript) or text only
 
     def part(self) -> dict:
-        return {"type": "output_audio", "transcript": "".join(self.transcript)}
+        text = "".join(self.transcript)
+        return {"type": "output_audio", "transcript": text} if self.speak else {"type": "output_text", "text": text}
 
     def item(self, status: str) -> dict:
         return W.item_object(self.item_id, "assistant", [self.part()], status=status)
@@ -52,19 +54,22 @@ class Responder:
         self.current: Response | None = None
 
     async def start(self, gen_factory: Callable[[], object], t_trigger_s: float,
-                    previous_item_id: str | None, extra_timings: dict | None = None) -> Response:
-        r = Response(W.new_id("resp"), W.new_id("item"), t_trigger_s)
+                    previous_item_id: str | None, extra_timings: dict | None = None, speak: bool = True,
+                    finished: Callable[[], bool] = lambda: True) -> Response:
+        """`finished()` tells, once the generator is exhausted, whether the model ended the reply
+        itself (completed) or a cap stopped it (incomplete)."""
+        r = Response(W.new_id("resp"), W.new_id("item"), t_trigger_s, speak=speak)
         self.current = r
         r.timings_ms.update(extra_timings or {})
         self.playout.start(r.id)
         await self.send(W.response_created(W.response_object(r.id, "in_progress")))
         await self.send(W.conversation_item_added(r.item("in_progress"), previous_item_id))
         await self.send(W.response_output_item_added(r.id, 0, r.item("in_progress")))
-        await self.send(W.response_content_part_added(r.id, r.item_id, 0, 0, {"type": "output_audio", "transcript": ""}))
-        r.task = asyncio.create_task(self._run(r, gen_factory), name=f"response {r.id}")
+        await self.send(W.response_content_part_added(r.id, r.item_id, 0, 0, r.part()))
+        r.task = asyncio.create_task(self._run(r, gen_factory, finished), name=f"response {r.id}")
         return r
 
-    async def _run(self, r: Response, gen_factory) -> None:
+    async def _run(self, r: Response, gen_factory, finished) -> None:
         try:
             gen = await self.worker.run("generate", gen_factory)
             while not r.closed:
@@ -75,7 +80,10 @@ class Responder:
                     break
                 await self._emit(r, *item)
             if not r.closed:
-                await self.finish(r, "completed")
+                if finished():
+                    await self.finish(r, "completed")
+                else:
+                    await self.finish(r, "incomplete", reason="max_output_tokens")
         except asyncio.CancelledError:
             raise
         except Exception as e:                    # the model failed: report it, close the response
@@ -88,7 +96,8 @@ class Responder:
         if text:
             r.timings_ms.setdefault("first_text_ms", now_ms())
             r.transcript.append(text)
-            await self.send(W.response_output_audio_transcript_delta(r.id, r.item_id, 0, 0, text))
+            delta = W.response_output_audio_transcript_delta if r.speak else W.response_output_text_delta
+            await self.send(delta(r.id, r.item_id, 0, 0, text))
         if len(wav):
             r.timings_ms.setdefault("first_audio_ms", now_ms())
             r.audio_samples += len(wav)
@@ -107,12 +116,18 @@ class Responder:
         r.timings_ms["total_ms"] = 1000.0 * (self.clock_s() - r.t_trigger_s)
         r.timings_ms["audio_ms"] = 1000.0 * r.audio_samples / 24000
         item_status = "completed" if status == "completed" else "incomplete"
-        await self.send(W.response_output_audio_done(r.id, r.item_id, 0, 0))
-        await self.send(W.response_output_audio_transcript_done(r.id, r.item_id, 0, 0, "".join(r.transcript)))
+        text = "".join(r.transcript)
+        if r.speak:
+            await self.send(W.response_output_audio_done(r.id, r.item_id, 0, 0))
+            await self.send(W.response_output_audio_transcript_done(r.id, r.item_id, 0, 0, text))
+        else:
+            await self.send(W.response_output_text_done(r.id, r.item_id, 0, 0, text))
         await self.send(W.response_content_part_done(r.id, r.item_id, 0, 0, r.part()))
         await self.send(W.response_output_item_done(r.id, 0, r.item(item_status)))
         await self.send(W.conversation_item_done(r.item(item_status), None))
-        details = None if status == "completed" else {"type": status, "reason": reason}
+        details = (None if status == "completed" else
+                   {"type": status, "error": {"type": "server_error", "message": reason}} if status == "failed" else
+                   {"type": status, "reason": reason})
         await self.send(W.response_done(W.response_object(
             r.id, status, [r.item(item_status)], status_details=details,
             timings_ms={k: round(v, 1) for k, v in r.timings_ms.items()})))

@@ -136,10 +136,3 @@ def browser_factory(playwright_instance):
 def shots_dir() -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     return SHOTS
-
-
-@pytest.fixture(scope="session")
-def page_metrics():
-    """page_metrics(page) -> a JSON copy of `window.omni.metrics` (turns, truncates, transport...)."""
-    return lambda page: page.evaluate("JSON.parse(JSON.stringify(window.omni.metrics))")
-

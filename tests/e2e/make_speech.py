@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "assets" / "speech"
-GAP_S = 3.0
+GAP_S = 2.0
 Q1 = "Hello there. Can you tell me what you see on my camera right now?"
 Q2 = "Wait, stop. Tell me a short story about a red fox instead."
 REF = ("This is my own voice. I am reading a short passage so that the assistant can learn "

@@ -3,25 +3,25 @@ from __future__ import annotations
 
 import pytest
 
-from test_call import _full_turn, _open, _wait_turn
+from e2e_helpers import SPEECH, full_turn, metrics, open_page, wait_turn
 
 SIZES = {"desktop-1280x800": (1280, 800), "ipad-landscape-1024x768": (1024, 768),
          "ipad-portrait-768x1024": (768, 1024), "phone-390x844": (390, 844)}
 
 
-def test_barge_in_stops_old_audio_and_starts_new_turn(server_factory, browser_factory, page_metrics):
-    """Two utterances 3 s apart; the tiny model's long reply is still playing when the second one
+def test_barge_in_stops_old_audio_and_starts_new_turn(server_factory, browser_factory):
+    """Two utterances 2 s apart; the tiny model's long reply is still playing when the second one
     starts: the page drops that reply's queued audio at once, reports what was played with
     conversation.item.truncate, and the second turn gets its own reply."""
     server = server_factory(max_reply_tokens=300, max_speech_s=60.0)
-    page = _open(browser_factory("two_turns.wav"), server, "websocket")
+    page = open_page(browser_factory("two_turns.wav"), server, "websocket")
     page.click("#start")
     page.wait_for_function("window.omni.metrics.truncates.length > 0", timeout=90_000)
     page.wait_for_function("window.omni.metrics.events['conversation.item.truncated'] > 0", timeout=10_000)
     # the reply to the second utterance is heard
     page.wait_for_function("""(() => { const m = window.omni.metrics, cut = m.truncates[0].id;
         return m.turns.some(t => t.id !== cut && t.pageMs != null); })()""", timeout=90_000)
-    m = page_metrics(page)
+    m = metrics(page)
     cut = m["truncates"][0]
     dropped = page.evaluate("""(id) => { const r = window.omni.responses.get(id);
         return {played: r.played, received: r.received}; }""", cut["id"])
@@ -35,11 +35,10 @@ def test_barge_in_stops_old_audio_and_starts_new_turn(server_factory, browser_fa
     print(f"\n[barge-in] truncate audio_end_ms={cut['audio_end_ms']} of {dropped['received'] / 24:.0f} ms received")
 
 
-def test_cloned_voice_from_uploaded_clip_reaches_server(server_factory, browser_factory, page_metrics):
-    from conftest import SPEECH
+def test_cloned_voice_from_uploaded_clip_reaches_server(server_factory, browser_factory):
     clip = SPEECH / "voice_ref.wav"
     server = server_factory(max_reply_tokens=40)
-    page = _open(browser_factory("one_turn.wav"), server, "websocket")
+    page = open_page(browser_factory("one_turn.wav"), server, "websocket")
     page.set_input_files("#voice-file", str(clip))
     page.wait_for_function("document.querySelector('input[value=upload]').checked")
     assert "voice_ref.wav" in page.inner_text("#voice-file-info")
@@ -49,13 +48,13 @@ def test_cloned_voice_from_uploaded_clip_reaches_server(server_factory, browser_
     assert echo["format"] == "wav" and echo["size_bytes"] == clip.stat().st_size, echo
     refs = server.call(lambda: [None if c.ref_16k is None else len(c.ref_16k) for c in server.app["conversations"]])
     assert any(n and 7.5 * 16000 < n < 9.0 * 16000 for n in refs), refs   # the 8.3 s clip, at 16 kHz
-    _wait_turn(page)          # and a reply is made with it
-    assert not page.is_visible("#error")
+    wait_turn(page)          # and a reply is made with it
+    assert not page.is_visible("#error"), page.inner_text("#error-text")
 
 
 def test_api_key_is_asked_for_and_sent(server_factory, browser_factory):
     server = server_factory(api_key="sesame", max_reply_tokens=40)
-    page = _open(browser_factory("one_turn.wav"), server, "websocket")
+    page = open_page(browser_factory("one_turn.wav"), server, "websocket")
     assert page.is_visible("#key-box")
     page.click("#start")
     page.wait_for_selector("#error:not([hidden])")
@@ -70,10 +69,10 @@ def test_api_key_is_asked_for_and_sent(server_factory, browser_factory):
 def test_server_full_is_explained(server_factory, browser_factory):
     server = server_factory(max_sessions=1, max_reply_tokens=40)
     browser = browser_factory("one_turn.wav")
-    first = _open(browser, server, "auto")
+    first = open_page(browser, server, "auto")
     first.click("#start")
     first.wait_for_function("window.omni.metrics.transport", timeout=20_000)
-    second = _open(browser, server, "auto")
+    second = open_page(browser, server, "auto")
     second.click("#start")
     second.wait_for_selector("#error:not([hidden])", timeout=20_000)
     assert "full" in second.inner_text("#error-text").lower()
@@ -82,8 +81,8 @@ def test_server_full_is_explained(server_factory, browser_factory):
 
 def test_screenshots_desktop_ipad_phone(server_factory, browser_factory, shots_dir):
     server = server_factory(max_reply_tokens=60)
-    page = _open(browser_factory("one_turn.wav"), server, "websocket")
-    _full_turn(page, "websocket")
+    page = open_page(browser_factory("one_turn.wav"), server, "websocket")
+    full_turn(page, "websocket")
     for name, (w, h) in SIZES.items():
         page.set_viewport_size({"width": w, "height": h})
         page.wait_for_timeout(150)

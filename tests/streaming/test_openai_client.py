@@ -32,7 +32,7 @@ async def test_openai_sdk_voice_conversation(server, speech_16k):
                     if event.type == "response.output_audio.delta":
                         audio += base64.b64decode(event.delta)
                     if event.type == "response.done":
-                        assert event.response.status == "completed"
+                        assert event.response.status in ("completed", "incomplete")
                         break
             assert "session.updated" in seen or turn == 1
             assert "input_audio_buffer.speech_stopped" in seen
