@@ -185,3 +185,43 @@ async def test_api_key_required(tiny_omni):
             assert json.loads(await ws.recv())["type"] == "session.created"
     finally:
         await srv.runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_idle_session_is_closed_and_freed(tiny_omni):
+    srv = await start_server(tiny_omni, idle_timeout_s=0.4)
+    try:
+        async with websockets.connect(srv.ws_url) as ws:
+            await recv_until(ws, lambda e: e["type"] == "session.created")
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                async with asyncio.timeout(10):
+                    while True:
+                        await ws.recv()
+            assert closed.value.rcvd.code == 1001
+        await asyncio.sleep(0.1)
+        assert srv.app["manager"].in_use == 0 and not srv.app["conversations"]
+    finally:
+        await srv.runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_a_long_reply_does_not_block_another_sessions_audio(tiny_omni, speech_16k):
+    """Session A generates a long reply; session B's speech is still detected promptly."""
+    srv = await start_server(tiny_omni, max_reply_tokens=300, max_speech_s=60.0)
+    try:
+        async with websockets.connect(srv.ws_url) as a, websockets.connect(srv.ws_url) as b:
+            await recv_until(a, lambda e: e["type"] == "session.created")
+            await recv_until(b, lambda e: e["type"] == "session.created")
+            for c in chunks_b64(utterance_24k_pcm16(speech_16k)):
+                await send(a, type="input_audio_buffer.append", audio=c)
+            await recv_until(a, lambda e: e["type"] == "response.output_audio.delta")
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.2, 0.2))[:12]:   # 1.2 s of B's audio
+                await send(b, type="input_audio_buffer.append", audio=c)
+            await recv_until(b, lambda e: e["type"] == "input_audio_buffer.speech_started", timeout=10)
+            waited = loop.time() - t0
+            a_live = srv.app["manager"].in_use == 2
+        assert a_live and waited < 2.0, waited
+    finally:
+        await srv.runner.cleanup()
