@@ -39,7 +39,9 @@ def build_app(settings: ServerSettings, omni, embedded: bool) -> web.Application
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/realtime", realtime_ws)
     try:
+        from .gateway.media import use_loopback_ice
         from .gateway.webrtc import post_call
+        use_loopback_ice(settings.host in ("127.0.0.1", "localhost", "::1"))
         app.router.add_post("/v1/realtime/calls", post_call)
     except ImportError:  # aiortc missing: WebSocket only
         log.warning("aiortc not installed: WebRTC signalling disabled")

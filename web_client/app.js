@@ -205,8 +205,9 @@ function responseDone(e) {
   const turn = app.metrics.turns.find((x) => x.id === r.id);
   if (turn) Object.assign(turn, { server: t, status });
   else app.metrics.turns.push({ id: r.id, pageMs: null, server: t, status });
-  const bits = [status === "completed" ? "" : status, r.pageMs != null ? `first audio ${Math.round(r.pageMs)} ms after you stopped` : ""];
-  ui.assistantMeta(r.id, bits.filter(Boolean).join(" · "), status === "cancelled");
+  const cut = status === "cancelled" || app.dead.has(r.id);
+  const bits = [cut ? "interrupted" : status === "completed" ? "" : status, r.pageMs != null ? `first audio ${Math.round(r.pageMs)} ms after you stopped` : ""];
+  ui.assistantMeta(r.id, bits.filter(Boolean).join(" · "), cut);
   if (!app.audible && app.transport?.kind === "websocket" && !r.received) ui.setState("listening");
 }
 
@@ -250,14 +251,17 @@ function dropAudio(id, truncate) {
   app.dead.add(id);
   r.truncate = truncate;
   r.droppedAt = performance.now();
+  ui.assistantMeta(id, "interrupted", true);
   app.player?.port.postMessage({ cmd: "drop", id });
 }
 
 /** Stop what the user hears now (barge-in or Interrupt); `cancel` also sends response.cancel. */
 function bargeIn(cancel) {
   const t = app.transport;
-  if (cancel && app.current) t?.send(P.responseCancel(app.current));
   const ws = t?.kind === "websocket";             // on WebRTC the server knows what was played
+  // WebRTC: a reply that finished generating still plays from the server's queue, so cancel it too.
+  const live = app.current || (!ws ? app.audible : null);
+  if (cancel && live) t?.send(P.responseCancel(live));
   for (const id of new Set([app.audible, app.current].filter(Boolean))) dropAudio(id, ws);
   app.audible = null;
   app.current = null;

@@ -24,13 +24,26 @@ LOOPBACK = "127.0.0.1"
 SAMPLES_PER_FRAME = int(AUDIO_PTIME * PLAYOUT_RATE_HZ)   # 480: 20 ms at 24 kHz
 
 
+_DEFAULT_HOST_ADDRESSES = aioice.ice.get_host_addresses
+
+
 def _loopback_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    # aioice's default lists every interface *except* 127.0.0.1; this workplace allows only
-    # loopback traffic, so the server offers exactly one host candidate (ENV-NOTES §4).
+    # aioice's default lists every interface *except* 127.0.0.1; a server bound to loopback
+    # offers exactly one host candidate, 127.0.0.1 (ENV-NOTES §4).
     return [LOOPBACK] if use_ipv4 else []
 
 
-aioice.ice.get_host_addresses = _loopback_host_addresses
+def use_loopback_ice(enabled: bool) -> None:
+    """Loopback-only ICE (a server on 127.0.0.1) or aioice's own interface list (a LAN server,
+    e.g. for an iPad). Process-wide, like aioice's function it replaces; set once at start-up."""
+    aioice.ice.get_host_addresses = _loopback_host_addresses if enabled else _DEFAULT_HOST_ADDRESSES
+
+
+def loopback_ice() -> bool:
+    return aioice.ice.get_host_addresses is _loopback_host_addresses
+
+
+use_loopback_ice(True)   # safe default until the server configures it
 
 
 _CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) ")

@@ -25,7 +25,7 @@ from ..session.conversation import Conversation
 from .boundary import dispatch
 from .codecs import MODEL_INPUT_RATE_HZ, StreamResampler
 from .errors import CapacityError, OmniError
-from .media import PlayoutTrack, frame_to_mono, loopback_only
+from .media import PlayoutTrack, frame_to_mono, loopback_ice, loopback_only
 from .protocol import new_id, parse_client_event
 
 log = logging.getLogger("omni.gateway")
@@ -119,22 +119,12 @@ def _form_text(v) -> str | None:
 
 
 class CallConversation(Conversation):
-    """A conversation whose `close()` (e.g. at server shutdown) also hangs up its call, and whose
-    barge-in always silences the speech track."""
+    """A conversation whose `close()` (e.g. at server shutdown) also hangs up its call."""
     call: "Call"
 
     async def close(self) -> None:
         await super().close()
         await self.call.hangup()
-
-    async def _barge_in(self, reason: str) -> None:
-        # A reply that finished generating may still be playing from the queue (generation is
-        # faster than real time); the base class only stops the playout of a live response.
-        # TODO(conversation owner): move this stop into Conversation._barge_in.
-        r = self.last_reply
-        await super()._barge_in(reason)           # reads the heard position first
-        if r is not None:
-            self.playout.stop(r.id)
 
 
 class Call:
@@ -167,7 +157,7 @@ class Call:
 
     # ---- signalling ---------------------------------------------------------------------------
     async def negotiate(self, offer: str, session: dict | None) -> str:
-        offer, n_candidates = loopback_only(offer)
+        offer, n_candidates = loopback_only(offer) if loopback_ice() else (offer, -1)
         if n_candidates == 0:
             raise BadOffer("invalid_sdp", "the offer has no 127.0.0.1 ICE candidate: gather all candidates "
                            "before POSTing (no trickle ICE) and allow loopback")

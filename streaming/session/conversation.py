@@ -169,7 +169,8 @@ class Conversation:
                                 f"{emitted_ms:.0f} ms of audio sent for this item", "audio_end_ms", ev.event_id)
         if self.responder.current is r:
             await self.responder.cancel("client_truncated")
-        elif not self.rollback_open:
+        self.playout.stop(r.id)                       # nothing after audio_end_ms is heard any more
+        if self.responder.current is None and not self.rollback_open:
             raise ProtocolError("truncate_too_late", "the next turn was already added; the context was "
                                 "cut at the server's playout position", "item_id", ev.event_id)
         self.pending_rollback = (r.item_id, float(ev.audio_end_ms))
@@ -191,8 +192,9 @@ class Conversation:
         await self._respond(ev.response.max_output_tokens)
 
     async def _on_response_cancel(self, ev) -> None:
-        r = self.responder.current
-        if r is None or (ev.response_id and ev.response_id != r.id):
+        """Cancel the reply being generated, or stop one that is still playing out (WebRTC)."""
+        r = self.last_reply
+        if r is None or not self._reply_audible() or (ev.response_id and ev.response_id != r.id):
             raise ProtocolError("response_not_found", "no response in progress to cancel",
                                 "response_id", ev.event_id)
         await self._barge_in("client_cancelled")
@@ -304,8 +306,9 @@ class Conversation:
         r = self.last_reply
         if r is None:
             return
-        heard_ms = self.playout.played_ms(r.id)       # read before cancel stops the playout
+        heard_ms = self.playout.played_ms(r.id)       # read before the playout is stopped
         await self.responder.cancel(reason)
+        self.playout.stop(r.id)     # a reply that finished generating may still be playing (WebRTC queue)
         self.pending_rollback = (r.item_id, heard_ms)
 
     async def _apply_rollback(self) -> None:

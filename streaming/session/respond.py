@@ -111,7 +111,7 @@ class Responder:
         if r.closed:
             return
         r.closed, r.status, r.reason = True, status, reason
-        if status != "completed":
+        if status == "cancelled":                 # capped (incomplete) replies still play to the end
             self.playout.stop(r.id)
         r.timings_ms["total_ms"] = 1000.0 * (self.clock_s() - r.t_trigger_s)
         r.timings_ms["audio_ms"] = 1000.0 * r.audio_samples / 24000

@@ -30,8 +30,7 @@ def test_barge_in_stops_old_audio_and_starts_new_turn(server_factory, browser_fa
     assert later == dropped["played"], "the dropped reply kept playing"
     assert 0 < cut["audio_end_ms"] < dropped["received"] * 1000 / 24000, (cut, dropped)
     assert len(page.locator(".transcript li.user").all()) >= 2
-    assert page.locator(".transcript li.assistant.cancelled").count() >= 1 or \
-        any(t.get("status") == "cancelled" for t in m["turns"])
+    assert page.locator(".transcript li.assistant.cancelled").count() >= 1   # shown as interrupted
     print(f"\n[barge-in] truncate audio_end_ms={cut['audio_end_ms']} of {dropped['received'] / 24:.0f} ms received")
 
 
