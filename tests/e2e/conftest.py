@@ -109,7 +109,7 @@ def server_factory(tiny_model):
         s.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")   # module: its event loop must be gone before asyncio tests run
 def playwright_instance(netns):
     with playwright_sync.sync_playwright() as p:
         yield p

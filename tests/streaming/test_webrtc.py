@@ -210,11 +210,13 @@ async def test_barge_in_silences_the_track_at_once(tiny_omni, hello_48k, when):
             assert (await c.call(http, srv.http)).status == 201
         sent = record_sent(call_of(srv))
         model_free = asyncio.Event()
-        model_free.set()
         worker, step = srv.app["worker"], srv.app["worker"].next
+        steps = [0]
 
-        async def gated_step(*args):            # "generating": hold the model mid-reply
-            await model_free.wait()
+        async def gated_step(*args):            # "generating": hold the model mid-reply, after a
+            steps[0] += 1                       # few steps have made some audio (a fault forced
+            if when == "generating" and steps[0] > 8:   # so the reply cannot end on its own)
+                await model_free.wait()
             return await step(*args)
         worker.next = gated_step
         c.mic.say(hello_48k, lead_s=0.5)
@@ -227,8 +229,6 @@ async def test_barge_in_silences_the_track_at_once(tiny_omni, hello_48k, when):
         async with asyncio.timeout(30):
             while sum(f[2] > SPEECH_RMS for f in c.frames) < 5:     # the reply is audible
                 await asyncio.sleep(0.02)
-        if when == "generating":
-            model_free.clear()
         c.mic.say(hello_48k)                                         # the user talks over it
         if when == "generating":
             t_cut, done = await c.until(lambda e: e["type"] == "response.done")
@@ -249,9 +249,11 @@ async def test_barge_in_silences_the_track_at_once(tiny_omni, hello_48k, when):
         # The client's last speech is the audio already in flight: aiortc's receive jitter buffer
         # prefetches 4 packets (80 ms) and Opus framing adds one more.
         assert client_lag_ms <= 160 and len(voiced_after) <= 8, (client_lag_ms, len(voiced_after))
+        model_free.set()
         await c.pc.close()
         await wait_freed(srv)
     finally:
+        model_free.set()
         await c.pc.close()
         await srv.runner.cleanup()
 

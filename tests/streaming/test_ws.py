@@ -72,6 +72,14 @@ async def test_manual_commit_turn(server, speech_16k):
 @pytest.mark.asyncio
 async def test_barge_in_cancels_and_truncates_to_what_was_heard(tiny_omni, speech_16k):
     srv = await start_server(tiny_omni, max_reply_tokens=300, max_speech_s=60.0)  # a long, live reply
+    worker, step, gate, steps = srv.app["worker"], srv.app["worker"].next, asyncio.Event(), [0]
+
+    async def gated_step(kind, it):     # forced fault: the first reply stalls after a few steps, so
+        steps[0] += 1                   # it is still being generated when the user cuts in
+        if steps[0] == 8:
+            await gate.wait()
+        return await step(kind, it)
+    worker.next = gated_step
     try:
         async with websockets.connect(srv.ws_url) as ws:
             await recv_until(ws, lambda e: e["type"] == "session.created")
@@ -90,6 +98,7 @@ async def test_barge_in_cancels_and_truncates_to_what_was_heard(tiny_omni, speec
             await send(ws, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=200)
             after = await recv_until(ws, lambda e: e["type"] in ("conversation.item.truncated", "error"))
             assert after[-1]["type"] == "conversation.item.truncated", after[-1]
+            gate.set()
             conv, = srv.app["conversations"]
             assert conv.pending_rollback == (item_id, 200.0)
             calls = []
@@ -110,6 +119,7 @@ async def test_barge_in_cancels_and_truncates_to_what_was_heard(tiny_omni, speec
         engine_lens = [c.engine.state.cache_len for c in srv.app["conversations"]]
         assert engine_lens == []                     # freed on disconnect
     finally:
+        gate.set()
         await srv.runner.cleanup()
 
 
