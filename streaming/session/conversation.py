@@ -20,9 +20,9 @@ from omni.session.engine import GenerateOptions, Session
 
 from ..gateway import protocol as W
 from ..gateway.codecs import InputAudioStream, decode_image, read_wav_any, wire_to_float
-from ..gateway.errors import MediaError, ProtocolError
+from ..gateway.errors import ProtocolError
 from ..turn.vad import ServerVadConfig, SpeechStarted, SpeechStopped
-from .listen import Listener, UnitReady
+from .listen import Listener
 from .respond import Responder, Send
 
 MIN_COMMIT_MS = 100      # OpenAI rejects commits of less than 100 ms of audio

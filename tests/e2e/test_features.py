@@ -1,7 +1,6 @@
 """Browser E2E: barge-in, a cloned voice, errors a person must see, and layout screenshots."""
 from __future__ import annotations
 
-import pytest
 
 from e2e_helpers import SPEECH, full_turn, metrics, open_page, wait_turn
 

@@ -7,7 +7,6 @@ tests run as root (ENV-NOTES §4)."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import ctypes
 import fractions
 import json

@@ -1,0 +1,278 @@
+"""The session object: what `session.update` may set and what `session.created/updated` show.
+
+Owns `SessionConfig` (frozen) with `apply_update` (validate + merge a partial GA or beta session
+object) and `to_wire` (the GA session object). Extensions: `audio.output.omni_reference_audio`
+(a voice-clone clip) and `omni` (camera on/off, sampling seed)."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .validate import as_type, b64, bad, get_field, in_range, no_unknown, one_of
+
+PCM_RATE_HZ = 24_000  # the only `audio/pcm` rate OpenAI Realtime defines
+G711_RATE_HZ = 8_000
+MAX_INSTRUCTIONS_CHARS = 32_000
+MAX_OUTPUT_TOKENS = 4_096
+AUDIO_FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")
+_BETA_FORMATS = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "audio/pcma"}
+
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    """`audio/pcm` (PCM16 LE, 24 kHz, mono) or G.711 `audio/pcmu` / `audio/pcma` (8 kHz)."""
+
+    type: str = "audio/pcm"
+
+    @property
+    def rate_hz(self) -> int:
+        return PCM_RATE_HZ if self.type == "audio/pcm" else G711_RATE_HZ
+
+
+@dataclass(frozen=True)
+class ServerVad:
+    """`server_vad` turn detection; defaults are OpenAI's (the server may override them)."""
+
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+    create_response: bool = True
+    interrupt_response: bool = True
+
+
+@dataclass(frozen=True)
+class ReferenceAudio:
+    """Extension: a voice-clone clip, still encoded (codecs.read_wav_any decodes and checks it)."""
+
+    data: bytes
+    format: str  # "wav" (any soundfile-readable file) or "pcm16" (raw LE at rate_hz)
+    rate_hz: int | None = None
+
+
+@dataclass(frozen=True)
+class OmniOptions:
+    """Extension `session.omni`: camera frames on/off and a sampling seed (None = random)."""
+
+    video: bool = True
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Everything a client can set with `session.update`."""
+
+    instructions: str = ""
+    output_modalities: tuple[str, ...] = ("audio",)  # audio always comes with its transcript
+    input_format: AudioFormat = AudioFormat()
+    output_format: AudioFormat = AudioFormat()
+    turn_detection: ServerVad | None = ServerVad()
+    voice: str = "default"
+    reference_audio: ReferenceAudio | None = None
+    max_output_tokens: int | None = None  # None = "inf" (the server's max_reply_tokens still caps)
+    omni: OmniOptions = OmniOptions()
+
+
+def _format(v: Any, p: str) -> AudioFormat:
+    if isinstance(v, str):  # beta: "pcm16" | "g711_ulaw" | "g711_alaw"
+        return AudioFormat(_BETA_FORMATS[one_of(v, tuple(_BETA_FORMATS), p)])
+    obj = as_type(v, dict, p)
+    no_unknown(obj, {"type", "rate"}, p)
+    fmt = AudioFormat(one_of(get_field(obj, "type", str, p, required=True), AUDIO_FORMATS,
+                              f"{p}.type"))
+    rate = get_field(obj, "rate", int, p)
+    if rate is not None and rate != fmt.rate_hz:
+        raise bad("invalid_value", f"Invalid value for '{p}.rate': {fmt.type} is {fmt.rate_hz} Hz "
+                   f"here, got {rate}.", f"{p}.rate")
+    return fmt
+
+
+_VAD_LIMITS = {"threshold": (float, 0.0, 1.0), "prefix_padding_ms": (int, 0, 10_000),
+               "silence_duration_ms": (int, 1, 10_000), "create_response": (bool, 0, 1),
+               "interrupt_response": (bool, 0, 1)}
+
+
+def _turn_detection(cur: ServerVad | None, v: Any, p: str) -> ServerVad | None:
+    if v is None:
+        return None  # manual turns: the client commits and asks for responses
+    obj = as_type(v, dict, p)
+    no_unknown(obj, {*_VAD_LIMITS, "type", "idle_timeout_ms"}, p)
+    one_of(get_field(obj, "type", str, p, required=True), ("server_vad",), f"{p}.type")
+    changes = {}
+    for name, (kind, lo, hi) in _VAD_LIMITS.items():
+        if (val := get_field(obj, name, kind, p)) is not None:
+            in_range(val, lo, hi, f"{p}.{name}")
+            changes[name] = val
+    # Missing fields keep the current values (OpenAI's defaults if VAD was off).
+    return dataclasses.replace(cur or ServerVad(), **changes)
+
+
+def _reference(v: Any, p: str) -> ReferenceAudio | None:
+    if v is None:
+        return None  # back to the model's default voice
+    obj = as_type(v, dict, p)
+    no_unknown(obj, {"data", "format", "rate"}, p)
+    fmt = one_of(get_field(obj, "format", str, p, required=True), ("wav", "pcm16"), f"{p}.format")
+    data = b64(get_field(obj, "data", str, p, required=True), f"{p}.data")
+    rate = get_field(obj, "rate", int, p, required=fmt == "pcm16")
+    if rate is not None:
+        in_range(rate, 8_000, 48_000, f"{p}.rate")
+    return ReferenceAudio(data, fmt, rate)
+
+
+def parse_modalities(v: Any, p: str) -> tuple[str, ...]:
+    items = as_type(v, list, p)
+    for i, m in enumerate(items):
+        one_of(as_type(m, str, f"{p}[{i}]"), ("audio", "text"), f"{p}[{i}]")
+    if not items:
+        raise bad("invalid_value", f"Invalid value for '{p}': must not be empty.", p)
+    return ("audio",) if "audio" in items else ("text",)  # beta ["text","audio"] == GA ["audio"]
+
+
+def parse_max_tokens(v: Any, p: str) -> int | None:
+    if v == "inf":
+        return None
+    n: int = as_type(v, int, p)
+    in_range(n, 1, MAX_OUTPUT_TOKENS, p)
+    return n
+
+
+def parse_instructions(v: Any, p: str) -> str:
+    s: str = as_type(v, str, p)
+    if len(s) > MAX_INSTRUCTIONS_CHARS:
+        raise bad("invalid_value", f"'{p}' is {len(s)} characters; the limit is "
+                   f"{MAX_INSTRUCTIONS_CHARS}.", p)
+    return s
+
+
+def _voice(v: Any, p: str) -> str:
+    s: str = as_type(v, str, p)  # any name is kept; all built-in names use the model's voice
+    if not 0 < len(s) <= 64:
+        raise bad("invalid_value", f"Invalid value for '{p}': 1 to 64 characters.", p)
+    return s
+
+
+def _omni(cur: OmniOptions, v: Any, p: str) -> OmniOptions:
+    obj = as_type(v, dict, p)
+    no_unknown(obj, {"video", "seed"}, p)
+    video = get_field(obj, "video", bool, p)
+    seed = cur.seed
+    if "seed" in obj:  # null clears the seed (random sampling again)
+        seed = get_field(obj, "seed", int, p)
+        if seed is not None:
+            in_range(seed, 0, 2**63 - 1, f"{p}.seed")
+    return OmniOptions(cur.video if video is None else video, seed)
+
+
+def parse_tools(c: SessionConfig | None, v: Any, p: str) -> dict[str, Any]:
+    if as_type(v, list, p):
+        raise bad("invalid_value", f"'{p}': function tools are not supported by this model.", p)
+    return {}
+
+
+def _session_type(c: SessionConfig, v: Any, p: str) -> dict[str, Any]:
+    one_of(as_type(v, str, p), ("realtime",), p)  # "transcription" sessions are not offered
+    return {}
+
+
+# A field handler validates one wire field and returns the SessionConfig fields it changes.
+_Field = Callable[[SessionConfig, Any, str], dict[str, Any]]
+
+
+def _ignored(c: SessionConfig, v: Any, p: str) -> dict[str, Any]:
+    return {}  # accepted so stock OpenAI clients work; no effect on this model
+
+
+def _to(name: str, parse: Callable[[Any, str], Any]) -> _Field:
+    return lambda c, v, p: {name: parse(v, p)}
+
+
+def _table(table: Mapping[str, _Field]) -> _Field:
+    """A handler for a nested object: unknown keys are errors, known ones go to their handler."""
+    def handle(c: SessionConfig, v: Any, p: str) -> dict[str, Any]:
+        obj = as_type(v, dict, p)
+        no_unknown(obj, table.keys(), p)
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(table[key](c, value, f"{p}.{key}"))
+        return out
+    return handle
+
+
+_TURN: _Field = lambda c, v, p: {"turn_detection": _turn_detection(c.turn_detection, v, p)}
+_AUDIO = _table({
+    "input": _table({"format": _to("input_format", _format), "turn_detection": _TURN,
+                     "transcription": _ignored, "noise_reduction": _ignored}),
+    "output": _table({"format": _to("output_format", _format), "voice": _to("voice", _voice),
+                      "speed": _ignored,
+                      "omni_reference_audio": _to("reference_audio", _reference)}),
+})
+_SESSION = _table({
+    "type": _session_type,
+    "instructions": _to("instructions", parse_instructions),
+    "output_modalities": _to("output_modalities", parse_modalities),
+    "max_output_tokens": _to("max_output_tokens", parse_max_tokens),
+    "audio": _AUDIO,
+    "omni": lambda c, v, p: {"omni": _omni(c.omni, v, p)},
+    "tools": parse_tools,
+    # beta aliases: the top-level session fields that preceded the GA `audio` object
+    "modalities": _to("output_modalities", parse_modalities),
+    "max_response_output_tokens": _to("max_output_tokens", parse_max_tokens),
+    "input_audio_format": _to("input_format", _format),
+    "output_audio_format": _to("output_format", _format),
+    "turn_detection": _TURN,
+    "voice": _to("voice", _voice),
+    **{k: _ignored for k in ("id", "object", "model", "tool_choice", "temperature", "tracing",
+                             "include", "prompt", "truncation", "expires_at", "speed",
+                             "input_audio_transcription", "input_audio_noise_reduction")},
+})
+
+
+def apply_update(config: SessionConfig, session: Mapping[str, Any]) -> SessionConfig:
+    """Validate a (partial) session object, GA or beta shaped, and merge it into `config`.
+
+    Absent fields keep their value; `turn_detection: null` disables VAD (manual commits);
+    `omni_reference_audio: null` returns to the default voice. Raises ProtocolError naming the
+    offending `session.…` param.
+    """
+    return dataclasses.replace(config, **_SESSION(config, session, "session"))
+
+
+def _format_wire(f: AudioFormat) -> dict[str, Any]:
+    return {"type": f.type, "rate": f.rate_hz} if f.type == "audio/pcm" else {"type": f.type}
+
+
+def to_wire(config: SessionConfig, session_id: str | None = None,
+            model: str | None = None) -> dict[str, Any]:
+    """The GA session object for `session.created` / `session.updated`.
+
+    The reference clip itself is not echoed, only its format and size.
+    """
+    td = config.turn_detection
+    ref = config.reference_audio
+    wire: dict[str, Any] = {
+        "type": "realtime", "object": "realtime.session",
+        "instructions": config.instructions,
+        "output_modalities": list(config.output_modalities),
+        "max_output_tokens": config.max_output_tokens or "inf",
+        "audio": {
+            "input": {"format": _format_wire(config.input_format), "transcription": None,
+                      "noise_reduction": None,
+                      "turn_detection": None if td is None else
+                      {"type": "server_vad", **dataclasses.asdict(td)}},
+            "output": {"format": _format_wire(config.output_format), "voice": config.voice,
+                       "speed": 1.0, "omni_reference_audio": None if ref is None else
+                       {"format": ref.format, "rate": ref.rate_hz, "size_bytes": len(ref.data)}},
+        },
+        "tools": [], "tool_choice": "auto",
+        "omni": dataclasses.asdict(config.omni),
+    }
+    if session_id is not None:
+        wire["id"] = session_id
+    if model is not None:
+        wire["model"] = model
+    return wire
+
+
