@@ -210,13 +210,15 @@ async def test_barge_in_silences_the_track_at_once(tiny_omni, hello_48k, when):
         sent = record_sent(call_of(srv))
         model_free = asyncio.Event()
         worker, step = srv.app["worker"], srv.app["worker"].next
-        steps = [0]
+        audio_items = [0]
 
-        async def gated_step(*args):            # "generating": hold the model mid-reply, after a
-            steps[0] += 1                       # few steps have made some audio (a fault forced
-            if when == "generating" and steps[0] > 8:   # so the reply cannot end on its own)
-                await model_free.wait()
-            return await step(*args)
+        async def gated_step(*args):            # "generating": hold the model mid-reply once it
+            item = await step(*args)            # made its first audio (a fault forced so the reply
+            if when == "generating" and item is not None and len(item[1]):   # cannot end by itself)
+                audio_items[0] += 1
+                if audio_items[0] >= 4:         # ~2 s of speech queued: still playing at the cut
+                    await model_free.wait()
+            return item
         worker.next = gated_step
         c.mic.say(hello_48k, lead_s=0.5)
         _, ev = await c.until(lambda e: e["type"] == ("response.created" if when == "generating" else "response.done"))

@@ -72,13 +72,15 @@ async def test_manual_commit_turn(server, speech_16k):
 @pytest.mark.asyncio
 async def test_barge_in_cancels_and_truncates_to_what_was_heard(tiny_omni, speech_16k):
     srv = await start_server(tiny_omni, max_reply_tokens=300, max_speech_s=60.0)  # a long, live reply
-    worker, step, gate, steps = srv.app["worker"], srv.app["worker"].next, asyncio.Event(), [0]
+    worker, step, gate, audio_items = srv.app["worker"], srv.app["worker"].next, asyncio.Event(), [0]
 
-    async def gated_step(kind, it):     # forced fault: the first reply stalls after a few steps, so
-        steps[0] += 1                   # it is still being generated when the user cuts in
-        if steps[0] == 8:
-            await gate.wait()
-        return await step(kind, it)
+    async def gated_step(kind, it):     # forced fault: the first reply stalls after its first audio,
+        item = await step(kind, it)     # so it is still being generated when the user cuts in
+        if item is not None and len(item[1]):
+            audio_items[0] += 1
+            if audio_items[0] == 2:
+                await gate.wait()
+        return item
     worker.next = gated_step
     try:
         async with websockets.connect(srv.ws_url) as ws:
