@@ -1,23 +1,26 @@
-"""The model owner: one thread that runs every torch step, so the event loop never blocks on torch.
+"""The model owner: lane threads that run every torch step, so the event loop never blocks on torch.
 
-Owns: the shared `Omni` bundle and a single-thread executor. Connections submit small steps (one
-unit prefill, one `next()` of a reply generator: one 3-token LLM call plus at most one 25-frame TTS
-step) and await them; the FIFO queue of the executor interleaves sessions step by step, so a step
-of one session never waits for more than the steps already queued by others. Does not own:
-per-session state (each connection's `omni.session.Session`), protocol, media.
+Owns: the shared `Omni` bundle and the step scheduler. Connections submit small steps (one unit
+prefill, one `next()` of a reply generator: one 3-token LLM call plus at most one 25-frame TTS
+step) and await them. Steps are served earliest-deadline-first: a reply step's deadline is the
+moment its listener would run out of audio, a prefill's is "now", so under load the session whose
+playback is about to starve goes first instead of whoever queued first. Does not own: per-session
+state (each connection's `omni.session.Session`), protocol, media.
 """
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
+import heapq
+import itertools
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 _DONE = object()
+_STOP = object()
 
 
 @dataclass
@@ -43,40 +46,73 @@ def auto_lanes(device: str) -> int:
 
 
 class ModelWorker:
-    """`lanes` threads run steps; one session never has two steps in flight (each awaits its
-    own), so sessions run in parallel while each one's steps stay ordered."""
+    """`lanes` threads pull the most urgent step; one session never has two steps in flight
+    (see SessionLane), so sessions run in parallel while each one's steps stay ordered."""
 
-    def __init__(self, omni, lanes: int = 1):
+    def __init__(self, omni, lanes: int = 1, clock_s=time.monotonic):
         self.omni = omni
         self.stats = WorkerStats()
         self.lanes = lanes
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="omni-model")
+        self.clock_s = clock_s
+        self._heap: list = []
+        self._seq = itertools.count()
+        self._cv = threading.Condition()
         if lanes > 1:
             torch.set_num_threads(1)   # process-wide: each lane is one core
+        self._threads = [threading.Thread(target=self._lane, name=f"omni-model_{i}", daemon=True)
+                         for i in range(lanes)]
+        for t in self._threads:
+            t.start()
 
-    async def run(self, kind: str, fn, *args, **kwargs):
-        """Run `fn(*args, **kwargs)` on the model thread; returns its result (exceptions propagate)."""
+    async def run(self, kind: str, fn, *args, deadline_s: float | None = None):
+        """Run `fn(*args)` on a lane, most urgent `deadline_s` (clock seconds) first; default now."""
         loop = asyncio.get_running_loop()
-        call = functools.partial(self._timed, kind, fn, *args, **kwargs)
-        return await loop.run_in_executor(self._pool, call)
+        fut = loop.create_future()
+        deadline = self.clock_s() if deadline_s is None else deadline_s
+        with self._cv:
+            heapq.heappush(self._heap, (deadline, next(self._seq), (kind, fn, args, loop, fut)))
+            self._cv.notify()
+        return await fut
 
-    async def next(self, kind: str, iterator):
-        """One `next()` of a generator on the model thread; `None` when it is exhausted."""
-        item = await self.run(kind, next, iterator, _DONE)
+    async def next(self, kind: str, iterator, deadline_s: float | None = None):
+        """One `next()` of a generator on a lane; `None` when it is exhausted."""
+        item = await self.run(kind, next, iterator, _DONE, deadline_s=deadline_s)
         return None if item is _DONE else item
 
     def for_session(self) -> "SessionLane":
         return SessionLane(self)
 
-    def _timed(self, kind, fn, *args, **kwargs):
-        t = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
+    def _lane(self) -> None:
+        while True:
+            with self._cv:
+                while not self._heap:
+                    self._cv.wait()
+                job = heapq.heappop(self._heap)[2]
+            if job is _STOP:
+                return
+            kind, fn, args, loop, fut = job
+            t = time.perf_counter()
+            try:
+                result, error = fn(*args), None
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+                result, error = None, e
             self.stats.add(kind, time.perf_counter() - t)
+            loop.call_soon_threadsafe(_settle, fut, result, error)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._cv:
+            for _ in self._threads:
+                heapq.heappush(self._heap, (float("inf"), next(self._seq), _STOP))
+            self._cv.notify_all()
+
+
+def _settle(fut: asyncio.Future, result, error) -> None:
+    if fut.cancelled():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
 
 
 class SessionLane:
@@ -89,10 +125,10 @@ class SessionLane:
         self.omni = worker.omni
         self._lock = asyncio.Lock()
 
-    async def run(self, kind: str, fn, *args, **kwargs):
+    async def run(self, kind: str, fn, *args, deadline_s: float | None = None):
         async with self._lock:
-            return await self.worker.run(kind, fn, *args, **kwargs)
+            return await self.worker.run(kind, fn, *args, deadline_s=deadline_s)
 
-    async def next(self, kind: str, iterator):
+    async def next(self, kind: str, iterator, deadline_s: float | None = None):
         async with self._lock:
-            return await self.worker.next(kind, iterator)
+            return await self.worker.next(kind, iterator, deadline_s=deadline_s)

@@ -20,6 +20,8 @@ from ..gateway.boundary import report
 from ..gateway.codecs import encode_output_audio
 
 Send = Callable[[dict], Awaitable[None]]
+FIRST_AUDIO_TARGET_S = 0.2    # scheduling deadline of a reply's steps until its first audio
+PLAYOUT_MARGIN_S = 0.3        # serve a reply step this long before its listener would starve
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Response:
     audio_samples: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
     task: asyncio.Task | None = None
+    t_first_audio_s: float | None = None
     speak: bool = True                           # output_modalities: audio (+ transcript) or text only
 
     def part(self) -> dict:
@@ -73,7 +76,7 @@ class Responder:
         try:
             gen = await self.worker.run("generate", gen_factory)
             while not r.closed:
-                item = await self.worker.next("reply_step", gen)
+                item = await self.worker.next("reply_step", gen, deadline_s=self._deadline(r))
                 if r.closed:                      # cancelled while the step ran: drop it
                     return
                 if item is None:
@@ -91,6 +94,12 @@ class Responder:
             if not r.closed:
                 await self.finish(r, "failed", reason=type(e).__name__)
 
+    def _deadline(self, r: Response) -> float:
+        """When this reply's listener would run out of audio (first audio: soon after the turn)."""
+        if r.t_first_audio_s is None:
+            return r.t_trigger_s + FIRST_AUDIO_TARGET_S
+        return r.t_first_audio_s + r.audio_samples / 24000 - PLAYOUT_MARGIN_S
+
     async def _emit(self, r: Response, text: str, wav: np.ndarray) -> None:
         now_ms = lambda: 1000.0 * (self.clock_s() - r.t_trigger_s)
         if text:
@@ -100,6 +109,8 @@ class Responder:
             await self.send(delta(r.id, r.item_id, 0, 0, text))
         if len(wav):
             r.timings_ms.setdefault("first_audio_ms", now_ms())
+            if r.t_first_audio_s is None:
+                r.t_first_audio_s = self.clock_s()
             r.audio_samples += len(wav)
             self.playout.write(r.id, wav)
             if self.output_format is not None:    # WebRTC carries audio on its track instead

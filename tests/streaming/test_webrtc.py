@@ -212,8 +212,8 @@ async def test_barge_in_silences_the_track_at_once(tiny_omni, hello_48k, when):
         worker, step = srv.app["worker"], srv.app["worker"].next
         audio_items = [0]
 
-        async def gated_step(*args):            # "generating": hold the model mid-reply once it
-            item = await step(*args)            # made its first audio (a fault forced so the reply
+        async def gated_step(*args, **kw):      # "generating": hold the model mid-reply once it
+            item = await step(*args, **kw)      # made its first audio (a fault forced so the reply
             if when == "generating" and item is not None and len(item[1]):   # cannot end by itself)
                 audio_items[0] += 1
                 if audio_items[0] >= 4:         # ~2 s of speech queued: still playing at the cut

@@ -74,8 +74,8 @@ async def test_barge_in_cancels_and_truncates_to_what_was_heard(tiny_omni, speec
     srv = await start_server(tiny_omni, max_reply_tokens=300, max_speech_s=60.0)  # a long, live reply
     worker, step, gate, audio_items = srv.app["worker"], srv.app["worker"].next, asyncio.Event(), [0]
 
-    async def gated_step(kind, it):     # forced fault: the first reply stalls after its first audio,
-        item = await step(kind, it)     # so it is still being generated when the user cuts in
+    async def gated_step(kind, it, **kw):   # forced fault: the first reply stalls after its first
+        item = await step(kind, it, **kw)   # audio, so it is still being generated when the user cuts in
         if item is not None and len(item[1]):
             audio_items[0] += 1
             if audio_items[0] == 2:
