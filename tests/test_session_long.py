@@ -131,3 +131,18 @@ def test_round_robin_steps_match_alone(tiny, ref):
         assert [t for t, _ in a] == [t for t, _ in b]
         np.testing.assert_array_equal(np.concatenate([w for _, w in a]), np.concatenate([w for _, w in b]))
         assert any(len(w) == 0 and not t for t, w in a)     # idle steps were yielded
+
+
+def test_reply_end_reason_is_reported(tiny):
+    """A reply stopped by the token cap says so; the gateway reports it as `incomplete`."""
+    import numpy as np
+    from omni.sampling import GREEDY
+    from omni.session.engine import GenerateOptions, Session
+    s = Session(tiny)
+    s.set_system("audio_assistant")
+    s.append_unit(np.zeros(16000, np.float32))
+    list(s.generate(GenerateOptions(sampling=GREEDY, max_new_tokens=3, generate_audio=False)))
+    assert s.last_reply_end == ("eos" if s.state.llm_generate_completed else "max_tokens")
+    list(s.generate(GenerateOptions(sampling=GREEDY, max_new_tokens=60, max_speech_s=0.3)))
+    assert s.last_reply_end in ("eos", "max_speech")
+    assert s.last_reply_end == "max_speech" or s.state.llm_generate_completed or s.reply_audio_ms < 300

@@ -223,3 +223,11 @@ def test_golden_tts(golden):
     golden_tts.check_voice_clone_tts(golden, tts, vocos, tok, report)
     failed = [format_row(r) for r in report.rows if not r.passed]
     assert report.passed, "\n".join(failed)
+
+
+def test_final_flush_is_clamped_to_the_text_slots():
+    from omni.processing.tts_text import final_flush_bounds
+    assert final_flush_bounds(3, 10, 45) == (32, 48)
+    assert final_flush_bounds(3, 10, 45, 1, 300) == (32, 48)
+    assert final_flush_bounds(29, 10, 300, 1, 300) == (292, 302)     # truncated text: no [Etts], no [Ptts]
+    assert final_flush_bounds(30, 10, 300, 1, 300) == (302, 302)     # nothing left: empty

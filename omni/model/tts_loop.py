@@ -27,6 +27,7 @@ class SpeechParams:
     min_new_frames: int = 10                           # EOS masked this many steps per generate call
     max_frames: int = 2048                             # tts_max_new_tokens
     decode_context_frames: int = 4                     # streaming: DVAE left context (code frames)
+    force_no_stop: bool = False                        # official debug flag: never draw the EOS code
 
 
 Trace = dict  # name -> tensor / int / bool, plus "call_order": list[str]; names as in the golden files
@@ -60,7 +61,7 @@ def generate_chunk(tts: ConditionalChatTTS, state: TTSState, params: SpeechParam
     """Up to `frames_per_step` new frames; returns (all codes of the segment [1, n, Q], finished)."""
     input_len = state.input_len
     codes, finished = tts.generate(state, params.frames_per_step, params.temperatures, sampler,
-                                   min_new_frames=params.min_new_frames)
+                                   min_new_frames=params.min_new_frames, force_no_stop=params.force_no_stop)
     _record(trace, "tts_generate", new_ids=codes.int(), text_mask=state.text_mask, finished=finished,
             input_len=input_len, max_new_token=params.frames_per_step)
     return codes, finished

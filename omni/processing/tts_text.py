@@ -78,11 +78,18 @@ def text_chunk_bounds(chunk_idx: int, chunk_size: int, reserved_len: int,
 
 
 def final_flush_bounds(chunk_idx: int, chunk_size: int, tokens_len: int,
-                       num_spk_embs: int = 1) -> tuple[int, int]:
-    """Streaming end of text: the remaining slots including [Etts] (e = tokens_len + 3); empty when e <= b."""
+                       num_spk_embs: int = 1, reserved_len: int | None = None) -> tuple[int, int]:
+    """Streaming end of text: the remaining slots including [Etts] (e = tokens_len + 3); empty when e <= b.
+
+    With `reserved_len`, e is clamped to the text slots: a text of reserved_len tokens was truncated
+    and has no [Etts], so tokens_len + 3 would name the [Ptts] slot (the official slice assignment
+    clamps the same way)."""
     start = text_start_len(num_spk_embs)
     begin = 0 if chunk_idx == 0 else chunk_idx * chunk_size + start
-    return begin, tokens_len + start + 1
+    end = tokens_len + start + 1
+    if reserved_len is not None:
+        end = min(end, condition_length(reserved_len, num_spk_embs) - 1)
+    return begin, end
 
 
 def offline_chunk_count(reserved_len: int, chunk_size: int, num_spk_embs: int = 1) -> int:

@@ -28,6 +28,7 @@ import torch
 from ..loader import Omni
 from ..model.audio import audio_embeddings_streaming
 from ..model.tts import GreedySampler, MultinomialSampler
+from ..model.tts_loop import SpeechParams
 from ..processing import prompt as P
 from ..processing.audio import audio_placeholder, log_mel
 from ..sampling import SamplingParams
@@ -46,6 +47,7 @@ class GenerateOptions:
     max_speech_s: float | None = None             # random tiny weights never draw the TTS EOS
     low_latency_first_chunk: bool = False
     generate_audio: bool = True
+    force_no_stop: bool = False                   # official debug flag: the TTS never ends a reply itself
     step_yields: bool = False                     # one bounded step per next(); idle steps yield ("", [])
 
 
@@ -90,6 +92,7 @@ class Session:
             gen.seed()
         self.state = SessionState(self.m.net.llm.new_cache(), generator=gen)
         self._reply: _Reply | None = None
+        self.last_reply_end: str | None = None   # "eos" | "max_tokens" | "max_speech" once a reply ends
         self._active = None
 
     # ---- prefill ------------------------------------------------------------------------------
@@ -195,16 +198,18 @@ class Session:
         ids = m.tokenizer.encode(P.GENERATE_PREFIX, add_special_tokens=False)
         (spk_pos, _), = P.bounds(ids, (m.ids.spk_bos,), (m.ids.spk_eos,))
         self._reply = reply = _Reply(st.cache_len, st.cache_len + len(ids))
-        chunks = llm_chunks(m, st, ids, o.max_new_tokens, o.sampling, trace)
+        chunks = _Tracked(llm_chunks(m, st, ids, o.max_new_tokens, o.sampling, trace))
+        self.last_reply_end = None
         if not o.generate_audio:
             for ch in inference(chunks):
                 yield ch.text, np.zeros(0, np.float32)
+            self.last_reply_end = "eos" if st.llm_generate_completed else "max_tokens"
             return
         sampler = MultinomialSampler(st.generator) if o.sampling.do_sample else GreedySampler()
         rate = self.m.vocos.dims.sample_rate_hz
         opts = SpeechOptions(low_latency_first_chunk=o.low_latency_first_chunk,
                              max_speech_samples=None if o.max_speech_s is None else int(o.max_speech_s * rate),
-                             idle_pieces=o.step_yields)
+                             idle_pieces=o.step_yields, params=SpeechParams(force_no_stop=o.force_no_stop))
         speech = stream_speech(m.net.tts, m.vocos, m.tts_tokenizer, chunks, spk_pos, sampler, opts, trace)
         for piece in inference(speech):
             if not piece.text and piece.wav.shape[-1] == 0:   # an idle step (step_yields)
@@ -217,6 +222,15 @@ class Session:
                 trace[f"yield.{n}.wav"], trace[f"yield.{n}.text"] = piece.wav.detach().cpu(), piece.text
                 trace["_yields"] = n + 1
             yield piece.text, piece.wav.detach().float().cpu().numpy()
+        budget = opts.max_speech_samples
+        if st.llm_generate_completed:
+            self.last_reply_end = "eos"                  # the LLM's terminator
+        elif budget is not None and reply.samples >= budget:
+            self.last_reply_end = "max_speech"
+        elif chunks.done:
+            self.last_reply_end = "max_tokens"
+        else:
+            self.last_reply_end = "eos"                  # the TTS drew its EOS code first
 
     # ---- barge-in -----------------------------------------------------------------------------
     @property
@@ -272,3 +286,20 @@ class Session:
         if self._active is not None:
             self._active.close()
             self._active = None
+
+
+class _Tracked:
+    """An iterator that remembers whether it ran out (the LLM stopped) or was left unfinished."""
+
+    def __init__(self, it):
+        self.it, self.done = it, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self.it)
+        except StopIteration:
+            self.done = True
+            raise

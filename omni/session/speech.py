@@ -205,9 +205,10 @@ def _run_segment(ctx: _Ctx, seg: _Segment, it: Iterator[LLMChunk]):
     # A carried segment always holds the old segment's last words: flush only when new text came.
     has_text = bool(seg.gen_text) and (not seg.carried or seg.received or bool(seg.left))
     if not stop and has_text:
-        b, e = T.final_flush_bounds(seg.chunk_idx, step_tokens, prompt.tokens_len, n_spk)
+        b, e = T.final_flush_bounds(seg.chunk_idx, step_tokens, prompt.tokens_len, n_spk, R)
         state.text_mask = T.text_mask(prompt.tokens_len, R, n_spk)
-        L.prefill_chunk(tts, state, _ids(prompt, tts), b, e, ctx.spk, ctx.trace)
+        if e > b:                     # all 300 slots may already be in (a truncated text)
+            L.prefill_chunk(tts, state, _ids(prompt, tts), b, e, ctx.spk, ctx.trace)
         while True:   # all text is in: draw until EOS or the frame cap (checked after a call)
             codes, seg.finished = L.generate_chunk(tts, state, p, ctx.sampler, ctx.trace)
             piece = step(codes)

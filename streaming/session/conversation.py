@@ -283,7 +283,7 @@ class Conversation:
         t0 = self.t_turn_end_s or self.clock_s()
         self.t_turn_end_s = None
         r = await self.responder.start(lambda: self.engine.generate(opts), t0, self.last_item_id, timings,
-                                       speak=speak, finished=lambda: self.engine.state.llm_generate_completed)
+                                       speak=speak, finished=lambda: self.engine.last_reply_end == "eos")
         self.last_reply, self.rollback_open = r, True
         self.last_item_id = r.item_id
         r.task.add_done_callback(lambda _t: asyncio.ensure_future(self._after_response()))

@@ -65,6 +65,7 @@ class Server:
         from streaming.server import build_app
         from streaming.settings import ServerSettings
         self.settings = ServerSettings(host="127.0.0.1", port=0, **overrides)
+        self.undo: list = []        # test patches to revert when the server stops
         self.app = build_app(self.settings, omni, embedded=True)
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
@@ -91,6 +92,8 @@ class Server:
         return asyncio.run_coroutine_threadsafe(wrap(), self.loop).result(10)
 
     def stop(self) -> None:
+        for undo in self.undo:
+            undo()
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)

@@ -1,6 +1,7 @@
 """Browser E2E: barge-in, a cloned voice, errors a person must see, and layout screenshots."""
 from __future__ import annotations
 
+import asyncio
 
 from e2e_helpers import SPEECH, full_turn, metrics, open_page, wait_turn
 
@@ -8,11 +9,37 @@ SIZES = {"desktop-1280x800": (1280, 800), "ipad-landscape-1024x768": (1024, 768)
          "ipad-portrait-768x1024": (768, 1024), "phone-390x844": (390, 844)}
 
 
+def hold_reply_until_cancelled(server, audio_items: int = 14) -> None:
+    """Forced fault: replies never end by themselves (the official `force_no_stop` debug flag), and
+    once the first reply has made a few seconds of speech its next step waits until the reply is
+    cancelled, so the random tiny model cannot end it before the user cuts in."""
+    import dataclasses
+    import streaming.session.conversation as conv_mod
+    real = conv_mod.GenerateOptions
+    conv_mod.GenerateOptions = lambda **kw: dataclasses.replace(real(**kw), force_no_stop=True)
+    server.undo.append(lambda: setattr(conv_mod, "GenerateOptions", real))
+    worker = server.app["worker"]
+    step, held = worker.next, [0]
+
+    async def gated(kind, it, **kw):
+        item = await step(kind, it, **kw)
+        if item is not None and len(item[1]) and held[0] < audio_items:
+            held[0] += 1
+            if held[0] == audio_items:
+                for _ in range(600):            # at most 30 s
+                    if all(c.responder.current is None for c in server.app["conversations"]):
+                        break
+                    await asyncio.sleep(0.05)
+        return item
+    server.call(lambda: setattr(worker, "next", gated))
+
+
 def test_barge_in_stops_old_audio_and_starts_new_turn(server_factory, browser_factory):
     """Two utterances 2 s apart; the tiny model's long reply is still playing when the second one
     starts: the page drops that reply's queued audio at once, reports what was played with
     conversation.item.truncate, and the second turn gets its own reply."""
     server = server_factory(max_reply_tokens=300, max_speech_s=60.0)
+    hold_reply_until_cancelled(server)
     page = open_page(browser_factory("two_turns.wav"), server, "websocket")
     page.click("#start")
     page.wait_for_function("window.omni.metrics.truncates.length > 0", timeout=90_000)
@@ -27,7 +54,7 @@ def test_barge_in_stops_old_audio_and_starts_new_turn(server_factory, browser_fa
     page.wait_for_timeout(500)
     later = page.evaluate("(id) => window.omni.responses.get(id).played", cut["id"])
     assert later == dropped["played"], "the dropped reply kept playing"
-    assert 0 < cut["audio_end_ms"] < dropped["received"] * 1000 / 24000, (cut, dropped)
+    assert 0 < cut["audio_end_ms"] <= dropped["received"] * 1000 / 24000, (cut, dropped)
     assert len(page.locator(".transcript li.user").all()) >= 2
     assert page.locator(".transcript li.assistant.cancelled").count() >= 1   # shown as interrupted
     print(f"\n[barge-in] truncate audio_end_ms={cut['audio_end_ms']} of {dropped['received'] / 24:.0f} ms received")

@@ -60,3 +60,12 @@ async def recv_until(ws, pred, timeout=60.0) -> list[dict]:
             events.append(ev)
             if pred(ev):
                 return events
+
+
+def force_long_replies(monkeypatch) -> None:
+    """Forced fault for barge-in tests: replies never end by themselves (the official
+    `force_no_stop` TTS debug flag), so the random tiny model cannot finish before the user cuts in."""
+    import dataclasses
+    import streaming.session.conversation as conv_mod
+    real = conv_mod.GenerateOptions
+    monkeypatch.setattr(conv_mod, "GenerateOptions", lambda **kw: dataclasses.replace(real(**kw), force_no_stop=True))

@@ -25,7 +25,7 @@ import soundfile as sf
 from streaming.gateway import media  # noqa: F401 - patches aioice to loopback-only host candidates
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
-from rtclient import start_server
+from rtclient import force_long_replies, start_server
 
 SPEECH = Path(__file__).resolve().parent.parent / "assets" / "speech" / "hello_48k.wav"
 MIC_RATE_HZ, MIC_FRAME = 48_000, 960
@@ -199,10 +199,11 @@ def record_sent(call) -> list[tuple[float, float]]:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("when", ["generating", "playing"])
-async def test_barge_in_silences_the_track_at_once(tiny_omni, hello_48k, when):
+async def test_barge_in_silences_the_track_at_once(tiny_omni, hello_48k, when, monkeypatch):
     """The user talks over the reply, while it is still generated (response.done cancelled) or
     after it finished generating but still plays (speech_started): the next frame is silence."""
     srv = await start_server(tiny_omni, max_reply_tokens=300, max_speech_s=60.0)    # a long reply
+    force_long_replies(monkeypatch)
     c = Client()
     try:
         async with aiohttp.ClientSession() as http:

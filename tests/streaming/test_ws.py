@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import websockets
 
-from rtclient import chunks_b64, recv_until, start_server, utterance_24k_pcm16
+from rtclient import chunks_b64, force_long_replies, recv_until, start_server, utterance_24k_pcm16
 
 
 def ended_normally(response: dict) -> bool:
@@ -70,7 +70,8 @@ async def test_manual_commit_turn(server, speech_16k):
 
 
 @pytest.mark.asyncio
-async def test_barge_in_cancels_and_truncates_to_what_was_heard(tiny_omni, speech_16k):
+async def test_barge_in_cancels_and_truncates_to_what_was_heard(tiny_omni, speech_16k, monkeypatch):
+    force_long_replies(monkeypatch)
     srv = await start_server(tiny_omni, max_reply_tokens=300, max_speech_s=60.0)  # a long, live reply
     worker, step, gate, audio_items = srv.app["worker"], srv.app["worker"].next, asyncio.Event(), [0]
 
