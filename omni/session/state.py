@@ -42,7 +42,6 @@ class SessionState:
     llm_generate_completed: bool = False   # the last assistant turn reached an LLM terminator
     spans: list[Span] = field(default_factory=list)
     turn_starts: list[int] = field(default_factory=list)   # where each user turn's `<|im_start|>user` is
-    reply_marks: list[ReplyMark] = field(default_factory=list)
     generator: torch.Generator = field(default_factory=torch.Generator)
 
     @property
