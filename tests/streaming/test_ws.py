@@ -238,3 +238,31 @@ async def test_a_long_reply_does_not_block_another_sessions_audio(tiny_omni, spe
         assert a_live and waited < 2.0, waited
     finally:
         await srv.runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_tls_self_signed_serves_wss(tiny_omni, tmp_path, monkeypatch):
+    """`--tls-self-signed`: the page and /v1/realtime over TLS (what an iPad on the LAN needs)."""
+    import ssl
+    from aiohttp import web
+    from streaming.server import build_app, ssl_context
+    from streaming.settings import ServerSettings
+    monkeypatch.setenv("HOME", str(tmp_path))                 # the throwaway cert goes to ~/.cache
+    settings = ServerSettings(tls_self_signed=True, max_reply_tokens=6, max_speech_s=1.0)
+    ctx = ssl_context(settings)
+    assert ctx is not None and (tmp_path / ".cache" / "omni" / "tls" / "self-signed.crt").is_file()
+    runner = web.AppRunner(build_app(settings, tiny_omni, embedded=True))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    client = ssl.create_default_context()
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE   # self-signed on purpose
+    try:
+        async with websockets.connect(f"wss://127.0.0.1:{port}/v1/realtime", ssl=client) as ws:
+            assert json.loads(await ws.recv())["type"] == "session.created"
+        with pytest.raises(Exception):                        # a plain-text client is refused
+            async with websockets.connect(f"ws://127.0.0.1:{port}/v1/realtime", open_timeout=3):
+                pass
+    finally:
+        await runner.cleanup()
