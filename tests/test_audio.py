@@ -236,3 +236,19 @@ def test_golden_audio():
     golden_audio.check(g, apm, proj, cfg.audio_pool_step, report)
     failed = [format_row(r) for r in report.rows if not r.passed]
     assert report.passed, "\n".join(failed)
+
+
+@pytest.mark.parametrize("n", [1, 159, 161, 16000, 16001, 28492, 479999, 480000, 480001])
+def test_log_mel_short_padding_equals_the_official_30s_padding(n):
+    """We pad a clip with a short zero tail instead of to 30 s; the kept frames must not change."""
+    from omni.config import PreprocessorConfig
+    from omni.processing import audio as A
+    cfg = PreprocessorConfig()
+    x = (np.random.default_rng(n).standard_normal(n) * 0.2).astype(np.float32)
+    x[-50:] *= 30                                        # a loud end: the "max - 8" floor must match
+    ref = []
+    for piece in A.split_clip(x, 480000):
+        o = A.feature_extractor(cfg)([piece], sampling_rate=16000, padding="max_length",
+                                     return_attention_mask=True, return_tensors="np")
+        ref.append(o["input_features"][0][:, :int(o["attention_mask"].sum())])
+    np.testing.assert_allclose(A.log_mel(x, cfg), np.concatenate(ref, 1), atol=1e-6, rtol=0)

@@ -100,19 +100,34 @@ def split_clip(audio_16k: np.ndarray, max_samples: int = MAX_CLIP_SAMPLES) -> li
 def log_mel_pieces(audio_16k: np.ndarray, cfg: PreprocessorConfig = _PRE) -> list[np.ndarray]:
     """[N] float32 -> one [80, ceil(n_i/160)] log-mel per ≤30-s piece (the official batch items).
 
-    Each piece is zero-padded to 30 s before the STFT and has its own "max − 8" floor, as in the
-    official processor (padding="max_length", return_attention_mask, cut to the mask's length).
+    Each piece has its own "max − 8" floor and sees zeros after its end, as in the official
+    processor (padding="max_length" to 30 s, then cut to the clip's frames). We pad only
+    `_zero_tail` samples instead of to 30 s: every frame past that tail is an all-zero window
+    whose log-mel is exactly log10(1e-10), never the maximum, so the kept frames and the floor
+    are the same numbers at a fraction of the cost (a 1-s unit: ~1 ms instead of ~15 ms).
     """
     assert audio_16k.ndim == 1, f"mono waveform expected, got shape {audio_16k.shape}"
-    pieces = [np.asarray(p, dtype=np.float32) for p in split_clip(audio_16k, cfg.chunk_length * cfg.sampling_rate)]
-    out = feature_extractor(cfg)(pieces, sampling_rate=cfg.sampling_rate, padding="max_length",
-                                 return_attention_mask=True, return_tensors="np")
-    feats, mask = out["input_features"], out["attention_mask"]
+    full = cfg.chunk_length * cfg.sampling_rate
+    pieces = [np.asarray(p, dtype=np.float32) for p in split_clip(audio_16k, full)]
     mels = []
-    for feat, keep, piece in zip(feats, mask.sum(axis=1), pieces):
-        assert keep == mel_frames(len(piece), cfg.hop_length), (keep, len(piece))
-        mels.append(np.ascontiguousarray(feat[:, :keep], dtype=np.float32))
+    for piece in pieces:
+        n = len(piece)
+        padded = np.zeros(min(full, _ceil_to(n + _zero_tail(cfg), cfg.hop_length)), np.float32)
+        padded[:n] = piece
+        feat = feature_extractor(cfg)([padded], sampling_rate=cfg.sampling_rate, padding="longest",
+                                      return_tensors="np")["input_features"][0]
+        mels.append(np.ascontiguousarray(feat[:, :mel_frames(n, cfg.hop_length)], dtype=np.float32))
     return mels
+
+
+def _zero_tail(cfg: PreprocessorConfig) -> int:
+    """Zeros after a clip so that every window touching audio is computed and the dropped last
+    STFT frame (and its reflect padding) is all zeros, as it is at the end of the 30-s buffer."""
+    return 2 * cfg.n_fft
+
+
+def _ceil_to(n: int, step: int) -> int:
+    return -(-n // step) * step
 
 
 def log_mel(audio_16k: np.ndarray, cfg: PreprocessorConfig = _PRE) -> np.ndarray:

@@ -2,7 +2,7 @@
 
     python tests/e2e/make_speech.py
 
-one_turn.wav   0.3 s silence, one question, 12 s silence (one VAD turn)
+one_turn.wav   LEAD_S of silence (the call connects meanwhile), one question, 12 s silence
 two_turns.wav  question, GAP_S of silence (shorter than a long reply), a second question, 12 s silence
 voice_ref.wav  a ~7 s clip in another espeak voice, uploaded as the reference voice
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "assets" / "speech"
 GAP_S = 2.0
+LEAD_S = 2.0      # Chromium starts the file at getUserMedia; the call must be up before speech
 Q1 = "Hello there. Can you tell me what you see on my camera right now?"
 Q2 = "Wait, stop. Tell me a short story about a red fox instead."
 REF = ("This is my own voice. I am reading a short passage so that the assistant can learn "
@@ -42,7 +43,7 @@ def main() -> None:
         _say(Q1, t / "q1.wav")
         _say(Q2, t / "q2.wav")
         _say(REF, t / "ref.wav", voice="en-gb")
-        _silence(0.3, t / "lead.wav")
+        _silence(LEAD_S, t / "lead.wav")
         _silence(GAP_S, t / "gap.wav")
         _silence(12.0, t / "tail.wav")
         _concat([t / "lead.wav", t / "q1.wav", t / "tail.wav"], OUT / "one_turn.wav")

@@ -12,7 +12,7 @@ from e2e_helpers import full_turn, metrics, open_page
                     reason="streaming.gateway.webrtc not there yet")
 def test_full_turn_webrtc(server_factory, browser_factory):
     server = server_factory(max_reply_tokens=60)
-    page = open_page(browser_factory("one_turn.wav"), server, "auto")
+    page = open_page(browser_factory("one_turn.wav", loop=True), server, "auto")
     full_turn(page, "webrtc")
     m = metrics(page)
     assert "webrtcError" not in m
@@ -23,7 +23,7 @@ def test_full_turn_webrtc(server_factory, browser_factory):
 
 def test_full_turn_websocket(server_factory, browser_factory):
     server = server_factory(max_reply_tokens=60)
-    page = open_page(browser_factory("one_turn.wav"), server, "websocket")
+    page = open_page(browser_factory("one_turn.wav", loop=True), server, "websocket")
     full_turn(page, "websocket")
     m = metrics(page)
     assert m["events"].get("response.output_audio.delta", 0) > 0
@@ -34,7 +34,7 @@ def test_websocket_fallback_when_webrtc_fails(server_factory, browser_factory):
     """'auto' picks WebRTC; if the offer fails (here: the page cannot create a peer connection
     signalling route) the page falls back to WebSocket by itself."""
     server = server_factory(max_reply_tokens=60)
-    page = open_page(browser_factory("one_turn.wav"), server, "auto")
+    page = open_page(browser_factory("one_turn.wav", loop=True), server, "auto")
     page.route("**/v1/realtime/calls", lambda route: route.fulfill(status=404, body="no webrtc"))
     full_turn(page, "websocket")
     m = metrics(page)
