@@ -1,8 +1,8 @@
 """Gateway figures (one JSON line), tiny model on this CPU by default.
 
-* `overhead_ms_per_unit`: service time per 1 s of user audio that is not model time (JSON parse,
-  base64, 24->16 kHz resampling, VAD, chunking, protocol), measured in-process around `dispatch`
-  minus the worker's busy time.
+* `overhead_ms_per_unit`: service CPU per 1 s of user audio that is not model time (JSON parse,
+  base64, 24->16 kHz resampling, VAD, chunking, protocol): CPU time of the event-loop thread,
+  in-process, 100-ms appends; the model lanes are other threads.
 * `eos_to_first_audio_ms`: end of speech as decided by the VAD (`speech_stopped`) -> first
   `response.output_audio.delta`, both timed at the client of a live server (p50/p95).
 * `concurrency`: N WebSocket sessions streaming speech in real time against one server process
@@ -49,8 +49,8 @@ def appends(pcm: bytes) -> list[str]:
 
 
 async def overhead_per_unit(messages: list[str], audio_s: float) -> float:
-    """In-process: CPU time of the event-loop thread (JSON, base64, resampling, chunking,
-    protocol) plus the VAD thread, per second of user audio; the model thread is not counted."""
+    """In-process: CPU time of the event-loop thread (JSON, base64, resampling, VAD, chunking,
+    protocol) per second of user audio; the model lanes are other threads and are not counted."""
     import concurrent.futures
     from streaming.gateway.boundary import dispatch
     from streaming.playout import ClockPlayout
@@ -62,33 +62,23 @@ async def overhead_per_unit(messages: list[str], audio_s: float) -> float:
     settings = ServerSettings(max_reply_tokens=3, max_speech_s=0.5)
     omni, _ = load_model(settings)
     worker = ModelWorker(omni)
-    vad_cpu = [0.0]
 
     async def send(ev):
         pass
     conv = Conversation(worker, settings, send, ClockPlayout(), SileroVAD(),
                         concurrent.futures.ThreadPoolExecutor(1))
-    push = conv.listener.push_audio
-
-    def timed_push(x):                      # runs on the VAD thread: count its CPU there
-        t = time.thread_time()
-        try:
-            return push(x)
-        finally:
-            vad_cpu[0] += time.thread_time() - t
-    conv.listener.push_audio = timed_push
     await conv.start()
     await dispatch(conv, json.dumps({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
         "type": "server_vad", "create_response": False}}}}}), send, settings.max_message_bytes)  # VAD on, no replies
     for m in messages[:5]:                  # warm up (first VAD/resampler calls)
         await dispatch(conv, m, send, settings.max_message_bytes)
-    vad_cpu[0], t0 = 0.0, time.thread_time()
+    t0 = time.thread_time()
     for m in messages:
         await dispatch(conv, m, send, settings.max_message_bytes)
     loop_cpu = time.thread_time() - t0
     await conv.close()
     worker.close()
-    return 1000.0 * (loop_cpu + vad_cpu[0]) / audio_s
+    return 1000.0 * loop_cpu / audio_s
 
 
 async def one_session(url: str, messages: list[str], realtime: bool) -> dict:

@@ -97,13 +97,20 @@ class ModelWorker:
             except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
                 result, error = None, e
             self.stats.add(kind, time.perf_counter() - t)
-            loop.call_soon_threadsafe(_settle, fut, result, error)
+            try:
+                loop.call_soon_threadsafe(_settle, fut, result, error)
+            except RuntimeError:        # the caller's loop is gone (shutdown): nobody waits
+                pass
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Drop queued steps, stop the lanes and wait for the step in flight, so no lane is inside
+        torch while the interpreter shuts down."""
         with self._cv:
-            for _ in self._threads:
-                heapq.heappush(self._heap, (float("inf"), next(self._seq), _STOP))
+            self._heap = [(float("inf"), next(self._seq), _STOP) for _ in self._threads]
             self._cv.notify_all()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout_s)
 
 
 def _settle(fut: asyncio.Future, result, error) -> None:
