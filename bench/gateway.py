@@ -51,7 +51,6 @@ def appends(pcm: bytes) -> list[str]:
 async def overhead_per_unit(messages: list[str], audio_s: float) -> float:
     """In-process: CPU time of the event-loop thread (JSON, base64, resampling, VAD, chunking,
     protocol) per second of user audio; the model lanes are other threads and are not counted."""
-    import concurrent.futures
     from streaming.gateway.boundary import dispatch
     from streaming.playout import ClockPlayout
     from streaming.server import load_model
@@ -65,8 +64,7 @@ async def overhead_per_unit(messages: list[str], audio_s: float) -> float:
 
     async def send(ev):
         pass
-    conv = Conversation(worker, settings, send, ClockPlayout(), SileroVAD(),
-                        concurrent.futures.ThreadPoolExecutor(1))
+    conv = Conversation(worker, settings, send, ClockPlayout(), SileroVAD())
     await conv.start()
     await dispatch(conv, json.dumps({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
         "type": "server_vad", "create_response": False}}}}}), send, settings.max_message_bytes)  # VAD on, no replies

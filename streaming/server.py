@@ -8,7 +8,6 @@ handling (gateway/), conversations (session/).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import ssl
 import sys
@@ -33,7 +32,6 @@ def build_app(settings: ServerSettings, omni, embedded: bool) -> web.Application
     app["worker"] = ModelWorker(omni, settings.model_lanes or auto_lanes(settings.device))
     app["manager"] = SessionManager(settings.max_sessions, settings.idle_timeout_s)
     app["vad"] = SileroVAD()
-    app["vad_pool"] = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="omni-vad")
     app["conversations"] = set()
     app["model_name"] = "embedded-tiny" if embedded else str(settings.model)
     app.router.add_get("/healthz", healthz)
@@ -102,7 +100,6 @@ async def _cleanup(app: web.Application) -> None:
     for conv in list(app["conversations"]):
         await conv.close()
     app["worker"].close()
-    app["vad_pool"].shutdown(wait=False, cancel_futures=True)
 
 
 def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:

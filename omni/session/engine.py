@@ -176,7 +176,7 @@ class Session:
         if len(audio_16k) > pre.chunk_length * pre.sampling_rate:
             raise ValueError(f"audio fragment over {pre.chunk_length} s (the official encoder asserts batch 1)")
         w = net.apm.conv1.weight
-        mel = torch.from_numpy(log_mel(audio_16k))[None].to(device=w.device, dtype=w.dtype)
+        mel = torch.from_numpy(log_mel(audio_16k, self.m.pre))[None].to(device=w.device, dtype=w.dtype)
         return mel, audio_embeddings_streaming(net.apm, net.audio_projection_layer, mel,
                                                self.state.audio_cache, self.m.config.audio_pool_step)
 

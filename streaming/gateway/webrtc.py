@@ -137,8 +137,7 @@ class Call:
         self.inbox: asyncio.Queue = asyncio.Queue()    # data-channel messages, in order
         self.playout = QueuePlayout()
         self.speaker = PlayoutTrack(self.playout)
-        self.conv = CallConversation(app["worker"], self.settings, self.send, self.playout, app["vad"],
-                                     app["vad_pool"], wire_audio=False)
+        self.conv = CallConversation(app["worker"], self.settings, self.send, self.playout, app["vad"], wire_audio=False)
         self.conv.call = self
         self.channel = None
         self.channel_ready, self.connected, self.ended = asyncio.Event(), asyncio.Event(), asyncio.Event()

@@ -39,7 +39,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
     async def send(event: dict) -> None:
         await queue.put(event)
 
-    conv = Conversation(app["worker"], settings, send, ClockPlayout(), app["vad"], app["vad_pool"])
+    conv = Conversation(app["worker"], settings, send, ClockPlayout(), app["vad"])
     lease.close = lambda reason: queue.put_nowait((_CLOSE, 1001))   # idle timeout: "going away"
     app["conversations"].add(conv)
     try:

@@ -38,10 +38,10 @@ class Turn:
 
 
 class Conversation:
-    def __init__(self, worker, settings, send: Send, playout, vad, vad_pool, wire_audio: bool = True,
+    def __init__(self, worker, settings, send: Send, playout, vad, wire_audio: bool = True,
                  clock_s: Callable[[], float] = time.monotonic):
         self.worker = worker.for_session()   # this session's steps in order, others in parallel
-        self.settings, self.send, self.vad_pool = settings, send, vad_pool
+        self.settings, self.send = settings, send
         self.clock_s = clock_s
         vad_default = W.ServerVad(settings.vad_threshold, settings.vad_prefix_padding_ms,
                                   settings.vad_silence_duration_ms)

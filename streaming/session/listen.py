@@ -3,8 +3,8 @@
 Owns one connection's VAD state, turn detector, prefix buffer and unit chunker. With server VAD
 only speech (plus `prefix_padding_ms` before it) becomes units, prefilled while the user talks, so
 the end of a turn leaves at most one partial unit; without VAD every sample is chunked and the
-client commits. Pure bookkeeping plus the VAD network; the caller runs `push_audio` off the event
-loop (silero is torch).
+client commits. Pure bookkeeping plus the VAD network (one onnxruntime call per push, ~0.3 ms for
+100 ms of audio, cheap enough to run on the event loop).
 """
 from __future__ import annotations
 
@@ -44,11 +44,6 @@ class Listener:
             # 2 s of slack beyond the look-back: reads happen at every push.
             self.prefix = PrefixBuffer(vad_cfg.lookback_ms + 2000, start_ms=self.chunker.audio_end_ms)
             self.speaking = False
-
-    @property
-    def pending_ms(self) -> float:
-        """Audio of the current turn not yet emitted as a unit."""
-        return self.chunker.pending_ms
 
     def push_audio(self, samples_16k: np.ndarray) -> list[ListenEvent]:
         if self.vad_cfg is None:

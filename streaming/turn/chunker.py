@@ -109,11 +109,6 @@ class UnitChunker:
         """Stream time just after the last sample pushed."""
         return self.start_ms + samples_to_ms(self._samples_done + self._fill)
 
-    @property
-    def pending_ms(self) -> float:
-        """Buffered audio not yet emitted as a unit."""
-        return samples_to_ms(self._fill)
-
     def push_audio(self, samples_16k: np.ndarray) -> list[Unit]:
         """Append audio; return every unit completed by it (possibly none)."""
         x = _as_audio(samples_16k)

@@ -266,3 +266,38 @@ async def test_tls_self_signed_serves_wss(tiny_omni, tmp_path, monkeypatch):
                 pass
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_camera_frame_joins_the_current_unit(server, speech_16k):
+    """`input_image_buffer.append` (extension): the frame is prefilled with the 1-s unit it falls
+    in; with `omni.video` off it is refused and units carry no frame."""
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
+    png = base64.b64encode(buf.getvalue()).decode()
+    async with websockets.connect(server.ws_url) as ws:
+        await recv_until(ws, lambda e: e["type"] == "session.created")
+        conv, = server.app["conversations"]
+        frames = []
+        append = conv.engine.append_unit
+        conv.engine.append_unit = lambda audio, frame=None: (frames.append(frame), append(audio, frame))[1]
+        await send(ws, type="session.update", session={"audio": {"input": {"turn_detection": None}}})
+        await recv_until(ws, lambda e: e["type"] == "session.updated")
+        await send(ws, type="input_image_buffer.append", image=png)
+        for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.0, 0.0))[:12]:     # 1.2 s of audio
+            await send(ws, type="input_audio_buffer.append", audio=c)
+        await send(ws, type="input_audio_buffer.commit")
+        await recv_until(ws, lambda e: e["type"] == "input_audio_buffer.committed")
+        assert len(frames) == 2 and all(f is not None and f.size == (64, 48) for f in frames), frames
+        await send(ws, type="session.update", session={"omni": {"video": False}})
+        await recv_until(ws, lambda e: e["type"] == "session.updated")
+        await send(ws, type="input_image_buffer.append", image=png)
+        err = (await recv_until(ws, lambda e: e["type"] == "error"))[-1]
+        assert err["error"]["code"] == "video_disabled"
+        for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.0, 0.0))[:10]:
+            await send(ws, type="input_audio_buffer.append", audio=c)
+        await send(ws, type="input_audio_buffer.commit")
+        await recv_until(ws, lambda e: e["type"] == "input_audio_buffer.committed")
+        assert frames[2:] == [None]
