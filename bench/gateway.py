@@ -5,8 +5,9 @@
   in-process, 100-ms appends; the model lanes are other threads.
 * `eos_to_first_audio_ms`: end of speech as decided by the VAD (`speech_stopped`) -> first
   `response.output_audio.delta`, both timed at the client of a live server (p50/p95).
-* `concurrency`: N WebSocket sessions streaming speech in real time against one server process
-  (a subprocess, so clients do not share its interpreter); per level the p95 end-of-speech ->
+* `concurrency`: N WebSocket sessions streaming speech in real time against one `omni serve`
+  (a subprocess, so clients do not share its interpreter; `server_worker` says how it runs the
+  model: on a CPU one model process per core by default); per level the p95 end-of-speech ->
   first audio, and whether every session was held in real time: a player that starts at the first
   audio chunk and plays in real time never waits more than 150 ms for the next chunk, and the
   turn end is detected within 1.5 s. `knee_sessions` is the largest N held. All sessions end their
@@ -154,6 +155,9 @@ async def main() -> None:
     result = {"bench": "gateway", "model": "embedded-tiny", "device": "cpu",
               "overhead_ms_per_unit": round(await overhead_per_unit(messages, audio_s), 2)}
     levels = [int(x) for x in a.levels.split(",")]
+    from streaming.settings import load_settings
+    s = load_settings(a.config)
+    result["server_worker"] = f"{s.worker_kind} x{s.lanes}"
     server = start_server(a.port, max(levels), a.config)
     try:
         url = f"ws://127.0.0.1:{a.port}/v1/realtime"

@@ -1,5 +1,5 @@
 """Session engine cost figures (one JSON line): per-unit prefill (1 s of 16-kHz audio + one 640x480
-camera frame), first text / first audio after the last unit with `low_latency_first_chunk` off and
+camera frame), first text / first audio after the last unit with `low_latency` off and
 on, the TTS real-time factor over a reply, peak RSS.
 
     python bench/session.py [--model DIR] [--device cpu|cuda] [--dtype float32|bfloat16] [--units N]
@@ -108,7 +108,7 @@ def main() -> None:
             sync()
             unit_ms.append((time.perf_counter() - t) * 1000)
         opts = GenerateOptions(sampling=SamplingParams(), max_new_tokens=a.max_new_tokens,
-                               low_latency_first_chunk=low, max_speech_s=20.0)
+                               low_latency=low, max_speech_s=20.0)
         t = time.perf_counter()
         first_text = first_audio = None
         samples = 0

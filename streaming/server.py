@@ -22,14 +22,17 @@ REPO = Path(__file__).resolve().parent.parent
 WEB_CLIENT = REPO / "web_client"
 
 
-def build_app(settings: ServerSettings, omni, embedded: bool) -> web.Application:
+def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> web.Application:
+    """`worker`: a running worker the caller owns (and closes); default: lane threads on `omni`,
+    owned and closed by the app."""
     from .gateway.ws import realtime_ws
     from .session.manager import SessionManager
     from .turn.vad import SileroVAD
-    from .worker import ModelWorker, auto_lanes
+    from .worker import ModelWorker
     app = web.Application(middlewares=[_auth_middleware], client_max_size=settings.max_message_bytes)
     app["settings"], app["embedded"] = settings, embedded
-    app["worker"] = ModelWorker(omni, settings.model_lanes or auto_lanes(settings.device))
+    app["worker"] = worker or ModelWorker(omni, settings.lanes)
+    app["owns_worker"] = worker is None
     app["manager"] = SessionManager(settings.max_sessions, settings.idle_timeout_s)
     app["vad"] = SileroVAD()
     app["conversations"] = set()
@@ -99,7 +102,8 @@ async def _cleanup(app: web.Application) -> None:
     await asyncio.gather(app["reaper"], return_exceptions=True)
     for conv in list(app["conversations"]):
         await conv.close()
-    app["worker"].close()
+    if app["owns_worker"]:
+        app["worker"].close()
 
 
 def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
@@ -112,12 +116,26 @@ def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
     return ctx
 
 
+def checkpoint_dir(settings: ServerSettings) -> Path:
+    """--model, or the embedded tiny model (built once into the cache)."""
+    from omni.embedded import embedded_checkpoint
+    return Path(settings.model) if settings.model else embedded_checkpoint()
+
+
 def load_model(settings: ServerSettings):
     import torch
-    from omni.embedded import embedded_checkpoint
     from omni.loader import load
-    ckpt = Path(settings.model) if settings.model else embedded_checkpoint()
+    ckpt = checkpoint_dir(settings)
     return load(ckpt, dtype=getattr(torch, settings.dtype), device=settings.device), settings.model is None
+
+
+def make_worker(settings: ServerSettings):
+    """The model worker `settings.worker_kind` asks for, with the model loaded where it runs."""
+    if settings.worker_kind == "processes":
+        from .procs import ProcessWorker
+        return ProcessWorker(checkpoint_dir(settings), settings.dtype, settings.device, settings.lanes)
+    from .worker import ModelWorker
+    return ModelWorker(load_model(settings)[0], settings.lanes)
 
 
 def serve(args) -> int:
@@ -127,11 +145,14 @@ def serve(args) -> int:
     if getattr(args, "tls_self_signed", False):
         overrides["tls_self_signed"] = True
     settings = load_settings(args.config, **overrides)
-    omni, embedded = load_model(settings)
+    embedded = settings.model is None
     if embedded:
         print("serving the EMBEDDED DEMO MODEL (tiny, random weights: replies are noise by design). "
               "Load a real checkpoint with --model DIR.", file=sys.stderr)
-    app = build_app(settings, omni, embedded)
+    worker = make_worker(settings)
+    print(f"omni: model ready ({settings.lanes} lane(s), {settings.worker_kind})", file=sys.stderr)
+    app = build_app(settings, worker.omni, embedded, worker)
+    app.on_cleanup.append(lambda _app: asyncio.to_thread(worker.close))
     scheme = "https" if settings.tls else "http"
     print(f"omni: open {scheme}://{settings.host}:{settings.port}/  (realtime API: "
           f"{'wss' if settings.tls else 'ws'}://{settings.host}:{settings.port}/v1/realtime)", file=sys.stderr)

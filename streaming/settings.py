@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 DTYPES = ("bfloat16", "float16", "float32")
+WORKERS = ("auto", "processes", "threads")
 
 
 class SettingsError(ValueError):
@@ -46,6 +47,7 @@ class ServerSettings:
     max_reply_tokens: int = 512
     max_speech_s: float = 60.0
     model_lanes: int = 0  # parallel model steps (sessions); 0 = auto: one per core on CPU, 1 on GPU
+    worker: str = "auto"  # "processes" (a model copy per lane), "threads", or auto: processes on a CPU with >1 lane
     max_context_tokens: int = 8192  # LLM cache budget; oldest complete turns slide out (system prompt kept)
 
     def __post_init__(self) -> None:
@@ -69,11 +71,24 @@ class ServerSettings:
             (self.max_reply_tokens >= 1, "max_reply_tokens must be at least 1"),
             (self.max_speech_s > 0, "max_speech_s must be positive"),
             (self.model_lanes >= 0, "model_lanes must be >= 0 (0 = auto)"),
+            (self.worker in WORKERS, f"worker must be one of {', '.join(WORKERS)}"),
             (self.max_context_tokens >= 512, "max_context_tokens must be at least 512"),
         ]
         bad = [msg for ok, msg in checks if not ok]
         if bad:
             raise SettingsError("invalid server settings: " + "; ".join(bad))
+
+    @property
+    def lanes(self) -> int:
+        from .worker import auto_lanes
+        return self.model_lanes or auto_lanes(self.device)
+
+    @property
+    def worker_kind(self) -> str:
+        """"processes" or "threads" (`worker` with auto resolved)."""
+        if self.worker != "auto":
+            return self.worker
+        return "processes" if self.device.startswith("cpu") and self.lanes > 1 else "threads"
 
     @property
     def tls(self) -> bool:

@@ -98,7 +98,7 @@ def test_interrupt_rolls_back_to_played_text(tiny, media):
     for frame, audio in zip(media[1], media[2]):
         s.append_unit(audio, frame)
     start = s.state.cache_len
-    gen = s.generate(GenerateOptions(sampling=GREEDY, max_new_tokens=24, low_latency_first_chunk=True))
+    gen = s.generate(GenerateOptions(sampling=GREEDY, max_new_tokens=24, low_latency=True))
     first_text, first_wav = next(gen)
     next(gen)
     mark = s._reply.marks[0]
@@ -119,19 +119,29 @@ def test_interrupt_rolls_back_to_played_text(tiny, media):
     assert s2.interrupt(0) == before + prefix_len
 
 
-def test_low_latency_first_chunk_same_audio(tiny, media):
+def test_low_latency_same_audio_one_step_sooner(tiny, media):
     outs = []
     for low in (False, True):
         s = _started(tiny, media)
         s.append_unit(media[2][0], media[1][0])
         pieces = list(s.generate(GenerateOptions(sampling=GREEDY, max_new_tokens=12, max_speech_s=2.0,
-                                                 low_latency_first_chunk=low)))
+                                                 low_latency=low)))
         outs.append(pieces)
     slow, fast = outs
     assert len(fast) == len(slow) + 1 and len(fast[0][1]) > 0
     # Same samples up to the rounding of w·x/w in the official crossfade.
     np.testing.assert_allclose(np.concatenate([w for _, w in slow]), np.concatenate([w for _, w in fast]), atol=1e-6)
     assert "".join(t for t, _ in slow) == "".join(t for t, _ in fast)
+    # Every step, not only the first, hands out its chunk at once: after TTS step k the fast reply
+    # has all of step k's audio but the 2048-sample overlap, the official only step k-1's.
+    overlap = 2048
+    step_samples = 25 * 2 * tiny.vocos.dims.hop_length
+    cum_fast = np.cumsum([len(w) for _, w in fast])
+    cum_slow = np.cumsum([len(w) for _, w in slow])
+    assert len(slow) >= 3
+    assert cum_fast[0] == step_samples - overlap and cum_fast[1] - cum_slow[0] == step_samples - overlap
+    assert all(cum_fast[k + 1] > cum_slow[k] for k in range(len(slow) - 1))   # ahead until the tail
+    assert len(fast[-1][1]) == overlap          # all that is ever held back: the crossfade overlap
     rate = tiny.vocos.dims.sample_rate_hz
     assert sum(len(w) for _, w in slow) < 3.0 * rate     # the 2 s limit stops drawing frames
 

@@ -82,7 +82,7 @@ def test_interrupt_ms_and_reply_audio_ms(tiny, ref):
     s.set_system("omni", ref_audio=ref)
     s.append_unit(_audio(tiny, 0))
     assert s.reply_audio_ms == 0
-    gen = s.generate(GenerateOptions(sampling=GREEDY, max_new_tokens=24, low_latency_first_chunk=True))
+    gen = s.generate(GenerateOptions(sampling=GREEDY, max_new_tokens=24, low_latency=True))
     _, wav = next(gen)
     rate = s.sample_rate_hz
     assert s.reply_audio_ms == pytest.approx(len(wav) * 1000 / rate)

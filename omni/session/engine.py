@@ -45,7 +45,7 @@ class GenerateOptions:
     sampling: SamplingParams = SamplingParams()   # official streaming default (sampling=True)
     max_new_tokens: int = 512                     # checked after each 3-token call (may overshoot by 2)
     max_speech_s: float | None = None             # random tiny weights never draw the TTS EOS
-    low_latency_first_chunk: bool = False
+    low_latency: bool = False                     # hand out each decoded chunk at once (holds back the 2048-sample overlap only)
     generate_audio: bool = True
     force_no_stop: bool = False                   # official debug flag: the TTS never ends a reply itself
     step_yields: bool = False                     # one bounded step per next(); idle steps yield ("", [])
@@ -207,7 +207,7 @@ class Session:
             return
         sampler = MultinomialSampler(st.generator) if o.sampling.do_sample else GreedySampler()
         rate = self.m.vocos.dims.sample_rate_hz
-        opts = SpeechOptions(low_latency_first_chunk=o.low_latency_first_chunk,
+        opts = SpeechOptions(low_latency=o.low_latency,
                              max_speech_samples=None if o.max_speech_s is None else int(o.max_speech_s * rate),
                              idle_pieces=o.step_yields, params=SpeechParams(force_no_stop=o.force_no_stop))
         speech = stream_speech(m.net.tts, m.vocos, m.tts_tokenizer, chunks, spk_pos, sampler, opts, trace)
@@ -231,6 +231,16 @@ class Session:
             self.last_reply_end = "max_tokens"
         else:
             self.last_reply_end = "eos"                  # the TTS drew its EOS code first
+
+    def reply_step(self) -> tuple[str, np.ndarray] | None:
+        """The next (text, audio) of the reply `generate` started, or None once it is over (or
+        was interrupted): the generator kept by the session, for a worker that cannot hold it."""
+        if self._active is None:
+            return None
+        item = next(self._active, None)
+        if item is None:
+            self._active = None
+        return item
 
     # ---- barge-in -----------------------------------------------------------------------------
     @property

@@ -48,7 +48,7 @@ class SpeechPiece:
 @dataclass(frozen=True)
 class SpeechOptions:
     params: L.SpeechParams = L.SpeechParams()
-    low_latency_first_chunk: bool = False   # emit the first decoded audio at once (see _Out.first)
+    low_latency: bool = False   # hand out decoded audio at once, holding back only the overlap (_Out)
     max_speech_samples: int | None = None   # stop drawing frames once this much audio exists
     idle_pieces: bool = False               # yield an empty piece after a step with no output
 
@@ -59,7 +59,7 @@ class _Out:
     def __init__(self, overlap: int, low_latency: bool):
         self.overlap, self.low_latency = overlap, low_latency
         self.prev: torch.Tensor | None = None
-        self.prev_emitted = 0          # head of `prev` already handed out (low-latency first chunk)
+        self.prev_emitted = 0          # head of `prev` already handed out (low latency)
         self.text, self.cache_len, self.samples = "", 0, 0
 
     def take(self, wav: torch.Tensor) -> SpeechPiece:
@@ -72,15 +72,22 @@ class _Out:
             self.prev = wav
             if not self.low_latency:
                 return None   # official: the first chunk waits for the crossfade with the second
-            # The crossfade leaves prev[:-overlap] unchanged (its weights normalise to 1 there, up
-            # to the rounding of w·x/w, < 1e-7), so emitting that head now gives the official
-            # samples, one TTS step (0.53 s of audio) sooner.
-            self.prev_emitted = max(wav.shape[-1] - self.overlap, 0)
-            return self.take(wav[:self.prev_emitted])
+            return self._take_settled(torch.zeros(0, dtype=wav.dtype))
         out, self.prev = L.crossfade(self.prev, wav, self.overlap)
-        piece = self.take(out[self.prev_emitted:])
-        self.prev_emitted = 0
-        return piece
+        if not self.low_latency:   # official: hand out the previous chunk, hold all of this one
+            return self.take(out)
+        return self._take_settled(out[self.prev_emitted:])
+
+    def _take_settled(self, head: torch.Tensor) -> SpeechPiece:
+        """Low latency: hand out `head` plus everything of `prev` the next crossfade leaves alone.
+
+        The crossfade only reweights the last `overlap` samples of `prev` (elsewhere its weights
+        normalise to 1, up to the rounding of w·x/w, < 1e-7), so prev[:-overlap] are already the
+        official samples: handing them out now puts each decoded chunk on the wire one TTS step
+        (0.53 s of audio) sooner than the official, which holds a whole chunk back.
+        """
+        self.prev_emitted = max(self.prev.shape[-1] - self.overlap, 0)
+        return self.take(torch.cat([head, self.prev[:self.prev_emitted]]))
 
     def tail(self) -> SpeechPiece | None:
         if self.prev is None:   # no audio at all (e.g. an empty reply): hand out pending text only
@@ -122,7 +129,7 @@ def stream_speech(tts, vocos, tts_tokenizer, chunks: Iterable[LLMChunk], spk_pos
         return
     assert first.hidden is not None, "the first LLM chunk must carry the prompt hidden states"
     spk = first.hidden[spk_pos][None]                        # [1, H] last layer at <|spk|>
-    out = _Out(L.crossfade_samples(p, tts, vocos), opts.low_latency_first_chunk)
+    out = _Out(L.crossfade_samples(p, tts, vocos), opts.low_latency)
     text = _cut(first.text)
     out.text, out.cache_len = text, first.cache_len
     seg = _Segment(tts.new_state(), text, text)

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from omni.sampling import SamplingParams
-from omni.session.engine import GenerateOptions, Session
+from omni.session.engine import GenerateOptions
 
 from ..gateway import protocol as W
 from ..gateway.codecs import InputAudioStream, decode_image, read_wav_any, wire_to_float
@@ -40,17 +40,16 @@ class Turn:
 class Conversation:
     def __init__(self, worker, settings, send: Send, playout, vad, wire_audio: bool = True,
                  clock_s: Callable[[], float] = time.monotonic):
-        self.worker = worker.for_session()   # this session's steps in order, others in parallel
         self.settings, self.send = settings, send
         self.clock_s = clock_s
         vad_default = W.ServerVad(settings.vad_threshold, settings.vad_prefix_padding_ms,
                                   settings.vad_silence_duration_ms)
         self.config = W.SessionConfig(turn_detection=vad_default)
         self.wire_audio = wire_audio
-        self.engine = Session(worker.omni, seed=None, max_cache_tokens=settings.max_context_tokens)
+        self.engine = worker.open_session(settings.max_context_tokens)   # steps in order, others in parallel
         self.listener = Listener(vad, self._vad_cfg(), self.config.omni.video, clock_s)
         self.input = InputAudioStream(self.config.input_format)
-        self.responder = Responder(send, self.worker, playout, self.config.output_format if wire_audio else None, clock_s)
+        self.responder = Responder(send, self.engine, playout, self.config.output_format if wire_audio else None, clock_s)
         self.playout = playout
         self.turn: Turn | None = None
         self.last_item_id: str | None = None
@@ -70,6 +69,7 @@ class Conversation:
 
     async def close(self) -> None:
         await self.responder.close()
+        self.engine.close()
 
     def _wire_session(self) -> dict:
         return W.to_wire(self.config, session_id=self.session_id, model="minicpm-o-2.6")
@@ -147,7 +147,7 @@ class Conversation:
             content = [c for c in content if c is not None]
             await self._ensure_system()
             await self._apply_rollback()
-            await self.worker.run("prefill", self.engine.prefill, {"role": "user", "content": content})
+            await self.engine.prefill({"role": "user", "content": content})
         item_id = item.id or W.new_id("item")
         obj = W.item_object(item_id, item.role, [self._part_wire(p) for p in item.content])
         await self.send(W.conversation_item_added(obj, self.last_item_id))
@@ -247,7 +247,7 @@ class Conversation:
         await self._ensure_system()
         await self._apply_rollback()
         t = time.perf_counter()
-        await self.worker.run("unit", self.engine.append_unit, unit.audio_16k, unit.frame)
+        await self.engine.append_unit(unit.audio_16k, unit.frame)
         turn.prefill_ms.append(1000 * (time.perf_counter() - t))
 
     async def _end_turn(self, create_response: bool) -> None:
@@ -274,7 +274,7 @@ class Conversation:
             limit = min(limit, cap)
         speak = "audio" in self.config.output_modalities
         opts = GenerateOptions(sampling=SamplingParams(), max_new_tokens=limit, generate_audio=speak,
-                               max_speech_s=self.settings.max_speech_s, low_latency_first_chunk=True,
+                               max_speech_s=self.settings.max_speech_s, low_latency=True,
                                step_yields=True)   # one bounded step per worker call: fair to other sessions
         turn, self.last_turn = self.last_turn, None
         timings = {}
@@ -283,13 +283,14 @@ class Conversation:
             timings["unit_prefill_mean_ms"] = sum(turn.prefill_ms) / len(turn.prefill_ms)
         t0 = self.t_turn_end_s or self.clock_s()
         self.t_turn_end_s = None
-        r = await self.responder.start(lambda: self.engine.generate(opts), t0, self.last_item_id, timings,
-                                       speak=speak, finished=lambda: self.engine.last_reply_end == "eos")
+        r = await self.responder.start(opts, t0, self.last_item_id, timings, speak=speak)
         self.last_reply, self.rollback_open = r, True
         self.last_item_id = r.item_id
         r.task.add_done_callback(lambda _t: asyncio.ensure_future(self._after_response()))
 
     async def _after_response(self) -> None:
+        if self.engine.closed:                   # the connection went away with the reply
+            return
         units, self.pending_units = self.pending_units, []
         for u in units:
             await self._prefill_unit(u)
@@ -319,7 +320,7 @@ class Conversation:
             return
         _, heard_ms = self.pending_rollback
         self.pending_rollback = None
-        await self.worker.run("rollback", self.engine.interrupt_ms, heard_ms)
+        await self.engine.interrupt_ms(heard_ms)
 
     async def _ensure_system(self) -> None:
         if not self.system_dirty:
@@ -327,7 +328,6 @@ class Conversation:
         self.system_dirty = False
         c = self.config
         ref = self.ref_16k if c.reference_audio is not None else None
-        self.engine.seed = c.omni.seed             # a seed takes effect from the next context start
         text = c.instructions or None
         mode = "audio_assistant"                 # default voice without a clip, cloned voice with one
-        await self.worker.run("system", self.engine.set_system, mode, ref, text)
+        await self.engine.set_system(c.omni.seed, mode, ref, text)   # a seed applies from a context start

@@ -50,17 +50,15 @@ class Response:
 class Responder:
     """Runs replies of one conversation; at most one live at a time."""
 
-    def __init__(self, send: Send, worker, playout, output_format, clock_s: Callable[[], float] = time.monotonic):
-        self.send, self.worker, self.playout = send, worker, playout
+    def __init__(self, send: Send, engine, playout, output_format, clock_s: Callable[[], float] = time.monotonic):
+        self.send, self.engine, self.playout = send, engine, playout
         self.output_format = output_format
         self.clock_s = clock_s
         self.current: Response | None = None
 
-    async def start(self, gen_factory: Callable[[], object], t_trigger_s: float,
-                    previous_item_id: str | None, extra_timings: dict | None = None, speak: bool = True,
-                    finished: Callable[[], bool] = lambda: True) -> Response:
-        """`finished()` tells, once the generator is exhausted, whether the model ended the reply
-        itself (completed) or a cap stopped it (incomplete)."""
+    async def start(self, opts, t_trigger_s: float, previous_item_id: str | None,
+                    extra_timings: dict | None = None, speak: bool = True) -> Response:
+        """Start a reply with `GenerateOptions` `opts` (step_yields) on the conversation's engine."""
         r = Response(W.new_id("resp"), W.new_id("item"), t_trigger_s, speak=speak)
         self.current = r
         r.timings_ms.update(extra_timings or {})
@@ -69,21 +67,21 @@ class Responder:
         await self.send(W.conversation_item_added(r.item("in_progress"), previous_item_id))
         await self.send(W.response_output_item_added(r.id, 0, r.item("in_progress")))
         await self.send(W.response_content_part_added(r.id, r.item_id, 0, 0, r.part()))
-        r.task = asyncio.create_task(self._run(r, gen_factory, finished), name=f"response {r.id}")
+        r.task = asyncio.create_task(self._run(r, opts), name=f"response {r.id}")
         return r
 
-    async def _run(self, r: Response, gen_factory, finished) -> None:
+    async def _run(self, r: Response, opts) -> None:
         try:
-            gen = await self.worker.run("generate", gen_factory)
+            await self.engine.start_reply(opts)
             while not r.closed:
-                item = await self.worker.next("reply_step", gen, deadline_s=self._deadline(r))
+                item = await self.engine.reply_step(self._deadline(r))
                 if r.closed:                      # cancelled while the step ran: drop it
                     return
                 if item is None:
                     break
                 await self._emit(r, *item)
-            if not r.closed:
-                if finished():
+            if not r.closed:   # the model ended the reply itself (completed) or a cap stopped it
+                if self.engine.last_reply_end == "eos":
                     await self.finish(r, "completed")
                 else:
                     await self.finish(r, "incomplete", reason="max_output_tokens")

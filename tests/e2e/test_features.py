@@ -18,11 +18,11 @@ def hold_reply_until_cancelled(server, audio_items: int = 14) -> None:
     real = conv_mod.GenerateOptions
     conv_mod.GenerateOptions = lambda **kw: dataclasses.replace(real(**kw), force_no_stop=True)
     server.undo.append(lambda: setattr(conv_mod, "GenerateOptions", real))
-    worker = server.app["worker"]
-    step, held = worker.next, [0]
+    from streaming.handle import EngineHandle
+    step, held = EngineHandle.reply_step, [0]
 
-    async def gated(kind, it, **kw):
-        item = await step(kind, it, **kw)
+    async def gated(self, *args, **kw):
+        item = await step(self, *args, **kw)
         if item is not None and len(item[1]) and held[0] < audio_items:
             held[0] += 1
             if held[0] == audio_items:
@@ -31,7 +31,8 @@ def hold_reply_until_cancelled(server, audio_items: int = 14) -> None:
                         break
                     await asyncio.sleep(0.05)
         return item
-    server.call(lambda: setattr(worker, "next", gated))
+    server.call(lambda: setattr(EngineHandle, "reply_step", gated))
+    server.undo.append(lambda: setattr(EngineHandle, "reply_step", step))
 
 
 def test_barge_in_stops_old_audio_and_starts_new_turn(server_factory, browser_factory):

@@ -1,4 +1,8 @@
-"""Gateway test fixtures: the embedded tiny model loaded once, a live server per test."""
+"""Gateway test fixtures: the embedded tiny model loaded once, a live server per test.
+
+`server` runs on one shared `ProcessWorker` (two model processes, the default on a CPU: the path
+`omni serve` takes); tests that look inside a conversation's engine start their own server on
+lane threads (`start_server(tiny_omni)`), where the engine session is in-process."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +28,18 @@ def speech_16k() -> np.ndarray:
     return audio
 
 
+@pytest.fixture(scope="session")
+def proc_worker():
+    from streaming.procs import ProcessWorker
+    from streaming.server import checkpoint_dir
+    from streaming.settings import ServerSettings
+    w = ProcessWorker(checkpoint_dir(ServerSettings()), lanes=2)
+    yield w
+    w.close()
+
+
 @pytest_asyncio.fixture
-async def server(tiny_omni):
-    s = await start_server(tiny_omni)
+async def server(tiny_omni, proc_worker):
+    s = await start_server(tiny_omni, worker=proc_worker)
     yield s
     await s.runner.cleanup()

@@ -37,12 +37,13 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
 
-async def start_server(omni, **overrides) -> Server:
+async def start_server(omni, worker=None, **overrides) -> Server:
+    """`worker`: a shared worker the caller closes; default: the app's own lane threads on `omni`."""
     from aiohttp import web
     from streaming.server import build_app
     from streaming.settings import ServerSettings
     settings = ServerSettings(**{"max_reply_tokens": 12, "max_speech_s": 2.0, **overrides})
-    app = build_app(settings, omni, embedded=True)
+    app = build_app(settings, omni, embedded=True, worker=worker)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

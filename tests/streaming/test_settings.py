@@ -50,6 +50,7 @@ def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
     ('dtype = "fp8"\n', "dtype must be one of"),
     ("vad_threshold = 1.5\n", "vad_threshold must be 0..1"),
     ("port = [\n", "invalid TOML"),
+    ('worker = "fork"\n', "worker must be one of auto, processes, threads"),
 ])
 def test_bad_values_are_clear_errors(tmp_path: Path, text: str, words: str) -> None:
     path = tmp_path / "s.toml"
@@ -61,3 +62,10 @@ def test_bad_values_are_clear_errors(tmp_path: Path, text: str, words: str) -> N
 def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         ServerSettings().port = 1  # type: ignore[misc]
+
+
+def test_auto_worker_is_processes_on_a_multi_lane_cpu_only() -> None:
+    assert ServerSettings(device="cpu", model_lanes=2).worker_kind == "processes"
+    assert ServerSettings(device="cpu", model_lanes=1).worker_kind == "threads"
+    assert ServerSettings(device="cuda").worker_kind == "threads"              # one lane on a GPU
+    assert ServerSettings(device="cpu", model_lanes=2, worker="threads").worker_kind == "threads"

@@ -210,7 +210,8 @@ async def test_barge_in_silences_the_track_at_once(tiny_omni, hello_48k, when, m
             assert (await c.call(http, srv.http)).status == 201
         sent = record_sent(call_of(srv))
         model_free = asyncio.Event()
-        worker, step = srv.app["worker"], srv.app["worker"].next
+        engine = call_of(srv).conv.engine
+        step = engine.reply_step
         audio_items = [0]
 
         async def gated_step(*args, **kw):      # "generating": hold the model mid-reply once it
@@ -220,7 +221,7 @@ async def test_barge_in_silences_the_track_at_once(tiny_omni, hello_48k, when, m
                 if audio_items[0] >= 4:         # ~2 s of speech queued: still playing at the cut
                     await model_free.wait()
             return item
-        worker.next = gated_step
+        engine.reply_step = gated_step
         c.mic.say(hello_48k, lead_s=0.5)
         _, ev = await c.until(lambda e: e["type"] == ("response.created" if when == "generating" else "response.done"))
         if when == "playing":           # the random tiny model's reply may be short (or cut by the

@@ -73,16 +73,17 @@ async def test_manual_commit_turn(server, speech_16k):
 async def test_barge_in_cancels_and_truncates_to_what_was_heard(tiny_omni, speech_16k, monkeypatch):
     force_long_replies(monkeypatch)
     srv = await start_server(tiny_omni, max_reply_tokens=300, max_speech_s=60.0)  # a long, live reply
-    worker, step, gate, audio_items = srv.app["worker"], srv.app["worker"].next, asyncio.Event(), [0]
+    from streaming.handle import EngineHandle
+    step, gate, audio_items = EngineHandle.reply_step, asyncio.Event(), [0]
 
-    async def gated_step(kind, it, **kw):   # forced fault: the first reply stalls after its first
-        item = await step(kind, it, **kw)   # audio, so it is still being generated when the user cuts in
-        if item is not None and len(item[1]):
+    async def gated_step(self, *args, **kw):    # forced fault: the first reply stalls after its
+        item = await step(self, *args, **kw)     # first audio, so it is still being generated when
+        if item is not None and len(item[1]):   # the user cuts in
             audio_items[0] += 1
             if audio_items[0] == 2:
                 await gate.wait()
         return item
-    worker.next = gated_step
+    monkeypatch.setattr(EngineHandle, "reply_step", gated_step)
     try:
         async with websockets.connect(srv.ws_url) as ws:
             await recv_until(ws, lambda e: e["type"] == "session.created")
@@ -105,9 +106,10 @@ async def test_barge_in_cancels_and_truncates_to_what_was_heard(tiny_omni, speec
             conv, = srv.app["conversations"]
             assert conv.pending_rollback == (item_id, 200.0)
             calls = []
-            prefill, interrupt_ms = conv.engine.prefill, conv.engine.interrupt_ms
-            conv.engine.prefill = lambda msg: calls.append(("prefill", prefill(msg).text)) or None
-            conv.engine.interrupt_ms = lambda ms: calls.append(("interrupt_ms", ms, interrupt_ms(ms))) or None
+            engine = conv.engine.session             # thread worker: the engine session is in-process
+            prefill, interrupt_ms = engine.prefill, engine.interrupt_ms
+            engine.prefill = lambda msg: calls.append(("prefill", prefill(msg).text)) or None
+            engine.interrupt_ms = lambda ms: calls.append(("interrupt_ms", ms, interrupt_ms(ms))) or None
             for c in talk[8:]:
                 await send(ws, type="input_audio_buffer.append", audio=c)
             rest = await recv_until(ws, lambda e: e["type"] == "response.done" and e["response"]["id"] != resp_id)
@@ -119,8 +121,8 @@ async def test_barge_in_cancels_and_truncates_to_what_was_heard(tiny_omni, speec
             assert conv.pending_rollback is None
             assert calls[0][:2] == ("interrupt_ms", 200.0)
             assert calls[1][0] == "prefill" and calls[1][1].startswith("<|tts_eos|><|im_end|>\n<|im_start|>user\n")
-        engine_lens = [c.engine.state.cache_len for c in srv.app["conversations"]]
-        assert engine_lens == []                     # freed on disconnect
+        assert engine.state.cache_len > 0 and conv.engine.closed   # released on disconnect
+        assert list(srv.app["conversations"]) == []
     finally:
         gate.set()
         await srv.runner.cleanup()
@@ -269,7 +271,7 @@ async def test_tls_self_signed_serves_wss(tiny_omni, tmp_path, monkeypatch):
 
 
 @pytest.mark.asyncio
-async def test_camera_frame_joins_the_current_unit(server, speech_16k):
+async def test_camera_frame_joins_the_current_unit(tiny_omni, speech_16k):
     """`input_image_buffer.append` (extension): the frame is prefilled with the 1-s unit it falls
     in; with `omni.video` off it is refused and units carry no frame."""
     import io
@@ -277,27 +279,32 @@ async def test_camera_frame_joins_the_current_unit(server, speech_16k):
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
     png = base64.b64encode(buf.getvalue()).decode()
-    async with websockets.connect(server.ws_url) as ws:
-        await recv_until(ws, lambda e: e["type"] == "session.created")
-        conv, = server.app["conversations"]
-        frames = []
-        append = conv.engine.append_unit
-        conv.engine.append_unit = lambda audio, frame=None: (frames.append(frame), append(audio, frame))[1]
-        await send(ws, type="session.update", session={"audio": {"input": {"turn_detection": None}}})
-        await recv_until(ws, lambda e: e["type"] == "session.updated")
-        await send(ws, type="input_image_buffer.append", image=png)
-        for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.0, 0.0))[:12]:     # 1.2 s of audio
-            await send(ws, type="input_audio_buffer.append", audio=c)
-        await send(ws, type="input_audio_buffer.commit")
-        await recv_until(ws, lambda e: e["type"] == "input_audio_buffer.committed")
-        assert len(frames) == 2 and all(f is not None and f.size == (64, 48) for f in frames), frames
-        await send(ws, type="session.update", session={"omni": {"video": False}})
-        await recv_until(ws, lambda e: e["type"] == "session.updated")
-        await send(ws, type="input_image_buffer.append", image=png)
-        err = (await recv_until(ws, lambda e: e["type"] == "error"))[-1]
-        assert err["error"]["code"] == "video_disabled"
-        for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.0, 0.0))[:10]:
-            await send(ws, type="input_audio_buffer.append", audio=c)
-        await send(ws, type="input_audio_buffer.commit")
-        await recv_until(ws, lambda e: e["type"] == "input_audio_buffer.committed")
-        assert frames[2:] == [None]
+    server = await start_server(tiny_omni)        # thread worker: the engine session is in-process
+    try:
+        async with websockets.connect(server.ws_url) as ws:
+            await recv_until(ws, lambda e: e["type"] == "session.created")
+            conv, = server.app["conversations"]
+            frames = []
+            engine = conv.engine.session
+            append = engine.append_unit
+            engine.append_unit = lambda audio, frame=None: (frames.append(frame), append(audio, frame))[1]
+            await send(ws, type="session.update", session={"audio": {"input": {"turn_detection": None}}})
+            await recv_until(ws, lambda e: e["type"] == "session.updated")
+            await send(ws, type="input_image_buffer.append", image=png)
+            for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.0, 0.0))[:12]:     # 1.2 s of audio
+                await send(ws, type="input_audio_buffer.append", audio=c)
+            await send(ws, type="input_audio_buffer.commit")
+            await recv_until(ws, lambda e: e["type"] == "input_audio_buffer.committed")
+            assert len(frames) == 2 and all(f is not None and f.size == (64, 48) for f in frames), frames
+            await send(ws, type="session.update", session={"omni": {"video": False}})
+            await recv_until(ws, lambda e: e["type"] == "session.updated")
+            await send(ws, type="input_image_buffer.append", image=png)
+            err = (await recv_until(ws, lambda e: e["type"] == "error"))[-1]
+            assert err["error"]["code"] == "video_disabled"
+            for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.0, 0.0))[:10]:
+                await send(ws, type="input_audio_buffer.append", audio=c)
+            await send(ws, type="input_audio_buffer.commit")
+            await recv_until(ws, lambda e: e["type"] == "input_audio_buffer.committed")
+            assert frames[2:] == [None]
+    finally:
+        await server.runner.cleanup()
