@@ -1,5 +1,5 @@
 """Browser end-to-end fixtures: a loopback-only network namespace, the omni server in-process
-(embedded tiny model) on 127.0.0.1, and headless Debian Chromium driven by Playwright with a
+(embedded tiny model, run by two model processes as `omni serve` does on a CPU) on 127.0.0.1, and headless Debian Chromium driven by Playwright with a
 fake camera and a WAV file as the fake microphone. Never downloads a browser.
 """
 from __future__ import annotations
@@ -61,12 +61,12 @@ def tiny_model(netns):
 class Server:
     """`streaming.server.build_app` on its own event loop thread, bound to 127.0.0.1:<free port>."""
 
-    def __init__(self, omni, **overrides):
+    def __init__(self, omni, worker, **overrides):
         from streaming.server import build_app
         from streaming.settings import ServerSettings
         self.settings = ServerSettings(host="127.0.0.1", port=0, **overrides)
         self.undo: list = []        # test patches to revert when the server stops
-        self.app = build_app(self.settings, omni, embedded=True)
+        self.app = build_app(self.settings, omni, embedded=True, worker=worker)
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name="omni-e2e-server", daemon=True)
@@ -99,12 +99,22 @@ class Server:
         self.thread.join(10)
 
 
+@pytest.fixture(scope="session")
+def model_worker(tiny_model):
+    from streaming.procs import ProcessWorker
+    from streaming.server import checkpoint_dir
+    from streaming.settings import ServerSettings
+    w = ProcessWorker(checkpoint_dir(ServerSettings()), lanes=2)
+    yield w
+    w.close()
+
+
 @pytest.fixture
-def server_factory(tiny_model):
+def server_factory(tiny_model, model_worker):
     servers = []
 
     def make(**overrides) -> Server:
-        s = Server(tiny_model, **overrides)
+        s = Server(tiny_model, model_worker, **overrides)
         servers.append(s)
         return s
     yield make
