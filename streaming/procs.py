@@ -8,8 +8,9 @@ CPU) and owns the sessions placed on it; the parent keeps one earliest-deadline-
 process and a thread that feeds it one step at a time over a pipe, so scheduling is the same as
 `ModelWorker`'s. Only plain data crosses: op names, numpy audio, PIL frames, step results.
 
-A process that dies (killed, out of memory) fails its step in flight with a clear error and is
-started again; the sessions it held are gone and say so on their next step.
+A process that dies (killed, out of memory) fails its step in flight and is started again; the
+sessions it held lost their context: each of their steps then fails with `ModelError`
+`model_process_died`, which closes the connection (1011) so the client reconnects to a new session.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import signal
 import threading
 import time
 
+from .gateway.errors import ModelError
 from .handle import OPS, EngineHandle, _open
 from .worker import STOP, DeadlineQueue, settle
 
@@ -29,7 +31,13 @@ START_TIMEOUT_S = 600.0      # loading a full checkpoint on CPU takes minutes
 
 
 class ModelProcessError(RuntimeError):
-    pass
+    """A model process failed to start, or an error that does not pickle, as text."""
+
+
+def _died(index: int, code) -> ModelError:
+    return ModelError("model_process_died", f"The model process serving this session died (exit code "
+                      f"{code}) and was restarted; the conversation's context is lost. Reconnect to start "
+                      "a new session.")
 
 
 def _portable(e: BaseException) -> BaseException:
@@ -68,9 +76,8 @@ def _child(conn, checkpoint: str, dtype: str, device: str) -> None:
             elif op == "close":
                 sessions.pop(sid, None)
                 result = None
-            elif sid not in sessions:
-                raise ModelProcessError("this session's model process restarted: its context is lost; "
-                                        "reconnect to start a new session")
+            elif sid not in sessions:     # the parent stops these first (lost sessions); kept as a guard
+                raise ModelProcessError(f"session {sid} is not open in this model process")
             else:
                 result = OPS[op](sessions[sid], *args)
             reply = (True, result)
@@ -85,7 +92,10 @@ class _Lane:
     def __init__(self, index: int, spec: tuple, clock_s):
         self.index, self.spec = index, spec
         self.queue = DeadlineQueue(clock_s)
-        self.sessions = 0
+        self.sids: set[int] = set()       # sessions living in the process
+        self.lost: set[int] = set()       # sessions whose process died
+        self.died_code: int | None = None
+        self.lock = threading.Lock()      # sids/lost: changed by the event loop and this lane's thread
         self.proc, self.conn = None, None
 
     def start(self) -> None:
@@ -118,17 +128,20 @@ class _Lane:
                 ok, value = self.conn.recv()
                 settle(loop, fut, value if ok else None, None if ok else value)
             except (EOFError, OSError) as e:   # the process died under this step
-                code = self.proc.exitcode
-                settle(loop, fut, None, ModelProcessError(
-                    f"model process {self.index} died (exit code {code}): this session's context is lost"))
-                log.error("model process %d died (%s, exit code %s); restarting it", self.index, e, code)
+                self.proc.join(1.0)
+                code = self.died_code = self.proc.exitcode
+                with self.lock:
+                    self.lost |= self.sids
+                    n = len(self.sids)
+                log.error("model process %d died (%s, exit code %s): %d session(s) lost; restarting it",
+                          self.index, e, code, n)
+                settle(loop, fut, None, _died(self.index, code))
                 self._restart()
             except Exception as e:  # noqa: BLE001 - e.g. an argument that does not pickle
                 settle(loop, fut, None, e)
 
     def _restart(self) -> None:
         try:
-            self.proc.join(1.0)
             self.start()
             self.wait_ready()
         except Exception:  # noqa: BLE001 - the next step reports the dead pipe again
@@ -161,17 +174,24 @@ class ProcessWorker:
         return len(self._lanes)
 
     def open_session(self, max_cache_tokens: int | None = None) -> EngineHandle:
-        lane = min(self._lanes, key=lambda x: x.sessions)
-        lane.sessions += 1
+        lane = min(self._lanes, key=lambda x: len(x.sids) - len(x.lost))
         sid = next(self._ids)
+        with lane.lock:
+            lane.sids.add(sid)
         lane.queue.put((sid, "open", (max_cache_tokens,)))     # before any step of the session
 
         async def call(op: str, *args, deadline_s: float | None = None):
+            if sid in lane.lost:
+                raise _died(lane.index, lane.died_code)
             return await lane.queue.submit((sid, op, args), deadline_s)
 
         def close() -> None:
-            lane.sessions -= 1
-            lane.queue.put((sid, "close", ()))
+            with lane.lock:
+                lane.sids.discard(sid)
+                was_lost = sid in lane.lost
+                lane.lost.discard(sid)
+            if not was_lost:
+                lane.queue.put((sid, "close", ()))
         return EngineHandle(call, close)
 
     def close(self, timeout_s: float = 10.0) -> None:

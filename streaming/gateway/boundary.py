@@ -1,6 +1,7 @@
 """The one place where a client message meets the conversation and exceptions become `error`
 events (STYLE §12). Both transports (WebSocket frames, WebRTC data-channel messages) call
-`dispatch`; a bad message costs an error event, never the session or the server."""
+`dispatch`, WebRTC media goes through `guard`; a bad message costs an error event, never the
+session or the server."""
 from __future__ import annotations
 
 import logging
@@ -19,11 +20,24 @@ async def dispatch(conv, raw: str | bytes, send, max_bytes: int) -> int | None:
         event_id = ev.event_id
         await conv.handle(ev)
     except Exception as e:  # noqa: BLE001 - this is the boundary
-        await send(to_error_event(e, event_id))
-        # Typed errors say whether to close (auth, capacity, model); anything unexpected is
-        # reported and the session goes on, so one bad message never ends a conversation.
-        return close_code(e) if isinstance(e, OmniError) else None
+        return await _report_and_code(send, e, event_id)
     return None
+
+
+async def guard(awaitable, send) -> int | None:
+    """Await media handling (a WebRTC microphone frame); errors as in `dispatch`."""
+    try:
+        await awaitable
+    except Exception as e:  # noqa: BLE001 - this is the boundary
+        return await _report_and_code(send, e, None)
+    return None
+
+
+async def _report_and_code(send, e: Exception, event_id: str | None) -> int | None:
+    await send(to_error_event(e, event_id))
+    # Typed errors say whether to close (auth, capacity, model); anything unexpected is
+    # reported and the session goes on, so one bad message never ends a conversation.
+    return close_code(e) if isinstance(e, OmniError) else None
 
 
 async def report(send, exc: BaseException) -> None:

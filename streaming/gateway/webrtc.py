@@ -22,7 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from ..playout import QueuePlayout
 from ..session.conversation import Conversation
-from .boundary import dispatch
+from .boundary import dispatch, guard
 from .codecs import MODEL_INPUT_RATE_HZ, StreamResampler
 from .errors import CapacityError, OmniError
 from .media import PlayoutTrack, frame_to_mono, loopback_ice, loopback_only
@@ -287,7 +287,9 @@ class Call:
             self.manager.touch(self.lease)
             if resampler is None or resampler.in_rate_hz != frame.sample_rate:
                 resampler = StreamResampler(frame.sample_rate, MODEL_INPUT_RATE_HZ)
-            await self.conv.push_audio_16k(resampler.push(frame_to_mono(frame)))
+            if await guard(self.conv.push_audio_16k(resampler.push(frame_to_mono(frame))), self.send) is not None:
+                await self.queue.put(_HANG_UP)     # a model error: end the call after the error event
+                return
 
     async def _watch(self, track) -> None:
         """Camera: the newest frame at most every FRAME_INTERVAL_S, converted off the loop."""

@@ -46,6 +46,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
         async with asyncio.TaskGroup() as tg:
             sender = tg.create_task(_sender(ws, queue))
             await conv.start()
+            code = None
             async for msg in ws:
                 manager.touch(lease)
                 if msg.type == WSMsgType.TEXT:
@@ -57,7 +58,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
                 if code is not None:
                     break
             await conv.close()
-            await queue.put(_CLOSE)
+            await queue.put(_CLOSE if code is None else (_CLOSE, code))   # a typed error's close code
             await sender
     finally:
         await conv.close()

@@ -99,13 +99,13 @@ async def test_process_errors_keep_their_type_and_closed_sessions_are_freed(proc
     h.close()
     with pytest.raises(RuntimeError, match="closed"):
         await h.append_unit(np.zeros(16000, np.float32))
-    counts = [lane.sessions for lane in proc_worker._lanes]
-    assert sum(counts) == 0, counts
+    assert all(not lane.sids for lane in proc_worker._lanes)
 
 
 @pytest.mark.asyncio
 async def test_a_killed_model_process_is_reported_and_replaced():
-    from streaming.procs import ModelProcessError, ProcessWorker
+    from streaming.gateway.errors import ModelError, close_code
+    from streaming.procs import ProcessWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
     w = ProcessWorker(checkpoint_dir(ServerSettings()), lanes=1)
@@ -113,10 +113,12 @@ async def test_a_killed_model_process_is_reported_and_replaced():
         h = w.open_session()
         await h.set_system(None, "audio_assistant", None, None)
         w._lanes[0].proc.kill()                                    # forced fault: the process dies
-        with pytest.raises(ModelProcessError, match="died"):
+        with pytest.raises(ModelError, match="died") as died:
             await h.append_unit(np.zeros(16000, np.float32))
-        with pytest.raises(ModelProcessError, match="context is lost"):
+        assert died.value.code == "model_process_died" and close_code(died.value) == 1011
+        with pytest.raises(ModelError, match="context is lost"):
             await h.append_unit(np.zeros(16000, np.float32))       # its sessions are gone, and say so
+        h.close()
         fresh = w.open_session()                                   # the replacement serves new sessions
         assert (await _talk(fresh, seed=1))[1] > 0
     finally:

@@ -308,3 +308,50 @@ async def test_camera_frame_joins_the_current_unit(tiny_omni, speech_16k):
             assert frames[2:] == [None]
     finally:
         await server.runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_a_dead_model_process_closes_its_sessions_and_the_server_goes_on(tiny_omni, speech_16k):
+    """Forced fault: the model process under a live conversation is killed. The client gets an
+    `error` (model_process_died) and close 1011; the process is replaced and a new connection holds
+    a full voice turn."""
+    from streaming.procs import ProcessWorker
+    from streaming.server import checkpoint_dir
+    from streaming.settings import ServerSettings
+    worker = ProcessWorker(checkpoint_dir(ServerSettings()), lanes=1)
+    srv = await start_server(tiny_omni, worker=worker)
+    talk = chunks_b64(utterance_24k_pcm16(speech_16k))
+    try:
+        async with websockets.connect(srv.ws_url) as ws:
+            await recv_until(ws, lambda e: e["type"] == "session.created")
+            for c in talk[:12]:                                   # units reach the model
+                await send(ws, type="input_audio_buffer.append", audio=c)
+            await asyncio.sleep(0.3)
+            worker._lanes[0].proc.kill()
+            events = []
+
+            async def read():
+                try:
+                    while True:
+                        events.append(json.loads(await ws.recv()))
+                except websockets.ConnectionClosed:
+                    pass
+            reader = asyncio.create_task(read())
+            with pytest.raises(websockets.ConnectionClosed):
+                for c in talk[12:]:
+                    await send(ws, type="input_audio_buffer.append", audio=c)
+                    await asyncio.sleep(0.02)
+            await asyncio.wait_for(reader, 30)
+            errors = [e["error"] for e in events if e["type"] == "error"]
+            assert errors and errors[0]["code"] == "model_process_died", events
+            assert "Reconnect" in errors[0]["message"]
+            assert ws.close_code == 1011
+        async with websockets.connect(srv.ws_url) as ws:          # the server goes on
+            await recv_until(ws, lambda e: e["type"] == "session.created")
+            for c in talk:
+                await send(ws, type="input_audio_buffer.append", audio=c)
+            events = await recv_until(ws, lambda e: e["type"] == "response.done")
+            assert "response.output_audio.delta" in types(events) and ended_normally(events[-1]["response"])
+    finally:
+        await srv.runner.cleanup()
+        worker.close()
