@@ -1,5 +1,6 @@
-"""Browser E2E: the Mute button over both transports, and a lost connection the person can
-recover from with Reconnect (the server's model process is killed: a forced fault)."""
+"""Browser E2E: the Mute button over both transports, a lost connection the person can recover
+from with Reconnect (the server's model process is killed: a forced fault), and a voice recorded
+in the page."""
 from __future__ import annotations
 
 import pytest
@@ -45,3 +46,34 @@ def test_lost_connection_is_explained_and_reconnect_starts_a_new_session(server_
     assert not page.is_visible("#error")
     turn = wait_turn(page, timeout=int(MIC_LOOP_S * 1000) + 60_000)   # the new session answers
     assert turn["server"]["first_audio_ms"] > 0
+
+
+def test_voice_recorded_in_the_page_is_checked_and_cloned(server_factory, browser_factory):
+    """Record my voice: too short is refused with a clear message; 5-15 s shows its length, can be
+    played back, and reaches the server as the reference clip of the call."""
+    server = server_factory(max_reply_tokens=40)
+    page = open_page(browser_factory("one_turn.wav", loop=True), server, "websocket")
+    page.click("#rec-btn")
+    page.wait_for_function("document.querySelector('#rec-btn').textContent === 'Stop'")
+    page.wait_for_timeout(2_000)
+    page.click("#rec-btn")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "record at least 5 s" in page.inner_text("#error-text")
+    assert page.is_disabled("#rec-play")
+    page.click("#error-close")
+    page.click("#rec-btn")
+    page.wait_for_function("document.querySelector('#rec-btn').textContent === 'Stop'")
+    page.wait_for_function("document.querySelector('#rec-meter').value > 0", timeout=20_000)   # the level moves
+    page.wait_for_function("parseFloat(document.querySelector('#rec-info').textContent.split('…')[1]) >= 6.5",
+                           timeout=20_000)
+    page.click("#rec-btn")
+    info = page.inner_text("#rec-info")
+    seconds = float(info.split(" s recorded")[0])
+    assert 6.0 <= seconds <= 8.0, info
+    assert page.is_checked('input[name="voice"][value="record"]') and page.is_enabled("#rec-play")
+    page.click("#rec-play")                                # plays without a page error
+    page.click("#start")
+    page.wait_for_function("window.omni.session?.audio?.output?.omni_reference_audio", timeout=20_000)
+    refs = server.call(lambda: [None if c.ref_16k is None else len(c.ref_16k) for c in server.app["conversations"]])
+    assert any(n and abs(n / 16000 - seconds) < 0.1 for n in refs), (refs, seconds)
+    assert not page.is_visible("#error"), page.inner_text("#error-text")
