@@ -14,6 +14,7 @@ sessions it held lost their context: each of their steps then fails with `ModelE
 """
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import multiprocessing as mp
@@ -76,6 +77,10 @@ def _child(conn, checkpoint: str, dtype: str, device: str) -> None:
             elif op == "close":
                 sessions.pop(sid, None)
                 result = None
+            elif op == "stats":           # not a session op: what this process holds
+                import resource
+                result = {"sessions": len(sessions),
+                          "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
             elif sid not in sessions:     # the parent stops these first (lost sessions); kept as a guard
                 raise ModelProcessError(f"session {sid} is not open in this model process")
             else:
@@ -151,6 +156,8 @@ class _Lane:
 class ProcessWorker:
     """`lanes` model processes; a session lives on the one with the fewest sessions when it opens."""
 
+    kind = "processes"
+
     def __init__(self, checkpoint: str, dtype: str = "float32", device: str = "cpu", lanes: int = 2,
                  clock_s=time.monotonic):
         self.omni = None           # the model lives in the processes
@@ -193,6 +200,10 @@ class ProcessWorker:
             if not was_lost:
                 lane.queue.put((sid, "close", ()))
         return EngineHandle(call, close)
+
+    async def stats(self) -> list[dict]:
+        """Per process: the sessions it holds (as it counts them) and its peak RSS."""
+        return list(await asyncio.gather(*[lane.queue.submit((None, "stats", ())) for lane in self._lanes]))
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Drop queued steps, let each process finish its step in flight, then stop them."""

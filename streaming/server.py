@@ -61,6 +61,7 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({
         "status": "ok", "model": app["model_name"], "embedded_demo_model": app["embedded"],
         "sessions": app["manager"].in_use, "max_sessions": s.max_sessions,
+        "worker": {"kind": app["worker"].kind, "lanes": app["worker"].lanes},
         "auth_required": s.api_key is not None, "tls": s.tls,
         "load_model_hint": "omni serve --model /path/to/MiniCPM-o-2_6 --device cuda --dtype bfloat16",
     })

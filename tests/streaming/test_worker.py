@@ -86,6 +86,7 @@ async def test_process_sessions_match_in_process_ones(tiny_omni, proc_worker):
     assert want[1] > 0 and all(g == want for g in got)
     assert mine.last_reply_end is not None                          # why it ended crosses too
     assert all(h.last_reply_end == mine.last_reply_end for h in handles)
+    assert sum(st["sessions"] for st in await proc_worker.stats()) == 3
     for h in handles:
         h.close()
 
@@ -100,6 +101,8 @@ async def test_process_errors_keep_their_type_and_closed_sessions_are_freed(proc
     with pytest.raises(RuntimeError, match="closed"):
         await h.append_unit(np.zeros(16000, np.float32))
     assert all(not lane.sids for lane in proc_worker._lanes)
+    stats = await proc_worker.stats()                # the processes dropped them too
+    assert [st["sessions"] for st in stats] == [0, 0] and all(st["max_rss_mb"] > 100 for st in stats), stats
 
 
 @pytest.mark.asyncio

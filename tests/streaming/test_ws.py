@@ -355,3 +355,15 @@ async def test_a_dead_model_process_closes_its_sessions_and_the_server_goes_on(t
     finally:
         await srv.runner.cleanup()
         worker.close()
+
+
+@pytest.mark.asyncio
+async def test_healthz_describes_the_server(server):
+    import aiohttp
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.http + "/healthz") as r:
+            assert r.status == 200
+            h = await r.json()
+    assert h["status"] == "ok" and h["embedded_demo_model"] is True and h["auth_required"] is False
+    assert h["worker"] == {"kind": "processes", "lanes": 2} and h["max_sessions"] == 16
+    assert "--model" in h["load_model_hint"]
