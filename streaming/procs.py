@@ -8,7 +8,8 @@ CPU) and owns the sessions placed on it; the parent keeps one earliest-deadline-
 process and a thread that feeds it one step at a time over a pipe, so scheduling is the same as
 `ModelWorker`'s. Only plain data crosses: op names, numpy audio, PIL frames, step results.
 
-A process that dies (killed, out of memory) fails its step in flight and is started again; the
+A process that dies (killed, out of memory) or hangs (no answer to a step within
+`model_step_timeout_s`: it is killed) fails its step in flight and is started again; the
 sessions it held lost their context: each of their steps then fails with `ModelError`
 `model_process_died`, which closes the connection (1011) so the client reconnects to a new session.
 """
@@ -94,8 +95,8 @@ def _child(conn, checkpoint: str, dtype: str, device: str) -> None:
 class _Lane:
     """One model process, its queue and the parent thread that feeds it."""
 
-    def __init__(self, index: int, spec: tuple, clock_s):
-        self.index, self.spec = index, spec
+    def __init__(self, index: int, spec: tuple, clock_s, step_timeout_s: float):
+        self.index, self.spec, self.step_timeout_s = index, spec, step_timeout_s
         self.queue = DeadlineQueue(clock_s)
         self.sids: set[int] = set()       # sessions living in the process
         self.lost: set[int] = set()       # sessions whose process died
@@ -130,6 +131,9 @@ class _Lane:
             payload, loop, fut = job
             try:
                 self.conn.send(payload)
+                if not self.conn.poll(self.step_timeout_s):   # hung (stopped, deadlocked): end it
+                    self.proc.kill()
+                    raise EOFError(f"no answer within {self.step_timeout_s:g} s; killed")
                 ok, value = self.conn.recv()
                 settle(loop, fut, value if ok else None, None if ok else value)
             except (EOFError, OSError) as e:   # the process died under this step
@@ -159,9 +163,10 @@ class ProcessWorker:
     kind = "processes"
 
     def __init__(self, checkpoint: str, dtype: str = "float32", device: str = "cpu", lanes: int = 2,
-                 clock_s=time.monotonic):
+                 step_timeout_s: float = 60.0, clock_s=time.monotonic):
+        """`step_timeout_s`: a process that takes longer over one step is killed and replaced."""
         self.omni = None           # the model lives in the processes
-        self._lanes = [_Lane(i, (str(checkpoint), dtype, device), clock_s) for i in range(lanes)]
+        self._lanes = [_Lane(i, (str(checkpoint), dtype, device), clock_s, step_timeout_s) for i in range(lanes)]
         self._ids = itertools.count()
         for lane in self._lanes:   # all load at once
             lane.start()

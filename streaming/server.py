@@ -134,7 +134,8 @@ def make_worker(settings: ServerSettings):
     """The model worker `settings.worker_kind` asks for, with the model loaded where it runs."""
     if settings.worker_kind == "processes":
         from .procs import ProcessWorker
-        return ProcessWorker(checkpoint_dir(settings), settings.dtype, settings.device, settings.lanes)
+        return ProcessWorker(checkpoint_dir(settings), settings.dtype, settings.device, settings.lanes,
+                             settings.model_step_timeout_s)
     from .worker import ModelWorker
     return ModelWorker(load_model(settings)[0], settings.lanes)
 

@@ -48,6 +48,7 @@ class ServerSettings:
     max_speech_s: float = 60.0
     model_lanes: int = 0  # parallel model steps (sessions); 0 = auto: one per core on CPU, 1 on GPU
     worker: str = "auto"  # "processes" (a model copy per lane), "threads", or auto: processes on a CPU with >1 lane
+    model_step_timeout_s: float = 60.0  # processes: a model process silent this long over one step is replaced
     max_context_tokens: int = 8192  # LLM cache budget; oldest complete turns slide out (system prompt kept)
 
     def __post_init__(self) -> None:
@@ -72,6 +73,7 @@ class ServerSettings:
             (self.max_speech_s > 0, "max_speech_s must be positive"),
             (self.model_lanes >= 0, "model_lanes must be >= 0 (0 = auto)"),
             (self.worker in WORKERS, f"worker must be one of {', '.join(WORKERS)}"),
+            (self.model_step_timeout_s > 0, "model_step_timeout_s must be positive"),
             (self.max_context_tokens >= 512, "max_context_tokens must be at least 512"),
         ]
         bad = [msg for ok, msg in checks if not ok]

@@ -126,3 +126,26 @@ async def test_a_killed_model_process_is_reported_and_replaced():
         assert (await _talk(fresh, seed=1))[1] > 0
     finally:
         w.close()
+
+
+@pytest.mark.asyncio
+async def test_a_hung_model_process_is_killed_after_the_step_timeout():
+    import os
+    import signal
+    from streaming.gateway.errors import ModelError
+    from streaming.procs import ProcessWorker
+    from streaming.server import checkpoint_dir
+    from streaming.settings import ServerSettings
+    w = ProcessWorker(checkpoint_dir(ServerSettings()), lanes=1, step_timeout_s=1.0)
+    try:
+        h = w.open_session()
+        await h.set_system(None, "audio_assistant", None, None)
+        os.kill(w._lanes[0].proc.pid, signal.SIGSTOP)              # forced fault: the process hangs
+        t = time.monotonic()
+        with pytest.raises(ModelError, match="died"):
+            await h.append_unit(np.zeros(16000, np.float32))
+        assert 0.9 < time.monotonic() - t < 5.0
+        fresh = w.open_session()
+        assert (await _talk(fresh, seed=2))[1] > 0
+    finally:
+        w.close()
