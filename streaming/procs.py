@@ -36,7 +36,7 @@ class ModelProcessError(RuntimeError):
     """A model process failed to start, or an error that does not pickle, as text."""
 
 
-def _died(index: int, code) -> ModelError:
+def _died(code) -> ModelError:
     return ModelError("model_process_died", f"The model process serving this session died (exit code "
                       f"{code}) and was restarted; the conversation's context is lost. Reconnect to start "
                       "a new session.")
@@ -144,7 +144,7 @@ class _Lane:
                     n = len(self.sids)
                 log.error("model process %d died (%s, exit code %s): %d session(s) lost; restarting it",
                           self.index, e, code, n)
-                settle(loop, fut, None, _died(self.index, code))
+                settle(loop, fut, None, _died(code))
                 self._restart()
             except Exception as e:  # noqa: BLE001 - e.g. an argument that does not pickle
                 settle(loop, fut, None, e)
@@ -194,7 +194,7 @@ class ProcessWorker:
 
         async def call(op: str, *args, deadline_s: float | None = None):
             if sid in lane.lost:
-                raise _died(lane.index, lane.died_code)
+                raise _died(lane.died_code)
             return await lane.queue.submit((sid, op, args), deadline_s)
 
         def close() -> None:
