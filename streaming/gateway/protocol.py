@@ -21,7 +21,7 @@ from .errors import ProtocolError
 # The session object lives in session_config.py; re-exported so `protocol` names every message.
 from .session_config import (AUDIO_FORMATS, G711_RATE_HZ, PCM_RATE_HZ, AudioFormat,
                              OmniOptions, ReferenceAudio, ServerVad, SessionConfig, apply_update,
-                             parse_instructions, parse_max_tokens, parse_modalities, parse_tools, to_wire)
+                             parse_max_tokens, parse_modalities, parse_tools, to_wire)
 from .validate import JSON_NAMES, as_type, b64, bad, get_field, in_range, no_unknown, one_of
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a 30 s PCM16 reference clip is ~1.9 MB as base64
@@ -108,11 +108,10 @@ class ConversationItemDelete:
 @dataclass(frozen=True)
 class ResponseParams:
     """Per-response overrides; None means "use the session's"."""
-    instructions: str | None = None
     output_modalities: tuple[str, ...] | None = None
     max_output_tokens: int | str | None = None  # "inf": no cap but the server's
-    conversation: str = "auto"  # "none": out-of-band, the reply is not added to the conversation
-    metadata: Mapping[str, Any] | None = None
+    temperature: float | None = None            # the LLM's sampling temperature for this reply
+    metadata: Mapping[str, Any] | None = None   # echoed on the response object
 
 
 @dataclass(frozen=True)
@@ -176,11 +175,12 @@ def _item(v: Any, p: str) -> ConversationItem:
 
 def _response_params(o: Mapping[str, Any]) -> ResponseParams:
     p = "response"
-    for k in ("audio", "voice", "output_audio_format", "input"):
-        if k in o:  # silently ignoring these would send the wrong format or voice
-            raise bad("unknown_parameter", f"'{p}.{k}' is not supported per response; "
-                       "set audio options with session.update.", f"{p}.{k}")
-    no_unknown(o, {"instructions", "output_modalities", "modalities", "max_output_tokens",
+    for k in ("audio", "voice", "output_audio_format", "input", "instructions"):
+        if k in o:  # silently ignoring these would send the wrong format, voice or persona
+            raise bad("unknown_parameter", f"'{p}.{k}' is not supported per response; set it with "
+                      "session.update (MiniCPM-o's instructions and voice are its system prompt, "
+                      "fixed for a context).", f"{p}.{k}")
+    no_unknown(o, {"output_modalities", "modalities", "max_output_tokens",
                     "max_response_output_tokens", "conversation", "metadata", "tools",
                     "tool_choice", "temperature"}, p)
     if o.get("tools"):
@@ -190,11 +190,12 @@ def _response_params(o: Mapping[str, Any]) -> ResponseParams:
     tok = next((o[k] if o[k] == "inf" else parse_max_tokens(o[k], f"{p}.{k}")
                 for k in ("max_output_tokens", "max_response_output_tokens")
                 if o.get(k) is not None), None)
-    conv = get_field(o, "conversation", str, p) or "auto"
-    one_of(conv, ("auto", "none"), f"{p}.conversation")
-    instr = o.get("instructions")
-    instr = None if instr is None else parse_instructions(instr, f"{p}.instructions")
-    return ResponseParams(instr, mods, tok, conv, get_field(o, "metadata", dict, p))
+    # Out-of-band replies ("none") would need a second context: every reply joins this one.
+    one_of(get_field(o, "conversation", str, p) or "auto", ("auto",), f"{p}.conversation")
+    temp = get_field(o, "temperature", float, p)
+    if temp is not None:
+        in_range(temp, 0.05, 2.0, f"{p}.temperature")
+    return ResponseParams(mods, tok, temp, get_field(o, "metadata", dict, p))
 
 
 def _keys(o: Mapping[str, Any], *names: str) -> Mapping[str, Any]:
@@ -310,12 +311,14 @@ def item_object(item_id: str, role: str, content: list[dict[str, Any]],
 def response_object(response_id: str, status: str, output: list[dict[str, Any]] | None = None,
                     status_details: dict[str, Any] | None = None,
                     usage: dict[str, Any] | None = None,
-                    timings_ms: Mapping[str, float] | None = None) -> dict[str, Any]:
+                    timings_ms: Mapping[str, float] | None = None,
+                    metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A GA response; our timing figures go under the `omni` extension key, all in ms."""
     assert status in RESPONSE_STATUSES, f"bad response status {status!r}"
     assert all(k.endswith("_ms") for k in timings_ms or {}), "timing names carry their unit"
     obj = {"id": response_id, "object": "realtime.response", "status": status,
-           "status_details": status_details, "output": output or [], "usage": usage}
+           "status_details": status_details, "output": output or [], "usage": usage,
+           "metadata": dict(metadata) if metadata is not None else None}
     if timings_ms is not None:
         obj["omni"] = {"timings": dict(timings_ms)}
     return obj

@@ -189,7 +189,7 @@ class Conversation:
             if unit is not None:
                 await self._prefill_unit(unit)
             await self._end_turn(create_response=False)
-        await self._respond(ev.response.max_output_tokens)
+        await self._respond(ev.response)
 
     async def _on_response_cancel(self, ev) -> None:
         """Cancel the reply being generated, or stop one that is still playing out (WebRTC)."""
@@ -262,18 +262,20 @@ class Conversation:
         self.last_item_id = turn.item_id
         self.last_turn = turn
         if create_response and self.responder.current is None:
-            await self._respond(None)
+            await self._respond(W.ResponseParams())
 
     # ---- replies and barge-in -----------------------------------------------------------------
-    async def _respond(self, max_tokens) -> None:
+    async def _respond(self, params) -> None:
+        """A reply with the session's settings, overridden by `params` (a W.ResponseParams)."""
         await self._ensure_system()
         await self._apply_rollback()
         limit = self.settings.max_reply_tokens
-        cap = self.config.max_output_tokens if max_tokens is None else max_tokens
+        cap = self.config.max_output_tokens if params.max_output_tokens is None else params.max_output_tokens
         if isinstance(cap, int):
             limit = min(limit, cap)
-        speak = "audio" in self.config.output_modalities
-        opts = GenerateOptions(sampling=SamplingParams(), max_new_tokens=limit, generate_audio=speak,
+        speak = "audio" in (params.output_modalities or self.config.output_modalities)
+        sampling = SamplingParams() if params.temperature is None else SamplingParams(temperature=params.temperature)
+        opts = GenerateOptions(sampling=sampling, max_new_tokens=limit, generate_audio=speak,
                                max_speech_s=self.settings.max_speech_s, low_latency=True,
                                step_yields=True)   # one bounded step per worker call: fair to other sessions
         turn, self.last_turn = self.last_turn, None
@@ -283,7 +285,7 @@ class Conversation:
             timings["unit_prefill_mean_ms"] = sum(turn.prefill_ms) / len(turn.prefill_ms)
         t0 = self.t_turn_end_s or self.clock_s()
         self.t_turn_end_s = None
-        r = await self.responder.start(opts, t0, self.last_item_id, timings, speak=speak)
+        r = await self.responder.start(opts, t0, self.last_item_id, timings, speak=speak, metadata=params.metadata)
         self.last_reply, self.rollback_open = r, True
         self.last_item_id = r.item_id
         r.task.add_done_callback(lambda _t: asyncio.ensure_future(self._after_response()))

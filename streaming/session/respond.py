@@ -38,6 +38,7 @@ class Response:
     task: asyncio.Task | None = None
     t_first_audio_s: float | None = None
     speak: bool = True                           # output_modalities: audio (+ transcript) or text only
+    metadata: dict | None = None                 # the client's, echoed on the response object
 
     def part(self) -> dict:
         text = "".join(self.transcript)
@@ -57,13 +58,13 @@ class Responder:
         self.current: Response | None = None
 
     async def start(self, opts, t_trigger_s: float, previous_item_id: str | None,
-                    extra_timings: dict | None = None, speak: bool = True) -> Response:
+                    extra_timings: dict | None = None, speak: bool = True, metadata=None) -> Response:
         """Start a reply with `GenerateOptions` `opts` (step_yields) on the conversation's engine."""
-        r = Response(W.new_id("resp"), W.new_id("item"), t_trigger_s, speak=speak)
+        r = Response(W.new_id("resp"), W.new_id("item"), t_trigger_s, speak=speak, metadata=metadata)
         self.current = r
         r.timings_ms.update(extra_timings or {})
         self.playout.start(r.id)
-        await self.send(W.response_created(W.response_object(r.id, "in_progress")))
+        await self.send(W.response_created(W.response_object(r.id, "in_progress", metadata=r.metadata)))
         await self.send(W.conversation_item_added(r.item("in_progress"), previous_item_id))
         await self.send(W.response_output_item_added(r.id, 0, r.item("in_progress")))
         await self.send(W.response_content_part_added(r.id, r.item_id, 0, 0, r.part()))
@@ -139,7 +140,7 @@ class Responder:
                    {"type": status, "reason": reason})
         await self.send(W.response_done(W.response_object(
             r.id, status, [r.item(item_status)], status_details=details,
-            timings_ms={k: round(v, 1) for k, v in r.timings_ms.items()})))
+            timings_ms={k: round(v, 1) for k, v in r.timings_ms.items()}, metadata=r.metadata)))
         if self.current is r:
             self.current = None
 

@@ -43,9 +43,9 @@ ROUND_TRIP = [
     ({"type": "conversation.item.delete", "item_id": "item_3"},
      P.ConversationItemDelete("e", "item_3")),
     ({"type": "response.create", "response": {
-        "instructions": "shout", "output_modalities": ["text"], "max_output_tokens": 64,
-        "conversation": "none", "metadata": {"k": "v"}}},
-     P.ResponseCreate("e", P.ResponseParams("shout", ("text",), 64, "none", {"k": "v"}))),
+        "output_modalities": ["text"], "max_output_tokens": 64, "temperature": 0.5,
+        "conversation": "auto", "metadata": {"k": "v"}}},
+     P.ResponseCreate("e", P.ResponseParams(("text",), 64, 0.5, {"k": "v"}))),
     ({"type": "response.cancel", "response_id": "resp_1"}, P.ResponseCancel("e", "resp_1")),
 ]
 
@@ -154,6 +154,12 @@ BAD = [  # (raw, code, param, words in the message)
      "response.voice", "session.update"),
     ({"type": "response.create", "response": {"max_output_tokens": 0}}, "invalid_value",
      "response.max_output_tokens", "outside"),
+    ({"type": "response.create", "response": {"instructions": "shout"}}, "unknown_parameter",
+     "response.instructions", "system prompt"),
+    ({"type": "response.create", "response": {"conversation": "none"}}, "invalid_value",
+     "response.conversation", "'auto'"),
+    ({"type": "response.create", "response": {"temperature": 9}}, "invalid_value",
+     "response.temperature", "outside"),
     ({"type": "session.update"}, "missing_required_parameter", "session", "'session'"),
     ({"type": "session.update", "session": {"bogus": 1}}, "unknown_parameter", "session.bogus", ""),
     ({"type": "session.update", "session": {"type": "transcription"}}, "invalid_value",

@@ -367,3 +367,49 @@ async def test_healthz_describes_the_server(server):
     assert h["status"] == "ok" and h["embedded_demo_model"] is True and h["auth_required"] is False
     assert h["worker"] == {"kind": "processes", "lanes": 2} and h["max_sessions"] == 16
     assert "--model" in h["load_model_hint"]
+
+
+@pytest.mark.asyncio
+async def test_g711_text_items_clear_and_delete_in_a_live_session(server, speech_16k):
+    """The protocol paths besides a plain voice turn, against the model: G.711 μ-law in and out,
+    buffer clear, a text item answered in text only, a spoken answer to it, and the refused delete."""
+    from streaming.gateway.codecs import float_to_pcm16, resample, ulaw_encode
+    x = np.concatenate([speech_16k, np.zeros(3200, np.float32)])
+    ulaw = ulaw_encode(float_to_pcm16(resample(x, 16000, 8000)))
+    async with websockets.connect(server.ws_url) as ws:
+        await recv_until(ws, lambda e: e["type"] == "session.created")
+        await send(ws, type="session.update", session={"audio": {
+            "input": {"format": {"type": "audio/pcmu"}, "turn_detection": None},
+            "output": {"format": {"type": "audio/pcmu"}}}})
+        upd = (await recv_until(ws, lambda e: e["type"] == "session.updated"))[-1]
+        assert upd["session"]["audio"]["output"]["format"]["type"] == "audio/pcmu"
+        await send(ws, type="input_audio_buffer.append", audio=base64.b64encode(ulaw[:4000]).decode())
+        await send(ws, type="input_audio_buffer.clear")
+        await recv_until(ws, lambda e: e["type"] == "input_audio_buffer.cleared")
+        for i in range(0, len(ulaw), 800):                           # 100 ms of 8-kHz μ-law each
+            await send(ws, type="input_audio_buffer.append", audio=base64.b64encode(ulaw[i:i + 800]).decode())
+        await send(ws, type="input_audio_buffer.commit")
+        committed = (await recv_until(ws, lambda e: e["type"] == "input_audio_buffer.committed"))[-1]
+        await send(ws, type="conversation.item.create", item={
+            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "And in words?"}]})
+        added = await recv_until(ws, lambda e: e["type"] == "conversation.item.done"
+                                 and e["item"]["content"][0]["type"] == "input_text")
+        assert added[-1]["previous_item_id"] == committed["item_id"]          # after the audio turn
+        await send(ws, type="response.create", response={"output_modalities": ["text"], "temperature": 0.3,
+                                                          "metadata": {"topic": "words"}})
+        text_reply = await recv_until(ws, lambda e: e["type"] == "response.done")
+        kinds = types(text_reply)
+        assert "response.output_text.delta" in kinds and "response.output_audio.delta" not in kinds
+        assert ended_normally(text_reply[-1]["response"])
+        assert text_reply[0]["response"]["metadata"] == text_reply[-1]["response"]["metadata"] == {"topic": "words"}
+        await send(ws, type="response.create")
+        spoken = await recv_until(ws, lambda e: e["type"] == "response.done")
+        deltas = [base64.b64decode(e["delta"]) for e in spoken if e["type"] == "response.output_audio.delta"]
+        n = sum(len(d) for d in deltas)                              # one byte per 8-kHz sample
+        assert n > 800 and abs(n - spoken[-1]["response"]["omni"]["timings"]["audio_ms"] * 8) <= 8 * len(deltas)
+        await send(ws, type="conversation.item.delete", item_id=committed["item_id"])
+        err = (await recv_until(ws, lambda e: e["type"] == "error"))[-1]
+        assert err["error"]["param"] == "item_id"
+        await send(ws, type="response.create")                       # the session goes on
+        again = await recv_until(ws, lambda e: e["type"] == "response.done")
+        assert ended_normally(again[-1]["response"])
