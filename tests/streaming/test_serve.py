@@ -1,0 +1,69 @@
+"""`omni serve` as a user runs it: a subprocess on the embedded model, with its model processes;
+/healthz and a WebSocket session answer, and Ctrl-C (SIGINT) stops it with its processes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import websockets
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(d))
+            except OSError:
+                pass
+    return kids
+
+
+@pytest.mark.asyncio
+async def test_omni_serve_starts_answers_and_stops_with_its_model_processes():
+    from streaming.settings import ServerSettings
+    lanes = ServerSettings().lanes                      # one per core (2 on the CI machine)
+    if ServerSettings().worker_kind != "processes":
+        pytest.skip("a single-core machine runs the model on a thread")
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "omni.cli", "serve", "--port", str(port)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        t0 = time.monotonic()
+        for line in p.stderr:
+            lines.append(line)
+            if "omni: open" in line or time.monotonic() - t0 > 120:
+                break
+        assert any(f"model ready ({lanes} lane(s), processes)" in ln for ln in lines), lines
+        health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10))
+        assert health["worker"] == {"kind": "processes", "lanes": lanes} and health["embedded_demo_model"]
+        async with websockets.connect(f"ws://127.0.0.1:{port}/v1/realtime") as ws:
+            assert json.loads(await ws.recv())["type"] == "session.created"
+        models = [k for k in _children(p.pid) if b"spawn_main" in open(f"/proc/{k}/cmdline", "rb").read()]
+        assert len(models) == lanes, models
+        p.send_signal(signal.SIGINT)
+        assert p.wait(30) == 0
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{k}") for k in models) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(os.path.exists(f"/proc/{k}") for k in models), "model processes outlived the server"
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.stderr.close()
