@@ -165,7 +165,6 @@ class ProcessWorker:
     def __init__(self, checkpoint: str, dtype: str = "float32", device: str = "cpu", lanes: int = 2,
                  step_timeout_s: float = 60.0, clock_s=time.monotonic):
         """`step_timeout_s`: a process that takes longer over one step is killed and replaced."""
-        self.omni = None           # the model lives in the processes
         self._lanes = [_Lane(i, (str(checkpoint), dtype, device), clock_s, step_timeout_s) for i in range(lanes)]
         self._ids = itertools.count()
         for lane in self._lanes:   # all load at once

@@ -153,7 +153,7 @@ def serve(args) -> int:
               "Load a real checkpoint with --model DIR.", file=sys.stderr)
     worker = make_worker(settings)
     print(f"omni: model ready ({settings.lanes} lane(s), {settings.worker_kind})", file=sys.stderr)
-    app = build_app(settings, worker.omni, embedded, worker)
+    app = build_app(settings, None, embedded, worker)          # the worker holds the model
     app.on_cleanup.append(lambda _app: asyncio.to_thread(worker.close))
     scheme = "https" if settings.tls else "http"
     print(f"omni: open {scheme}://{settings.host}:{settings.port}/  (realtime API: "

@@ -103,8 +103,6 @@ class ModelWorker:
         self.omni = omni
         self.lanes = lanes
         self.queue = DeadlineQueue(clock_s)
-        if lanes > 1:
-            torch.set_num_threads(1)
         self._threads = [threading.Thread(target=self._lane, name=f"omni-model_{i}", daemon=True)
                          for i in range(lanes)]
         for t in self._threads:
