@@ -99,6 +99,8 @@ class ModelWorker:
     Threads share the interpreter: the tiny model's many small ops contend for the GIL, so on this
     2-core CPU two lanes give about 1.3x one lane; `procs.ProcessWorker` gives 2x."""
 
+    kind = "threads"
+
     def __init__(self, omni, lanes: int = 1, clock_s=time.monotonic):
         self.omni = omni
         self.lanes = lanes

@@ -182,15 +182,24 @@ def float_to_pcm16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(np.asarray(x, np.float32) * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def encode_output_audio(wav_24k: np.ndarray, fmt: AudioFormat | str) -> str:
-    """24 kHz float32 reply audio -> base64 in the session's output format.
+class OutputAudioStream:
+    """24 kHz float32 reply audio -> base64 deltas in the session's output format, state kept
+    across deltas (G.711 is resampled to 8 kHz as one stream: no clicks or lost samples at
+    delta edges). PCM16 stays at 24 kHz and holds nothing back."""
 
-    PCM16 stays at 24 kHz; G.711 is resampled to 8 kHz first. One-shot; a stream of TTS chunks
-    to G.711 should go through a StreamResampler(24000, 8000) and `pcm16_to_wire`.
-    """
-    t = _fmt(fmt)
-    x = resample(wav_24k, MODEL_OUTPUT_RATE_HZ, _rate_hz(t))
-    return base64.b64encode(pcm16_to_wire(float_to_pcm16(x), t)).decode("ascii")
+    def __init__(self, fmt: AudioFormat | str) -> None:
+        self.fmt = _fmt(fmt)
+        self.resampler = StreamResampler(MODEL_OUTPUT_RATE_HZ, _rate_hz(self.fmt))
+
+    def push(self, wav_24k: np.ndarray) -> str:
+        return self._wire(self.resampler.push(wav_24k))
+
+    def flush(self) -> str:
+        """The held-back tail ("" when there is none, e.g. PCM16)."""
+        return self._wire(self.resampler.flush())
+
+    def _wire(self, x: np.ndarray) -> str:
+        return base64.b64encode(pcm16_to_wire(float_to_pcm16(x), self.fmt)).decode("ascii") if len(x) else ""
 
 
 def pcm16_to_wire(pcm16: np.ndarray, fmt: AudioFormat | str) -> bytes:

@@ -414,7 +414,7 @@ def response_content_part_done(response_id: str, item_id: str, output_index: int
 
 def response_output_audio_delta(response_id: str, item_id: str, output_index: int,
                                 content_index: int, delta: str) -> dict[str, Any]:
-    """`delta`: base64 audio in the session's output format (codecs.encode_output_audio)."""
+    """`delta`: base64 audio in the session's output format (codecs.OutputAudioStream)."""
     return server_event("response.output_audio.delta", delta=delta,
                         **_pos(response_id, item_id, output_index, content_index))
 

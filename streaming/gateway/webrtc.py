@@ -301,7 +301,7 @@ class Call:
             except MediaStreamError:
                 return
             now = self.clock_s()
-            if now - last_s < FRAME_INTERVAL_S:
+            if now - last_s < FRAME_INTERVAL_S or not self.conv.config.omni.video:   # nothing to convert
                 continue
             last_s = now
             self.conv.push_frame(await loop.run_in_executor(None, frame.to_image))

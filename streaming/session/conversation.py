@@ -19,7 +19,7 @@ from omni.sampling import SamplingParams
 from omni.session.engine import GenerateOptions
 
 from ..gateway import protocol as W
-from ..gateway.codecs import InputAudioStream, decode_image, read_wav_any, wire_to_float
+from ..gateway.codecs import InputAudioStream, decode_image, decode_input_audio, read_wav_any
 from ..gateway.errors import ProtocolError
 from ..turn.vad import ServerVadConfig, SpeechStarted, SpeechStopped
 from .listen import Listener
@@ -78,8 +78,7 @@ class Conversation:
         td = self.config.turn_detection
         if td is None:
             return None
-        return ServerVadConfig(td.threshold, td.prefix_padding_ms, td.silence_duration_ms,
-                               td.create_response, td.interrupt_response)
+        return ServerVadConfig(td.threshold, td.prefix_padding_ms, td.silence_duration_ms)
 
     # ---- dispatch -----------------------------------------------------------------------------
     async def handle(self, ev) -> None:
@@ -98,8 +97,7 @@ class Conversation:
         if new.input_format != old.input_format:
             self.input = InputAudioStream(new.input_format)
         self.responder.output_format = new.output_format if self.wire_audio else None
-        if new.turn_detection != old.turn_detection or new.omni.video != old.omni.video:
-            self.listener.configure(self._vad_cfg(), new.omni.video)
+        self.listener.configure(self._vad_cfg(), new.omni.video)   # no-op unless the VAD itself changed
         await self.send(W.session_updated(self._wire_session()))
 
     async def _on_input_audio_buffer_append(self, ev) -> None:
@@ -141,7 +139,7 @@ class Conversation:
                 if p.type == "input_text":
                     content.append(p.text or "")
                 elif p.type == "input_audio":
-                    content.append(wire_to_float(p.audio, self.config.input_format) if p.audio else None)
+                    content.append(decode_input_audio(p.audio, self.config.input_format) if p.audio else None)
                 elif p.type == "input_image":
                     content.append(decode_image(p.image, self.settings.max_image_pixels))
             content = [c for c in content if c is not None]

@@ -31,21 +31,32 @@ class Listener:
                  clock_s: Callable[[], float] = time.monotonic):
         self.vad = vad
         self.chunker = UnitChunker(clock_s=clock_s, video=video)
+        self.heard_samples = 0              # stream clock: every 16-kHz sample pushed so far
+        self.vad_cfg = None
         self.configure(vad_cfg, video)
 
+    @property
+    def speaking(self) -> bool:
+        return self.vad_cfg is not None and self.detector.state.speaking
+
     def configure(self, vad_cfg: ServerVadConfig | None, video: bool) -> None:
-        """Switch turn detection; an utterance in progress is kept in manual mode."""
-        self.vad_cfg = vad_cfg
+        """Switch turn detection; an utterance in progress is kept in manual mode. The VAD frames,
+        the prefix buffer and the detector all count stream time from the same clock, so turning
+        VAD on (or changing it) mid-stream keeps their times comparable."""
         self.chunker.video = video
-        if vad_cfg is not None:
+        if vad_cfg is not None and vad_cfg != self.vad_cfg:
             assert self.vad is not None, "server VAD needs the silero model"
+            now_ms = self.heard_samples * 1000 // 16000
+            if self.vad_cfg is None:        # a running VAD keeps its network state and clock
+                self.vad_state = self.vad.new_state(origin_ms=now_ms)
             self.detector = TurnDetector(vad_cfg)
-            self.vad_state = self.vad.new_state()
+            self.detector.reset(floor_ms=now_ms)
             # 2 s of slack beyond the look-back: reads happen at every push.
-            self.prefix = PrefixBuffer(vad_cfg.lookback_ms + 2000, start_ms=self.chunker.audio_end_ms)
-            self.speaking = False
+            self.prefix = PrefixBuffer(vad_cfg.lookback_ms + 2000, start_ms=now_ms)
+        self.vad_cfg = vad_cfg
 
     def push_audio(self, samples_16k: np.ndarray) -> list[ListenEvent]:
+        self.heard_samples += len(samples_16k)
         if self.vad_cfg is None:
             return [UnitReady(u) for u in self.chunker.push_audio(samples_16k)]
         self.prefix.push(samples_16k)
@@ -60,11 +71,9 @@ class Listener:
     def _on_turn_event(self, ev) -> list[ListenEvent]:
         out: list[ListenEvent] = [ev]
         if isinstance(ev, SpeechStarted):
-            self.speaking = True
             self.chunker.reset(ev.audio_start_ms)
             out += [UnitReady(u) for u in self.chunker.push_audio(self.prefix.read(ev.audio_start_ms))]
         else:
-            self.speaking = False
             tail = self.prefix.read(self.chunker.audio_end_ms, ev.audio_end_ms)
             out += [UnitReady(u) for u in self.chunker.push_audio(tail)]
             last = self.chunker.flush()
@@ -82,5 +91,4 @@ class Listener:
     def clear(self) -> None:
         self.chunker.reset(self.chunker.audio_end_ms)
         if self.vad_cfg is not None:
-            self.speaking = False
             self.detector.reset(int(self.chunker.audio_end_ms))

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..gateway import protocol as W
 from ..gateway.boundary import report
-from ..gateway.codecs import encode_output_audio
+from ..gateway.codecs import OutputAudioStream
 
 Send = Callable[[dict], Awaitable[None]]
 FIRST_AUDIO_TARGET_S = 0.2    # scheduling deadline of a reply's steps until its first audio
@@ -39,6 +39,7 @@ class Response:
     t_first_audio_s: float | None = None
     speak: bool = True                           # output_modalities: audio (+ transcript) or text only
     metadata: dict | None = None                 # the client's, echoed on the response object
+    wire: OutputAudioStream | None = None        # audio deltas on the wire (None: WebRTC's track)
 
     def part(self) -> dict:
         text = "".join(self.transcript)
@@ -60,7 +61,8 @@ class Responder:
     async def start(self, opts, t_trigger_s: float, previous_item_id: str | None,
                     extra_timings: dict | None = None, speak: bool = True, metadata=None) -> Response:
         """Start a reply with `GenerateOptions` `opts` (step_yields) on the conversation's engine."""
-        r = Response(W.new_id("resp"), W.new_id("item"), t_trigger_s, speak=speak, metadata=metadata)
+        r = Response(W.new_id("resp"), W.new_id("item"), t_trigger_s, speak=speak, metadata=metadata,
+                     wire=None if self.output_format is None else OutputAudioStream(self.output_format))
         self.current = r
         r.timings_ms.update(extra_timings or {})
         self.playout.start(r.id)
@@ -112,9 +114,12 @@ class Responder:
                 r.t_first_audio_s = self.clock_s()
             r.audio_samples += len(wav)
             self.playout.write(r.id, wav)
-            if self.output_format is not None:    # WebRTC carries audio on its track instead
-                await self.send(W.response_output_audio_delta(
-                    r.id, r.item_id, 0, 0, encode_output_audio(wav, self.output_format)))
+            if r.wire is not None:
+                await self._send_audio(r, r.wire.push(wav))
+
+    async def _send_audio(self, r: Response, b64: str) -> None:
+        if b64:                                   # a G.711 resampler may hold a few ms back
+            await self.send(W.response_output_audio_delta(r.id, r.item_id, 0, 0, b64))
 
     async def finish(self, r: Response, status: str, reason: str | None = None) -> None:
         """Close `r`: the done events, then `response.done`; idempotent."""
@@ -123,6 +128,8 @@ class Responder:
         r.closed, r.status, r.reason = True, status, reason
         if status == "cancelled":                 # capped (incomplete) replies still play to the end
             self.playout.stop(r.id)
+        elif r.wire is not None:
+            await self._send_audio(r, r.wire.flush())
         r.timings_ms["total_ms"] = 1000.0 * (self.clock_s() - r.t_trigger_s)
         r.timings_ms["audio_ms"] = 1000.0 * r.audio_samples / 24000
         item_status = "completed" if status == "completed" else "incomplete"

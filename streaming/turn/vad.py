@@ -27,30 +27,27 @@ assert FRAME_MS * SAMPLE_RATE_HZ == FRAME_SAMPLES * 1000, "frames must be a whol
 
 @dataclass(frozen=True)
 class ServerVadConfig:
-    """OpenAI Realtime `turn_detection: {type: server_vad}` fields (same names) plus our two knobs.
-
-    `create_response` / `interrupt_response` are carried for the gateway; the detector ignores them.
-    Defaults are OpenAI's (0.5 / 300 / 500)."""
+    """The OpenAI Realtime `server_vad` fields the detector uses (same names) plus our two knobs;
+    `create_response` / `interrupt_response` stay with the gateway. Defaults are OpenAI's (0.5 /
+    300 / 500). Every value the protocol accepts is valid here."""
     threshold: float = 0.5
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
-    create_response: bool = True
-    interrupt_response: bool = True
     min_speech_duration_ms: int = 250  # a voiced run shorter than this (cough, click) starts nothing
     end_threshold_delta: float = 0.15  # hysteresis: speech ends below threshold - delta (Silero's VADIterator uses 0.15)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         for name in ("prefix_padding_ms", "silence_duration_ms", "min_speech_duration_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.end_threshold_delta < self.threshold:
-            raise ValueError(f"end_threshold_delta must be in [0, threshold), got {self.end_threshold_delta}")
+        if self.end_threshold_delta < 0.0:
+            raise ValueError(f"end_threshold_delta must be >= 0, got {self.end_threshold_delta}")
 
     @property
     def end_threshold(self) -> float:
-        return self.threshold - self.end_threshold_delta
+        return max(0.0, self.threshold - self.end_threshold_delta)
 
     @property
     def lookback_ms(self) -> int:
@@ -159,10 +156,11 @@ class VadState:
     context_16k: np.ndarray = field(default_factory=lambda: np.zeros(SileroVAD.CONTEXT_SAMPLES, np.float32))
     pending_16k: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # < 512 samples not yet scored
     frames_done: int = 0
+    origin_ms: int = 0               # stream time of the first sample (a VAD switched on mid-stream)
 
     @property
     def next_frame_ms(self) -> int:
-        return self.frames_done * FRAME_MS
+        return self.origin_ms + self.frames_done * FRAME_MS
 
 
 class SileroVAD:
@@ -186,9 +184,9 @@ class SileroVAD:
         self._session = ort.InferenceSession(path or silero_onnx_path(), sess_options=opts,
                                              providers=["CPUExecutionProvider"])
 
-    def new_state(self) -> VadState:
-        """A fresh stream (equivalent to the wrapper's reset_states())."""
-        return VadState()
+    def new_state(self, origin_ms: int = 0) -> VadState:
+        """A fresh stream (equivalent to the wrapper's reset_states()) starting at `origin_ms`."""
+        return VadState(origin_ms=origin_ms)
 
     def push(self, state: VadState, samples_16k: np.ndarray) -> list[tuple[int, float]]:
         """Any number of 16-kHz float samples -> [(frame_start_ms, speech_prob)] for every 512-sample

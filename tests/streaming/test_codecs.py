@@ -120,12 +120,17 @@ def test_g711_matches_audioop_bit_for_bit_when_available() -> None:
 
 @pytest.mark.parametrize("fmt,bytes_per_24k_sample", [("audio/pcm", 2), ("audio/pcmu", 1 / 3),
                                                       ("audio/pcma", 1 / 3)])
-def test_encode_output_audio_sizes_and_pitch(fmt: str, bytes_per_24k_sample: float) -> None:
+def test_output_audio_stream_sizes_pitch_and_chunked_equals_whole(fmt: str, bytes_per_24k_sample: float) -> None:
     wav = sine(600, 24_000, 1.0)
-    data = base64.b64decode(C.encode_output_audio(wav, fmt))
+    whole = C.OutputAudioStream(fmt)
+    data = base64.b64decode(whole.push(wav)) + base64.b64decode(whole.flush())
     assert abs(len(data) - 24_000 * bytes_per_24k_sample) <= 2
     back = C.decode_input_audio(data, fmt)
     assert abs(len(back) - 16_000) <= 2 and abs(peak_hz(back, 16_000) - 600) <= 2
+    # Reply deltas of 6400 samples (odd at 8 kHz): the same bytes as one push, nothing lost at edges.
+    chunked = C.OutputAudioStream(fmt)
+    parts = [chunked.push(wav[i:i + 6400]) for i in range(0, len(wav), 6400)] + [chunked.flush()]
+    assert b"".join(base64.b64decode(p) for p in parts) == data
 
 
 # ---------------------------------------------------------------- images

@@ -79,9 +79,11 @@ def test_detector_reset_and_validation():
     assert [det.step(H, 5000 + i * FRAME_MS) for i in range(8)][-1] == [SpeechStarted(5000, 5000)]
     with pytest.raises(AssertionError, match="overlaps"):
         det.step(H, 5000)
-    for bad in ({"threshold": 1.0}, {"silence_duration_ms": -1}, {"threshold": 0.1, "end_threshold_delta": 0.15}):
+    for bad in ({"threshold": 1.5}, {"silence_duration_ms": -1}, {"end_threshold_delta": -0.1}):
         with pytest.raises(ValueError):
             ServerVadConfig(**bad)
+    # Every threshold the protocol accepts ([0, 1]) is valid; speech ends at >= 0.
+    assert ServerVadConfig(threshold=0.1).end_threshold == 0.0 and ServerVadConfig(threshold=1.0).end_threshold == 0.85
     assert ServerVadConfig().lookback_ms == 300 + 250 + 64
 
 
@@ -283,3 +285,33 @@ def test_loading_silero_keeps_thread_count():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "3"
+
+
+@pytest.mark.parametrize("start_manual", [False, True])
+def test_listener_reconfigured_mid_stream_keeps_one_clock(silero, golden_dir, start_manual):
+    """Turn detection changed after a turn (or switched on after manual audio): the second turn's
+    units are that utterance only, at its true stream time (no audio repeated or shifted)."""
+    from streaming.session.listen import Listener, UnitReady
+    speech, _ = sf.read(golden_dir / "speech_16k.wav", dtype="float32")
+    gap = np.zeros(32000, np.float32)
+    one = np.concatenate([gap[:16000], speech, gap])
+    listener = Listener(silero, None if start_manual else ServerVadConfig(), video=False)
+
+    def feed(audio):
+        out = []
+        for part in np.array_split(audio, len(audio) // 1600):      # 100-ms pushes
+            out += listener.push_audio(part)
+        return out
+    first = feed(one)
+    if start_manual:
+        listener.commit()
+    listener.configure(ServerVadConfig(silence_duration_ms=600), video=False)
+    second = feed(one)
+    starts = [e for e in second if isinstance(e, SpeechStarted)]
+    assert len(starts) == 1 and abs(starts[0].speech_start_ms - (len(one) / 16 + 1000)) <= 300, starts
+    units_s = sum(len(e.unit.audio_16k) for e in second if isinstance(e, UnitReady)) / 16000
+    stop = next(e for e in second if isinstance(e, SpeechStopped))
+    assert abs(units_s - (stop.audio_end_ms - starts[0].audio_start_ms) / 1000) < 0.05, units_s
+    assert units_s < len(speech) / 16000 + 1.5                       # the utterance, its padding and tail
+    if not start_manual:
+        assert sum(isinstance(e, SpeechStarted) for e in first) == 1

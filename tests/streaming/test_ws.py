@@ -358,15 +358,23 @@ async def test_a_dead_model_process_closes_its_sessions_and_the_server_goes_on(t
 
 
 @pytest.mark.asyncio
-async def test_healthz_describes_the_server(server):
+async def test_healthz_describes_the_server(server, tiny_omni):
     import aiohttp
-    async with aiohttp.ClientSession() as http:
-        async with http.get(server.http + "/healthz") as r:
-            assert r.status == 200
-            h = await r.json()
+    threads = await start_server(tiny_omni, model_lanes=1)         # the GPU shape: one lane thread
+    try:
+        async with aiohttp.ClientSession() as http:
+            health = []
+            for srv in (server, threads):
+                async with http.get(srv.http + "/healthz") as r:
+                    assert r.status == 200
+                    health.append(await r.json())
+    finally:
+        await threads.runner.cleanup()
+    h = health[0]
     assert h["status"] == "ok" and h["embedded_demo_model"] is True and h["auth_required"] is False
     assert h["worker"] == {"kind": "processes", "lanes": 2} and h["max_sessions"] == 16
     assert "--model" in h["load_model_hint"]
+    assert health[1]["worker"] == {"kind": "threads", "lanes": 1}
 
 
 @pytest.mark.asyncio
@@ -406,10 +414,36 @@ async def test_g711_text_items_clear_and_delete_in_a_live_session(server, speech
         spoken = await recv_until(ws, lambda e: e["type"] == "response.done")
         deltas = [base64.b64decode(e["delta"]) for e in spoken if e["type"] == "response.output_audio.delta"]
         n = sum(len(d) for d in deltas)                              # one byte per 8-kHz sample
-        assert n > 800 and abs(n - spoken[-1]["response"]["omni"]["timings"]["audio_ms"] * 8) <= 8 * len(deltas)
+        assert n > 800 and abs(n - spoken[-1]["response"]["omni"]["timings"]["audio_ms"] * 8) <= 2   # one stream
         await send(ws, type="conversation.item.delete", item_id=committed["item_id"])
         err = (await recv_until(ws, lambda e: e["type"] == "error"))[-1]
         assert err["error"]["param"] == "item_id"
         await send(ws, type="response.create")                       # the session goes on
         again = await recv_until(ws, lambda e: e["type"] == "response.done")
         assert ended_normally(again[-1]["response"])
+
+
+@pytest.mark.asyncio
+async def test_audio_in_a_created_item_reaches_the_model_at_16k(tiny_omni, speech_16k):
+    """`conversation.item.create` with `input_audio` in the session's format (24-kHz PCM16 or
+    8-kHz μ-law) is resampled to the model's 16 kHz, like streamed audio."""
+    from streaming.gateway.codecs import float_to_pcm16, resample, ulaw_encode
+    srv = await start_server(tiny_omni)                       # thread worker: the engine is in-process
+    try:
+        async with websockets.connect(srv.ws_url) as ws:
+            await recv_until(ws, lambda e: e["type"] == "session.created")
+            conv, = srv.app["conversations"]
+            seen, prefill = [], conv.engine.session.prefill
+            conv.engine.session.prefill = lambda msg: (seen.append(msg), prefill(msg))[1]
+            pcm = float_to_pcm16(resample(speech_16k, 16000, 24000)).tobytes()
+            ulaw = ulaw_encode(float_to_pcm16(resample(speech_16k, 16000, 8000)))
+            for fmt, data in (("audio/pcm", pcm), ("audio/pcmu", ulaw)):
+                await send(ws, type="session.update", session={"audio": {"input": {"format": {"type": fmt}}}})
+                await recv_until(ws, lambda e: e["type"] == "session.updated")
+                await send(ws, type="conversation.item.create", item={"type": "message", "role": "user", "content": [
+                    {"type": "input_audio", "audio": base64.b64encode(data).decode()}]})
+                await recv_until(ws, lambda e: e["type"] == "conversation.item.done")
+        clips = [c for msg in seen if msg["role"] == "user" for c in msg["content"] if isinstance(c, np.ndarray)]
+        assert len(clips) == 2 and all(abs(len(c) - len(speech_16k)) <= 16 for c in clips), [len(c) for c in clips]
+    finally:
+        await srv.runner.cleanup()
