@@ -84,7 +84,7 @@ def chat(m: Omni, msgs, max_new_tokens: int = 256, sampling: SamplingParams = GR
         raise ValueError("max_new_tokens must be >= 1")
     p = prepare(m, msgs, use_tts_template=use_tts_template or (True if generate_audio else None),
                 max_slice_nums=max_slice_nums)
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    gen = torch.Generator(device=m.device).manual_seed(seed) if seed is not None else None   # draws run on the device
     llm = m.net.llm
     cache = llm.new_cache()
     hidden = llm.model(embed_prepared(m, p), cache=cache)

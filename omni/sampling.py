@@ -1,15 +1,15 @@
-"""LLM token choice: the transformers 4.44 logits pipeline re-done in a few lines.
+"""LLM token choice: the official `generate` logits pipeline with transformers' own processors.
 
 Order (as `generate` applies it): repetition penalty over the ids the call sees, then for sampling
 temperature -> top-k -> top-p -> softmax -> multinomial; greedy takes the arg-max after the penalty.
-Hand-written because the official pipeline classes (`LogitsWarper`) are gone from transformers 5.x
-and we need a per-session `torch.Generator`.
+The draw itself is ours: each session samples with its own `torch.Generator`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from transformers import RepetitionPenaltyLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper
 
 
 @dataclass(frozen=True)
@@ -28,27 +28,18 @@ def repetition_penalty(logits: torch.Tensor, seen_ids: torch.Tensor, penalty: fl
     """logits [V]; each id in seen_ids: negative scores x penalty, positive / penalty."""
     if penalty == 1.0 or seen_ids.numel() == 0:
         return logits
-    logits = logits.clone()
-    ids = seen_ids.to(logits.device).long().unique()
-    score = logits[ids]
-    logits[ids] = torch.where(score < 0, score * penalty, score / penalty)
-    return logits
+    ids = seen_ids.to(logits.device).long()[None]
+    return RepetitionPenaltyLogitsProcessor(penalty)(ids, logits[None])[0]
 
 
 def top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float, min_keep: int = 1) -> torch.Tensor:
-    """Mask (to -inf) all but the top_k logits, then all outside the top_p nucleus (ascending cumsum)."""
-    logits = logits.clone()
+    """logits [..., V]: mask (to -inf) all but the top_k, then all outside the top_p nucleus."""
+    x = logits.reshape(-1, logits.shape[-1])
     if top_k and top_k > 0:
-        k = min(max(top_k, min_keep), logits.shape[-1])
-        kth = torch.topk(logits, k).values[..., -1, None]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        x = TopKLogitsWarper(top_k, min_tokens_to_keep=min_keep)(None, x)
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=False)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        remove = cum <= (1 - top_p)
-        remove[..., -min_keep:] = False
-        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
-    return logits
+        x = TopPLogitsWarper(top_p, min_tokens_to_keep=min_keep)(None, x)
+    return x.reshape(logits.shape)
 
 
 def choose(logits: torch.Tensor, seen_ids: torch.Tensor, params: SamplingParams,

@@ -169,3 +169,12 @@ def test_interleaved_sessions_match_alone(tiny, media):
     for a, b in zip(alone, got):
         assert [t for t, _ in a] == [t for t, _ in b]
         np.testing.assert_array_equal(np.concatenate([w for _, w in a]), np.concatenate([w for _, w in b]))
+
+
+def test_sampling_generator_lives_on_the_model_device(tiny):
+    """torch.multinomial needs a generator on the logits' device (a CPU one fails on CUDA)."""
+    s = Session(tiny, seed=1)
+    assert s.state.generator.device == torch.device(tiny.device)
+    s.seed = None
+    s.reset()
+    assert s.state.generator.device == torch.device(tiny.device)

@@ -16,8 +16,7 @@ from omni.config import TTSConfig
 from omni.golden import tts as golden_tts
 from omni.golden.harness import GoldenDir, Report, format_row
 from omni.model.dvae import DVAEDims, ResidualFSQ, fsq_codes, fsq_digits
-from omni.model.tts import (ConditionalChatTTS, GreedySampler, MultinomialSampler, top_k_filter,
-                            top_p_filter)
+from omni.model.tts import ConditionalChatTTS, GreedySampler, MultinomialSampler
 from omni.model.tts_loop import crossfade
 from omni.model.vocos import ISTFT, VocosDims
 from omni.processing import tts_text as T
@@ -183,9 +182,9 @@ def test_chunked_prefill_equals_whole():
 
 
 def test_top_p_top_k_keep_three():
+    from omni.sampling import top_k_top_p
     logits = torch.tensor([[10.0, 0.0, -1.0, -2.0, -3.0]])
-    kept = top_k_filter(top_p_filter(logits, 0.7), 1)
-    assert torch.isfinite(kept).sum() == 3
+    assert torch.isfinite(top_k_top_p(logits, 1, 0.7, min_keep=3)).sum() == 3
 
 
 def test_sampler_determinism():

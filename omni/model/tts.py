@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
+from transformers import TopKLogitsWarper, TopPLogitsWarper
 
 from ..config import TTSConfig
 from ..processing.tts_text import condition_length, text_start_len, visible_text_count
@@ -23,8 +24,7 @@ from .audio import MultiModalProjector  # the official class is shared by audio 
 from .decoder import DecoderModel, causal_mask
 from .dvae import DVAE
 
-# transformers' TopP/TopK warpers as `gen_logits` builds them: min_tokens_to_keep=3.
-MIN_TOKENS_TO_KEEP = 3
+MIN_TOKENS_TO_KEEP = 3   # the official `gen_logits`' TopP/TopK warpers keep at least 3 codes
 # ChatTTS repetition-penalty window (frames), used only when repetition_penalty != 1.
 PENALTY_WINDOW_FRAMES = 16
 
@@ -124,19 +124,6 @@ class GreedySampler:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         return F.softmax(logits, dim=-1).argmax(-1)
-
-
-def top_p_filter(logits: torch.Tensor, top_p: float, min_keep: int = MIN_TOKENS_TO_KEEP) -> torch.Tensor:
-    """[Q, V]: drop the low tail whose cumulative (ascending) probability is <= 1 - top_p."""
-    sorted_logits, order = torch.sort(logits, descending=False)
-    remove = sorted_logits.softmax(-1).cumsum(-1) <= (1 - top_p)
-    remove[..., -min_keep:] = False
-    return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
-
-
-def top_k_filter(logits: torch.Tensor, top_k: int, min_keep: int = MIN_TOKENS_TO_KEEP) -> torch.Tensor:
-    k = min(max(top_k, min_keep), logits.shape[-1])
-    return logits.masked_fill(logits < torch.topk(logits, k).values[..., -1:], float("-inf"))
 
 
 def repetition_penalty(logits: torch.Tensor, frames: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -254,9 +241,7 @@ class ConditionalChatTTS(nn.Module):
 
     @torch.inference_mode()
     def generate(self, state: TTSState, max_new_frames: int, temperatures, sampler,
-                 eos: int | None = None, min_new_frames: int = 10, top_p: float | None = None,
-                 top_k: int | None = None, penalty: float | None = None,
-                 force_no_stop: bool = False) -> tuple[torch.Tensor, bool]:
+                 min_new_frames: int = 10, force_no_stop: bool = False) -> tuple[torch.Tensor, bool]:
         """Draw up to `max_new_frames` frames into `state`; return (state.codes [1, n, Q], finished).
 
         Official per-call behaviour: EOS is masked for the first `min_new_frames` steps of every
@@ -264,24 +249,26 @@ class ConditionalChatTTS(nn.Module):
         the frame is stored, yet the last stored frame is still dropped from `codes` (quirk kept).
         """
         c = self.cfg
-        eos = c.eos_code if eos is None else eos
-        top_p, top_k = c.top_p if top_p is None else top_p, c.top_k if top_k is None else top_k
-        penalty = c.repetition_penalty if penalty is None else penalty
+        eos, penalty = c.eos_code, c.repetition_penalty
+        # transformers' warpers as the official `gen_logits` builds them (min_tokens_to_keep=3).
+        top_p = TopPLogitsWarper(c.top_p, min_tokens_to_keep=MIN_TOKENS_TO_KEEP)
+        top_k = TopKLogitsWarper(c.top_k, min_tokens_to_keep=MIN_TOKENS_TO_KEEP)
         dev = self.emb_text.weight.device
         temps = torch.as_tensor(temperatures, dtype=torch.float32, device=dev).view(-1, 1)
         assert temps.shape[0] == c.num_vq, f"{temps.shape[0]} temperatures for {c.num_vq} codebooks"
+        text_mask = None if state.text_mask is None else state.text_mask.to(dev).bool()   # once per call
         with parametrize.cached():
             for i in range(max_new_frames):
                 past = state.cache.seq_len
                 assert state.input_len == past + 1, f"frames {state.frames.shape[1]} out of step with cache {past}"
                 bos = state.frames.shape[1] == 0
                 h = self.model(self._step_input(state), position_ids=torch.tensor([[past]], device=dev),
-                               cache=state.cache, mask=self.streaming_mask(past, state.text_mask, dev))
+                               cache=state.cache, mask=self.streaming_mask(past, text_mask, dev))
                 logits = torch.stack([head(h)[0, -1] for head in self.head_code]).float() / temps  # [Q, V]
                 if not bos:
                     if penalty != 1.0:
                         logits = repetition_penalty(logits, state.frames[0], penalty)
-                    logits = top_k_filter(top_p_filter(logits, top_p), top_k)
+                    logits = top_k(None, top_p(None, logits))     # ChatTTS order: top-p, then top-k
                 if i < min_new_frames or force_no_stop:
                     logits[:, eos] = float("-inf")
                 ids = sampler(logits).to(dev).long()

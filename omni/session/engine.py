@@ -62,7 +62,7 @@ class PrefillRecord:
     mels: list[torch.Tensor]                 # [1, 80, T] per clip
     vision: torch.Tensor | None              # [n_slices, query_num, H]
     inputs_embeds: torch.Tensor              # [1, L, H]
-    last_logits: torch.Tensor                # [V] at the last position
+    last_hidden: torch.Tensor                # [H] final hidden state at the last position (lm_head of it = the logits)
     cache_range: tuple[int, int] = (0, 0)
 
 
@@ -85,7 +85,7 @@ class Session:
         self.reset()
 
     def reset(self) -> None:
-        gen = torch.Generator()
+        gen = torch.Generator(device=self.m.device)   # multinomial draws on the logits' device (CUDA needs this)
         if self.seed is not None:   # per-session seed: sampled replies are reproducible per session
             gen.manual_seed(self.seed)
         else:
@@ -161,8 +161,8 @@ class Session:
         h = m.net.llm.model(embeds, cache=st.llm_cache)
         st.started = True
         st.record(role, start)
-        return PrefillRecord(text, input_ids, ib, ab, tgt, mels, vision, embeds,
-                             m.net.llm.lm_head(h[0, -1]), (start, st.cache_len))
+        return PrefillRecord(text, input_ids, ib, ab, tgt, mels, vision, embeds, h[0, -1],
+                             (start, st.cache_len))   # no LM head here: a unit needs no logits
 
     def _turn_prefix(self) -> str:
         st = self.state
