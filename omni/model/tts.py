@@ -69,11 +69,6 @@ class TTSCache:
         n = self._len[i]
         return self._k[i][:, :, :n], self._v[i][:, :, :n]
 
-    def crop(self, length: int) -> None:
-        """Drop audio entries after `length` (regenerate / barge-in rollback)."""
-        assert self.text_slots <= length <= self.seq_len, f"crop to {length} of {self.seq_len}"
-        self._len = [length] * len(self._len)
-
 
 class _SlotWriter:
     def __init__(self, cache: TTSCache, begin: int):

@@ -31,10 +31,6 @@ class VocosDims:
     hop_length: int = 256
     sample_rate_hz: int = 24000
 
-    @property
-    def samples_per_mel_frame(self) -> int:
-        return self.hop_length
-
 
 def mel_filterbank(n_freqs: int, n_mels: int, sample_rate_hz: int) -> torch.Tensor:
     """[n_freqs, n_mels] HTK-scale triangular filters, 0 Hz .. Nyquist, no normalisation

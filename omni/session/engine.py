@@ -68,7 +68,6 @@ class PrefillRecord:
 
 @dataclass
 class _Reply:
-    start: int                               # cache length before the generate prefix
     prefix_end: int                          # cache length once the prefix is in
     samples: int = 0                         # audio handed out so far
     marks: list[ReplyMark] = field(default_factory=list)
@@ -197,7 +196,7 @@ class Session:
         st.audio_cache.clear()
         ids = m.tokenizer.encode(P.GENERATE_PREFIX, add_special_tokens=False)
         (spk_pos, _), = P.bounds(ids, (m.ids.spk_bos,), (m.ids.spk_eos,))
-        self._reply = reply = _Reply(st.cache_len, st.cache_len + len(ids))
+        self._reply = reply = _Reply(st.cache_len + len(ids))
         chunks = _Tracked(llm_chunks(m, st, ids, o.max_new_tokens, o.sampling, trace))
         self.last_reply_end = None
         if not o.generate_audio:
@@ -289,7 +288,7 @@ class Session:
         dropped = st.drop_oldest_turns(self.max_cache_tokens, self.m.net.llm.model.inv_freq)
         if dropped and self._reply is not None:   # the latest reply is never dropped: shift it
             r = self._reply
-            r.start, r.prefix_end = r.start - dropped, r.prefix_end - dropped
+            r.prefix_end -= dropped
             r.marks = [ReplyMark(k.samples_end, k.cache_len - dropped) for k in r.marks]
 
     def _close_active(self) -> None:

@@ -166,7 +166,6 @@ def _run_segment(ctx: _Ctx, seg: _Segment, it: Iterator[LLMChunk]):
     c = tts.cfg
     R, step_tokens, n_spk = c.streaming_text_reserved_len, c.streaming_text_chunk_size, c.num_spk_embs
     state, prompt = seg.state, ctx.prompt(seg.gen_text)
-    language = T.detect_language(seg.raw)
     text_left: str | None = None
 
     def step(codes):   # decode the frames not yet decoded; a piece, or an idle one, or nothing

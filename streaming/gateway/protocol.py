@@ -286,7 +286,7 @@ SERVER_EVENT_TYPES = frozenset({
     "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
     "input_audio_buffer.committed", "input_audio_buffer.cleared",
     "conversation.item.added", "conversation.item.done", "conversation.item.truncated",
-    "conversation.item.deleted", "response.created", "response.done",
+    "response.created", "response.done",
     "response.output_item.added", "response.output_item.done",
     "response.content_part.added", "response.content_part.done",
     "response.output_audio.delta", "response.output_audio.done",
@@ -373,10 +373,6 @@ def conversation_item_truncated(item_id: str, content_index: int,
                                 audio_end_ms: int) -> dict[str, Any]:
     return server_event("conversation.item.truncated", item_id=item_id,
                         content_index=content_index, audio_end_ms=audio_end_ms)
-
-
-def conversation_item_deleted(item_id: str) -> dict[str, Any]:
-    return server_event("conversation.item.deleted", item_id=item_id)
 
 
 def response_created(response: dict[str, Any]) -> dict[str, Any]:

@@ -57,7 +57,7 @@ async def post_call(request: web.Request) -> web.Response:
     except BadOffer as e:
         return _error_response(400, "invalid_request_error", e.code, e.message)
     try:
-        lease = app["manager"].acquire("webrtc")
+        lease = app["manager"].acquire()
     except CapacityError as e:
         return _error_response(503, e.error_type, e.code, e.message)
     call = Call(app, lease)

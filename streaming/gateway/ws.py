@@ -14,7 +14,7 @@ from aiohttp import WSMsgType, web
 from ..playout import ClockPlayout
 from ..session.conversation import Conversation
 from .boundary import dispatch
-from .errors import CapacityError, close_code, to_error_event
+from .errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CapacityError, close_code, to_error_event
 
 log = logging.getLogger("omni.gateway")
 SEND_QUEUE = 512          # events; a client that stops reading stalls its own replies, nobody else's
@@ -29,7 +29,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
                                protocols=protocols + _key_protocols(request))
     await ws.prepare(request)
     try:
-        lease = manager.acquire("websocket")
+        lease = manager.acquire()
     except CapacityError as e:
         await ws.send_str(json.dumps(to_error_event(e)))
         await ws.close(code=close_code(e), message=b"server full")
@@ -40,7 +40,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
         await queue.put(event)
 
     conv = Conversation(app["worker"], settings, send, ClockPlayout(), app["vad"])
-    lease.close = lambda reason: queue.put_nowait((_CLOSE, 1001))   # idle timeout: "going away"
+    lease.close = lambda reason: queue.put_nowait((_CLOSE, CLOSE_GOING_AWAY))   # idle timeout
     app["conversations"].add(conv)
     try:
         async with asyncio.TaskGroup() as tg:
@@ -49,16 +49,13 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
             code = None
             async for msg in ws:
                 manager.touch(lease)
-                if msg.type == WSMsgType.TEXT:
-                    code = await dispatch(conv, msg.data, send, settings.max_message_bytes)
-                elif msg.type == WSMsgType.BINARY:   # UTF-8 JSON in a binary frame is accepted too
-                    code = await dispatch(conv, msg.data, send, settings.max_message_bytes)
-                else:
+                if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):   # UTF-8 JSON in binary frames too
                     break
+                code = await dispatch(conv, msg.data, send, settings.max_message_bytes)
                 if code is not None:
                     break
             await conv.close()
-            await queue.put(_CLOSE if code is None else (_CLOSE, code))   # a typed error's close code
+            await queue.put((_CLOSE, code or CLOSE_NORMAL))   # a typed error's own close code
             await sender
     finally:
         await conv.close()
@@ -72,9 +69,9 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
 async def _sender(ws: web.WebSocketResponse, queue: asyncio.Queue) -> None:
     while True:
         event = await queue.get()
-        if event is _CLOSE or isinstance(event, tuple) or ws.closed:
+        if isinstance(event, tuple) or ws.closed:     # (_CLOSE, code): the last thing sent
             if not ws.closed:
-                await ws.close(code=event[1] if isinstance(event, tuple) else 1000)
+                await ws.close(code=event[1])
             return
         await ws.send_str(json.dumps(event))
 

@@ -93,7 +93,3 @@ class QueuePlayout:
             else:
                 head.samples = head.samples[take:]
         return out
-
-    @property
-    def busy(self) -> bool:
-        return bool(self.queue)

@@ -32,7 +32,6 @@ MIN_COMMIT_MS = 100      # OpenAI rejects commits of less than 100 ms of audio
 class Turn:
     """The user turn being received."""
     item_id: str
-    units: int = 0
     audio_ms: float = 0.0
     prefill_ms: list[float] = field(default_factory=list)
 
@@ -161,7 +160,7 @@ class Conversation:
         if r is None or ev.item_id != r.item_id:
             raise ProtocolError("item_not_found", f"no assistant audio item {ev.item_id!r} to truncate",
                                 "item_id", ev.event_id)
-        emitted_ms = 1000.0 * r.audio_samples / 24000
+        emitted_ms = r.audio_ms
         if ev.audio_end_ms > emitted_ms + 1:
             raise ProtocolError("invalid_value", f"audio_end_ms {ev.audio_end_ms} is beyond the "
                                 f"{emitted_ms:.0f} ms of audio sent for this item", "audio_end_ms", ev.event_id)
@@ -237,7 +236,6 @@ class Conversation:
 
     async def _prefill_unit(self, unit) -> None:
         turn = self._turn()
-        turn.units += 1
         turn.audio_ms += unit.duration_ms
         if self.responder.current is not None:   # no barge-in: hear it after the reply
             self.pending_units.append(unit)
@@ -300,7 +298,7 @@ class Conversation:
         r = self.last_reply
         if r is None or not self.rollback_open:
             return False
-        return self.responder.current is r or self.playout.played_ms(r.id) < 1000.0 * r.audio_samples / 24000 - 20
+        return self.responder.current is r or self.playout.played_ms(r.id) < r.audio_ms - 20
 
     async def _barge_in(self, reason: str) -> None:
         """Stop the reply the user talks over; the context will keep only what was heard (the

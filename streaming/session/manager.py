@@ -17,8 +17,6 @@ from ..gateway.errors import CapacityError
 @dataclass
 class Lease:
     session_id: str
-    transport: str
-    created_s: float
     last_active_s: float
     close: Callable[[str], None] | None = None     # asks the connection to close (idle timeout)
 
@@ -31,12 +29,11 @@ class SessionManager:
     leases: dict[str, Lease] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
-    def acquire(self, transport: str, close: Callable[[str], None] | None = None) -> Lease:
+    def acquire(self) -> Lease:
         if len(self.leases) >= self.max_sessions:
             raise CapacityError("server_busy", f"server full: {len(self.leases)} of {self.max_sessions} sessions in use; "
                                 "try again later")
-        now = self.clock()
-        lease = Lease(f"sess_{next(self._ids):06d}", transport, now, now, close)
+        lease = Lease(f"sess_{next(self._ids):06d}", self.clock())
         self.leases[lease.session_id] = lease
         return lease
 

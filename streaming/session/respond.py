@@ -17,7 +17,7 @@ import numpy as np
 
 from ..gateway import protocol as W
 from ..gateway.boundary import report
-from ..gateway.codecs import OutputAudioStream
+from ..gateway.codecs import MODEL_OUTPUT_RATE_HZ, OutputAudioStream
 
 Send = Callable[[dict], Awaitable[None]]
 FIRST_AUDIO_TARGET_S = 0.2    # scheduling deadline of a reply's steps until its first audio
@@ -40,6 +40,11 @@ class Response:
     speak: bool = True                           # output_modalities: audio (+ transcript) or text only
     metadata: dict | None = None                 # the client's, echoed on the response object
     wire: OutputAudioStream | None = None        # audio deltas on the wire (None: WebRTC's track)
+
+    @property
+    def audio_ms(self) -> float:
+        """Reply audio generated so far."""
+        return 1000.0 * self.audio_samples / MODEL_OUTPUT_RATE_HZ
 
     def part(self) -> dict:
         text = "".join(self.transcript)
@@ -99,7 +104,7 @@ class Responder:
         """When this reply's listener would run out of audio (first audio: soon after the turn)."""
         if r.t_first_audio_s is None:
             return r.t_trigger_s + FIRST_AUDIO_TARGET_S
-        return r.t_first_audio_s + r.audio_samples / 24000 - PLAYOUT_MARGIN_S
+        return r.t_first_audio_s + r.audio_ms / 1000.0 - PLAYOUT_MARGIN_S
 
     async def _emit(self, r: Response, text: str, wav: np.ndarray) -> None:
         now_ms = lambda: 1000.0 * (self.clock_s() - r.t_trigger_s)
@@ -131,7 +136,7 @@ class Responder:
         elif r.wire is not None:
             await self._send_audio(r, r.wire.flush())
         r.timings_ms["total_ms"] = 1000.0 * (self.clock_s() - r.t_trigger_s)
-        r.timings_ms["audio_ms"] = 1000.0 * r.audio_samples / 24000
+        r.timings_ms["audio_ms"] = r.audio_ms
         item_status = "completed" if status == "completed" else "incomplete"
         text = "".join(r.transcript)
         if r.speak:
