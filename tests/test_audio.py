@@ -114,8 +114,8 @@ def test_streaming_one_step_shapes():
     cache = AudioEncoderCache()
     out = audio_embeddings_streaming(apm, proj, torch.randn(1, 80, pa.MEL_FRAMES_PER_S), cache, POOL)
     assert out.shape == (pa.TOKENS_PER_S, 48)
-    assert cache.length == pa.POST_CONV_FRAMES_PER_S and len(cache.k) == len(cache.v) == 2
-    assert cache.k[0].shape == (1, 4, pa.POST_CONV_FRAMES_PER_S, 8)
+    assert cache.length == pa.POST_CONV_FRAMES_PER_S and cache.num_layers == 2
+    assert cache.layer(0)[0].shape == cache.layer(1)[1].shape == (1, 4, pa.POST_CONV_FRAMES_PER_S, 8)
 
 
 @torch.inference_mode()
@@ -162,14 +162,15 @@ def test_streaming_earlier_output_never_changes():
     cache = AudioEncoderCache()
     first = audio_embeddings_streaming(apm, proj, mel[:, :, :100], cache, POOL)
     first_copy = first.clone()
-    k_old, v_old = [k.clone() for k in cache.k], [v.clone() for v in cache.v]
+    k_old = [cache.layer(i)[0].clone() for i in range(cache.num_layers)]
+    v_old = [cache.layer(i)[1].clone() for i in range(cache.num_layers)]
     audio_embeddings_streaming(apm, proj, mel[:, :, 100:200], cache, POOL)
     audio_embeddings_streaming(apm, proj, mel[:, :, 200:], cache, POOL)
     assert torch.equal(first, first_copy)
     n = k_old[0].shape[2]
     for layer in range(len(k_old)):
-        assert torch.equal(cache.k[layer][:, :, :n], k_old[layer])
-        assert torch.equal(cache.v[layer][:, :, :n], v_old[layer])
+        assert torch.equal(cache.layer(layer)[0][:, :, :n], k_old[layer])
+        assert torch.equal(cache.layer(layer)[1][:, :, :n], v_old[layer])
     # A stream that stopped after chunk 0 returned the same rows.
     again = _stream(apm, proj, mel[:, :, :100], 100, AudioEncoderCache())[0]
     assert torch.equal(again, first)

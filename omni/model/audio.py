@@ -13,45 +13,36 @@ from __future__ import annotations
 
 import logging
 import numbers
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from omni.config import AudioConfig, OmniConfig
+from .decoder import KVCache
 from omni.processing.audio import post_conv_frames, pooled_tokens
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class AudioEncoderCache:
-    """Per-layer self-attention keys/values of the frames encoded so far, [1, H, length, Dh] each.
+class AudioEncoderCache(KVCache):
+    """Per-layer self-attention keys/values of the frames encoded so far, [1, H, length, Dh] each,
+    grown in place like the LLM's cache (a unit no longer copies the whole turn's cache).
 
     Owned by the session and passed into `WhisperEncoder.forward`; `length` (post-conv frames) is
-    also the positional offset of the next chunk. Empty lists mean an empty cache.
+    also the positional offset of the next chunk.
     """
-    k: list[torch.Tensor] = field(default_factory=list)
-    v: list[torch.Tensor] = field(default_factory=list)
+
+    def __init__(self) -> None:
+        super().__init__(0)                    # layers are learnt from the first chunk
 
     @property
     def length(self) -> int:
-        return self.k[0].shape[2] if self.k else 0
+        return self.seq_len
 
     def clear(self) -> None:
-        self.k.clear()
-        self.v.clear()
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add [B, H, T, Dh] new keys/values of `layer`; returns the full (old + new) pair."""
-        if layer == len(self.k):
-            self.k.append(k)
-            self.v.append(v)
-        else:
-            self.k[layer] = torch.cat([self.k[layer], k], dim=2)
-            self.v[layer] = torch.cat([self.v[layer], v], dim=2)
-        return self.k[layer], self.v[layer]
+        """Empty (a new turn); the buffers stay for the next one."""
+        self.crop(0)
 
 
 class WhisperAttention(nn.Module):
@@ -76,7 +67,7 @@ class WhisperAttention(nn.Module):
         q = self._split(self.q_proj(x) * self.scaling)
         k, v = self._split(self.k_proj(x)), self._split(self.v_proj(x))
         if cache is not None:
-            k, v = cache.append(layer, k, v)
+            k, v = cache.update(layer, k, v)
         scores = q @ k.transpose(2, 3)
         if mask is not None:
             scores = scores + mask

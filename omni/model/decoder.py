@@ -57,6 +57,7 @@ class KVCache:
     """
 
     def __init__(self, num_layers: int):
+        """`num_layers` 0: layers are added as `update` first meets them (in order)."""
         self.num_layers = num_layers
         self._k: list[torch.Tensor | None] = [None] * num_layers
         self._v: list[torch.Tensor | None] = [None] * num_layers
@@ -64,10 +65,15 @@ class KVCache:
 
     @property
     def seq_len(self) -> int:
-        return self._len[0]
+        return self._len[0] if self._len else 0
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Append k, v [B, H, T, D] to `layer`; return all keys and values so far."""
+        if layer == self.num_layers:           # a cache built with 0 layers learns them in order
+            self._k.append(None)
+            self._v.append(None)
+            self._len.append(0)
+            self.num_layers += 1
         B, H, T, D = k.shape
         n = self._len[layer]
         buf_k, buf_v = self._k[layer], self._v[layer]
