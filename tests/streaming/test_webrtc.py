@@ -179,7 +179,7 @@ async def test_voice_turn_over_webrtc(server, hello_48k, loopback_netns):
     voiced = [f for f in c.frames if f[2] > SPEECH_RMS]
     assert len(voiced) >= 10, f"{len(voiced)} voiced frames of {len(c.frames)}"
     assert c.selected_pair() == ("127.0.0.1", "127.0.0.1")
-    assert call_of(server).frames_in >= 2                           # camera frames reached the model
+    assert call_of(server).frames_in >= 2                           # camera frames reached the conversation
     await c.pc.close()
     await wait_freed(server)
 
