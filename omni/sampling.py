@@ -45,9 +45,37 @@ def top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float, min_keep: int = 
 def choose(logits: torch.Tensor, seen_ids: torch.Tensor, params: SamplingParams,
            generator: torch.Generator | None) -> int:
     """logits [V] (any dtype) -> next token id."""
-    scores = repetition_penalty(logits.float(), seen_ids, params.repetition_penalty)
-    if not params.do_sample:
-        return int(scores.argmax())
-    scores = top_k_top_p(scores / params.temperature, params.top_k, params.top_p)
-    probs = scores.softmax(-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return choose_rows(logits[None], [seen_ids.tolist()], [params], [generator])[0]
+
+
+def choose_rows(logits: torch.Tensor, seen: list, params: list[SamplingParams],
+                generators: list) -> list[int]:
+    """logits [B, V] -> one next token id per row, each row with its own penalty window, params
+    and generator. Every stage is row-wise (penalty, temperature, top-k, top-p, softmax), so a
+    row's token does not depend on the other rows: batched sessions draw what they would alone."""
+    B, V = logits.shape
+    scores = logits.float()
+    for b in range(B):
+        if params[b].repetition_penalty != 1.0 and len(seen[b]):
+            scores[b] = repetition_penalty(scores[b], torch.as_tensor(seen[b], dtype=torch.long),
+                                           params[b].repetition_penalty)
+    out: list = [None] * B
+    greedy = [b for b in range(B) if not params[b].do_sample]
+    if greedy:
+        for b, tok in zip(greedy, scores[greedy].argmax(-1).tolist()):
+            out[b] = tok
+    groups: dict[tuple, list[int]] = {}
+    for b in range(B):
+        if params[b].do_sample:
+            p = params[b]
+            groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(b)
+    drawn, draws = [], []
+    for (temperature, top_k, top_p), rows in groups.items():
+        probs = top_k_top_p(scores[rows] / temperature, top_k, top_p).softmax(-1)
+        for j, b in enumerate(rows):
+            drawn.append(b)
+            draws.append(torch.multinomial(probs[j], 1, generator=generators[b]))
+    if draws:   # one transfer to the host for every draw
+        for b, tok in zip(drawn, torch.cat(draws).tolist()):
+            out[b] = tok
+    return out

@@ -1,17 +1,19 @@
-"""`ProcessWorker`: one model process per lane, for multi-core CPUs.
+"""`ProcessWorker`: one model process per lane, each running a batch engine, for multi-core CPUs.
 
-Why processes: the tiny model's steps are thousands of small torch ops, and lane threads of one
-interpreter contend for the GIL between them; measured on this 2-core machine, two threads give
-about 1.3x the reply throughput of one, two processes 2.0x. Each process loads its own copy of the
-model (the memory cost: `model_lanes = 1` or `worker = "threads"` avoids it for big checkpoints on
-CPU) and owns the sessions placed on it; the parent keeps one earliest-deadline-first queue per
-process and a thread that feeds it one step at a time over a pipe, so scheduling is the same as
-`ModelWorker`'s. Only plain data crosses: op names, numpy audio, PIL frames, step results.
+Why processes: the tiny model's steps are thousands of small torch ops, and threads of one
+interpreter contend for the GIL between them; measured on this 2-core machine (bench/engine.py),
+one batch engine per process on each core gives about 1.3x the TTS frames per second of one
+engine using both cores. Each process loads its own copy of the model (the memory cost:
+`model_lanes = 1` or `worker = "threads"` avoids it for big checkpoints on CPU) and owns the
+sessions placed on it. Commands are pipelined: the parent sends them as they come (a sender
+thread) and a reader thread settles each one's future when its answer arrives, so a process's
+engine sees every session's work at once and batches it. Only plain data crosses: command names,
+numpy audio, PIL frames, results.
 
-A process that dies (killed, out of memory) or hangs (no answer to a step within
-`model_step_timeout_s`: it is killed) fails its step in flight and is started again; the
-sessions it held lost their context: each of their steps then fails with `ModelError`
-`model_process_died`, which closes the connection (1011) so the client reconnects to a new session.
+A process that dies (killed, out of memory) or hangs (commands outstanding and nothing heard for
+`model_step_timeout_s`: it is killed) fails every outstanding command and is started again; the
+sessions it held lost their context: each of their commands then fails with `ModelError`
+`model_process_died`, which closes the connection (1011) so the client reconnects.
 """
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ import itertools
 import logging
 import multiprocessing as mp
 import pickle
+import queue
 import signal
 import threading
 import time
 
 from .gateway.errors import ModelError
-from .handle import OPS, EngineHandle, _open
-from .worker import STOP, DeadlineQueue, settle
+from .handle import EngineHandle
+from .worker import EngineSpec, full_error, settle
 
 log = logging.getLogger("omni.procs")
 START_TIMEOUT_S = 600.0      # loading a full checkpoint on CPU takes minutes
@@ -51,58 +54,78 @@ def _portable(e: BaseException) -> BaseException:
         return ModelProcessError(f"{type(e).__name__}: {e}")
 
 
-def _child(conn, checkpoint: str, dtype: str, device: str) -> None:
-    """A model process: load, then run (session id, op, args) requests one at a time."""
+def _child(conn, checkpoint: str, dtype: str, device: str, spec: EngineSpec) -> None:
+    """A model process: load, build the engine, answer (rid, sid, command, args, deadline) requests."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent decides when we stop
     import torch
+    from omni.batch.engine import EngineFull
     from omni.loader import load
     torch.set_num_threads(1)
     try:
         omni = load(checkpoint, dtype=getattr(torch, dtype), device=device, progress=False)
+        engine = spec.engine(omni)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send((False, _portable(e)))
         return
-    conn.send((True, None))
-    sessions = {}
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        sid, op, args = msg
-        try:
-            if op == "open":
-                sessions[sid], result = _open(omni, *args), None
-            elif op == "close":
-                sessions.pop(sid, None)
-                result = None
-            elif op == "stats":           # not a session op: what this process holds
-                import resource
-                result = {"sessions": len(sessions),
-                          "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-            elif sid not in sessions:     # the parent stops these first (lost sessions); kept as a guard
-                raise ModelProcessError(f"session {sid} is not open in this model process")
-            else:
-                result = OPS[op](sessions[sid], *args)
-            reply = (True, result)
-        except Exception as e:  # noqa: BLE001 - handed to the awaiting coroutine
-            reply = (False, _portable(e))
-        conn.send(reply)
+    conn.send((True, engine.slots))
+    lock = threading.Lock()          # the engine thread and the reader both answer
+
+    def answer(rid):
+        def done(result, error):
+            with lock:
+                conn.send((rid, error is None, result if error is None else _portable(error)))
+        return done
+
+    def read() -> None:
+        ids: dict[int, int] = {}     # parent's session id -> the engine's
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                msg = None
+            if msg is None:
+                return engine.stop()
+            rid, sid, op, args, deadline_s = msg
+            try:
+                if op == "open":
+                    ids[sid] = engine.open(*args, done=answer(rid))
+                elif op == "stats":
+                    import resource
+                    answer(rid)({"sessions": len(ids), "slots": engine.slots, **engine.stats.as_dict(),
+                                 "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)},
+                                None)
+                elif sid not in ids:     # the parent stops these first (lost sessions); kept as a guard
+                    raise ModelProcessError(f"session {sid} is not open in this model process")
+                elif op == "close":
+                    engine.close(ids.pop(sid), answer(rid))
+                else:
+                    engine.submit(ids[sid], op, args, deadline_s, answer(rid))
+            except (EngineFull, ModelProcessError) as e:
+                answer(rid)(None, e)
+    threading.Thread(target=read, name="omni-model-read", daemon=True).start()
+    engine.run_forever()
 
 
 class _Lane:
-    """One model process, its queue and the parent thread that feeds it."""
+    """One model process, its outstanding requests and the two parent threads that talk to it."""
 
-    def __init__(self, index: int, spec: tuple, clock_s, step_timeout_s: float):
+    def __init__(self, index: int, spec: tuple, step_timeout_s: float):
         self.index, self.spec, self.step_timeout_s = index, spec, step_timeout_s
-        self.queue = DeadlineQueue(clock_s)
-        self.sids: set[int] = set()       # sessions living in the process
+        self.slots = 0
+        self.sids: set[int] = set()       # sessions placed on the process
         self.lost: set[int] = set()       # sessions whose process died
         self.died_code: int | None = None
-        self.lock = threading.Lock()      # sids/lost: changed by the event loop and this lane's thread
+        self.lock = threading.Lock()      # sids, lost, pending: the event loop and both threads
+        self.pending: dict[int, tuple] = {}            # rid -> (loop, fut)
+        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.ready = threading.Event()
+        self.stopping = False
         self.proc, self.conn = None, None
+
+    @property
+    def free(self) -> int:
+        with self.lock:
+            return self.slots - len(self.sids - self.lost)
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")     # fork would copy the event loop's threads and locks
@@ -116,57 +139,94 @@ class _Lane:
         if not self.conn.poll(START_TIMEOUT_S):
             raise ModelProcessError(f"model process {self.index} did not load within {START_TIMEOUT_S:.0f} s")
         try:
-            ok, error = self.conn.recv()
+            ok, value = self.conn.recv()
         except EOFError:
             raise ModelProcessError(f"model process {self.index} exited while loading "
                                     f"(exit code {self.proc.exitcode})") from None
         if not ok:
-            raise error
+            raise value
+        self.slots = value
+        self.ready.set()
 
-    def serve(self) -> None:
+    def send(self, rid: int, sid: int | None, op: str, args: tuple, deadline_s: float | None, waiter) -> None:
+        if waiter is not None:
+            with self.lock:
+                self.pending[rid] = waiter
+        self.outbox.put((rid, sid, op, args, deadline_s))
+
+    def run_sender(self) -> None:
+        """The only thread that writes to the process; None in the outbox ends it (and the process)."""
         while True:
-            job = self.queue.pop()
-            if job is STOP:
-                return
-            payload, loop, fut = job
+            msg = self.outbox.get()
+            self.ready.wait()
             try:
-                self.conn.send(payload)
-                if not self.conn.poll(self.step_timeout_s):   # hung (stopped, deadlocked): end it
-                    self.proc.kill()
-                    raise EOFError(f"no answer within {self.step_timeout_s:g} s; killed")
-                ok, value = self.conn.recv()
-                settle(loop, fut, value if ok else None, None if ok else value)
-            except (EOFError, OSError) as e:   # the process died under this step
-                self.proc.join(1.0)
-                code = self.died_code = self.proc.exitcode
-                with self.lock:
-                    self.lost |= self.sids
-                    n = len(self.sids)
-                log.error("model process %d died (%s, exit code %s): %d session(s) lost; restarting it",
-                          self.index, e, code, n)
-                settle(loop, fut, None, _died(code))
-                self._restart()
-            except Exception as e:  # noqa: BLE001 - e.g. an argument that does not pickle
-                settle(loop, fut, None, e)
+                self.conn.send(msg)
+            except Exception as e:  # noqa: BLE001 - a dead pipe (the reader restarts it) or an unpicklable argument
+                if msg is not None:
+                    self._settle(msg[0], None, e if self.proc.is_alive() else _died(self.proc.exitcode))
+            if msg is None:
+                return
 
-    def _restart(self) -> None:
+    def run_reader(self) -> None:
+        heard = time.monotonic()
+        while not self.stopping:
+            try:
+                if not self.conn.poll(0.5):
+                    with self.lock:
+                        busy = bool(self.pending)
+                    if busy and time.monotonic() - heard > self.step_timeout_s:   # hung: end it
+                        self.proc.kill()
+                        raise EOFError(f"no answer within {self.step_timeout_s:g} s; killed")
+                    if not busy:
+                        heard = time.monotonic()
+                    continue
+                rid, ok, value = self.conn.recv()
+                heard = time.monotonic()
+                self._settle(rid, value if ok else None, None if ok else value)
+            except (EOFError, OSError) as e:   # the process died
+                if self.stopping:
+                    return
+                self._died(e)
+                heard = time.monotonic()
+
+    def _settle(self, rid: int, result, error) -> None:
+        with self.lock:
+            waiter = self.pending.pop(rid, None)
+        if waiter is not None:
+            settle(*waiter, result, error)
+
+    def _died(self, e: BaseException) -> None:
+        self.ready.clear()
+        self.proc.join(1.0)
+        code = self.died_code = self.proc.exitcode
+        with self.lock:
+            self.lost |= self.sids
+            n, waiters = len(self.sids), list(self.pending.values())
+            self.pending.clear()
+        log.error("model process %d died (%s, exit code %s): %d session(s) lost; restarting it",
+                  self.index, e, code, n)
+        for waiter in waiters:
+            settle(*waiter, None, _died(code))
         try:
             self.start()
             self.wait_ready()
-        except Exception:  # noqa: BLE001 - the next step reports the dead pipe again
+        except Exception:  # noqa: BLE001 - the next command reports the dead pipe again
             log.exception("model process %d could not be restarted", self.index)
+            self.ready.set()
 
 
 class ProcessWorker:
-    """`lanes` model processes; a session lives on the one with the fewest sessions when it opens."""
+    """`spec.lanes` model processes; a session opens on the one with the most free slots."""
 
     kind = "processes"
 
-    def __init__(self, checkpoint: str, dtype: str = "float32", device: str = "cpu", lanes: int = 2,
-                 step_timeout_s: float = 60.0, clock_s=time.monotonic):
-        """`step_timeout_s`: a process that takes longer over one step is killed and replaced."""
-        self._lanes = [_Lane(i, (str(checkpoint), dtype, device), clock_s, step_timeout_s) for i in range(lanes)]
+    def __init__(self, checkpoint: str, spec: EngineSpec, dtype: str = "float32", device: str = "cpu",
+                 step_timeout_s: float = 60.0):
+        """`step_timeout_s`: a process silent this long with commands outstanding is killed and replaced."""
+        self.spec = spec
+        self._lanes = [_Lane(i, (str(checkpoint), dtype, device, spec), step_timeout_s) for i in range(spec.lanes)]
         self._ids = itertools.count()
+        self._rids = itertools.count()
         for lane in self._lanes:   # all load at once
             lane.start()
         try:
@@ -175,26 +235,37 @@ class ProcessWorker:
         except BaseException:
             self._kill()
             raise
-        self._threads = [threading.Thread(target=lane.serve, name=f"omni-model-feed_{lane.index}", daemon=True)
-                         for lane in self._lanes]
-        for t in self._threads:
-            t.start()
+        self._threads = []
+        for lane in self._lanes:
+            for fn, name in ((lane.run_sender, "send"), (lane.run_reader, "read")):
+                t = threading.Thread(target=fn, name=f"omni-model-{name}_{lane.index}", daemon=True)
+                t.start()
+                self._threads.append(t)
 
     @property
     def lanes(self) -> int:
         return len(self._lanes)
 
+    @property
+    def capacity(self) -> int:
+        return sum(lane.slots for lane in self._lanes)
+
     def open_session(self, max_cache_tokens: int | None = None) -> EngineHandle:
-        lane = min(self._lanes, key=lambda x: len(x.sids) - len(x.lost))
+        lane = max(self._lanes, key=lambda x: x.free)
         sid = next(self._ids)
         with lane.lock:
+            if lane.slots - len(lane.sids - lane.lost) <= 0:
+                raise full_error(self.capacity)
             lane.sids.add(sid)
-        lane.queue.put((sid, "open", (max_cache_tokens,)))     # before any step of the session
+        lane.send(next(self._rids), sid, "open", (max_cache_tokens,), None, None)   # before any command
 
         async def call(op: str, *args, deadline_s: float | None = None):
             if sid in lane.lost:
                 raise _died(lane.died_code)
-            return await lane.queue.submit((sid, op, args), deadline_s)
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            lane.send(next(self._rids), sid, op, args, deadline_s, (loop, fut))
+            return await fut
 
         def close() -> None:
             with lane.lock:
@@ -202,26 +273,34 @@ class ProcessWorker:
                 was_lost = sid in lane.lost
                 lane.lost.discard(sid)
             if not was_lost:
-                lane.queue.put((sid, "close", ()))
+                lane.send(next(self._rids), sid, "close", (), None, None)
         return EngineHandle(call, close)
 
     async def stats(self) -> list[dict]:
-        """Per process: the sessions it holds (as it counts them) and its peak RSS."""
-        return list(await asyncio.gather(*[lane.queue.submit((None, "stats", ())) for lane in self._lanes]))
+        """Per process: the sessions it holds (as it counts them), its engine's figures, peak RSS."""
+        loop = asyncio.get_running_loop()
+        futs = []
+        for lane in self._lanes:
+            fut = loop.create_future()
+            lane.send(next(self._rids), None, "stats", (), None, (loop, fut))
+            futs.append(fut)
+        return list(await asyncio.gather(*futs))
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Drop queued steps, let each process finish its step in flight, then stop them."""
+        """Stop each process after the commands already sent, then the parent threads."""
         for lane in self._lanes:
-            for _, loop, fut in lane.queue.stop(1):
-                settle(loop, fut, None, RuntimeError("the model worker closed"))
+            lane.stopping = True
+            lane.outbox.put(None)
+        for lane in self._lanes:
+            lane.proc.join(timeout_s)
         for t in self._threads:
             t.join(timeout_s)
         for lane in self._lanes:
-            try:
-                lane.conn.send(None)
-            except OSError:
-                pass
-            lane.proc.join(timeout_s)
+            with lane.lock:
+                waiters = list(lane.pending.values())
+                lane.pending.clear()
+            for waiter in waiters:
+                settle(*waiter, None, RuntimeError("the model worker closed"))
         self._kill()
 
     def _kill(self) -> None:

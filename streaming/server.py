@@ -28,12 +28,13 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> we
     from .gateway.ws import realtime_ws
     from .session.manager import SessionManager
     from .turn.vad import SileroVAD
-    from .worker import ModelWorker
+    from .worker import EngineSpec, EngineWorker
     app = web.Application(middlewares=[_auth_middleware], client_max_size=settings.max_message_bytes)
     app["settings"], app["embedded"] = settings, embedded
-    app["worker"] = worker or ModelWorker(omni, settings.lanes)
+    app["worker"] = worker or EngineWorker(omni, EngineSpec.from_settings(settings))
     app["owns_worker"] = worker is None
-    app["manager"] = SessionManager(settings.max_sessions, settings.idle_timeout_s)
+    # Admission by what the engines hold (their KV pools), within the operator's cap.
+    app["manager"] = SessionManager(min(settings.max_sessions, app["worker"].capacity), settings.idle_timeout_s)
     app["vad"] = SileroVAD()
     app["conversations"] = set()
     app["model_name"] = "embedded-tiny" if embedded else str(settings.model)
@@ -60,8 +61,9 @@ async def healthz(request: web.Request) -> web.Response:
     s: ServerSettings = app["settings"]
     return web.json_response({
         "status": "ok", "model": app["model_name"], "embedded_demo_model": app["embedded"],
-        "sessions": app["manager"].in_use, "max_sessions": s.max_sessions,
-        "worker": {"kind": app["worker"].kind, "lanes": app["worker"].lanes},
+        "sessions": app["manager"].in_use, "max_sessions": app["manager"].max_sessions,
+        "worker": {"kind": app["worker"].kind, "lanes": app["worker"].lanes, "batched": s.max_batch > 1,
+                   "max_batch": s.max_batch, "capacity": app["worker"].capacity},
         "auth_required": s.api_key is not None, "tls": s.tls,
         "load_model_hint": "omni serve --model /path/to/MiniCPM-o-2_6 --device cuda --dtype bfloat16",
     })
@@ -132,12 +134,13 @@ def load_model(settings: ServerSettings):
 
 def make_worker(settings: ServerSettings):
     """The model worker `settings.worker_kind` asks for, with the model loaded where it runs."""
+    from .worker import EngineSpec, EngineWorker
+    spec = EngineSpec.from_settings(settings)
     if settings.worker_kind == "processes":
         from .procs import ProcessWorker
-        return ProcessWorker(checkpoint_dir(settings), settings.dtype, settings.device, settings.lanes,
+        return ProcessWorker(checkpoint_dir(settings), spec, settings.dtype, settings.device,
                              settings.model_step_timeout_s)
-    from .worker import ModelWorker
-    return ModelWorker(load_model(settings)[0], settings.lanes)
+    return EngineWorker(load_model(settings)[0], spec)
 
 
 def serve(args) -> int:
@@ -152,7 +155,8 @@ def serve(args) -> int:
         print("serving the EMBEDDED DEMO MODEL (tiny, random weights: replies are noise by design). "
               "Load a real checkpoint with --model DIR.", file=sys.stderr)
     worker = make_worker(settings)
-    print(f"omni: model ready ({settings.lanes} lane(s), {settings.worker_kind})", file=sys.stderr)
+    print(f"omni: model ready ({settings.lanes} lane(s), {settings.worker_kind}, room for {worker.capacity} "
+          f"session(s), batches of up to {settings.max_batch})", file=sys.stderr)
     app = build_app(settings, None, embedded, worker)          # the worker holds the model
     app.on_cleanup.append(lambda _app: asyncio.to_thread(worker.close))
     scheme = "https" if settings.tls else "http"

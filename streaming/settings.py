@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -46,8 +47,10 @@ class ServerSettings:
     vad_silence_duration_ms: int = 500
     max_reply_tokens: int = 512
     max_speech_s: float = 60.0
-    model_lanes: int = 0  # parallel model steps (sessions); 0 = auto: one per core on CPU, 1 on GPU
-    worker: str = "auto"  # "processes" (a model copy per lane), "threads", or auto: processes on a CPU with >1 lane
+    model_lanes: int = 0  # batch engines; 0 = auto: one per core on CPU, 1 on GPU
+    worker: str = "auto"  # "processes" (an engine and a model copy per lane), "threads", or auto: processes on a CPU with >1 lane
+    max_batch: int = 32  # the most sessions' ops in one batched forward; 1 = every op alone (batching off)
+    kv_cache_gb: float = 0.0  # KV pool memory per engine; 0 = auto (CUDA: what is free after loading)
     model_step_timeout_s: float = 60.0  # processes: a model process silent this long over one step is replaced
     max_context_tokens: int = 8192  # LLM cache budget; oldest complete turns slide out (system prompt kept)
 
@@ -72,6 +75,8 @@ class ServerSettings:
             (self.max_reply_tokens >= 1, "max_reply_tokens must be at least 1"),
             (self.max_speech_s > 0, "max_speech_s must be positive"),
             (self.model_lanes >= 0, "model_lanes must be >= 0 (0 = auto)"),
+            (self.max_batch >= 1, "max_batch must be at least 1"),
+            (self.kv_cache_gb >= 0, "kv_cache_gb must be >= 0 (0 = auto)"),
             (self.worker in WORKERS, f"worker must be one of {', '.join(WORKERS)}"),
             (self.model_step_timeout_s > 0, "model_step_timeout_s must be positive"),
             (self.max_context_tokens >= 512, "max_context_tokens must be at least 512"),
@@ -82,7 +87,6 @@ class ServerSettings:
 
     @property
     def lanes(self) -> int:
-        from .worker import auto_lanes
         return self.model_lanes or auto_lanes(self.device)
 
     @property
@@ -95,6 +99,14 @@ class ServerSettings:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None or self.tls_self_signed
+
+
+def auto_lanes(device: str) -> int:
+    """Batch engines: on a CPU one per core (each single-threaded, in its own process by default);
+    on a GPU one (it batches every session itself)."""
+    if device.startswith("cpu"):
+        return max(1, min(4, os.cpu_count() or 1))
+    return 1
 
 
 _KINDS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float),

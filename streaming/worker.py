@@ -1,74 +1,39 @@
-"""The model owner: lanes that run every torch step, so the event loop never blocks on torch.
+"""The model owner: batch engines on their own threads, so the event loop never blocks on torch.
 
-Owns: the step scheduler and, for `ModelWorker`, the shared `Omni` bundle. Connections submit
-small steps through their `EngineHandle` (one unit prefill, one bounded reply step: one 3-token LLM
-call plus at most one 25-frame TTS step) and await them. Steps are served earliest-deadline-first:
-a reply step's deadline is the moment its listener would run out of audio, a prefill's is "now",
-so under load the session whose playback is about to starve goes first instead of whoever queued
-first. Does not own: per-session state (each session's `omni.session.Session`), protocol, media.
+Owns: `EngineWorker` (one or more `omni.batch.BatchEngine`s in this process, each on a thread,
+sharing the read-only model), how many sessions an engine holds (`EngineSpec`, from the settings
+and the memory there is), and the bridge from an engine's `done` callbacks to asyncio futures.
+A connection's `EngineHandle` sends its commands (a unit prefill, a reply step with the moment its
+listener would run out of audio as the deadline); the engine batches every session's model work
+and serves the most urgent first. Does not own: per-session state (in the engine), protocol, media.
 
-Two workers share this queue: `ModelWorker` (lane threads in this process; tests, GPUs) and
-`procs.ProcessWorker` (one model process per lane; the default on a multi-core CPU).
+`procs.ProcessWorker` runs the same engines in model processes (the default on a multi-core CPU,
+where one interpreter's GIL caps what the tiny model's many small ops can use).
 """
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
+import logging
+import math
 import os
 import threading
-import time
+from dataclasses import dataclass
 
 import torch
 
-from .handle import OPS, EngineHandle, _open
+from omni.batch.engine import BatchEngine, EngineFull, slot_bytes
 
-STOP = object()
+from .gateway.errors import CapacityError
+from .handle import EngineHandle
 
-
-class DeadlineQueue:
-    """Thread-safe queue of (loop, future, payload) jobs, most urgent deadline first (FIFO on ties)."""
-
-    def __init__(self, clock_s=time.monotonic):
-        self.clock_s = clock_s
-        self._heap: list = []
-        self._seq = itertools.count()
-        self._cv = threading.Condition()
-
-    def submit(self, payload, deadline_s: float | None = None) -> asyncio.Future:
-        """Queue `payload`; the returned future (on the running loop) gets the lane's result."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self.put(payload, deadline_s, loop, fut)
-        return fut
-
-    def put(self, payload, deadline_s: float | None = None, loop=None, fut=None) -> None:
-        """Queue without a waiter (loop/fut None): fire and forget."""
-        deadline = self.clock_s() if deadline_s is None else deadline_s
-        with self._cv:
-            heapq.heappush(self._heap, (deadline, next(self._seq), (payload, loop, fut)))
-            self._cv.notify()
-
-    def pop(self):
-        """Block until a job is due: (payload, loop, fut), or STOP."""
-        with self._cv:
-            while not self._heap:
-                self._cv.wait()
-            return heapq.heappop(self._heap)[2]
-
-    def stop(self, lanes: int) -> list:
-        """Replace every queued job by `lanes` STOPs; returns the dropped jobs."""
-        with self._cv:
-            dropped = [job for _, _, job in self._heap]
-            self._heap = [(float("inf"), next(self._seq), STOP) for _ in range(lanes)]
-            self._cv.notify_all()
-        return [j for j in dropped if j is not STOP]
+log = logging.getLogger("omni.worker")
+TURN_ROOM_TOKENS = 1024           # a slot's room over the context budget and a reply: one turn's growth
+CUDA_ACTIVATION_RESERVE_GB = 2.0  # kept free on a GPU for activations and CUDA graphs
+CPU_MEMORY_SHARE = 0.5            # of physical memory at most for the KV pools on a CPU
 
 
 def settle(loop, fut, result, error: BaseException | None) -> None:
-    """Hand a lane's result to the awaiting coroutine (from any thread)."""
-    if fut is None:
-        return
+    """Hand a result to the awaiting coroutine (from any thread)."""
     try:
         loop.call_soon_threadsafe(_settle, fut, result, error)
     except RuntimeError:        # the caller's loop is gone (shutdown): nobody waits
@@ -84,64 +49,105 @@ def _settle(fut: asyncio.Future, result, error) -> None:
         fut.set_result(result)
 
 
-def auto_lanes(device: str) -> int:
-    """Parallel step lanes: on a CPU, one per core with single-threaded torch ops (small tiny-model
-    ops scale better across sessions than inside one op); on a GPU one lane (kernels serialise)."""
-    if device.startswith("cpu"):
-        return max(1, min(4, os.cpu_count() or 1))
-    return 1
+@dataclass(frozen=True)
+class EngineSpec:
+    """What each engine is built with (plain data: it crosses to model processes)."""
+    max_sessions: int               # the server's cap, over all engines
+    lanes: int
+    slot_tokens: int
+    max_batch: int = 32
+    reply_reserve_tokens: int = 0
+    kv_cache_gb: float = 0.0        # per engine; 0 = auto
+
+    @classmethod
+    def from_settings(cls, s) -> "EngineSpec":
+        return cls(s.max_sessions, s.lanes, s.max_context_tokens + s.max_reply_tokens + TURN_ROOM_TOKENS,
+                   s.max_batch, s.max_reply_tokens + 16, s.kv_cache_gb)
+
+    def slots(self, omni) -> int:
+        """Sessions one engine holds: its share of max_sessions, within the memory for its pools."""
+        want = math.ceil(self.max_sessions / self.lanes)
+        per_slot = slot_bytes(omni, self.slot_tokens)
+        if self.kv_cache_gb > 0:
+            budget = self.kv_cache_gb * 2**30
+        elif omni.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(omni.device)
+            budget = 0.9 * free - CUDA_ACTIVATION_RESERVE_GB * 2**30
+        else:
+            budget = CPU_MEMORY_SHARE * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / self.lanes
+        fits = int(budget // per_slot)
+        if fits < want:
+            log.warning("KV pools: %d of %d sessions fit per engine (%.0f MB each, %.1f GB for the pools)",
+                        max(fits, 1), want, per_slot / 2**20, budget / 2**30)
+        return max(1, min(want, fits))
+
+    def engine(self, omni) -> BatchEngine:
+        return BatchEngine(omni, self.slots(omni), self.slot_tokens, self.max_batch, self.reply_reserve_tokens)
 
 
-class ModelWorker:
-    """`lanes` threads in this process pull the most urgent step; one session never has two steps
-    in flight (EngineHandle), so sessions run in parallel while each one's steps stay ordered.
+def engine_call(engine: BatchEngine, sid: int):
+    """An `EngineHandle` call for session `sid`: submit the command, await its `done`."""
+    async def call(op: str, *args, deadline_s: float | None = None):
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        engine.submit(sid, op, args, deadline_s, lambda result, error: settle(loop, fut, result, error))
+        return await fut
+    return call
 
-    Threads share the interpreter: the tiny model's many small ops contend for the GIL, so on this
-    2-core CPU two lanes give about 1.3x one lane; `procs.ProcessWorker` gives 2x."""
+
+def full_error(capacity: int) -> CapacityError:
+    return CapacityError("server_busy", f"server full: all {capacity} session slots of the model are in use; "
+                         "try again later")
+
+
+class EngineWorker:
+    """`lanes` batch engines in this process, one thread each; a session opens on the engine with
+    the most free slots."""
 
     kind = "threads"
 
-    def __init__(self, omni, lanes: int = 1, clock_s=time.monotonic):
-        self.omni = omni
-        self.lanes = lanes
-        self.queue = DeadlineQueue(clock_s)
-        self._threads = [threading.Thread(target=self._lane, name=f"omni-model_{i}", daemon=True)
-                         for i in range(lanes)]
+    def __init__(self, omni, spec: EngineSpec, torch_threads: int | None = None):
+        """`torch_threads`: intra-op threads per engine thread (None: one each when there are
+        several engines, torch's default otherwise)."""
+        self.spec = spec
+        self.engines = [spec.engine(omni) for _ in range(spec.lanes)]
+        threads = torch_threads or (1 if spec.lanes > 1 else None)
+        self._threads = [threading.Thread(target=self._serve, args=(e, threads), name=f"omni-engine_{i}", daemon=True)
+                         for i, e in enumerate(self.engines)]
         for t in self._threads:
             t.start()
 
-    async def run(self, fn, *args, deadline_s: float | None = None):
-        """Run `fn(*args)` on a lane, most urgent `deadline_s` (clock seconds) first; default now."""
-        return await self.queue.submit((fn, args), deadline_s)
+    @staticmethod
+    def _serve(engine: BatchEngine, threads: int | None) -> None:
+        if threads:
+            torch.set_num_threads(threads)   # per thread: without it every engine's GEMMs spread over all cores
+        engine.run_forever()
+
+    @property
+    def lanes(self) -> int:
+        return len(self.engines)
+
+    @property
+    def capacity(self) -> int:
+        return sum(e.slots for e in self.engines)
 
     def open_session(self, max_cache_tokens: int | None = None) -> EngineHandle:
-        """A new engine session in this process; its steps run on the lanes (see EngineHandle)."""
-        session = _open(self.omni, max_cache_tokens)
+        engine = max(self.engines, key=lambda e: e.free_slots)
+        try:
+            sid = engine.open(max_cache_tokens)
+        except EngineFull:
+            raise full_error(self.capacity) from None
+        local = lambda: getattr(engine._sessions.get(sid), "session", None)   # noqa: E731 - tests look inside
+        return EngineHandle(engine_call(engine, sid), lambda: engine.close(sid), local)
 
-        async def call(op: str, *args, deadline_s: float | None = None):
-            return await self.run(OPS[op], session, *args, deadline_s=deadline_s)
-        return EngineHandle(call, close=lambda: None, session=session)   # freed with the handle
-
-    def _lane(self) -> None:
-        if self.lanes > 1:
-            torch.set_num_threads(1)   # the intra-op setting is per thread: without this, every
-            #                            lane's GEMMs spread over all cores and the lanes fight
-        while True:
-            job = self.queue.pop()
-            if job is STOP:
-                return
-            (fn, args), loop, fut = job
-            try:
-                result, error = fn(*args), None
-            except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
-                result, error = None, e
-            settle(loop, fut, result, error)
+    async def stats(self) -> list[dict]:
+        return [{"sessions": e.slots - e.free_slots, "slots": e.slots, **e.stats.as_dict()} for e in self.engines]
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Drop queued steps, stop the lanes and wait for the step in flight, so no lane is inside
-        torch while the interpreter shuts down."""
-        for _, loop, fut in self.queue.stop(len(self._threads)):
-            settle(loop, fut, None, RuntimeError("the model worker closed"))
+        """Stop the engines (queued commands fail) and wait for the batch in flight, so no thread
+        is inside torch while the interpreter shuts down."""
+        for e in self.engines:
+            e.stop()
         for t in self._threads:
             if t is not threading.current_thread():
                 t.join(timeout_s)

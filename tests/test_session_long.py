@@ -1,12 +1,14 @@
 """Long sessions and many sessions on the tiny-a checkpoint: the sliding window (oldest complete
 turns dropped before a new user turn, system prompt kept bit-identical, positions contiguous),
-`interrupt_ms` / `reply_audio_ms`, and bounded round-robin steps across sessions."""
+`interrupt_ms` / `reply_audio_ms`, and sessions interleaved op by op."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
+from omni.model.ops import pull
+from omni.model.steps import Executor
 from omni.sampling import GREEDY, SamplingParams
 from omni.session.engine import GenerateOptions, Session
 
@@ -93,36 +95,33 @@ def test_interrupt_ms_and_reply_audio_ms(tiny, ref):
         s.interrupt_ms(-1)
 
 
-def test_round_robin_steps_match_alone(tiny, ref):
-    """Three sessions interleaved one bounded step at a time (unit prefills of one while others
-    generate) give exactly what each gives alone."""
-    opts = GenerateOptions(sampling=SamplingParams(), max_new_tokens=9, max_speech_s=1.2, step_yields=True)
+def test_interleaved_sessions_match_alone(tiny, ref):
+    """Three sessions' programs interleaved one model op at a time (unit prefills of one while
+    others generate) give exactly what each gives alone: sessions share no state."""
+    opts = GenerateOptions(sampling=SamplingParams(), max_new_tokens=9, max_speech_s=1.2)
 
     def script(seed, out):   # a session's own timeline: system, 2 units, reply, unit, reply, unit
         s = Session(tiny, seed=seed)
-        yield lambda: s.set_system("omni", ref_audio=ref)
+        yield from s.system_program("omni", ref_audio=ref)
         for k in range(2):
-            yield lambda k=k: s.append_unit(_audio(tiny, seed + k))
+            yield from s.unit_program(_audio(tiny, seed + k))
         for _ in range(2):
-            gen = s.generate(opts)
-            box = [None]
-            while True:
-                yield lambda: box.__setitem__(0, next(gen, None))
-                if box[0] is None:
-                    break
-                out.append(box[0])
-            yield lambda: s.append_unit(_audio(tiny, 10 + seed))
+            reply = s.reply_program(opts)
+            while (item := (yield from pull(reply))) is not None:
+                out.append(item)
+            yield from s.unit_program(_audio(tiny, 10 + seed))
 
     def run(seeds):
         outs = [[] for _ in seeds]
-        live = [script(seed, out) for seed, out in zip(seeds, outs)]
-        while live:   # one bounded step of each live session in turn
-            for sc in list(live):
-                step = next(sc, None)
-                if step is None:
-                    live.remove(sc)
-                else:
-                    step()
+        live = {i: (script(seed, out), None) for i, (seed, out) in enumerate(zip(seeds, outs))}
+        run_op = Executor.of(tiny).one
+        with torch.inference_mode():
+            while live:   # one op of each live session in turn
+                for i, (sc, result) in list(live.items()):
+                    try:
+                        live[i] = (sc, run_op(sc.send(result)))
+                    except StopIteration:
+                        del live[i]
         return outs
 
     alone = [run([seed])[0] for seed in (1, 2, 3)]
@@ -130,7 +129,7 @@ def test_round_robin_steps_match_alone(tiny, ref):
     for a, b in zip(alone, together):
         assert [t for t, _ in a] == [t for t, _ in b]
         np.testing.assert_array_equal(np.concatenate([w for _, w in a]), np.concatenate([w for _, w in b]))
-        assert any(len(w) == 0 and not t for t, w in a)     # idle steps were yielded
+    assert all(len(np.concatenate([w for _, w in a])) for a in alone)
 
 
 def test_reply_end_reason_is_reported(tiny):

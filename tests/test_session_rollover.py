@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from omni.model.ops import TTSFrame, stream
+from omni.model.steps import Executor
 from omni.model.tts import GreedySampler
 from omni.processing import tts_text as T
 from omni.session.speech import CARRY_FRAMES, CARRY_TEXT_TOKENS, LLMChunk, SpeechOptions, stream_speech
@@ -56,20 +58,24 @@ def test_long_reply_rolls_over_and_keeps_audio_flowing(tiny, monkeypatch):
     tts, vocos = tiny.net.tts, tiny.vocos
     sampler = EosWhenArmed(tts.cfg.eos_code)
     seen = {}
-    real = type(tts).prefill_audio_ids
+    real = type(tts).audio_prefill
 
     def spy(self, state, frames):
-        seen["frames_in"] = frames.clone()
-        real(self, state, frames)
-        seen.update(cache_len=state.cache.seq_len, frames=state.frames.clone(),
-                    mask=state.text_mask.clone(), input_len=state.input_len)
-    monkeypatch.setattr(type(tts), "prefill_audio_ids", spy)
+        seen.update(frames_in=frames.clone(), state=state, mask=state.text_mask.clone())
+        return real(self, state, frames)
+    monkeypatch.setattr(type(tts), "audio_prefill", spy)
+    execute = Executor.of(tiny).one
+
+    def run(op):   # the first step of the carried segment sees the carried frames and cache
+        if isinstance(op, TTSFrame) and op.state is seen.get("state") and "frames" not in seen:
+            st = op.state
+            seen.update(cache_len=st.cache.seq_len, frames=st.frames.clone(), input_len=st.input_len)
+        return execute(op)
     log: list = []
     trace: dict = {}
-    pieces = []
-    for p in stream_speech(tts, vocos, tiny.tts_tokenizer, _chunks(tiny, sampler, 200, 40, log), 0, sampler,
-                           SpeechOptions(), trace):
-        pieces.append(p)
+    program = stream_speech(tts, vocos, tiny.tts_tokenizer, _chunks(tiny, sampler, 200, 40, log), 0, sampler,
+                            tts.new_state, SpeechOptions(), trace)
+    pieces = list(stream(program, run))
     assert log, "the synthetic reply never reached a sentence end after 120 TTS tokens"
     C = tts.condition_length
     # New segment: BOS + 49 carried frames in the cache, the 50th is the next step's input.

@@ -60,18 +60,26 @@ class WhisperAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: AudioEncoderCache | None,
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, caches: list[AudioEncoderCache] | None,
                 layer: int) -> torch.Tensor:
-        """x [B, T, D], mask additive [B, 1, T, S] or None -> [B, T, D] (S = cached + T)."""
+        """x [B, T, D], mask additive [B, 1, T, S] or None -> [B, T, D] (S = cached + T).
+
+        caches: one per batch row (each row attends to its own cached frames), or None."""
         B, T, D = x.shape
         q = self._split(self.q_proj(x) * self.scaling)
         k, v = self._split(self.k_proj(x)), self._split(self.v_proj(x))
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
-        scores = q @ k.transpose(2, 3)
-        if mask is not None:
-            scores = scores + mask
-        out = scores.softmax(dim=-1) @ v
+        if caches is None:
+            scores = q @ k.transpose(2, 3)
+            if mask is not None:
+                scores = scores + mask
+            out = scores.softmax(dim=-1) @ v
+        else:
+            assert len(caches) == B and mask is None, f"{len(caches)} caches for batch {B}"
+            rows = []
+            for b, cache in enumerate(caches):
+                kb, vb = cache.update(layer, k[b:b + 1], v[b:b + 1])
+                rows.append((q[b:b + 1] @ kb.transpose(2, 3)).softmax(dim=-1) @ vb)
+            out = torch.cat(rows, 0) if B > 1 else rows[0]
         return self.out_proj(out.transpose(1, 2).reshape(B, T, D))
 
 
@@ -116,25 +124,30 @@ class WhisperEncoder(nn.Module):
         return table[idx]
 
     def forward(self, mel: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: AudioEncoderCache | None = None) -> torch.Tensor:
+                cache: AudioEncoderCache | list[AudioEncoderCache] | None = None) -> torch.Tensor:
         """mel [B, 80, T] -> last hidden state [B, ceil(T/2), D] (after layer_norm).
 
         attention_mask: [B, 1, T', T'] additive (0 / -inf) or bool (True = may attend), over the
-        post-conv frames; only without a cache. cache: this chunk's frames are appended to it,
-        take positions from `cache.length` on, and attend to every cached frame and the whole
-        chunk with no mask. The convolutions see this chunk only (zero padding at its edges).
+        post-conv frames; only without a cache. cache (one, or one per batch row): this chunk's
+        frames are appended to it, take positions from `cache.length` on, and attend to every
+        cached frame and the whole chunk with no mask. The convolutions see this chunk only (zero
+        padding at its edges).
         """
         B, C, T = mel.shape
         assert C == self.cfg.num_mel_bins, f"expected {self.cfg.num_mel_bins} mel bins, got {C}"
         assert cache is None or attention_mask is None, "a mask is only defined without a cache"
+        caches = [cache] if isinstance(cache, AudioEncoderCache) else cache
         x = F.gelu(self.conv1(mel.to(self.conv1.weight.dtype)))
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # [B, T', D]
-        x = x + self.positions(cache.length if cache is not None else 0, x.shape[1])
+        if caches is None:
+            x = x + self.positions(0, x.shape[1])
+        else:
+            x = x + torch.stack([self.positions(c.length, x.shape[1]) for c in caches])
         mask = attention_mask
         if mask is not None and mask.dtype == torch.bool:
             mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, float("-inf"))
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask, cache, i)
+            x = layer(x, mask, caches, i)
         return self.layer_norm(x)
 
 
@@ -210,13 +223,23 @@ def audio_embeddings_streaming(apm: WhisperEncoder, projector: MultiModalProject
     """
     B, _, T = mel.shape
     assert B == 1, f"streaming encoder takes one chunk of one stream, got batch {B}"
+    return audio_embeddings_streaming_rows(apm, projector, mel, [cache], pool_step)[0]
+
+
+def audio_embeddings_streaming_rows(apm: WhisperEncoder, projector: MultiModalProjector, mels: torch.Tensor,
+                                    caches: list[AudioEncoderCache], pool_step: int) -> list[torch.Tensor]:
+    """Equal-length chunks of B streams: mels [B, 80, T], one cache each -> B tensors [tokens, hidden]."""
+    B, _, T = mels.shape
+    assert len(caches) == B, f"{len(caches)} caches for {B} chunks"
     frames = post_conv_frames(T)
-    if cache.length and cache.length + frames >= apm.max_source_positions:
-        log.warning("audio cache %d + %d frames reaches %d positions: dropping the cache",
-                    cache.length, frames, apm.max_source_positions)
-        cache.clear()
-    pooled = avg_pool_time(projector(apm(mel, cache=cache)), pool_step)
-    return pooled[0, :pooled_tokens(frames, pool_step)]
+    for cache in caches:
+        if cache.length and cache.length + frames >= apm.max_source_positions:
+            log.warning("audio cache %d + %d frames reaches %d positions: dropping the cache",
+                        cache.length, frames, apm.max_source_positions)
+            cache.clear()
+    pooled = avg_pool_time(projector(apm(mels, cache=caches)), pool_step)
+    n = pooled_tokens(frames, pool_step)
+    return [pooled[b, :n] for b in range(B)]
 
 
 def audio_modules_from_state(cfg: OmniConfig, state: dict[str, torch.Tensor],

@@ -1,9 +1,9 @@
 """Speech loops over ConditionalChatTTS: the offline `_generate_mel_spec` path (spec §5.1, §5.3).
 
-Owns: the small step functions a TTS loop is made of (prefill one text chunk, generate one chunk
-of frames, decode new frames to audio with left context, crossfade two pieces) and `synthesize`,
-the official offline loop built from them. The streaming loop (one step per LLM text chunk,
-segment rollover) is meant to reuse the same steps with its own driver.
+Owns: the small step programs a TTS loop is made of (prefill one text chunk, generate one chunk
+of frames, decode new frames to audio with left context; see omni.model.ops for programs), the
+crossfade of two pieces and `synthesize`, the official offline loop built from them and run at
+once. The streaming loop (omni.session.speech) reuses the same programs, alone or batched.
 Does not own: model math (tts.py, dvae.py, vocos.py), text layout (processing.tts_text), the
 session (it creates a `TTSState` per call and drops it).
 """
@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from ..processing import tts_text as T
+from .ops import Decode, TTSPrefill, drive
+from .steps import Executor
 from .tts import ConditionalChatTTS, MultinomialSampler, TTSState
 from .vocos import Vocos
 
@@ -45,43 +47,40 @@ def _record(trace: Trace | None, kind: str, **values) -> None:
 
 
 def prefill_chunk(tts: ConditionalChatTTS, state: TTSState, prompt_ids: torch.Tensor, begin: int, end: int,
-                  spk_hidden: torch.Tensor | None, trace: Trace | None = None) -> None:
-    """Prefill slots [begin, end) of the prompt [1, condition_length]; no-op when empty."""
+                  spk_hidden: torch.Tensor | None, trace: Trace | None = None):
+    """Program: prefill slots [begin, end) of the prompt [1, condition_length]; no-op when empty."""
     if end <= begin:
         return
     ids = prompt_ids[:, begin:end]
     spk = spk_hidden if begin == 0 else None
-    tts.prefill_text(state, ids, begin, end, spk)
+    yield TTSPrefill(state, tts.text_embeddings(ids, spk), begin)
     extra = {"spk": spk_hidden} if begin == 0 else {}
     _record(trace, "prefill_text", input_ids=ids.int(), position_ids=torch.arange(begin, end)[None].int(), **extra)
 
 
 def generate_chunk(tts: ConditionalChatTTS, state: TTSState, params: SpeechParams, sampler,
-                   trace: Trace | None = None) -> tuple[torch.Tensor, bool]:
-    """Up to `frames_per_step` new frames; returns (all codes of the segment [1, n, Q], finished)."""
+                   trace: Trace | None = None):
+    """Program: up to `frames_per_step` new frames; returns (all codes of the segment [1, n, Q], finished)."""
     input_len = state.input_len
-    codes, finished = tts.generate(state, params.frames_per_step, params.temperatures, sampler,
-                                   min_new_frames=params.min_new_frames, force_no_stop=params.force_no_stop)
+    codes, finished = yield from tts.generate_steps(state, params.frames_per_step, params.temperatures, sampler,
+                                                    params.min_new_frames, params.force_no_stop)
     _record(trace, "tts_generate", new_ids=codes.int(), text_mask=state.text_mask, finished=finished,
             input_len=input_len, max_new_token=params.frames_per_step)
     return codes, finished
 
 
-def decode_audio(tts: ConditionalChatTTS, vocos: Vocos, codes: torch.Tensor,
-                 trace: Trace | None = None) -> torch.Tensor:
-    """codes [1, T, Q] -> wav float32 [T * 2 * hop] (DVAE then Vocos, both fp32)."""
-    mel = tts.decode_to_mel(codes)
+def decode_audio(codes: torch.Tensor, trace: Trace | None = None):
+    """Program: codes [1, T, Q] -> wav float32 [T * 2 * hop] (DVAE then Vocos, both fp32)."""
+    mel, wav = yield Decode(codes)
     _record(trace, "decode_codes", codes=codes.int())
-    wav = vocos.decode(mel.float())[0]
     _record(trace, "vocos", mel=mel, wav=wav)
     return wav
 
 
-def decode_new_audio(tts: ConditionalChatTTS, vocos: Vocos, codes: torch.Tensor, decoded_frames: int,
-                     params: SpeechParams, trace: Trace | None = None) -> torch.Tensor:
-    """Streaming: decode codes[decoded_frames - context:] so the DVAE convs see left context."""
+def decode_new_audio(codes: torch.Tensor, decoded_frames: int, params: SpeechParams, trace: Trace | None = None):
+    """Program: decode codes[decoded_frames - context:] so the DVAE convs see left context."""
     start = max(decoded_frames - params.decode_context_frames, 0)
-    return decode_audio(tts, vocos, codes[:, start:], trace)
+    return (yield from decode_audio(codes[:, start:], trace))
 
 
 def crossfade_samples(params: SpeechParams, tts: ConditionalChatTTS, vocos: Vocos) -> int:
@@ -124,20 +123,21 @@ def synthesize(tts: ConditionalChatTTS, vocos: Vocos, tts_tokenizer, spk_hidden:
                                 c.num_spk_embs)
     ids = torch.tensor([prompt.input_ids], device=tts.emb_text.weight.device)
     state = tts.new_state(T.text_mask(prompt.tokens_len, c.streaming_text_reserved_len, c.num_spk_embs))
+    run = Executor(tts=tts, vocos=vocos).one
     finished = False
     # Each round reveals one text chunk, then draws one chunk of frames (31 rounds at most).
     for k in range(T.offline_chunk_count(c.streaming_text_reserved_len, c.streaming_text_chunk_size,
                                          c.num_spk_embs)):
         b, e = T.text_chunk_bounds(k, c.streaming_text_chunk_size, c.streaming_text_reserved_len, c.num_spk_embs)
-        prefill_chunk(tts, state, ids, b, e, spk_hidden, tr)
-        codes, finished = generate_chunk(tts, state, params, sampler, tr)
+        drive(prefill_chunk(tts, state, ids, b, e, spk_hidden, tr), run)
+        codes, finished = drive(generate_chunk(tts, state, params, sampler, tr), run)
         if finished:
             break
     while not finished:  # the text is all in: draw until EOS or the length cap (checked after a call)
-        codes, finished = generate_chunk(tts, state, params, sampler, tr)
+        codes, finished = drive(generate_chunk(tts, state, params, sampler, tr), run)
         if codes.shape[1] > params.max_frames:
             break
-    wav = decode_audio(tts, vocos, state.codes, tr)
+    wav = drive(decode_audio(state.codes, tr), run)
     if tr is not None:
         tr.pop("_counts", None)
         tr["wav"] = wav.detach().cpu()

@@ -7,15 +7,13 @@ with max_slice_nums=1 and no image ids, audio through the incremental Whisper en
 barge-in rollback (`interrupt` / `interrupt_ms`), and the sliding window of a long session
 (`max_cache_tokens`: oldest complete turns dropped before a new user turn). Does not own: model
 math, prompt strings (processing.prompt), the 3-token LLM chunk loop (llm.py), the TTS loop
-(speech.py), scheduling (the worker).
+(speech.py), scheduling (omni.batch).
 
-Scheduling many sessions: sessions share nothing but the read-only `Omni` bundle, so a worker may
-interleave them freely. Each `append_unit`/`prefill` is one LLM forward over one unit (~50-100
-tokens at full size). With `GenerateOptions(step_yields=True)` every next() on the `generate`
-iterator does a bounded amount of work: at most one 3-token LLM call, at most one TTS step (text
-prefill + 25 frames) and its decode, or one rollover carry-over prefill; a step that produced
-nothing to hand out yields ("", empty audio). Without it (the official behaviour, and what the
-golden replay counts) a next() may run several LLM calls before the first audio is ready.
+Alone or batched: every operation is a program (omni.model.ops) that yields model ops. The plain
+methods (`prefill`, `generate`, ...) run their program at once, op by op; a batch engine
+(omni.batch) drives the `*_program`s of many sessions and runs their ops together. Sessions share
+nothing but the read-only `Omni` bundle; a session in a batch engine keeps its LLM cache and TTS
+state in pool slots (`caches`), which cannot grow, so prefills and replies check the room first.
 """
 from __future__ import annotations
 
@@ -26,13 +24,15 @@ import numpy as np
 import torch
 
 from ..loader import Omni
-from ..model.audio import audio_embeddings_streaming
+from ..model.ops import AudioEncode, LLMForward, VisionEncode, drive, pull, stream
+from ..model.pool import ContextFull
+from ..model.steps import Executor
 from ..model.tts import GreedySampler, MultinomialSampler
 from ..model.tts_loop import SpeechParams
 from ..processing import prompt as P
 from ..processing.audio import audio_placeholder, log_mel
 from ..sampling import SamplingParams
-from .llm import inference, llm_chunks
+from .llm import LLM_TOKENS_PER_CALL, llm_chunks
 from .speech import SpeechOptions, stream_speech
 from .state import ReplyMark, SessionState
 
@@ -48,7 +48,6 @@ class GenerateOptions:
     low_latency: bool = False                     # hand out each decoded chunk at once (holds back the 2048-sample overlap only)
     generate_audio: bool = True
     force_no_stop: bool = False                   # official debug flag: the TTS never ends a reply itself
-    step_yields: bool = False                     # one bounded step per next(); idle steps yield ("", [])
 
 
 @dataclass
@@ -73,14 +72,34 @@ class _Reply:
     marks: list[ReplyMark] = field(default_factory=list)
 
 
+class SoloCaches:
+    """The caches of a session run alone: new, growing ones whenever asked (a batch engine gives
+    its sessions pool slots instead, omni.batch.engine.SlotCaches)."""
+
+    def __init__(self, m: Omni):
+        self.m = m
+
+    def llm(self):
+        return self.m.net.llm.new_cache()
+
+    def tts_state(self, text_mask: torch.Tensor | None = None):
+        return self.m.net.tts.new_state(text_mask)
+
+
 class Session:
-    def __init__(self, m: Omni, seed: int | None = None, max_cache_tokens: int | None = None):
+    def __init__(self, m: Omni, seed: int | None = None, max_cache_tokens: int | None = None,
+                 caches=None, reply_reserve_tokens: int = 0):
         """`max_cache_tokens`: LLM cache budget; before a new user turn is prefilled, the oldest
         complete turns are dropped until the cache fits (the system prompt and the latest turn
-        always stay). None keeps everything (the official behaviour)."""
+        always stay). None keeps everything (the official behaviour). `caches`: where the LLM
+        cache and TTS states come from (default `SoloCaches`). A bounded cache (a pool slot) also
+        slides when a prefill would not leave `reply_reserve_tokens` free for the next reply."""
         self.m = m
         self.seed = seed
         self.max_cache_tokens = max_cache_tokens
+        self.caches = caches if caches is not None else SoloCaches(m)
+        self.reply_reserve_tokens = reply_reserve_tokens
+        self._run = Executor.of(m).one
         self.reset()
 
     def reset(self) -> None:
@@ -89,15 +108,45 @@ class Session:
             gen.manual_seed(self.seed)
         else:
             gen.seed()
-        self.state = SessionState(self.m.net.llm.new_cache(), generator=gen)
+        self.state = SessionState(self.caches.llm(), generator=gen)
         self._reply: _Reply | None = None
         self.last_reply_end: str | None = None   # "eos" | "max_tokens" | "max_speech" once a reply ends
         self._active = None
 
-    # ---- prefill ------------------------------------------------------------------------------
+    # ---- run alone: each program driven at once -----------------------------------------------
     def set_system(self, mode: str = "omni", ref_audio: np.ndarray | None = None,
                    text: str | None = None) -> PrefillRecord:
         """Start a new conversation with the system prompt of `get_sys_prompt` or a custom text."""
+        return drive(self.system_program(mode, ref_audio, text), self._run)
+
+    def append_unit(self, audio_16k: np.ndarray, frame=None) -> PrefillRecord:
+        """One TDM unit (spec §3.5): `<unit>` + frame + audio, or the audio alone."""
+        return drive(self.unit_program(audio_16k, frame), self._run)
+
+    def prefill(self, msg: dict) -> PrefillRecord:
+        """Official streaming_prefill of one message (spec §4.2)."""
+        return drive(self.prefill_program(msg), self._run)
+
+    def generate(self, options: GenerateOptions = GenerateOptions(),
+                 trace: dict | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        """Official streaming_generate (spec §4.4): yields (text delta, 24-kHz float32 audio)."""
+        program = self.reply_program(options, trace)
+        self._close_active()
+        self._active = stream(program, self._run)
+        return self._active
+
+    def reply_step(self) -> tuple[str, np.ndarray] | None:
+        """The next (text, audio) of the reply `generate` started, or None once it is over (or
+        was interrupted)."""
+        if self._active is None:
+            return None
+        item = next(self._active, None)
+        if item is None:
+            self._active = None
+        return item
+
+    # ---- programs (omni.model.ops): what a batch engine drives ---------------------------------
+    def system_program(self, mode: str = "omni", ref_audio: np.ndarray | None = None, text: str | None = None):
         if ref_audio is not None and not 1 <= len(ref_audio) / self.m.pre.sampling_rate <= 30:
             raise ValueError("reference clip must be 1-30 s of 16 kHz audio")
         self.reset()
@@ -105,62 +154,65 @@ class Session:
             msg = P.sys_prompt(mode, ref_audio)
         else:
             msg = {"role": "user", "content": [text] + ([ref_audio] if ref_audio is not None else [])}
-        return self.prefill(msg)
+        return self.prefill_program(msg)
 
-    def append_unit(self, audio_16k: np.ndarray, frame=None) -> PrefillRecord:
-        """One TDM unit (spec §3.5): `<unit>` + frame + audio, or the audio alone."""
+    def unit_program(self, audio_16k: np.ndarray, frame=None):
         content = ["<unit>", frame, audio_16k] if frame is not None else [audio_16k]
-        return self.prefill({"role": "user", "content": content})
+        return self.prefill_program({"role": "user", "content": content})
 
-    @torch.inference_mode()
-    def prefill(self, msg: dict) -> PrefillRecord:
-        """Official streaming_prefill of one message (spec §4.2)."""
-        m, st = self.m, self.state
+    def prefill_program(self, msg: dict):
+        """Program of `prefill` (checks the message at once, so a bad one fails before any op)."""
         self._close_active()
+        m, st = self.m, self.state
         col = P.collect([msg], omni_input=True)
         role, content = col.texts[0]
         first = not st.started
+        opens_turn = not first and st.new_user_msg and role == "user"
+        prefix = self._turn_prefix() if opens_turn else ""
         if first:
             text = P.tts_template([(role, content)], add_generation_prompt=False)
-        elif st.new_user_msg and role == "user":
-            prefix = self._turn_prefix()
-            text = prefix + content
-            st.new_user_msg = False
-            self._slide_window()
-            # The turn starts after the close of the previous reply (`<|im_end|>\n`), so a dropped
-            # turn takes its reply's close with it and the next turn opens right after the system.
-            close = m.tokenizer.encode(prefix[:len(prefix) - len(P.USER_OPEN)], add_special_tokens=False)
-            st.turn_starts.append(st.cache_len + len(close))
         else:
-            text = content
-        if role in ("system", "assistant"):
-            st.new_user_msg = True
-            st.audio_cache.clear()
+            text = prefix + content
         strips, tgt, img_ph = [], None, []
         if col.images:
             strips, tgt, img_ph = m.image_processor.process(col.images, max_slice_nums=STREAM_MAX_SLICE_NUMS,
                                                             use_image_id=False)
         text = P.expand_markers(text, img_ph, [audio_placeholder(len(a), chunk_input=m.config.chunk_input)
                                                for a in col.audios])
+        mels = [self._log_mel(a) for a in col.audios]
         ids = m.tokenizer.encode(text, add_special_tokens=first)
+        return self._prefill(role, first, opens_turn, prefix, text, ids, strips, tgt, mels)
+
+    def _prefill(self, role, first, opens_turn, prefix, text, ids, strips, tgt, mels):
+        m, st = self.m, self.state
+        if opens_turn:
+            self._slide_window()
+        self._make_room(len(ids))      # before any state changes: a refusal leaves the session as it was
+        if opens_turn:
+            st.new_user_msg = False
+            # The turn starts after the close of the previous reply (`<|im_end|>\n`), so a dropped
+            # turn takes its reply's close with it and the next turn opens right after the system.
+            close = m.tokenizer.encode(prefix[:len(prefix) - len(P.USER_OPEN)], add_special_tokens=False)
+            st.turn_starts.append(st.cache_len + len(close))
+        if role in ("system", "assistant"):
+            st.new_user_msg = True
+            st.audio_cache.clear()
         s = m.ids
         ib = P.bounds(ids, (s.image_start, s.slice_start), (s.image_end, s.slice_end))
         ab = P.bounds(ids, (s.audio_start,), (s.audio_end,))
-        vision = m.net.vision_features(strips, tgt) if strips else None
-        mels, audio = [], []
-        for a in col.audios:
-            mel, emb = self._encode_audio(a)
-            mels.append(mel)
-            audio.append(emb)
+        vision = (yield VisionEncode(strips, tgt)) if strips else None
+        audio = []
+        for mel in mels:   # one clip through the streaming encoder in one call (full attention within it)
+            audio.append((yield AudioEncode(mel, st.audio_cache)))
         if first:   # the reference/system audio must not stay in the user-audio cache
             st.audio_cache.clear()
         input_ids = torch.tensor([ids], device=m.device)
         embeds = m.net.embed(input_ids, ib, vision, ab, audio)
         start = st.cache_len
-        h = m.net.llm.model(embeds, cache=st.llm_cache)
+        out = yield LLMForward(st.llm_cache, embeds=embeds[0])
         st.started = True
         st.record(role, start)
-        return PrefillRecord(text, input_ids, ib, ab, tgt, mels, vision, embeds, h[0, -1],
+        return PrefillRecord(text, input_ids, ib, ab, tgt, mels, vision, embeds, out.hidden,
                              (start, st.cache_len))   # no LM head here: a unit needs no logits
 
     def _turn_prefix(self) -> str:
@@ -169,38 +221,31 @@ class Session:
             return P.USER_OPEN
         return P.AFTER_COMPLETED if st.llm_generate_completed else P.AFTER_INTERRUPTED
 
-    def _encode_audio(self, audio_16k: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """One clip through the streaming encoder in one call (full attention within the clip)."""
-        net, pre = self.m.net, self.m.pre
+    def _log_mel(self, audio_16k: np.ndarray) -> torch.Tensor:
+        pre, w = self.m.pre, self.m.net.apm.conv1.weight
         if len(audio_16k) > pre.chunk_length * pre.sampling_rate:
             raise ValueError(f"audio fragment over {pre.chunk_length} s (the official encoder asserts batch 1)")
-        w = net.apm.conv1.weight
-        mel = torch.from_numpy(log_mel(audio_16k, self.m.pre))[None].to(device=w.device, dtype=w.dtype)
-        return mel, audio_embeddings_streaming(net.apm, net.audio_projection_layer, mel,
-                                               self.state.audio_cache, self.m.config.audio_pool_step)
+        return torch.from_numpy(log_mel(audio_16k, pre))[None].to(device=w.device, dtype=w.dtype)
 
-    # ---- generate -----------------------------------------------------------------------------
-    def generate(self, options: GenerateOptions = GenerateOptions(),
-                 trace: dict | None = None) -> Iterator[tuple[str, np.ndarray]]:
-        """Official streaming_generate (spec §4.4): yields (text delta, 24-kHz float32 audio)."""
+    def reply_program(self, options: GenerateOptions = GenerateOptions(), trace: dict | None = None):
+        """Program of `generate`: outputs (text delta, 24-kHz float32 audio)."""
         if not self.state.started:
             raise RuntimeError("prefill a system prompt and user input before generate")
-        self._close_active()
-        gen = self._generate(options, trace)
-        self._active = gen
-        return gen
+        return self._reply_program(options, trace)
 
-    def _generate(self, o: GenerateOptions, trace: dict | None):
+    def _reply_program(self, o: GenerateOptions, trace: dict | None):
         m, st = self.m, self.state
+        ids = m.tokenizer.encode(P.GENERATE_PREFIX, add_special_tokens=False)
+        max_new_tokens = self._reply_room(len(ids), o.max_new_tokens)
         st.new_user_msg, st.llm_generated, st.llm_generate_completed = True, True, False
         st.audio_cache.clear()
-        ids = m.tokenizer.encode(P.GENERATE_PREFIX, add_special_tokens=False)
         (spk_pos, _), = P.bounds(ids, (m.ids.spk_bos,), (m.ids.spk_eos,))
         self._reply = reply = _Reply(st.cache_len + len(ids))
-        chunks = _Tracked(llm_chunks(m, st, ids, o.max_new_tokens, o.sampling, trace))
+        llm_done: list[bool] = []
+        chunks = _until_done(llm_chunks(m, st, ids, max_new_tokens, o.sampling, trace), llm_done)
         self.last_reply_end = None
         if not o.generate_audio:
-            for ch in inference(chunks):
+            while (ch := (yield from pull(chunks))) is not None:
                 yield ch.text, np.zeros(0, np.float32)
             self.last_reply_end = "eos" if st.llm_generate_completed else "max_tokens"
             return
@@ -208,12 +253,10 @@ class Session:
         rate = self.m.vocos.dims.sample_rate_hz
         opts = SpeechOptions(low_latency=o.low_latency,
                              max_speech_samples=None if o.max_speech_s is None else int(o.max_speech_s * rate),
-                             idle_pieces=o.step_yields, params=SpeechParams(force_no_stop=o.force_no_stop))
-        speech = stream_speech(m.net.tts, m.vocos, m.tts_tokenizer, chunks, spk_pos, sampler, opts, trace)
-        for piece in inference(speech):
-            if not piece.text and piece.wav.shape[-1] == 0:   # an idle step (step_yields)
-                yield "", np.zeros(0, np.float32)
-                continue
+                             params=SpeechParams(force_no_stop=o.force_no_stop))
+        speech = stream_speech(m.net.tts, m.vocos, m.tts_tokenizer, chunks, spk_pos, sampler,
+                               self.caches.tts_state, opts, trace)
+        while (piece := (yield from pull(speech))) is not None:
             reply.samples += piece.wav.shape[-1]
             reply.marks.append(ReplyMark(reply.samples, piece.cache_len))
             if trace is not None:
@@ -226,20 +269,39 @@ class Session:
             self.last_reply_end = "eos"                  # the LLM's terminator
         elif budget is not None and reply.samples >= budget:
             self.last_reply_end = "max_speech"
-        elif chunks.done:
+        elif llm_done:
             self.last_reply_end = "max_tokens"
         else:
             self.last_reply_end = "eos"                  # the TTS drew its EOS code first
 
-    def reply_step(self) -> tuple[str, np.ndarray] | None:
-        """The next (text, audio) of the reply `generate` started, or None once it is over (or
-        was interrupted): the generator kept by the session, for a worker that cannot hold it."""
-        if self._active is None:
-            return None
-        item = next(self._active, None)
-        if item is None:
-            self._active = None
-        return item
+    # ---- a bounded cache -----------------------------------------------------------------------
+    def _make_room(self, n: int) -> None:
+        """A pool slot cannot grow: slide the oldest complete turns out (even mid-turn) until `n`
+        more positions plus a reply's reserve fit, or refuse with `ContextFull`."""
+        cache = self.state.llm_cache
+        need = n + self.reply_reserve_tokens
+        if not hasattr(cache, "free") or need <= cache.free:
+            return
+        self._drop_turns(max(cache.capacity - need, 0))
+        if need > cache.free:
+            raise ContextFull(f"the conversation context is full: {n} more positions (plus {self.reply_reserve_tokens} "
+                              f"kept for the reply) do not fit in the {cache.capacity}-position context of "
+                              f"this session, which holds {cache.seq_len}; end the turn sooner or start a new "
+                              "conversation")
+
+    def _reply_room(self, prefix: int, max_new_tokens: int) -> int:
+        """max_new_tokens, cut to what fits in a bounded cache (the LLM overshoots its cap by 2)."""
+        cache = self.state.llm_cache
+        if not hasattr(cache, "free"):
+            return max_new_tokens
+        need = prefix + max_new_tokens + LLM_TOKENS_PER_CALL - 1
+        if need > cache.free:
+            self._drop_turns(max(cache.capacity - need, 0))
+        fits = cache.free - prefix - (LLM_TOKENS_PER_CALL - 1)
+        if fits < 1:
+            raise ContextFull(f"the conversation context is full ({cache.seq_len} of {cache.capacity} "
+                              "positions): no room for a reply; start a new conversation")
+        return min(max_new_tokens, fits)
 
     # ---- barge-in -----------------------------------------------------------------------------
     @property
@@ -285,7 +347,10 @@ class Session:
         st = self.state
         if self.max_cache_tokens is None or st.cache_len <= self.max_cache_tokens:
             return
-        dropped = st.drop_oldest_turns(self.max_cache_tokens, self.m.net.llm.model.inv_freq)
+        self._drop_turns(self.max_cache_tokens)
+
+    def _drop_turns(self, budget: int) -> None:
+        dropped = self.state.drop_oldest_turns(budget, self.m.net.llm.model.inv_freq)
         if dropped and self._reply is not None:   # the latest reply is never dropped: shift it
             r = self._reply
             r.prefix_end -= dropped
@@ -297,18 +362,8 @@ class Session:
             self._active = None
 
 
-class _Tracked:
-    """An iterator that remembers whether it ran out (the LLM stopped) or was left unfinished."""
-
-    def __init__(self, it):
-        self.it, self.done = it, False
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        try:
-            return next(self.it)
-        except StopIteration:
-            self.done = True
-            raise
+def _until_done(program, done: list):
+    """`program`, noting in `done` that it ran out (the LLM stopped) rather than was left unfinished."""
+    result = yield from program
+    done.append(True)
+    return result

@@ -1,19 +1,19 @@
 """The official 3-token LLM chunk generator of `streaming_generate` (spec §4.5) on a session's state.
 
-Owns: one `llm.generate(max_new_tokens=3)` call (`llm_call`: one forward over the input ids, then
-one per sampled token, so a call is a bounded amount of work) and the chunk loop around it
-(`llm_chunks`: incomplete UTF-8 held back, the last sampled token fed only as the next call's
-input). Does not own: the turn flags beyond `llm_generate_completed`, the TTS, prompt strings.
+Owns, as programs (omni.model.ops): one `llm.generate(max_new_tokens=3)` call (`llm_call`: one
+forward over the input ids, then one per sampled token, so a call is a bounded amount of work) and
+the chunk loop around it (`llm_chunks`: incomplete UTF-8 held back, the last sampled token fed
+only as the next call's input). Does not own: the turn flags beyond `llm_generate_completed`, the
+TTS, prompt strings.
 """
 from __future__ import annotations
-
-from typing import Iterator
 
 import torch
 
 from ..chat import decode_text
 from ..loader import Omni
-from ..sampling import SamplingParams, choose
+from ..model.ops import LLMForward, LLMSample
+from ..sampling import SamplingParams
 from .speech import LLMChunk
 from .state import SessionState
 
@@ -22,15 +22,15 @@ REPLACEMENT_CHAR = "\ufffd"    # decode of an incomplete UTF-8 sequence: held ba
 
 
 def llm_chunks(m: Omni, st: SessionState, input_ids: list[int], max_new_tokens: int, params: SamplingParams,
-               trace: dict | None) -> Iterator[LLMChunk]:
-    """Official llm_generate_chunk (spec §4.5): 3-token calls, incomplete UTF-8 held back,
-    the last sampled token fed only as the next call's input (never at the end)."""
+               trace: dict | None):
+    """Program: official llm_generate_chunk (spec §4.5): 3-token calls, incomplete UTF-8 held back,
+    the last sampled token fed only as the next call's input (never at the end). Outputs one
+    `LLMChunk` per call."""
     term = m.ids.terminators
     held: list[int] = []
     generated, j = 0, 0
     while True:
-        with torch.inference_mode():
-            new, hidden = llm_call(m, st, input_ids, j == 0, params)
+        new, hidden = yield from llm_call(m, st, input_ids, j == 0, params)
         if trace is not None:
             trace[f"llm_chunk.{j}.input_ids"] = torch.tensor([input_ids])
             trace[f"llm_chunk.{j}.new_ids"] = torch.tensor([new])
@@ -53,33 +53,23 @@ def llm_chunks(m: Omni, st: SessionState, input_ids: list[int], max_new_tokens: 
         if eos or generated >= max_new_tokens:
             return
 
+
 def llm_call(m: Omni, st: SessionState, input_ids: list[int], want_hidden: bool, params: SamplingParams):
-    """One `llm.generate(max_new_tokens=3)`: the repetition penalty sees this call's ids only."""
-    llm, dev = m.net.llm, m.device
-    start = st.cache_len
+    """Program: one `llm.generate(max_new_tokens=3)`, one `LLMForward` op per fed input; returns
+    (new ids, last-layer hidden of the input ids or None). The repetition penalty sees this call's
+    ids only. Each forward is recorded as it lands, so a reply closed between two ops leaves the
+    span record matching the cache."""
     seen = list(input_ids)
-    h = llm.model(llm.embed(torch.tensor([input_ids], device=dev)), cache=st.llm_cache)
-    hidden = h[0] if want_hidden else None
-    logits = llm.lm_head(h[0, -1])
-    new: list[int] = []
-    for i in range(LLM_TOKENS_PER_CALL):
-        tok = choose(logits, torch.tensor(seen), params, st.generator)
-        new.append(tok)
-        seen.append(tok)
-        if tok in m.ids.terminators or i == LLM_TOKENS_PER_CALL - 1:
-            break
-        h = llm.model(llm.embed(torch.tensor([[tok]], device=dev)), cache=st.llm_cache)
-        logits = llm.lm_head(h[0, -1])
-    st.record("reply", start)
-    return new, hidden
-
-
-def inference(it):
-    """Advance `it` under inference_mode at every step (a generator body does not inherit it)."""
+    feed, new, hidden = list(input_ids), [], None
     while True:
-        with torch.inference_mode():
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-        yield item
+        start = st.cache_len
+        out = yield LLMForward(st.llm_cache, ids=feed, all_hidden=want_hidden and not new,
+                               sample=LLMSample(params, tuple(seen), st.generator))
+        st.record("reply", start)
+        if not new and want_hidden:
+            hidden = out.hidden
+        new.append(out.token)
+        seen.append(out.token)
+        if out.token in m.ids.terminators or len(new) == LLM_TOKENS_PER_CALL:
+            return new, hidden
+        feed = [out.token]

@@ -10,10 +10,8 @@ ids and 50 code frames of the old one (`_carry_over`). Does not own: the LLM (th
 `LLMChunk`s lazily, so the LLM runs in lock-step with the audio), model math, text slot
 arithmetic (processing.tts_text).
 
-Bounded steps: every iteration of `stream_speech` pulls at most one LLM chunk and runs at most one
-TTS step (prefill + 25 frames + decode), or one rollover carry-over prefill. With
-`SpeechOptions.idle_pieces` it yields an empty `SpeechPiece` when such a step produced nothing to
-hand out, so a worker can round-robin sessions one bounded step at a time.
+Everything here is a program (omni.model.ops): it yields model ops and `SpeechPiece` outputs, so
+the same loop runs alone or with many sessions' ops batched by omni.batch.
 
 Deliberate deviations from the official rollover (both lose speech there): a new segment whose
 first LLM chunk is empty does not end the reply, and text left over when the LLM ends right at a
@@ -22,11 +20,11 @@ rollover is still spoken (the official skips the flush because its prompt was ne
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import torch
 
 from ..model import tts_loop as L
+from ..model.ops import pull
 from ..processing import tts_text as T
 
 
@@ -50,7 +48,6 @@ class SpeechOptions:
     params: L.SpeechParams = L.SpeechParams()
     low_latency: bool = False   # hand out decoded audio at once, holding back only the overlap (_Out)
     max_speech_samples: int | None = None   # stop drawing frames once this much audio exists
-    idle_pieces: bool = False               # yield an empty piece after a step with no output
 
 
 class _Out:
@@ -96,10 +93,6 @@ class _Out:
         self.prev, self.prev_emitted = None, 0
         return piece
 
-    def idle(self) -> SpeechPiece:
-        """A piece with no audio and no text (the text stays pending until its audio comes)."""
-        return SpeechPiece("", torch.zeros(0), self.cache_len)
-
     @property
     def total_samples(self) -> int:
         return self.samples + (self.prev.shape[-1] - self.prev_emitted if self.prev is not None else 0)
@@ -119,12 +112,13 @@ class _Segment:
     left: str = ""                    # text after the old segment's last sentence end
 
 
-def stream_speech(tts, vocos, tts_tokenizer, chunks: Iterable[LLMChunk], spk_pos: int, sampler,
-                  opts: SpeechOptions = SpeechOptions(), trace: dict | None = None) -> Iterator[SpeechPiece]:
-    """Drive one reply's TTS over `chunks` (with segment rollover); the first chunk must carry `hidden`."""
+def stream_speech(tts, vocos, tts_tokenizer, chunks, spk_pos: int, sampler, new_state,
+                  opts: SpeechOptions = SpeechOptions(), trace: dict | None = None):
+    """Program: one reply's TTS over the LLM chunk program `chunks` (with segment rollover),
+    outputting `SpeechPiece`s; the first chunk must carry `hidden`. `new_state(text_mask)` gives a
+    fresh `TTSState` (a new cache alone, the session's reset pool slot in a batch engine)."""
     p = opts.params
-    it = iter(chunks)
-    first = next(it, None)
+    first = yield from pull(chunks)
     if first is None:
         return
     assert first.hidden is not None, "the first LLM chunk must carry the prompt hidden states"
@@ -132,24 +126,22 @@ def stream_speech(tts, vocos, tts_tokenizer, chunks: Iterable[LLMChunk], spk_pos
     out = _Out(L.crossfade_samples(p, tts, vocos), opts.low_latency)
     text = _cut(first.text)
     out.text, out.cache_len = text, first.cache_len
-    seg = _Segment(tts.new_state(), text, text)
-    ctx = _Ctx(tts, vocos, tts_tokenizer, spk, sampler, opts, trace, out)
+    seg = _Segment(new_state(None), text, text)
+    ctx = _Ctx(tts, tts_tokenizer, spk, sampler, opts, trace, out, new_state)
     while seg is not None:
-        seg = yield from _run_segment(ctx, seg, it)
-        if seg is not None and opts.idle_pieces:
-            yield out.idle()                                 # the carry-over prefill was this step
+        seg = yield from _run_segment(ctx, seg, chunks)
 
 
 @dataclass
 class _Ctx:
     tts: object
-    vocos: object
     tokenizer: object
     spk: torch.Tensor
     sampler: object
     opts: SpeechOptions
     trace: dict | None
     out: _Out
+    new_state: object
 
     def prompt(self, gen_text: str) -> T.TTSPrompt:
         c = self.tts.cfg
@@ -160,30 +152,30 @@ class _Ctx:
         return m is not None and self.out.total_samples >= m
 
 
-def _run_segment(ctx: _Ctx, seg: _Segment, it: Iterator[LLMChunk]):
-    """Run `seg` until the LLM ends, the TTS draws EOS or a rollover; returns the next segment or None."""
+def _run_segment(ctx: _Ctx, seg: _Segment, chunks):
+    """Program: run `seg` until the LLM ends, the TTS draws EOS or a rollover; returns the next
+    segment or None."""
     tts, p, out = ctx.tts, ctx.opts.params, ctx.out
     c = tts.cfg
     R, step_tokens, n_spk = c.streaming_text_reserved_len, c.streaming_text_chunk_size, c.num_spk_embs
     state, prompt = seg.state, ctx.prompt(seg.gen_text)
     text_left: str | None = None
 
-    def step(codes):   # decode the frames not yet decoded; a piece, or an idle one, or nothing
-        piece = None
-        if codes.shape[1] > seg.decoded:       # EOS at the first step of a call: nothing new
-            wav = L.decode_new_audio(tts, ctx.vocos, codes, seg.decoded, p, ctx.trace)
-            seg.decoded = codes.shape[1]
-            piece = out.add(wav)
-        if piece is None and ctx.opts.idle_pieces:
-            piece = out.idle()
-        return piece
+    def step(codes):   # program: decode the frames not yet decoded; a piece, or nothing
+        if codes.shape[1] <= seg.decoded:      # EOS at the first step of a call: nothing new
+            return None
+        wav = yield from L.decode_new_audio(codes, seg.decoded, p, ctx.trace)
+        seg.decoded = codes.shape[1]
+        return out.add(wav)
 
-    for n_loop, chunk in enumerate(it):
+    n_loop = 0
+    while (chunk := (yield from pull(chunks))) is not None:
         seg.received = True
         txt = _cut(chunk.text)
         out.text, out.cache_len = out.text + txt, chunk.cache_len
         if n_loop < 2:   # official: the language is settled on the first two chunks of a segment
             language = T.detect_language(seg.raw + txt)
+        n_loop += 1
         seg.raw += txt
         seg.gen_text += T.normalize_tts_text(txt, language)
         prompt = ctx.prompt(seg.gen_text)
@@ -197,12 +189,10 @@ def _run_segment(ctx: _Ctx, seg: _Segment, it: Iterator[LLMChunk]):
         # Official: one step per LLM chunk at most (an `if`, not a `while`).
         if prompt.tokens_len >= (seg.chunk_idx + 1) * step_tokens:
             b, e = T.text_chunk_bounds(seg.chunk_idx, step_tokens, R, n_spk)
-            L.prefill_chunk(tts, state, _ids(prompt, tts), b, e, ctx.spk, ctx.trace)
-            codes, seg.finished = L.generate_chunk(tts, state, p, ctx.sampler, ctx.trace)
+            yield from L.prefill_chunk(tts, state, _ids(prompt, tts), b, e, ctx.spk, ctx.trace)
+            codes, seg.finished = yield from L.generate_chunk(tts, state, p, ctx.sampler, ctx.trace)
             seg.chunk_idx += 1
-            piece = step(codes)
-        elif ctx.opts.idle_pieces:
-            piece = out.idle()
+            piece = yield from step(codes)
         if piece is not None:
             yield piece
         if seg.finished or ctx.over_budget():
@@ -214,10 +204,10 @@ def _run_segment(ctx: _Ctx, seg: _Segment, it: Iterator[LLMChunk]):
         b, e = T.final_flush_bounds(seg.chunk_idx, step_tokens, prompt.tokens_len, n_spk, R)
         state.text_mask = T.text_mask(prompt.tokens_len, R, n_spk)
         if e > b:                     # all 300 slots may already be in (a truncated text)
-            L.prefill_chunk(tts, state, _ids(prompt, tts), b, e, ctx.spk, ctx.trace)
+            yield from L.prefill_chunk(tts, state, _ids(prompt, tts), b, e, ctx.spk, ctx.trace)
         while True:   # all text is in: draw until EOS or the frame cap (checked after a call)
-            codes, seg.finished = L.generate_chunk(tts, state, p, ctx.sampler, ctx.trace)
-            piece = step(codes)
+            codes, seg.finished = yield from L.generate_chunk(tts, state, p, ctx.sampler, ctx.trace)
+            piece = yield from step(codes)
             if piece is not None:
                 yield piece
             if seg.finished or ctx.over_budget():
@@ -230,7 +220,7 @@ def _run_segment(ctx: _Ctx, seg: _Segment, it: Iterator[LLMChunk]):
         yield piece
     if text_left is None or stop or ctx.over_budget():
         return None
-    return _carry_over(ctx, seg, prompt, text_left)
+    return (yield from _carry_over(ctx, seg, prompt, text_left))
 
 
 # Official rollover constants (`tid_len`, `aid_len`): what a new segment keeps of the old one.
@@ -238,20 +228,21 @@ CARRY_TEXT_TOKENS = 5
 CARRY_FRAMES = 50
 
 
-def _carry_over(ctx: _Ctx, old: _Segment, prompt: T.TTSPrompt, text_left: str) -> _Segment | None:
-    """A fresh segment primed with the old one's last 5 text ids and last 50 frames (spec §5.3)."""
+def _carry_over(ctx: _Ctx, old: _Segment, prompt: T.TTSPrompt, text_left: str):
+    """Program: a fresh segment primed with the old one's last 5 text ids and last 50 frames (spec §5.3)."""
     tts, c = ctx.tts, ctx.tts.cfg
     n_spk = c.num_spk_embs
     start = T.text_start_len(n_spk)
     text_ids = prompt.input_ids[start + prompt.tokens_len - CARRY_TEXT_TOKENS:start + prompt.tokens_len]
     frames = old.state.codes[:, -CARRY_FRAMES:]
     if frames.shape[1] == 0:   # nothing drawn (cannot happen after a flush): start from scratch
-        return _Segment(tts.new_state(), text_left, text_left, carried=True, left=text_left)
-    state = tts.new_state(T.text_mask(len(text_ids), c.streaming_text_reserved_len, n_spk))
+        return _Segment(ctx.new_state(None), text_left, text_left, carried=True, left=text_left)
+    state = ctx.new_state(T.text_mask(len(text_ids), c.streaming_text_reserved_len, n_spk))
     head = prompt.input_ids[:start]                           # [Stts][spk_emb]
     ids = torch.tensor([head + text_ids], device=tts.emb_text.weight.device)
-    L.prefill_chunk(tts, state, ids, 0, ids.shape[1], ctx.spk, ctx.trace)
-    tts.prefill_audio_ids(state, frames)
+    yield from L.prefill_chunk(tts, state, ids, 0, ids.shape[1], ctx.spk, ctx.trace)
+    yield tts.audio_prefill(state, frames)
+    state.frames = frames
     carried = ctx.tokenizer.decode(text_ids) + text_left
     # chunk_idx = 5 // 10 = 0: the next text prefill rewrites [Stts][spk_emb] + the first 10 tokens.
     return _Segment(state, carried, carried, decoded=frames.shape[1],

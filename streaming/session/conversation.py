@@ -272,8 +272,7 @@ class Conversation:
         speak = "audio" in (params.output_modalities or self.config.output_modalities)
         sampling = SamplingParams() if params.temperature is None else SamplingParams(temperature=params.temperature)
         opts = GenerateOptions(sampling=sampling, max_new_tokens=limit, generate_audio=speak,
-                               max_speech_s=self.settings.max_speech_s, low_latency=True,
-                               step_yields=True)   # one bounded step per worker call: fair to other sessions
+                               max_speech_s=self.settings.max_speech_s, low_latency=True)
         turn, self.last_turn = self.last_turn, None
         timings = {}
         if turn is not None and turn.prefill_ms:

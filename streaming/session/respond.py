@@ -65,7 +65,7 @@ class Responder:
 
     async def start(self, opts, t_trigger_s: float, previous_item_id: str | None,
                     extra_timings: dict | None = None, speak: bool = True, metadata=None) -> Response:
-        """Start a reply with `GenerateOptions` `opts` (step_yields) on the conversation's engine."""
+        """Start a reply with `GenerateOptions` `opts` on the conversation's engine."""
         r = Response(W.new_id("resp"), W.new_id("item"), t_trigger_s, speak=speak, metadata=metadata,
                      wire=None if self.output_format is None else OutputAudioStream(self.output_format))
         self.current = r

@@ -104,7 +104,8 @@ def model_worker(tiny_model):
     from streaming.procs import ProcessWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
-    w = ProcessWorker(checkpoint_dir(ServerSettings()), lanes=2)
+    from streaming.worker import EngineSpec
+    w = ProcessWorker(checkpoint_dir(ServerSettings()), EngineSpec.from_settings(ServerSettings(model_lanes=2)))
     yield w
     w.close()
 

@@ -1,8 +1,8 @@
 """Gateway test fixtures: the embedded tiny model loaded once, a live server per test.
 
-`server` runs on one shared `ProcessWorker` (two model processes, the default on a CPU: the path
-`omni serve` takes); tests that look inside a conversation's engine start their own server on
-lane threads (`start_server(tiny_omni)`), where the engine session is in-process."""
+`server` runs on one shared `ProcessWorker` (two model processes, each a batch engine: the path
+`omni serve` takes on a CPU); tests that look inside a conversation's engine start their own server
+on an in-process engine thread (`start_server(tiny_omni)`), where the engine session is reachable."""
 from __future__ import annotations
 
 import numpy as np
@@ -33,7 +33,8 @@ def proc_worker():
     from streaming.procs import ProcessWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
-    w = ProcessWorker(checkpoint_dir(ServerSettings()), lanes=2)
+    from streaming.worker import EngineSpec
+    w = ProcessWorker(checkpoint_dir(ServerSettings()), EngineSpec.from_settings(ServerSettings(model_lanes=2)))
     yield w
     w.close()
 

@@ -52,6 +52,14 @@ async def start_server(omni, worker=None, **overrides) -> Server:
     return Server(runner, port, app)
 
 
+async def engine_session(conv, timeout_s: float = 5.0):
+    """The in-process engine's `Session` of a conversation, once the engine has opened it."""
+    async with asyncio.timeout(timeout_s):
+        while conv.engine.session is None:
+            await asyncio.sleep(0.005)
+    return conv.engine.session
+
+
 async def recv_until(ws, pred, timeout=60.0) -> list[dict]:
     """Events until one satisfies `pred` (inclusive)."""
     events = []

@@ -50,9 +50,10 @@ async def test_omni_serve_starts_answers_and_stops_with_its_model_processes():
             lines.append(line)
             if "omni: open" in line or time.monotonic() - t0 > 120:
                 break
-        assert any(f"model ready ({lanes} lane(s), processes)" in ln for ln in lines), lines
+        assert any(f"model ready ({lanes} lane(s), processes, room for 16 session(s)" in ln for ln in lines), lines
         health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10))
-        assert health["worker"] == {"kind": "processes", "lanes": lanes} and health["embedded_demo_model"]
+        assert health["worker"] == {"kind": "processes", "lanes": lanes, "batched": True, "max_batch": 32,
+                                    "capacity": 16} and health["embedded_demo_model"]
         async with websockets.connect(f"ws://127.0.0.1:{port}/v1/realtime") as ws:
             assert json.loads(await ws.recv())["type"] == "session.created"
         models = [k for k in _children(p.pid) if b"spawn_main" in open(f"/proc/{k}/cmdline", "rb").read()]

@@ -1,8 +1,7 @@
-"""The model workers: earliest deadline first, exceptions reach the caller, one session's steps in
-order even with several lanes; model processes run real sessions, report errors with their type,
-free closed sessions and survive a killed process."""
+"""The model workers: one session's commands in order, admission from the engines' capacity (and
+the memory that decides it); model processes run real sessions like an engine thread does, report
+errors with their type, free closed sessions and survive a killed or hung process."""
 import asyncio
-import threading
 import time
 
 import numpy as np
@@ -11,54 +10,57 @@ import pytest
 from omni.sampling import SamplingParams
 from omni.session.engine import GenerateOptions
 from streaming.handle import EngineHandle
-from streaming.worker import ModelWorker
+from streaming.settings import ServerSettings
+from streaming.worker import EngineSpec, EngineWorker
 
 
 @pytest.mark.asyncio
-async def test_earliest_deadline_first_and_errors_propagate():
-    w = ModelWorker(omni=None, lanes=1)
-    gate, order = threading.Event(), []
-    try:
-        blocker = asyncio.ensure_future(w.run(gate.wait))
-        await asyncio.sleep(0.05)                       # the lane is busy: the rest queue up
-        now = time.monotonic()
-        jobs = [asyncio.ensure_future(w.run(order.append, name, deadline_s=now + d))
-                for name, d in (("late", 3.0), ("urgent", -1.0), ("soon", 0.5))]
-        await asyncio.sleep(0.05)
-        gate.set()
-        await asyncio.gather(blocker, *jobs)
-        assert order == ["urgent", "soon", "late"]
-        with pytest.raises(ZeroDivisionError):
-            await w.run(lambda: 1 / 0)
-    finally:
-        w.close()
-
-
-@pytest.mark.asyncio
-async def test_a_handle_keeps_one_sessions_steps_in_order():
-    w = ModelWorker(omni=None, lanes=2)
+async def test_a_handle_keeps_one_sessions_commands_in_order():
     seen, active = [], []
 
-    def step(i):
+    async def call(op, i, deadline_s=None):
         active.append(i)
-        assert len(active) == 1, "two steps of one session ran at once"
-        time.sleep(0.01)
+        assert len(active) == 1, "two commands of one session ran at once"
+        await asyncio.sleep(0.001)
         seen.append(i)
         active.remove(i)
-
-    async def call(op, i, deadline_s=None):
-        return await w.run(step, i, deadline_s=deadline_s)
     h = EngineHandle(call, close=lambda: None)
+    await asyncio.gather(*[h._run("unit", i) for i in range(10)])
+    assert sorted(seen) == list(range(10))
+
+
+def _spec(**kw) -> EngineSpec:
+    return EngineSpec.from_settings(ServerSettings(**{"model_lanes": 1, **kw}))
+
+
+@pytest.mark.asyncio
+async def test_sessions_beyond_the_engines_capacity_are_refused(tiny_omni):
+    """Admission from capacity: an engine holds what its KV pools hold; one more is server_busy."""
+    from streaming.gateway.errors import CapacityError
+    w = EngineWorker(tiny_omni, _spec(max_sessions=2))
     try:
-        await asyncio.gather(*[h._run("unit", i) for i in range(10)])
-        assert sorted(seen) == list(range(10))
+        assert w.capacity == 2
+        a, b = w.open_session(), w.open_session()
+        with pytest.raises(CapacityError) as full:
+            w.open_session()
+        assert full.value.code == "server_busy" and "2 session slots" in full.value.message
+        b.close()
+        assert (await _talk(w.open_session(), seed=4))[1] > 0      # a freed slot serves again
+        a.close()
     finally:
         w.close()
+
+
+def test_memory_decides_how_many_sessions_an_engine_holds(tiny_omni):
+    from omni.batch.engine import slot_bytes
+    spec = _spec(max_sessions=16)
+    per = slot_bytes(tiny_omni, spec.slot_tokens)
+    assert EngineSpec(**{**spec.__dict__, "kv_cache_gb": 3.5 * per / 2**30}).slots(tiny_omni) == 3
+    assert spec.slots(tiny_omni) == 16                       # auto on a CPU: max_sessions fits
 
 
 def _reply_opts():
-    return GenerateOptions(sampling=SamplingParams(), max_new_tokens=9, max_speech_s=1.0, low_latency=True,
-                           step_yields=True)
+    return GenerateOptions(sampling=SamplingParams(), max_new_tokens=9, max_speech_s=1.0, low_latency=True)
 
 
 async def _talk(h: EngineHandle, seed: int) -> tuple[str, int]:
@@ -74,8 +76,8 @@ async def _talk(h: EngineHandle, seed: int) -> tuple[str, int]:
 
 @pytest.mark.asyncio
 async def test_process_sessions_match_in_process_ones(tiny_omni, proc_worker):
-    """The same seeded conversation gives the same reply in a model process as on a lane thread."""
-    local = ModelWorker(tiny_omni, lanes=1)
+    """The same seeded conversation gives the same reply in a model process as on an engine thread."""
+    local = EngineWorker(tiny_omni, _spec())
     try:
         mine = local.open_session()
         want = await _talk(mine, seed=3)
@@ -111,7 +113,7 @@ async def test_a_killed_model_process_is_reported_and_replaced():
     from streaming.procs import ProcessWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
-    w = ProcessWorker(checkpoint_dir(ServerSettings()), lanes=1)
+    w = ProcessWorker(checkpoint_dir(ServerSettings()), _spec())
     try:
         h = w.open_session()
         await h.set_system(None, "audio_assistant", None, None)
@@ -136,7 +138,7 @@ async def test_a_hung_model_process_is_killed_after_the_step_timeout():
     from streaming.procs import ProcessWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
-    w = ProcessWorker(checkpoint_dir(ServerSettings()), lanes=1, step_timeout_s=1.0)
+    w = ProcessWorker(checkpoint_dir(ServerSettings()), _spec(), step_timeout_s=1.0)
     try:
         h = w.open_session()
         await h.set_system(None, "audio_assistant", None, None)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import websockets
 
-from rtclient import chunks_b64, force_long_replies, recv_until, start_server, utterance_24k_pcm16
+from rtclient import chunks_b64, engine_session, force_long_replies, recv_until, start_server, utterance_24k_pcm16
 
 
 def ended_normally(response: dict) -> bool:
@@ -106,9 +106,14 @@ async def test_barge_in_cancels_and_truncates_to_what_was_heard(tiny_omni, speec
             conv, = srv.app["conversations"]
             assert conv.pending_rollback == (item_id, 200.0)
             calls = []
-            engine = conv.engine.session             # thread worker: the engine session is in-process
-            prefill, interrupt_ms = engine.prefill, engine.interrupt_ms
-            engine.prefill = lambda msg: calls.append(("prefill", prefill(msg).text)) or None
+            engine = await engine_session(conv)      # in-process engine: the session is reachable
+            prefill, interrupt_ms = engine.prefill_program, engine.interrupt_ms
+
+            def spy_prefill(msg):                    # a program, as the engine runs it
+                record = yield from prefill(msg)
+                calls.append(("prefill", record.text))
+                return record
+            engine.prefill_program = spy_prefill
             engine.interrupt_ms = lambda ms: calls.append(("interrupt_ms", ms, interrupt_ms(ms))) or None
             for c in talk[8:]:
                 await send(ws, type="input_audio_buffer.append", audio=c)
@@ -279,15 +284,15 @@ async def test_camera_frame_joins_the_current_unit(tiny_omni, speech_16k):
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
     png = base64.b64encode(buf.getvalue()).decode()
-    server = await start_server(tiny_omni)        # thread worker: the engine session is in-process
+    server = await start_server(tiny_omni)        # in-process engine: the session is reachable
     try:
         async with websockets.connect(server.ws_url) as ws:
             await recv_until(ws, lambda e: e["type"] == "session.created")
             conv, = server.app["conversations"]
             frames = []
-            engine = conv.engine.session
-            append = engine.append_unit
-            engine.append_unit = lambda audio, frame=None: (frames.append(frame), append(audio, frame))[1]
+            engine = await engine_session(conv)
+            unit = engine.unit_program
+            engine.unit_program = lambda audio, frame=None: (frames.append(frame), unit(audio, frame))[1]
             await send(ws, type="session.update", session={"audio": {"input": {"turn_detection": None}}})
             await recv_until(ws, lambda e: e["type"] == "session.updated")
             await send(ws, type="input_image_buffer.append", image=png)
@@ -318,7 +323,8 @@ async def test_a_dead_model_process_closes_its_sessions_and_the_server_goes_on(t
     from streaming.procs import ProcessWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
-    worker = ProcessWorker(checkpoint_dir(ServerSettings()), lanes=1)
+    from streaming.worker import EngineSpec
+    worker = ProcessWorker(checkpoint_dir(ServerSettings()), EngineSpec.from_settings(ServerSettings(model_lanes=1)))
     srv = await start_server(tiny_omni, worker=worker)
     talk = chunks_b64(utterance_24k_pcm16(speech_16k))
     try:
@@ -360,7 +366,7 @@ async def test_a_dead_model_process_closes_its_sessions_and_the_server_goes_on(t
 @pytest.mark.asyncio
 async def test_healthz_describes_the_server(server, tiny_omni):
     import aiohttp
-    threads = await start_server(tiny_omni, model_lanes=1)         # the GPU shape: one lane thread
+    threads = await start_server(tiny_omni, model_lanes=1)         # the GPU shape: one engine thread
     try:
         async with aiohttp.ClientSession() as http:
             health = []
@@ -372,9 +378,9 @@ async def test_healthz_describes_the_server(server, tiny_omni):
         await threads.runner.cleanup()
     h = health[0]
     assert h["status"] == "ok" and h["embedded_demo_model"] is True and h["auth_required"] is False
-    assert h["worker"] == {"kind": "processes", "lanes": 2} and h["max_sessions"] == 16
-    assert "--model" in h["load_model_hint"]
-    assert health[1]["worker"] == {"kind": "threads", "lanes": 1}
+    assert h["worker"] == {"kind": "processes", "lanes": 2, "batched": True, "max_batch": 32, "capacity": 16}
+    assert h["max_sessions"] == 16 and "--model" in h["load_model_hint"]
+    assert health[1]["worker"] == {"kind": "threads", "lanes": 1, "batched": True, "max_batch": 32, "capacity": 16}
 
 
 @pytest.mark.asyncio
@@ -428,13 +434,14 @@ async def test_audio_in_a_created_item_reaches_the_model_at_16k(tiny_omni, speec
     """`conversation.item.create` with `input_audio` in the session's format (24-kHz PCM16 or
     8-kHz μ-law) is resampled to the model's 16 kHz, like streamed audio."""
     from streaming.gateway.codecs import float_to_pcm16, resample, ulaw_encode
-    srv = await start_server(tiny_omni)                       # thread worker: the engine is in-process
+    srv = await start_server(tiny_omni)                       # in-process engine: the session is reachable
     try:
         async with websockets.connect(srv.ws_url) as ws:
             await recv_until(ws, lambda e: e["type"] == "session.created")
             conv, = srv.app["conversations"]
-            seen, prefill = [], conv.engine.session.prefill
-            conv.engine.session.prefill = lambda msg: (seen.append(msg), prefill(msg))[1]
+            session = await engine_session(conv)
+            seen, prefill = [], session.prefill_program
+            session.prefill_program = lambda msg: (seen.append(msg), prefill(msg))[1]
             pcm = float_to_pcm16(resample(speech_16k, 16000, 24000)).tobytes()
             ulaw = ulaw_encode(float_to_pcm16(resample(speech_16k, 16000, 8000)))
             for fmt, data in (("audio/pcm", pcm), ("audio/pcmu", ulaw)):

@@ -1,0 +1,198 @@
+"""Batch engine figures (one JSON line): N sessions on one `BatchEngine`, batching on and off.
+
+Per level N (default 1, 4, 16, 32) and per mode (`batched`: up to --max-batch ops per forward;
+`alone`: the same engine with max_batch 1, every op run by itself, as the old one-step-at-a-time
+worker did), all N sessions do the same thing at the same moment (the worst case):
+* `unit_ms`: one 1-s unit (audio + a 640x480 camera frame) of every session prefilled together:
+  the wall time until the last one is in (what each user waits for);
+* `llm_tok_s`: text-only replies of --tokens tokens each: aggregate LLM tokens per second;
+* speech replies of --speech-s seconds each: `tts_frames_s` aggregate TTS frames per second,
+  `first_audio_ms` p50/p95 after the replies start, `rtf` p50/max per session (generation time /
+  audio), `max_wait_ms`: the longest a player that starts at a session's first audio and plays in
+  real time waits for the next piece (0 = never starved; "held" means <= 150 ms);
+* `peak_mb`: peak RSS (CPU) or peak CUDA memory of the level.
+`ratio` gives batched / alone per level for the throughput figures.
+
+    python bench/engine.py [--levels 1,4,16,32] [--model DIR]
+    python bench/engine.py --full-random --layers 2 [--levels 1,16] [--skip-speech]
+    python bench/engine.py --full-random --device cuda --dtype bfloat16 --levels 1,8,16,32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+HELD_MS = 150.0
+
+
+def percentile(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else None
+
+
+class Driver:
+    """Runs an engine on this thread: commands in, `tick()` until every callback came back."""
+
+    def __init__(self, engine, sync):
+        self.e, self.sync, self.waiting = engine, sync, 0
+
+    def call(self, sid, op, *args, done=None):
+        self.waiting += 1
+
+        def cb(result, error):
+            self.waiting -= 1
+            if error is not None:
+                raise error
+            if done:
+                done(result)
+        self.e.submit(sid, op, args, None, cb)
+
+    def until_done(self) -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            while self.waiting:
+                self.e.tick()
+        self.sync()
+        return time.perf_counter() - t
+
+
+def replies(d: Driver, sids, opts) -> tuple[dict, float]:
+    """Start a reply on every session at once and take its pieces as they come, as a gateway
+    does; -> per session [(arrival time, audio samples so far)], wall seconds until all ended."""
+    arrivals = {sid: [] for sid in sids}
+
+    def consume(sid):
+        def done(result):
+            if result[0] is None:
+                return
+            if len(result[1]):
+                total = (arrivals[sid][-1][1] if arrivals[sid] else 0) + len(result[1])
+                arrivals[sid].append((time.perf_counter(), total))
+            d.call(sid, "reply_step", done=done)
+        return done
+    for sid in sids:
+        d.call(sid, "generate", opts)
+        d.call(sid, "reply_step", done=consume(sid))
+    return arrivals, d.until_done()
+
+
+def run_level(m, n: int, max_batch: int, a, sync) -> dict:
+    from omni.batch.engine import BatchEngine
+    from omni.sampling import SamplingParams
+    from omni.session.engine import GenerateOptions
+    rng = np.random.default_rng(n)
+    frame = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    rate = m.vocos.dims.sample_rate_hz
+    if a.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    e = BatchEngine(m, slots=n, slot_tokens=a.slot_tokens, max_batch=max_batch)
+    d = Driver(e, sync)
+    sids = [e.open() for _ in range(n)]
+    for i, sid in enumerate(sids):
+        d.call(sid, "system", i, "audio_assistant", None, None)
+    d.until_done()
+    unit_ms = []
+    for _ in range(a.units):
+        for sid in sids:
+            d.call(sid, "unit", (0.1 * rng.standard_normal(m.pre.sampling_rate)).astype(np.float32), frame)
+        unit_ms.append(1000 * d.until_done())
+    out = {"unit_ms": round(statistics.median(unit_ms), 1)}
+    text = GenerateOptions(sampling=SamplingParams(), max_new_tokens=a.tokens, generate_audio=False)
+    tokens0 = e.stats.llm_tokens
+    _, wall = replies(d, sids, text)
+    out["llm_tok_s"] = round((e.stats.llm_tokens - tokens0) / wall, 1)
+    if not a.skip_speech:
+        out.update(speech(m, e, d, sids, a, rate))
+    out["peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20 if a.device.startswith("cuda")
+                           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
+
+
+def speech(m, e, d, sids, a, rate) -> dict:
+    from omni.sampling import SamplingParams
+    from omni.session.engine import GenerateOptions
+    opts = GenerateOptions(sampling=SamplingParams(), max_new_tokens=4 * a.tokens, max_speech_s=a.speech_s,
+                           low_latency=True)
+    frames0 = e.stats.tts_frames
+    t0 = time.perf_counter()
+    arrivals, wall = replies(d, sids, opts)
+    first, rtf, waits = [], [], []
+    for sid in sids:
+        arr = arrivals[sid]
+        if not arr:
+            continue
+        t_first = arr[0][0]
+        first.append(1000 * (t_first - t0))
+        rtf.append((arr[-1][0] - t0) / (arr[-1][1] / rate))
+        prev_samples, worst = arr[0][1], 0.0
+        for t, total in arr[1:]:
+            due = t_first + prev_samples / rate      # the player runs out of audio then
+            worst = max(worst, 1000 * (t - due))
+            prev_samples = total
+        waits.append(worst)
+    return {"tts_frames_s": round((e.stats.tts_frames - frames0) / wall, 1),
+            "first_audio_ms_p50": round(percentile(first, 0.5), 1), "first_audio_ms_p95": round(percentile(first, 0.95), 1),
+            "rtf_p50": round(percentile(rtf, 0.5), 3), "rtf_max": round(max(rtf), 3),
+            "max_wait_ms": round(max(waits), 1), "held": max(waits) <= HELD_MS}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--full-random", action="store_true")
+    ap.add_argument("--layers", type=int)
+    ap.add_argument("--levels", default="1,4,16,32")
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--units", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=30)
+    ap.add_argument("--speech-s", type=float, default=4.0)
+    ap.add_argument("--slot-tokens", type=int, default=2048)
+    ap.add_argument("--skip-speech", action="store_true")
+    ap.add_argument("--no-alone", action="store_true", help="skip the max_batch=1 comparison")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    a = ap.parse_args()
+    from omni.embedded import embedded_checkpoint
+    from omni.loader import load
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dtype = getattr(torch, a.dtype)
+    t0 = time.perf_counter()
+    if a.full_random:
+        from fullrand import full_random
+        m, name = full_random(a.device, dtype, a.layers), f"full-random(layers={a.layers or 'all'})"
+    else:
+        m = load(a.model or embedded_checkpoint(), dtype=dtype, device=a.device, progress=False)
+        name = str(a.model or "embedded-tiny")
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
+    out = {"bench": "engine", "model": name, "device": a.device, "dtype": a.dtype,
+           "build_s": round(time.perf_counter() - t0, 1), "torch_threads": torch.get_num_threads(),
+           "max_batch": a.max_batch, "speech_s": a.speech_s, "tokens": a.tokens, "levels": {}}
+    for n in [int(x) for x in a.levels.split(",")]:
+        level = {"batched": run_level(m, n, a.max_batch, a, sync)}
+        if not a.no_alone:
+            level["alone"] = run_level(m, n, 1, a, sync)
+            b, s = level["batched"], level["alone"]
+            level["ratio"] = {k: round(b[k] / s[k], 2) for k in ("llm_tok_s", "tts_frames_s") if s.get(k)}
+            level["ratio"]["unit_ms"] = round(s["unit_ms"] / b["unit_ms"], 2)
+        out["levels"][str(n)] = level
+        print(json.dumps({"level": n, **level}), file=sys.stderr)
+    lv = out["levels"]
+    if "1" in lv and "16" in lv:
+        out["llm_tok_s_16_over_1"] = round(lv["16"]["batched"]["llm_tok_s"] / lv["1"]["batched"]["llm_tok_s"], 2)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

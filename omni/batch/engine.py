@@ -1,0 +1,439 @@
+"""`BatchEngine`: one per device; every session on it is a program, and their ops run in batches.
+
+Owns: the sessions of one device (each an `omni.session.engine.Session` whose LLM cache and TTS
+state live in a slot of two preallocated `KVPool`s), their command queues, the programs they run
+(a command's: system / prefill / unit; or the reply), the outputs a reply produced that nobody
+took yet, and the tick loop. Each tick applies the commands that arrived (sessions join and leave
+only here, between batches), advances every program to its next op, picks one batch (`schedule.pick`:
+earliest deadline first, one kind) and executes it (`steps.Executor`), one packed forward for all.
+Does not own: model math, session logic (the programs), threads or asyncio (the caller runs
+`run_forever` on a thread and passes `done` callbacks).
+
+Commands of a session run in order; any command but `reply_step` first stops the session's
+reply (as `Session.prefill` does alone). `reply_step` returns every piece the reply produced since
+the last call, merged, waiting if there is none yet, or (None, end reason) once it is over.
+A batch that raises is re-run op by op from the caches' lengths before it, so one bad session's
+error reaches only that session.
+"""
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..model.ops import LLMForward, Op, TTSFrame, TTSPrefill
+from ..model.pool import KVPool, SlotCache, TTSSlotCache
+from ..model.steps import Executor
+from ..model.tts_loop import SpeechParams
+from ..session.engine import Session
+from ..session.speech import CARRY_FRAMES
+from .schedule import Pending, pick
+
+log = logging.getLogger("omni.batch")
+Done = Callable[[Any, BaseException | None], None]
+COMMANDS = ("open", "close", "system", "prefill", "unit", "rollback", "generate", "reply_step")   # open/close: use the methods
+
+
+class EngineFull(RuntimeError):
+    """Every slot of the engine's pools is taken."""
+
+
+def tts_slot_tokens(tts) -> int:
+    """A TTS segment's most positions: text slots + the official frame cap (checked after a call,
+    so one call more) + the frames a rollover carries in."""
+    p = SpeechParams()
+    return tts.condition_length - 1 + p.max_frames + 2 * p.frames_per_step + CARRY_FRAMES
+
+
+def slot_bytes(omni, slot_tokens: int) -> int:
+    """Memory of one session's slots (LLM + TTS pools)."""
+    c, t = omni.config, omni.net.tts.cfg
+    llm = KVPool.slot_bytes(c.num_hidden_layers, c.num_key_value_heads, c.hidden_size // c.num_attention_heads,
+                            slot_tokens, omni.dtype)
+    tts = KVPool.slot_bytes(t.num_hidden_layers, t.num_attention_heads, t.hidden_size // t.num_attention_heads,
+                            tts_slot_tokens(omni.net.tts), torch.float32)
+    return llm + tts
+
+
+class SlotCaches:
+    """A session's caches in the engine's pools: its slot, reset whenever asked for a fresh one."""
+
+    def __init__(self, tts, llm_pool: KVPool, tts_pool: KVPool, slot: int):
+        self.tts = tts
+        self._llm = SlotCache(llm_pool, slot)
+        self._tts = TTSSlotCache(tts_pool, slot, tts.condition_length - 1)
+
+    def llm(self) -> SlotCache:
+        return self._llm.reset()
+
+    def tts_state(self, text_mask: torch.Tensor | None = None):
+        return self.tts.new_state(text_mask, cache=self._tts.reset())
+
+
+@dataclass(eq=False)
+class _Command:
+    sid: int
+    op: str
+    args: tuple
+    deadline_s: float
+    done: Done
+
+
+@dataclass(eq=False)
+class _Live:
+    """One session on the engine, owned by the engine thread."""
+    sid: int
+    slot: int
+    session: Session
+    commands: deque = field(default_factory=deque)
+    current: _Command | None = None        # the command whose program runs
+    program: Any = None                    # its program, or the reply program, or None
+    replying: bool = False                 # `program` is the reply program
+    pending: Op | None = None              # the op `program` waits on
+    outputs: list = field(default_factory=list)      # (text, wav) of the reply not yet handed out
+    waiter: _Command | None = None         # a reply_step waiting for output
+    reply_deadline_s: float = float("inf")
+    reply_error: BaseException | None = None
+
+    @property
+    def deadline_s(self) -> float:
+        if self.current is not None:
+            return self.current.deadline_s
+        return self.waiter.deadline_s if self.waiter is not None else self.reply_deadline_s
+
+
+class BatchEngine:
+    def __init__(self, omni, slots: int, slot_tokens: int = 8192, max_batch: int = 32,
+                 reply_reserve_tokens: int = 0, clock_s: Callable[[], float] = time.monotonic):
+        """`slots`: sessions the engine holds; `slot_tokens`: LLM positions per session (its
+        context, sliding window included); `max_batch`: the most ops in one forward (1 = every
+        op alone, batching off); `reply_reserve_tokens`: kept free for a reply when prefilling."""
+        assert slots >= 1 and max_batch >= 1, (slots, max_batch)
+        c, t = omni.config, omni.net.tts.cfg
+        self.omni, self.slots, self.slot_tokens, self.max_batch = omni, slots, slot_tokens, max_batch
+        self.reply_reserve_tokens, self.clock_s = reply_reserve_tokens, clock_s
+        dev = omni.device
+        self.llm_pool = KVPool(c.num_hidden_layers, slots, c.num_key_value_heads,
+                               c.hidden_size // c.num_attention_heads, slot_tokens, omni.dtype, dev)
+        self.tts_pool = KVPool(t.num_hidden_layers, slots, t.num_attention_heads, t.hidden_size // t.num_attention_heads,
+                               tts_slot_tokens(omni.net.tts), omni.net.tts.emb_text.weight.dtype, dev)
+        self.executor = Executor.of(omni)
+        self._free = list(range(slots))
+        self._slot_of: dict[int, int] = {}      # sid -> slot, for open/close on any thread
+        self._ids = itertools.count(1)
+        self._inbox: deque[_Command] = deque()
+        self._cv = threading.Condition()
+        self._sessions: dict[int, _Live] = {}
+        self._order = itertools.count()
+        self._arrival: dict[int, int] = {}      # sid -> order of its pending op
+        self._stopped = False
+        self.stats = EngineStats()
+
+    # ---- any thread ---------------------------------------------------------------------------
+    @property
+    def free_slots(self) -> int:
+        with self._cv:
+            return len(self._free)
+
+    def open(self, max_cache_tokens: int | None = None, done: Done | None = None) -> int:
+        """Take a slot for a new session (raises `EngineFull`); returns its id."""
+        with self._cv:
+            if not self._free:
+                raise EngineFull(f"all {self.slots} session slots of the engine are in use")
+            slot = self._free.pop(0)             # lowest first: active slots stay compact
+            sid = next(self._ids)
+            self._slot_of[sid] = slot
+        self.submit(sid, "open", (slot, max_cache_tokens), None, done or _ignore)
+        return sid
+
+    def close(self, sid: int, done: Done | None = None) -> None:
+        """End a session. Its slot is free for `open` at once: commands apply in order, so the
+        session is gone before a new one can touch the slot."""
+        with self._cv:
+            slot = self._slot_of.pop(sid, None)
+            if slot is not None:
+                bisect.insort(self._free, slot)
+        self.submit(sid, "close", (), None, done or _ignore)
+
+    def submit(self, sid: int, op: str, args: tuple, deadline_s: float | None, done: Done) -> None:
+        """Queue a command; `done(result, error)` is called once, on the engine thread."""
+        assert op in COMMANDS, op
+        cmd = _Command(sid, op, args, self.clock_s() if deadline_s is None else deadline_s, done)
+        with self._cv:
+            if self._stopped:
+                raise RuntimeError("the batch engine is stopped")
+            self._inbox.append(cmd)
+            self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+
+    # ---- the engine thread --------------------------------------------------------------------
+    def run_forever(self) -> None:
+        while True:
+            with self._cv:
+                while not self._inbox and not self._has_work() and not self._stopped:
+                    self._cv.wait()
+                if self._stopped:
+                    break
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - a bug here must not stop every session
+                log.exception("batch engine tick failed")
+        self._fail_all(RuntimeError("the batch engine stopped"))
+
+    def run_until_idle(self) -> None:
+        """Tick until no command and no op is left (tests and benches drive the engine this way)."""
+        while self.tick():
+            pass
+
+    @torch.inference_mode()
+    def tick(self) -> bool:
+        """Apply arrived commands, advance programs, run one batch; False if there was nothing to do."""
+        with self._cv:
+            commands = list(self._inbox)
+            self._inbox.clear()
+        for cmd in commands:
+            self._apply(cmd)
+        for live in list(self._sessions.values()):
+            self._start_next(live)
+        waiting = [live for live in self._sessions.values() if live.pending is not None]
+        chosen = pick([Pending(live.deadline_s, self._arrival[live.sid], live.pending.kind) for live in waiting],
+                      self.max_batch)
+        if not chosen:
+            return bool(commands)
+        self._execute([waiting[i] for i in chosen])
+        return True
+
+    def _has_work(self) -> bool:
+        return any(live.pending is not None for live in self._sessions.values())
+
+    # ---- commands -----------------------------------------------------------------------------
+    def _apply(self, cmd: _Command) -> None:
+        if cmd.op == "open":
+            slot, max_cache_tokens = cmd.args
+            caches = SlotCaches(self.omni.net.tts, self.llm_pool, self.tts_pool, slot)
+            self.llm_pool.reset_slot(slot)
+            self.tts_pool.reset_slot(slot)
+            session = Session(self.omni, None, max_cache_tokens, caches, self.reply_reserve_tokens)
+            self._sessions[cmd.sid] = _Live(cmd.sid, slot, session)
+            return cmd.done(None, None)
+        live = self._sessions.get(cmd.sid)
+        if live is None:
+            return cmd.done(None, RuntimeError(f"session {cmd.sid} is not open on this engine"))
+        if cmd.op == "close":
+            self._close(live)
+            return cmd.done(None, None)
+        if cmd.op == "reply_step":
+            if live.waiter is not None:
+                return cmd.done(None, RuntimeError("a reply step of this session is already waiting"))
+            live.waiter, live.reply_deadline_s = cmd, cmd.deadline_s
+            return self._serve(live)
+        live.commands.append(cmd)
+
+    def _start_next(self, live: _Live) -> None:
+        """Start the session's next command if none runs; then advance its program to an op."""
+        while live.current is None and live.commands:
+            cmd = live.commands.popleft()
+            self._stop_reply(live)
+            try:
+                started = self._begin(live, cmd)
+            except Exception as e:  # noqa: BLE001 - a bad command fails alone
+                cmd.done(None, e)
+                continue
+            if not started:
+                cmd.done(None, None)
+        if live.program is not None and live.pending is None:
+            self._advance(live, None, None)
+        self._serve(live)
+
+    def _begin(self, live: _Live, cmd: _Command) -> bool:
+        """Set up `cmd`; True if it runs a program (done when the program ends)."""
+        s = live.session
+        if cmd.op == "generate":
+            live.program, live.replying = s.reply_program(*cmd.args), True
+            live.outputs, live.reply_error, live.reply_deadline_s = [], None, cmd.deadline_s
+            return False
+        if cmd.op == "rollback":
+            s.interrupt_ms(*cmd.args)
+            return False
+        if cmd.op == "system":
+            seed, mode, ref, text = cmd.args
+            s.seed = seed                     # a seed takes effect from the context start
+            program = s.system_program(mode, ref, text)
+        elif cmd.op == "prefill":
+            program = s.prefill_program(*cmd.args)
+        else:
+            program = s.unit_program(*cmd.args)
+        live.current, live.program, live.replying = cmd, program, False
+        return True
+
+    def _stop_reply(self, live: _Live) -> None:
+        if live.replying:
+            live.program.close()
+            live.program, live.pending, live.replying = None, None, False
+            live.outputs = []
+            self._serve(live)
+
+    def _close(self, live: _Live) -> None:
+        if live.program is not None:
+            live.program.close()
+        gone = RuntimeError("the session was closed")
+        for cmd in ([live.current] if live.current else []) + list(live.commands):
+            cmd.done(None, gone)
+        if live.waiter is not None:
+            live.waiter.done((None, None), None)
+        del self._sessions[live.sid]
+        self._arrival.pop(live.sid, None)
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._cv:
+            for cmd in self._inbox:
+                cmd.done(None, error)
+            self._inbox.clear()
+        for live in list(self._sessions.values()):
+            for cmd in ([live.current] if live.current else []) + list(live.commands) + \
+                       ([live.waiter] if live.waiter else []):
+                cmd.done(None, error)
+
+    # ---- programs -----------------------------------------------------------------------------
+    def _advance(self, live: _Live, result, error: BaseException | None) -> None:
+        """Resume the session's program with an op's result (or error) until its next op."""
+        program = live.program
+        while True:
+            try:
+                item = program.throw(error) if error is not None else program.send(result)
+            except StopIteration:
+                return self._finished(live, None)
+            except Exception as e:  # noqa: BLE001 - the session's own failure
+                return self._finished(live, e)
+            result = error = None
+            if isinstance(item, Op):
+                live.pending = item
+                self._arrival[live.sid] = next(self._order)
+                return
+            assert live.replying, f"a command program yielded an output: {item!r}"
+            live.outputs.append(item)
+            self._serve(live)
+
+    def _finished(self, live: _Live, error: BaseException | None) -> None:
+        live.program, live.pending = None, None
+        if live.replying:
+            live.replying, live.reply_error = False, error
+            return self._serve(live)
+        cmd, live.current = live.current, None
+        cmd.done(None, error)
+
+    def _serve(self, live: _Live) -> None:
+        """Answer a waiting reply_step: the merged outputs so far, or the end of the reply."""
+        w = live.waiter
+        if w is None or live.commands or live.current is not None:
+            return                        # a reply_step answers after the commands sent before it
+        if live.outputs:
+            text = "".join(t for t, _ in live.outputs)
+            wav = np.concatenate([a for _, a in live.outputs]) if len(live.outputs) > 1 else live.outputs[0][1]
+            live.outputs, live.waiter = [], None
+            self.stats.pieces += 1
+            return w.done((text, wav), None)
+        if not live.replying:
+            live.waiter = None
+            if live.reply_error is not None:
+                error, live.reply_error = live.reply_error, None
+                return w.done(None, error)
+            return w.done((None, live.session.last_reply_end), None)
+
+    # ---- batches ------------------------------------------------------------------------------
+    def _execute(self, batch: list[_Live]) -> None:
+        ops = [live.pending for live in batch]
+        marks = [_lengths(op) for op in ops]
+        t0 = time.perf_counter()
+        try:
+            results, errors = self.executor.run(ops), [None] * len(ops)
+        except Exception as e:  # noqa: BLE001 - isolate the op that raises
+            if len(ops) == 1:
+                results, errors = [None], [e]
+            else:
+                log.warning("a batch of %d %s ops failed (%s); running them one by one", len(ops), ops[0].kind, e)
+                for m in marks:
+                    _restore(m)
+                results, errors = self._one_by_one(ops)
+        self.stats.add(ops[0].kind, len(ops), time.perf_counter() - t0, ops)
+        for live, result, error in zip(batch, results, errors):
+            live.pending = None
+            if live.program is not None:
+                self._advance(live, result, error)
+
+    def _one_by_one(self, ops: list[Op]) -> tuple[list, list]:
+        results, errors = [], []
+        for op in ops:
+            try:
+                results.append(self.executor.one(op))
+                errors.append(None)
+            except Exception as e:  # noqa: BLE001 - handed to that session's program
+                results.append(None)
+                errors.append(e)
+        return results, errors
+
+
+def _ignore(result, error) -> None:
+    if error is not None:   # nobody waits (open/close without a callback): e.g. the engine stopped first
+        log.debug("batch engine command failed: %s", error)
+
+
+def _lengths(op: Op):
+    """The cache lengths an op may change, to undo a batch that raised half-way."""
+    cache = getattr(op, "cache", None)
+    if isinstance(op, (TTSPrefill, TTSFrame)):
+        cache = op.state.cache
+    return (cache, list(cache._len)) if cache is not None and hasattr(cache, "_len") else None
+
+
+def _restore(mark) -> None:
+    if mark is not None:
+        cache, lens = mark
+        cache._len = list(lens)
+
+
+@dataclass
+class EngineStats:
+    """Per op kind: batches run, ops in them, seconds; plus LLM tokens and TTS frames."""
+    batches: dict = field(default_factory=dict)
+    ops: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+    llm_tokens: int = 0
+    llm_decode_tokens: int = 0
+    llm_decode_s: float = 0.0
+    tts_frames: int = 0
+    tts_frame_s: float = 0.0
+    pieces: int = 0
+
+    def add(self, kind: str, n: int, seconds: float, ops: list[Op]) -> None:
+        self.batches[kind] = self.batches.get(kind, 0) + 1
+        self.ops[kind] = self.ops.get(kind, 0) + n
+        self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds
+        if kind == "llm":
+            self.llm_tokens += sum(op.length for op in ops if isinstance(op, LLMForward))
+            if all(op.length == 1 for op in ops):
+                self.llm_decode_tokens += n
+                self.llm_decode_s += seconds
+        elif kind == "tts":
+            frames = sum(isinstance(op, TTSFrame) for op in ops)
+            self.tts_frames += frames
+            if frames == n:
+                self.tts_frame_s += seconds
+
+    def as_dict(self) -> dict:
+        return {"batches": dict(self.batches), "ops": dict(self.ops),
+                "mean_batch": {k: round(self.ops[k] / self.batches[k], 2) for k in self.batches},
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+                "llm_tokens": self.llm_tokens, "tts_frames": self.tts_frames, "pieces": self.pieces}

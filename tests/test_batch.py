@@ -1,0 +1,267 @@
+"""The batch engine on the tiny-a checkpoint: N sessions batched give what each gives alone (text,
+audio within 1e-5, caches), also with barge-in rollback, the sliding window and sessions joining
+and leaving mid-reply; the pool forward's step shapes, chunked == whole, earlier cache entries
+never change; earliest-deadline-first batches; one failing op fails only its session."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omni.batch.engine import BatchEngine, EngineFull
+from omni.batch.schedule import Pending, pick
+from omni.model.ops import LLMForward
+from omni.sampling import GREEDY, SamplingParams
+from omni.session.engine import GenerateOptions, Session
+
+WAV_ATOL = 1e-5          # batched GEMMs round differently; the ids and codes are identical
+FRAME = Image.fromarray(np.random.default_rng(5).integers(0, 255, (120, 160, 3), dtype=np.uint8))
+
+
+def audio(k: int) -> np.ndarray:
+    return (0.1 * np.random.default_rng(k).standard_normal(16000)).astype(np.float32)
+
+
+def reply_opts(sample: bool, speech_s: float = 2.0, tokens: int = 30) -> GenerateOptions:
+    return GenerateOptions(sampling=SamplingParams() if sample else GREEDY, max_new_tokens=tokens,
+                           max_speech_s=speech_s, low_latency=True)
+
+
+class Driver:
+    """Runs an engine on the test thread; every command's (result, error) lands in a box."""
+
+    def __init__(self, engine: BatchEngine):
+        self.e = engine
+
+    def cmd(self, sid, op, *args, deadline_s=None) -> list:
+        box: list = []
+        self.e.submit(sid, op, args, deadline_s, lambda r, err: box.append((r, err)))
+        return box
+
+    def script(self, sid, steps) -> None:
+        for op, *args in steps:
+            self.cmd(sid, op, *args)
+
+    def reply(self, sid) -> tuple[str, np.ndarray, str | None]:
+        """Take the current reply's pieces until it ends: (text, audio, end reason)."""
+        text, wavs = "", []
+        while True:
+            box = self.cmd(sid, "reply_step")
+            while not box:
+                self.e.tick()
+            (result, error), = box
+            assert error is None, error
+            if result[0] is None:
+                return text, np.concatenate(wavs) if wavs else np.zeros(0, np.float32), result[1]
+            text += result[0]
+            wavs.append(result[1])
+
+
+def alone(tiny, seed, steps, budget=None) -> tuple[list[tuple[str, np.ndarray, str | None]], Session]:
+    """The same script on a Session run alone (sliding window `budget`): the reference."""
+    s = Session(tiny, seed=seed, max_cache_tokens=budget)
+    replies = []
+    for op, *args in steps:
+        if op == "system":
+            s.seed = args[0]
+            s.set_system(*args[1:])
+        elif op == "unit":
+            s.append_unit(*args)
+        elif op == "rollback":
+            s.interrupt_ms(*args)
+        elif op == "generate":
+            out = list(s.generate(*args))
+            replies.append(("".join(t for t, _ in out), np.concatenate([w for _, w in out]) if out else
+                            np.zeros(0, np.float32), s.last_reply_end))
+    return replies, s
+
+
+def same(got, want) -> None:
+    (t1, w1, e1), (t2, w2, e2) = got, want
+    assert t1 == t2 and e1 == e2 and w1.shape == w2.shape, (t1, t2, e1, e2, w1.shape, w2.shape)
+    np.testing.assert_allclose(w1, w2, atol=WAV_ATOL, rtol=0)
+
+
+def caches_close(slot_cache, cache) -> None:
+    assert slot_cache.seq_len == cache.seq_len
+    for i in range(cache.num_layers):
+        for x, y in zip(slot_cache.layer(i), cache.layer(i)):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def ref(tiny):
+    return (0.1 * np.random.default_rng(99).standard_normal(2 * tiny.pre.sampling_rate)).astype(np.float32)
+
+
+def test_batched_sessions_equal_each_alone(tiny, ref):
+    scripts = {   # greedy and sampled, voice clone or not, camera frames or not, different lengths
+        1: [("system", 1, "omni", ref, None), ("unit", audio(1), FRAME), ("unit", audio(2), None),
+            ("generate", reply_opts(False))],
+        2: [("system", 2, "audio_assistant", None, None), ("unit", audio(3), None), ("generate", reply_opts(True))],
+        3: [("system", 3, "omni", None, None), ("unit", audio(4), FRAME), ("generate", reply_opts(True, 3.0))],
+        4: [("system", 4, "audio_assistant", None, None), ("unit", audio(5), None),
+            ("generate", reply_opts(False, tokens=12, speech_s=1.0))],
+    }
+    e = BatchEngine(tiny, slots=6, slot_tokens=2048)
+    d = Driver(e)
+    sids = {k: e.open() for k in scripts}
+    for k, steps in scripts.items():
+        d.script(sids[k], steps)
+    e.run_until_idle()
+    assert e.stats.ops["llm"] > e.stats.batches["llm"] and e.stats.ops["tts"] > e.stats.batches["tts"]   # really batched
+    for k, steps in scripts.items():
+        (want,), s = alone(tiny, k, steps)
+        same(d.reply(sids[k]), want)
+        caches_close(e._sessions[sids[k]].session.state.llm_cache, s.state.llm_cache)
+
+
+def test_barge_in_and_sliding_window_inside_a_batch(tiny, ref):
+    """A is cut mid-reply (rollback to what was heard) while B and C generate; B's window slides
+    before its third turn; then everyone goes on. Each equals its own script run alone."""
+    long = reply_opts(False, speech_s=3.0, tokens=60)
+    a0 = [("system", 1, "omni", ref, None), ("unit", audio(1), FRAME), ("generate", long)]
+    b_turn = lambda k: [("unit", audio(20 + k), None), ("generate", reply_opts(False, 1.0, 9))]   # noqa: E731
+    b = [("system", 2, "audio_assistant", None, None)] + b_turn(0) + b_turn(1) + b_turn(2)
+    no_stop = GenerateOptions(sampling=GREEDY, max_new_tokens=60, max_speech_s=3.0, low_latency=True, force_no_stop=True)
+    c = [("system", 3, "omni", None, None), ("unit", audio(30), None), ("unit", audio(31), FRAME),
+         ("generate", no_stop)]
+    _, after_turn0 = alone(tiny, 2, b[:3])
+    budget = after_turn0.state.cache_len + 5      # turn 1 fits, turn 2 makes turn 0 slide out
+    e = BatchEngine(tiny, slots=4, slot_tokens=2048)
+    d = Driver(e)
+    sa, sb, sc = e.open(), e.open(max_cache_tokens=budget), e.open()
+    d.script(sa, a0)
+    d.script(sc, c)
+    d.script(sb, b[:3])
+    first = d.cmd(sa, "reply_step")
+    while not first:                              # A's first piece is out; C is mid-work
+        e.tick()
+    assert e._sessions[sc].program is not None
+    heard_ms = 1000 * len(first[0][0][1]) / 24000 / 2
+    a1 = [("rollback", heard_ms), ("unit", audio(2), None), ("generate", reply_opts(False, 1.5))]
+    d.script(sa, a1)
+    got_b = [d.reply(sb)]
+    for k in (1, 2):
+        d.script(sb, b_turn(k))
+        got_b.append(d.reply(sb))
+    want_a, _ = alone(tiny, 1, a0 + a1)
+    same(d.reply(sa), want_a[1])
+    want_b, sb_alone = alone(tiny, 2, b, budget)
+    _, unwindowed = alone(tiny, 2, b)
+    assert len(sb_alone.state.turn_starts) == 2 < len(unwindowed.state.turn_starts)   # turn 0 slid out
+    for g, w in zip(got_b, want_b):
+        same(g, w)
+    caches_close(e._sessions[sb].session.state.llm_cache, sb_alone.state.llm_cache)
+    assert e._sessions[sb].session.state.turn_starts == sb_alone.state.turn_starts
+    same(d.reply(sc), alone(tiny, 3, c)[0][0])
+
+
+def test_sessions_join_and_leave_mid_reply(tiny):
+    a = [("system", 1, "audio_assistant", None, None), ("unit", audio(1), None), ("generate", reply_opts(True, 3.0))]
+    b = [("system", 2, "audio_assistant", None, None), ("unit", audio(2), None), ("generate", reply_opts(True, 3.0))]
+    c = [("system", 3, "omni", None, None), ("unit", audio(3), FRAME), ("generate", reply_opts(True, 1.5))]
+    e = BatchEngine(tiny, slots=2, slot_tokens=2048)
+    d = Driver(e)
+    sa, sb = e.open(), e.open()
+    d.script(sa, a)
+    d.script(sb, b)
+    for _ in range(60):                           # both mid-reply
+        e.tick()
+    assert e._sessions[sa].program is not None and e._sessions[sb].program is not None
+    slot_b = e._sessions[sb].slot
+    e.close(sb)                                   # B leaves mid-reply; C takes its slot at once
+    sc = e.open()
+    d.script(sc, c)
+    e.run_until_idle()
+    assert e._sessions[sc].slot == slot_b and sb not in e._sessions
+    with pytest.raises(EngineFull):
+        e.open()
+    same(d.reply(sa), alone(tiny, 1, a)[0][0])
+    same(d.reply(sc), alone(tiny, 3, c)[0][0])
+
+
+def test_pool_forward_step_shapes_chunked_equals_whole_and_prefix_stability(tiny):
+    """Through the executor on pool slots: a decode step of 3 sessions appends one position each
+    ([3, D] out); a prefill in two ops equals it in one; earlier positions never change while
+    other slots of the same pool are written."""
+    from omni.model.pool import KVPool, SlotCache
+    from omni.model.steps import Executor
+    c, ex = tiny.config, Executor.of(tiny)
+    pool = KVPool(c.num_hidden_layers, 4, c.num_key_value_heads, c.hidden_size // c.num_attention_heads, 64,
+                  torch.float32, "cpu")
+    caches = [SlotCache(pool, i).reset() for i in range(4)]
+    emb = tiny.net.llm.embed(torch.randint(0, 500, (20,), generator=torch.Generator().manual_seed(0))).detach()
+    ex.run([LLMForward(caches[0], embeds=emb)])
+    ex.run([LLMForward(caches[1], embeds=emb[:7])])
+    ex.run([LLMForward(caches[1], embeds=emb[7:])])
+    caches_close(caches[1], caches[0])                                   # chunked == whole
+    snap = [t.clone() for i in range(c.num_hidden_layers) for t in caches[0].layer(i)]
+    ex.run([LLMForward(caches[2], embeds=emb[:5])])
+    outs = ex.run([LLMForward(cc, ids=[7], all_hidden=True) for cc in caches[:3]])   # one decode batch
+    assert [o.hidden.shape for o in outs] == [(1, c.hidden_size)] * 3
+    assert [cc.seq_len for cc in caches[:3]] == [21, 21, 6]
+    now = [t[:, :, :20] for i in range(c.num_hidden_layers) for t in caches[0].layer(i)]
+    assert all(torch.equal(x, y) for x, y in zip(snap, now))            # earlier entries untouched
+
+
+def test_edf_picks_the_most_urgent_kind_and_fills_the_batch_by_deadline():
+    p = [Pending(5.0, 0, "tts"), Pending(1.0, 1, "llm"), Pending(3.0, 2, "llm"), Pending(0.5, 3, "decode"),
+         Pending(2.0, 4, "llm"), Pending(2.0, 5, "llm")]
+    assert pick(p, 8) == [3]                              # the most urgent op decides the kind
+    del p[3]
+    assert pick(p, 2) == [1, 3]                           # llm: by deadline, cut at max_batch
+    assert pick(p, 8) == [1, 3, 4, 2]                     # ties first come, first served
+    assert pick([], 4) == []
+
+
+def test_a_full_batch_serves_the_session_that_starves_first(tiny):
+    """max_batch 1: of three sessions' units, the one whose listener runs out first goes first."""
+    now = [100.0]
+    e = BatchEngine(tiny, slots=3, slot_tokens=1024, max_batch=1, clock_s=lambda: now[0])
+    d = Driver(e)
+    sids = [e.open() for _ in range(3)]
+    for k, sid in enumerate(sids):
+        d.script(sid, [("system", k, "audio_assistant", None, None)])
+    e.run_until_idle()
+    order, run = [], e.executor.run
+    e.executor.run = lambda ops: (order.append(next(k for k, s in enumerate(sids) if e._sessions[s].pending is ops[0])),
+                                  run(ops))[1]
+    for sid, due in zip(sids, (103.0, 99.0, 100.5)):
+        d.cmd(sid, "unit", audio(20), None, deadline_s=due)
+    e.run_until_idle()
+    assert list(dict.fromkeys(order)) == [1, 2, 0], order
+    assert order == [1, 1, 2, 2, 0, 0]          # audio encode, then LLM prefill: the urgent one finishes first
+
+
+def test_a_failing_op_fails_only_its_session(tiny, monkeypatch):
+    """Forced fault: the LLM step raises for one session's cache; the batch is re-run op by op, the
+    others' units land and their replies equal alone, and the failing session goes on afterwards."""
+    e = BatchEngine(tiny, slots=3, slot_tokens=1024)
+    d = Driver(e)
+    sids = [e.open() for _ in range(3)]
+    for k, sid in enumerate(sids):
+        d.script(sid, [("system", k, "audio_assistant", None, None)])
+    e.run_until_idle()
+    bad = e._sessions[sids[1]].session.state.llm_cache
+    llm = e.executor._kinds["llm"]
+
+    def faulty(ops):
+        if any(op.cache is bad for op in ops):
+            raise RuntimeError("forced fault")
+        return llm(ops)
+    monkeypatch.setitem(e.executor._kinds, "llm", faulty)
+    boxes = [d.cmd(sid, "unit", audio(k), None) for k, sid in enumerate(sids)]
+    e.run_until_idle()
+    assert [b[0][1] is None for b in boxes] == [True, False, True]
+    assert "forced fault" in str(boxes[1][0][1])
+    monkeypatch.setitem(e.executor._kinds, "llm", llm)
+    for k in (0, 2):
+        d.cmd(sids[k], "generate", reply_opts(False, 1.0, 9))
+        script = [("system", k, "audio_assistant", None, None), ("unit", audio(k), None),
+                  ("generate", reply_opts(False, 1.0, 9))]
+        same(d.reply(sids[k]), alone(tiny, k, script)[0][0])
+    d.cmd(sids[1], "unit", audio(1), None)
+    d.cmd(sids[1], "generate", reply_opts(False, 1.0, 9))
+    assert len(d.reply(sids[1])[1]) > 0
