@@ -78,6 +78,34 @@ def build_weights(ckpt: Path, model_cfg: dict, seed: int) -> None:
     torch.save(vocos_state, str(ckpt / "assets" / "Vocos.pt"))
 
 
+def write_sharded(ckpt: Path, model_cfg: dict, shard_bytes: int = 4 << 30, dtype=torch.bfloat16) -> int:
+    """A checkpoint in the official layout with every weight zero (config.json, shards of about
+    `shard_bytes` + model.safetensors.index.json), written shard by shard so writing takes one
+    shard of memory; for memory and load-time measurements of any config. Returns the bytes."""
+    from .config import OmniConfig
+    from .loader import expected_shapes
+    ckpt.mkdir(parents=True, exist_ok=True)
+    (ckpt / "config.json").write_text(json.dumps(model_cfg, indent=2))
+    size = torch.empty(0, dtype=dtype).element_size()
+    shards, current, total = [], [], 0
+    for key, shape in sorted(expected_shapes(OmniConfig.from_dict(model_cfg)).items()):
+        n = size * max(1, int(torch.Size(shape).numel()))
+        if current and sum(b for _, _, b in current) + n > shard_bytes:
+            shards.append(current)
+            current = []
+        current.append((key, shape, n))
+        total += n
+    shards.append(current)
+    weight_map = {}
+    for i, keys in enumerate(shards):
+        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file({k: torch.zeros(shape, dtype=dtype) for k, shape, _ in keys}, str(ckpt / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k, _, _ in keys})
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                   "weight_map": weight_map}))
+    return total
+
+
 def draw(key: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """One tensor of the recipe: N(0, 1/fan_in) weights, unit norms, small biases, wide embeddings."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2 ** 63))

@@ -3,7 +3,8 @@
 Owns: reading an official `openbmb/MiniCPM-o-2_6`-layout directory (config.json, sharded
 safetensors + index or one model.safetensors, tokenizer and preprocessor files, assets/Vocos.pt,
 assets/chattts_tokenizer), checking every key and shape *before* allocating, and loading the shards
-one at a time into a model built on the meta device (peak memory near one copy of the weights).
+one at a time into a model built on the meta device, each tensor assigned in its final dtype
+(peak memory near one copy of the weights in that dtype).
 Does not own: model math, sessions.
 """
 from __future__ import annotations
@@ -85,25 +86,35 @@ def verify_keys(expected: dict, found: dict) -> None:
 
 
 def load_net(ckpt: Path, cfg: OmniConfig, dtype: torch.dtype, device, progress: bool = True) -> MiniCPMO:
+    """Build on the meta device and assign each checkpoint tensor, converted once to its final
+    dtype on `device`, in place of its meta parameter: nothing is allocated before its weights
+    arrive, so peak memory is one copy in the target dtype plus one tensor (a full preallocation
+    in float32 first would double a bf16 model)."""
     files = shard_files(ckpt)
     verify_keys(expected_shapes(cfg), checkpoint_shapes(files))
     with torch.device("meta"):
         net = MiniCPMO(cfg)
-    net = net.to_empty(device=device)
-    params = dict(net.state_dict(keep_vars=True))
     bar = _progress(files, progress)
     for f in bar:
         with safe_open(str(f), "pt", device=str(device)) as s:
+            shard = {}
             for k in s.keys():
-                target = params[RENAMES.get(k, k)]
-                with torch.no_grad():
-                    target.data = s.get_tensor(k).to(dtype)
-    net.init_buffers()
-    # Official quirk kept on purpose (spec §8.3): the TTS runs in float32 (bf16 weight_norm
-    # kernels were missing), so it is up-cast whatever `dtype` the rest uses.
-    if cfg.init_tts:
-        net.tts.float()
+                name = RENAMES.get(k, k)
+                shard[name] = s.get_tensor(k).to(_load_dtype(name, dtype))
+            net.load_state_dict(shard, strict=False, assign=True)   # verify_keys made the key set exact
+            del shard
+    net.init_buffers()     # the non-persistent buffers (rotary tables, sin-cos grid) are computed
+    missing = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
+    assert not missing, f"left on the meta device: {missing[:5]}"
+    for p in net.parameters():
+        p.requires_grad_(False)
     return net.eval()
+
+
+def _load_dtype(key: str, dtype: torch.dtype) -> torch.dtype:
+    # Official quirk kept on purpose (spec §8.3): the TTS runs in float32 (bf16 weight_norm
+    # kernels were missing), whatever `dtype` the rest uses.
+    return torch.float32 if key.startswith("tts.") else dtype
 
 
 def _progress(files, enabled: bool):

@@ -71,3 +71,43 @@ def test_embedded_checkpoint_is_deterministic(embedded_dir, tmp_path, monkeypatc
     again = embedded_checkpoint()
     assert again != embedded_dir
     assert (again / "model.safetensors").read_bytes() == (embedded_dir / "model.safetensors").read_bytes()
+
+
+LOAD_PEAK = r"""
+import sys, torch
+from pathlib import Path
+from omni.config import OmniConfig
+from omni.loader import load_net
+from omni.model.omni import MiniCPMO
+def vm(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+ck = Path(sys.argv[1])
+cfg = OmniConfig.from_file(ck / "config.json")
+with torch.device("meta"):
+    MiniCPMO(cfg)                      # imports every tower's module first: not the loader's memory
+before = vm("VmPeak")
+net = load_net(ck, cfg, torch.bfloat16, "cpu", progress=False)
+print(vm("VmPeak") - before, net.llm.lm_head.weight.dtype, net.tts.emb_text.weight.dtype)
+"""
+
+
+def test_loading_allocates_one_copy_in_the_target_dtype(tmp_path):
+    """A bf16 checkpoint of ~300 MB in 40-MB shards loads within 1.6x its size of address space
+    (VmPeak): the weights in bf16 (safetensors maps them) plus a shard being opened. Preallocating
+    the model in float32 first, as `to_empty` did, takes 2x the checkpoint before any shard is read."""
+    import subprocess
+    import sys
+    from omni.embedded import TINY_TOML, read_model_config, write_sharded
+    cfg = read_model_config(TINY_TOML)
+    cfg.update(hidden_size=512, intermediate_size=2048, num_hidden_layers=28, num_attention_heads=8,
+               num_key_value_heads=2, vocab_size=30_000)
+    cfg["tts_config"] = dict(cfg["tts_config"], llm_dim=512)
+    total = write_sharded(tmp_path / "ck", cfg, shard_bytes=40 << 20)
+    assert len(list((tmp_path / "ck").glob("*.safetensors"))) >= 7 and total > 280 << 20
+    out = subprocess.run([sys.executable, "-c", LOAD_PEAK, str(tmp_path / "ck")], capture_output=True, text=True,
+                         check=True).stdout.split()
+    peak = int(out[0])
+    assert out[1:] == ["torch.bfloat16", "torch.float32"]          # the TTS stays in float32 (official)
+    assert peak < 1.6 * total, f"loading took {peak / 2**20:.0f} MB of address space for {total / 2**20:.0f} MB"

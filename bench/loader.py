@@ -1,0 +1,83 @@
+"""Loader figures (one JSON line): a checkpoint in the official layout (4-GB shards + index) with
+zero weights, loaded by `omni.loader.load_net` in a fresh process: seconds, peak address space
+(VmPeak) and peak resident memory (VmHWM) of the load, whether it stayed within --limit-gib of
+address space (RLIMIT_AS, CPU only), and on CUDA `torch.cuda.max_memory_allocated`.
+
+    python bench/loader.py --full [--dtype bfloat16] [--limit-gib 30]      # 17.4 GB, needs ~18 GB disk
+    python bench/loader.py --full --device cuda --dtype bfloat16
+    python bench/loader.py                                                  # the tiny config
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHILD = r"""
+import json, resource, sys, time, torch
+from pathlib import Path
+from omni.config import OmniConfig
+from omni.loader import load_net
+from omni.model.omni import MiniCPMO
+ck, dtype, device, limit = Path(sys.argv[1]), getattr(torch, sys.argv[2]), sys.argv[3], float(sys.argv[4])
+def vm(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+cfg = OmniConfig.from_file(ck / "config.json")
+with torch.device("meta"):
+    MiniCPMO(cfg)                                   # imports first: not the loader's memory
+if limit > 0:
+    resource.setrlimit(resource.RLIMIT_AS, (int(limit * 2**30), resource.RLIM_INFINITY))
+base, t = vm("VmPeak"), time.perf_counter()
+net = load_net(ck, cfg, dtype, device, progress=False)
+if device.startswith("cuda"):
+    torch.cuda.synchronize()
+out = {"load_s": round(time.perf_counter() - t, 1), "vm_peak_gib": round(vm("VmPeak") / 2**30, 2),
+       "vm_peak_delta_gib": round((vm("VmPeak") - base) / 2**30, 2), "rss_peak_gib": round(vm("VmHWM") / 2**30, 2)}
+if device.startswith("cuda"):
+    out["cuda_max_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+print(json.dumps(out))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--full", action="store_true", help="configs/full.toml (the official shapes)")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--limit-gib", type=float, default=30.0, help="address-space limit on a CPU (0: none)")
+    ap.add_argument("--dir", help="where to write the checkpoint (default: a temp dir, removed after)")
+    a = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    from omni.embedded import TINY_TOML, read_model_config, write_sharded
+    cfg = read_model_config(REPO / "configs" / "full.toml" if a.full else TINY_TOML)
+    ck = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="omni-loader-"))
+    try:
+        t = time.perf_counter()
+        total = write_sharded(ck, cfg)
+        write_s = time.perf_counter() - t
+        limit = 0.0 if a.device.startswith("cuda") else a.limit_gib   # CUDA reserves address space at init
+        p = subprocess.run([sys.executable, "-c", CHILD, str(ck), a.dtype, a.device, str(limit)], cwd=REPO,
+                           capture_output=True, text=True)
+        out = {"bench": "loader", "config": "full" if a.full else "tiny", "dtype": a.dtype, "device": a.device,
+               "checkpoint_gb": round(total / 1e9, 2), "write_s": round(write_s, 1), "limit_gib": limit or None,
+               "loaded": p.returncode == 0}
+        if p.returncode == 0:
+            out.update(json.loads(p.stdout.strip().splitlines()[-1]))
+        else:
+            out["error"] = (p.stderr.strip().splitlines() or ["?"])[-1][:300]
+        print(json.dumps(out))
+    finally:
+        if not a.dir:
+            shutil.rmtree(ck, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
