@@ -5,7 +5,8 @@ Per level N (default 1, 4, 16, 32) and per mode (`batched`: up to --max-batch op
 worker did), all N sessions do the same thing at the same moment (the worst case):
 * `unit_ms`: one 1-s unit (audio + a 640x480 camera frame) of every session prefilled together:
   the wall time until the last one is in (what each user waits for);
-* `llm_tok_s`: text-only replies of --tokens tokens each: aggregate LLM tokens per second;
+* `llm_tok_s`: text-only replies of --tokens tokens each: aggregate LLM positions per second (the
+  replies' prefix prefill included); `llm_decode_tok_s`: the same over one-token forwards only;
 * speech replies of --speech-s seconds each: `tts_frames_s` aggregate TTS frames per second,
   `first_audio_ms` p50/p95 after the replies start, `rtf` p50/max per session (generation time /
   audio), `max_wait_ms`: the longest a player that starts at a session's first audio and plays in
@@ -15,7 +16,7 @@ worker did), all N sessions do the same thing at the same moment (the worst case
 
     python bench/engine.py [--levels 1,4,16,32] [--model DIR]
     python bench/engine.py --full-random --layers 2 [--levels 1,16] [--skip-speech]
-    python bench/engine.py --full-random --device cuda --dtype bfloat16 --levels 1,8,16,32
+    python bench/engine.py --full-random --device cuda --dtype bfloat16 --levels 1,8,16,32 [--no-cuda-graphs]
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def run_level(m, n: int, max_batch: int, a, sync) -> dict:
     rate = m.vocos.dims.sample_rate_hz
     if a.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    e = BatchEngine(m, slots=n, slot_tokens=a.slot_tokens, max_batch=max_batch)
+    e = BatchEngine(m, slots=n, slot_tokens=a.slot_tokens, max_batch=max_batch, cuda_graphs=not a.no_cuda_graphs)
     d = Driver(e, sync)
     sids = [e.open() for _ in range(n)]
     for i, sid in enumerate(sids):
@@ -108,11 +109,14 @@ def run_level(m, n: int, max_batch: int, a, sync) -> dict:
         unit_ms.append(1000 * d.until_done())
     out = {"unit_ms": round(statistics.median(unit_ms), 1)}
     text = GenerateOptions(sampling=SamplingParams(), max_new_tokens=a.tokens, generate_audio=False)
-    tokens0 = e.stats.llm_tokens
+    tokens0, dec0, dec_s0 = e.stats.llm_tokens, e.stats.llm_decode_tokens, e.stats.llm_decode_s
     _, wall = replies(d, sids, text)
     out["llm_tok_s"] = round((e.stats.llm_tokens - tokens0) / wall, 1)
+    # one-token forwards only (the replies' prefix prefill excluded): the decode throughput proper
+    out["llm_decode_tok_s"] = round((e.stats.llm_decode_tokens - dec0) / max(e.stats.llm_decode_s - dec_s0, 1e-9), 1)
     if not a.skip_speech:
         out.update(speech(m, e, d, sids, a, rate))
+    out["graph_replays"] = sum(g.replays for g in e.executor.graphs.values())
     out["peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20 if a.device.startswith("cuda")
                            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
@@ -161,6 +165,8 @@ def main() -> None:
     ap.add_argument("--slot-tokens", type=int, default=2048)
     ap.add_argument("--skip-speech", action="store_true")
     ap.add_argument("--no-alone", action="store_true", help="skip the max_batch=1 comparison")
+    ap.add_argument("--alone-levels", help="levels with the max_batch=1 comparison (default: all)")
+    ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = ap.parse_args()
     from omni.embedded import embedded_checkpoint
@@ -178,19 +184,21 @@ def main() -> None:
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     out = {"bench": "engine", "model": name, "device": a.device, "dtype": a.dtype,
            "build_s": round(time.perf_counter() - t0, 1), "torch_threads": torch.get_num_threads(),
-           "max_batch": a.max_batch, "speech_s": a.speech_s, "tokens": a.tokens, "levels": {}}
+           "max_batch": a.max_batch, "cuda_graphs": a.device.startswith("cuda") and not a.no_cuda_graphs,
+           "speech_s": a.speech_s, "tokens": a.tokens, "levels": {}}
     for n in [int(x) for x in a.levels.split(",")]:
         level = {"batched": run_level(m, n, a.max_batch, a, sync)}
-        if not a.no_alone:
+        if not a.no_alone and (a.alone_levels is None or str(n) in a.alone_levels.split(",")):
             level["alone"] = run_level(m, n, 1, a, sync)
             b, s = level["batched"], level["alone"]
-            level["ratio"] = {k: round(b[k] / s[k], 2) for k in ("llm_tok_s", "tts_frames_s") if s.get(k)}
+            level["ratio"] = {k: round(b[k] / s[k], 2) for k in ("llm_tok_s", "llm_decode_tok_s", "tts_frames_s")
+                              if s.get(k)}
             level["ratio"]["unit_ms"] = round(s["unit_ms"] / b["unit_ms"], 2)
         out["levels"][str(n)] = level
         print(json.dumps({"level": n, **level}), file=sys.stderr)
     lv = out["levels"]
     if "1" in lv and "16" in lv:
-        out["llm_tok_s_16_over_1"] = round(lv["16"]["batched"]["llm_tok_s"] / lv["1"]["batched"]["llm_tok_s"], 2)
+        out["llm_decode_16_over_1"] = round(lv["16"]["batched"]["llm_decode_tok_s"] / lv["1"]["batched"]["llm_decode_tok_s"], 2)
     print(json.dumps(out))
 
 

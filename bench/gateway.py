@@ -13,7 +13,10 @@
   turn end is detected within 1.5 s. `knee_sessions` is the largest N held. All sessions end their
   turns at the same moment, so all replies are generated at once: the worst case.
 
-    python bench/gateway.py [--levels 1,2,4,8,12,16] [--port 8790] [--config bench/gateway-server.toml]
+  With `--turns manual` the sessions stream their audio with no VAD, then all send
+  `input_audio_buffer.commit` + `response.create` at the same moment; first audio is timed from then.
+
+    python bench/gateway.py [--levels 1,2,4,8,12,16] [--turns vad|manual] [--port 8790] [--config bench/gateway-server.toml]
 """
 from __future__ import annotations
 
@@ -80,26 +83,38 @@ async def overhead_per_unit(messages: list[str], audio_s: float) -> float:
     return 1000.0 * loop_cpu / audio_s
 
 
-async def one_session(url: str, messages: list[str], realtime: bool) -> dict:
+async def one_session(url: str, messages: list[str], realtime: bool, together: asyncio.Barrier | None = None) -> dict:
+    """One user turn. `together`: manual turns (no VAD), every session's commit + response.create
+    sent at the same moment once all have streamed their audio (the issue's worst case); the turn
+    end is then that moment."""
     import websockets
     out = {"eos_to_audio_ms": None, "stop_lag_s": None, "audio_rate": None, "ok": False, "max_gap_ms": None}
     arrivals: list[tuple[float, int]] = []      # (arrival time, samples received before this delta)
     async with websockets.connect(url, max_size=None) as ws:
         await ws.recv()
+        if together is not None:
+            await ws.send(json.dumps({"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}}))
         t_start = time.perf_counter()
         n = 0
         t_stop = t_first = t_last = None
         audio_samples = 0
 
         async def sender():
-            nonlocal n
+            nonlocal n, t_stop
             for i, m in enumerate(messages):
                 if realtime:
                     await asyncio.sleep(max(0.0, t_start + i * CHUNK_MS / 1000 - time.perf_counter()))
                 await ws.send(m)
                 n = i + 1
+            if together is not None:
+                await together.wait()
+                t_stop = time.perf_counter()
+                await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+                await ws.send(json.dumps({"type": "response.create"}))
         task = asyncio.create_task(sender())
         speech_end_s = len(messages) * CHUNK_MS / 1000 - 1.5
+        if together is not None:
+            out["stop_lag_s"] = 0.0
         async with asyncio.timeout(120):
             async for raw in ws:
                 ev = json.loads(raw)
@@ -148,11 +163,13 @@ async def main() -> None:
     ap.add_argument("--port", type=int, default=8790)
     ap.add_argument("--config", default=str(REPO / "bench" / "gateway-server.toml"),
                     help="server settings TOML for the server under test")
+    ap.add_argument("--turns", choices=("vad", "manual"), default="vad",
+                    help="vad: server VAD ends every turn at once; manual: all commit + response.create at once")
     a = ap.parse_args()
     pcm = utterance_pcm16_24k()
     messages = appends(pcm)
     audio_s = len(pcm) / 2 / 24000
-    result = {"bench": "gateway", "model": "embedded-tiny", "device": "cpu",
+    result = {"bench": "gateway", "model": "embedded-tiny", "device": "cpu", "turns": a.turns,
               "overhead_ms_per_unit": round(await overhead_per_unit(messages, audio_s), 2)}
     levels = [int(x) for x in a.levels.split(",")]
     from streaming.settings import load_settings
@@ -166,14 +183,15 @@ async def main() -> None:
         result["eos_to_first_audio_ms_p95"] = pct([s["eos_to_audio_ms"] for s in solo], 0.95)
         curve, knee = [], 0
         for n in levels:
-            runs = await asyncio.gather(*[one_session(url, messages, realtime=True) for _ in range(n)])
+            together = asyncio.Barrier(n) if a.turns == "manual" else None
+            runs = await asyncio.gather(*[one_session(url, messages, realtime=True, together=together) for _ in range(n)])
             held = all(r["ok"] and r["max_gap_ms"] is not None and r["max_gap_ms"] <= UNDERRUN_BUDGET_MS
                        and r["stop_lag_s"] is not None and r["stop_lag_s"] < 1.5 for r in runs)
             curve.append({"sessions": n, "held": held,
                           "eos_to_first_audio_ms_p95": pct([r["eos_to_audio_ms"] for r in runs], 0.95),
                           "min_audio_rate_x": round(min((r["audio_rate"] or 0) for r in runs), 2),
                           "max_underrun_ms": round(max((r["max_gap_ms"] if r["max_gap_ms"] is not None else 1e9) for r in runs), 1),
-                          "max_stop_lag_s": round(max((r["stop_lag_s"] or 99) for r in runs), 2)})
+                          "max_stop_lag_s": round(max((99 if r["stop_lag_s"] is None else r["stop_lag_s"]) for r in runs), 2)})
             if held:
                 knee = n
         result["concurrency"] = curve

@@ -51,6 +51,7 @@ class ServerSettings:
     worker: str = "auto"  # "processes" (an engine and a model copy per lane), "threads", or auto: processes on a CPU with >1 lane
     max_batch: int = 32  # the most sessions' ops in one batched forward; 1 = every op alone (batching off)
     kv_cache_gb: float = 0.0  # KV pool memory per engine; 0 = auto (CUDA: what is free after loading)
+    cuda_graphs: bool = True  # CUDA: the LLM token and TTS frame steps replay captured graphs
     model_step_timeout_s: float = 60.0  # processes: a model process silent this long over one step is replaced
     max_context_tokens: int = 8192  # LLM cache budget; oldest complete turns slide out (system prompt kept)
 

@@ -58,11 +58,12 @@ class EngineSpec:
     max_batch: int = 32
     reply_reserve_tokens: int = 0
     kv_cache_gb: float = 0.0        # per engine; 0 = auto
+    cuda_graphs: bool = True
 
     @classmethod
     def from_settings(cls, s) -> "EngineSpec":
         return cls(s.max_sessions, s.lanes, s.max_context_tokens + s.max_reply_tokens + TURN_ROOM_TOKENS,
-                   s.max_batch, s.max_reply_tokens + 16, s.kv_cache_gb)
+                   s.max_batch, s.max_reply_tokens + 16, s.kv_cache_gb, s.cuda_graphs)
 
     def slots(self, omni) -> int:
         """Sessions one engine holds: its share of max_sessions, within the memory for its pools."""
@@ -82,7 +83,8 @@ class EngineSpec:
         return max(1, min(want, fits))
 
     def engine(self, omni) -> BatchEngine:
-        return BatchEngine(omni, self.slots(omni), self.slot_tokens, self.max_batch, self.reply_reserve_tokens)
+        return BatchEngine(omni, self.slots(omni), self.slot_tokens, self.max_batch, self.reply_reserve_tokens,
+                           cuda_graphs=self.cuda_graphs)
 
 
 def engine_call(engine: BatchEngine, sid: int):

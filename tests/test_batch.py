@@ -265,3 +265,25 @@ def test_a_failing_op_fails_only_its_session(tiny, monkeypatch):
     d.cmd(sids[1], "unit", audio(1), None)
     d.cmd(sids[1], "generate", reply_opts(False, 1.0, 9))
     assert len(d.reply(sids[1])[1]) > 0
+
+
+def test_a_decode_step_padded_to_its_graph_bucket_equals_the_step(tiny):
+    """What a CUDA graph replays (omni.model.graphs): the batch padded to a power of two by
+    repeating the last row and the keys read up to a length bucket give the same rows, on a CPU."""
+    from omni.model.graphs import bucket, pad
+    from omni.model.pool import KVPool, SlotCache
+    from omni.model.rows import Row, decode_forward, decode_plan
+    c, llm = tiny.config, tiny.net.llm
+    pool = KVPool(c.num_hidden_layers, 4, c.num_key_value_heads, c.hidden_size // c.num_attention_heads, 600,
+                  torch.float32, "cpu")
+    caches = [SlotCache(pool, i).reset() for i in range(3)]
+    with torch.inference_mode():
+        for n, cc in zip((5, 17, 9), caches):
+            llm.model(llm.embed(torch.randint(0, 500, (1, n))), cache=cc)
+        x = llm.embed(torch.tensor([3, 4, 5]))
+        rows = [Row(cc, 1, cc.seq_len) for cc in caches]
+        want = decode_forward(llm.model, x, decode_plan(rows, "cpu"))
+        xp, dp = pad(x, decode_plan(rows, "cpu", length=256), bucket(3))
+        got = decode_forward(llm.model, xp, dp)
+    assert bucket(3) == 4 and got.shape == (4, c.hidden_size)
+    torch.testing.assert_close(got[:3], want, atol=1e-5, rtol=1e-5)

@@ -112,10 +112,12 @@ class _Live:
 
 class BatchEngine:
     def __init__(self, omni, slots: int, slot_tokens: int = 8192, max_batch: int = 32,
-                 reply_reserve_tokens: int = 0, clock_s: Callable[[], float] = time.monotonic):
+                 reply_reserve_tokens: int = 0, clock_s: Callable[[], float] = time.monotonic,
+                 cuda_graphs: bool = True):
         """`slots`: sessions the engine holds; `slot_tokens`: LLM positions per session (its
         context, sliding window included); `max_batch`: the most ops in one forward (1 = every
-        op alone, batching off); `reply_reserve_tokens`: kept free for a reply when prefilling."""
+        op alone, batching off); `reply_reserve_tokens`: kept free for a reply when prefilling;
+        `cuda_graphs`: on a CUDA device, decode steps replay captured graphs."""
         assert slots >= 1 and max_batch >= 1, (slots, max_batch)
         c, t = omni.config, omni.net.tts.cfg
         self.omni, self.slots, self.slot_tokens, self.max_batch = omni, slots, slot_tokens, max_batch
@@ -125,7 +127,7 @@ class BatchEngine:
                                c.hidden_size // c.num_attention_heads, slot_tokens, omni.dtype, dev)
         self.tts_pool = KVPool(t.num_hidden_layers, slots, t.num_attention_heads, t.hidden_size // t.num_attention_heads,
                                tts_slot_tokens(omni.net.tts), omni.net.tts.emb_text.weight.dtype, dev)
-        self.executor = Executor.of(omni)
+        self.executor = Executor.of(omni, cuda_graphs)
         self._free = list(range(slots))
         self._slot_of: dict[int, int] = {}      # sid -> slot, for open/close on any thread
         self._ids = itertools.count(1)

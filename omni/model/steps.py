@@ -19,24 +19,33 @@ import torch
 
 from ..sampling import choose_rows
 from .ops import AudioEncode, Decode, LLMForward, LLMOut, Op, VisionEncode
-from .rows import Row, forward_rows
+from .rows import Row, forward_rows, linear
+
+
+CPU_VISION_BATCH = 2
 
 
 class Executor:
     """Runs ops on a model bundle's modules (`m.net`, `m.vocos`); a TTS-only user passes `tts`."""
 
-    def __init__(self, net=None, vocos=None, tts=None, audio_pool_step: int = 2):
+    def __init__(self, net=None, vocos=None, tts=None, audio_pool_step: int = 2, cuda_graphs: bool = False):
+        """`cuda_graphs`: run decode steps (LLM token, TTS frame) as captured CUDA graphs."""
         self.net, self.vocos = net, vocos
         self.tts = tts if tts is not None else getattr(net, "tts", None)
         self.audio_pool_step = audio_pool_step
+        self.graphs = {}
+        if cuda_graphs:
+            from .graphs import DecodeGraphs
+            self.graphs = {"llm": DecodeGraphs(net.llm.model), "tts": DecodeGraphs(self.tts.model)}
         self._kinds: dict[str, Callable[[list], list]] = {
             "llm": self._llm, "tts": self._tts, "decode": self._decode, "vision": self._vision,
             "audio": self._audio}
 
     @classmethod
-    def of(cls, m) -> "Executor":
-        """For an `omni.loader.Omni` bundle."""
-        return cls(m.net, m.vocos, audio_pool_step=m.config.audio_pool_step)
+    def of(cls, m, cuda_graphs: bool = False) -> "Executor":
+        """For an `omni.loader.Omni` bundle (graphs only on a CUDA device)."""
+        return cls(m.net, m.vocos, audio_pool_step=m.config.audio_pool_step,
+                   cuda_graphs=cuda_graphs and m.device.type == "cuda")
 
     @torch.inference_mode()
     def run(self, ops: list[Op]) -> list:
@@ -57,13 +66,13 @@ class Executor:
                       if ids else ())
         x = torch.cat([next(id_emb) if op.ids is not None else op.embeds.to(dev) for op in ops], 0)
         rows = [Row(op.cache, op.length, op.cache.seq_len) for op in ops]
-        h = forward_rows(llm.model, x, rows)
+        h = forward_rows(llm.model, x, rows, self.graphs.get("llm"))
         ends = torch.tensor([op.length for op in ops]).cumsum(0) - 1
         last = h[ends.to(dev)]                                                   # [B, D]
         drawn = [b for b, op in enumerate(ops) if op.sample is not None]
         tokens: list = [None] * len(ops)
         if drawn:
-            logits = llm.lm_head(last[drawn])
+            logits = linear(llm.lm_head, last[drawn])
             s = [ops[b].sample for b in drawn]
             for b, tok in zip(drawn, choose_rows(logits, [x.seen for x in s], [x.params for x in s],
                                                  [x.generator for x in s])):
@@ -76,7 +85,7 @@ class Executor:
         return out
 
     def _tts(self, ops: list) -> list:
-        return self.tts.step_rows(ops)
+        return self.tts.step_rows(ops, self.graphs.get("tts"))
 
     def _decode(self, ops: list[Decode]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """-> (mel [1, num_mels, 2T], wav [n]) per op; chunks batch only with equal lengths (the
@@ -92,7 +101,12 @@ class Executor:
 
     def _vision(self, ops: list[VisionEncode]) -> list[torch.Tensor]:
         out: list = [None] * len(ops)
-        for group in _groups(ops, lambda op: tuple(tuple(s.shape) for s in op.strips)).values():
+        # On a CPU a batch of frames is no faster per frame (the eager attention's [heads, P, P]
+        # scores dominate: 770 ms a full-size frame alone, 825 in eights, 978 in sixteens).
+        chunk = CPU_VISION_BATCH if self.net.llm.lm_head.weight.device.type == "cpu" else len(ops)
+        groups = [g[i:i + chunk] for g in _groups(ops, lambda op: tuple(tuple(s.shape) for s in op.strips)).values()
+                  for i in range(0, len(g), chunk)]
+        for group in groups:
             strips = [s for b in group for s in ops[b].strips]
             feats = self.net.vision_features(strips, torch.cat([ops[b].tgt_sizes for b in group], 0))
             for b, f in zip(group, feats.split([len(ops[b].strips) for b in group])):

@@ -280,9 +280,9 @@ class ConditionalChatTTS(nn.Module):
         return state.codes, state.finished
 
     @torch.inference_mode()
-    def step_rows(self, ops: list) -> list:
+    def step_rows(self, ops: list, decode_step=None) -> list:
         """Execute TTS ops of many states in one packed forward: `TTSPrefill` -> None, `TTSFrame`
-        -> the drawn codes [Q] (long, on the host)."""
+        -> the drawn codes [Q] (long, on the host). `decode_step`: see rows.forward_rows."""
         dev = self.emb_text.weight.device
         frames = [op for op in ops if isinstance(op, TTSFrame)]
         x, rows = [], []
@@ -297,7 +297,7 @@ class ConditionalChatTTS(nn.Module):
             for op in frames:
                 past = op.state.cache.seq_len
                 rows.append(Row(op.state.cache, 1, past, mask=self.streaming_mask(past, op.state.text_mask, dev)[0, 0, 0]))
-        h = forward_rows(self.model, torch.cat(x, 0), rows)
+        h = forward_rows(self.model, torch.cat(x, 0), rows, decode_step)
         picked = iter(())
         if frames:
             logits = self.head_logits(h[h.shape[0] - len(frames):])
