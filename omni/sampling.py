@@ -71,11 +71,11 @@ def choose_rows(logits: torch.Tensor, seen: list, params: list[SamplingParams],
             groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(b)
     drawn, draws = [], []
     for (temperature, top_k, top_p), rows in groups.items():
-        probs, ids = _candidates(scores[rows] / temperature, top_k, top_p)
-        for j, b in enumerate(rows):
+        for j, (probs, ids) in enumerate(_candidates(scores[rows] / temperature, top_k, top_p)):
+            b = rows[j]
             drawn.append(b)
-            pick = torch.multinomial(probs[j], 1, generator=generators[b])
-            draws.append(pick if ids is None else ids[j, pick])
+            pick = torch.multinomial(probs, 1, generator=generators[b])
+            draws.append(pick if ids is None else ids[pick])
     if draws:   # one transfer to the host for every draw
         for b, tok in zip(drawn, torch.cat(draws).tolist()):
             out[b] = tok
@@ -85,20 +85,23 @@ def choose_rows(logits: torch.Tensor, seen: list, params: list[SamplingParams],
 TIE_MARGIN = 16   # candidates past top_k, so values tied with the k-th are kept as TopKLogitsWarper does
 
 
-def _candidates(scores: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """scores [R, V] -> (probs [R, C], vocab ids [R, C] or None when C == V).
+def _candidates(scores: torch.Tensor, top_k: int, top_p: float) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """scores [R, V] -> per row (probs [C], vocabulary ids [C], or None when C == V).
 
-    The same distribution as softmax(top_k_top_p(scores)) over the whole vocabulary, computed on
-    the top_k candidates only: sorting 152k logits per token for top-p cost 6 ms a row on a CPU.
-    Candidates are in vocabulary order, as in the full row (its other entries are exactly 0), so a
-    draw lands on the same token. A row whose k-th value ties past the margin takes the full path."""
+    The distribution of softmax(top_k_top_p(scores)) over the whole vocabulary, computed on the
+    top_k candidates only: sorting 152k logits per token for top-p cost 6 ms a row on a CPU. The
+    draw is torch.multinomial over the candidates (in vocabulary order), so a seed gives other
+    tokens than a draw over the whole row would; each row's path depends on that row alone (a row
+    whose k-th value ties past the margin takes the whole-vocabulary path), so a batched row draws
+    what it draws alone."""
     R, V = scores.shape
     if not top_k or top_k <= 0 or top_k + TIE_MARGIN >= V:
-        return top_k_top_p(scores, top_k, top_p).softmax(-1), None
+        return [(p, None) for p in top_k_top_p(scores, top_k, top_p).softmax(-1)]
     vals, ids = scores.topk(top_k + TIE_MARGIN, dim=-1)              # descending
     keep = vals >= vals[:, top_k - 1:top_k]                           # TopKLogitsWarper: >= the k-th value
-    if bool(keep[:, -1].any()):                                       # ties beyond the margin: rare
-        return top_k_top_p(scores, top_k, top_p).softmax(-1), None
     ids, order = ids.sort(dim=-1)                                     # back to vocabulary order
-    vals = torch.where(keep, vals, float("-inf")).gather(-1, order)
-    return top_k_top_p(vals, 0, top_p).softmax(-1), ids
+    probs = top_k_top_p(torch.where(keep, vals, float("-inf")).gather(-1, order), 0, top_p).softmax(-1)
+    out = list(zip(probs, ids))
+    for r in keep[:, -1].nonzero()[:, 0].tolist():                     # ties beyond the margin: rare
+        out[r] = (top_k_top_p(scores[r:r + 1], top_k, top_p).softmax(-1)[0], None)
+    return out

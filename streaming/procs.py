@@ -58,7 +58,6 @@ def _child(conn, checkpoint: str, dtype: str, device: str, spec: EngineSpec) -> 
     """A model process: load, build the engine, answer (rid, sid, command, args, deadline) requests."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent decides when we stop
     import torch
-    from omni.batch.engine import EngineFull
     from omni.loader import load
     torch.set_num_threads(1)
     try:
@@ -94,14 +93,15 @@ def _child(conn, checkpoint: str, dtype: str, device: str, spec: EngineSpec) -> 
                     answer(rid)({"sessions": len(ids), "slots": engine.slots, **engine.stats.as_dict(),
                                  "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)},
                                 None)
-                elif sid not in ids:     # the parent stops these first (lost sessions); kept as a guard
-                    raise ModelProcessError(f"session {sid} is not open in this model process")
+                elif sid not in ids:     # opened on a process that died, or refused: the session is gone
+                    raise ModelError("model_process_died", f"session {sid} is not open in this model process "
+                                     "(its process was restarted); reconnect to start a new session")
                 elif op == "close":
                     engine.close(ids.pop(sid), answer(rid))
                 else:
                     engine.submit(ids[sid], op, args, deadline_s, answer(rid))
-            except (EngineFull, ModelProcessError) as e:
-                answer(rid)(None, e)
+            except Exception as e:  # noqa: BLE001 - answered; this thread must keep reading
+                answer(rid)(None, _portable(e))
     threading.Thread(target=read, name="omni-model-read", daemon=True).start()
     engine.run_forever()
 
@@ -120,10 +120,14 @@ class _Lane:
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.ready = threading.Event()
         self.stopping = False
+        self.failures = 0                 # restarts that failed in a row
         self.proc, self.conn = None, None
 
     @property
     def free(self) -> int:
+        """Slots a new session may take: none while the process is (re)starting or broken."""
+        if not self.ready.is_set() or self.failures or self.proc is None or not self.proc.is_alive():
+            return 0
         with self.lock:
             return self.slots - len(self.sids - self.lost)
 
@@ -137,6 +141,8 @@ class _Lane:
 
     def wait_ready(self) -> None:
         if not self.conn.poll(START_TIMEOUT_S):
+            self.proc.kill()              # its late handshake must not reach the reader
+            self.proc.join(5.0)
             raise ModelProcessError(f"model process {self.index} did not load within {START_TIMEOUT_S:.0f} s")
         try:
             ok, value = self.conn.recv()
@@ -161,13 +167,18 @@ class _Lane:
             self.ready.wait()
             try:
                 self.conn.send(msg)
-            except Exception as e:  # noqa: BLE001 - a dead pipe (the reader restarts it) or an unpicklable argument
+            except OSError:               # a dead pipe: the reader restarts the process
                 if msg is not None:
-                    self._settle(msg[0], None, e if self.proc.is_alive() else _died(self.proc.exitcode))
+                    self._settle(msg[0], None, _died(self.died_code))
+            except Exception as e:  # noqa: BLE001 - an argument that does not pickle
+                if msg is not None:
+                    self._settle(msg[0], None, e)
             if msg is None:
                 return
 
     def run_reader(self) -> None:
+        """Settle answers as they come; a process silent for `step_timeout_s` with commands
+        outstanding (one batched step of the engine took that long) is killed and replaced."""
         heard = time.monotonic()
         while not self.stopping:
             try:
@@ -175,7 +186,8 @@ class _Lane:
                     with self.lock:
                         busy = bool(self.pending)
                     if busy and time.monotonic() - heard > self.step_timeout_s:   # hung: end it
-                        self.proc.kill()
+                        if self.proc.is_alive():
+                            self.proc.kill()
                         raise EOFError(f"no answer within {self.step_timeout_s:g} s; killed")
                     if not busy:
                         heard = time.monotonic()
@@ -183,9 +195,11 @@ class _Lane:
                 rid, ok, value = self.conn.recv()
                 heard = time.monotonic()
                 self._settle(rid, value if ok else None, None if ok else value)
-            except (EOFError, OSError) as e:   # the process died
+            except Exception as e:  # noqa: BLE001 - died, or sent what no request expects: replace it
                 if self.stopping:
                     return
+                if self.proc is not None and self.proc.is_alive():
+                    self.proc.kill()
                 self._died(e)
                 heard = time.monotonic()
 
@@ -207,12 +221,18 @@ class _Lane:
                   self.index, e, code, n)
         for waiter in waiters:
             settle(*waiter, None, _died(code))
+        if self.failures:                 # a restart failed before: back off (1, 2, 4 ... 60 s)
+            time.sleep(min(60.0, 2.0 ** (self.failures - 1)))
         try:
+            t = time.monotonic()
             self.start()
             self.wait_ready()
-        except Exception:  # noqa: BLE001 - the next command reports the dead pipe again
-            log.exception("model process %d could not be restarted", self.index)
-            self.ready.set()
+            self.failures = 0
+            log.info("model process %d replaced in %.1f s", self.index, time.monotonic() - t)
+        except Exception:  # noqa: BLE001 - takes no new sessions; the reader tries again
+            self.failures += 1
+            log.exception("model process %d could not be restarted (%d time(s) in a row)", self.index, self.failures)
+            self.ready.set()              # queued commands reach the dead pipe and fail: nothing hangs
 
 
 class ProcessWorker:
@@ -251,11 +271,9 @@ class ProcessWorker:
         return sum(lane.slots for lane in self._lanes)
 
     def open_session(self, max_cache_tokens: int | None = None) -> EngineHandle:
-        lane = max(self._lanes, key=lambda x: x.free)
+        lane = self._place()
         sid = next(self._ids)
         with lane.lock:
-            if lane.slots - len(lane.sids - lane.lost) <= 0:
-                raise full_error(self.capacity)
             lane.sids.add(sid)
         lane.send(next(self._rids), sid, "open", (max_cache_tokens,), None, None)   # before any command
 
@@ -270,11 +288,23 @@ class ProcessWorker:
         def close() -> None:
             with lane.lock:
                 lane.sids.discard(sid)
-                was_lost = sid in lane.lost
                 lane.lost.discard(sid)
-            if not was_lost:
-                lane.send(next(self._rids), sid, "close", (), None, None)
+            # Sent even for a lost session: its "open" may have reached the new process.
+            lane.send(next(self._rids), sid, "close", (), None, None)
         return EngineHandle(call, close)
+
+    def _place(self) -> _Lane:
+        """The healthy process with the most free slots; else one being replaced (the session's
+        commands wait for it); a process whose restart failed takes none."""
+        healthy = [lane for lane in self._lanes if lane.free > 0]
+        if healthy:
+            return max(healthy, key=lambda x: x.free)
+        for lane in self._lanes:
+            with lane.lock:
+                room = lane.slots - len(lane.sids - lane.lost)
+            if not lane.ready.is_set() and not lane.failures and room > 0:
+                return lane
+        raise full_error(self.capacity)
 
     async def stats(self) -> list[dict]:
         """Per process: the sessions it holds (as it counts them), its engine's figures, peak RSS."""
@@ -288,13 +318,14 @@ class ProcessWorker:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop each process after the commands already sent, then the parent threads."""
+        deadline = time.monotonic() + timeout_s
         for lane in self._lanes:
             lane.stopping = True
             lane.outbox.put(None)
         for lane in self._lanes:
-            lane.proc.join(timeout_s)
+            lane.proc.join(max(0.1, deadline - time.monotonic()))
         for t in self._threads:
-            t.join(timeout_s)
+            t.join(max(0.1, deadline - time.monotonic()))
         for lane in self._lanes:
             with lane.lock:
                 waiters = list(lane.pending.values())

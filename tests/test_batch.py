@@ -287,3 +287,87 @@ def test_a_decode_step_padded_to_its_graph_bucket_equals_the_step(tiny):
         got = decode_forward(llm.model, xp, dp)
     assert bucket(3) == 4 and got.shape == (4, c.hidden_size)
     torch.testing.assert_close(got[:3], want, atol=1e-5, rtol=1e-5)
+
+
+def test_commands_sent_together_all_complete_on_the_engine_thread(tiny):
+    """run_forever picks up a session's next queued command and its waiting reply_step after the
+    command before it finished inside a batch (nothing else wakes the engine)."""
+    import threading
+    e = BatchEngine(tiny, slots=1, slot_tokens=1024)
+    t = threading.Thread(target=e.run_forever, daemon=True)
+    t.start()
+    try:
+        sid = e.open()
+        done = threading.Event()
+        got = []
+        for op, *args in [("system", 1, "audio_assistant", None, None), ("unit", audio(1), None),
+                          ("generate", reply_opts(False, 0.5, 6)), ("reply_step",)]:
+            e.submit(sid, op, tuple(args), None,
+                     lambda r, err, op=op: (got.append((op, err)), op == "reply_step" and done.set()))
+        assert done.wait(30), got
+        assert [op for op, _ in got] == ["system", "unit", "generate", "reply_step"]
+        assert all(err is None for _, err in got)
+    finally:
+        e.stop()
+        t.join(10)
+
+
+def test_a_forward_failing_half_way_is_undone(tiny, monkeypatch):
+    """Forced fault in layer 1 of a batched prefill (layer 0 already wrote its keys): the cache
+    lengths are restored, the ops are re-run one by one, and every session equals alone."""
+    e = BatchEngine(tiny, slots=3, slot_tokens=1024)
+    d = Driver(e)
+    sids = [e.open() for _ in range(3)]
+    for k, sid in enumerate(sids):
+        d.script(sid, [("system", k, "audio_assistant", None, None)])
+    e.run_until_idle()
+    norm = tiny.net.llm.model.layers[1].post_attention_layernorm
+    real, fired = norm.forward, []
+
+    def once(x):
+        if not fired and x.shape[0] > 30:       # the first batched unit prefill
+            fired.append(x.shape)
+            raise RuntimeError("forced fault in layer 1")
+        return real(x)
+    monkeypatch.setattr(norm, "forward", once)
+    for k, sid in enumerate(sids):
+        d.script(sid, [("unit", audio(k), None), ("generate", reply_opts(False, 1.0, 9))])
+    e.run_until_idle()
+    assert fired
+    for k, sid in enumerate(sids):
+        lens = e._sessions[sid].session.state.llm_cache._len
+        assert len(set(lens)) == 1, lens
+        script = [("system", k, "audio_assistant", None, None), ("unit", audio(k), None),
+                  ("generate", reply_opts(False, 1.0, 9))]
+        same(d.reply(sid), alone(tiny, k, script)[0][0])
+
+
+def test_a_row_with_ties_does_not_change_another_rows_draw():
+    """Each row's sampling path depends on that row alone: a row whose top-k value ties past the
+    candidate margin (bf16 logits tie easily) leaves the other rows' tokens as drawn alone."""
+    from omni.sampling import choose_rows
+    x = torch.randn(2, 5000, generator=torch.Generator().manual_seed(0))
+    x[1] = 0.0
+    x[1, :50] = 5.0                                  # 4950 values tie with the 100th
+    p = SamplingParams()
+    for seed in range(10):
+        gens = lambda: [torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 100)]   # noqa: E731
+        both = choose_rows(x, [(), ()], [p, p], gens())
+        assert both[0] == choose_rows(x[:1], [()], [p], gens()[:1])[0]
+
+
+def test_a_reply_closed_before_its_first_op_changes_nothing(tiny):
+    """Barge-in before a reply's first forward ran: the turn flags, the audio encoder cache and
+    the rollback record are as before the reply (it never started)."""
+    s = Session(tiny, seed=1)
+    s.set_system("audio_assistant")
+    s.append_unit(audio(1))
+    st = s.state
+    before = (st.new_user_msg, st.llm_generated, st.llm_generate_completed, st.audio_cache.length, st.cache_len)
+    program = s.reply_program(reply_opts(False))
+    assert isinstance(next(program), LLMForward)     # the first op, not run
+    program.close()
+    assert (st.new_user_msg, st.llm_generated, st.llm_generate_completed, st.audio_cache.length,
+            st.cache_len) == before and s._reply is None
+    from omni.processing import prompt as P
+    assert not s.append_unit(audio(2)).text.startswith(P.AFTER_INTERRUPTED)   # the same user turn goes on

@@ -72,7 +72,9 @@ class SlotCaches:
         self._tts = TTSSlotCache(tts_pool, slot, tts.condition_length - 1)
 
     def llm(self) -> SlotCache:
-        return self._llm.reset()
+        """The LLM slot, empty; it was zeroed when the session opened (stale keys after are finite)."""
+        self._llm._len = [0] * self._llm.num_layers
+        return self._llm
 
     def tts_state(self, text_mask: torch.Tensor | None = None):
         return self.tts.new_state(text_mask, cache=self._tts.reset())
@@ -148,22 +150,25 @@ class BatchEngine:
     def open(self, max_cache_tokens: int | None = None, done: Done | None = None) -> int:
         """Take a slot for a new session (raises `EngineFull`); returns its id."""
         with self._cv:
+            if self._stopped:
+                raise RuntimeError("the batch engine is stopped")
             if not self._free:
                 raise EngineFull(f"all {self.slots} session slots of the engine are in use")
             slot = self._free.pop(0)             # lowest first: active slots stay compact
             sid = next(self._ids)
             self._slot_of[sid] = slot
-        self.submit(sid, "open", (slot, max_cache_tokens), None, done or _ignore)
+            self._enqueue(_Command(sid, "open", (slot, max_cache_tokens), self.clock_s(), done or _ignore))
         return sid
 
     def close(self, sid: int, done: Done | None = None) -> None:
         """End a session. Its slot is free for `open` at once: commands apply in order, so the
         session is gone before a new one can touch the slot."""
-        with self._cv:
+        with self._cv:   # one lock for both: no open can queue between the freed slot and the close
             slot = self._slot_of.pop(sid, None)
             if slot is not None:
                 bisect.insort(self._free, slot)
-        self.submit(sid, "close", (), None, done or _ignore)
+            if not self._stopped:
+                self._enqueue(_Command(sid, "close", (), self.clock_s(), done or _ignore))
 
     def submit(self, sid: int, op: str, args: tuple, deadline_s: float | None, done: Done) -> None:
         """Queue a command; `done(result, error)` is called once, on the engine thread."""
@@ -172,8 +177,11 @@ class BatchEngine:
         with self._cv:
             if self._stopped:
                 raise RuntimeError("the batch engine is stopped")
-            self._inbox.append(cmd)
-            self._cv.notify()
+            self._enqueue(cmd)
+
+    def _enqueue(self, cmd: _Command) -> None:   # holding self._cv
+        self._inbox.append(cmd)
+        self._cv.notify()
 
     def stop(self) -> None:
         with self._cv:
@@ -206,39 +214,48 @@ class BatchEngine:
             commands = list(self._inbox)
             self._inbox.clear()
         for cmd in commands:
-            self._apply(cmd)
+            try:
+                self._apply(cmd)
+            except Exception as e:  # noqa: BLE001 - e.g. out of memory opening a session: it fails alone
+                log.exception("batch engine command %s failed", cmd.op)
+                _answer(cmd, None, e)
         for live in list(self._sessions.values()):
             self._start_next(live)
         waiting = [live for live in self._sessions.values() if live.pending is not None]
         chosen = pick([Pending(live.deadline_s, self._arrival[live.sid], live.pending.kind) for live in waiting],
                       self.max_batch)
-        if not chosen:
-            return bool(commands)
-        self._execute([waiting[i] for i in chosen])
-        return True
+        if chosen:
+            self._execute([waiting[i] for i in chosen])
+        return bool(commands or chosen) or self._has_work()
 
     def _has_work(self) -> bool:
-        return any(live.pending is not None for live in self._sessions.values())
+        """An op to run, a command to start, or a waiting reply_step that can be answered."""
+        for live in self._sessions.values():
+            if live.pending is not None or (live.current is None and live.commands):
+                return True
+            if live.waiter is not None and live.current is None and (live.outputs or not live.replying):
+                return True
+        return False
 
     # ---- commands -----------------------------------------------------------------------------
     def _apply(self, cmd: _Command) -> None:
         if cmd.op == "open":
             slot, max_cache_tokens = cmd.args
-            caches = SlotCaches(self.omni.net.tts, self.llm_pool, self.tts_pool, slot)
-            self.llm_pool.reset_slot(slot)
+            self.llm_pool.reset_slot(slot)          # never uninitialised memory under a mask
             self.tts_pool.reset_slot(slot)
+            caches = SlotCaches(self.omni.net.tts, self.llm_pool, self.tts_pool, slot)
             session = Session(self.omni, None, max_cache_tokens, caches, self.reply_reserve_tokens)
             self._sessions[cmd.sid] = _Live(cmd.sid, slot, session)
-            return cmd.done(None, None)
+            return _answer(cmd, None, None)
         live = self._sessions.get(cmd.sid)
         if live is None:
-            return cmd.done(None, RuntimeError(f"session {cmd.sid} is not open on this engine"))
+            return _answer(cmd, None, RuntimeError(f"session {cmd.sid} is not open on this engine"))
         if cmd.op == "close":
             self._close(live)
-            return cmd.done(None, None)
+            return _answer(cmd, None, None)
         if cmd.op == "reply_step":
             if live.waiter is not None:
-                return cmd.done(None, RuntimeError("a reply step of this session is already waiting"))
+                return _answer(cmd, None, RuntimeError("a reply step of this session is already waiting"))
             live.waiter, live.reply_deadline_s = cmd, cmd.deadline_s
             return self._serve(live)
         live.commands.append(cmd)
@@ -251,10 +268,10 @@ class BatchEngine:
             try:
                 started = self._begin(live, cmd)
             except Exception as e:  # noqa: BLE001 - a bad command fails alone
-                cmd.done(None, e)
+                _answer(cmd, None, e)
                 continue
             if not started:
-                cmd.done(None, None)
+                _answer(cmd, None, None)
         if live.program is not None and live.pending is None:
             self._advance(live, None, None)
         self._serve(live)
@@ -281,32 +298,32 @@ class BatchEngine:
         return True
 
     def _stop_reply(self, live: _Live) -> None:
+        """Close the reply program (the caller answers a waiting reply_step afterwards)."""
         if live.replying:
             live.program.close()
             live.program, live.pending, live.replying = None, None, False
             live.outputs = []
-            self._serve(live)
 
     def _close(self, live: _Live) -> None:
         if live.program is not None:
             live.program.close()
         gone = RuntimeError("the session was closed")
         for cmd in ([live.current] if live.current else []) + list(live.commands):
-            cmd.done(None, gone)
+            _answer(cmd, None, gone)
         if live.waiter is not None:
-            live.waiter.done((None, None), None)
+            _answer(live.waiter, (None, None), None)
         del self._sessions[live.sid]
         self._arrival.pop(live.sid, None)
 
     def _fail_all(self, error: BaseException) -> None:
         with self._cv:
             for cmd in self._inbox:
-                cmd.done(None, error)
+                _answer(cmd, None, error)
             self._inbox.clear()
         for live in list(self._sessions.values()):
             for cmd in ([live.current] if live.current else []) + list(live.commands) + \
                        ([live.waiter] if live.waiter else []):
-                cmd.done(None, error)
+                _answer(cmd, None, error)
 
     # ---- programs -----------------------------------------------------------------------------
     def _advance(self, live: _Live, result, error: BaseException | None) -> None:
@@ -334,7 +351,7 @@ class BatchEngine:
             live.replying, live.reply_error = False, error
             return self._serve(live)
         cmd, live.current = live.current, None
-        cmd.done(None, error)
+        _answer(cmd, None, error)
 
     def _serve(self, live: _Live) -> None:
         """Answer a waiting reply_step: the merged outputs so far, or the end of the reply."""
@@ -345,14 +362,15 @@ class BatchEngine:
             text = "".join(t for t, _ in live.outputs)
             wav = np.concatenate([a for _, a in live.outputs]) if len(live.outputs) > 1 else live.outputs[0][1]
             live.outputs, live.waiter = [], None
+            live.reply_deadline_s = float("inf")   # nobody waits: runs ahead only when it costs nothing
             self.stats.pieces += 1
-            return w.done((text, wav), None)
+            return _answer(w, (text, wav), None)
         if not live.replying:
             live.waiter = None
             if live.reply_error is not None:
                 error, live.reply_error = live.reply_error, None
-                return w.done(None, error)
-            return w.done((None, live.session.last_reply_end), None)
+                return _answer(w, None, error)
+            return _answer(w, (None, live.session.last_reply_end), None)
 
     # ---- batches ------------------------------------------------------------------------------
     def _execute(self, batch: list[_Live]) -> None:
@@ -362,29 +380,38 @@ class BatchEngine:
         try:
             results, errors = self.executor.run(ops), [None] * len(ops)
         except Exception as e:  # noqa: BLE001 - isolate the op that raises
+            for m in marks:        # a forward that raised half-way advanced some layers: undo
+                _restore(m)
             if len(ops) == 1:
                 results, errors = [None], [e]
             else:
                 log.warning("a batch of %d %s ops failed (%s); running them one by one", len(ops), ops[0].kind, e)
-                for m in marks:
-                    _restore(m)
-                results, errors = self._one_by_one(ops)
+                results, errors = self._one_by_one(ops, marks)
         self.stats.add(ops[0].kind, len(ops), time.perf_counter() - t0, ops)
         for live, result, error in zip(batch, results, errors):
             live.pending = None
             if live.program is not None:
                 self._advance(live, result, error)
 
-    def _one_by_one(self, ops: list[Op]) -> tuple[list, list]:
+    def _one_by_one(self, ops: list[Op], marks: list) -> tuple[list, list]:
         results, errors = [], []
-        for op in ops:
+        for op, mark in zip(ops, marks):
             try:
                 results.append(self.executor.one(op))
                 errors.append(None)
             except Exception as e:  # noqa: BLE001 - handed to that session's program
+                _restore(mark)
                 results.append(None)
                 errors.append(e)
         return results, errors
+
+
+def _answer(cmd: _Command, result, error) -> None:
+    """Call a command's `done` once; a callback that raises must not break the engine's state."""
+    try:
+        cmd.done(result, error)
+    except Exception:  # noqa: BLE001 - the caller's bug, not the engine's
+        log.exception("a batch engine callback raised (command %s of session %d)", cmd.op, cmd.sid)
 
 
 def _ignore(result, error) -> None:
@@ -393,17 +420,23 @@ def _ignore(result, error) -> None:
 
 
 def _lengths(op: Op):
-    """The cache lengths an op may change, to undo a batch that raised half-way."""
+    """What an op may change in its cache (per-layer lengths; layers a fresh encoder cache learns),
+    to undo a forward that raised half-way."""
     cache = getattr(op, "cache", None)
     if isinstance(op, (TTSPrefill, TTSFrame)):
         cache = op.state.cache
-    return (cache, list(cache._len)) if cache is not None and hasattr(cache, "_len") else None
+    if cache is None or not hasattr(cache, "_len"):
+        return None
+    return cache, list(cache._len), getattr(cache, "num_layers", None)
 
 
 def _restore(mark) -> None:
     if mark is not None:
-        cache, lens = mark
+        cache, lens, layers = mark
         cache._len = list(lens)
+        if layers is not None and cache.num_layers != layers:   # layers learnt by the failed forward
+            cache.num_layers = layers
+            cache._k, cache._v = cache._k[:layers], cache._v[:layers]
 
 
 @dataclass
@@ -418,8 +451,13 @@ class EngineStats:
     tts_frames: int = 0
     tts_frame_s: float = 0.0
     pieces: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)   # read from other threads
 
     def add(self, kind: str, n: int, seconds: float, ops: list[Op]) -> None:
+        with self.lock:
+            self._add(kind, n, seconds, ops)
+
+    def _add(self, kind: str, n: int, seconds: float, ops: list[Op]) -> None:
         self.batches[kind] = self.batches.get(kind, 0) + 1
         self.ops[kind] = self.ops.get(kind, 0) + n
         self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds
@@ -435,6 +473,10 @@ class EngineStats:
                 self.tts_frame_s += seconds
 
     def as_dict(self) -> dict:
+        with self.lock:
+            return self._as_dict()
+
+    def _as_dict(self) -> dict:
         return {"batches": dict(self.batches), "ops": dict(self.ops),
                 "mean_batch": {k: round(self.ops[k] / self.batches[k], 2) for k in self.batches},
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()},

@@ -61,6 +61,7 @@ def decode_plan(rows: list[Row], device, length: int | None = None) -> Decode:
     """The `Decode` of one-position rows on one pool; `length`: keys read (default the longest row)."""
     assert all(is_decode(r) for r in rows) and len({id(r.cache.pool) for r in rows}) == 1
     L = length or max(r.start for r in rows) + 1
+    assert all(r.start < r.cache.pool.tokens for r in rows), "a decode row past its pool slot"   # callers check room
     mask = torch.zeros(len(rows), L, dtype=torch.bool)
     for b, r in enumerate(rows):
         mask[b, :r.start + 1] = True if r.mask is None else r.mask.cpu()

@@ -283,7 +283,6 @@ class ConditionalChatTTS(nn.Module):
     def step_rows(self, ops: list, decode_step=None) -> list:
         """Execute TTS ops of many states in one packed forward: `TTSPrefill` -> None, `TTSFrame`
         -> the drawn codes [Q] (long, on the host). `decode_step`: see rows.forward_rows."""
-        dev = self.emb_text.weight.device
         frames = [op for op in ops if isinstance(op, TTSFrame)]
         x, rows = [], []
         for op in ops:
@@ -296,7 +295,8 @@ class ConditionalChatTTS(nn.Module):
             x.append(self.step_inputs([op.state for op in frames]))
             for op in frames:
                 past = op.state.cache.seq_len
-                rows.append(Row(op.state.cache, 1, past, mask=self.streaming_mask(past, op.state.text_mask, dev)[0, 0, 0]))
+                # the mask on the host: the batched step builds its [B, L] mask there (no device sync)
+                rows.append(Row(op.state.cache, 1, past, mask=self.streaming_mask(past, op.state.text_mask)[0, 0, 0]))
         h = forward_rows(self.model, torch.cat(x, 0), rows, decode_step)
         picked = iter(())
         if frames:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..loader import Omni
-from ..model.ops import AudioEncode, LLMForward, VisionEncode, drive, pull, stream
+from ..model.ops import AudioEncode, LLMForward, Op, VisionEncode, drive, pull, stream
 from ..model.pool import ContextFull
 from ..model.steps import Executor
 from ..model.tts import GreedySampler, MultinomialSampler
@@ -237,12 +237,16 @@ class Session:
         m, st = self.m, self.state
         ids = m.tokenizer.encode(P.GENERATE_PREFIX, add_special_tokens=False)
         max_new_tokens = self._reply_room(len(ids), o.max_new_tokens)
-        st.new_user_msg, st.llm_generated, st.llm_generate_completed = True, True, False
-        st.audio_cache.clear()
         (spk_pos, _), = P.bounds(ids, (m.ids.spk_bos,), (m.ids.spk_eos,))
-        self._reply = reply = _Reply(st.cache_len + len(ids))
+        reply = _Reply(st.cache_len + len(ids))
+
+        def begin() -> None:   # once the first op ran: a reply closed before that never started
+            st.new_user_msg, st.llm_generated, st.llm_generate_completed = True, True, False
+            st.audio_cache.clear()
+            self._reply = reply
         llm_done: list[bool] = []
-        chunks = _until_done(llm_chunks(m, st, ids, max_new_tokens, o.sampling, trace), llm_done)
+        chunks = _until_done(_after_first_op(llm_chunks(m, st, ids, max_new_tokens, o.sampling, trace), begin),
+                             llm_done)
         self.last_reply_end = None
         if not o.generate_audio:
             while (ch := (yield from pull(chunks))) is not None:
@@ -360,6 +364,20 @@ class Session:
         if self._active is not None:
             self._active.close()
             self._active = None
+
+
+def _after_first_op(program, begin):
+    """`program`, calling `begin()` when the result of its first op comes back (the op ran)."""
+    result, first = None, True
+    while True:
+        try:
+            item = program.send(result)
+        except StopIteration as stop:
+            return stop.value
+        result = yield item
+        if first and isinstance(item, Op):
+            first = False
+            begin()
 
 
 def _until_done(program, done: list):
