@@ -129,6 +129,7 @@ async def one_session(url: str, messages: list[str], realtime: bool, together: a
                     audio_samples += len(base64.b64decode(ev["delta"])) // 2
                 elif ev["type"] == "response.done":   # the tiny model never draws EOS: capped = fine
                     out["ok"] = ev["response"]["status"] in ("completed", "incomplete")
+                    out["server_first_audio_ms"] = ev["response"].get("omni", {}).get("timings", {}).get("first_audio_ms")
                     break
         await task
     if t_stop and t_first:
@@ -189,6 +190,7 @@ async def main() -> None:
                        and r["stop_lag_s"] is not None and r["stop_lag_s"] < 1.5 for r in runs)
             curve.append({"sessions": n, "held": held,
                           "eos_to_first_audio_ms_p95": pct([r["eos_to_audio_ms"] for r in runs], 0.95),
+                          "server_first_audio_ms_p95": pct([r.get("server_first_audio_ms") for r in runs], 0.95),
                           "min_audio_rate_x": round(min((r["audio_rate"] or 0) for r in runs), 2),
                           "max_underrun_ms": round(max((r["max_gap_ms"] if r["max_gap_ms"] is not None else 1e9) for r in runs), 1),
                           "max_stop_lag_s": round(max((99 if r["stop_lag_s"] is None else r["stop_lag_s"]) for r in runs), 2)})

@@ -371,3 +371,29 @@ def test_a_reply_closed_before_its_first_op_changes_nothing(tiny):
             st.cache_len) == before and s._reply is None
     from omni.processing import prompt as P
     assert not s.append_unit(audio(2)).text.startswith(P.AFTER_INTERRUPTED)   # the same user turn goes on
+
+
+def test_a_full_slot_slides_old_turns_mid_turn_and_refuses_a_turn_too_long(tiny):
+    """A pool slot cannot grow: when a unit would not leave room for a reply, the oldest complete
+    turns slide out even mid-turn; a turn that alone outgrows the slot is refused (ContextFull)
+    and the session goes on."""
+    from omni.model.pool import ContextFull
+    e = BatchEngine(tiny, slots=1, slot_tokens=400, reply_reserve_tokens=40)
+    d = Driver(e)
+    sid = e.open()
+    d.script(sid, [("system", 1, "audio_assistant", None, None)])
+    for turn in range(4):
+        boxes = [d.cmd(sid, "unit", audio(10 * turn + k), None) for k in range(3)]
+        d.cmd(sid, "generate", reply_opts(False, 0.5, 9))
+        e.run_until_idle()
+        assert all(b[0][1] is None for b in boxes), boxes
+        d.reply(sid)
+    st = e._sessions[sid].session.state
+    assert st.cache_len <= 400 - 40 and len(st.turn_starts) < 4        # old turns slid out
+    boxes = [d.cmd(sid, "unit", audio(100 + k), None) for k in range(16)]   # one turn longer than the slot
+    e.run_until_idle()
+    errors = [b[0][1] for b in boxes if b[0][1] is not None]
+    assert errors and all(isinstance(err, ContextFull) for err in errors)
+    assert "context is full" in str(errors[0]) and st.cache_len <= 400
+    d.cmd(sid, "generate", reply_opts(False, 0.5, 9))                  # the session still answers
+    assert len(d.reply(sid)[1]) > 0

@@ -192,6 +192,33 @@ async def test_server_full_and_sessions_freed(tiny_omni):
 
 
 @pytest.mark.asyncio
+async def test_sessions_beyond_what_the_kv_pools_hold_are_refused(tiny_omni):
+    """Admission from the engine's capacity: with KV pool memory for 2 sessions, the server admits
+    2 (whatever max_sessions says), /healthz says so, and a third gets server_busy, close 1013."""
+    import aiohttp
+    from omni.batch.engine import slot_bytes
+    from streaming.settings import ServerSettings
+    from streaming.worker import EngineSpec
+    per = slot_bytes(tiny_omni, EngineSpec.from_settings(ServerSettings()).slot_tokens)
+    srv = await start_server(tiny_omni, max_sessions=16, model_lanes=1, kv_cache_gb=2.5 * per / 2**30)
+    try:
+        async with aiohttp.ClientSession() as http, http.get(srv.http + "/healthz") as r:
+            health = await r.json()
+        assert health["worker"]["capacity"] == 2 and health["max_sessions"] == 2
+        async with websockets.connect(srv.ws_url) as a, websockets.connect(srv.ws_url) as b:
+            for ws in (a, b):
+                await recv_until(ws, lambda e: e["type"] == "session.created")
+            async with websockets.connect(srv.ws_url) as c:
+                ev = json.loads(await c.recv())
+                assert ev["type"] == "error" and ev["error"]["code"] == "server_busy"
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await c.recv()
+                assert closed.value.rcvd.code == 1013
+    finally:
+        await srv.runner.cleanup()
+
+
+@pytest.mark.asyncio
 async def test_api_key_required(tiny_omni):
     srv = await start_server(tiny_omni, api_key="s3cret")
     try:
