@@ -200,7 +200,7 @@ async def main() -> None:
         result["knee_sessions"] = knee
     finally:
         server.terminate()
-        server.wait(10)
+        server.wait(60)                      # a Ray worker shuts its local cluster down too
     print(json.dumps(result))
 
 

@@ -109,6 +109,11 @@ def main(argv=None) -> int:
     p.add_argument("--tls-key")
     p.add_argument("--tls-self-signed", action="store_true", help="HTTPS with a throwaway certificate")
     p.add_argument("--max-sessions", type=int)
+    p.add_argument("--worker", choices=["auto", "processes", "threads", "ray"],
+                   help="where the model engines run (ray: replicas on a Ray cluster, pip install -e '.[ray]')")
+    p.add_argument("--ray-address", help="worker ray: the cluster to join (default: start a local one)")
+    p.add_argument("--replicas", dest="ray_replicas", type=int,
+                   help="worker ray: engine replicas (default: one per GPU, or per CPU core)")
     p.set_defaults(fn=_cmd_serve)
     a = ap.parse_args(argv)
     try:

@@ -10,6 +10,7 @@ process), protocol.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Awaitable, Callable
 
 import numpy as np
@@ -26,11 +27,32 @@ Call = Callable[..., Awaitable]
 class EngineHandle:
     """Async facade over one session: `await h.append_unit(audio, frame)`, `await h.reply_step(t)`."""
 
-    def __init__(self, call: Call, close: Callable[[], None], local: Callable[[], object] | None = None):
+    def __init__(self, call: Call, close: Callable[[], None], local: Callable[[], object] | None = None,
+                 where: str = "local"):
         self._call, self._close, self._local = call, close, local
+        self.where = where                       # the engine holding the session (a lane or replica name)
         self._lock = asyncio.Lock()
         self.last_reply_end: str | None = None   # "eos" | "max_tokens" | "max_speech" once a reply ended
         self.closed = False
+        self.on_step: Callable[[str, float], None] | None = None   # (command, seconds) of each one run
+        self.lost = asyncio.Event()              # the engine lost the session (its process died)
+        self.lost_error: BaseException | None = None
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+
+    def lose(self, error: BaseException) -> None:
+        """The session is gone with its engine (any thread): every later command raises `error`,
+        and `lost` is set so the transport can close the connection at once."""
+        self.lost_error = error
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self.lost.set)
+            except RuntimeError:                 # the loop is closed: nobody waits
+                pass
+        else:
+            self.lost.set()
 
     @property
     def session(self):
@@ -40,11 +62,17 @@ class EngineHandle:
     async def _run(self, op: str, *args, deadline_s: float | None = None):
         if self.closed:
             raise RuntimeError("the session's engine is closed")
+        if self.lost_error is not None:
+            raise self.lost_error
         async with self._lock:
+            t = time.perf_counter()
             try:
                 return await self._call(op, *args, deadline_s=deadline_s)
             except ContextFull as e:
                 raise MediaError("context_full", str(e)) from None
+            finally:
+                if self.on_step is not None:
+                    self.on_step(op, time.perf_counter() - t)
 
     async def set_system(self, seed: int | None, mode: str, ref: np.ndarray | None, text: str | None) -> None:
         await self._run("system", seed, mode, ref, text)

@@ -29,7 +29,7 @@ import time
 
 from .gateway.errors import ModelError
 from .handle import EngineHandle
-from .worker import EngineSpec, full_error, settle
+from .worker import PROBE_TIMEOUT_S, EngineSpec, full_error, probe, settle
 
 log = logging.getLogger("omni.procs")
 START_TIMEOUT_S = 600.0      # loading a full checkpoint on CPU takes minutes
@@ -90,9 +90,12 @@ def _child(conn, checkpoint: str, dtype: str, device: str, spec: EngineSpec) -> 
                     ids[sid] = engine.open(*args, done=answer(rid))
                 elif op == "stats":
                     import resource
-                    answer(rid)({"sessions": len(ids), "slots": engine.slots, **engine.stats.as_dict(),
+                    answer(rid)({"sessions": len(ids), "slots": engine.slots, "queue_depth": engine.queue_depth,
+                                 **engine.stats.as_dict(),
                                  "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)},
                                 None)
+                elif op == "probe":
+                    engine.submit(0, "probe", (), None, answer(rid))
                 elif sid not in ids:     # opened on a process that died, or refused: the session is gone
                     raise ModelError("model_process_died", f"session {sid} is not open in this model process "
                                      "(its process was restarted); reconnect to start a new session")
@@ -117,6 +120,7 @@ class _Lane:
         self.died_code: int | None = None
         self.lock = threading.Lock()      # sids, lost, pending: the event loop and both threads
         self.pending: dict[int, tuple] = {}            # rid -> (loop, fut)
+        self.handles: dict[int, EngineHandle] = {}     # sid -> handle: told at once when the process dies
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.ready = threading.Event()
         self.stopping = False
@@ -217,6 +221,9 @@ class _Lane:
             self.lost |= self.sids
             n, waiters = len(self.sids), list(self.pending.values())
             self.pending.clear()
+            handles = [self.handles[sid] for sid in self.sids if sid in self.handles]
+        for h in handles:                 # their connections close now, not at their next command
+            h.lose(_died(code))
         log.error("model process %d died (%s, exit code %s): %d session(s) lost; restarting it",
                   self.index, e, code, n)
         for waiter in waiters:
@@ -289,9 +296,13 @@ class ProcessWorker:
             with lane.lock:
                 lane.sids.discard(sid)
                 lane.lost.discard(sid)
+                lane.handles.pop(sid, None)
             # Sent even for a lost session: its "open" may have reached the new process.
             lane.send(next(self._rids), sid, "close", (), None, None)
-        return EngineHandle(call, close)
+        handle = EngineHandle(call, close, where=f"process-{lane.index}")
+        with lane.lock:
+            lane.handles[sid] = handle
+        return handle
 
     def _place(self) -> _Lane:
         """The healthy process with the most free slots; else one being replaced (the session's
@@ -308,13 +319,19 @@ class ProcessWorker:
 
     async def stats(self) -> list[dict]:
         """Per process: the sessions it holds (as it counts them), its engine's figures, peak RSS."""
+        stats = await asyncio.gather(*[self._request(lane, "stats") for lane in self._lanes])
+        return [{"replica": f"process-{lane.index}", **st} for lane, st in zip(self._lanes, stats)]
+
+    async def ready(self, timeout_s: float = PROBE_TIMEOUT_S) -> list[dict]:
+        """Per process: did a real model step (a probe, after what is queued) finish in time."""
+        return list(await asyncio.gather(*[probe(lambda op, lane=lane: self._request(lane, op),
+                                                 f"process-{lane.index}", timeout_s) for lane in self._lanes]))
+
+    async def _request(self, lane: _Lane, op: str):
         loop = asyncio.get_running_loop()
-        futs = []
-        for lane in self._lanes:
-            fut = loop.create_future()
-            lane.send(next(self._rids), None, "stats", (), None, (loop, fut))
-            futs.append(fut)
-        return list(await asyncio.gather(*futs))
+        fut = loop.create_future()
+        lane.send(next(self._rids), None, op, (), None, (loop, fut))
+        return await fut
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop each process after the commands already sent, then the parent threads."""

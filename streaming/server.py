@@ -2,7 +2,8 @@
 signalling (`POST /v1/realtime/calls`, SDP offer in, answer out).
 
 Owns: building the process-wide objects (settings, the model worker, the session manager, the
-shared VAD network and its thread) and the HTTP routes; auth; TLS. Does not own: protocol
+shared VAD network and its thread, the metrics) and the HTTP routes (`/healthz`, `/readyz`,
+`/metrics`: open like healthz; the realtime routes under `/v1/`); auth; TLS. Does not own: protocol
 handling (gateway/), conversations (session/).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> we
     """`worker`: a running worker the caller owns (and closes); default: lane threads on `omni`,
     owned and closed by the app."""
     from .gateway.ws import realtime_ws
+    from .metrics import Metrics
     from .session.manager import SessionManager
     from .turn.vad import SileroVAD
     from .worker import EngineSpec, EngineWorker
@@ -37,8 +39,11 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> we
     app["manager"] = SessionManager(min(settings.max_sessions, app["worker"].capacity), settings.idle_timeout_s)
     app["vad"] = SileroVAD()
     app["conversations"] = set()
+    app["metrics"] = Metrics()
     app["model_name"] = "embedded-tiny" if embedded else str(settings.model)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/realtime", realtime_ws)
     try:
         from .gateway.media import use_loopback_ice
@@ -67,6 +72,18 @@ async def healthz(request: web.Request) -> web.Response:
         "auth_required": s.api_key is not None, "tls": s.tls,
         "load_model_hint": "omni serve --model /path/to/MiniCPM-o-2_6 --device cuda --dtype bfloat16",
     })
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when every engine ran a real model step just now (a probe queued behind its work), else 503."""
+    engines = await request.app["worker"].ready()
+    ready = bool(engines) and all(e["ready"] for e in engines)
+    return web.json_response({"ready": ready, "engines": engines}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, ctype = await request.app["metrics"].scrape(request.app["worker"])
+    return web.Response(body=body, headers={"Content-Type": ctype})
 
 
 @web.middleware
@@ -136,6 +153,13 @@ def make_worker(settings: ServerSettings):
     """The model worker `settings.worker_kind` asks for, with the model loaded where it runs."""
     from .worker import EngineSpec, EngineWorker
     spec = EngineSpec.from_settings(settings)
+    if settings.worker_kind == "ray":
+        import dataclasses
+        from .rayworker import RayWorker
+        replicas = settings.ray_replicas or (_gpus() if settings.device.startswith("cuda") else settings.lanes)
+        return RayWorker(checkpoint_dir(settings), dataclasses.replace(spec, lanes=replicas), settings.dtype,
+                         settings.device, replicas, settings.ray_address, settings.ray_lease_s,
+                         settings.ray_max_restarts, settings.model_step_timeout_s)
     if settings.worker_kind == "processes":
         from .procs import ProcessWorker
         return ProcessWorker(checkpoint_dir(settings), spec, settings.dtype, settings.device,
@@ -143,10 +167,18 @@ def make_worker(settings: ServerSettings):
     return EngineWorker(load_model(settings)[0], spec)
 
 
+def _gpus() -> int:
+    import torch
+    return max(1, torch.cuda.device_count())
+
+
 def serve(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for chatty in ("aioice", "aiortc"):       # every ICE check at INFO: most of the log, none of it ours
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     overrides = {k: getattr(args, k, None) for k in ("host", "port", "model", "device", "dtype", "api_key",
-                                                     "tls_cert", "tls_key", "max_sessions")}
+                                                     "tls_cert", "tls_key", "max_sessions", "worker",
+                                                     "ray_address", "ray_replicas")}
     if getattr(args, "tls_self_signed", False):
         overrides["tls_self_signed"] = True
     settings = load_settings(args.config, **overrides)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 DTYPES = ("bfloat16", "float16", "float32")
-WORKERS = ("auto", "processes", "threads")
+WORKERS = ("auto", "processes", "threads", "ray")
 
 
 class SettingsError(ValueError):
@@ -52,6 +52,10 @@ class ServerSettings:
     max_batch: int = 32  # the most sessions' ops in one batched forward; 1 = every op alone (batching off)
     kv_cache_gb: float = 0.0  # KV pool memory per engine; 0 = auto (CUDA: what is free after loading)
     cuda_graphs: bool = True  # CUDA: the LLM token and TTS frame steps replay captured graphs
+    ray_address: str | None = None  # worker "ray": the cluster to join; None = start a local one
+    ray_replicas: int = 0  # worker "ray": engine replicas; 0 = one per GPU (device cuda) or per CPU core
+    ray_lease_s: float = 10.0  # worker "ray": a gateway silent this long loses its sessions on the replicas
+    ray_max_restarts: int = 5  # worker "ray": how often Ray restarts a replica that died
     model_step_timeout_s: float = 60.0  # processes: a model process silent this long over one step is replaced
     max_context_tokens: int = 8192  # LLM cache budget; oldest complete turns slide out (system prompt kept)
 
@@ -77,6 +81,9 @@ class ServerSettings:
             (self.max_speech_s > 0, "max_speech_s must be positive"),
             (self.model_lanes >= 0, "model_lanes must be >= 0 (0 = auto)"),
             (self.max_batch >= 1, "max_batch must be at least 1"),
+            (self.ray_replicas >= 0, "ray_replicas must be >= 0 (0 = auto)"),
+            (self.ray_lease_s > 0, "ray_lease_s must be positive"),
+            (self.ray_max_restarts >= -1, "ray_max_restarts must be >= -1 (-1 = always)"),
             (self.kv_cache_gb >= 0, "kv_cache_gb must be >= 0 (0 = auto)"),
             (self.worker in WORKERS, f"worker must be one of {', '.join(WORKERS)}"),
             (self.model_step_timeout_s > 0, "model_step_timeout_s must be positive"),

@@ -97,6 +97,19 @@ def engine_call(engine: BatchEngine, sid: int):
     return call
 
 
+PROBE_TIMEOUT_S = 10.0
+
+
+async def probe(call, name: str, timeout_s: float) -> dict:
+    """Readiness of one engine: a one-token LLM step run by it now (`probe` command)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            seconds = await call("probe")
+        return {"replica": name, "ready": True, "probe_ms": round(1000 * seconds, 1)}
+    except Exception as e:  # noqa: BLE001 - not ready, and why
+        return {"replica": name, "ready": False, "error": f"{type(e).__name__}: {e}" if str(e) else type(e).__name__}
+
+
 def full_error(capacity: int) -> CapacityError:
     return CapacityError("server_busy", f"server full: all {capacity} session slots of the model are in use; "
                          "try again later")
@@ -140,10 +153,17 @@ class EngineWorker:
         except EngineFull:
             raise full_error(self.capacity) from None
         local = lambda: getattr(engine._sessions.get(sid), "session", None)   # noqa: E731 - tests look inside
-        return EngineHandle(engine_call(engine, sid), lambda: engine.close(sid), local)
+        return EngineHandle(engine_call(engine, sid), lambda: engine.close(sid), local,
+                            where=f"engine-{self.engines.index(engine)}")
 
     async def stats(self) -> list[dict]:
-        return [{"sessions": e.slots - e.free_slots, "slots": e.slots, **e.stats.as_dict()} for e in self.engines]
+        return [{"replica": f"engine-{i}", "sessions": e.slots - e.free_slots, "slots": e.slots,
+                 "queue_depth": e.queue_depth, **e.stats.as_dict()} for i, e in enumerate(self.engines)]
+
+    async def ready(self, timeout_s: float = PROBE_TIMEOUT_S) -> list[dict]:
+        """Per engine: did a real model step (a probe, after what is queued) finish in time."""
+        return list(await asyncio.gather(*[probe(engine_call(e, 0), f"engine-{i}", timeout_s)
+                                           for i, e in enumerate(self.engines)]))
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the engines (queued commands fail) and wait for the batch in flight, so no thread

@@ -39,7 +39,8 @@ from .schedule import Pending, pick
 
 log = logging.getLogger("omni.batch")
 Done = Callable[[Any, BaseException | None], None]
-COMMANDS = ("open", "close", "system", "prefill", "unit", "rollback", "generate", "reply_step")   # open/close: use the methods
+# open/close: use the methods; probe: one real LLM step on a scratch cache (readiness), any session id
+COMMANDS = ("open", "close", "system", "prefill", "unit", "rollback", "generate", "reply_step", "probe")
 
 
 class EngineFull(RuntimeError):
@@ -140,6 +141,7 @@ class BatchEngine:
         self._arrival: dict[int, int] = {}      # sid -> order of its pending op
         self._stopped = False
         self.stats = EngineStats()
+        self.last_batch_s: float | None = None   # clock time the last batch finished (readiness)
 
     # ---- any thread ---------------------------------------------------------------------------
     @property
@@ -228,6 +230,18 @@ class BatchEngine:
             self._execute([waiting[i] for i in chosen])
         return bool(commands or chosen) or self._has_work()
 
+    def _probe(self) -> float:
+        """One real one-token LLM step on a scratch cache: proves this engine's model runs (seconds)."""
+        t = time.perf_counter()
+        self.executor.run([LLMForward(self.omni.net.llm.new_cache(), ids=[0])])
+        self.last_batch_s = self.clock_s()
+        return time.perf_counter() - t
+
+    @property
+    def queue_depth(self) -> int:
+        """Ops waiting for a batch now (read from any thread: a snapshot)."""
+        return sum(live.pending is not None for live in list(self._sessions.values()))
+
     def _has_work(self) -> bool:
         """An op to run, a command to start, or a waiting reply_step that can be answered."""
         for live in self._sessions.values():
@@ -239,6 +253,8 @@ class BatchEngine:
 
     # ---- commands -----------------------------------------------------------------------------
     def _apply(self, cmd: _Command) -> None:
+        if cmd.op == "probe":
+            return _answer(cmd, self._probe(), None)
         if cmd.op == "open":
             slot, max_cache_tokens = cmd.args
             self.llm_pool.reset_slot(slot)          # never uninitialised memory under a mask
@@ -388,6 +404,7 @@ class BatchEngine:
                 log.warning("a batch of %d %s ops failed (%s); running them one by one", len(ops), ops[0].kind, e)
                 results, errors = self._one_by_one(ops, marks)
         self.stats.add(ops[0].kind, len(ops), time.perf_counter() - t0, ops)
+        self.last_batch_s = self.clock_s()
         for live, result, error in zip(batch, results, errors):
             live.pending = None
             if live.program is not None:

@@ -25,6 +25,7 @@ from ..session.conversation import Conversation
 from .boundary import dispatch, guard
 from .codecs import MODEL_INPUT_RATE_HZ, StreamResampler
 from .errors import CapacityError, OmniError
+from .lifecycle import session_ended, session_started, watch_engine
 from .media import PlayoutTrack, frame_to_mono, loopback_ice, loopback_only
 from .protocol import new_id, parse_client_event
 
@@ -60,7 +61,11 @@ async def post_call(request: web.Request) -> web.Response:
         lease = app["manager"].acquire()
     except CapacityError as e:
         return _error_response(503, e.error_type, e.code, e.message)
-    call = Call(app, lease)
+    try:
+        call = Call(app, lease)
+    except CapacityError as e:                 # every engine slot is taken (another gateway's sessions)
+        app["manager"].release(lease)
+        return _error_response(503, e.error_type, e.code, e.message)
     try:
         answer = await call.negotiate(offer, session)
     except (BadOffer, OmniError) as e:
@@ -132,13 +137,15 @@ class Call:
         self.app, self.lease, self.clock_s = app, lease, clock_s
         self.settings, self.manager = app["settings"], app["manager"]
         self.id = new_id("rtc")
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))   # default = a STUN server
         self.queue: asyncio.Queue = asyncio.Queue(SEND_QUEUE)
         self.inbox: asyncio.Queue = asyncio.Queue()    # data-channel messages, in order
         self.playout = QueuePlayout()
         self.speaker = PlayoutTrack(self.playout)
-        self.conv = CallConversation(app["worker"], self.settings, self.send, self.playout, app["vad"], wire_audio=False)
+        self.conv = CallConversation(app["worker"], self.settings, self.send, self.playout, app["vad"], wire_audio=False,
+                                     metrics=app["metrics"])   # first: CapacityError before anything to free
         self.conv.call = self
+        self.started_s: float | None = None
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))   # default = a STUN server
         self.channel = None
         self.channel_ready, self.connected, self.ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self.tracks_in: list = []
@@ -181,6 +188,7 @@ class Call:
         return self.pc.localDescription.sdp
 
     def start(self) -> None:
+        self.started_s = session_started(self.app, self.conv, "webrtc")
         self.task = asyncio.create_task(self._run(), name=f"webrtc call {self.id}")
 
     async def hangup(self) -> None:
@@ -196,7 +204,8 @@ class Call:
     async def _run(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._sender()), tg.create_task(self._receiver())]
+                tasks = [tg.create_task(self._sender()), tg.create_task(self._receiver()),
+                         tg.create_task(watch_engine(self.conv, self.send, lambda code: self.queue.put(_HANG_UP)))]
                 for track in self.tracks_in:
                     tasks.append(tg.create_task(self._listen(track) if track.kind == "audio" else self._watch(track)))
                 await self._await_connection()
@@ -233,6 +242,9 @@ class Call:
         await self.pc.close()
         await self.conv.close()
         self.app["conversations"].discard(self.conv)
+        if self.started_s is not None:
+            session_ended(self.app, self.conv, self.started_s)
+            self.started_s = None
         self.manager.release(self.lease)            # last: a free slot means a fully freed call
 
     def _on_state(self) -> None:

@@ -15,6 +15,7 @@ from ..playout import ClockPlayout
 from ..session.conversation import Conversation
 from .boundary import dispatch
 from .errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CapacityError, close_code, to_error_event
+from .lifecycle import session_ended, session_started, watch_engine
 
 log = logging.getLogger("omni.gateway")
 SEND_QUEUE = 512          # events; a client that stops reading stalls its own replies, nobody else's
@@ -39,12 +40,20 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
     async def send(event: dict) -> None:
         await queue.put(event)
 
-    conv = Conversation(app["worker"], settings, send, ClockPlayout(), app["vad"])
+    try:
+        conv = Conversation(app["worker"], settings, send, ClockPlayout(), app["vad"], metrics=app["metrics"])
+    except CapacityError as e:                 # every engine slot is taken (another gateway's sessions)
+        manager.release(lease)
+        await ws.send_str(json.dumps(to_error_event(e)))
+        await ws.close(code=close_code(e), message=b"server full")
+        return ws
     lease.close = lambda reason: queue.put_nowait((_CLOSE, CLOSE_GOING_AWAY))   # idle timeout
     app["conversations"].add(conv)
+    started = session_started(app, conv, "websocket")
     try:
         async with asyncio.TaskGroup() as tg:
             sender = tg.create_task(_sender(ws, queue))
+            watcher = tg.create_task(watch_engine(conv, send, lambda code: queue.put((_CLOSE, code))))
             await conv.start()
             code = None
             async for msg in ws:
@@ -54,6 +63,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
                 code = await dispatch(conv, msg.data, send, settings.max_message_bytes)
                 if code is not None:
                     break
+            watcher.cancel()
             await conv.close()
             await queue.put((_CLOSE, code or CLOSE_NORMAL))   # a typed error's own close code
             await sender
@@ -61,6 +71,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
         await conv.close()
         app["conversations"].discard(conv)
         manager.release(lease)
+        session_ended(app, conv, started)
         if not ws.closed:
             await ws.close()
     return ws

@@ -38,7 +38,8 @@ class Turn:
 
 class Conversation:
     def __init__(self, worker, settings, send: Send, playout, vad, wire_audio: bool = True,
-                 clock_s: Callable[[], float] = time.monotonic):
+                 clock_s: Callable[[], float] = time.monotonic, metrics=None):
+        """`metrics`: streaming.metrics.Metrics to report to (None: nothing reported)."""
         self.settings, self.send = settings, send
         self.clock_s = clock_s
         vad_default = W.ServerVad(settings.vad_threshold, settings.vad_prefix_padding_ms,
@@ -46,9 +47,15 @@ class Conversation:
         self.config = W.SessionConfig(turn_detection=vad_default)
         self.wire_audio = wire_audio
         self.engine = worker.open_session(settings.max_context_tokens)   # steps in order, others in parallel
+        self.metrics = metrics
+        self.transport: str | None = None         # "websocket" | "webrtc", set by the transport
+        if metrics is not None:
+            self.engine.on_step = metrics.observe_step
+            metrics.replica_sessions.labels(self.engine.where).inc()
         self.listener = Listener(vad, self._vad_cfg(), self.config.omni.video, clock_s)
         self.input = InputAudioStream(self.config.input_format)
-        self.responder = Responder(send, self.engine, playout, self.config.output_format if wire_audio else None, clock_s)
+        self.responder = Responder(send, self.engine, playout, self.config.output_format if wire_audio else None, clock_s,
+                                   metrics)
         self.playout = playout
         self.turn: Turn | None = None
         self.last_item_id: str | None = None
@@ -69,6 +76,13 @@ class Conversation:
     async def close(self) -> None:
         await self.responder.close()
         self.engine.close()
+
+    def summary(self) -> dict:
+        """For the session's end-of-life log line: replies and their first-audio median."""
+        first = sorted(h["first_audio_ms"] for h in self.responder.history if "first_audio_ms" in h)
+        return {"turns": len(self.responder.history),
+                "first_audio_p50_ms": round(first[len(first) // 2]) if first else None,
+                "engine": self.engine.where}
 
     def _wire_session(self) -> dict:
         return W.to_wire(self.config, session_id=self.session_id, model="minicpm-o-2.6")
@@ -244,7 +258,10 @@ class Conversation:
         await self._apply_rollback()
         t = time.perf_counter()
         await self.engine.append_unit(unit.audio_16k, unit.frame)
-        turn.prefill_ms.append(1000 * (time.perf_counter() - t))
+        seconds = time.perf_counter() - t
+        turn.prefill_ms.append(1000 * seconds)
+        if self.metrics is not None:
+            self.metrics.unit_cost.observe(seconds)
 
     async def _end_turn(self, create_response: bool) -> None:
         turn = self.turn

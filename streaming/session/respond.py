@@ -57,11 +57,14 @@ class Response:
 class Responder:
     """Runs replies of one conversation; at most one live at a time."""
 
-    def __init__(self, send: Send, engine, playout, output_format, clock_s: Callable[[], float] = time.monotonic):
+    def __init__(self, send: Send, engine, playout, output_format, clock_s: Callable[[], float] = time.monotonic,
+                 metrics=None):
         self.send, self.engine, self.playout = send, engine, playout
         self.output_format = output_format
         self.clock_s = clock_s
+        self.metrics = metrics
         self.current: Response | None = None
+        self.history: list[dict] = []             # timings of every finished response (for the session log)
 
     async def start(self, opts, t_trigger_s: float, previous_item_id: str | None,
                     extra_timings: dict | None = None, speak: bool = True, metadata=None) -> Response:
@@ -117,6 +120,10 @@ class Responder:
             r.timings_ms.setdefault("first_audio_ms", now_ms())
             if r.t_first_audio_s is None:
                 r.t_first_audio_s = self.clock_s()
+                if self.metrics is not None:
+                    self.metrics.first_audio.observe(r.t_first_audio_s - r.t_trigger_s)
+            elif self.metrics is not None and self.clock_s() > r.t_first_audio_s + r.audio_ms / 1000.0:
+                self.metrics.underruns.inc()      # what was sent before this had played out already
             r.audio_samples += len(wav)
             self.playout.write(r.id, wav)
             if r.wire is not None:
@@ -153,6 +160,7 @@ class Responder:
         await self.send(W.response_done(W.response_object(
             r.id, status, [r.item(item_status)], status_details=details,
             timings_ms={k: round(v, 1) for k, v in r.timings_ms.items()}, metadata=r.metadata)))
+        self.history.append(dict(r.timings_ms))
         if self.current is r:
             self.current = None
 

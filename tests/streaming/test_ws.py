@@ -219,6 +219,27 @@ async def test_sessions_beyond_what_the_kv_pools_hold_are_refused(tiny_omni):
 
 
 @pytest.mark.asyncio
+async def test_readiness_and_one_log_line_per_session_start_and_end(server, speech_16k, caplog):
+    """/readyz probes every model process with a real step; a session logs its start and its end
+    (id, transport, duration, turns, first-audio p50, engine)."""
+    import logging
+    import aiohttp
+    async with aiohttp.ClientSession() as http, http.get(server.http + "/readyz") as r:
+        ready = await r.json()
+    assert r.status == 200 and ready["ready"] and [e["replica"] for e in ready["engines"]] == ["process-0", "process-1"]
+    with caplog.at_level(logging.INFO, logger="omni.gateway"):
+        async with websockets.connect(server.ws_url) as ws:
+            sid = (await recv_until(ws, lambda e: e["type"] == "session.created"))[-1]["session"]["id"]
+            for c in chunks_b64(utterance_24k_pcm16(speech_16k)):
+                await send(ws, type="input_audio_buffer.append", audio=c)
+            await recv_until(ws, lambda e: e["type"] == "response.done")
+        await asyncio.sleep(0.2)
+    lines = [r.getMessage() for r in caplog.records if sid in r.getMessage()]
+    assert len(lines) == 2 and "start: websocket on process-" in lines[0], lines
+    assert " end: websocket, " in lines[1] and ", 1 turn(s), first audio p50 " in lines[1] and "None" not in lines[1]
+
+
+@pytest.mark.asyncio
 async def test_api_key_required(tiny_omni):
     srv = await start_server(tiny_omni, api_key="s3cret")
     try:
