@@ -8,13 +8,21 @@ TORCH  ?= torch==2.13.0
 
 .PHONY: setup serve test golden bench clean
 
-setup: $(VENV)/.installed
+NODE_DEPS := tests/clients/node/node_modules/.installed
+
+setup: $(VENV)/.installed $(NODE_DEPS)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e '.[test,ray]'
 	touch $@
+
+# The JS realtime client the tests drive (pinned in its package-lock.json); without npm that one
+# test is skipped and says so.
+$(NODE_DEPS): tests/clients/node/package-lock.json
+	@if command -v npm >/dev/null; then cd tests/clients/node && npm ci --no-audit --no-fund --loglevel=error \
+	  && touch node_modules/.installed; else echo "npm not found: the JS client test will be skipped (apt install nodejs npm)"; fi
 
 serve: setup
 	$(VENV)/bin/omni serve $(ARGS)

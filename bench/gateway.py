@@ -16,7 +16,12 @@
   With `--turns manual` the sessions stream their audio with no VAD, then all send
   `input_audio_buffer.commit` + `response.create` at the same moment; first audio is timed from then.
 
-    python bench/gateway.py [--levels 1,2,4,8,12,16] [--turns vad|manual] [--port 8790] [--config bench/gateway-server.toml]
+  With `--transcribe` every level runs twice, back to back: as above, then with user transcripts
+  on (`audio.input.transcription`); the second adds `transcript_ms_p50/p95` (turn end ->
+  `...input_audio_transcription.completed`) and its own first-audio p95, to compare within one run.
+
+    python bench/gateway.py [--levels 1,2,4,8,12,16] [--turns vad|manual] [--transcribe] [--port 8790]
+                            [--config bench/gateway-server.toml]
 """
 from __future__ import annotations
 
@@ -83,7 +88,8 @@ async def overhead_per_unit(messages: list[str], audio_s: float) -> float:
     return 1000.0 * loop_cpu / audio_s
 
 
-async def one_session(url: str, messages: list[str], realtime: bool, together: asyncio.Barrier | None = None) -> dict:
+async def one_session(url: str, messages: list[str], realtime: bool, together: asyncio.Barrier | None = None,
+                      transcribe: bool = False) -> dict:
     """One user turn. `together`: manual turns (no VAD), every session's commit + response.create
     sent at the same moment once all have streamed their audio (the issue's worst case); the turn
     end is then that moment."""
@@ -92,11 +98,16 @@ async def one_session(url: str, messages: list[str], realtime: bool, together: a
     arrivals: list[tuple[float, int]] = []      # (arrival time, samples received before this delta)
     async with websockets.connect(url, max_size=None) as ws:
         await ws.recv()
+        session: dict = {"omni": {"events": True}}          # [ext] response.omni.timings
         if together is not None:
-            await ws.send(json.dumps({"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}}))
+            session["audio"] = {"input": {"turn_detection": None}}
+        if transcribe:
+            session.setdefault("audio", {}).setdefault("input", {})["transcription"] = {"model": "minicpm-o-2.6"}
+        await ws.send(json.dumps({"type": "session.update", "session": session}))
         t_start = time.perf_counter()
         n = 0
         t_stop = t_first = t_last = None
+        timed = False
         audio_samples = 0
 
         async def sender():
@@ -129,7 +140,14 @@ async def one_session(url: str, messages: list[str], realtime: bool, together: a
                     audio_samples += len(base64.b64decode(ev["delta"])) // 2
                 elif ev["type"] == "response.done":   # the tiny model never draws EOS: capped = fine
                     out["ok"] = ev["response"]["status"] in ("completed", "incomplete")
-                    out["server_first_audio_ms"] = ev["response"].get("omni", {}).get("timings", {}).get("first_audio_ms")
+                elif ev["type"] == "response.omni.timings":   # right after response.done
+                    out["server_first_audio_ms"] = ev["timings"].get("first_audio_ms")
+                    timed = True
+                elif ev["type"] == "conversation.item.input_audio_transcription.completed":
+                    out["transcript_ms"] = 1000 * (now - t_stop) if t_stop else None
+                elif ev["type"] == "conversation.item.input_audio_transcription.failed":
+                    out["transcript_ms"] = None       # counted as missing
+                if timed and (not transcribe or "transcript_ms" in out):
                     break
         await task
     if t_stop and t_first:
@@ -158,6 +176,26 @@ def pct(xs, q):
     return round(xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))], 1) if xs else None
 
 
+async def level(url: str, messages: list[str], n: int, turns: str, transcribe: bool) -> dict:
+    """n sessions at once, each one turn in real time: held?, first audio, underruns."""
+    together = asyncio.Barrier(n) if turns == "manual" else None
+    runs = await asyncio.gather(*[one_session(url, messages, realtime=True, together=together, transcribe=transcribe)
+                                  for _ in range(n)])
+    held = all(r["ok"] and r["max_gap_ms"] is not None and r["max_gap_ms"] <= UNDERRUN_BUDGET_MS
+               and r["stop_lag_s"] is not None and r["stop_lag_s"] < 1.5 for r in runs)
+    point = {"sessions": n, "held": held,
+             "eos_to_first_audio_ms_p95": pct([r["eos_to_audio_ms"] for r in runs], 0.95),
+             "server_first_audio_ms_p95": pct([r.get("server_first_audio_ms") for r in runs], 0.95),
+             "min_audio_rate_x": round(min((r["audio_rate"] or 0) for r in runs), 2),
+             "max_underrun_ms": round(max((r["max_gap_ms"] if r["max_gap_ms"] is not None else 1e9) for r in runs), 1),
+             "max_stop_lag_s": round(max((99 if r["stop_lag_s"] is None else r["stop_lag_s"]) for r in runs), 2)}
+    if transcribe:
+        point["transcript_ms_p50"] = pct([r.get("transcript_ms") for r in runs], 0.5)
+        point["transcript_ms_p95"] = pct([r.get("transcript_ms") for r in runs], 0.95)
+        point["transcripts"] = sum(r.get("transcript_ms") is not None for r in runs)
+    return point
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--levels", default="1,2,4,8,12,16")
@@ -166,6 +204,8 @@ async def main() -> None:
                     help="server settings TOML for the server under test")
     ap.add_argument("--turns", choices=("vad", "manual"), default="vad",
                     help="vad: server VAD ends every turn at once; manual: all commit + response.create at once")
+    ap.add_argument("--transcribe", action="store_true",
+                    help="run every level again with user transcripts on, to compare")
     a = ap.parse_args()
     pcm = utterance_pcm16_24k()
     messages = appends(pcm)
@@ -184,18 +224,12 @@ async def main() -> None:
         result["eos_to_first_audio_ms_p95"] = pct([s["eos_to_audio_ms"] for s in solo], 0.95)
         curve, knee = [], 0
         for n in levels:
-            together = asyncio.Barrier(n) if a.turns == "manual" else None
-            runs = await asyncio.gather(*[one_session(url, messages, realtime=True, together=together) for _ in range(n)])
-            held = all(r["ok"] and r["max_gap_ms"] is not None and r["max_gap_ms"] <= UNDERRUN_BUDGET_MS
-                       and r["stop_lag_s"] is not None and r["stop_lag_s"] < 1.5 for r in runs)
-            curve.append({"sessions": n, "held": held,
-                          "eos_to_first_audio_ms_p95": pct([r["eos_to_audio_ms"] for r in runs], 0.95),
-                          "server_first_audio_ms_p95": pct([r.get("server_first_audio_ms") for r in runs], 0.95),
-                          "min_audio_rate_x": round(min((r["audio_rate"] or 0) for r in runs), 2),
-                          "max_underrun_ms": round(max((r["max_gap_ms"] if r["max_gap_ms"] is not None else 1e9) for r in runs), 1),
-                          "max_stop_lag_s": round(max((99 if r["stop_lag_s"] is None else r["stop_lag_s"]) for r in runs), 2)})
-            if held:
+            point = await level(url, messages, n, a.turns, transcribe=False)
+            if point["held"]:
                 knee = n
+            if a.transcribe:
+                point["with_transcripts"] = await level(url, messages, n, a.turns, transcribe=True)
+            curve.append(point)
         result["concurrency"] = curve
         result["knee_sessions"] = knee
     finally:

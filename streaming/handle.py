@@ -86,6 +86,10 @@ class EngineHandle:
     async def interrupt_ms(self, heard_ms: float) -> None:
         await self._run("rollback", heard_ms)
 
+    async def forget_reply(self) -> None:
+        """Take the latest reply out of the context (it was deleted before anything followed it)."""
+        await self._run("forget")
+
     async def start_reply(self, opts: GenerateOptions) -> None:
         self.last_reply_end = None
         await self._run("generate", opts)

@@ -29,7 +29,7 @@ import time
 
 from .gateway.errors import ModelError
 from .handle import EngineHandle
-from .worker import PROBE_TIMEOUT_S, EngineSpec, full_error, probe, settle
+from .worker import BACKGROUND_SLOTS, PROBE_TIMEOUT_S, EngineSpec, full_error, probe, settle
 
 log = logging.getLogger("omni.procs")
 START_TIMEOUT_S = 600.0      # loading a full checkpoint on CPU takes minutes
@@ -116,6 +116,7 @@ class _Lane:
         self.index, self.spec, self.step_timeout_s = index, spec, step_timeout_s
         self.slots = 0
         self.sids: set[int] = set()       # sessions placed on the process
+        self.background: set[int] = set()  # those of them in the engine's background slots
         self.lost: set[int] = set()       # sessions whose process died
         self.died_code: int | None = None
         self.lock = threading.Lock()      # sids, lost, pending: the event loop and both threads
@@ -133,7 +134,14 @@ class _Lane:
         if not self.ready.is_set() or self.failures or self.proc is None or not self.proc.is_alive():
             return 0
         with self.lock:
-            return self.slots - len(self.sids - self.lost)
+            return self.slots - len(self.sids - self.background - self.lost)
+
+    @property
+    def background_free(self) -> bool:
+        if not self.ready.is_set() or self.failures or self.proc is None or not self.proc.is_alive():
+            return False
+        with self.lock:
+            return len(self.background - self.lost) < BACKGROUND_SLOTS
 
     def start(self) -> None:
         ctx = mp.get_context("spawn")     # fork would copy the event loop's threads and locks
@@ -277,12 +285,14 @@ class ProcessWorker:
     def capacity(self) -> int:
         return sum(lane.slots for lane in self._lanes)
 
-    def open_session(self, max_cache_tokens: int | None = None) -> EngineHandle:
-        lane = self._place()
+    def open_session(self, max_cache_tokens: int | None = None, background: bool = False) -> EngineHandle:
+        lane = self._place_background() if background else self._place()
         sid = next(self._ids)
         with lane.lock:
             lane.sids.add(sid)
-        lane.send(next(self._rids), sid, "open", (max_cache_tokens,), None, None)   # before any command
+            if background:
+                lane.background.add(sid)
+        lane.send(next(self._rids), sid, "open", (max_cache_tokens, background), None, None)   # before any command
 
         async def call(op: str, *args, deadline_s: float | None = None):
             if sid in lane.lost:
@@ -295,6 +305,7 @@ class ProcessWorker:
         def close() -> None:
             with lane.lock:
                 lane.sids.discard(sid)
+                lane.background.discard(sid)
                 lane.lost.discard(sid)
                 lane.handles.pop(sid, None)
             # Sent even for a lost session: its "open" may have reached the new process.
@@ -304,6 +315,13 @@ class ProcessWorker:
             lane.handles[sid] = handle
         return handle
 
+    def _place_background(self) -> _Lane:
+        """A healthy process with a background slot free (user transcripts)."""
+        for lane in sorted(self._lanes, key=lambda x: -x.free):
+            if lane.background_free:
+                return lane
+        raise full_error(self.capacity)
+
     def _place(self) -> _Lane:
         """The healthy process with the most free slots; else one being replaced (the session's
         commands wait for it); a process whose restart failed takes none."""
@@ -312,7 +330,7 @@ class ProcessWorker:
             return max(healthy, key=lambda x: x.free)
         for lane in self._lanes:
             with lane.lock:
-                room = lane.slots - len(lane.sids - lane.lost)
+                room = lane.slots - len(lane.sids - lane.background - lane.lost)
             if not lane.ready.is_set() and not lane.failures and room > 0:
                 return lane
         raise full_error(self.capacity)

@@ -66,13 +66,13 @@ class _ReplicaImpl:
         threading.Thread(target=self._reap, name="omni-lease-reaper", daemon=True).start()
 
     # ---- called by gateways ---------------------------------------------------------------------
-    async def open(self, gateway: str, max_cache_tokens: int | None):
+    async def open(self, gateway: str, max_cache_tokens: int | None, background: bool = False):
         """(incarnation, session id), or None when every slot is taken."""
         from omni.batch.engine import EngineFull
         with self.lock:
             self.seen[gateway] = time.monotonic()
             try:
-                sid = self.engine.open(max_cache_tokens)
+                sid = self.engine.open(max_cache_tokens, background)
             except EngineFull:
                 return None
             self.owners[sid] = gateway
@@ -206,13 +206,15 @@ class RayWorker:
         return sum(r.slots for r in self._remotes)
 
     # ---- sessions -------------------------------------------------------------------------------------
-    def open_session(self, max_cache_tokens: int | None = None) -> EngineHandle:
-        """A session on the live replica with the most free slots (as the last heartbeat said)."""
-        live = sorted((r for r in self._remotes if r.alive and r.free > 0), key=lambda r: -r.free)
+    def open_session(self, max_cache_tokens: int | None = None, background: bool = False) -> EngineHandle:
+        """A session on the live replica with the most free slots (as the last heartbeat said);
+        a background one on any live replica (its engine has background slots of its own)."""
+        live = sorted((r for r in self._remotes if r.alive and (background or r.free > 0)), key=lambda r: -r.free)
         if not live:
             raise full_error(self.capacity)
-        live[0].free -= 1                                      # until the next heartbeat says
-        state: dict = {"remote": live[0], "opened": live[0].actor.open.remote(self.gateway, max_cache_tokens)}
+        if not background:
+            live[0].free -= 1                                  # until the next heartbeat says
+        state: dict = {"remote": live[0], "opened": live[0].actor.open.remote(self.gateway, max_cache_tokens, background)}
 
         async def open_any() -> None:
             """The first choice, else (another gateway took its last slot) any other with room."""
@@ -226,7 +228,7 @@ class RayWorker:
                 rest = [r for r in live[1:] + [r for r in self._remotes if r not in live] if r not in tried and r.alive]
                 if not rest:
                     raise full_error(self.capacity)
-                state["remote"], state["opened"] = rest[0], rest[0].actor.open.remote(self.gateway, max_cache_tokens)
+                state["remote"], state["opened"] = rest[0], rest[0].actor.open.remote(self.gateway, max_cache_tokens, background)
             state["key"], handle.where = key, remote.name
             with remote.lock:
                 remote.handles[key] = handle
@@ -260,7 +262,8 @@ class RayWorker:
                 return
             with remote.lock:
                 remote.handles.pop(key, None)
-            remote.free += 1                                   # this gateway's view, until the next heartbeat
+            if not background:
+                remote.free += 1                               # this gateway's view, until the next heartbeat
             remote.actor.close.remote(*key)
 
         handle = EngineHandle(call, close, where=live[0].name)

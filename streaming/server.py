@@ -187,8 +187,8 @@ def serve(args) -> int:
         print("serving the EMBEDDED DEMO MODEL (tiny, random weights: replies are noise by design). "
               "Load a real checkpoint with --model DIR.", file=sys.stderr)
     worker = make_worker(settings)
-    print(f"omni: model ready ({settings.lanes} lane(s), {settings.worker_kind}, room for {worker.capacity} "
-          f"session(s), batches of up to {settings.max_batch})", file=sys.stderr)
+    print(f"omni: model ready ({settings.lanes} lane(s), {settings.worker_kind}, room for "
+          f"{min(settings.max_sessions, worker.capacity)} session(s), batches of up to {settings.max_batch})", file=sys.stderr)
     app = build_app(settings, None, embedded, worker)          # the worker holds the model
     app.on_cleanup.append(lambda _app: asyncio.to_thread(worker.close))
     scheme = "https" if settings.tls else "http"

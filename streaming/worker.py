@@ -30,6 +30,8 @@ log = logging.getLogger("omni.worker")
 TURN_ROOM_TOKENS = 1024           # a slot's room over the context budget and a reply: one turn's growth
 CUDA_ACTIVATION_RESERVE_GB = 2.0  # kept free on a GPU for activations and CUDA graphs
 CPU_MEMORY_SHARE = 0.5            # of physical memory at most for the KV pools on a CPU
+BACKGROUND_SLOTS = 1              # per engine, over `slots`: room for a user transcript when every
+                                  # conversation slot is taken (streaming/session/transcribe.py)
 
 
 def settle(loop, fut, result, error: BaseException | None) -> None:
@@ -76,7 +78,7 @@ class EngineSpec:
             budget = 0.9 * free - CUDA_ACTIVATION_RESERVE_GB * 2**30
         else:
             budget = CPU_MEMORY_SHARE * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / self.lanes
-        fits = int(budget // per_slot)
+        fits = int(budget // per_slot) - BACKGROUND_SLOTS   # the budget holds the background slot too
         if fits < want:
             log.warning("KV pools: %d of %d sessions fit per engine (%.0f MB each, %.1f GB for the pools)",
                         max(fits, 1), want, per_slot / 2**20, budget / 2**30)
@@ -84,7 +86,7 @@ class EngineSpec:
 
     def engine(self, omni) -> BatchEngine:
         return BatchEngine(omni, self.slots(omni), self.slot_tokens, self.max_batch, self.reply_reserve_tokens,
-                           cuda_graphs=self.cuda_graphs)
+                           cuda_graphs=self.cuda_graphs, background_slots=BACKGROUND_SLOTS)
 
 
 def engine_call(engine: BatchEngine, sid: int):
@@ -146,10 +148,10 @@ class EngineWorker:
     def capacity(self) -> int:
         return sum(e.slots for e in self.engines)
 
-    def open_session(self, max_cache_tokens: int | None = None) -> EngineHandle:
+    def open_session(self, max_cache_tokens: int | None = None, background: bool = False) -> EngineHandle:
         engine = max(self.engines, key=lambda e: e.free_slots)
         try:
-            sid = engine.open(max_cache_tokens)
+            sid = engine.open(max_cache_tokens, background)
         except EngineFull:
             raise full_error(self.capacity) from None
         local = lambda: getattr(engine._sessions.get(sid), "session", None)   # noqa: E731 - tests look inside

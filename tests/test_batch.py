@@ -216,6 +216,47 @@ def test_edf_picks_the_most_urgent_kind_and_fills_the_batch_by_deadline():
     assert pick([], 4) == []
 
 
+def test_background_ops_yield_to_due_work_and_never_ride_along():
+    now, bg = 10.0, Pending(0.0, 1, "llm", background=True)
+    due, later = Pending(10.1, 0, "llm"), Pending(11.0, 0, "llm")
+    assert pick([due, bg], 8, now) == [0]                  # same kind, older, yet not in the batch
+    assert pick([later, bg], 8, now) == [1]                # the foreground can wait: background alone
+    assert pick([later, bg], 8, now, hold_s=10.1) == [0]   # a reply step on its way holds it back
+    assert pick([bg], 8, now, hold_s=10.1) == [] and pick([bg], 8, now) == [0]
+    assert pick([later, bg], 8) == [0]                     # no clock: background last
+
+
+def test_a_background_session_has_its_own_slot_and_waits_for_a_reply_in_flight(tiny):
+    """A transcript's session opens when every conversation slot is taken, and its prefill runs
+    only once the reply that was due has produced everything (batched == alone for both)."""
+    now = [100.0]
+    e = BatchEngine(tiny, slots=1, slot_tokens=1024, background_slots=1, clock_s=lambda: now[0])
+    d = Driver(e)
+    fg = e.open()
+    with pytest.raises(EngineFull):
+        e.open()
+    bg = e.open(background=True)
+    with pytest.raises(EngineFull):                # one background slot: a second waits its turn
+        e.open(background=True)
+    assert e.free_slots == 0
+    steps = [("system", 1, "audio_assistant", None, None), ("unit", audio(1), None)]
+    d.script(fg, steps)
+    e.run_until_idle()
+    d.cmd(fg, "generate", reply_opts(False, 1.0, 9))
+    first = d.cmd(fg, "reply_step", deadline_s=now[0] + 0.2)
+    asr = d.cmd(bg, "system", 0, "omni", audio(2), "Please transcribe.")
+    while not first:
+        e.tick()
+        assert not asr, "background work ran while a reply's first audio was due"
+    assert first[0][1] is None and len(first[0][0][1]) > 0
+    while not asr:
+        e.tick()
+    assert asr[0][1] is None and not e._sessions[fg].replying   # after the reply's generation ended
+    text, wav, end = d.reply(fg)
+    (want,), _ = alone(tiny, 1, steps + [("generate", reply_opts(False, 1.0, 9))])
+    same((first[0][0][0] + text, np.concatenate([first[0][0][1], wav]), end), want)
+
+
 def test_a_full_batch_serves_the_session_that_starves_first(tiny):
     """max_batch 1: of three sessions' units, the one whose listener runs out first goes first."""
     now = [100.0]

@@ -189,30 +189,39 @@ function onEvent(e) {
     }
     case P.S.TRANSCRIPT_DELTA: case P.S.TEXT_DELTA: ui.assistantText(r.id, e.delta); break;
     case P.S.RESPONSE_DONE: responseDone(e); break;
+    case P.S.RESPONSE_TIMINGS: responseTimings(e); break;
     case P.S.ERROR: serverError(P.errorOf(e)); break;
   }
 }
 
 function responseDone(e) {
-  const r = resp(e.response.id), t = P.timingsOf(e), status = e.response.status;
+  const r = resp(e.response.id), status = e.response.status;
   app.player.port.postMessage({ cmd: "end", id: r.id });
   if (app.current === r.id) { app.current = null; ui.el("interrupt").disabled = !app.audible; }
-  r.server = t;
-  if (t.first_audio_ms != null) ui.setStat("st-server", `${Math.round(t.first_audio_ms)} ms`);
-  if (t.unit_prefill_mean_ms != null) {
-    ui.setStat("st-unit", `${Math.round(t.unit_prefill_mean_ms)} ms mean, ${Math.round(t.unit_prefill_max_ms)} ms max (budget 1000 ms)`);
-  }
   const turn = app.metrics.turns.find((x) => x.id === r.id);
-  if (turn) Object.assign(turn, { server: t, status });
-  else app.metrics.turns.push({ id: r.id, pageMs: null, server: t, status });
+  if (turn) turn.status = status;
+  else app.metrics.turns.push({ id: r.id, pageMs: null, status });
   const cut = status === "cancelled" || app.dead.has(r.id);
   const bits = [cut ? "interrupted" : status === "completed" ? "" : status, r.pageMs != null ? `first audio ${Math.round(r.pageMs)} ms after you stopped` : ""];
   ui.assistantMeta(r.id, bits.filter(Boolean).join(" · "), cut);
   if (!app.audible && app.transport?.kind === "websocket" && !r.received) ui.setState("listening");
 }
 
+// The server's figures of a reply; they follow its response.done.
+function responseTimings(e) {
+  const r = resp(e.response_id), t = P.timingsOf(e);
+  r.server = t;
+  if (t.first_audio_ms != null) ui.setStat("st-server", `${Math.round(t.first_audio_ms)} ms`);
+  if (t.unit_prefill_mean_ms != null) {
+    ui.setStat("st-unit", `${Math.round(t.unit_prefill_mean_ms)} ms mean, ${Math.round(t.unit_prefill_max_ms)} ms max (budget 1000 ms)`);
+  }
+  const turn = app.metrics.turns.find((x) => x.id === r.id);
+  if (turn) turn.server = t;
+  else app.metrics.turns.push({ id: r.id, pageMs: null, server: t });
+}
+
 function serverError(err) {
-  if (err.code === "truncate_too_late" || err.code === "response_not_found") { console.info(err.message); return; }
+  if (err.code === "response_cancel_not_active") { console.info(err.message); return; }
   if (err.code === "invalid_api_key") return transportFailed(new TransportError("auth", err.message));
   if (err.code === "server_busy") return transportFailed(new TransportError("busy", err.message));
   ui.showError(`Server: ${err.message} (${err.code})`);

@@ -13,6 +13,7 @@ export const S = Object.freeze({                // server -> client types the pa
   ITEM_TRUNCATED: "conversation.item.truncated",
   RESPONSE_CREATED: "response.created",
   RESPONSE_DONE: "response.done",
+  RESPONSE_TIMINGS: "response.omni.timings",
   AUDIO_DELTA: "response.output_audio.delta",
   AUDIO_DONE: "response.output_audio.done",
   TRANSCRIPT_DELTA: "response.output_audio_transcript.delta",
@@ -29,7 +30,7 @@ const ev = (type, fields = {}) => ({ type, event_id: eventId(), ...fields });
 
 /** session.update. voice: {kind:"default"} | {kind:"wav", data:B64} | {kind:"pcm16", rate, data:B64} */
 export function sessionUpdate({ video = true, voice = null, instructions } = {}) {
-  const session = { type: "realtime", omni: { video } };
+  const session = { type: "realtime", omni: { video, events: true } };   // events: [ext] response.omni.timings
   if (instructions !== undefined) session.instructions = instructions;
   if (voice) {
     let ref = null;
@@ -56,9 +57,9 @@ export function parse(data) {
   return obj && typeof obj.type === "string" ? obj : null;
 }
 
-/** The ms figures of response.done (`response.omni.timings`); {} when absent. */
-export function timingsOf(doneEvent) {
-  const t = doneEvent?.response?.omni?.timings;
+/** The ms figures of a reply, from the [ext] `response.omni.timings` event; {} when absent. */
+export function timingsOf(timingsEvent) {
+  const t = timingsEvent?.timings;
   return t && typeof t === "object" ? t : {};
 }
 

@@ -40,7 +40,11 @@ from .schedule import Pending, pick
 log = logging.getLogger("omni.batch")
 Done = Callable[[Any, BaseException | None], None]
 # open/close: use the methods; probe: one real LLM step on a scratch cache (readiness), any session id
-COMMANDS = ("open", "close", "system", "prefill", "unit", "rollback", "generate", "reply_step", "probe")
+COMMANDS = ("open", "close", "system", "prefill", "unit", "rollback", "forget", "generate", "reply_step",
+            "probe")
+
+
+HOLD_POLL_S = 0.005     # an engine holding background work for a reply step on its way looks again this soon
 
 
 class EngineFull(RuntimeError):
@@ -96,6 +100,7 @@ class _Live:
     sid: int
     slot: int
     session: Session
+    background: bool = False               # its ops yield to every other session's (transcripts)
     commands: deque = field(default_factory=deque)
     current: _Command | None = None        # the command whose program runs
     program: Any = None                    # its program, or the reply program, or None
@@ -104,6 +109,7 @@ class _Live:
     outputs: list = field(default_factory=list)      # (text, wav) of the reply not yet handed out
     waiter: _Command | None = None         # a reply_step waiting for output
     reply_deadline_s: float = float("inf")
+    hold_s: float = float("inf")           # while replying: the last reply_step's deadline (background yields)
     reply_error: BaseException | None = None
 
     @property
@@ -116,23 +122,28 @@ class _Live:
 class BatchEngine:
     def __init__(self, omni, slots: int, slot_tokens: int = 8192, max_batch: int = 32,
                  reply_reserve_tokens: int = 0, clock_s: Callable[[], float] = time.monotonic,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, background_slots: int = 0):
         """`slots`: sessions the engine holds; `slot_tokens`: LLM positions per session (its
         context, sliding window included); `max_batch`: the most ops in one forward (1 = every
         op alone, batching off); `reply_reserve_tokens`: kept free for a reply when prefilling;
-        `cuda_graphs`: on a CUDA device, decode steps replay captured graphs."""
+        `cuda_graphs`: on a CUDA device, decode steps replay captured graphs;
+        `background_slots`: pool slots over `slots` for background sessions (at most that many
+        at once), so transcripts run when every conversation slot is in use."""
         assert slots >= 1 and max_batch >= 1, (slots, max_batch)
         c, t = omni.config, omni.net.tts.cfg
         self.omni, self.slots, self.slot_tokens, self.max_batch = omni, slots, slot_tokens, max_batch
+        self.background_slots = background_slots
         self.reply_reserve_tokens, self.clock_s = reply_reserve_tokens, clock_s
         dev = omni.device
-        self.llm_pool = KVPool(c.num_hidden_layers, slots, c.num_key_value_heads,
+        total = slots + background_slots
+        self.llm_pool = KVPool(c.num_hidden_layers, total, c.num_key_value_heads,
                                c.hidden_size // c.num_attention_heads, slot_tokens, omni.dtype, dev)
-        self.tts_pool = KVPool(t.num_hidden_layers, slots, t.num_attention_heads, t.hidden_size // t.num_attention_heads,
+        self.tts_pool = KVPool(t.num_hidden_layers, total, t.num_attention_heads, t.hidden_size // t.num_attention_heads,
                                tts_slot_tokens(omni.net.tts), omni.net.tts.emb_text.weight.dtype, dev)
         self.executor = Executor.of(omni, cuda_graphs)
-        self._free = list(range(slots))
+        self._free = list(range(total))
         self._slot_of: dict[int, int] = {}      # sid -> slot, for open/close on any thread
+        self._background: set[int] = set()      # sids of background sessions
         self._ids = itertools.count(1)
         self._inbox: deque[_Command] = deque()
         self._cv = threading.Condition()
@@ -142,24 +153,36 @@ class BatchEngine:
         self._stopped = False
         self.stats = EngineStats()
         self.last_batch_s: float | None = None   # clock time the last batch finished (readiness)
+        self.held = False                        # the last tick held background ops back and ran nothing
 
     # ---- any thread ---------------------------------------------------------------------------
     @property
     def free_slots(self) -> int:
+        """Conversation (foreground) sessions that can still open."""
         with self._cv:
-            return len(self._free)
+            return self._free_foreground()
 
-    def open(self, max_cache_tokens: int | None = None, done: Done | None = None) -> int:
-        """Take a slot for a new session (raises `EngineFull`); returns its id."""
+    def _free_foreground(self) -> int:   # holding self._cv
+        return min(len(self._free), self.slots - (len(self._slot_of) - len(self._background)))
+
+    def open(self, max_cache_tokens: int | None = None, background: bool = False,
+             done: Done | None = None) -> int:
+        """Take a slot for a new session (raises `EngineFull`); returns its id. A `background`
+        session's ops run only when no other op is due soon (schedule.pick)."""
         with self._cv:
             if self._stopped:
                 raise RuntimeError("the batch engine is stopped")
-            if not self._free:
+            if background and len(self._background) >= self.background_slots:
+                raise EngineFull(f"all {self.background_slots} background slots of the engine are in use")
+            if not background and not self._free_foreground():
                 raise EngineFull(f"all {self.slots} session slots of the engine are in use")
             slot = self._free.pop(0)             # lowest first: active slots stay compact
             sid = next(self._ids)
             self._slot_of[sid] = slot
-            self._enqueue(_Command(sid, "open", (slot, max_cache_tokens), self.clock_s(), done or _ignore))
+            if background:
+                self._background.add(sid)
+            self._enqueue(_Command(sid, "open", (slot, max_cache_tokens, background), self.clock_s(),
+                                   done or _ignore))
         return sid
 
     def close(self, sid: int, done: Done | None = None) -> None:
@@ -167,6 +190,7 @@ class BatchEngine:
         session is gone before a new one can touch the slot."""
         with self._cv:   # one lock for both: no open can queue between the freed slot and the close
             slot = self._slot_of.pop(sid, None)
+            self._background.discard(sid)
             if slot is not None:
                 bisect.insort(self._free, slot)
             if not self._stopped:
@@ -202,11 +226,16 @@ class BatchEngine:
                 self.tick()
             except Exception:  # noqa: BLE001 - a bug here must not stop every session
                 log.exception("batch engine tick failed")
+            if self.held:                      # only held background work: wait a little for a command
+                with self._cv:
+                    if not self._inbox and not self._stopped:
+                        self._cv.wait(HOLD_POLL_S)
         self._fail_all(RuntimeError("the batch engine stopped"))
 
     def run_until_idle(self) -> None:
-        """Tick until no command and no op is left (tests and benches drive the engine this way)."""
-        while self.tick():
+        """Tick until no command and no op is left, or only held background work (tests and
+        benches drive the engine this way)."""
+        while self.tick() and not self.held:
             pass
 
     @torch.inference_mode()
@@ -224,10 +253,13 @@ class BatchEngine:
         for live in list(self._sessions.values()):
             self._start_next(live)
         waiting = [live for live in self._sessions.values() if live.pending is not None]
-        chosen = pick([Pending(live.deadline_s, self._arrival[live.sid], live.pending.kind) for live in waiting],
-                      self.max_batch)
+        hold_s = min((live.hold_s for live in self._sessions.values() if live.replying and not live.background),
+                     default=float("inf"))
+        chosen = pick([Pending(live.deadline_s, self._arrival[live.sid], live.pending.kind, live.background)
+                       for live in waiting], self.max_batch, self.clock_s(), hold_s)
         if chosen:
             self._execute([waiting[i] for i in chosen])
+        self.held = bool(waiting) and not chosen
         return bool(commands or chosen) or self._has_work()
 
     def _probe(self) -> float:
@@ -256,12 +288,12 @@ class BatchEngine:
         if cmd.op == "probe":
             return _answer(cmd, self._probe(), None)
         if cmd.op == "open":
-            slot, max_cache_tokens = cmd.args
+            slot, max_cache_tokens, background = cmd.args
             self.llm_pool.reset_slot(slot)          # never uninitialised memory under a mask
             self.tts_pool.reset_slot(slot)
             caches = SlotCaches(self.omni.net.tts, self.llm_pool, self.tts_pool, slot)
             session = Session(self.omni, None, max_cache_tokens, caches, self.reply_reserve_tokens)
-            self._sessions[cmd.sid] = _Live(cmd.sid, slot, session)
+            self._sessions[cmd.sid] = _Live(cmd.sid, slot, session, background=background)
             return _answer(cmd, None, None)
         live = self._sessions.get(cmd.sid)
         if live is None:
@@ -272,7 +304,7 @@ class BatchEngine:
         if cmd.op == "reply_step":
             if live.waiter is not None:
                 return _answer(cmd, None, RuntimeError("a reply step of this session is already waiting"))
-            live.waiter, live.reply_deadline_s = cmd, cmd.deadline_s
+            live.waiter, live.reply_deadline_s, live.hold_s = cmd, cmd.deadline_s, float("inf")
             return self._serve(live)
         live.commands.append(cmd)
 
@@ -302,6 +334,9 @@ class BatchEngine:
         if cmd.op == "rollback":
             s.interrupt_ms(*cmd.args)
             return False
+        if cmd.op == "forget":
+            s.forget_reply()
+            return False
         if cmd.op == "system":
             seed, mode, ref, text = cmd.args
             s.seed = seed                     # a seed takes effect from the context start
@@ -317,7 +352,7 @@ class BatchEngine:
         """Close the reply program (the caller answers a waiting reply_step afterwards)."""
         if live.replying:
             live.program.close()
-            live.program, live.pending, live.replying = None, None, False
+            live.program, live.pending, live.replying, live.hold_s = None, None, False, float("inf")
             live.outputs = []
 
     def _close(self, live: _Live) -> None:
@@ -364,7 +399,7 @@ class BatchEngine:
     def _finished(self, live: _Live, error: BaseException | None) -> None:
         live.program, live.pending = None, None
         if live.replying:
-            live.replying, live.reply_error = False, error
+            live.replying, live.reply_error, live.hold_s = False, error, float("inf")
             return self._serve(live)
         cmd, live.current = live.current, None
         _answer(cmd, None, error)
@@ -379,10 +414,13 @@ class BatchEngine:
             wav = np.concatenate([a for _, a in live.outputs]) if len(live.outputs) > 1 else live.outputs[0][1]
             live.outputs, live.waiter = [], None
             live.reply_deadline_s = float("inf")   # nobody waits: runs ahead only when it costs nothing
+            # ...but the next reply_step is on its way, about as urgent: background work must not
+            # slip into the gap (before first audio that deadline is already due)
+            live.hold_s = w.deadline_s
             self.stats.pieces += 1
             return _answer(w, (text, wav), None)
         if not live.replying:
-            live.waiter = None
+            live.waiter, live.hold_s = None, float("inf")
             if live.reply_error is not None:
                 error, live.reply_error = live.reply_error, None
                 return _answer(w, None, error)

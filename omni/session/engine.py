@@ -68,6 +68,8 @@ class PrefillRecord:
 @dataclass
 class _Reply:
     prefix_end: int                          # cache length once the prefix is in
+    prefix_len: int = 0                      # its prefix's tokens: the reply starts at prefix_end - prefix_len
+    flags_before: tuple = ()                 # (new_user_msg, llm_generated, llm_generate_completed) before it
     samples: int = 0                         # audio handed out so far
     marks: list[ReplyMark] = field(default_factory=list)
 
@@ -163,6 +165,7 @@ class Session:
     def prefill_program(self, msg: dict):
         """Program of `prefill` (checks the message at once, so a bad one fails before any op)."""
         self._close_active()
+        self._reply = None             # new input follows the reply: it can no longer be cut or forgotten
         m, st = self.m, self.state
         col = P.collect([msg], omni_input=True)
         role, content = col.texts[0]
@@ -231,6 +234,7 @@ class Session:
         """Program of `generate`: outputs (text delta, 24-kHz float32 audio)."""
         if not self.state.started:
             raise RuntimeError("prefill a system prompt and user input before generate")
+        self._reply = None             # a new reply: the last one can no longer be cut or forgotten
         return self._reply_program(options, trace)
 
     def _reply_program(self, o: GenerateOptions, trace: dict | None):
@@ -238,7 +242,8 @@ class Session:
         ids = m.tokenizer.encode(P.GENERATE_PREFIX, add_special_tokens=False)
         max_new_tokens = self._reply_room(len(ids), o.max_new_tokens)
         (spk_pos, _), = P.bounds(ids, (m.ids.spk_bos,), (m.ids.spk_eos,))
-        reply = _Reply(st.cache_len + len(ids))
+        reply = _Reply(st.cache_len + len(ids), len(ids),
+                       (st.new_user_msg, st.llm_generated, st.llm_generate_completed))
 
         def begin() -> None:   # once the first op ran: a reply closed before that never started
             st.new_user_msg, st.llm_generated, st.llm_generate_completed = True, True, False
@@ -343,6 +348,19 @@ class Session:
             st.crop(keep)
         st.llm_generate_completed = False
         st.new_user_msg = True
+        self._reply = None
+        return st.cache_len
+
+    def forget_reply(self) -> int:
+        """Stop the reply and take it out of the context: the session is as it was before the
+        reply began (its user turn still open), except that the user-audio encoder cache starts
+        afresh. Returns the new cache length. No reply: nothing changes."""
+        self._close_active()
+        st, reply = self.state, self._reply
+        if reply is None:
+            return st.cache_len
+        st.new_user_msg, st.llm_generated, st.llm_generate_completed = reply.flags_before
+        st.crop(reply.prefix_end - reply.prefix_len)   # prefix_end moves with a slide
         self._reply = None
         return st.cache_len
 

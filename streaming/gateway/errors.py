@@ -86,7 +86,8 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def _error_object(exc: BaseException) -> dict[str, Any]:
+def error_object(exc: BaseException) -> dict[str, Any]:
+    """The OpenAI error object of `exc` (unexpected ones logged, with a reference instead of details)."""
     if isinstance(exc, OmniError):
         return {"type": exc.error_type, "code": exc.code, "message": exc.message,
                 "param": exc.param, "event_id": exc.event_id}
@@ -110,7 +111,7 @@ def to_error_event(exc: BaseException, event_id: str | None = None) -> dict[str,
     """
     from .protocol import error  # protocol imports this module for ProtocolError
 
-    obj = _error_object(_leaf(exc))
+    obj = error_object(_leaf(exc))
     if obj["event_id"] is None:
         obj["event_id"] = event_id
     return error(obj)

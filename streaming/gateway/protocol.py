@@ -12,24 +12,22 @@ from __future__ import annotations
 
 import difflib
 import json
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import ProtocolError
+# Server events live in events.py; re-exported so `protocol` names every message.
+from .events import *  # noqa: F403
+from .events import new_id
 # The session object lives in session_config.py; re-exported so `protocol` names every message.
 from .session_config import (AUDIO_FORMATS, G711_RATE_HZ, PCM_RATE_HZ, AudioFormat,
-                             OmniOptions, ReferenceAudio, ServerVad, SessionConfig, apply_update,
+                             OmniOptions, ReferenceAudio, ServerVad, SessionConfig, Transcription,
+                             apply_update,
                              parse_max_tokens, parse_modalities, parse_tools, to_wire)
 from .validate import JSON_NAMES, as_type, b64, bad, get_field, in_range, no_unknown, one_of
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a 30 s PCM16 reference clip is ~1.9 MB as base64
-
-def new_id(prefix: str) -> str:
-    """An OpenAI-style id such as `event_3f2a...`, `item_...`, `resp_...`, `sess_...`."""
-    return f"{prefix}_{secrets.token_hex(8)}"
-
 
 # ---------------------------------------------------------------- client events
 @dataclass(frozen=True)
@@ -106,6 +104,13 @@ class ConversationItemDelete:
 
 
 @dataclass(frozen=True)
+class ConversationItemRetrieve:
+    TYPE: ClassVar[str] = "conversation.item.retrieve"
+    event_id: str | None
+    item_id: str
+
+
+@dataclass(frozen=True)
 class ResponseParams:
     """Per-response overrides; None means "use the session's"."""
     output_modalities: tuple[str, ...] | None = None
@@ -130,7 +135,7 @@ class ResponseCancel:
 
 ClientEvent = (SessionUpdate | InputAudioBufferAppend | InputAudioBufferCommit
                | InputAudioBufferClear | InputImageBufferAppend | ConversationItemCreate
-               | ConversationItemTruncate | ConversationItemDelete | ResponseCreate
+               | ConversationItemTruncate | ConversationItemDelete | ConversationItemRetrieve | ResponseCreate
                | ResponseCancel)
 
 _PART_TYPES = {"user": ("input_text", "input_audio", "input_image"), "system": ("input_text",),
@@ -176,7 +181,7 @@ def _item(v: Any, p: str) -> ConversationItem:
 def _response_params(o: Mapping[str, Any]) -> ResponseParams:
     p = "response"
     for k in ("audio", "voice", "output_audio_format", "input", "instructions"):
-        if k in o:  # silently ignoring these would send the wrong format, voice or persona
+        if o.get(k) is not None:  # silently ignoring these would send the wrong format, voice or persona
             raise bad("unknown_parameter", f"'{p}.{k}' is not supported per response; set it with "
                       "session.update (MiniCPM-o's instructions and voice are its system prompt, "
                       "fixed for a context).", f"{p}.{k}")
@@ -230,6 +235,8 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], str | None], ClientEvent]] = {
         _keys(o, "item_id", "content_index", "audio_end_ms"), e),
     "conversation.item.delete": lambda o, e: ConversationItemDelete(
         e, get_field(_keys(o, "item_id"), "item_id", str, "", required=True)),
+    "conversation.item.retrieve": lambda o, e: ConversationItemRetrieve(
+        e, get_field(_keys(o, "item_id"), "item_id", str, "", required=True)),
     "response.create": lambda o, e: ResponseCreate(
         e, _response_params(get_field(_keys(o, "response"), "response", dict, "") or {})),
     "response.cancel": lambda o, e: ResponseCancel(
@@ -278,169 +285,4 @@ def parse_client_event(raw: str | bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
         e.event_id = eid
         raise
 
-
-# ---------------------------------------------------------------- server events
-RESPONSE_STATUSES = ("in_progress", "completed", "cancelled", "incomplete", "failed")
-SERVER_EVENT_TYPES = frozenset({
-    "error", "session.created", "session.updated",
-    "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
-    "input_audio_buffer.committed", "input_audio_buffer.cleared",
-    "conversation.item.added", "conversation.item.done", "conversation.item.truncated",
-    "response.created", "response.done",
-    "response.output_item.added", "response.output_item.done",
-    "response.content_part.added", "response.content_part.done",
-    "response.output_audio.delta", "response.output_audio.done",
-    "response.output_audio_transcript.delta", "response.output_audio_transcript.done",
-    "response.output_text.delta", "response.output_text.done",
-})
-
-
-def server_event(event_type: str, /, **fields: Any) -> dict[str, Any]:
-    """Any server event: `type`, a fresh `event_id`, then the fields as given."""
-    assert event_type in SERVER_EVENT_TYPES, f"not a server event: {event_type!r}"
-    return {"type": event_type, "event_id": new_id("event"), **fields}
-
-
-def item_object(item_id: str, role: str, content: list[dict[str, Any]],
-                status: str = "completed") -> dict[str, Any]:
-    """A GA conversation item (`message`), e.g. content `[{"type": "output_audio", ...}]`."""
-    return {"id": item_id, "object": "realtime.item", "type": "message", "status": status,
-            "role": role, "content": content}
-
-
-def response_object(response_id: str, status: str, output: list[dict[str, Any]] | None = None,
-                    status_details: dict[str, Any] | None = None,
-                    usage: dict[str, Any] | None = None,
-                    timings_ms: Mapping[str, float] | None = None,
-                    metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A GA response; our timing figures go under the `omni` extension key, all in ms."""
-    assert status in RESPONSE_STATUSES, f"bad response status {status!r}"
-    assert all(k.endswith("_ms") for k in timings_ms or {}), "timing names carry their unit"
-    obj = {"id": response_id, "object": "realtime.response", "status": status,
-           "status_details": status_details, "output": output or [], "usage": usage,
-           "metadata": dict(metadata) if metadata is not None else None}
-    if timings_ms is not None:
-        obj["omni"] = {"timings": dict(timings_ms)}
-    return obj
-
-
-def _pos(response_id: str, item_id: str, output_index: int, content_index: int) -> dict[str, Any]:
-    return {"response_id": response_id, "item_id": item_id, "output_index": output_index,
-            "content_index": content_index}
-
-
-def error(error_obj: dict[str, Any]) -> dict[str, Any]:
-    """Build via errors.to_error_event, the one place exceptions become this event."""
-    return server_event("error", error=error_obj)
-
-
-def session_created(session: dict[str, Any]) -> dict[str, Any]:
-    return server_event("session.created", session=session)
-
-
-def session_updated(session: dict[str, Any]) -> dict[str, Any]:
-    return server_event("session.updated", session=session)
-
-
-def speech_started(audio_start_ms: int, item_id: str) -> dict[str, Any]:
-    return server_event("input_audio_buffer.speech_started", audio_start_ms=audio_start_ms,
-                        item_id=item_id)
-
-
-def speech_stopped(audio_end_ms: int, item_id: str) -> dict[str, Any]:
-    return server_event("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms,
-                        item_id=item_id)
-
-
-def input_audio_buffer_committed(item_id: str, previous_item_id: str | None) -> dict[str, Any]:
-    return server_event("input_audio_buffer.committed", item_id=item_id,
-                        previous_item_id=previous_item_id)
-
-
-def input_audio_buffer_cleared() -> dict[str, Any]:
-    return server_event("input_audio_buffer.cleared")
-
-
-def conversation_item_added(item: dict[str, Any], previous_item_id: str | None) -> dict[str, Any]:
-    return server_event("conversation.item.added", item=item, previous_item_id=previous_item_id)
-
-
-def conversation_item_done(item: dict[str, Any], previous_item_id: str | None) -> dict[str, Any]:
-    return server_event("conversation.item.done", item=item, previous_item_id=previous_item_id)
-
-
-def conversation_item_truncated(item_id: str, content_index: int,
-                                audio_end_ms: int) -> dict[str, Any]:
-    return server_event("conversation.item.truncated", item_id=item_id,
-                        content_index=content_index, audio_end_ms=audio_end_ms)
-
-
-def response_created(response: dict[str, Any]) -> dict[str, Any]:
-    return server_event("response.created", response=response)
-
-
-def response_done(response: dict[str, Any]) -> dict[str, Any]:
-    """The last event of a response; nothing for `response["id"]` is sent after it."""
-    return server_event("response.done", response=response)
-
-
-def response_output_item_added(response_id: str, output_index: int,
-                               item: dict[str, Any]) -> dict[str, Any]:
-    return server_event("response.output_item.added", response_id=response_id,
-                        output_index=output_index, item=item)
-
-
-def response_output_item_done(response_id: str, output_index: int,
-                              item: dict[str, Any]) -> dict[str, Any]:
-    return server_event("response.output_item.done", response_id=response_id,
-                        output_index=output_index, item=item)
-
-
-def response_content_part_added(response_id: str, item_id: str, output_index: int,
-                                content_index: int, part: dict[str, Any]) -> dict[str, Any]:
-    return server_event("response.content_part.added", part=part,
-                        **_pos(response_id, item_id, output_index, content_index))
-
-
-def response_content_part_done(response_id: str, item_id: str, output_index: int,
-                               content_index: int, part: dict[str, Any]) -> dict[str, Any]:
-    return server_event("response.content_part.done", part=part,
-                        **_pos(response_id, item_id, output_index, content_index))
-
-
-def response_output_audio_delta(response_id: str, item_id: str, output_index: int,
-                                content_index: int, delta: str) -> dict[str, Any]:
-    """`delta`: base64 audio in the session's output format (codecs.OutputAudioStream)."""
-    return server_event("response.output_audio.delta", delta=delta,
-                        **_pos(response_id, item_id, output_index, content_index))
-
-
-def response_output_audio_done(response_id: str, item_id: str, output_index: int,
-                               content_index: int) -> dict[str, Any]:
-    return server_event("response.output_audio.done",
-                        **_pos(response_id, item_id, output_index, content_index))
-
-
-def response_output_audio_transcript_delta(response_id: str, item_id: str, output_index: int,
-                                           content_index: int, delta: str) -> dict[str, Any]:
-    return server_event("response.output_audio_transcript.delta", delta=delta,
-                        **_pos(response_id, item_id, output_index, content_index))
-
-
-def response_output_audio_transcript_done(response_id: str, item_id: str, output_index: int,
-                                          content_index: int, transcript: str) -> dict[str, Any]:
-    return server_event("response.output_audio_transcript.done", transcript=transcript,
-                        **_pos(response_id, item_id, output_index, content_index))
-
-
-def response_output_text_delta(response_id: str, item_id: str, output_index: int,
-                               content_index: int, delta: str) -> dict[str, Any]:
-    return server_event("response.output_text.delta", delta=delta,
-                        **_pos(response_id, item_id, output_index, content_index))
-
-
-def response_output_text_done(response_id: str, item_id: str, output_index: int,
-                              content_index: int, text: str) -> dict[str, Any]:
-    return server_event("response.output_text.done", text=text,
-                        **_pos(response_id, item_id, output_index, content_index))
 

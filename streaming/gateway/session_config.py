@@ -34,13 +34,30 @@ class AudioFormat:
 
 @dataclass(frozen=True)
 class ServerVad:
-    """`server_vad` turn detection; defaults are OpenAI's (the server may override them)."""
+    """Turn detection on the server's VAD; defaults are OpenAI's (the server may override them).
+
+    `eagerness` set: the client asked for `semantic_vad`, which runs as this VAD with the
+    silence that eagerness maps to (`SEMANTIC_SILENCE_MS`) and is echoed as `semantic_vad`."""
 
     threshold: float = 0.5
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
     create_response: bool = True
     interrupt_response: bool = True
+    eagerness: str | None = None
+
+
+# semantic_vad has no end-of-turn model here: its eagerness becomes the silence that ends a turn
+# (low waits longest, like OpenAI's; auto is medium).
+SEMANTIC_SILENCE_MS = {"low": 1200, "medium": 700, "auto": 700, "high": 350}
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """`audio.input.transcription`: the user's turns transcribed by MiniCPM-o itself."""
+
+    model: str = "minicpm-o-2.6"      # any name is kept and echoed; the model is always this one
+    language: str | None = None       # "zh" picks the official Chinese ASR prompt, else English
 
 
 @dataclass(frozen=True)
@@ -54,10 +71,12 @@ class ReferenceAudio:
 
 @dataclass(frozen=True)
 class OmniOptions:
-    """Extension `session.omni`: camera frames on/off and a sampling seed (None = random)."""
+    """Extension `session.omni`: camera frames on/off, a sampling seed (None = random), and
+    whether this client takes [ext] event types (`events`; stock clients never see them)."""
 
     video: bool = True
     seed: int | None = None
+    events: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,8 @@ class SessionConfig:
     reference_audio: ReferenceAudio | None = None
     max_output_tokens: int | None = None  # None = "inf" (the server's max_reply_tokens still caps)
     omni: OmniOptions = OmniOptions()
+    transcription: Transcription | None = None
+    temperature: float | None = None  # the LLM's sampling temperature (None: the official 0.7)
 
 
 def _format(v: Any, p: str) -> AudioFormat:
@@ -92,21 +113,66 @@ def _format(v: Any, p: str) -> AudioFormat:
 _VAD_LIMITS = {"threshold": (float, 0.0, 1.0), "prefix_padding_ms": (int, 0, 10_000),
                "silence_duration_ms": (int, 1, 10_000), "create_response": (bool, 0, 1),
                "interrupt_response": (bool, 0, 1)}
+_SEMANTIC_FIELDS = ("create_response", "interrupt_response")
 
 
 def _turn_detection(cur: ServerVad | None, v: Any, p: str) -> ServerVad | None:
     if v is None:
         return None  # manual turns: the client commits and asks for responses
     obj = as_type(v, dict, p)
-    no_unknown(obj, {*_VAD_LIMITS, "type", "idle_timeout_ms"}, p)
-    one_of(get_field(obj, "type", str, p, required=True), ("server_vad",), f"{p}.type")
-    changes = {}
-    for name, (kind, lo, hi) in _VAD_LIMITS.items():
-        if (val := get_field(obj, name, kind, p)) is not None:
+    kind = one_of(get_field(obj, "type", str, p, required=True), ("server_vad", "semantic_vad"), f"{p}.type")
+    if obj.get("idle_timeout_ms") is not None:
+        raise bad("unsupported_parameter", f"'{p}.idle_timeout_ms' is not supported: this server "
+                  "never prompts the user after silence; leave it out or null.", f"{p}.idle_timeout_ms")
+    base = cur or ServerVad()
+    if kind == "semantic_vad":
+        no_unknown(obj, {*_SEMANTIC_FIELDS, "type", "eagerness", "idle_timeout_ms"}, p)
+        eager = one_of(get_field(obj, "eagerness", str, p) or "auto", tuple(SEMANTIC_SILENCE_MS), f"{p}.eagerness")
+        changes: dict[str, Any] = {"eagerness": eager, "silence_duration_ms": SEMANTIC_SILENCE_MS[eager]}
+        limits = {k: _VAD_LIMITS[k] for k in _SEMANTIC_FIELDS}
+    else:
+        no_unknown(obj, {*_VAD_LIMITS, "type", "idle_timeout_ms"}, p)
+        changes, limits = {"eagerness": None}, _VAD_LIMITS
+        if base.eagerness is not None:   # from semantic to server VAD: OpenAI's silence unless given
+            changes["silence_duration_ms"] = ServerVad().silence_duration_ms
+    for name, (kind_, lo, hi) in limits.items():
+        if (val := get_field(obj, name, kind_, p)) is not None:
             in_range(val, lo, hi, f"{p}.{name}")
             changes[name] = val
     # Missing fields keep the current values (OpenAI's defaults if VAD was off).
-    return dataclasses.replace(cur or ServerVad(), **changes)
+    return dataclasses.replace(base, **changes)
+
+
+def _transcription(c: "SessionConfig", v: Any, p: str) -> dict[str, Any]:
+    if v is None:
+        return {"transcription": None}
+    obj = as_type(v, dict, p)
+    no_unknown(obj, {"model", "language", "prompt"}, p)
+    if get_field(obj, "prompt", str, p):   # "" and null are absent
+        raise bad("unsupported_parameter", f"'{p}.prompt' is not supported: MiniCPM-o transcribes "
+                  "with its own ASR prompt; leave it out or empty.", f"{p}.prompt")
+    model = get_field(obj, "model", str, p) or Transcription.model
+    lang = get_field(obj, "language", str, p) or None
+    if lang is not None and not 2 <= len(lang) <= 16:
+        raise bad("invalid_value", f"Invalid value for '{p}.language': an ISO-639-1 code such as 'en'.",
+                  f"{p}.language")
+    return {"transcription": Transcription(model[:64], lang)}
+
+
+def _unsupported(why: str, allowed: tuple = ()) -> Callable[[Any, Any, str], dict[str, Any]]:
+    """A field this model cannot honour: its null (or a value in `allowed`) is accepted, anything
+    else is named in an error rather than silently dropped."""
+    def handle(c: Any, v: Any, p: str) -> dict[str, Any]:
+        if v is not None and v not in allowed:
+            raise bad("unsupported_parameter", f"'{p}' is not supported: {why}.", p)
+        return {}
+    return handle
+
+
+def _temperature(c: "SessionConfig", v: Any, p: str) -> dict[str, Any]:
+    t = as_type(v, float, p)
+    in_range(t, 0.05, 2.0, p)
+    return {"temperature": t}
 
 
 def _reference(v: Any, p: str) -> ReferenceAudio | None:
@@ -156,14 +222,14 @@ def _voice(v: Any, p: str) -> str:
 
 def _omni(cur: OmniOptions, v: Any, p: str) -> OmniOptions:
     obj = as_type(v, dict, p)
-    no_unknown(obj, {"video", "seed"}, p)
-    video = get_field(obj, "video", bool, p)
+    no_unknown(obj, {"video", "seed", "events"}, p)
+    video, events = get_field(obj, "video", bool, p), get_field(obj, "events", bool, p)
     seed = cur.seed
     if "seed" in obj:  # null clears the seed (random sampling again)
         seed = get_field(obj, "seed", int, p)
         if seed is not None:
             in_range(seed, 0, 2**63 - 1, f"{p}.seed")
-    return OmniOptions(cur.video if video is None else video, seed)
+    return OmniOptions(cur.video if video is None else video, seed, cur.events if events is None else events)
 
 
 def parse_tools(c: SessionConfig | None, v: Any, p: str) -> dict[str, Any]:
@@ -182,11 +248,16 @@ _Field = Callable[[SessionConfig, Any, str], dict[str, Any]]
 
 
 def _ignored(c: SessionConfig, v: Any, p: str) -> dict[str, Any]:
-    return {}  # accepted so stock OpenAI clients work; no effect on this model
+    return {}  # accepted so stock clients work; nothing here for this model to do (docs/protocol.md)
 
 
 def _to(name: str, parse: Callable[[Any, str], Any]) -> _Field:
     return lambda c, v, p: {name: parse(v, p)}
+
+
+# Where a null means something (OpenAI's own meaning); any other null field is absent.
+_NULL_MEANS = frozenset({"turn_detection", "omni_reference_audio", "transcription",
+                         "input_audio_transcription"})
 
 
 def _table(table: Mapping[str, _Field]) -> _Field:
@@ -196,17 +267,23 @@ def _table(table: Mapping[str, _Field]) -> _Field:
         no_unknown(obj, table.keys(), p)
         out: dict[str, Any] = {}
         for key, value in obj.items():
-            out.update(table[key](c, value, f"{p}.{key}"))
+            if key in table and (value is not None or key in _NULL_MEANS):
+                out.update(table[key](c, value, f"{p}.{key}"))
         return out
     return handle
 
 
 _TURN: _Field = lambda c, v, p: {"turn_detection": _turn_detection(c.turn_detection, v, p)}
+# Accepted, though there is no noise-reduction stage: the model hears the audio as sent, and the
+# session object echoes `noise_reduction: null` to say so. Refusing it would end Pipecat's stock
+# setup (near_field), whose client treats any error as fatal.
+_NOISE = _ignored
+_SPEED = _unsupported("the speech head has one speaking rate", (1, 1.0))
 _AUDIO = _table({
     "input": _table({"format": _to("input_format", _format), "turn_detection": _TURN,
-                     "transcription": _ignored, "noise_reduction": _ignored}),
+                     "transcription": _transcription, "noise_reduction": _NOISE}),
     "output": _table({"format": _to("output_format", _format), "voice": _to("voice", _voice),
-                      "speed": _ignored,
+                      "speed": _SPEED,
                       "omni_reference_audio": _to("reference_audio", _reference)}),
 })
 _SESSION = _table({
@@ -217,6 +294,10 @@ _SESSION = _table({
     "audio": _AUDIO,
     "omni": lambda c, v, p: {"omni": _omni(c.omni, v, p)},
     "tools": parse_tools,
+    "temperature": _temperature,
+    "prompt": _unsupported("stored prompts live on OpenAI's platform; send `instructions`"),
+    "truncation": _unsupported("the context slides out its oldest turns (max_context_tokens)", ("auto",)),
+    "tool_choice": _unsupported("this model has no tools", ("auto", "none")),
     # beta aliases: the top-level session fields that preceded the GA `audio` object
     "modalities": _to("output_modalities", parse_modalities),
     "max_response_output_tokens": _to("max_output_tokens", parse_max_tokens),
@@ -224,9 +305,11 @@ _SESSION = _table({
     "output_audio_format": _to("output_format", _format),
     "turn_detection": _TURN,
     "voice": _to("voice", _voice),
-    **{k: _ignored for k in ("id", "object", "model", "tool_choice", "temperature", "tracing",
-                             "include", "prompt", "truncation", "expires_at", "speed",
-                             "input_audio_transcription", "input_audio_noise_reduction")},
+    "input_audio_transcription": _transcription,
+    "input_audio_noise_reduction": _NOISE,
+    "speed": _SPEED,
+    # Names and bookkeeping of OpenAI's platform (traces, included log data, ids): nothing to honour.
+    **{k: _ignored for k in ("id", "object", "model", "tracing", "include", "expires_at")},
 })
 
 
@@ -244,24 +327,34 @@ def _format_wire(f: AudioFormat) -> dict[str, Any]:
     return {"type": f.type, "rate": f.rate_hz} if f.type == "audio/pcm" else {"type": f.type}
 
 
+def _turn_wire(td: ServerVad | None) -> dict[str, Any] | None:
+    if td is None:
+        return None
+    if td.eagerness is not None:
+        return {"type": "semantic_vad", "eagerness": td.eagerness, "create_response": td.create_response,
+                "interrupt_response": td.interrupt_response}
+    fields = dataclasses.asdict(td)
+    del fields["eagerness"]
+    return {"type": "server_vad", **fields}
+
+
 def to_wire(config: SessionConfig, session_id: str | None = None,
             model: str | None = None) -> dict[str, Any]:
     """The GA session object for `session.created` / `session.updated`.
 
     The reference clip itself is not echoed, only its format and size.
     """
-    td = config.turn_detection
-    ref = config.reference_audio
+    ref, tr = config.reference_audio, config.transcription
     wire: dict[str, Any] = {
         "type": "realtime", "object": "realtime.session",
         "instructions": config.instructions,
         "output_modalities": list(config.output_modalities),
         "max_output_tokens": config.max_output_tokens or "inf",
         "audio": {
-            "input": {"format": _format_wire(config.input_format), "transcription": None,
-                      "noise_reduction": None,
-                      "turn_detection": None if td is None else
-                      {"type": "server_vad", **dataclasses.asdict(td)}},
+            "input": {"format": _format_wire(config.input_format),
+                      "transcription": None if tr is None else
+                      {"model": tr.model, **({"language": tr.language} if tr.language else {})},
+                      "noise_reduction": None, "turn_detection": _turn_wire(config.turn_detection)},
             "output": {"format": _format_wire(config.output_format), "voice": config.voice,
                        "speed": 1.0, "omni_reference_audio": None if ref is None else
                        {"format": ref.format, "rate": ref.rate_hz, "size_bytes": len(ref.data)}},

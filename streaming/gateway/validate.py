@@ -52,8 +52,9 @@ def one_of(v: str, allowed: tuple[str, ...], p: str) -> str:
 
 
 def no_unknown(obj: Mapping[str, Any], allowed: Collection[str], path: str) -> None:
-    for k in obj:
-        if k not in allowed:
+    """Unknown keys are errors, but a null one is absent (SDKs send every optional field, most null)."""
+    for k, v in obj.items():
+        if k not in allowed and v is not None:
             p = f"{path}.{k}" if path else k
             raise bad("unknown_parameter", f"Unknown parameter: '{p}'.", p)
 

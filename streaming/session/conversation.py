@@ -9,7 +9,9 @@ and `push_frame`; they never see the engine.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,12 +22,17 @@ from omni.session.engine import GenerateOptions
 
 from ..gateway import protocol as W
 from ..gateway.codecs import InputAudioStream, decode_image, decode_input_audio, read_wav_any
+from ..gateway.boundary import report
 from ..gateway.errors import ProtocolError
 from ..turn.vad import ServerVadConfig, SpeechStarted, SpeechStopped
 from .listen import Listener
 from .respond import Responder, Send
+from .transcribe import Transcriber
 
 MIN_COMMIT_MS = 100      # OpenAI rejects commits of less than 100 ms of audio
+MAX_ITEMS_KEPT = 256     # items `conversation.item.retrieve` can fetch (the latest ones)
+REPLY_GRACE_S = 0.3      # after a commit, how long a transcript waits for a response.create
+MAX_TRANSCRIBED_MS = 300_000   # a longer turn's transcript covers its first 5 minutes (bounded memory)
 
 
 @dataclass
@@ -34,13 +41,15 @@ class Turn:
     item_id: str
     audio_ms: float = 0.0
     prefill_ms: list[float] = field(default_factory=list)
+    audio_16k: list[np.ndarray] = field(default_factory=list)   # what the model heard (for its transcript)
 
 
 class Conversation:
     def __init__(self, worker, settings, send: Send, playout, vad, wire_audio: bool = True,
                  clock_s: Callable[[], float] = time.monotonic, metrics=None):
         """`metrics`: streaming.metrics.Metrics to report to (None: nothing reported)."""
-        self.settings, self.send = settings, send
+        self.settings, self._transport_send = settings, send
+        self.items: OrderedDict[str, dict] = OrderedDict()   # item id -> the item as last sent
         self.clock_s = clock_s
         vad_default = W.ServerVad(settings.vad_threshold, settings.vad_prefix_padding_ms,
                                   settings.vad_silence_duration_ms)
@@ -54,16 +63,18 @@ class Conversation:
             metrics.replica_sessions.labels(self.engine.where).inc()
         self.listener = Listener(vad, self._vad_cfg(), self.config.omni.video, clock_s)
         self.input = InputAudioStream(self.config.input_format)
-        self.responder = Responder(send, self.engine, playout, self.config.output_format if wire_audio else None, clock_s,
+        self.transcriber = Transcriber(worker, self.send, clock_s, after=self._reply_underway)
+        self.responder = Responder(self.send, self.engine, playout, self.config.output_format if wire_audio else None, clock_s,
                                    metrics)
         self.playout = playout
         self.turn: Turn | None = None
         self.last_item_id: str | None = None
         self.system_dirty = True
-        self.pending_units: list = []             # units heard while a reply plays without barge-in
+        self.pending_units: list = []             # (unit, its turn) heard while a reply plays without barge-in
         self.pending_rollback: tuple[str, float] | None = None   # (reply item id, heard ms)
         self.rollback_open = False                # the last reply can still be cut (nothing prefilled since)
         self.last_reply = None                    # respond.Response of the latest reply
+        self.last_reply_previous: str | None = None   # the item before it (the latest again if it is deleted)
         self.last_turn: Turn | None = None
         self.t_turn_end_s: float | None = None    # when VAD decided the user stopped
         self.ref_16k: np.ndarray | None = None
@@ -75,7 +86,26 @@ class Conversation:
 
     async def close(self) -> None:
         await self.responder.close()
+        await self.transcriber.close()
         self.engine.close()
+
+    async def send(self, event: dict) -> None:
+        """Every server event of this session passes here: items are kept for retrieval, and
+        [ext] event types reach only a client that opted in (session.omni.events)."""
+        if event["type"] in ("conversation.item.added", "conversation.item.done"):
+            self._keep(event["item"])
+        elif event["type"] == "conversation.item.input_audio_transcription.completed":
+            item = self.items.get(event["item_id"])
+            if item is not None:
+                item["content"][0]["transcript"] = event["transcript"]
+        if W.for_client(event, self.config.omni.events):
+            await self._transport_send(event)
+
+    def _keep(self, item: dict) -> None:
+        self.items[item["id"]] = copy.deepcopy(item)   # later changes (a transcript) never touch a sent event
+        self.items.move_to_end(item["id"])
+        while len(self.items) > MAX_ITEMS_KEPT:
+            self.items.popitem(last=False)
 
     def summary(self) -> dict:
         """For the session's end-of-life log line: replies and their first-audio median."""
@@ -172,24 +202,53 @@ class Conversation:
     async def _on_conversation_item_truncate(self, ev) -> None:
         r = self.last_reply
         if r is None or ev.item_id != r.item_id:
-            raise ProtocolError("item_not_found", f"no assistant audio item {ev.item_id!r} to truncate",
-                                "item_id", ev.event_id)
+            known = self.items.get(ev.item_id)
+            if known is None or known["role"] != "assistant":
+                raise ProtocolError("item_not_found", f"no assistant audio item {ev.item_id!r} to truncate",
+                                    "item_id", ev.event_id)
+            # An older reply: already cut where the server heard it stop, or heard whole; the
+            # context cannot change any more. Acknowledged, as OpenAI does (Pipecat ends its
+            # session on any error here).
+            await self.send(W.conversation_item_truncated(ev.item_id, ev.content_index, ev.audio_end_ms))
+            return
         emitted_ms = r.audio_ms
         if ev.audio_end_ms > emitted_ms + 1:
             raise ProtocolError("invalid_value", f"audio_end_ms {ev.audio_end_ms} is beyond the "
                                 f"{emitted_ms:.0f} ms of audio sent for this item", "audio_end_ms", ev.event_id)
         if self.responder.current is r:
-            await self.responder.cancel("client_truncated")
+            await self.responder.cancel("client_cancelled")
+            r.cut_live = True
         self.playout.stop(r.id)                       # nothing after audio_end_ms is heard any more
-        if self.responder.current is None and not self.rollback_open:
-            raise ProtocolError("truncate_too_late", "the next turn was already added; the context was "
-                                "cut at the server's playout position", "item_id", ev.event_id)
-        self.pending_rollback = (r.item_id, float(ev.audio_end_ms))
+        r.stopped = True
+        if self.responder.current is not None or self.rollback_open:
+            self.pending_rollback = (r.item_id, float(ev.audio_end_ms))
+        # else too late: the next turn was added, and the context keeps the server's own cut
         await self.send(W.conversation_item_truncated(ev.item_id, ev.content_index, ev.audio_end_ms))
 
     async def _on_conversation_item_delete(self, ev) -> None:
-        raise ProtocolError("unsupported_operation", "items already in the model context cannot be "
-                            "deleted; start a new session or truncate the reply", "item_id", ev.event_id)
+        """The latest reply may be deleted (LiveKit does so when an interruption left nothing
+        heard): the context goes back to before it. Older items are in the model's context for good."""
+        r = self.last_reply
+        if r is None or ev.item_id != r.item_id or not self.rollback_open:
+            raise ProtocolError("unsupported_operation", "only the latest assistant item can be deleted, "
+                                "before the next turn is added; older items are in the model's context "
+                                "(start a new session, or truncate the reply)", "item_id", ev.event_id)
+        if self.responder.current is r:
+            await self.responder.cancel("client_cancelled")
+        self.playout.stop(r.id)
+        self.pending_rollback = (r.item_id, None)    # None: forget the whole reply
+        self.items.pop(r.item_id, None)
+        self.last_reply = None                       # gone: no cancel, truncate or barge-in touches it
+        self.last_item_id = self.last_reply_previous
+        await self.send(W.conversation_item_deleted(r.item_id))
+
+    async def _on_conversation_item_retrieve(self, ev) -> None:
+        item = self.items.get(ev.item_id)
+        if item is None:
+            # OpenAI's code: Pipecat ends its session on any other
+            raise ProtocolError("item_retrieve_invalid_item_id", f"no item {ev.item_id!r} in this conversation "
+                                f"(the last {MAX_ITEMS_KEPT} are kept)", "item_id", ev.event_id)
+        await self.send(W.conversation_item_retrieved(item))
 
     async def _on_response_create(self, ev) -> None:
         if self.responder.current is not None:
@@ -205,9 +264,15 @@ class Conversation:
     async def _on_response_cancel(self, ev) -> None:
         """Cancel the reply being generated, or stop one that is still playing out (WebRTC)."""
         r = self.last_reply
+        if r is not None and r.cut_live and ev.response_id in (None, r.id):
+            # OpenAI keeps generating after a truncate until the client cancels, so SDKs send
+            # truncate + cancel; here the truncate already cancelled it: this cancel is that one.
+            r.cut_live = False
+            return
         if r is None or not self._reply_audible() or (ev.response_id and ev.response_id != r.id):
-            raise ProtocolError("response_not_found", "no response in progress to cancel",
-                                "response_id", ev.event_id)
+            # OpenAI's code and wording: Pipecat treats any other code as fatal
+            raise ProtocolError("response_cancel_not_active", "Cancellation failed: no active response found",
+                                "response_id" if ev.response_id else None, ev.event_id)
         await self._barge_in("client_cancelled")
 
     # ---- listening ----------------------------------------------------------------------------
@@ -251,9 +316,15 @@ class Conversation:
     async def _prefill_unit(self, unit) -> None:
         turn = self._turn()
         turn.audio_ms += unit.duration_ms
+        if self.config.transcription is not None and turn.audio_ms <= MAX_TRANSCRIBED_MS:
+            turn.audio_16k.append(unit.audio_16k)
         if self.responder.current is not None:   # no barge-in: hear it after the reply
-            self.pending_units.append(unit)
+            self.pending_units.append((unit, turn))
             return
+        await self._feed_unit(unit, turn)
+
+    async def _feed_unit(self, unit, turn: Turn) -> None:
+        """The unit into the model (its turn has counted it already)."""
         await self._ensure_system()
         await self._apply_rollback()
         t = time.perf_counter()
@@ -274,6 +345,10 @@ class Conversation:
         await self.send(W.conversation_item_done(item, self.last_item_id))
         self.last_item_id = turn.item_id
         self.last_turn = turn
+        tr = self.config.transcription
+        if tr is not None and turn.audio_16k:
+            self.transcriber.submit(turn.item_id, np.concatenate(turn.audio_16k), tr.language)
+            turn.audio_16k = []
         if create_response and self.responder.current is None:
             await self._respond(W.ResponseParams())
 
@@ -287,7 +362,8 @@ class Conversation:
         if isinstance(cap, int):
             limit = min(limit, cap)
         speak = "audio" in (params.output_modalities or self.config.output_modalities)
-        sampling = SamplingParams() if params.temperature is None else SamplingParams(temperature=params.temperature)
+        temperature = params.temperature if params.temperature is not None else self.config.temperature
+        sampling = SamplingParams() if temperature is None else SamplingParams(temperature=temperature)
         opts = GenerateOptions(sampling=sampling, max_new_tokens=limit, generate_audio=speak,
                                max_speech_s=self.settings.max_speech_s, low_latency=True)
         turn, self.last_turn = self.last_turn, None
@@ -297,22 +373,38 @@ class Conversation:
             timings["unit_prefill_mean_ms"] = sum(turn.prefill_ms) / len(turn.prefill_ms)
         t0 = self.t_turn_end_s or self.clock_s()
         self.t_turn_end_s = None
+        self.last_reply_previous = self.last_item_id
         r = await self.responder.start(opts, t0, self.last_item_id, timings, speak=speak, metadata=params.metadata)
         self.last_reply, self.rollback_open = r, True
         self.last_item_id = r.item_id
         r.task.add_done_callback(lambda _t: asyncio.ensure_future(self._after_response()))
 
     async def _after_response(self) -> None:
-        if self.engine.closed:                   # the connection went away with the reply
-            return
+        """Hear the units that arrived while the reply played (a bare task: its errors are
+        reported here; issue 14 moves it into the connection's task group)."""
         units, self.pending_units = self.pending_units, []
-        for u in units:
-            await self._prefill_unit(u)
+        try:
+            for unit, turn in units:
+                if self.engine.closed:           # the connection went away with the reply
+                    return
+                await self._feed_unit(unit, turn)
+        except Exception as e:  # noqa: BLE001 - reported like any failed step
+            if not self.engine.closed:
+                await report(self.send, e)
+
+    async def _reply_underway(self) -> None:
+        """A turn's transcript waits for its reply's first output (or REPLY_GRACE_S with no reply
+        asked for: a client's response.create follows its commit), so it never takes the engine first."""
+        if self.responder.current is None:
+            await asyncio.sleep(REPLY_GRACE_S)
+        r = self.responder.current
+        if r is not None:
+            await r.first_output.wait()
 
     def _reply_audible(self) -> bool:
         """The last reply is still being generated or its audio is still playing."""
         r = self.last_reply
-        if r is None or not self.rollback_open:
+        if r is None or not self.rollback_open or r.stopped:
             return False
         return self.responder.current is r or self.playout.played_ms(r.id) < r.audio_ms - 20
 
@@ -323,6 +415,7 @@ class Conversation:
         if r is None:
             return
         heard_ms = self.playout.played_ms(r.id)       # read before the playout is stopped
+        r.stopped = True
         await self.responder.cancel(reason)
         self.playout.stop(r.id)     # a reply that finished generating may still be playing (WebRTC queue)
         self.pending_rollback = (r.item_id, heard_ms)
@@ -334,7 +427,10 @@ class Conversation:
             return
         _, heard_ms = self.pending_rollback
         self.pending_rollback = None
-        await self.engine.interrupt_ms(heard_ms)
+        if heard_ms is None:
+            await self.engine.forget_reply()
+        else:
+            await self.engine.interrupt_ms(heard_ms)
 
     async def _ensure_system(self) -> None:
         if not self.system_dirty:

@@ -40,6 +40,9 @@ class Response:
     speak: bool = True                           # output_modalities: audio (+ transcript) or text only
     metadata: dict | None = None                 # the client's, echoed on the response object
     wire: OutputAudioStream | None = None        # audio deltas on the wire (None: WebRTC's track)
+    first_output: asyncio.Event = field(default_factory=asyncio.Event)   # its first text or audio, or its end
+    stopped: bool = False                        # barge-in, cancel or truncate stopped it: no longer audible
+    cut_live: bool = False                       # a truncate cancelled it mid-generation (see response.cancel)
 
     @property
     def audio_ms(self) -> float:
@@ -111,6 +114,7 @@ class Responder:
 
     async def _emit(self, r: Response, text: str, wav: np.ndarray) -> None:
         now_ms = lambda: 1000.0 * (self.clock_s() - r.t_trigger_s)
+        r.first_output.set()
         if text:
             r.timings_ms.setdefault("first_text_ms", now_ms())
             r.transcript.append(text)
@@ -138,6 +142,7 @@ class Responder:
         if r.closed:
             return
         r.closed, r.status, r.reason = True, status, reason
+        r.first_output.set()
         if status == "cancelled":                 # capped (incomplete) replies still play to the end
             self.playout.stop(r.id)
         elif r.wire is not None:
@@ -158,8 +163,8 @@ class Responder:
                    {"type": status, "error": {"type": "server_error", "message": reason}} if status == "failed" else
                    {"type": status, "reason": reason})
         await self.send(W.response_done(W.response_object(
-            r.id, status, [r.item(item_status)], status_details=details,
-            timings_ms={k: round(v, 1) for k, v in r.timings_ms.items()}, metadata=r.metadata)))
+            r.id, status, [r.item(item_status)], status_details=details, metadata=r.metadata)))
+        await self.send(W.response_omni_timings(r.id, {k: round(v, 1) for k, v in r.timings_ms.items()}))
         self.history.append(dict(r.timings_ms))
         if self.current is r:
             self.current = None

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from streaming.gateway import errors as E
+from streaming.gateway import events as V
 from streaming.gateway import protocol as P
 
 B64 = base64.b64encode(b"\x01\x02\x03\x04").decode()
@@ -47,6 +48,8 @@ ROUND_TRIP = [
         "conversation": "auto", "metadata": {"k": "v"}}},
      P.ResponseCreate("e", P.ResponseParams(("text",), 64, 0.5, {"k": "v"}))),
     ({"type": "response.cancel", "response_id": "resp_1"}, P.ResponseCancel("e", "resp_1")),
+    ({"type": "conversation.item.retrieve", "item_id": "item_4"},
+     P.ConversationItemRetrieve("e", "item_4")),
 ]
 
 
@@ -168,8 +171,21 @@ BAD = [  # (raw, code, param, words in the message)
         "type": "audio/pcm", "rate": 16000}}}}}, "invalid_value", "session.audio.input.format.rate",
      "24000"),
     ({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
-        "type": "semantic_vad"}}}}}, "invalid_value", "session.audio.input.turn_detection.type",
-     "server_vad"),
+        "type": "semantic_vad", "eagerness": "eager"}}}}}, "invalid_value",
+     "session.audio.input.turn_detection.eagerness", "'high'"),
+    ({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
+        "type": "semantic_vad", "threshold": 0.5}}}}}, "unknown_parameter",
+     "session.audio.input.turn_detection.threshold", ""),
+    ({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
+        "type": "server_vad", "idle_timeout_ms": 5000}}}}}, "unsupported_parameter",
+     "session.audio.input.turn_detection.idle_timeout_ms", "never prompts"),
+    ({"type": "session.update", "session": {"audio": {"output": {"speed": 1.5}}}},
+     "unsupported_parameter", "session.audio.output.speed", "speaking rate"),
+    ({"type": "session.update", "session": {"audio": {"input": {"transcription": {
+        "model": "whisper-1", "prompt": "names: Ada"}}}}}, "unsupported_parameter",
+     "session.audio.input.transcription.prompt", "ASR prompt"),
+    ({"type": "session.update", "session": {"truncation": "disabled"}}, "unsupported_parameter",
+     "session.truncation", "slides"),
     ({"type": "session.update", "session": {"turn_detection": {"type": "server_vad",
                                                                "threshold": 2}}},
      "invalid_value", "session.turn_detection.threshold", "outside"),
@@ -200,32 +216,96 @@ def test_oversized_message_and_event_id_is_kept() -> None:
 
 
 # ---------------------------------------------------------------- server events and errors
-SAMPLE_ARGS = {"session": {}, "item": {}, "response": {}, "part": {}, "error_obj": {},
+ITEM_OUT = {"id": "item_1", "object": "realtime.item", "type": "message", "status": "completed",
+            "role": "assistant", "content": [{"type": "output_audio", "transcript": "hi"}]}
+ERROR_OBJ = {"type": "invalid_request_error", "code": "invalid_value", "message": "m", "param": None,
+             "event_id": None}
+SAMPLE_ARGS = {"session": P.to_wire(P.SessionConfig(), "sess_1", "minicpm-o-2.6"), "item": ITEM_OUT,
+               "response": P.response_object("resp_1", "completed", [ITEM_OUT]),
+               "part": {"type": "output_audio", "transcript": "hi"}, "error_obj": ERROR_OBJ,
                "audio_start_ms": 0, "audio_end_ms": 10, "item_id": "item_1",
                "previous_item_id": None, "content_index": 0, "output_index": 0,
-               "response_id": "resp_1", "delta": "x", "transcript": "t", "text": "t"}
+               "response_id": "resp_1", "delta": "x", "transcript": "t", "text": "t",
+               "audio_s": 1.5, "timings_ms": {"first_audio_ms": 1.0}}
 
 
-def test_every_server_builder_has_type_and_event_id() -> None:
-    seen = set()
-    for name, fn in inspect.getmembers(P, inspect.isfunction):
-        if fn.__module__ != P.__name__ or name.startswith("_") or name in (
-                "server_event", "item_object", "response_object", "new_id", "apply_update",
-                "to_wire", "parse_client_event"):
+def test_every_server_builder_makes_a_valid_openai_event() -> None:
+    from event_types import openai_type_errors
+    seen, events = set(), []
+    for name, fn in inspect.getmembers(V, inspect.isfunction):
+        if fn.__module__ != V.__name__ or name.startswith("_") or name in (
+                "server_event", "item_object", "response_object", "new_id", "for_client", "content_part"):
             continue
         event = fn(**{k: SAMPLE_ARGS[k] for k in inspect.signature(fn).parameters})
         assert event["type"] in P.SERVER_EVENT_TYPES and event["event_id"].startswith("event_")
         json.dumps(event)
         seen.add(event["type"])
+        events.append(event)
     assert seen == P.SERVER_EVENT_TYPES  # one builder per server event
+    assert openai_type_errors(events) == []
 
 
-def test_response_object_carries_timings_extension() -> None:
-    resp = P.response_object("resp_1", "cancelled", status_details={
-        "type": "cancelled", "reason": "turn_detected"}, timings_ms={"first_audio_ms": 412.0})
-    assert resp["omni"] == {"timings": {"first_audio_ms": 412.0}} and resp["output"] == []
+def test_response_reasons_are_openai_values_and_extensions_need_opt_in() -> None:
+    resp = P.response_object("resp_1", "cancelled", status_details={"type": "cancelled", "reason": "turn_detected"})
+    assert resp["output"] == [] and "omni" not in resp
+    for status, reason in (("cancelled", "client_truncated"), ("incomplete", "turn_detected")):
+        with pytest.raises(AssertionError):
+            P.response_object("resp_1", status, status_details={"type": status, "reason": reason})
     with pytest.raises(AssertionError):
         P.response_object("resp_1", "done")
+    timings = P.response_omni_timings("resp_1", {"first_audio_ms": 412.0})
+    assert not P.for_client(timings, extensions=False) and P.for_client(timings, extensions=True)
+    assert P.for_client(P.response_done(resp), extensions=False)
+    part = P.response_content_part_added("resp_1", "item_1", 0, 0, {"type": "output_audio", "transcript": ""})
+    assert part["part"] == {"type": "audio", "transcript": ""}
+
+
+# What stock clients send, nulls and all: each parses (null is absent unless it means something).
+STOCK = [
+    {"type": "response.create", "response": {"instructions": None, "metadata": {"client_event_id": "c1"},
+                                             "tools": None, "tool_choice": None, "modalities": None}},
+    {"type": "session.update", "session": {
+        "type": "realtime", "model": "gpt-realtime", "instructions": "Be kind.", "output_modalities": ["audio"],
+        "tracing": "auto", "prompt": None, "tool_choice": "auto", "tools": [], "max_output_tokens": None,
+        "truncation": "auto", "audio": {
+            "input": {"format": {"type": "audio/pcm", "rate": 24000}, "noise_reduction": {"type": "near_field"},
+                      "transcription": {"model": "gpt-4o-mini-transcribe", "language": None, "prompt": None},
+                      "turn_detection": {"type": "semantic_vad", "eagerness": "medium", "create_response": True,
+                                         "interrupt_response": True, "idle_timeout_ms": None}},
+            "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin", "speed": 1.0}}}},
+    {"type": "session.update", "session": {"transcription": None, "audio": {"output": {"turn_detection": None}}}},
+    {"type": "conversation.item.create", "previous_item_id": None, "item": {
+        "type": "message", "role": "user", "id": None, "status": None,
+        "content": [{"type": "input_text", "text": "hi"}]}},
+]
+
+
+@pytest.mark.parametrize("raw", STOCK, ids=[r["type"] for r in STOCK])
+def test_stock_client_messages_parse(raw: dict) -> None:
+    assert type(parse(raw)).TYPE == raw["type"]
+
+
+def test_semantic_vad_runs_as_server_vad_with_the_silence_of_its_eagerness() -> None:
+    cfg = P.SessionConfig()
+    for eagerness, silence_ms in (("low", 1200), ("high", 350), (None, 700)):
+        td = {"type": "semantic_vad", **({"eagerness": eagerness} if eagerness else {})}
+        cfg = P.apply_update(cfg, {"audio": {"input": {"turn_detection": td}}})
+        assert cfg.turn_detection.silence_duration_ms == silence_ms
+        assert P.to_wire(cfg)["audio"]["input"]["turn_detection"] == {
+            "type": "semantic_vad", "eagerness": eagerness or "auto", "create_response": True,
+            "interrupt_response": True}
+    cfg = P.apply_update(cfg, {"audio": {"input": {"turn_detection": {"type": "server_vad"}}}})
+    assert P.to_wire(cfg)["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 500
+
+
+def test_transcription_and_session_temperature() -> None:
+    cfg = P.apply_update(P.SessionConfig(), {"audio": {"input": {"transcription": {"model": "whisper-1",
+                                                                                   "language": "zh"}}},
+                                             "temperature": 0.3})
+    assert cfg.transcription == P.Transcription("whisper-1", "zh") and cfg.temperature == 0.3
+    assert P.to_wire(cfg)["audio"]["input"]["transcription"] == {"model": "whisper-1", "language": "zh"}
+    cfg = P.apply_update(cfg, {"input_audio_transcription": None})   # beta: off again
+    assert cfg.transcription is None
 
 
 def test_error_events_and_close_codes() -> None:

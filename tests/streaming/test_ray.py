@@ -161,7 +161,10 @@ async def test_metrics_and_readiness_follow_traffic(server, speech_16k):
             await _turn(ws, speech_16k)
             async with http.get(server.http + "/metrics") as r:
                 during = await r.text()
-        after = await (await http.get(server.http + "/metrics")).text()
+        async with asyncio.timeout(10):          # the server ends the session just after the close
+            while value(after := await (await http.get(server.http + "/metrics")).text(),
+                        "omni_sessions_active") != value(before, "omni_sessions_active"):
+                await asyncio.sleep(0.05)
     assert value(during, "omni_sessions_active") == value(before, "omni_sessions_active") + 1
     assert value(after, "omni_sessions_active") == value(before, "omni_sessions_active")
     assert value(after, 'omni_sessions_total{transport="websocket"}') == \

@@ -35,17 +35,19 @@ async def test_full_voice_turn_with_server_vad(server, speech_16k):
         assert created["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
         for c in chunks_b64(utterance_24k_pcm16(speech_16k)):
             await send(ws, type="input_audio_buffer.append", audio=c)
-        events = await recv_until(ws, lambda e: e["type"] == "response.done")
+        await send(ws, type="session.update", session={"omni": {"events": True}})   # [ext] timings
+        events = await recv_until(ws, lambda e: e["type"] == "response.omni.timings")
     t = types(events)
     assert t.index("input_audio_buffer.speech_started") < t.index("input_audio_buffer.speech_stopped") \
-        < t.index("input_audio_buffer.committed") < t.index("response.created")
+        < t.index("input_audio_buffer.committed") < t.index("response.created") < t.index("response.done")
     deltas = [e for e in events if e["type"] == "response.output_audio.delta"]
     assert deltas, t
     pcm = np.frombuffer(b"".join(base64.b64decode(d["delta"]) for d in deltas), np.int16)
     assert len(pcm) > 2400 and np.abs(pcm).max() > 0          # real 24 kHz speech samples
-    done = events[-1]["response"]
+    done = events[-2]["response"]
     assert ended_normally(done)
-    timings = done["omni"]["timings"]
+    assert events[-1]["response_id"] == done["id"]
+    timings = events[-1]["timings"]
     assert timings["first_audio_ms"] > 0 and "unit_prefill_max_ms" in timings
     started = next(e for e in events if e["type"] == "input_audio_buffer.speech_started")
     assert 700 <= started["audio_start_ms"] <= 1100            # speech begins at 1.0 s (minus padding)
@@ -144,7 +146,7 @@ BAD_INPUTS = [
     (json.dumps({"type": "input_image_buffer.append", "image": base64.b64encode(b"not an image").decode()}), None),
     (json.dumps({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/flac"}}}}}), None),
     (json.dumps({"type": "conversation.item.truncate", "item_id": "nope", "content_index": 0, "audio_end_ms": 1}), "item_not_found"),
-    (json.dumps({"type": "response.cancel"}), "response_not_found"),
+    (json.dumps({"type": "response.cancel"}), "response_cancel_not_active"),
     (json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (5 * 1024 * 1024)}), "message_too_large"),
 ]
 
@@ -193,14 +195,15 @@ async def test_server_full_and_sessions_freed(tiny_omni):
 
 @pytest.mark.asyncio
 async def test_sessions_beyond_what_the_kv_pools_hold_are_refused(tiny_omni):
-    """Admission from the engine's capacity: with KV pool memory for 2 sessions, the server admits
+    """Admission from the engine's capacity: with KV pool memory for 2 sessions (and the background slot), the server admits
     2 (whatever max_sessions says), /healthz says so, and a third gets server_busy, close 1013."""
     import aiohttp
     from omni.batch.engine import slot_bytes
     from streaming.settings import ServerSettings
     from streaming.worker import EngineSpec
     per = slot_bytes(tiny_omni, EngineSpec.from_settings(ServerSettings()).slot_tokens)
-    srv = await start_server(tiny_omni, max_sessions=16, model_lanes=1, kv_cache_gb=2.5 * per / 2**30)
+    # 3.5 slots of memory: 2 sessions and the background slot (user transcripts)
+    srv = await start_server(tiny_omni, max_sessions=16, model_lanes=1, kv_cache_gb=3.5 * per / 2**30)
     try:
         async with aiohttp.ClientSession() as http, http.get(srv.http + "/healthz") as r:
             health = await r.json()
@@ -440,7 +443,7 @@ async def test_g711_text_items_clear_and_delete_in_a_live_session(server, speech
     ulaw = ulaw_encode(float_to_pcm16(resample(x, 16000, 8000)))
     async with websockets.connect(server.ws_url) as ws:
         await recv_until(ws, lambda e: e["type"] == "session.created")
-        await send(ws, type="session.update", session={"audio": {
+        await send(ws, type="session.update", session={"omni": {"events": True}, "audio": {
             "input": {"format": {"type": "audio/pcmu"}, "turn_detection": None},
             "output": {"format": {"type": "audio/pcmu"}}}})
         upd = (await recv_until(ws, lambda e: e["type"] == "session.updated"))[-1]
@@ -468,7 +471,8 @@ async def test_g711_text_items_clear_and_delete_in_a_live_session(server, speech
         spoken = await recv_until(ws, lambda e: e["type"] == "response.done")
         deltas = [base64.b64decode(e["delta"]) for e in spoken if e["type"] == "response.output_audio.delta"]
         n = sum(len(d) for d in deltas)                              # one byte per 8-kHz sample
-        assert n > 800 and abs(n - spoken[-1]["response"]["omni"]["timings"]["audio_ms"] * 8) <= 2   # one stream
+        timings = (await recv_until(ws, lambda e: e["type"] == "response.omni.timings"))[-1]["timings"]
+        assert n > 800 and abs(n - timings["audio_ms"] * 8) <= 2   # one stream
         await send(ws, type="conversation.item.delete", item_id=committed["item_id"])
         err = (await recv_until(ws, lambda e: e["type"] == "error"))[-1]
         assert err["error"]["param"] == "item_id"

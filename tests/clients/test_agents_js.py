@@ -1,0 +1,42 @@
+"""The OpenAI Agents JS SDK's RealtimeSession (@openai/agents-realtime, websocket transport, unchanged)
+holds one conversation with a live `omni serve`: tests/clients/node/drive.mjs, run under node."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clientaudio import pcm16_24k
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+NODE = shutil.which("node")
+# Skipped before the shared server starts: no node, or its packages not installed.
+if NODE is None:
+    pytest.skip("node is not installed (the Agents JS SDK test needs node >= 18)", allow_module_level=True)
+if not (NODE_DIR / "node_modules" / "@openai" / "agents-realtime").is_dir():
+    pytest.skip("@openai/agents-realtime is not installed; run: (cd tests/clients/node && npm ci)",
+                allow_module_level=True)
+
+
+def test_agents_js_session(live_server, speech_16k, tmp_path):
+    pcm = tmp_path / "speech_24k.pcm"
+    pcm.write_bytes(pcm16_24k(speech_16k))
+    url = f"{live_server.ws_base}/realtime?model=minicpm-o-2.6"
+    try:
+        p = subprocess.run([NODE, "drive.mjs", url, str(pcm)], cwd=NODE_DIR, capture_output=True,
+                           text=True, timeout=120)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"drive.mjs ran past 120 s\nstdout: {e.stdout}\nstderr: {e.stderr}")
+    lines = [line for line in p.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"drive.mjs printed no result (rc {p.returncode})\nstdout: {p.stdout}\nstderr: {p.stderr}"
+    print(lines[-1])  # the driver's summary, seen with -s
+    result = json.loads(lines[-1])
+    detail = json.dumps(result, indent=1)
+    assert result["errors"] == [], f"error events from the session:\n{detail}"
+    assert result["rejected_server_events"] == [], f"server events the SDK's schemas reject:\n{detail}"
+    assert result["failure"] is None, f"{result['failure']}\n{detail}"
+    assert result["replies"] >= 7 and result["replies_with_audio"] == result["replies"], detail
+    assert result["ok"] and p.returncode == 0, f"rc {p.returncode}\n{detail}\nstderr: {p.stderr}"
