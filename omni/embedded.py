@@ -8,8 +8,10 @@ the same bytes on any machine. Its replies are noise by design.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import shutil
 import tomllib
 import zlib
@@ -43,22 +45,29 @@ def _cache_root() -> Path:
 
 
 def embedded_checkpoint(toml_path: Path = TINY_TOML) -> Path:
-    """Directory of the embedded checkpoint, built on first use."""
+    """Directory of the embedded checkpoint, built on first use. Safe when several processes race
+    (two `omni serve`s, a test run): one builds under a file lock into a private folder and renames
+    it into place whole; the others wait for the lock and find it complete."""
     text = toml_path.read_text()
     key = hashlib.sha256((text + FORMAT_VERSION).encode()).hexdigest()[:16]
     out = _cache_root() / "embedded" / key
     if (out / ".complete").is_file():
         return out
-    data = tomllib.loads(text)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(TINY_ASSETS, tmp)
-    (tmp / "config.json").write_text(json.dumps(data["model"], indent=2))
-    (tmp / "preprocessor_config.json").write_text(json.dumps(data["preprocessor"], indent=2))
-    build_weights(tmp, data["model"], int(data.get("seed", 0)))
-    (tmp / ".complete").write_text("ok\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)         # released when the file closes, even if this dies
+        if (out / ".complete").is_file():        # another process built it while this one waited
+            return out
+        data = tomllib.loads(text)
+        tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(TINY_ASSETS, tmp)
+        (tmp / "config.json").write_text(json.dumps(data["model"], indent=2))
+        (tmp / "preprocessor_config.json").write_text(json.dumps(data["preprocessor"], indent=2))
+        build_weights(tmp, data["model"], int(data.get("seed", 0)))
+        (tmp / ".complete").write_text("ok\n")
+        shutil.rmtree(out, ignore_errors=True)   # a partial folder from before the lock existed
+        os.rename(tmp, out)                      # atomic: readers see no folder or a whole one
     return out
 
 

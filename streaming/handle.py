@@ -16,7 +16,7 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from omni.model.pool import ContextFull
-from omni.session.engine import GenerateOptions
+from omni.session.engine import GenerateOptions, InputTooLong
 
 from .gateway.errors import MediaError
 
@@ -70,6 +70,8 @@ class EngineHandle:
                 return await self._call(op, *args, deadline_s=deadline_s)
             except ContextFull as e:
                 raise MediaError("context_full", str(e)) from None
+            except InputTooLong as e:
+                raise MediaError("item_too_large", str(e)) from None
             finally:
                 if self.on_step is not None:
                     self.on_step(op, time.perf_counter() - t)
@@ -77,8 +79,9 @@ class EngineHandle:
     async def set_system(self, seed: int | None, mode: str, ref: np.ndarray | None, text: str | None) -> None:
         await self._run("system", seed, mode, ref, text)
 
-    async def prefill(self, msg: dict) -> None:
-        await self._run("prefill", msg)
+    async def prefill(self, msg: dict, max_tokens: int | None = None) -> None:
+        """A whole message; one that tokenizes longer than `max_tokens` is item_too_large."""
+        await self._run("prefill", msg, max_tokens)
 
     async def append_unit(self, audio_16k: np.ndarray, frame=None) -> None:
         await self._run("unit", audio_16k, frame)

@@ -9,6 +9,7 @@ handling (gateway/), conversations (session/).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import ssl
 import sys
@@ -16,11 +17,14 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .gateway.origin import host_allowed, origin_allowed
 from .settings import ServerSettings, load_settings
 
 log = logging.getLogger("omni.server")
 REPO = Path(__file__).resolve().parent.parent
 WEB_CLIENT = REPO / "web_client"
+REALTIME_ROUTES = ("/v1/realtime", "/v1/realtime/calls")   # what a page could drive a session through
+SHUTDOWN_CLOSE_S = 3.0     # sessions get this long to close themselves at shutdown, then they are cut
 
 
 def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> web.Application:
@@ -31,7 +35,8 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> we
     from .session.manager import SessionManager
     from .turn.vad import SileroVAD
     from .worker import EngineSpec, EngineWorker
-    app = web.Application(middlewares=[_auth_middleware], client_max_size=settings.max_message_bytes)
+    app = web.Application(middlewares=[_origin_middleware, _auth_middleware],
+                          client_max_size=settings.max_message_bytes)
     app["settings"], app["embedded"] = settings, embedded
     app["worker"] = worker or EngineWorker(omni, EngineSpec.from_settings(settings))
     app["owns_worker"] = worker is None
@@ -40,7 +45,8 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> we
     app["vad"] = SileroVAD()
     app["conversations"] = set()
     app["metrics"] = Metrics()
-    app["model_name"] = "embedded-tiny" if embedded else str(settings.model)
+    # the checkpoint's folder name only: /healthz is open, and a path says too much about the host
+    app["model_name"] = "embedded-tiny" if embedded else Path(settings.model).name
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -57,6 +63,7 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> we
         app.router.add_get("/", lambda r: web.FileResponse(static / "index.html"))
         app.router.add_static("/", static, show_index=False)
     app.on_startup.append(_start_reaper)
+    app.on_shutdown.append(_close_sessions)
     app.on_cleanup.append(_cleanup)
     return app
 
@@ -86,12 +93,34 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": ctype})
 
 
+def _refuse(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"type": "invalid_request_error", "code": code, "message": message}},
+                             status=status)
+
+
+@web.middleware
+async def _origin_middleware(request: web.Request, handler):
+    """Before auth: a page from another origin is refused with or without a key (gateway/origin.py)."""
+    s: ServerSettings = request.app["settings"]
+    if not host_allowed(request.headers.get("Host"), s.host):
+        return _refuse(403, "host_not_allowed", "this server is bound to loopback and answers only "
+                       "localhost, 127.0.0.1 or [::1] as the Host")
+    if request.path in REALTIME_ROUTES and not origin_allowed(
+            request.headers.get("Origin"), request.headers.get("Host"), "https" if s.tls else "http", s.host,
+            s.origins):
+        return _refuse(403, "origin_not_allowed", f"pages from {request.headers.get('Origin')} may not open "
+                       "sessions here; the server's allowed_origins setting lists who may")
+    return await handler(request)
+
+
 @web.middleware
 async def _auth_middleware(request: web.Request, handler):
     key = request.app["settings"].api_key
     if key is None or request.path in ("/healthz", "/") or not request.path.startswith("/v1/"):
         return await handler(request)
-    if _presented_key(request) != key:
+    presented = _presented_key(request)
+    # constant time: the comparison's duration says nothing about how much of a guess was right
+    if presented is None or not hmac.compare_digest(presented.encode(), key.encode()):
         return web.json_response({"error": {"type": "invalid_request_error", "code": "invalid_api_key",
                                             "message": "missing or wrong API key: send "
                                             "`Authorization: Bearer <key>`"}}, status=401)
@@ -115,6 +144,17 @@ async def _start_reaper(app: web.Application) -> None:
             await asyncio.sleep(min(5.0, app["settings"].idle_timeout_s / 2))
             app["manager"].expire_idle()
     app["reaper"] = asyncio.create_task(reap(), name="idle reaper")
+
+
+async def _close_sessions(app: web.Application) -> None:
+    """Shutdown (SIGTERM, SIGINT): every session is told to close, WebSockets with 1001 (going
+    away), WebRTC calls hung up; then the connections' own tasks free everything."""
+    for lease in list(app["manager"].leases.values()):
+        if lease.close is not None:
+            lease.close("server shutdown")
+    deadline = asyncio.get_running_loop().time() + SHUTDOWN_CLOSE_S
+    while app["conversations"] and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
 
 
 async def _cleanup(app: web.Application) -> None:
@@ -194,6 +234,7 @@ def serve(args) -> int:
     scheme = "https" if settings.tls else "http"
     print(f"omni: open {scheme}://{settings.host}:{settings.port}/  (realtime API: "
           f"{'wss' if settings.tls else 'ws'}://{settings.host}:{settings.port}/v1/realtime)", file=sys.stderr)
+    # SIGTERM and SIGINT: stop accepting, close every session (1001), exit well within 10 s
     web.run_app(app, host=settings.host, port=settings.port, ssl_context=ssl_context(settings),
-                print=None, access_log=None)
+                print=None, access_log=None, shutdown_timeout=SHUTDOWN_CLOSE_S, handler_cancellation=True)
     return 0

@@ -38,6 +38,9 @@ class ServerSettings:
     max_message_bytes: int = 4 * 1024 * 1024  # a 30 s PCM16 reference clip is ~1.9 MB base64
     max_image_pixels: int = 1920 * 1080
     api_key: str | None = None  # None = open server (fine on localhost only)
+    allowed_origins: str | None = None  # browser pages that may open sessions: comma-separated origins or "*";
+                                        # None = the server's own (its host and port, localhost, 127.0.0.1)
+    max_item_tokens: int = 4096  # the longest text a conversation.item.create may carry, in LLM tokens
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_self_signed: bool = False  # iPad/Safari need HTTPS for the microphone even on a LAN
@@ -88,6 +91,7 @@ class ServerSettings:
             (self.worker in WORKERS, f"worker must be one of {', '.join(WORKERS)}"),
             (self.model_step_timeout_s > 0, "model_step_timeout_s must be positive"),
             (self.max_context_tokens >= 512, "max_context_tokens must be at least 512"),
+            (1 <= self.max_item_tokens <= self.max_context_tokens, "max_item_tokens must be 1..max_context_tokens"),
         ]
         bad = [msg for ok, msg in checks if not ok]
         if bad:
@@ -107,6 +111,13 @@ class ServerSettings:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None or self.tls_self_signed
+
+    @property
+    def origins(self) -> tuple[str, ...] | None:
+        """`allowed_origins` as a tuple (None: the server's own origins)."""
+        if self.allowed_origins is None:
+            return None
+        return tuple(o.strip() for o in self.allowed_origins.split(",") if o.strip())
 
 
 def auto_lanes(device: str) -> int:

@@ -178,3 +178,31 @@ def test_sampling_generator_lives_on_the_model_device(tiny):
     s.seed = None
     s.reset()
     assert s.state.generator.device == torch.device(tiny.device)
+
+
+def test_a_long_prefill_in_chunks_equals_it_whole_and_long_items_are_refused(tiny, media):
+    """Prefill runs its LLM forward in chunks (bounded memory): the cache and the reply are those
+    of one whole forward; a message over the caller's token limit is refused before any op."""
+    from omni.session.engine import InputTooLong
+    text = " ".join(f"word{i}" for i in range(300))
+    runs = []
+    for chunk in (10_000, 37):
+        s = Session(tiny, seed=5)
+        s.prefill_chunk_tokens = chunk
+        s.set_system("omni", None, "Be brief.")
+        rec = s.prefill({"role": "user", "content": [text]})
+        assert rec.input_ids.shape[1] > 37 * 3
+        reply = list(s.generate(GenerateOptions(sampling=GREEDY, max_new_tokens=6, generate_audio=False)))
+        runs.append((s.state.llm_cache, rec.last_hidden, "".join(t for t, _ in reply)))
+    (whole, h1, r1), (chunked, h2, r2) = runs
+    assert whole.seq_len == chunked.seq_len and r1 == r2
+    torch.testing.assert_close(h1, h2, atol=1e-5, rtol=1e-5)
+    for i in range(whole.num_layers):
+        for x, y in zip(whole.layer(i), chunked.layer(i)):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    s = Session(tiny, seed=5)
+    s.set_system("omni", None, "Be brief.")
+    before = s.state.cache_len
+    with pytest.raises(InputTooLong, match="limit is 50"):
+        s.prefill_program({"role": "user", "content": [text]}, max_tokens=50)
+    assert s.state.cache_len == before

@@ -50,6 +50,13 @@ class GenerateOptions:
     force_no_stop: bool = False                   # official debug flag: the TTS never ends a reply itself
 
 
+PREFILL_CHUNK_TOKENS = 1024   # a prefill's LLM forward in pieces of this many positions (bounded memory)
+
+
+class InputTooLong(ValueError):
+    """A message longer than the caller's limit, refused before anything is prefilled."""
+
+
 @dataclass
 class PrefillRecord:
     """What one prefill fed the LLM (returned for tests and the golden replay)."""
@@ -89,6 +96,7 @@ class SoloCaches:
 
 
 class Session:
+    prefill_chunk_tokens = PREFILL_CHUNK_TOKENS
     def __init__(self, m: Omni, seed: int | None = None, max_cache_tokens: int | None = None,
                  caches=None, reply_reserve_tokens: int = 0):
         """`max_cache_tokens`: LLM cache budget; before a new user turn is prefilled, the oldest
@@ -162,8 +170,9 @@ class Session:
         content = ["<unit>", frame, audio_16k] if frame is not None else [audio_16k]
         return self.prefill_program({"role": "user", "content": content})
 
-    def prefill_program(self, msg: dict):
-        """Program of `prefill` (checks the message at once, so a bad one fails before any op)."""
+    def prefill_program(self, msg: dict, max_tokens: int | None = None):
+        """Program of `prefill` (checks the message at once, so a bad one fails before any op).
+        `max_tokens`: a message that tokenizes longer is refused (`InputTooLong`)."""
         self._close_active()
         self._reply = None             # new input follows the reply: it can no longer be cut or forgotten
         m, st = self.m, self.state
@@ -184,6 +193,9 @@ class Session:
                                                for a in col.audios])
         mels = [self._log_mel(a) for a in col.audios]
         ids = m.tokenizer.encode(text, add_special_tokens=first)
+        if max_tokens is not None and len(ids) > max_tokens:
+            raise InputTooLong(f"the item is {len(ids)} tokens long; the limit is {max_tokens} "
+                               "(the server's max_item_tokens)")
         return self._prefill(role, first, opens_turn, prefix, text, ids, strips, tgt, mels)
 
     def _prefill(self, role, first, opens_turn, prefix, text, ids, strips, tgt, mels):
@@ -212,7 +224,15 @@ class Session:
         input_ids = torch.tensor([ids], device=m.device)
         embeds = m.net.embed(input_ids, ib, vision, ab, audio)
         start = st.cache_len
-        out = yield LLMForward(st.llm_cache, embeds=embeds[0])
+        try:
+            # In chunks: a chunk's attention takes chunk x context memory, not the whole
+            # message's square (the math is the same causal attention over cache + chunk).
+            step = self.prefill_chunk_tokens
+            for i in range(0, embeds.shape[1], step):
+                out = yield LLMForward(st.llm_cache, embeds=embeds[0, i:i + step])
+        except BaseException:
+            st.crop(start)             # a chunk failed: none of the message stays
+            raise
         st.started = True
         st.record(role, start)
         return PrefillRecord(text, input_ids, ib, ab, tgt, mels, vision, embeds, out.hidden,

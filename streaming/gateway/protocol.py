@@ -270,6 +270,8 @@ def parse_client_event(raw: str | bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
         obj = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as e:
         raise bad("invalid_json", f"Message is not valid JSON: {e}.", None) from None
+    except RecursionError:
+        raise bad("invalid_json", "Message is not valid JSON here: it is nested too deeply.", None) from None
     if not isinstance(obj, dict):
         raise bad("invalid_json", "A client event must be a JSON object, "
                    f"got {JSON_NAMES.get(type(obj), 'a value')}.", None)

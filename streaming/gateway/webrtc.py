@@ -17,6 +17,7 @@ import logging
 import time
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
@@ -86,25 +87,23 @@ async def _read_offer(request: web.Request) -> tuple[str, dict | None]:
     ctype = request.content_type
     session = None
     if ctype == "application/sdp":
-        sdp = await request.text()
+        sdp = _utf8(await _body(request), "the SDP offer")   # whatever charset it declares: SDP is UTF-8
     elif ctype == "application/json":
-        try:
-            body = await request.json()
-        except ValueError as e:
-            raise BadOffer("invalid_json", f"the body is not valid JSON: {e}") from None
+        body = _json(_utf8(await _body(request), "the JSON body"), "the body")
         if not isinstance(body, dict):
             raise BadOffer("invalid_json", "the JSON body must be an object {\"type\": \"offer\", \"sdp\": ...}")
         if body.get("type", "offer") != "offer":
             raise BadOffer("invalid_value", f"'type' must be \"offer\", got {body.get('type')!r}")
         sdp, session = body.get("sdp"), body.get("session")
     elif ctype == "multipart/form-data":
-        form = await request.post()
-        sdp, session = _form_text(form.get("sdp")), _form_text(form.get("session"))
+        try:
+            form = await request.post()
+            sdp, session = _form_text(form.get("sdp")), _form_text(form.get("session"))
+        except (ValueError, LookupError, AssertionError, HttpProcessingError, web.HTTPException) as e:
+            # aiohttp's multipart reader raises these for broken boundaries, parts and charsets
+            raise BadOffer("invalid_multipart", f"the multipart body cannot be read: {e or type(e).__name__}") from None
         if session is not None:
-            try:
-                session = json.loads(session)
-            except ValueError as e:
-                raise BadOffer("invalid_json", f"the 'session' field is not valid JSON: {e}") from None
+            session = _json(session, "the 'session' field")
     else:
         raise BadOffer("unsupported_content_type", f"send the SDP offer as application/sdp (or JSON / "
                        f"multipart with an 'sdp' field), not {ctype or 'no content type'!r}")
@@ -120,7 +119,32 @@ async def _read_offer(request: web.Request) -> tuple[str, dict | None]:
 def _form_text(v) -> str | None:
     if v is None or isinstance(v, str):
         return v
-    return v.file.read().decode("utf-8", "replace")     # a file part
+    return _utf8(v.file.read(), "a file part")
+
+
+async def _body(request: web.Request) -> bytes:
+    try:
+        return await request.read()              # at most client_max_size (max_message_bytes)
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    except (ValueError, ConnectionError) as e:
+        raise BadOffer("invalid_body", f"the body cannot be read: {e}") from None
+
+
+def _utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadOffer("invalid_encoding", f"{what} is not UTF-8") from None
+
+
+def _json(text: str, what: str):
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise BadOffer("invalid_json", f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadOffer("invalid_json", f"{what} is nested too deeply") from None
 
 
 class CallConversation(Conversation):

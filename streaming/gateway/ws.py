@@ -78,13 +78,16 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
 
 
 async def _sender(ws: web.WebSocketResponse, queue: asyncio.Queue) -> None:
-    while True:
-        event = await queue.get()
-        if isinstance(event, tuple) or ws.closed:     # (_CLOSE, code): the last thing sent
-            if not ws.closed:
-                await ws.close(code=event[1])
-            return
-        await ws.send_str(json.dumps(event))
+    try:
+        while True:
+            event = await queue.get()
+            if isinstance(event, tuple) or ws.closed:     # (_CLOSE, code): the last thing sent
+                if not ws.closed:
+                    await ws.close(code=event[1])
+                return
+            await ws.send_str(json.dumps(event))
+    except ConnectionError:   # aiohttp's ClientConnectionResetError is one
+        return        # the client vanished mid-send (an abrupt disconnect): the receive loop ends too
 
 
 def _key_protocols(request: web.Request) -> list[str]:

@@ -188,7 +188,7 @@ class Conversation:
             content = [c for c in content if c is not None]
             await self._ensure_system()
             await self._apply_rollback()
-            await self.engine.prefill({"role": "user", "content": content})
+            await self.engine.prefill({"role": "user", "content": content}, self.settings.max_item_tokens)
         item_id = item.id or W.new_id("item")
         obj = W.item_object(item_id, item.role, [self._part_wire(p) for p in item.content])
         await self.send(W.conversation_item_added(obj, self.last_item_id))

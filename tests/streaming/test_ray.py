@@ -56,6 +56,14 @@ async def _turn(ws, speech_16k) -> list[dict]:
     return await recv_until(ws, lambda e: e["type"] == "response.done")
 
 
+async def _all_free(cluster, timeout_s: float = 15.0) -> None:
+    """Until the heartbeats say every replica slot is free again (an earlier test's sessions, or a
+    dead gateway's, are freed when their lease runs out)."""
+    async with asyncio.timeout(timeout_s):
+        while any(not r.alive or r.free < r.slots for r in cluster._remotes):
+            await asyncio.sleep(0.1)
+
+
 def _ops(stats: list[dict]) -> dict[str, int]:
     return {st["replica"]: sum(st.get("ops", {}).values()) for st in stats}
 
@@ -145,11 +153,12 @@ async def test_two_gateways_share_capacity_and_a_dead_gateways_sessions_are_free
 
 
 @pytest.mark.asyncio
-async def test_metrics_and_readiness_follow_traffic(server, speech_16k):
+async def test_metrics_and_readiness_follow_traffic(server, cluster, speech_16k):
     import aiohttp
 
     def value(text: str, name: str) -> float:
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+    await _all_free(cluster)
     async with aiohttp.ClientSession() as http:
         async with http.get(server.http + "/readyz") as r:
             ready = await r.json()

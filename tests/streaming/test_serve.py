@@ -2,6 +2,7 @@
 /healthz and a WebSocket session answer, and Ctrl-C (SIGINT) stops it with its processes."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -64,6 +65,35 @@ async def test_omni_serve_starts_answers_and_stops_with_its_model_processes():
         while any(os.path.exists(f"/proc/{k}") for k in models) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any(os.path.exists(f"/proc/{k}") for k in models), "model processes outlived the server"
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.stderr.close()
+
+
+@pytest.mark.asyncio
+async def test_sigterm_with_live_sessions_closes_them_1001_and_exits_within_10_s():
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "omni.cli", "serve", "--port", str(port)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        for line in p.stderr:
+            if "omni: open" in line or time.monotonic() - t0 > 120:
+                break
+        url = f"ws://127.0.0.1:{port}/v1/realtime"
+        async with websockets.connect(url) as a, websockets.connect(url) as b:
+            for ws in (a, b):
+                assert json.loads(await ws.recv())["type"] == "session.created"
+            t_term = time.monotonic()
+            p.send_signal(signal.SIGTERM)
+            for ws in (a, b):
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    async with asyncio.timeout(10):
+                        while True:
+                            await ws.recv()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001   # a close frame: going away
+        assert p.wait(10) == 0 and time.monotonic() - t_term < 10
     finally:
         if p.poll() is None:
             p.kill()

@@ -270,6 +270,13 @@ BAD = [
     ("application/json", "{nope", 400, "invalid_json"),
     ("application/json", json.dumps({"type": "answer", "sdp": "v=0"}), 400, "invalid_value"),
     ("application/sdp", "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", 400, "invalid_sdp"),
+    # malformed bodies: never a 500 (a traceback), always a 4xx that names the problem
+    ("application/sdp", b"v=0\r\n\xff\xfe\r\nm=audio", 400, "invalid_encoding"),
+    ("application/sdp; charset=no-such-charset", "v=0\r\ns=-\r\n", 400, "invalid_sdp"),
+    ("application/json", "[" * 100_000 + "]" * 100_000, 400, "invalid_json"),
+    ("application/json", b'{"sdp": "\xff"}', 400, "invalid_encoding"),
+    ("multipart/form-data; boundary=xyz", "--xyz\r\nno headers, no end", 400, "invalid_multipart"),
+    ("multipart/form-data", "--a\r\n", 400, "invalid_multipart"),
 ]
 
 
