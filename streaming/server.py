@@ -166,6 +166,12 @@ async def _cleanup(app: web.Application) -> None:
         app["worker"].close()
 
 
+def runner_options(settings: ServerSettings) -> dict:
+    """aiohttp's request-handler options: its keep-alive timer also runs from a connection's start
+    and closes one that is idle mid-request, so it is the header-read timeout too."""
+    return {"keepalive_timeout": settings.header_timeout_s}
+
+
 def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
     if not settings.tls:
         return None
@@ -236,5 +242,6 @@ def serve(args) -> int:
           f"{'wss' if settings.tls else 'ws'}://{settings.host}:{settings.port}/v1/realtime)", file=sys.stderr)
     # SIGTERM and SIGINT: stop accepting, close every session (1001), exit well within 10 s
     web.run_app(app, host=settings.host, port=settings.port, ssl_context=ssl_context(settings),
-                print=None, access_log=None, shutdown_timeout=SHUTDOWN_CLOSE_S, handler_cancellation=True)
+                print=None, access_log=None, shutdown_timeout=SHUTDOWN_CLOSE_S, handler_cancellation=True,
+                **runner_options(settings))
     return 0

@@ -35,6 +35,7 @@ class ServerSettings:
     dtype: str = "float32"
     max_sessions: int = 16  # sessions share one model; the worker interleaves their steps
     idle_timeout_s: float = 300.0
+    header_timeout_s: float = 15.0  # a connection that sends no complete request (headers) in this long is closed
     max_message_bytes: int = 4 * 1024 * 1024  # a 30 s PCM16 reference clip is ~1.9 MB base64
     max_image_pixels: int = 1920 * 1080
     api_key: str | None = None  # None = open server (fine on localhost only)
@@ -72,6 +73,7 @@ class ServerSettings:
             (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}"),
             (self.max_sessions >= 1, "max_sessions must be at least 1"),
             (self.idle_timeout_s > 0, "idle_timeout_s must be positive"),
+            (self.header_timeout_s > 0, "header_timeout_s must be positive"),
             (self.max_message_bytes >= 1024, "max_message_bytes must be at least 1024"),
             (self.max_image_pixels >= 64 * 64, "max_image_pixels must be at least 4096"),
             ((self.tls_cert is None) == (self.tls_key is None),

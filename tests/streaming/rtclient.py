@@ -40,11 +40,11 @@ class Server:
 async def start_server(omni, worker=None, **overrides) -> Server:
     """`worker`: a shared worker the caller closes; default: the app's own lane threads on `omni`."""
     from aiohttp import web
-    from streaming.server import build_app
+    from streaming.server import build_app, runner_options
     from streaming.settings import ServerSettings
     settings = ServerSettings(**{"max_reply_tokens": 12, "max_speech_s": 2.0, **overrides})
     app = build_app(settings, omni, embedded=True, worker=worker)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, **runner_options(settings))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -194,3 +194,25 @@ async def test_kill_9_of_a_model_process_mid_reply_closes_its_sessions_at_once(t
     finally:
         await srv.runner.cleanup()
         w.close()
+
+
+@pytest.mark.asyncio
+async def test_half_open_and_slow_header_connections_are_closed(tiny_omni):
+    import asyncio
+    srv = await start_server(tiny_omni, header_timeout_s=1.0)
+    try:
+        silent = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(20)]
+        slow = await asyncio.open_connection("127.0.0.1", srv.port)
+        slow[1].write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")          # never ends its headers
+        async with asyncio.timeout(5):
+            for reader, _ in silent + [slow]:
+                assert await reader.read() == b""                              # closed by the server
+        async with aiohttp.ClientSession() as http, http.get(srv.http + "/healthz") as r:
+            assert r.status == 200                                              # a real client is fine
+        async with websockets.connect(srv.ws_url) as ws:                        # and a session outlives it
+            await recv_until(ws, lambda e: e["type"] == "session.created")
+            await asyncio.sleep(1.5)
+            await ws.send(json.dumps({"type": "session.update", "session": {"instructions": "x"}}))
+            await recv_until(ws, lambda e: e["type"] == "session.updated")
+    finally:
+        await srv.runner.cleanup()
