@@ -16,6 +16,15 @@ from websockets.exceptions import InvalidStatus
 from rtclient import recv_until, start_server
 
 
+async def raw_get(port: int, path: str) -> tuple[int, bytes]:
+    import asyncio
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    return int(data.split(b" ", 2)[1]), data
+
+
 async def status_of_upgrade(url: str, headers: dict) -> int:
     try:
         async with websockets.connect(url, additional_headers=headers) as ws:
@@ -214,5 +223,27 @@ async def test_half_open_and_slow_header_connections_are_closed(tiny_omni):
             await asyncio.sleep(1.5)
             await ws.send(json.dumps({"type": "session.update", "session": {"instructions": "x"}}))
             await recv_until(ws, lambda e: e["type"] == "session.updated")
+    finally:
+        await srv.runner.cleanup()
+
+
+@pytest.mark.asyncio
+async def test_no_auth_bypass_and_no_path_traversal(tiny_omni):
+    srv = await start_server(tiny_omni, api_key="s3cret")
+    try:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"},
+                        {"Authorization": "Bearer s3cret2"}, {"Authorization": "Bearer s3cre"},
+                        {"Sec-WebSocket-Protocol": "realtime, openai-insecure-api-key.wrong"}):
+            assert await status_of_upgrade(srv.ws_url, headers) == 401, headers
+        assert await status_of_upgrade(srv.ws_url + "?api_key=s3cret", {}) == 401     # never in a URL
+        assert await status_of_upgrade(srv.ws_url, {"Authorization": "Bearer s3cret"}) == 101
+        async with aiohttp.ClientSession() as http:
+            for path in ("/v1/realtime/", "/v1//realtime", "/%76%31/realtime", "/v1/realtime/calls/../calls"):
+                async with http.get(srv.http + path) as r:
+                    assert r.status in (401, 404, 405), (path, r.status)
+        for path in ("/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/..%2f..%2fpyproject.toml",
+                     "/static/../../pyproject.toml", "/%2e%2e%2fpyproject.toml", "/..\\..\\pyproject.toml"):
+            status, body = await raw_get(srv.port, path)                    # sent as is, not normalised
+            assert status in (400, 403, 404) and b"root:" not in body and b"[project]" not in body, (path, status)
     finally:
         await srv.runner.cleanup()
