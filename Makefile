@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # torch==2.13.0 is a CPU build from local disk here; set TORCH to your CUDA build elsewhere.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup serve test golden bench clean
+.PHONY: setup serve test lint golden bench clean
 
 NODE_DEPS := tests/clients/node/node_modules/.installed
 
@@ -27,8 +27,11 @@ $(NODE_DEPS): tests/clients/node/package-lock.json
 serve: setup
 	$(VENV)/bin/omni serve $(ARGS)
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check omni streaming tests bench
 
 golden: setup
 	$(VENV)/bin/omni golden-check tests/assets/golden/tiny-a

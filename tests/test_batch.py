@@ -392,7 +392,7 @@ def test_a_row_with_ties_does_not_change_another_rows_draw():
     x[1, :50] = 5.0                                  # 4950 values tie with the 100th
     p = SamplingParams()
     for seed in range(10):
-        gens = lambda: [torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 100)]   # noqa: E731
+        gens = lambda seed=seed: [torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 100)]   # noqa: E731
         both = choose_rows(x, [(), ()], [p, p], gens())
         assert both[0] == choose_rows(x[:1], [()], [p], gens()[:1])[0]
 

@@ -15,7 +15,7 @@ FULL = REPO / "configs" / "full.toml"
 
 def spec_table() -> dict[str, tuple]:
     t: dict[str, tuple] = {}
-    H, I, V = 3584, 18944, 151700
+    H, I, V = 3584, 18944, 151700  # noqa: E741 - the spec's names (hidden, intermediate, vocab)
     t["llm.model.embed_tokens.weight"] = (V, H)
     t["llm.model.norm.weight"] = (H,)
     t["llm.lm_head.weight"] = (V, H)

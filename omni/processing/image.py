@@ -123,7 +123,7 @@ def from_strip(strip: torch.Tensor, tgt_size: tuple[int, int]) -> torch.Tensor:
 
 
 def image_placeholder(feature_size: int, grid: Grid | None, image_id: int | None,
-                      tok: PreprocessorConfig = PreprocessorConfig()) -> str:
+                      tok: PreprocessorConfig = PreprocessorConfig()) -> str:  # noqa: B008 - frozen
     """[<image_id>k</image_id>]<image><unk>×F</image> then the grid of <slice> groups.
 
     Grid rows are concatenated groups of `cols` slices, rows joined by "\\n"; no newline between

@@ -19,12 +19,11 @@ from typing import Any, ClassVar
 from .errors import ProtocolError
 # Server events live in events.py; re-exported so `protocol` names every message.
 from .events import *  # noqa: F403
-from .events import new_id
+from .events import new_id  # noqa: F401 - re-exported
 # The session object lives in session_config.py; re-exported so `protocol` names every message.
-from .session_config import (AUDIO_FORMATS, G711_RATE_HZ, PCM_RATE_HZ, AudioFormat,
+from .session_config import (AUDIO_FORMATS, G711_RATE_HZ, PCM_RATE_HZ, AudioFormat,  # noqa: F401
                              OmniOptions, ReferenceAudio, ServerVad, SessionConfig, Transcription,
-                             apply_update,
-                             parse_max_tokens, parse_modalities, parse_tools, to_wire)
+                             apply_update, parse_max_tokens, parse_modalities, parse_tools, to_wire)
 from .validate import JSON_NAMES, as_type, b64, bad, get_field, in_range, no_unknown, one_of
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a 30 s PCM16 reference clip is ~1.9 MB as base64

@@ -47,7 +47,12 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
         await ws.send_str(json.dumps(to_error_event(e)))
         await ws.close(code=close_code(e), message=b"server full")
         return ws
-    lease.close = lambda reason: queue.put_nowait((_CLOSE, CLOSE_GOING_AWAY))   # idle timeout
+    def close_for(reason: str) -> None:        # idle timeout, shutdown: after the events queued so far
+        try:
+            queue.put_nowait((_CLOSE, CLOSE_GOING_AWAY))
+        except asyncio.QueueFull:              # a client that stopped reading: close without them
+            asyncio.ensure_future(ws.close(code=CLOSE_GOING_AWAY))
+    lease.close = close_for
     app["conversations"].add(conv)
     started = session_started(app, conv, "websocket")
     try:

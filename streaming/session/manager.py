@@ -7,11 +7,14 @@ model (the worker).
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..gateway.errors import CapacityError
+
+log = logging.getLogger("omni.sessions")
 
 
 @dataclass
@@ -46,11 +49,14 @@ class SessionManager:
     def expire_idle(self) -> list[Lease]:
         """Leases idle longer than the timeout; each gets its close callback called once."""
         now = self.clock()
-        idle = [l for l in self.leases.values() if now - l.last_active_s > self.idle_timeout_s]
+        idle = [lease for lease in self.leases.values() if now - lease.last_active_s > self.idle_timeout_s]
         for lease in idle:
             self.release(lease)
             if lease.close:
-                lease.close("idle timeout")
+                try:
+                    lease.close("idle timeout")
+                except Exception:  # noqa: BLE001 - one connection's failure must not stop the reaper
+                    log.exception("closing idle session %s failed", lease.session_id)
         return idle
 
     @property

@@ -247,3 +247,18 @@ async def test_no_auth_bypass_and_no_path_traversal(tiny_omni):
             assert status in (400, 403, 404) and b"root:" not in body and b"[project]" not in body, (path, status)
     finally:
         await srv.runner.cleanup()
+
+
+def test_the_idle_reaper_survives_a_connection_whose_close_fails():
+    from streaming.session.manager import SessionManager
+    now = [0.0]
+    m = SessionManager(4, idle_timeout_s=10, clock=lambda: now[0])
+    bad, good = m.acquire(), m.acquire()
+    closed = []
+
+    def fail(reason):
+        raise RuntimeError("queue full")
+    bad.close, good.close = fail, closed.append
+    now[0] = 11.0
+    assert {lease.session_id for lease in m.expire_idle()} == {bad.session_id, good.session_id}
+    assert closed == ["idle timeout"] and m.in_use == 0
