@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--pace-ms", type=float, default=0.0, help="pause between messages")
     a = ap.parse_args()
     log = open("/tmp/omni-fuzz-server.log", "w")
-    p = subprocess.Popen([sys.executable, "-m", "omni.cli", "serve", "--port", str(a.port)], stdout=log,
+    p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--port", str(a.port)], stdout=log,
                          stderr=subprocess.STDOUT, cwd=REPO)
     try:
         deadline = time.monotonic() + 180

@@ -162,7 +162,7 @@ async def one_session(url: str, messages: list[str], realtime: bool, together: a
 
 def start_server(port: int, max_sessions: int, config: str | None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "omni.cli", "serve", "--port", str(port), "--max-sessions", str(max_sessions)]
+    cmd = [sys.executable, "-m", "streaming.cli", "serve", "--port", str(port), "--max-sessions", str(max_sessions)]
     p = subprocess.Popen(cmd + (["--config", config] if config else []), env=env, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
     for line in p.stderr:

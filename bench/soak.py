@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument("--extra", type=int, default=8)
     ap.add_argument("--port", type=int, default=8792)
     a = ap.parse_args()
-    p = subprocess.Popen([sys.executable, "-m", "omni.cli", "serve", "--port", str(a.port), "--max-sessions",
+    p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--port", str(a.port), "--max-sessions",
                           str(a.sessions)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO,
                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

@@ -1,4 +1,5 @@
-"""The `omni` command: serve, chat, keys, golden-check. The only place that reads argv/env."""
+"""The model's commands of `omni`: chat, keys, golden-check. The installed `omni` adds `serve`
+(streaming/cli.py); with it, the only place that reads argv/env."""
 from __future__ import annotations
 
 import argparse
@@ -66,61 +67,51 @@ def _read_16k(path: str):
     return audio
 
 
-def _cmd_serve(a) -> int:
-    from streaming.server import serve  # the realtime gateway (streaming/)
-    return serve(a)
-
-
 def _model_args(p):
     p.add_argument("--model", help="checkpoint directory (default: the embedded tiny model)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for the real model")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weights' dtype (bfloat16 for the real model)")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="omni", description=__doc__)
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The `omni` parser with the model's commands; streaming.cli adds `serve` (omni/ knows
+    nothing of the service)."""
+    ap = argparse.ArgumentParser(prog="omni", description=__doc__,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("keys", help="print the state-dict key -> shape map a config describes (JSON)")
     p.add_argument("config", help="config.json (official layout) or a TOML model config")
     p.set_defaults(fn=_cmd_keys)
     p = sub.add_parser("golden-check", help="replay a golden folder's cases against its checkpoint")
-    p.add_argument("folder")
+    p.add_argument("folder", help="a golden folder (cases.json + checkpoint files)")
     p.add_argument("--case", action="append", help="only this case (repeatable)")
     p.set_defaults(fn=_cmd_golden)
-    p = sub.add_parser("chat", help="one offline chat turn")
+    p = sub.add_parser("chat", help="one offline chat turn", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _model_args(p)
-    p.add_argument("--text")
-    p.add_argument("--image", action="append")
+    p.add_argument("--text", help="the user's text")
+    p.add_argument("--image", action="append", help="an image file (repeatable)")
     p.add_argument("--audio", action="append", help="audio file (any rate; resampled to 16 kHz)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="reply length cap")
     p.add_argument("--sample", action="store_true", help="sample (top-p/top-k) instead of greedy")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="sampling seed (default: random)")
     p.add_argument("--out-wav", help="also synthesise speech into this 24 kHz WAV")
     p.set_defaults(fn=_cmd_chat)
-    p = sub.add_parser("serve", help="start the realtime service (web client, WebSocket, WebRTC)")
-    p.add_argument("--config", help="server settings TOML (configs/server.toml documents every key)")
-    p.add_argument("--model", help="checkpoint directory (default: the embedded tiny demo model)")
-    p.add_argument("--device")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/ routes")
-    p.add_argument("--tls-cert")
-    p.add_argument("--tls-key")
-    p.add_argument("--tls-self-signed", action="store_true", help="HTTPS with a throwaway certificate")
-    p.add_argument("--max-sessions", type=int)
-    p.add_argument("--worker", choices=["auto", "processes", "threads", "ray"],
-                   help="where the model engines run (ray: replicas on a Ray cluster, pip install -e '.[ray]')")
-    p.add_argument("--ray-address", help="worker ray: the cluster to join (default: start a local one)")
-    p.add_argument("--replicas", dest="ray_replicas", type=int,
-                   help="worker ray: engine replicas (default: one per GPU, or per CPU core)")
-    p.set_defaults(fn=_cmd_serve)
+    return ap, sub
+
+
+def run(ap: argparse.ArgumentParser, argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         return a.fn(a)
     except (FileNotFoundError, ValueError) as e:  # includes settings errors: one clear line
         print(f"omni {a.cmd}: error: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv=None) -> int:
+    """The model's commands only (the installed `omni` command is streaming.cli:main, with serve)."""
+    return run(build_parser()[0], argv)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 WEB_CLIENT = REPO / "web_client"
 REALTIME_ROUTES = ("/v1/realtime", "/v1/realtime/calls")   # what a page could drive a session through
 SHUTDOWN_CLOSE_S = 3.0     # sessions get this long to close themselves at shutdown, then they are cut
+WORKER_CLOSE_S = 4.0       # then the model processes this long to stop, then they are killed
 
 
 def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> web.Application:
@@ -236,7 +237,8 @@ def serve(args) -> int:
     print(f"omni: model ready ({settings.lanes} lane(s), {settings.worker_kind}, room for "
           f"{min(settings.max_sessions, worker.capacity)} session(s), batches of up to {settings.max_batch})", file=sys.stderr)
     app = build_app(settings, None, embedded, worker)          # the worker holds the model
-    app.on_cleanup.append(lambda _app: asyncio.to_thread(worker.close))
+    # after the sessions (SHUTDOWN_CLOSE_S): the whole shutdown stays well inside 10 s
+    app.on_cleanup.append(lambda _app: asyncio.to_thread(worker.close, WORKER_CLOSE_S))
     scheme = "https" if settings.tls else "http"
     print(f"omni: open {scheme}://{settings.host}:{settings.port}/  (realtime API: "
           f"{'wss' if settings.tls else 'ws'}://{settings.host}:{settings.port}/v1/realtime)", file=sys.stderr)

@@ -56,7 +56,7 @@ def live_server(tmp_path_factory):
     (d / "server.toml").write_text(CONFIG.format(port=port))
     log_path = d / "server.log"
     with open(log_path, "w") as log:
-        p = subprocess.Popen([sys.executable, "-m", "omni.cli", "serve", "--config", str(d / "server.toml")],
+        p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--config", str(d / "server.toml")],
                              stdout=log, stderr=subprocess.STDOUT)
     server = LiveServer(port, log_path)
     try:

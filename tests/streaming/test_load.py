@@ -26,7 +26,7 @@ def _free_port() -> int:
 @pytest.mark.asyncio
 async def test_max_sessions_plus_8_refusals_are_clean_and_memory_returns():
     port = _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "omni.cli", "serve", "--port", str(port), "--max-sessions",
+    p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--port", str(port), "--max-sessions",
                           str(MAX_SESSIONS)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.monotonic()

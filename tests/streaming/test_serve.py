@@ -42,7 +42,7 @@ async def test_omni_serve_starts_answers_and_stops_with_its_model_processes():
     if ServerSettings().worker_kind != "processes":
         pytest.skip("a single-core machine runs the model on a thread")
     port = _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "omni.cli", "serve", "--port", str(port)],
+    p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--port", str(port)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
@@ -74,7 +74,7 @@ async def test_omni_serve_starts_answers_and_stops_with_its_model_processes():
 @pytest.mark.asyncio
 async def test_sigterm_with_live_sessions_closes_them_1001_and_exits_within_10_s():
     port = _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "omni.cli", "serve", "--port", str(port)],
+    p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--port", str(port)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.monotonic()
