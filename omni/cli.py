@@ -77,7 +77,9 @@ def _model_args(p):
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     """The `omni` parser with the model's commands; streaming.cli adds `serve` (omni/ knows
     nothing of the service)."""
-    ap = argparse.ArgumentParser(prog="omni", description=__doc__,
+    ap = argparse.ArgumentParser(prog="omni", description="MiniCPM-o 2.6: the realtime service (serve), one "
+                                 "offline turn (chat), and checkpoint tools (keys, golden-check). Without --model, "
+                                 "every command uses the embedded tiny demo model.",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("keys", help="print the state-dict key -> shape map a config describes (JSON)")
