@@ -173,6 +173,17 @@ def runner_options(settings: ServerSettings) -> dict:
     return {"keepalive_timeout": settings.header_timeout_s}
 
 
+def lan_address() -> str:
+    """This machine's address on its default route (what a phone on the LAN opens), or localhost."""
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))       # no packet is sent: this only picks the route
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
 def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
     if not settings.tls:
         return None
@@ -240,8 +251,12 @@ def serve(args) -> int:
     # after the sessions (SHUTDOWN_CLOSE_S): the whole shutdown stays well inside 10 s
     app.on_cleanup.append(lambda _app: asyncio.to_thread(worker.close, WORKER_CLOSE_S))
     scheme = "https" if settings.tls else "http"
-    print(f"omni: open {scheme}://{settings.host}:{settings.port}/  (realtime API: "
-          f"{'wss' if settings.tls else 'ws'}://{settings.host}:{settings.port}/v1/realtime)", file=sys.stderr)
+    host = lan_address() if settings.host in ("0.0.0.0", "::", "") else settings.host
+    if host != settings.host and settings.api_key is None:
+        print(f"omni: WARNING: serving every network interface ({settings.host}) with no api key: anyone on "
+              "the network can hold conversations; set --api-key", file=sys.stderr)
+    print(f"omni: open {scheme}://{host}:{settings.port}/  (realtime API: "
+          f"{'wss' if settings.tls else 'ws'}://{host}:{settings.port}/v1/realtime)", file=sys.stderr)
     # SIGTERM and SIGINT: stop accepting, close every session (1001), exit well within 10 s
     web.run_app(app, host=settings.host, port=settings.port, ssl_context=ssl_context(settings),
                 print=None, access_log=None, shutdown_timeout=SHUTDOWN_CLOSE_S, handler_cancellation=True,

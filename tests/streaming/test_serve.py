@@ -98,3 +98,25 @@ async def test_sigterm_with_live_sessions_closes_them_1001_and_exits_within_10_s
         if p.poll() is None:
             p.kill()
         p.stderr.close()
+
+
+def test_serving_the_lan_prints_its_address_and_warns_without_a_key():
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--host", "0.0.0.0", "--port", str(port)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lines, t0 = [], time.monotonic()
+        for line in p.stderr:
+            lines.append(line)
+            if "omni: open" in line or time.monotonic() - t0 > 120:
+                break
+        from streaming.server import lan_address
+        assert any("WARNING" in ln and "no api key" in ln for ln in lines), lines
+        assert f"omni: open http://{lan_address()}:{port}/" in lines[-1] and "0.0.0.0" not in lines[-1], lines[-1]
+    finally:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        p.stderr.close()
