@@ -15,6 +15,8 @@ import logging
 import secrets
 from typing import Any, ClassVar
 
+from .events import error   # events.py imports nothing from here: no cycle
+
 log = logging.getLogger(__name__)
 
 # RFC 6455 §7.4.1 codes; 1013 is the IANA-registered "Try Again Later".
@@ -109,8 +111,6 @@ def to_error_event(exc: BaseException, event_id: str | None = None) -> dict[str,
     Returns:
         The `error` server event dict, ready to serialise.
     """
-    from .protocol import error  # protocol imports this module for ProtocolError
-
     obj = error_object(_leaf(exc))
     if obj["event_id"] is None:
         obj["event_id"] = event_id
