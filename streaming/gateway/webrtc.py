@@ -35,6 +35,7 @@ SEND_QUEUE = 512              # events, as on the WebSocket
 EVENTS_LABEL = "oai-events"   # OpenAI's label; any client label is accepted
 CONNECT_TIMEOUT_S = 20.0      # answered but never connected: free the slot
 CHANNEL_WAIT_S = 2.0          # then open the events channel ourselves
+MIC_SILENCE_S = 2.0           # no microphone packet this long after the first: the peer hung up
 FRAME_INTERVAL_S = 0.5        # camera: ~2 frames/s reach the model (it joins ~1 per 1-s unit)
 CALLS_PATH = "/v1/realtime/calls"
 _HANG_UP = object()
@@ -314,12 +315,20 @@ class Call:
 
     async def _listen(self, track) -> None:
         """Microphone: decoded frames (48 kHz stereo from Opus) -> mono -> 16 kHz -> the conversation."""
-        resampler = None
+        resampler, wait_s = None, None
         while True:
             try:
-                frame = await track.recv()
+                frame = await asyncio.wait_for(track.recv(), wait_s)
             except MediaStreamError:
                 return
+            except TimeoutError:
+                # A browser that closes its tab sends nothing more, not even a DTLS or SCTP goodbye,
+                # and ICE consent would take 30 s to notice. A live microphone, muted or not, sends
+                # a packet every 20 ms: this long without one is a hang-up.
+                log.info("webrtc call %s: no microphone audio for %.0f s: the peer is gone", self.id, wait_s)
+                self.ended.set()
+                return
+            wait_s = MIC_SILENCE_S                  # from the first frame on (connecting takes longer)
             self.manager.touch(self.lease)
             if resampler is None or resampler.in_rate_hz != frame.sample_rate:
                 resampler = StreamResampler(frame.sample_rate, MODEL_INPUT_RATE_HZ)
