@@ -255,10 +255,11 @@ def serve(args) -> int:
     if host != settings.host and settings.api_key is None:
         print(f"omni: WARNING: serving every network interface ({settings.host}) with no api key: anyone on "
               "the network can hold conversations; set --api-key", file=sys.stderr)
-    print(f"omni: open {scheme}://{host}:{settings.port}/  (realtime API: "
-          f"{'wss' if settings.tls else 'ws'}://{host}:{settings.port}/v1/realtime)", file=sys.stderr)
-    # SIGTERM and SIGINT: stop accepting, close every session (1001), exit well within 10 s
+    opened = (f"omni: open {scheme}://{host}:{settings.port}/  (realtime API: "
+              f"{'wss' if settings.tls else 'ws'}://{host}:{settings.port}/v1/realtime)")
+    # SIGTERM and SIGINT: stop accepting, close every session (1001), exit well within 10 s.
+    # `print` runs once the socket listens: "omni: open" means it answers.
     web.run_app(app, host=settings.host, port=settings.port, ssl_context=ssl_context(settings),
-                print=None, access_log=None, shutdown_timeout=SHUTDOWN_CLOSE_S, handler_cancellation=True,
-                **runner_options(settings))
+                print=lambda _aiohttp_line: print(opened, file=sys.stderr, flush=True), access_log=None,
+                shutdown_timeout=SHUTDOWN_CLOSE_S, handler_cancellation=True, **runner_options(settings))
     return 0

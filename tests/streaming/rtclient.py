@@ -78,3 +78,26 @@ def force_long_replies(monkeypatch) -> None:
     import streaming.session.conversation as conv_mod
     real = conv_mod.GenerateOptions
     monkeypatch.setattr(conv_mod, "GenerateOptions", lambda **kw: dataclasses.replace(real(**kw), force_no_stop=True))
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def omni_serve(*args: str, timeout_s: float = 120.0):
+    """`omni serve ARGS` as a user runs it (a subprocess), once it printed its address:
+    (the process, the lines it printed to stderr so far). The caller stops it."""
+    import subprocess
+    import sys
+    import time
+    p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", *args],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines, t0 = [], time.monotonic()
+    for line in p.stderr:
+        lines.append(line)
+        if "omni: open" in line or time.monotonic() - t0 > timeout_s:
+            break
+    return p, lines

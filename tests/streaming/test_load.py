@@ -4,35 +4,21 @@ memory of the server and its model processes back at its warmed-up baseline afte
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
 from bench.soak import load, rss_mb
+from rtclient import free_port, omni_serve
 
 MAX_SESSIONS = 4
 RSS_SLACK_MB = 64        # allocator noise; a leak of a session's state per round would be far more
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.asyncio
 async def test_max_sessions_plus_8_refusals_are_clean_and_memory_returns():
-    port = _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--port", str(port), "--max-sessions",
-                          str(MAX_SESSIONS)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    port = free_port()
+    p, _ = omni_serve("--port", str(port), "--max-sessions", str(MAX_SESSIONS))
     try:
-        t0 = time.monotonic()
-        for line in p.stderr:
-            if "omni: open" in line or time.monotonic() - t0 > 120:
-                break
         url = f"ws://127.0.0.1:{port}/v1/realtime"
         await load(url, MAX_SESSIONS, 8.0, 0)                   # warm-up: pools and arenas get committed
         await asyncio.sleep(2.0)

@@ -6,20 +6,14 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 import websockets
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from rtclient import free_port, omni_serve
 
 
 def _children(pid: int) -> list[int]:
@@ -41,16 +35,9 @@ async def test_omni_serve_starts_answers_and_stops_with_its_model_processes():
     lanes = ServerSettings().lanes                      # one per core (2 on the CI machine)
     if ServerSettings().worker_kind != "processes":
         pytest.skip("a single-core machine runs the model on a thread")
-    port = _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--port", str(port)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    port = free_port()
+    p, lines = omni_serve("--port", str(port))
     try:
-        lines = []
-        t0 = time.monotonic()
-        for line in p.stderr:
-            lines.append(line)
-            if "omni: open" in line or time.monotonic() - t0 > 120:
-                break
         assert any(f"model ready ({lanes} lane(s), processes, room for 16 session(s)" in ln for ln in lines), lines
         health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10))
         assert health["worker"] == {"kind": "processes", "lanes": lanes, "batched": True, "max_batch": 32,
@@ -73,14 +60,9 @@ async def test_omni_serve_starts_answers_and_stops_with_its_model_processes():
 
 @pytest.mark.asyncio
 async def test_sigterm_with_live_sessions_closes_them_1001_and_exits_within_10_s():
-    port = _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--port", str(port)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    port = free_port()
+    p, _ = omni_serve("--port", str(port))
     try:
-        t0 = time.monotonic()
-        for line in p.stderr:
-            if "omni: open" in line or time.monotonic() - t0 > 120:
-                break
         url = f"ws://127.0.0.1:{port}/v1/realtime"
         async with websockets.connect(url) as a, websockets.connect(url) as b:
             for ws in (a, b):
@@ -101,15 +83,9 @@ async def test_sigterm_with_live_sessions_closes_them_1001_and_exits_within_10_s
 
 
 def test_serving_the_lan_prints_its_address_and_warns_without_a_key():
-    port = _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--host", "0.0.0.0", "--port", str(port)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    port = free_port()
+    p, lines = omni_serve("--host", "0.0.0.0", "--port", str(port))
     try:
-        lines, t0 = [], time.monotonic()
-        for line in p.stderr:
-            lines.append(line)
-            if "omni: open" in line or time.monotonic() - t0 > 120:
-                break
         from streaming.server import lan_address
         assert any("WARNING" in ln and "no api key" in ln for ln in lines), lines
         assert f"omni: open http://{lan_address()}:{port}/" in lines[-1] and "0.0.0.0" not in lines[-1], lines[-1]
