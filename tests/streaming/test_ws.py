@@ -494,7 +494,7 @@ async def test_audio_in_a_created_item_reaches_the_model_at_16k(tiny_omni, speec
             conv, = srv.app["conversations"]
             session = await engine_session(conv)
             seen, prefill = [], session.prefill_program
-            session.prefill_program = lambda msg: (seen.append(msg), prefill(msg))[1]
+            session.prefill_program = lambda msg, *rest: (seen.append(msg), prefill(msg, *rest))[1]
             pcm = float_to_pcm16(resample(speech_16k, 16000, 24000)).tobytes()
             ulaw = ulaw_encode(float_to_pcm16(resample(speech_16k, 16000, 8000)))
             for fmt, data in (("audio/pcm", pcm), ("audio/pcmu", ulaw)):
