@@ -36,6 +36,7 @@ EVENTS_LABEL = "oai-events"   # OpenAI's label; any client label is accepted
 CONNECT_TIMEOUT_S = 20.0      # answered but never connected: free the slot
 CHANNEL_WAIT_S = 2.0          # then open the events channel ourselves
 MIC_SILENCE_S = 2.0           # no microphone packet this long after the first: the peer hung up
+MIC_FIRST_S = 5.0             # connected, yet no first microphone packet in this long: gone too
 FRAME_INTERVAL_S = 0.5        # camera: ~2 frames/s reach the model (it joins ~1 per 1-s unit)
 CALLS_PATH = "/v1/realtime/calls"
 _HANG_UP = object()
@@ -315,7 +316,9 @@ class Call:
 
     async def _listen(self, track) -> None:
         """Microphone: decoded frames (48 kHz stereo from Opus) -> mono -> 16 kHz -> the conversation."""
-        resampler, wait_s = None, None
+        resampler = None
+        await self.connected.wait()                 # ICE may take a while; silence counts from here
+        wait_s = MIC_FIRST_S
         while True:
             try:
                 frame = await asyncio.wait_for(track.recv(), wait_s)
@@ -328,7 +331,7 @@ class Call:
                 log.info("webrtc call %s: no microphone audio for %.0f s: the peer is gone", self.id, wait_s)
                 self.ended.set()
                 return
-            wait_s = MIC_SILENCE_S                  # from the first frame on (connecting takes longer)
+            wait_s = MIC_SILENCE_S
             self.manager.touch(self.lease)
             if resampler is None or resampler.in_rate_hz != frame.sample_rate:
                 resampler = StreamResampler(frame.sample_rate, MODEL_INPUT_RATE_HZ)

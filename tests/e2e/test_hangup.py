@@ -20,4 +20,4 @@ def test_a_closed_page_frees_its_webrtc_slot_at_once(server_factory, browser_fac
         time.sleep(0.05)
     freed_s = time.monotonic() - t
     print(f"slot freed {freed_s:.2f} s after the page closed")
-    assert server.call(lambda: server.app["manager"].in_use) == 0 and freed_s < 5.0, freed_s   # MIC_SILENCE_S + teardown
+    assert server.call(lambda: server.app["manager"].in_use) == 0 and freed_s < 8.0, freed_s   # MIC_SILENCE_S (MIC_FIRST_S if no packet came yet) + teardown
