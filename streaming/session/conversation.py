@@ -74,7 +74,6 @@ class Conversation:
         self.pending_rollback: tuple[str, float] | None = None   # (reply item id, heard ms)
         self.rollback_open = False                # the last reply can still be cut (nothing prefilled since)
         self.last_reply = None                    # respond.Response of the latest reply
-        self.last_reply_previous: str | None = None   # the item before it (the latest again if it is deleted)
         self.last_turn: Turn | None = None
         self.t_turn_end_s: float | None = None    # when VAD decided the user stopped
         self.ref_16k: np.ndarray | None = None
@@ -239,7 +238,7 @@ class Conversation:
         self.pending_rollback = (r.item_id, None)    # None: forget the whole reply
         self.items.pop(r.item_id, None)
         self.last_reply = None                       # gone: no cancel, truncate or barge-in touches it
-        self.last_item_id = self.last_reply_previous
+        self.last_item_id = r.previous_item_id       # the item before it is the latest again
         await self.send(W.conversation_item_deleted(r.item_id))
 
     async def _on_conversation_item_retrieve(self, ev) -> None:
@@ -373,7 +372,6 @@ class Conversation:
             timings["unit_prefill_mean_ms"] = sum(turn.prefill_ms) / len(turn.prefill_ms)
         t0 = self.t_turn_end_s or self.clock_s()
         self.t_turn_end_s = None
-        self.last_reply_previous = self.last_item_id
         r = await self.responder.start(opts, t0, self.last_item_id, timings, speak=speak, metadata=params.metadata)
         self.last_reply, self.rollback_open = r, True
         self.last_item_id = r.item_id

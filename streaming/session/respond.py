@@ -43,6 +43,7 @@ class Response:
     first_output: asyncio.Event = field(default_factory=asyncio.Event)   # its first text or audio, or its end
     stopped: bool = False                        # barge-in, cancel or truncate stopped it: no longer audible
     cut_live: bool = False                       # a truncate cancelled it mid-generation (see response.cancel)
+    previous_item_id: str | None = None          # the conversation item it follows
 
     @property
     def audio_ms(self) -> float:
@@ -73,6 +74,7 @@ class Responder:
                     extra_timings: dict | None = None, speak: bool = True, metadata=None) -> Response:
         """Start a reply with `GenerateOptions` `opts` on the conversation's engine."""
         r = Response(W.new_id("resp"), W.new_id("item"), t_trigger_s, speak=speak, metadata=metadata,
+                     previous_item_id=previous_item_id,
                      wire=None if self.output_format is None else OutputAudioStream(self.output_format))
         self.current = r
         r.timings_ms.update(extra_timings or {})

@@ -13,9 +13,8 @@ import pytest
 
 from clientaudio import frames, pcm16_24k
 
-pytest.importorskip("agents.realtime", reason="openai-agents is not installed")
-from agents.realtime import RealtimeAgent, RealtimeRunner, RealtimeSession  # noqa: E402
-from agents.realtime.model_inputs import RealtimeModelSendRawMessage  # noqa: E402
+from agents.realtime import RealtimeAgent, RealtimeRunner, RealtimeSession
+from agents.realtime.model_inputs import RealtimeModelSendRawMessage
 
 TIMEOUT_S = 30  # generous: only there so a broken server fails the test instead of hanging it
 

@@ -11,10 +11,9 @@ import pytest
 
 from clientaudio import frames, pcm16_24k
 
-pytest.importorskip("livekit.plugins.openai", reason="livekit-plugins-openai is not installed")
-from livekit import rtc  # noqa: E402
-from livekit.agents import llm, utils  # noqa: E402
-from livekit.plugins.openai import realtime as lk_realtime  # noqa: E402
+from livekit import rtc
+from livekit.agents import llm, utils
+from livekit.plugins.openai import realtime as lk_realtime
 
 RATE = 24000
 TIMEOUT_S = 30  # generous: only there so a broken server fails the test instead of hanging it

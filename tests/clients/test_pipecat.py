@@ -8,11 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-pytest.importorskip("pipecat")
-
-from loguru import logger  # noqa: E402
-from pipecat.audio.vad.silero import SileroVADAnalyzer  # noqa: E402
-from pipecat.frames.frames import (  # noqa: E402
+from loguru import logger
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     InputAudioRawFrame,
@@ -22,27 +20,27 @@ from pipecat.frames.frames import (  # noqa: E402
     TTSAudioRawFrame,
     UserStoppedSpeakingFrame,
 )
-from pipecat.pipeline.pipeline import Pipeline  # noqa: E402
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
-from pipecat.processors.aggregators.llm_context import LLMContext  # noqa: E402
-from pipecat.processors.aggregators.llm_response_universal import (  # noqa: E402
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
     LLMContextAggregatorPair,
     LLMUserAggregatorParams,
 )
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
-from pipecat.services.openai.realtime.events import (  # noqa: E402
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.services.openai.realtime.events import (
     AudioConfiguration,
     AudioInput,
     SessionProperties,
 )
-from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService  # noqa: E402
-from pipecat.turns.user_start import VADUserTurnStartStrategy  # noqa: E402
-from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy  # noqa: E402
-from pipecat.turns.user_turn_strategies import UserTurnStrategies  # noqa: E402
-from pipecat.workers.runner import WorkerRunner  # noqa: E402
+from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
+from pipecat.turns.user_start import VADUserTurnStartStrategy
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.workers.runner import WorkerRunner
 
-from streaming.gateway.codecs import float_to_pcm16  # noqa: E402
-from clientaudio import pcm16_24k  # noqa: E402
+from streaming.gateway.codecs import float_to_pcm16
+from clientaudio import pcm16_24k
 
 pytestmark = pytest.mark.asyncio
 

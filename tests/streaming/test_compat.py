@@ -190,3 +190,42 @@ async def test_a_turn_heard_while_a_reply_plays_is_transcribed_once(tiny_omni, s
     first_s, second_s = (len(a) / 16000 for a in heard)
     assert abs(second_s - first_s) <= 1.0, (first_s, second_s)   # the same utterance, heard once each
     assert [d["usage"]["seconds"] for d in done] == pytest.approx([first_s, second_s], abs=1e-3)
+
+
+@pytest.mark.asyncio
+async def test_transcripts_that_cannot_run_end_in_failed_events(tiny_omni):
+    """Forced fault: the engine's background slot is taken. A turn's transcript waits for one
+    (OPEN_WAIT_S on an injected clock), then fails with server_busy; turns queued beyond
+    MAX_QUEUED fail at once (transcription_backlog). Each failure is one `failed` event."""
+    import asyncio
+
+    from streaming.session.transcribe import MAX_QUEUED, OPEN_WAIT_S, Transcriber
+    from streaming.settings import ServerSettings
+    from streaming.worker import EngineSpec, EngineWorker
+    w = EngineWorker(tiny_omni, EngineSpec.from_settings(ServerSettings(max_sessions=1, model_lanes=1)))
+    taken = w.open_session(None, background=True)        # the one background slot
+    now = [0.0]
+    sent: list[dict] = []
+
+    async def send(ev):
+        sent.append(ev)
+
+    def clock():                                          # each look at the clock: past the wait
+        now[0] += OPEN_WAIT_S / 2 + 1
+        return now[0]
+    t = Transcriber(w, send, clock_s=clock)
+    try:
+        for k in range(MAX_QUEUED + 2):
+            t.submit(f"item_{k}", np.zeros(16000, np.float32), None)
+        async with asyncio.timeout(30):
+            while len([e for e in sent if e["type"].endswith("transcription.failed")]) < MAX_QUEUED + 2:
+                await asyncio.sleep(0.05)
+    finally:
+        await t.close()
+        taken.close()
+        w.close()
+    failed = {e["item_id"]: e["error"]["code"] for e in sent if e["type"].endswith("transcription.failed")}
+    # submitted before the transcriber's task first runs: MAX_QUEUED wait, the 2 beyond are refused
+    assert list(failed.values()).count("transcription_backlog") == 2, failed
+    assert list(failed.values()).count("server_busy") == MAX_QUEUED, failed
+    assert openai_type_errors(sent) == [] and not [e for e in sent if "completed" in e["type"]]
