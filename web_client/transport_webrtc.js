@@ -5,6 +5,26 @@ import * as P from "./protocol.js";
 import { TransportError } from "./transport_ws.js";
 
 const GATHER_TIMEOUT_MS = 3000, CONNECT_TIMEOUT_MS = 10000;
+// aiortc takes data-channel messages of at most 64 KiB; a voice clip is ~1 MB, so larger events go as
+// omni.fragment pieces (docs/protocol.md). FRAGMENT_OVERHEAD leaves room for the piece's JSON.
+const DEFAULT_MAX_MESSAGE = 65536, FRAGMENT_OVERHEAD = 256;
+let fragmentSeq = 0;
+
+/** The pieces to send for one event's JSON: itself when it fits, else omni.fragment messages. */
+export function fragment(text, maxMessageBytes) {
+  const bytes = new TextEncoder().encode(text);
+  if (bytes.length <= maxMessageBytes) return [text];
+  const pieceBytes = Math.floor((maxMessageBytes - FRAGMENT_OVERHEAD) / 4) * 3;   // base64 grows 4/3
+  const count = Math.ceil(bytes.length / pieceBytes), id = `frag_${++fragmentSeq}`;
+  const out = [];
+  for (let i = 0; i < count; i++) {
+    const piece = bytes.subarray(i * pieceBytes, (i + 1) * pieceBytes);
+    let bin = "";
+    for (let j = 0; j < piece.length; j += 8192) bin += String.fromCharCode(...piece.subarray(j, j + 8192));
+    out.push(JSON.stringify({ type: "omni.fragment", id, index: i, count, data: btoa(bin) }));
+  }
+  return out;
+}
 
 export class WebRtcTransport {
   constructor({ onEvent, onClose, audioEl }) {
@@ -76,7 +96,11 @@ export class WebRtcTransport {
     });
   }
 
-  send(event) { if (this.dc && this.dc.readyState === "open") this.dc.send(JSON.stringify(event)); }
+  send(event) {
+    if (!this.dc || this.dc.readyState !== "open") return;
+    const limit = Math.min(this.pc.sctp?.maxMessageSize || DEFAULT_MAX_MESSAGE, DEFAULT_MAX_MESSAGE);
+    for (const m of fragment(JSON.stringify(event), limit)) this.dc.send(m);
+  }
 
   /** A MediaStream of the reply audio, for the level meter / latency analyser. */
   outputStream() { return this.remoteStream; }

@@ -12,10 +12,15 @@ from .protocol import parse_client_event
 log = logging.getLogger("omni.gateway")
 
 
-async def dispatch(conv, raw: str | bytes, send, max_bytes: int) -> int | None:
-    """Parse and handle one client message; returns a close code when the connection must end."""
+async def dispatch(conv, raw: str | bytes, send, max_bytes: int, fragments=None) -> int | None:
+    """Parse and handle one client message; returns a close code when the connection must end.
+    `fragments` (a fragments.Reassembler, on the data channel) joins `omni.fragment` pieces first."""
     event_id = None
     try:
+        if fragments is not None:
+            raw = fragments.push(raw)
+            if raw is None:               # a piece of a larger message: nothing to handle yet
+                return None
         ev = parse_client_event(raw, max_bytes)
         event_id = ev.event_id
         await conv.handle(ev)

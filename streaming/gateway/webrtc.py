@@ -26,6 +26,7 @@ from ..session.conversation import Conversation
 from .boundary import dispatch, guard
 from .codecs import MODEL_INPUT_RATE_HZ, StreamResampler
 from .errors import CapacityError, OmniError
+from .fragments import Reassembler
 from .lifecycle import session_ended, session_started, watch_engine
 from .media import PlayoutTrack, frame_to_mono, loopback_ice, loopback_only
 from .protocol import new_id, parse_client_event
@@ -165,6 +166,7 @@ class Call:
         self.id = new_id("rtc")
         self.queue: asyncio.Queue = asyncio.Queue(SEND_QUEUE)
         self.inbox: asyncio.Queue = asyncio.Queue()    # data-channel messages, in order
+        self.fragments = Reassembler(self.settings.max_message_bytes)  # pieces of messages over 64 KiB
         self.playout = QueuePlayout()
         self.speaker = PlayoutTrack(self.playout)
         self.conv = CallConversation(app["worker"], self.settings, self.send, self.playout, app["vad"], wire_audio=False,
@@ -309,7 +311,7 @@ class Call:
         while True:
             raw = await self.inbox.get()
             self.manager.touch(self.lease)
-            code = await dispatch(self.conv, raw, self.send, self.settings.max_message_bytes)
+            code = await dispatch(self.conv, raw, self.send, self.settings.max_message_bytes, self.fragments)
             if code is not None:                   # auth / capacity / model error: end the call
                 await self.queue.put(_HANG_UP)     # after the error event
                 return

@@ -48,11 +48,13 @@ def test_lost_connection_is_explained_and_reconnect_starts_a_new_session(server_
     assert turn["server"]["first_audio_ms"] > 0
 
 
-def test_voice_recorded_in_the_page_is_checked_and_cloned(server_factory, browser_factory):
+@pytest.mark.parametrize("transport", ["websocket", "webrtc"])
+def test_voice_recorded_in_the_page_is_checked_and_cloned(server_factory, browser_factory, transport):
     """Record my voice: too short is refused with a clear message; 5-15 s shows its length, can be
-    played back, and reaches the server as the reference clip of the call."""
+    played back, and reaches the server as the reference clip of the call, on either transport."""
     server = server_factory(max_reply_tokens=40)
-    page = open_page(browser_factory("one_turn.wav", loop=True), server, "websocket")
+    page = open_page(browser_factory("one_turn.wav", loop=True), server,
+                     "websocket" if transport == "websocket" else "auto")
     page.click("#rec-btn")
     page.wait_for_function("document.querySelector('#rec-btn').textContent === 'Stop'")
     page.wait_for_timeout(2_000)
@@ -73,6 +75,7 @@ def test_voice_recorded_in_the_page_is_checked_and_cloned(server_factory, browse
     assert page.is_checked('input[name="voice"][value="record"]') and page.is_enabled("#rec-play")
     page.click("#rec-play")                                # plays without a page error
     page.click("#start")
+    page.wait_for_function(f"window.omni.metrics.transport === '{transport}'", timeout=20_000)
     page.wait_for_function("window.omni.session?.audio?.output?.omni_reference_audio", timeout=20_000)
     refs = server.call(lambda: [None if c.ref_16k is None else len(c.ref_16k) for c in server.app["conversations"]])
     assert any(n and abs(n / 16000 - seconds) < 0.1 for n in refs), (refs, seconds)

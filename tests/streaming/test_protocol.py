@@ -328,3 +328,35 @@ def test_error_events_and_close_codes() -> None:
     assert E.close_code(E.AuthError("invalid_api_key", "m")) == E.CLOSE_POLICY_VIOLATION
     assert E.close_code(E.ModelError("model_error", "m")) == E.CLOSE_INTERNAL_ERROR
     assert E.close_code(KeyError("x")) == E.CLOSE_INTERNAL_ERROR
+
+
+def test_fragments_join_in_order_and_bound_their_size():
+    from streaming.gateway.errors import ProtocolError
+    from streaming.gateway.fragments import Reassembler
+
+    def piece(i, n, data: bytes, mid="a", **extra):
+        return json.dumps({"type": "omni.fragment", "id": mid, "index": i, "count": n,
+                           "data": base64.b64encode(data).decode(), **extra})
+
+    r = Reassembler(max_message_bytes=10)
+    whole = '{"type":"response.cancel"}'
+    assert r.push(whole) == whole                                   # not a fragment: as it came
+    assert r.push(b"omni.fragment [") == b"omni.fragment ["          # not JSON: dispatch reports it
+    assert r.push(piece(0, 2, "é".encode()[:1])) is None            # a character cut between pieces
+    assert r.push(piece(1, 2, "é".encode()[1:] + b"!")) == "é!".encode()
+    for bad_piece, code in [(piece(1, 2, b"x"), "fragment_out_of_order"),
+                            (piece(0, 2, b"x", extra=1), "unknown_parameter"),
+                            (piece(0, 0, b"x"), "invalid_value"),
+                            (piece(0, 1, b"x", mid=""), "invalid_value"),
+                            (piece(0, 1, b"0123456789!"), "message_too_large"),
+                            ('{"type":"omni.fragment","id":"a","index":0,"count":1,"data":"@@"}', "invalid_value")]:
+        with pytest.raises(ProtocolError) as e:
+            r.push(bad_piece)
+        assert e.value.code == code, (bad_piece, e.value)
+    assert r.push(piece(0, 3, b"01234")) is None
+    with pytest.raises(ProtocolError) as e:                         # 5 + 6 bytes: over the cap mid-way
+        r.push(piece(1, 3, b"567890"))
+    assert e.value.code == "message_too_large"
+    with pytest.raises(ProtocolError):                               # and the message was dropped
+        r.push(piece(2, 3, b"x"))
+    assert r.push(piece(0, 1, b"ok")) == b"ok"                        # a new one starts clean

@@ -7,6 +7,7 @@ tests run as root (ENV-NOTES §4)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import ctypes
 import fractions
 import json
@@ -326,3 +327,49 @@ async def test_server_full_auth_and_freed_after_close(tiny_omni):
         for c in (first, second, third):
             await c.pc.close()
         await srv.runner.cleanup()
+
+
+def fragments(text: str, max_bytes: int = 65536, mid: str = "m1") -> list[str]:
+    """The page's `fragment` (web_client/transport_webrtc.js): UTF-8 bytes in base64 pieces."""
+    raw = text.encode()
+    piece = (max_bytes - 256) // 4 * 3
+    count = -(-len(raw) // piece)
+    return [json.dumps({"type": "omni.fragment", "id": mid, "index": i, "count": count,
+                        "data": base64.b64encode(raw[i * piece:(i + 1) * piece]).decode()})
+            for i in range(count)]
+
+
+@pytest.mark.asyncio
+async def test_voice_clone_over_the_data_channel_in_fragments(server, loopback_netns):
+    """A 400 KB clip is 530 KB of JSON, over aiortc's 64 KiB message limit: it goes in pieces, an
+    event between two pieces is handled, and a piece out of order is a clear error, not a hang-up."""
+    clip = (Path(__file__).resolve().parent.parent / "assets" / "speech" / "voice_ref.wav").read_bytes()
+    update = json.dumps({"type": "session.update", "session": {"audio": {"output": {
+        "omni_reference_audio": {"format": "wav", "data": base64.b64encode(clip).decode()}}},
+        "instructions": "Réponds brièvement ✓"}})          # non-ASCII: a piece may cut a character
+    pieces = fragments(update)
+    assert len(pieces) >= 9 and all(len(p) <= 65536 for p in pieces)
+    c = Client()
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert (await c.call(http, server.http)).status == 201
+        await c.until(lambda e: e["type"] == "session.created")
+        c.channel.send(pieces[0])
+        c.channel.send(pieces[2])                                     # out of order: the message is dropped
+        _, err = await c.until(lambda e: e["type"] == "error")
+        assert err["error"]["code"] == "fragment_out_of_order" and "expected piece 1" in err["error"]["message"]
+        for i, p in enumerate(pieces):
+            c.channel.send(p)
+            if i == 1:                                                 # a whole event between pieces
+                c.channel.send(json.dumps({"type": "response.cancel"}))
+        _, err = await c.until(lambda e: e["type"] in ("error", "session.updated"))
+        assert err["error"]["code"] == "response_cancel_not_active", err
+        _, ev = await c.until(lambda e: e["type"] in ("error", "session.updated"))
+        assert ev["type"] == "session.updated", ev
+        assert ev["session"]["audio"]["output"]["omni_reference_audio"]["size_bytes"] == len(clip)
+        assert ev["session"]["instructions"] == "Réponds brièvement ✓"
+        conv, = server.app["conversations"]
+        assert conv.ref_16k is not None and 7.5 * 16000 < len(conv.ref_16k) < 9.0 * 16000
+    finally:
+        await c.pc.close()
+    await wait_freed(server)
