@@ -300,7 +300,10 @@ class ProcessWorker:
             loop = asyncio.get_running_loop()
             fut = loop.create_future()
             lane.send(next(self._rids), sid, op, args, deadline_s, (loop, fut))
-            return await fut
+            try:
+                return await fut
+            finally:
+                del fut, args   # the future holds the error, whose traceback holds this frame: a cycle
 
         def close() -> None:
             with lane.lock:
@@ -349,7 +352,10 @@ class ProcessWorker:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         lane.send(next(self._rids), None, op, (), None, (loop, fut))
-        return await fut
+        try:
+            return await fut
+        finally:
+            del fut             # no cycle through the error's traceback
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop each process after the commands already sent, then the parent threads."""

@@ -245,7 +245,10 @@ class RayWorker:
             except Exception as e:  # noqa: BLE001 - the actor died under the call (RayActorError)
                 raise _died(remote.name) from e
             if kind == "err":
-                raise value
+                try:
+                    raise value
+                finally:
+                    del value, args   # its traceback holds this frame: no cycle keeps the args
             return value
 
         def close() -> None:

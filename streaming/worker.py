@@ -95,7 +95,10 @@ def engine_call(engine: BatchEngine, sid: int):
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         engine.submit(sid, op, args, deadline_s, lambda result, error: settle(loop, fut, result, error))
-        return await fut
+        try:
+            return await fut
+        finally:
+            del fut, args       # the future holds the error, whose traceback holds this frame: a cycle
     return call
 
 

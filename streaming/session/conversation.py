@@ -87,6 +87,11 @@ class Conversation:
         await self.responder.close()
         await self.transcriber.close()
         self.engine.close()
+        # Media goes now, not when the cyclic GC next finds this conversation (it refers to itself
+        # through its parts): held frames are 6 MB each at 1080p.
+        self.listener.chunker.video = False
+        self.pending_units.clear()
+        self.turn = None
 
     async def send(self, event: dict) -> None:
         """Every server event of this session passes here: items are kept for retrieval, and

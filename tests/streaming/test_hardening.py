@@ -262,3 +262,51 @@ def test_the_idle_reaper_survives_a_connection_whose_close_fails():
     now[0] = 11.0
     assert {lease.session_id for lease in m.expire_idle()} == {bad.session_id, good.session_id}
     assert closed == ["idle timeout"] and m.in_use == 0
+
+
+@pytest.mark.asyncio
+async def test_camera_frames_are_freed_at_once_even_after_model_errors(tiny_omni):
+    """Frames reach the model until its context is full (context_full errors from the engine);
+    once the session closes no frame is left, without waiting for the cyclic GC. An
+    error's traceback held the command's frame, args and future in a cycle: 1080p frames piled up
+    (+413 MB in `bench/frames.py`, 0.8 MB now)."""
+    import asyncio
+    import base64
+    import gc
+    import io
+
+    import numpy as np
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (240, 320, 3), np.uint8)).save(buf, "JPEG")
+    jpeg = base64.b64encode(buf.getvalue()).decode()
+    second = base64.b64encode(np.zeros(24000, "<i2").tobytes()).decode()
+    srv = await start_server(tiny_omni, max_context_tokens=512, max_item_tokens=512)
+    gc.collect()
+    gc.disable()                                  # what is left must be freed by reference counts
+    try:
+        async with websockets.connect(srv.ws_url, max_size=None) as ws:
+            await recv_until(ws, lambda e: e["type"] == "session.created")
+            await ws.send(json.dumps({"type": "session.update", "session": {
+                "omni": {"video": True}, "audio": {"input": {"turn_detection": None}}}}))
+            await recv_until(ws, lambda e: e["type"] == "session.updated")
+            errors = []
+            for i in range(60):
+                await ws.send(json.dumps({"type": "input_image_buffer.append", "image": jpeg}))
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": second}))
+                if i % 10 == 9:
+                    await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+                await asyncio.sleep(0.02)
+            await ws.send(json.dumps({"type": "session.update", "session": {"instructions": "Still here?"}}))
+            for ev in await recv_until(ws, lambda e: e["type"] == "session.updated", timeout=120):
+                if ev["type"] == "error":
+                    errors.append(ev["error"]["code"])
+            assert errors and set(errors) == {"context_full"}, errors
+        async with asyncio.timeout(10):
+            while srv.app["conversations"]:
+                await asyncio.sleep(0.05)
+        left = sum(isinstance(o, Image.Image) for o in gc.get_objects())
+        assert left == 0, f"{left} camera frames still held after the session closed"
+    finally:
+        gc.enable()
+        await srv.runner.cleanup()
