@@ -94,7 +94,7 @@ def engine_call(engine: BatchEngine, sid: int):
     async def call(op: str, *args, deadline_s: float | None = None):
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        engine.submit(sid, op, args, deadline_s, lambda result, error: settle(loop, fut, result, error))
+        engine.submit(sid, op, args, deadline_s, lambda result, error, fut=fut: settle(loop, fut, result, error))
         try:
             return await fut
         finally:
