@@ -46,7 +46,9 @@ def _settle(fut: asyncio.Future, result, error) -> None:
     if fut.cancelled():
         return
     if error is not None:
-        fut.set_exception(error)
+        # The engine thread's traceback holds its command (args, this future): a cycle that kept
+        # camera frames until the cyclic GC ran. The engine logged what was unexpected already.
+        fut.set_exception(error.with_traceback(None))
     else:
         fut.set_result(result)
 
