@@ -5,13 +5,17 @@ import * as ui from "./ui.js";
 import { WsTransport, TransportError } from "./transport_ws.js";
 import { WebRtcTransport } from "./transport_webrtc.js";
 import { VoicePicker } from "./voice.js";
+import { Prefs } from "./prefs.js";
 
 const KEY_STORE = "omni.apiKey", QUIET_RMS = 0.004, LOUD_RMS = 0.01;
+// The server sends [ext] omni.heartbeat every 2 s: this long with no event at all is a dead server
+// or network (a killed machine sends no close frame, and a browser cannot see WebSocket pings).
+const SILENT_MS = 5000;
 const TLS_HINT = "omni serve --tls-self-signed --host 0.0.0.0";
 const app = window.omni = {
   ctx: null, player: null, analyser: null, transport: null, mic: null, cam: null, muted: false,
   responses: new Map(), dead: new Set(), current: null, audible: null, lastStop: null, turnStart: {},
-  session: null, health: null, quietSince: 0,
+  session: null, health: null, quietSince: 0, lastHeardMs: 0, sentKey: false, micAnalyser: null, typed: 0,
   metrics: { turns: [], outRmsMax: 0, transport: null, truncates: [], events: {} },
 };
 const radio = (name) => document.querySelector(`input[name="${name}"]:checked`).value;
@@ -82,6 +86,7 @@ async function openMedia() {
 
 async function connect() {
   const key = localStorage.getItem(KEY_STORE) || ui.el("api-key").value || "";
+  app.sentKey = !!key;
   const handlers = { onEvent, onClose: onLost, onLevel: (l) => ui.setLevel("mic-level", l * 4) };
   const wantRtc = radio("transport") === "auto" && "RTCPeerConnection" in window;
   if (wantRtc) {
@@ -91,6 +96,9 @@ async function connect() {
       await t.open({ key, micStream: app.mic, camStream: app.cam });
       const src = app.ctx.createMediaStreamSource(t.outputStream());
       src.connect(app.analyser);                 // meter + latency only; the <audio> element plays it
+      app.micAnalyser = app.ctx.createAnalyser();   // the mic meter (WebSocket: the mic worklet's level)
+      app.micAnalyser.fftSize = 1024;
+      app.ctx.createMediaStreamSource(app.mic).connect(app.micAnalyser);
       return connected(t);
     } catch (e) {
       if (!(e instanceof TransportError) || e.kind === "auth" || e.kind === "busy") throw e;
@@ -108,8 +116,10 @@ async function connect() {
 function connected(t) {
   app.metrics.transport = t.kind;
   ui.setConnection(t.kind === "webrtc" ? "WebRTC" + (app.metrics.webrtcError ? "" : "") : "WebSocket" + (app.metrics.webrtcError ? " (WebRTC failed)" : ""));
-  t.send(P.sessionUpdate({ video: !!app.cam, voice: voice.current() }));
+  t.send(sessionUpdate());
   if (app.muted) t.setMuted(true);
+  app.lastHeardMs = performance.now();
+  ui.setInCall(true);
   ui.setState("listening");
   if (t.kind === "webrtc") t.stats().then((s) => { app.metrics.pair = s.pair; });
 }
@@ -121,6 +131,10 @@ function hangUp(showIdle = true) {
   app.mic = app.cam = null;
   for (const id of app.responses.keys()) dropAudio(id, false);
   app.current = app.audible = null;
+  app.micAnalyser = null;
+  app.lastHeardMs = 0;
+  ui.setLevel("mic-level", 0);
+  ui.setInCall(false);
   ui.el("preview").srcObject = null;
   ui.setCallButtons(false);
   ui.setState("idle");
@@ -133,11 +147,14 @@ function transportFailed(e) {
   if (e.kind === "auth") {
     localStorage.removeItem(KEY_STORE);
     ui.askForKey();
-    ui.showError("This server needs an API key. Enter it under Settings → API key and press Start.");
+    ui.showError(app.sentKey ? "The server refused this API key. Check it under Settings → API key and press Start."
+      : "This server needs an API key. Enter it under Settings → API key and press Start.");
   } else if (e.kind === "busy") {
     ui.showError("The server is full (all sessions in use). Try again in a minute.", { reconnect: true });
   } else {
-    ui.showError("Could not connect: " + e.message, { reconnect: true });
+    console.warn("connect failed:", e.message);
+    ui.showError(`Could not reach the server at ${location.host}: it may be stopped, or the network is down. ` +
+      "Start it again (or check the network), then press Reconnect.", { reconnect: true });
   }
 }
 
@@ -145,7 +162,10 @@ function onLost(info) {
   hangUp(false);
   ui.setConnection("disconnected");
   if (info?.error?.code === "server_busy") return transportFailed(new TransportError("busy", ""));
-  ui.showError("Connection lost" + (info?.error ? `: ${info.error.message}` : "") + ".", { reconnect: true });
+  const why = info?.error ? `: ${info.error.message}` : info?.silent
+    ? `: nothing heard from the server for ${SILENT_MS / 1000} s (it may have stopped, or the network dropped)` : "";
+  ui.showError(`Connection lost${why}. This conversation's context is gone; Reconnect starts a new one.`,
+    { reconnect: true });
 }
 
 // ---- server events ------------------------------------------------------------------------
@@ -155,6 +175,7 @@ function resp(id) {
 }
 
 function onEvent(e) {
+  app.lastHeardMs = performance.now();
   app.metrics.events[e.type] = (app.metrics.events[e.type] || 0) + 1;
   const r = e.response_id ? resp(e.response_id) : null;
   if (r && app.dead.has(r.id) && e.type !== P.S.RESPONSE_DONE) return;   // stale: dropped on sight
@@ -190,6 +211,9 @@ function onEvent(e) {
     case P.S.TRANSCRIPT_DELTA: case P.S.TEXT_DELTA: ui.assistantText(r.id, e.delta); break;
     case P.S.RESPONSE_DONE: responseDone(e); break;
     case P.S.RESPONSE_TIMINGS: responseTimings(e); break;
+    case P.S.USER_TRANSCRIPT_DELTA: ui.userText(e.item_id, e.delta, true); break;
+    case P.S.USER_TRANSCRIPT_DONE: ui.userText(e.item_id, e.transcript, false); break;
+    case P.S.USER_TRANSCRIPT_FAILED: ui.userText(e.item_id, "(no transcript)", false); break;
     case P.S.ERROR: serverError(P.errorOf(e)); break;
   }
 }
@@ -275,15 +299,38 @@ function bargeIn(cancel) {
   app.audible = null;
   app.current = null;
   ui.el("interrupt").disabled = true;
+  if (t) ui.setState("listening");                 // the audio stopped now, whatever the server says later
+}
+
+/** A typed message: shown at once, sent as a user item plus a reply; it cuts in like speech does. */
+function sendText(text) {
+  const t = app.transport;
+  if (!t || !text.trim()) return false;
+  if (app.audible || app.current) bargeIn(true);
+  ui.userText(`typed_${++app.typed}`, text.trim(), false);
+  t.send(P.textItem(text.trim()));
+  t.send(P.responseCreate());
+  app.lastStop = performance.now();              // latency counts from the send, as from end of speech
+  ui.setState("thinking");
+  return true;
+}
+
+setInterval(() => {                                // a server that went silent is gone
+  if (app.transport && app.lastHeardMs && performance.now() - app.lastHeardMs > SILENT_MS) onLost({ silent: true });
+}, 500);
+
+function rmsOf(analyser) {
+  const buf = new Float32Array(analyser.fftSize);
+  analyser.getFloatTimeDomainData(buf);
+  let s = 0;
+  for (const x of buf) s += x * x;
+  return Math.sqrt(s / buf.length);
 }
 
 setInterval(() => {                                // meters; first audio + end of speech on WebRTC
   if (!app.analyser) return;
-  const buf = new Float32Array(app.analyser.fftSize);
-  app.analyser.getFloatTimeDomainData(buf);
-  let s = 0;
-  for (const x of buf) s += x * x;
-  const rms = Math.sqrt(s / buf.length), now = performance.now();
+  if (app.micAnalyser) ui.setLevel("mic-level", app.muted ? 0 : rmsOf(app.micAnalyser) * 4);
+  const rms = rmsOf(app.analyser), now = performance.now();
   app.metrics.outRmsMax = Math.max(app.metrics.outRmsMax, rms);
   ui.setLevel("out-level", rms * 4);
   if (app.transport?.kind !== "webrtc") return;
@@ -300,10 +347,13 @@ setInterval(() => {                                // meters; first audio + end 
 // ---- wiring -------------------------------------------------------------------------------
 const voice = new VoicePicker(ui.el("voice"), {
   getCtx: ensureCtx,
-  onChange: (v) => app.transport?.send(P.sessionUpdate({ video: !!app.cam, voice: v })),
+  onChange: () => app.transport?.send(sessionUpdate()),
   onError: (msg) => ui.showError(msg),
 });
 app.voice = voice;
+const prefs = new Prefs(() => app.transport?.send(sessionUpdate()));
+app.prefs = prefs;
+function sessionUpdate() { return P.sessionUpdate({ video: !!app.cam, voice: voice.current(), prefs: prefs.current() }); }
 ui.el("start").addEventListener("click", start);
 ui.el("hangup").addEventListener("click", () => hangUp(true));
 ui.el("interrupt").addEventListener("click", () => bargeIn(true));
@@ -315,6 +365,17 @@ ui.el("mute").addEventListener("click", () => {
   ui.setMuted(app.muted);
 });
 ui.el("api-key").addEventListener("change", (e) => localStorage.setItem(KEY_STORE, e.target.value.trim()));
+ui.el("text-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  if (sendText(ui.el("text-input").value)) ui.el("text-input").value = "";
+});
+// Keys: Space interrupts, M mutes, Escape dismisses an error; not while typing in a field.
+document.addEventListener("keydown", (e) => {
+  if (e.target.closest?.("input, textarea, select, [contenteditable]") || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.key === " " && !ui.el("interrupt").disabled) { e.preventDefault(); bargeIn(true); }
+  else if ((e.key === "m" || e.key === "M") && !ui.el("mute").disabled) ui.el("mute").click();
+  else if (e.key === "Escape") ui.clearError();
+});
 
 (async function init() {
   const local = ["localhost", "127.0.0.1", "[::1]"].includes(location.hostname);

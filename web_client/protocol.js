@@ -14,6 +14,10 @@ export const S = Object.freeze({                // server -> client types the pa
   RESPONSE_CREATED: "response.created",
   RESPONSE_DONE: "response.done",
   RESPONSE_TIMINGS: "response.omni.timings",
+  HEARTBEAT: "omni.heartbeat",
+  USER_TRANSCRIPT_DELTA: "conversation.item.input_audio_transcription.delta",
+  USER_TRANSCRIPT_DONE: "conversation.item.input_audio_transcription.completed",
+  USER_TRANSCRIPT_FAILED: "conversation.item.input_audio_transcription.failed",
   AUDIO_DELTA: "response.output_audio.delta",
   AUDIO_DONE: "response.output_audio.done",
   TRANSCRIPT_DELTA: "response.output_audio_transcript.delta",
@@ -28,21 +32,33 @@ const ev = (type, fields = {}) => ({ type, event_id: eventId(), ...fields });
 
 // ---- client -> server ----------------------------------------------------------------------
 
-/** session.update. voice: {kind:"default"} | {kind:"wav", data:B64} | {kind:"pcm16", rate, data:B64} */
-export function sessionUpdate({ video = true, voice = null, instructions } = {}) {
-  const session = { type: "realtime", omni: { video, events: true } };   // events: [ext] response.omni.timings
-  if (instructions !== undefined) session.instructions = instructions;
+/** session.update. voice: {kind:"default"} | {kind:"wav", data:B64} | {kind:"pcm16", rate, data:B64};
+ * prefs (prefs.js): instructions, temperature, vadThreshold, vadSilenceMs, textOnly, seed (null = default). */
+export function sessionUpdate({ video = true, voice = null, prefs = {} } = {}) {
+  // events: [ext] response.omni.timings and omni.heartbeat; transcription: the user's own words
+  const session = { type: "realtime", omni: { video, events: true, seed: prefs.seed ?? null },
+    instructions: prefs.instructions ?? "", output_modalities: [prefs.textOnly ? "text" : "audio"],
+    audio: { input: { transcription: { model: "minicpm-o" } } } };
+  if (prefs.temperature != null) session.temperature = prefs.temperature;
+  const vad = { type: "server_vad" };
+  if (prefs.vadThreshold != null) vad.threshold = prefs.vadThreshold;
+  if (prefs.vadSilenceMs != null) vad.silence_duration_ms = prefs.vadSilenceMs;
+  session.audio.input.turn_detection = vad;
   if (voice) {
     let ref = null;
     if (voice.kind === "wav") ref = { format: "wav", data: voice.data };
     else if (voice.kind === "pcm16") ref = { format: "pcm16", rate: voice.rate, data: voice.data };
-    session.audio = { output: { omni_reference_audio: ref } };
+    session.audio.output = { omni_reference_audio: ref };
   }
   return ev("session.update", { session });
 }
 
 export const audioAppend = (b64) => ev("input_audio_buffer.append", { audio: b64 });
 export const imageAppend = (dataUrl) => ev("input_image_buffer.append", { image: dataUrl });
+/** A typed message: a user item, then a reply to it (answered with speech, as a spoken turn). */
+export const textItem = (text) => ev("conversation.item.create",
+  { item: { type: "message", role: "user", content: [{ type: "input_text", text }] } });
+export const responseCreate = () => ev("response.create");
 export const responseCancel = (responseId) => ev("response.cancel", responseId ? { response_id: responseId } : {});
 export const itemTruncate = (itemId, audioEndMs) =>
   ev("conversation.item.truncate", { item_id: itemId, content_index: 0, audio_end_ms: Math.max(0, Math.floor(audioEndMs)) });

@@ -21,6 +21,9 @@ export function setCallButtons(inCall) {
   if (!inCall) $("interrupt").disabled = true;
 }
 
+/** The text box works only in a call. */
+export function setInCall(on) { for (const id of ["text-input", "send-text"]) $(id).disabled = !on; }
+
 export function setMuted(on) { $("mute").textContent = on ? "Unmute" : "Mute"; $("mute").classList.toggle("on", on); }
 
 // ---- transcript ----------------------------------------------------------------------------
@@ -43,8 +46,18 @@ const scroll = () => { const t = $("transcript"); t.scrollTop = t.scrollHeight; 
 
 export function userTurn(itemId, durationMs) {
   const li = bubble(itemId, "user");
-  li.querySelector(".text").textContent = "(your speech)";
+  const text = li.querySelector(".text");
+  if (!li.dataset.heard) text.textContent = "…";          // until the transcript comes
   li.querySelector(".meta").textContent = durationMs == null ? "speaking…" : `you spoke ${(durationMs / 1000).toFixed(1)} s`;
+  scroll();
+}
+
+/** The user's words: a transcript (delta appended, or the whole one) or a typed message. */
+export function userText(itemId, text, append) {
+  const li = bubble(itemId, "user");
+  const span = li.querySelector(".text");
+  span.textContent = (append && li.dataset.heard ? span.textContent : "") + text;
+  li.dataset.heard = "1";
   scroll();
 }
 

@@ -41,7 +41,7 @@ OPENAI_EVENT_TYPES = frozenset({
 })
 # [ext] events: only for sessions that set `session.omni.events` (a stock client's receive loop
 # may stop on a type it does not know). The gateway's sender drops them for everyone else.
-EXTENSION_EVENT_TYPES = frozenset({"response.omni.timings"})
+EXTENSION_EVENT_TYPES = frozenset({"response.omni.timings", "omni.heartbeat"})
 SERVER_EVENT_TYPES = OPENAI_EVENT_TYPES | EXTENSION_EVENT_TYPES
 
 
@@ -234,3 +234,8 @@ def response_omni_timings(response_id: str, timings_ms: Mapping[str, float]) -> 
     """[ext] Right after response.done: the reply's timing figures, each name ending in _ms."""
     assert all(k.endswith("_ms") for k in timings_ms), "timing names carry their unit"
     return server_event("response.omni.timings", response_id=response_id, timings=dict(timings_ms))
+
+
+def omni_heartbeat() -> dict[str, Any]:
+    """[ext] Sent every HEARTBEAT_S to an opted-in client: its page can tell a dead server from a quiet one."""
+    return server_event("omni.heartbeat")

@@ -2,12 +2,17 @@
 gauges), and the watch that closes a connection at once when its engine lost the session."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
 from .errors import close_code, to_error_event
+from .events import omni_heartbeat
 
 log = logging.getLogger("omni.gateway")
+# A quiet session (listening to silence) sends nothing; a page that hears nothing for a few
+# beats knows the server or the network is gone (browsers cannot see WebSocket pings).
+HEARTBEAT_S = 2.0
 
 
 def session_started(app, conv, transport: str) -> float:
@@ -31,3 +36,10 @@ async def watch_engine(conv, send, close) -> None:
     err = conv.engine.lost_error
     await send(to_error_event(err))
     await close(close_code(err))
+
+
+async def heartbeat(conv, period_s: float = HEARTBEAT_S) -> None:
+    """[ext] `omni.heartbeat` every period_s; conv.send passes it only to a client that opted in."""
+    while True:
+        await asyncio.sleep(period_s)
+        await conv.send(omni_heartbeat())

@@ -27,7 +27,7 @@ from .boundary import dispatch, guard
 from .codecs import MODEL_INPUT_RATE_HZ, StreamResampler
 from .errors import CapacityError, OmniError
 from .fragments import Reassembler
-from .lifecycle import session_ended, session_started, watch_engine
+from .lifecycle import heartbeat, session_ended, session_started, watch_engine
 from .media import PlayoutTrack, frame_to_mono, loopback_ice, loopback_only
 from .protocol import new_id, parse_client_event
 
@@ -233,7 +233,8 @@ class Call:
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._sender()), tg.create_task(self._receiver()),
-                         tg.create_task(watch_engine(self.conv, self.send, lambda code: self.queue.put(_HANG_UP)))]
+                         tg.create_task(watch_engine(self.conv, self.send, lambda code: self.queue.put(_HANG_UP))),
+                         tg.create_task(heartbeat(self.conv))]
                 for track in self.tracks_in:
                     tasks.append(tg.create_task(self._listen(track) if track.kind == "audio" else self._watch(track)))
                 await self._await_connection()

@@ -15,7 +15,7 @@ from ..playout import ClockPlayout
 from ..session.conversation import Conversation
 from .boundary import dispatch
 from .errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CapacityError, close_code, to_error_event
-from .lifecycle import session_ended, session_started, watch_engine
+from .lifecycle import heartbeat, session_ended, session_started, watch_engine
 
 log = logging.getLogger("omni.gateway")
 SEND_QUEUE = 512          # events; a client that stops reading stalls its own replies, nobody else's
@@ -59,6 +59,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
         async with asyncio.TaskGroup() as tg:
             sender = tg.create_task(_sender(ws, queue))
             watcher = tg.create_task(watch_engine(conv, send, lambda code: queue.put((_CLOSE, code))))
+            beat = tg.create_task(heartbeat(conv))
             await conv.start()
             code = None
             async for msg in ws:
@@ -69,6 +70,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
                 if code is not None:
                     break
             watcher.cancel()
+            beat.cancel()
             await conv.close()
             await queue.put((_CLOSE, code or CLOSE_NORMAL))   # a typed error's own close code
             await sender

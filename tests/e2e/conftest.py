@@ -92,6 +92,8 @@ class Server:
         return asyncio.run_coroutine_threadsafe(wrap(), self.loop).result(10)
 
     def stop(self) -> None:
+        if not self.thread.is_alive():          # stopped by the test already
+            return
         for undo in self.undo:
             undo()
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)

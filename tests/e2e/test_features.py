@@ -88,7 +88,12 @@ def test_api_key_is_asked_for_and_sent(server_factory, browser_factory):
     assert page.is_visible("#key-box")
     page.click("#start")
     page.wait_for_selector("#error:not([hidden])")
-    assert "API key" in page.inner_text("#error-text")
+    assert "needs an API key" in page.inner_text("#error-text")
+    page.fill("#api-key", "open-barley")                      # a wrong key is told apart from none
+    page.dispatch_event("#api-key", "change")
+    page.click("#start")
+    page.wait_for_function("document.querySelector('#error-text').textContent.includes('refused this API key')",
+                           timeout=20_000)
     page.fill("#api-key", "sesame")
     page.dispatch_event("#api-key", "change")
     assert page.evaluate("localStorage.getItem('omni.apiKey')") == "sesame"
@@ -119,6 +124,9 @@ def test_screenshots_desktop_ipad_phone(server_factory, browser_factory, shots_d
         page.screenshot(path=str(shots_dir / f"{name}.png"))
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{name}: page is {overflow}px wider than the screen"
-        for sel in ("#start", "#hangup", "#state"):
+        page.evaluate("window.scrollTo(0, 0)")
+        for sel in ("#start", "#hangup", "#interrupt", "#state", "#transcript", "#text-input"):
             box = page.locator(sel).bounding_box()
             assert box and box["x"] >= 0 and box["x"] + box["width"] <= w, f"{name}: {sel} off screen"
+            # the call's controls and the conversation in view together, without scrolling past the video
+            assert box["y"] >= 0 and box["y"] + min(box["height"], 100) <= h, f"{name}: {sel} below the fold: {box}"
