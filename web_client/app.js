@@ -6,6 +6,8 @@ import { WsTransport, TransportError } from "./transport_ws.js";
 import { WebRtcTransport } from "./transport_webrtc.js";
 import { VoicePicker } from "./voice.js";
 import { Prefs } from "./prefs.js";
+import { CallRecorder, save } from "./export.js";
+import { DevicePicker } from "./devices.js";
 
 const KEY_STORE = "omni.apiKey", QUIET_RMS = 0.004, LOUD_RMS = 0.01;
 // The server sends [ext] omni.heartbeat every 2 s: this long with no event at all is a dead server
@@ -25,6 +27,7 @@ const videoMode = () => radio("mode") === "video";
 function ensureCtx() {
   if (!app.ctx) {
     app.ctx = new (window.AudioContext || window.webkitAudioContext)();
+    if (devices.speaker()) app.ctx.setSinkId?.(devices.speaker()).catch(() => {});
     app.analyser = app.ctx.createAnalyser();
     app.analyser.fftSize = 1024;
   }
@@ -54,6 +57,8 @@ async function start() {
   ui.setState("connecting");
   try {
     await ensurePlayer();
+    recorder.clear();                             // the download is of the latest call
+    await recorder.attach(app.ctx, app.analyser);
     await openMedia();
     await connect();
   } catch (e) {
@@ -64,8 +69,7 @@ async function start() {
 }
 
 async function openMedia() {
-  const audio = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
-  try { app.mic = await navigator.mediaDevices.getUserMedia({ audio }); }
+  try { app.mic = await navigator.mediaDevices.getUserMedia({ audio: devices.audio() }); }
   catch (e) {
     throw new Error(e.name === "NotAllowedError" ? "Microphone access was denied. Allow the microphone for this site (address bar → site settings) and press Start again."
       : e.name === "NotFoundError" ? "No microphone found." : "Microphone error: " + e.message);
@@ -73,15 +77,35 @@ async function openMedia() {
   app.cam = null;
   if (videoMode()) {
     try {
-      app.cam = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 }, facingMode: "user" } });
+      app.cam = await navigator.mediaDevices.getUserMedia({ video: devices.video() });
     } catch (e) {
       ui.showError(e.name === "NotAllowedError" ? "Camera access was denied: continuing with voice only." : "Camera unavailable (" + e.message + "): voice only.");
     }
   }
+  showCamera();
+  devices.refresh();                               // labels are known now
+}
+
+function showCamera() {
   const v = ui.el("preview");
   v.srcObject = app.cam;
+  v.classList.toggle("mirrored", devices.facing === "user");   // a selfie view, not the back camera
   ui.videoShown(!!app.cam);
+  ui.el("flip").disabled = !app.cam;
   if (app.cam) v.play().catch(() => {});
+}
+
+/** Front <-> back camera during a call: a new camera track replaces the old one. */
+async function flipCamera() {
+  if (!app.cam) return;
+  devices.flip();
+  let cam;
+  try { cam = await navigator.mediaDevices.getUserMedia({ video: devices.video() }); }
+  catch (e) { devices.flip(); ui.showError("Could not switch the camera: " + e.message); return; }
+  app.cam.getTracks().forEach((t) => t.stop());
+  app.cam = cam;
+  showCamera();
+  app.transport?.setVideo(true, app.transport.kind === "webrtc" ? cam : ui.el("preview"));
 }
 
 async function connect() {
@@ -116,10 +140,12 @@ async function connect() {
 function connected(t) {
   app.metrics.transport = t.kind;
   ui.setConnection(t.kind === "webrtc" ? "WebRTC" + (app.metrics.webrtcError ? "" : "") : "WebSocket" + (app.metrics.webrtcError ? " (WebRTC failed)" : ""));
-  t.send(sessionUpdate());
+  send(sessionUpdate());
   if (app.muted) t.setMuted(true);
   app.lastHeardMs = performance.now();
+  app.callStarted = new Date().toISOString();
   ui.setInCall(true);
+  for (const id of ["dl-transcript", "dl-audio"]) ui.el(id).disabled = false;
   ui.setState("listening");
   if (t.kind === "webrtc") t.stats().then((s) => { app.metrics.pair = s.pair; });
 }
@@ -133,6 +159,7 @@ function hangUp(showIdle = true) {
   app.current = app.audible = null;
   app.micAnalyser = null;
   app.lastHeardMs = 0;
+  ui.el("flip").disabled = true;
   ui.setLevel("mic-level", 0);
   ui.setInCall(false);
   ui.el("preview").srcObject = null;
@@ -168,6 +195,13 @@ function onLost(info) {
     { reconnect: true });
 }
 
+/** Every event the page itself sends goes here (the transports send mic audio and frames). */
+function send(event) {
+  if (!app.transport) return;
+  ui.logEvent("out", event);
+  app.transport.send(event);
+}
+
 // ---- server events ------------------------------------------------------------------------
 function resp(id) {
   if (!app.responses.has(id)) app.responses.set(id, { id, itemId: null, tStop: null, received: 0, played: 0 });
@@ -176,6 +210,7 @@ function resp(id) {
 
 function onEvent(e) {
   app.lastHeardMs = performance.now();
+  ui.logEvent("in", e);
   app.metrics.events[e.type] = (app.metrics.events[e.type] || 0) + 1;
   const r = e.response_id ? resp(e.response_id) : null;
   if (r && app.dead.has(r.id) && e.type !== P.S.RESPONSE_DONE) return;   // stale: dropped on sight
@@ -256,6 +291,7 @@ function firstAudio(r) {
   if (r.pageMs != null || r.tStop == null) return;
   r.pageMs = performance.now() - r.tStop;
   ui.setStat("st-page", `${Math.round(r.pageMs)} ms`);
+  ui.latencyBar(r.pageMs);
   const turn = app.metrics.turns.find((x) => x.id === r.id);
   if (turn) turn.pageMs = r.pageMs; else app.metrics.turns.push({ id: r.id, pageMs: r.pageMs });
 }
@@ -272,7 +308,7 @@ function onPlayer(m) {
     r.played = m.samples;
     if (r.truncate && r.itemId && app.transport) {
       const ms = (Math.min(m.samples, r.received) * 1000) / P.AUDIO_RATE;
-      app.transport.send(P.itemTruncate(r.itemId, ms));
+      send(P.itemTruncate(r.itemId, ms));
       app.metrics.truncates.push({ id: r.id, item: r.itemId, audio_end_ms: Math.floor(ms), at: performance.now() });
     }
   }
@@ -294,7 +330,7 @@ function bargeIn(cancel) {
   const ws = t?.kind === "websocket";             // on WebRTC the server knows what was played
   // WebRTC: a reply that finished generating still plays from the server's queue, so cancel it too.
   const live = app.current || (!ws ? app.audible : null);
-  if (cancel && live) t?.send(P.responseCancel(live));
+  if (cancel && live) send(P.responseCancel(live));
   for (const id of new Set([app.audible, app.current].filter(Boolean))) dropAudio(id, ws);
   app.audible = null;
   app.current = null;
@@ -308,8 +344,8 @@ function sendText(text) {
   if (!t || !text.trim()) return false;
   if (app.audible || app.current) bargeIn(true);
   ui.userText(`typed_${++app.typed}`, text.trim(), false);
-  t.send(P.textItem(text.trim()));
-  t.send(P.responseCreate());
+  send(P.textItem(text.trim()));
+  send(P.responseCreate());
   app.lastStop = performance.now();              // latency counts from the send, as from end of speech
   ui.setState("thinking");
   return true;
@@ -347,11 +383,26 @@ setInterval(() => {                                // meters; first audio + end 
 // ---- wiring -------------------------------------------------------------------------------
 const voice = new VoicePicker(ui.el("voice"), {
   getCtx: ensureCtx,
-  onChange: () => app.transport?.send(sessionUpdate()),
+  onChange: () => send(sessionUpdate()),
   onError: (msg) => ui.showError(msg),
 });
 app.voice = voice;
-const prefs = new Prefs(() => app.transport?.send(sessionUpdate()));
+const prefs = new Prefs(() => send(sessionUpdate()));
+const recorder = new CallRecorder();
+app.recorder = recorder;
+const devices = new DevicePicker({ onSpeaker: setSpeaker });
+app.devices = devices;
+function setSpeaker(id) {
+  ui.el("remote-audio").setSinkId?.(id).catch((e) => ui.showError("Could not use that speaker: " + e.message));
+  app.ctx?.setSinkId?.(id).catch(() => {});
+}
+ui.el("flip").addEventListener("click", flipCamera);
+ui.el("dl-transcript").addEventListener("click", () => {
+  const doc = { started: app.callStarted, transport: app.metrics.transport, session_id: app.session?.id ?? null,
+    turns: ui.transcriptEntries(), first_audio_ms: ui.latencies.map(Math.round) };
+  save(new Blob([JSON.stringify(doc, null, 2)], { type: "application/json" }), "omni-conversation.json");
+});
+ui.el("dl-audio").addEventListener("click", async () => save(await recorder.wav(), "omni-replies.wav"));
 app.prefs = prefs;
 function sessionUpdate() { return P.sessionUpdate({ video: !!app.cam, voice: voice.current(), prefs: prefs.current() }); }
 ui.el("start").addEventListener("click", start);

@@ -112,3 +112,61 @@ export function askForKey(value) {
 }
 
 export function videoShown(on) { $("no-video").hidden = on; $("preview").hidden = !on; }
+
+// ---- event log and latency history --------------------------------------------------------
+const LOG_MAX = 300, CHART_TURNS = 20;
+const t0 = performance.now();
+
+function detailOf(e) {
+  if (e.type === "error") return e.error?.code || "";
+  if (e.type === "response.done") return e.response?.status || "";
+  if (e.type === "response.omni.timings" && e.timings?.first_audio_ms != null) return `first audio ${Math.round(e.timings.first_audio_ms)} ms`;
+  if (e.type === "conversation.item.input_audio_transcription.completed") return e.transcript || "";
+  if (e.type === "conversation.item.create") return e.item?.content?.[0]?.text || "";
+  return "";
+}
+
+/** One line per event in the Event log; repeats of one type (audio deltas) collapse into ×N. */
+export function logEvent(dir, e) {
+  const list = $("log-list"), last = list.lastElementChild;
+  if (last && last.dataset.type === e.type && last.dataset.dir === dir) {
+    const n = Number(last.dataset.n) + 1;
+    last.dataset.n = n;
+    last.querySelector(".n").textContent = ` ×${n}`;
+    return;
+  }
+  const li = document.createElement("li");
+  li.dataset.type = e.type; li.dataset.dir = dir; li.dataset.n = 1;
+  li.className = dir === "out" ? "out" : e.type === "error" ? "err" : "in";
+  const when = ((performance.now() - t0) / 1000).toFixed(2).padStart(7);
+  li.textContent = `${when} ${dir === "out" ? "→" : "←"} ${e.type}`;
+  const n = document.createElement("span"); n.className = "n"; li.append(n);
+  const d = detailOf(e);
+  if (d) { const s = document.createElement("span"); s.className = "detail"; s.textContent = " " + d.slice(0, 80); li.append(s); }
+  list.append(li);
+  while (list.childElementCount > LOG_MAX) list.firstElementChild.remove();
+  if ($("event-log").open) list.scrollTop = list.scrollHeight;
+}
+
+const latencies = [];
+/** The end-of-speech → first-audio figure of each turn, as bars (the last CHART_TURNS). */
+export function latencyBar(ms) {
+  latencies.push(ms);
+  const svg = $("latency-chart"), shown = latencies.slice(-CHART_TURNS), top = Math.max(...shown, 1);
+  const w = 100 / CHART_TURNS;
+  svg.innerHTML = shown.map((v, i) => {
+    const h = Math.max(2, (v / top) * 36);
+    return `<rect x="${(i * w).toFixed(2)}" y="${(40 - h).toFixed(1)}" width="${(w * 0.8).toFixed(2)}" height="${h.toFixed(1)}"><title>turn ${latencies.length - shown.length + i + 1}: ${Math.round(v)} ms</title></rect>`;
+  }).join("");
+  svg.setAttribute("aria-label", `first-audio latency of the last ${shown.length} turns: ${shown.map(Math.round).join(", ")} ms`);
+}
+
+/** The transcript as shown: [{role, text, meta, interrupted}], oldest first. */
+export function transcriptEntries() {
+  return [...$("transcript").children].map((li) => ({
+    role: li.dataset.role, text: li.querySelector(".text").textContent,
+    meta: li.querySelector(".meta").textContent, interrupted: li.classList.contains("cancelled"),
+  }));
+}
+
+export { latencies };

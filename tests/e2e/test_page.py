@@ -4,8 +4,10 @@ dead server noticed within 5 s (forced fault: the server's loop frozen) and a fa
 explained in plain words."""
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,6 +54,24 @@ def test_spoken_turn_shows_my_transcript_then_a_typed_message_is_answered(server
                            timeout=60_000)                     # answered, with speech heard at the page
     assert not page.is_visible("#error"), page.inner_text("#error-text")
     assert not failed, failed
+    # the latency history, the event log and the downloads
+    assert page.locator("#latency-chart rect").count() == 2
+    page.click("#event-log summary")
+    log = page.inner_text("#log-list")
+    for line in ("← session.created", "→ session.update", "→ conversation.item.create What do you see?",
+                 "→ response.create", "← response.output_audio.delta ×", "← response.done completed"):
+        assert line in log, (line, log[:2000])
+    with page.expect_download() as d:
+        page.click("#dl-transcript")
+    doc = json.loads(Path(d.value.path()).read_text())
+    roles = [t["role"] for t in doc["turns"]]
+    assert roles.count("user") == 2 and roles.count("assistant") >= 2, doc
+    assert doc["turns"][roles.index("user", 1)]["text"] == "What do you see?" and len(doc["first_audio_ms"]) == 2
+    with page.expect_download() as d:
+        page.click("#dl-audio")
+    audio, rate = sf.read(d.value.path(), dtype="float32")
+    assert rate in (44_100, 48_000) and len(audio) > 3 * rate, (rate, len(audio))
+    assert np.sqrt(np.mean(audio ** 2)) > 1e-3                 # the replies, not only silence
 
 
 def test_space_interrupts_and_the_badge_says_listening_at_once(server_factory, browser_factory):
@@ -137,4 +157,30 @@ def test_settings_are_kept_in_the_browser_and_reach_the_session(server_factory, 
     page.wait_for_function("window.omni.metrics.events['response.output_text.delta'] > 0", timeout=30_000)
     page.wait_for_function("window.omni.metrics.events['response.done'] > 0", timeout=30_000)
     assert not page.locator(".transcript li.assistant").last.inner_text().strip() == ""
+    assert not page.is_visible("#error"), page.inner_text("#error-text")
+
+
+def test_devices_are_listed_chosen_for_the_next_call_and_the_camera_flips(server_factory, browser_factory):
+    server = server_factory(max_reply_tokens=40)
+    page = open_page(browser_factory("one_turn.wav", loop=True), server, "auto")
+    page.click("#start")
+    page.wait_for_function("window.omni.metrics.transport === 'webrtc'", timeout=20_000)
+    page.wait_for_function("document.querySelectorAll('#mic-select option').length >= 2", timeout=10_000)
+    mics = page.eval_on_selector_all("#mic-select option", "os => os.map(o => [o.value, o.textContent])")
+    cams = page.eval_on_selector_all("#cam-select option", "os => os.map(o => [o.value, o.textContent])")
+    assert mics[0][0] == "" and all(label for _, label in mics[1:]) and len(cams) >= 2, (mics, cams)
+    mic = mics[-1][0]
+    page.select_option("#mic-select", mic)
+    assert page.evaluate("JSON.parse(localStorage.getItem('omni.devices')).audioinput") == mic
+    before = page.evaluate("window.omni.cam.getVideoTracks()[0].id")
+    page.click("#flip")                                        # a new camera track, sent in place of the old
+    page.wait_for_function(f"window.omni.cam.getVideoTracks()[0].id !== '{before}'", timeout=10_000)
+    assert page.evaluate("window.omni.devices.facing") == "environment"
+    assert not page.evaluate("document.querySelector('#preview').classList.contains('mirrored')")
+    sent = page.evaluate("window.omni.transport.videoSender.track.id")
+    assert sent == page.evaluate("window.omni.cam.getVideoTracks()[0].id")
+    page.click("#hangup")
+    page.click("#start")                                       # the next call uses the chosen microphone
+    page.wait_for_function("window.omni.metrics.transport === 'webrtc'", timeout=20_000)
+    assert page.evaluate("window.omni.mic.getAudioTracks()[0].getSettings().deviceId") == mic
     assert not page.is_visible("#error"), page.inner_text("#error-text")
