@@ -3,10 +3,13 @@
 The whole prompt goes through the processor path of the official `chat()` (spec §3, §4.7): markers
 joined with "\\n", the TTS template whenever audio is present (or asked for), image slicing with
 image ids, chunk-masked offline audio encoding, one LLM prefill, then token-by-token decoding.
+Voice cloning is in context (spec §3.4, §5.2): `with_voice` puts a reference clip into a
+`get_sys_prompt` system message ahead of the turn, as the streaming session's `set_system` does.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +17,57 @@ import torch
 from .loader import Omni
 from .processing import prompt as P
 from .sampling import GREEDY, SamplingParams, choose
+
+# Reference-clip limits: the server's (streaming/gateway/codecs.py MIN_REFERENCE_S /
+# MAX_REFERENCE_S, and the 1-30 s check of omni.session.engine.system_program), duplicated here
+# because omni/ imports nothing from streaming/. Spec §5.2: <=30 s; shorter than 1 s gives the
+# model too little of the voice.
+MIN_REFERENCE_S = 1.0
+MAX_REFERENCE_S = 30.0
+REFERENCE_RATE_HZ = 16000          # the model's audio input rate (preprocessor sampling_rate)
+VOICE_MODE = "audio_assistant"     # the streaming session's mode: cloned voice with a clip
+
+
+def read_voice_clip(path: str | Path) -> np.ndarray:
+    """A voice-clone reference clip (any file soundfile reads: WAV, FLAC, OGG...) -> float32 mono
+    at 16 kHz, 1-30 s long. Down-mixed by channel mean and resampled with soxr HQ, as
+    `librosa.load(path, sr=16000)` and the server's reference decoder do.
+
+    Raises FileNotFoundError (no such file) or ValueError (not audio, or too short / too long),
+    each with a one-line message naming the file.
+    """
+    import librosa
+    import soundfile as sf
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"voice clip {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"voice clip {str(path)!r} is not a file")
+    try:
+        info = sf.info(str(path))   # the length first: a long file is refused before it is read
+        seconds = info.frames / info.samplerate
+        if MIN_REFERENCE_S <= seconds <= MAX_REFERENCE_S:
+            x, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise ValueError(f"voice clip {str(path)!r} is not a readable audio file ({why})") from None
+    if not MIN_REFERENCE_S <= seconds <= MAX_REFERENCE_S:
+        raise ValueError(f"voice clip {str(path)!r} is {seconds:.2f} s long; it must be "
+                         f"{MIN_REFERENCE_S:g} to {MAX_REFERENCE_S:g} s")
+    x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    if rate != REFERENCE_RATE_HZ:
+        x = librosa.resample(x, orig_sr=rate, target_sr=REFERENCE_RATE_HZ, res_type="soxr_hq")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def with_voice(msgs: list, ref_16k: np.ndarray, mode: str = VOICE_MODE) -> list:
+    """`msgs` preceded by the `get_sys_prompt(ref_audio, mode)` system message, so the spoken
+    reply clones the voice of `ref_16k` (16-kHz mono, 1-30 s)."""
+    seconds = len(ref_16k) / REFERENCE_RATE_HZ
+    if not MIN_REFERENCE_S <= seconds <= MAX_REFERENCE_S:
+        raise ValueError(f"reference clip is {seconds:.2f} s of 16 kHz audio; it must be "
+                         f"{MIN_REFERENCE_S:g} to {MAX_REFERENCE_S:g} s")
+    return [P.sys_prompt(mode, ref_16k), *msgs]
 
 
 @dataclass
@@ -79,7 +133,10 @@ class ChatResult:
 def chat(m: Omni, msgs, max_new_tokens: int = 256, sampling: SamplingParams = GREEDY,
          seed: int | None = None, generate_audio: bool = False, use_tts_template: bool | None = None,
          return_prompt_logits: bool = False, max_slice_nums: int | None = None) -> ChatResult:
-    """Answer `msgs` (list of {"role", "content": [str | PIL.Image | np.ndarray 16 kHz]})."""
+    """Answer `msgs` (list of {"role", "content": [str | PIL.Image | np.ndarray 16 kHz]}).
+
+    With `seed`, one generator drives the LLM draws and then the speech draws, so a seeded reply
+    (text and `wav_24k`) is reproducible, as in a seeded streaming session."""
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     p = prepare(m, msgs, use_tts_template=use_tts_template or (True if generate_audio else None),
@@ -103,8 +160,10 @@ def chat(m: Omni, msgs, max_new_tokens: int = 256, sampling: SamplingParams = GR
     text = decode_answer(m, out)
     wav = None
     if generate_audio:
+        from .model.tts import MultinomialSampler
         from .model.tts_loop import synthesize
-        wav, _ = synthesize(m.net.tts, m.vocos, m.tts_tokenizer, spk[:1], text)
+        wav, _ = synthesize(m.net.tts, m.vocos, m.tts_tokenizer, spk[:1], text,
+                            sampler=MultinomialSampler(gen))
     return ChatResult(text=text, ids=out, prompt_logits=logits if return_prompt_logits else None,
                       spk_hidden=spk, wav_24k=wav)
 

@@ -37,8 +37,9 @@ def _cmd_chat(a) -> int:
     import numpy as np
     import soundfile as sf
     from PIL import Image
-    from .chat import chat
+    from .chat import chat, read_voice_clip, with_voice
     from .sampling import GREEDY, SamplingParams
+    ref = read_voice_clip(a.voice) if a.voice else None   # checked before the model loads
     m = _load(a)
     content: list = []
     for p in a.image or []:
@@ -50,8 +51,11 @@ def _cmd_chat(a) -> int:
     if not content:
         content = ["Hello!"]
     sampling = SamplingParams() if a.sample else GREEDY
+    msgs = [{"role": "user", "content": content}]
+    if ref is not None:
+        msgs = with_voice(msgs, ref)
     t = time.perf_counter()
-    res = chat(m, [{"role": "user", "content": content}], max_new_tokens=a.max_new_tokens,
+    res = chat(m, msgs, max_new_tokens=a.max_new_tokens,
                sampling=sampling, seed=a.seed, generate_audio=bool(a.out_wav))
     print(json.dumps({"text": res.text, "ids": res.ids, "seconds": round(time.perf_counter() - t, 3)},
                      ensure_ascii=False))
@@ -96,8 +100,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     p.add_argument("--audio", action="append", help="audio file (any rate; resampled to 16 kHz)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="reply length cap")
     p.add_argument("--sample", action="store_true", help="sample (top-p/top-k) instead of greedy")
-    p.add_argument("--seed", type=int, help="sampling seed (default: random)")
+    p.add_argument("--seed", type=int, help="seed of the text sampling and of the --out-wav speech (default: random)")
     p.add_argument("--out-wav", help="also synthesise speech into this 24 kHz WAV")
+    p.add_argument("--voice", metavar="PATH",
+                   help="clone this speaker's voice for the --out-wav speech: a 1-30 s clip soundfile reads "
+                        "(WAV, FLAC, OGG; any rate, resampled to 16 kHz), put in an audio_assistant system "
+                        "prompt (default: no system prompt, the model's own voice)")
     p.set_defaults(fn=_cmd_chat)
     return ap, sub
 
