@@ -4,6 +4,7 @@ events (STYLE §12). Both transports (WebSocket frames, WebRTC data-channel mess
 session or the server."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from .errors import OmniError, close_code, to_error_event
@@ -48,3 +49,31 @@ async def _report_and_code(send, e: Exception, event_id: str | None) -> int | No
 async def report(send, exc: BaseException) -> None:
     """Report an error raised outside a client message (e.g. a failed reply step)."""
     await send(to_error_event(exc))
+
+
+class Supervisor:
+    """A connection's background tasks (a session's `Spawn`, session/tasks.py): each runs in the
+    connection's task group, and what it raises is reported here like a failed message; an error
+    that ends the session (a typed close code) calls `close(code)`. `cancel_all` at the end."""
+
+    def __init__(self, group: asyncio.TaskGroup, send, close) -> None:
+        self.group, self.send, self.close = group, send, close
+        self.tasks: set[asyncio.Task] = set()
+
+    def spawn(self, coro, name: str) -> asyncio.Task:
+        task = self.group.create_task(self._guarded(coro), name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _guarded(self, coro) -> None:
+        try:
+            await coro
+        except Exception as e:  # noqa: BLE001 - this is the boundary for background work
+            code = await _report_and_code(self.send, e, None)
+            if code is not None:
+                await self.close(code)
+
+    def cancel_all(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()

@@ -23,7 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from ..playout import QueuePlayout
 from ..session.conversation import Conversation
-from .boundary import dispatch, guard
+from .boundary import Supervisor, dispatch, guard
 from .codecs import MODEL_INPUT_RATE_HZ, StreamResampler
 from .errors import CapacityError, OmniError
 from .fragments import Reassembler
@@ -232,6 +232,8 @@ class Call:
     async def _run(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
+                supervisor = Supervisor(tg, self.send, lambda code: self.queue.put(_HANG_UP))
+                self.conv.spawn = supervisor.spawn     # replies, prefills, transcripts: in this group
                 tasks = [tg.create_task(self._sender()), tg.create_task(self._receiver()),
                          tg.create_task(watch_engine(self.conv, self.send, lambda code: self.queue.put(_HANG_UP))),
                          tg.create_task(heartbeat(self.conv))]
@@ -241,6 +243,8 @@ class Call:
                 await self.ended.wait()
                 for t in tasks:
                     t.cancel()
+                await self.conv.close()            # its replies and transcripts end before the group
+                supervisor.cancel_all()
         except Exception:  # noqa: BLE001 - a broken call must not outlive its resources
             log.exception("webrtc call %s failed", self.id)
         finally:

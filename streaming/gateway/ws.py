@@ -13,7 +13,7 @@ from aiohttp import WSMsgType, web
 
 from ..playout import ClockPlayout
 from ..session.conversation import Conversation
-from .boundary import dispatch
+from .boundary import Supervisor, dispatch
 from .errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CapacityError, close_code, to_error_event
 from .lifecycle import heartbeat, session_ended, session_started, watch_engine
 
@@ -57,6 +57,8 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
     started = session_started(app, conv, "websocket")
     try:
         async with asyncio.TaskGroup() as tg:
+            supervisor = Supervisor(tg, send, lambda code: queue.put((_CLOSE, code)))
+            conv.spawn = supervisor.spawn          # replies, prefills, transcripts: in this group
             sender = tg.create_task(_sender(ws, queue))
             watcher = tg.create_task(watch_engine(conv, send, lambda code: queue.put((_CLOSE, code))))
             beat = tg.create_task(heartbeat(conv))
@@ -72,6 +74,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
             watcher.cancel()
             beat.cancel()
             await conv.close()
+            supervisor.cancel_all()
             await queue.put((_CLOSE, code or CLOSE_NORMAL))   # a typed error's own close code
             await sender
     finally:

@@ -22,11 +22,11 @@ from omni.session.engine import GenerateOptions
 
 from ..gateway import protocol as W
 from ..gateway.codecs import InputAudioStream, decode_image, decode_input_audio, read_wav_any
-from ..gateway.boundary import report
 from ..gateway.errors import ProtocolError
 from ..turn.vad import ServerVadConfig, SpeechStarted, SpeechStopped
 from .listen import Listener
 from .respond import Responder, Send
+from .tasks import Spawn, plain_task
 from .transcribe import Transcriber
 
 MIN_COMMIT_MS = 100      # OpenAI rejects commits of less than 100 ms of audio
@@ -63,9 +63,12 @@ class Conversation:
             metrics.replica_sessions.labels(self.engine.where).inc()
         self.listener = Listener(vad, self._vad_cfg(), self.config.omni.video, clock_s)
         self.input = InputAudioStream(self.config.input_format)
-        self.transcriber = Transcriber(worker, self.send, clock_s, after=self._reply_underway)
+        # Background work goes through `spawn`; the connection sets it to its supervisor's.
+        self.spawn: Spawn = plain_task
+        self.transcriber = Transcriber(worker, self.send, clock_s, after=self._reply_underway,
+                                       spawn=lambda coro, name: self.spawn(coro, name))
         self.responder = Responder(self.send, self.engine, playout, self.config.output_format if wire_audio else None, clock_s,
-                                   metrics)
+                                   metrics, spawn=lambda coro, name: self.spawn(coro, name))
         self.playout = playout
         self.turn: Turn | None = None
         self.last_item_id: str | None = None
@@ -380,20 +383,16 @@ class Conversation:
         r = await self.responder.start(opts, t0, self.last_item_id, timings, speak=speak, metadata=params.metadata)
         self.last_reply, self.rollback_open = r, True
         self.last_item_id = r.item_id
-        r.task.add_done_callback(lambda _t: asyncio.ensure_future(self._after_response()))
+        r.task.add_done_callback(lambda _t: self.engine.closed or self.spawn(self._after_response(),
+                                                                              f"prefill after {r.id}"))
 
     async def _after_response(self) -> None:
-        """Hear the units that arrived while the reply played (a bare task: its errors are
-        reported here; issue 14 moves it into the connection's task group)."""
+        """Hear the units that arrived while the reply played (its errors reach the supervisor)."""
         units, self.pending_units = self.pending_units, []
-        try:
-            for unit, turn in units:
-                if self.engine.closed:           # the connection went away with the reply
-                    return
-                await self._feed_unit(unit, turn)
-        except Exception as e:  # noqa: BLE001 - reported like any failed step
-            if not self.engine.closed:
-                await report(self.send, e)
+        for unit, turn in units:
+            if self.engine.closed:               # the connection went away with the reply
+                return
+            await self._feed_unit(unit, turn)
 
     async def _reply_underway(self) -> None:
         """A turn's transcript waits for its reply's first output (or REPLY_GRACE_S with no reply

@@ -18,6 +18,7 @@ import numpy as np
 from ..gateway import protocol as W
 from ..gateway.boundary import report
 from ..gateway.codecs import MODEL_OUTPUT_RATE_HZ, OutputAudioStream
+from .tasks import Spawn, plain_task
 
 Send = Callable[[dict], Awaitable[None]]
 FIRST_AUDIO_TARGET_S = 0.2    # scheduling deadline of a reply's steps until its first audio
@@ -62,8 +63,8 @@ class Responder:
     """Runs replies of one conversation; at most one live at a time."""
 
     def __init__(self, send: Send, engine, playout, output_format, clock_s: Callable[[], float] = time.monotonic,
-                 metrics=None):
-        self.send, self.engine, self.playout = send, engine, playout
+                 metrics=None, spawn: Spawn = plain_task):
+        self.send, self.engine, self.playout, self.spawn = send, engine, playout, spawn
         self.output_format = output_format
         self.clock_s = clock_s
         self.metrics = metrics
@@ -83,7 +84,7 @@ class Responder:
         await self.send(W.conversation_item_added(r.item("in_progress"), previous_item_id))
         await self.send(W.response_output_item_added(r.id, 0, r.item("in_progress")))
         await self.send(W.response_content_part_added(r.id, r.item_id, 0, 0, r.part()))
-        r.task = asyncio.create_task(self._run(r, opts), name=f"response {r.id}")
+        r.task = self.spawn(self._run(r, opts), f"response {r.id}")
         return r
 
     async def _run(self, r: Response, opts) -> None:

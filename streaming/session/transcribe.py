@@ -22,6 +22,7 @@ from omni.session.engine import GenerateOptions
 
 from ..gateway import protocol as W
 from ..gateway.errors import CapacityError, error_object
+from .tasks import Spawn, plain_task
 
 log = logging.getLogger("omni.transcribe")
 # The MiniCPM-o 2.6 model card's ASR prompts (English, and Chinese for `language: "zh"`).
@@ -47,9 +48,9 @@ class Job:
 
 class Transcriber:
     def __init__(self, worker, send: Callable, clock_s: Callable[[], float] = time.monotonic,
-                 after: Callable[[], Awaitable] | None = None):
+                 after: Callable[[], Awaitable] | None = None, spawn: Spawn = plain_task):
         """`after()`: awaited before each turn's transcript, so the turn's reply goes first."""
-        self.worker, self.send, self.clock_s, self.after = worker, send, clock_s, after
+        self.worker, self.send, self.clock_s, self.after, self.spawn = worker, send, clock_s, after, spawn
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.task: asyncio.Task | None = None
         self.closed = False
@@ -61,11 +62,11 @@ class Transcriber:
         if self.queue.qsize() >= MAX_QUEUED:
             err = CapacityError("transcription_backlog", f"{MAX_QUEUED} turns already wait for their "
                                 "transcripts; this one is skipped")
-            asyncio.ensure_future(self.send(W.transcription_failed(item_id, error_object(err))))
+            self.spawn(self.send(W.transcription_failed(item_id, error_object(err))), "transcript refused")
             return
         self.queue.put_nowait(Job(item_id, audio_16k, language))
         if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._run(), name="transcriber")
+            self.task = self.spawn(self._run(), "transcriber")
 
     async def close(self) -> None:
         self.closed = True

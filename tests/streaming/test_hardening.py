@@ -284,6 +284,11 @@ async def test_camera_frames_are_freed_at_once_even_after_model_errors(tiny_omni
     srv = await start_server(tiny_omni, max_context_tokens=512, max_item_tokens=512)
     gc.collect()
     gc.disable()                                  # what is left must be freed by reference counts
+    # images other tests keep (fixtures, caches) are not this session's frames
+    before = {id(o) for o in gc.get_objects() if isinstance(o, Image.Image)}
+
+    def held() -> list:
+        return [o for o in gc.get_objects() if isinstance(o, Image.Image) and id(o) not in before]
     try:
         async with websockets.connect(srv.ws_url, max_size=None) as ws:
             await recv_until(ws, lambda e: e["type"] == "session.created")
@@ -306,11 +311,12 @@ async def test_camera_frames_are_freed_at_once_even_after_model_errors(tiny_omni
             while srv.app["conversations"]:
                 await asyncio.sleep(0.05)
         for _ in range(50):                       # the engine thread closes its side in its own time
-            left = sum(isinstance(o, Image.Image) for o in gc.get_objects())
-            if not left:
+            if not held():
                 break
             await asyncio.sleep(0.1)
-        assert left == 0, f"{left} camera frames still held 5 s after the session closed"
+        left = held()
+        holders = [type(r).__name__ for o in left for r in gc.get_referrers(o) if r is not left]
+        assert not left, f"{len(left)} camera frames still held 5 s after the session closed, by {holders}"
     finally:
         gc.enable()
         await srv.runner.cleanup()
