@@ -61,6 +61,8 @@ async def overhead_per_unit(messages: list[str], audio_s: float) -> float:
     """In-process: CPU time of the event-loop thread (JSON, base64, resampling, VAD, chunking,
     protocol) per second of user audio; the model lanes are other threads and are not counted."""
     from streaming.gateway.boundary import dispatch
+    from streaming.gateway.inbound import Inbound
+    from streaming.gateway.outbound import WireEvents
     from streaming.playout import ClockPlayout
     from streaming.server import load_model
     from streaming.session.conversation import Conversation
@@ -73,15 +75,16 @@ async def overhead_per_unit(messages: list[str], audio_s: float) -> float:
 
     async def send(ev):
         pass
-    conv = Conversation(worker, settings, send, ClockPlayout(), SileroVAD())
+    conv = Conversation(worker, settings, WireEvents(send), ClockPlayout(), SileroVAD())
+    inbound = Inbound(conv, settings.max_image_pixels)
     await conv.start()
-    await dispatch(conv, json.dumps({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
+    await dispatch(inbound, json.dumps({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
         "type": "server_vad", "create_response": False}}}}}), send, settings.max_message_bytes)  # VAD on, no replies
     for m in messages[:5]:                  # warm up (first VAD/resampler calls)
-        await dispatch(conv, m, send, settings.max_message_bytes)
+        await dispatch(inbound, m, send, settings.max_message_bytes)
     t0 = time.thread_time()
     for m in messages:
-        await dispatch(conv, m, send, settings.max_message_bytes)
+        await dispatch(inbound, m, send, settings.max_message_bytes)
     loop_cpu = time.thread_time() - t0
     await conv.close()
     worker.close()

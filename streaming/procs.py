@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 
-from .gateway.errors import ModelError
+from .errors import ModelError
 from .handle import EngineHandle
 from .worker import BACKGROUND_SLOTS, PROBE_TIMEOUT_S, EngineSpec, full_error, probe, settle
 

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 
-from .gateway.errors import ModelError
+from .errors import ModelError
 from .handle import EngineHandle
 from .worker import PROBE_TIMEOUT_S, EngineSpec, full_error, probe
 

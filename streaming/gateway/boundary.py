@@ -13,8 +13,9 @@ from .protocol import parse_client_event
 log = logging.getLogger("omni.gateway")
 
 
-async def dispatch(conv, raw: str | bytes, send, max_bytes: int, fragments=None) -> int | None:
-    """Parse and handle one client message; returns a close code when the connection must end.
+async def dispatch(inbound, raw: str | bytes, send, max_bytes: int, fragments=None) -> int | None:
+    """Parse and handle one client message (`inbound`: the connection's inbound.Inbound, which
+    decodes it for the session); returns a close code when the connection must end.
     `fragments` (a fragments.Reassembler, on the data channel) joins `omni.fragment` pieces first."""
     event_id = None
     try:
@@ -24,7 +25,7 @@ async def dispatch(conv, raw: str | bytes, send, max_bytes: int, fragments=None)
                 return None
         ev = parse_client_event(raw, max_bytes)
         event_id = ev.event_id
-        await conv.handle(ev)
+        await inbound.handle(ev)
     except Exception as e:  # noqa: BLE001 - this is the boundary
         return await _report_and_code(send, e, event_id)
     return None
@@ -44,11 +45,6 @@ async def _report_and_code(send, e: Exception, event_id: str | None) -> int | No
     # Typed errors say whether to close (auth, capacity, model); anything unexpected is
     # reported and the session goes on, so one bad message never ends a conversation.
     return close_code(e) if isinstance(e, OmniError) else None
-
-
-async def report(send, exc: BaseException) -> None:
-    """Report an error raised outside a client message (e.g. a failed reply step)."""
-    await send(to_error_event(exc))
 
 
 class Supervisor:

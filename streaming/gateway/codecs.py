@@ -17,7 +17,7 @@ import soundfile as sf
 import soxr
 from PIL import Image, ImageOps
 
-from .errors import MediaError
+from ..errors import MediaError
 from .protocol import AUDIO_FORMATS, AudioFormat
 
 MODEL_INPUT_RATE_HZ = 16_000  # Whisper encoder input

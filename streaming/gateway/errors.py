@@ -1,9 +1,8 @@
-"""Typed errors at the service edge, and the one place that turns any exception into wire form.
+"""The one place that turns any exception into wire form: an `error` server event.
 
-Owns: the domain exceptions the gateway raises (each carrying an OpenAI error `type` and `code`),
-`to_error_event` (exception -> `error` server event) and `close_code` (exception -> WebSocket close
-code, or None to keep the connection open). Does not own: sending, logging policy beyond the one
-log line for unexpected errors, or deciding when to raise.
+Owns: `error_object` (exception -> OpenAI error object; unexpected ones logged once, with a
+reference instead of details) and `to_error_event`. The typed errors and close codes themselves
+are in streaming/errors.py, below the layers that raise them; re-exported here for the gateway.
 
 The error object follows the OpenAI Realtime shape:
 `{"type": "error", "event_id": ..., "error": {"type", "code", "message", "param", "event_id"}}`,
@@ -13,79 +12,14 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Any, ClassVar
+from typing import Any
 
+from ..errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG,  # noqa: F401 - re-exported
+                      CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, AuthError, CapacityError,
+                      MediaError, ModelError, OmniError, ProtocolError, close_code, leaf)
 from .events import error   # events.py imports nothing from here: no cycle
 
 log = logging.getLogger(__name__)
-
-# RFC 6455 §7.4.1 codes; 1013 is the IANA-registered "Try Again Later".
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001  # server shutdown or idle timeout
-CLOSE_POLICY_VIOLATION = 1008  # bad or missing API key
-CLOSE_MESSAGE_TOO_BIG = 1009  # sent by the transport when a frame exceeds max_message_bytes
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_TRY_AGAIN_LATER = 1013  # every session slot is taken
-
-
-class OmniError(Exception):
-    """Base of the typed edge errors: an OpenAI error `type`, a `code`, a message and the param."""
-
-    error_type: ClassVar[str] = "server_error"
-    close_code: ClassVar[int | None] = None  # None: report and keep the connection open
-
-    def __init__(self, code: str, message: str, param: str | None = None,
-                 event_id: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
-        self.event_id = event_id
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.code!r}, {self.message!r}, param={self.param!r})"
-
-
-class ProtocolError(OmniError):
-    """A client event that is not valid JSON, not a known event, or has a bad field. Recoverable."""
-
-    error_type = "invalid_request_error"
-
-
-class MediaError(OmniError):
-    """Audio or image bytes that decode badly or break a size/length limit. Recoverable."""
-
-    error_type = "invalid_request_error"
-
-
-class AuthError(OmniError):
-    """Missing or wrong API key; the connection is closed."""
-
-    error_type = "invalid_request_error"
-    close_code = CLOSE_POLICY_VIOLATION
-
-
-class CapacityError(OmniError):
-    """Every session slot is in use; the client should retry later."""
-
-    error_type = "server_error"
-    close_code = CLOSE_TRY_AGAIN_LATER
-
-
-class ModelError(OmniError):
-    """The model failed or timed out in a way the session cannot recover from."""
-
-    error_type = "server_error"
-    close_code = CLOSE_INTERNAL_ERROR
-
-
-def _leaf(exc: BaseException) -> BaseException:
-    """Unwrap a TaskGroup's ExceptionGroup to the error worth reporting (a typed one if any)."""
-    if isinstance(exc, BaseExceptionGroup):
-        leaves = [_leaf(e) for e in exc.exceptions]
-        typed = [e for e in leaves if isinstance(e, OmniError)]
-        return (typed or leaves)[0]
-    return exc
 
 
 def error_object(exc: BaseException) -> dict[str, Any]:
@@ -111,13 +45,7 @@ def to_error_event(exc: BaseException, event_id: str | None = None) -> dict[str,
     Returns:
         The `error` server event dict, ready to serialise.
     """
-    obj = error_object(_leaf(exc))
+    obj = error_object(leaf(exc))
     if obj["event_id"] is None:
         obj["event_id"] = event_id
     return error(obj)
-
-
-def close_code(exc: BaseException) -> int | None:
-    """The WebSocket close code after reporting `exc`, or None to keep the connection open."""
-    leaf = _leaf(exc)
-    return leaf.close_code if isinstance(leaf, OmniError) else CLOSE_INTERNAL_ERROR

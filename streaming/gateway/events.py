@@ -9,14 +9,10 @@ tests/conftest.py).
 """
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
-
-def new_id(prefix: str) -> str:
-    """An OpenAI-style id such as `event_3f2a...`, `item_...`, `resp_...`, `sess_...`."""
-    return f"{prefix}_{secrets.token_hex(8)}"
+from ..ids import new_id
 
 
 RESPONSE_STATUSES = ("in_progress", "completed", "cancelled", "incomplete", "failed")

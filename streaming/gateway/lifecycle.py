@@ -38,8 +38,9 @@ async def watch_engine(conv, send, close) -> None:
     await close(close_code(err))
 
 
-async def heartbeat(conv, period_s: float = HEARTBEAT_S) -> None:
-    """[ext] `omni.heartbeat` every period_s; conv.send passes it only to a client that opted in."""
+async def heartbeat(wire, period_s: float = HEARTBEAT_S) -> None:
+    """[ext] `omni.heartbeat` every period_s; `wire` (outbound.WireEvents) passes it only to a
+    client that opted in."""
     while True:
         await asyncio.sleep(period_s)
-        await conv.send(omni_heartbeat())
+        await wire.send(omni_heartbeat())

@@ -16,11 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 # Server events live in events.py; re-exported so `protocol` names every message.
 from .events import *  # noqa: F403
 from .events import new_id  # noqa: F401 - re-exported
 # The session object lives in session_config.py; re-exported so `protocol` names every message.
+from ..session.config import ResponseParams  # noqa: F401 - re-exported
 from .session_config import (AUDIO_FORMATS, G711_RATE_HZ, PCM_RATE_HZ, AudioFormat,  # noqa: F401
                              OmniOptions, ReferenceAudio, ServerVad, SessionConfig, Transcription,
                              apply_update, parse_max_tokens, parse_modalities, parse_tools, to_wire)
@@ -107,15 +108,6 @@ class ConversationItemRetrieve:
     TYPE: ClassVar[str] = "conversation.item.retrieve"
     event_id: str | None
     item_id: str
-
-
-@dataclass(frozen=True)
-class ResponseParams:
-    """Per-response overrides; None means "use the session's"."""
-    output_modalities: tuple[str, ...] | None = None
-    max_output_tokens: int | str | None = None  # "inf": no cap but the server's
-    temperature: float | None = None            # the LLM's sampling temperature for this reply
-    metadata: Mapping[str, Any] | None = None   # echoed on the response object
 
 
 @dataclass(frozen=True)

@@ -1,99 +1,27 @@
 """The session object: what `session.update` may set and what `session.created/updated` show.
 
-Owns `SessionConfig` (frozen) with `apply_update` (validate + merge a partial GA or beta session
-object) and `to_wire` (the GA session object). Extensions: `audio.output.omni_reference_audio`
+Owns the parsing of `SessionConfig` (the values are in session/config.py): `apply_update`
+(validate + merge a partial GA or beta session object) and `to_wire` (the GA session object). Extensions: `audio.output.omni_reference_audio`
 (a voice-clone clip) and `omni` (camera on/off, sampling seed)."""
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+# The values themselves are the session's (session/config.py); parsing them is the gateway's.
+from ..session.config import (G711_RATE_HZ, PCM_RATE_HZ, AudioFormat, OmniOptions,  # noqa: F401 - re-exported
+                              ReferenceAudio, ServerVad, SessionConfig, Transcription)
 from .validate import as_type, b64, bad, get_field, in_range, no_unknown, one_of
 
-PCM_RATE_HZ = 24_000  # the only `audio/pcm` rate OpenAI Realtime defines
-G711_RATE_HZ = 8_000
 MAX_INSTRUCTIONS_CHARS = 32_000
 MAX_OUTPUT_TOKENS = 4_096
 AUDIO_FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")
 _BETA_FORMATS = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "audio/pcma"}
 
-
-
-@dataclass(frozen=True)
-class AudioFormat:
-    """`audio/pcm` (PCM16 LE, 24 kHz, mono) or G.711 `audio/pcmu` / `audio/pcma` (8 kHz)."""
-
-    type: str = "audio/pcm"
-
-    @property
-    def rate_hz(self) -> int:
-        return PCM_RATE_HZ if self.type == "audio/pcm" else G711_RATE_HZ
-
-
-@dataclass(frozen=True)
-class ServerVad:
-    """Turn detection on the server's VAD; defaults are OpenAI's (the server may override them).
-
-    `eagerness` set: the client asked for `semantic_vad`, which runs as this VAD with the
-    silence that eagerness maps to (`SEMANTIC_SILENCE_MS`) and is echoed as `semantic_vad`."""
-
-    threshold: float = 0.5
-    prefix_padding_ms: int = 300
-    silence_duration_ms: int = 500
-    create_response: bool = True
-    interrupt_response: bool = True
-    eagerness: str | None = None
-
-
 # semantic_vad has no end-of-turn model here: its eagerness becomes the silence that ends a turn
 # (low waits longest, like OpenAI's; auto is medium).
 SEMANTIC_SILENCE_MS = {"low": 1200, "medium": 700, "auto": 700, "high": 350}
-
-
-@dataclass(frozen=True)
-class Transcription:
-    """`audio.input.transcription`: the user's turns transcribed by MiniCPM-o itself."""
-
-    model: str = "minicpm-o-2.6"      # any name is kept and echoed; the model is always this one
-    language: str | None = None       # "zh" picks the official Chinese ASR prompt, else English
-
-
-@dataclass(frozen=True)
-class ReferenceAudio:
-    """Extension: a voice-clone clip, still encoded (codecs.read_wav_any decodes and checks it)."""
-
-    data: bytes
-    format: str  # "wav" (any soundfile-readable file) or "pcm16" (raw LE at rate_hz)
-    rate_hz: int | None = None
-
-
-@dataclass(frozen=True)
-class OmniOptions:
-    """Extension `session.omni`: camera frames on/off, a sampling seed (None = random), and
-    whether this client takes [ext] event types (`events`; stock clients never see them)."""
-
-    video: bool = True
-    seed: int | None = None
-    events: bool = False
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    """Everything a client can set with `session.update`."""
-
-    instructions: str = ""
-    output_modalities: tuple[str, ...] = ("audio",)  # audio always comes with its transcript
-    input_format: AudioFormat = AudioFormat()
-    output_format: AudioFormat = AudioFormat()
-    turn_detection: ServerVad | None = ServerVad()
-    voice: str = "default"
-    reference_audio: ReferenceAudio | None = None
-    max_output_tokens: int | None = None  # None = "inf" (the server's max_reply_tokens still caps)
-    omni: OmniOptions = OmniOptions()
-    transcription: Transcription | None = None
-    temperature: float | None = None  # the LLM's sampling temperature (None: the official 0.7)
 
 
 def _format(v: Any, p: str) -> AudioFormat:

@@ -8,7 +8,7 @@ import binascii
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 
 JSON_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
                dict: "an object", list: "an array", type(None): "null"}

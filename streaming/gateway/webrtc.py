@@ -1,7 +1,7 @@
 """WebRTC transport: `POST /v1/realtime/calls` (SDP offer in, SDP answer out), then media on tracks
 and the Realtime JSON events on a data channel.
 
-One call = one peer connection, one session lease, one `Conversation` (wire_audio=False: speech
+One call = one peer connection, one session lease, one `Conversation` (`WireEvents(wire_audio=False)`: speech
 leaves on the audio track, so there are no `response.output_audio.delta` events). One task group
 per call: the event sender (bounded queue -> data channel), the event receiver (data channel ->
 `dispatch`, the single error boundary), the microphone listener and the camera sampler. The call
@@ -27,6 +27,8 @@ from .boundary import Supervisor, dispatch, guard
 from .codecs import MODEL_INPUT_RATE_HZ, StreamResampler
 from .errors import CapacityError, OmniError
 from .fragments import Reassembler
+from .inbound import Inbound
+from .outbound import WireEvents
 from .lifecycle import heartbeat, session_ended, session_started, watch_engine
 from .media import PlayoutTrack, frame_to_mono, loopback_ice, loopback_only
 from .protocol import new_id, parse_client_event
@@ -169,9 +171,11 @@ class Call:
         self.fragments = Reassembler(self.settings.max_message_bytes)  # pieces of messages over 64 KiB
         self.playout = QueuePlayout()
         self.speaker = PlayoutTrack(self.playout)
-        self.conv = CallConversation(app["worker"], self.settings, self.send, self.playout, app["vad"], wire_audio=False,
+        self.wire = WireEvents(self.send, wire_audio=False)   # speech goes on the track, not in events
+        self.conv = CallConversation(app["worker"], self.settings, self.wire, self.playout, app["vad"],
                                      metrics=app["metrics"])   # first: CapacityError before anything to free
         self.conv.call = self
+        self.inbound = Inbound(self.conv, self.settings.max_image_pixels)
         self.started_s: float | None = None
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))   # default = a STUN server
         self.channel = None
@@ -211,7 +215,7 @@ class Call:
                 t.direction = "recvonly"
         await self.conv.start()
         if session is not None:
-            await self.conv.handle(parse_client_event(json.dumps({"type": "session.update", "session": session})))
+            await self.inbound.handle(parse_client_event(json.dumps({"type": "session.update", "session": session})))
         await self.pc.setLocalDescription(await self.pc.createAnswer())   # gathers ICE fully
         return self.pc.localDescription.sdp
 
@@ -236,7 +240,7 @@ class Call:
                 self.conv.spawn = supervisor.spawn     # replies, prefills, transcripts: in this group
                 tasks = [tg.create_task(self._sender()), tg.create_task(self._receiver()),
                          tg.create_task(watch_engine(self.conv, self.send, lambda code: self.queue.put(_HANG_UP))),
-                         tg.create_task(heartbeat(self.conv))]
+                         tg.create_task(heartbeat(self.wire))]
                 for track in self.tracks_in:
                     tasks.append(tg.create_task(self._listen(track) if track.kind == "audio" else self._watch(track)))
                 await self._await_connection()
@@ -316,7 +320,7 @@ class Call:
         while True:
             raw = await self.inbox.get()
             self.manager.touch(self.lease)
-            code = await dispatch(self.conv, raw, self.send, self.settings.max_message_bytes, self.fragments)
+            code = await dispatch(self.inbound, raw, self.send, self.settings.max_message_bytes, self.fragments)
             if code is not None:                   # auth / capacity / model error: end the call
                 await self.queue.put(_HANG_UP)     # after the error event
                 return

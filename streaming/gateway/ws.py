@@ -15,7 +15,9 @@ from ..playout import ClockPlayout
 from ..session.conversation import Conversation
 from .boundary import Supervisor, dispatch
 from .errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CapacityError, close_code, to_error_event
+from .inbound import Inbound
 from .lifecycle import heartbeat, session_ended, session_started, watch_engine
+from .outbound import WireEvents
 
 log = logging.getLogger("omni.gateway")
 SEND_QUEUE = 512          # events; a client that stops reading stalls its own replies, nobody else's
@@ -41,7 +43,9 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
         await queue.put(event)
 
     try:
-        conv = Conversation(app["worker"], settings, send, ClockPlayout(), app["vad"], metrics=app["metrics"])
+        wire = WireEvents(send)                # the session's events -> OpenAI JSON + wire audio
+        conv = Conversation(app["worker"], settings, wire, ClockPlayout(), app["vad"], metrics=app["metrics"])
+        inbound = Inbound(conv, settings.max_image_pixels)   # client events -> decoded session commands
     except CapacityError as e:                 # every engine slot is taken (another gateway's sessions)
         manager.release(lease)
         await ws.send_str(json.dumps(to_error_event(e)))
@@ -61,14 +65,14 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
             conv.spawn = supervisor.spawn          # replies, prefills, transcripts: in this group
             sender = tg.create_task(_sender(ws, queue))
             watcher = tg.create_task(watch_engine(conv, send, lambda code: queue.put((_CLOSE, code))))
-            beat = tg.create_task(heartbeat(conv))
+            beat = tg.create_task(heartbeat(wire))
             await conv.start()
             code = None
             async for msg in ws:
                 manager.touch(lease)
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):   # UTF-8 JSON in binary frames too
                     break
-                code = await dispatch(conv, msg.data, send, settings.max_message_bytes)
+                code = await dispatch(inbound, msg.data, send, settings.max_message_bytes)
                 if code is not None:
                     break
             watcher.cancel()

@@ -1,36 +1,31 @@
-"""A realtime conversation: client events in, engine steps on the worker, server events out.
+"""A realtime conversation: commands in (decoded by gateway/inbound.py), engine steps on the
+worker, typed events out (session/events.py; gateway/outbound.py makes the wire of them).
 
 Owns one connection's protocol state: the session config, the engine `Session` (context),
 listening (VAD + chunker), the live response, barge-in rollback and the item ids the client sees.
-Every method that touches the model goes through the worker; this object only ever runs on the
-event loop. Transports (WebSocket, WebRTC data channel + tracks) call `handle`, `push_audio_16k`
-and `push_frame`; they never see the engine.
-"""
+It only ever runs on the event loop; transports call `handle` (through their Inbound),
+`push_audio_16k` and `push_frame`, and never see the engine or build an event."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from omni.sampling import SamplingParams
-from omni.session.engine import GenerateOptions
-
-from ..gateway import protocol as W
-from ..gateway.codecs import InputAudioStream, decode_image, decode_input_audio, read_wav_any
-from ..gateway.errors import ProtocolError
+from ..errors import ProtocolError
+from ..ids import new_id
 from ..turn.vad import ServerVadConfig, SpeechStarted, SpeechStopped
+from . import events as E
+from .config import ResponseParams, ServerVad, SessionConfig
+from .items import MAX_ITEMS_KEPT, ItemLog
 from .listen import Listener
-from .respond import Responder, Send
+from .respond import Emit, Responder, reply_options
 from .tasks import Spawn, plain_task
 from .transcribe import Transcriber
 
 MIN_COMMIT_MS = 100      # OpenAI rejects commits of less than 100 ms of audio
-MAX_ITEMS_KEPT = 256     # items `conversation.item.retrieve` can fetch (the latest ones)
 REPLY_GRACE_S = 0.3      # after a commit, how long a transcript waits for a response.create
 MAX_TRANSCRIBED_MS = 300_000   # a longer turn's transcript covers its first 5 minutes (bounded memory)
 
@@ -45,16 +40,16 @@ class Turn:
 
 
 class Conversation:
-    def __init__(self, worker, settings, send: Send, playout, vad, wire_audio: bool = True,
+    def __init__(self, worker, settings, emit: Emit, playout, vad,
                  clock_s: Callable[[], float] = time.monotonic, metrics=None):
-        """`metrics`: streaming.metrics.Metrics to report to (None: nothing reported)."""
-        self.settings, self._transport_send = settings, send
-        self.items: OrderedDict[str, dict] = OrderedDict()   # item id -> the item as last sent
+        """`emit`: where this session's events go (events.py; the gateway's outbound adapter).
+        `metrics`: streaming.metrics.Metrics to report to (None: nothing reported)."""
+        self.settings, self._emit = settings, emit
+        self.items = ItemLog()                    # the items as last sent (retrieve, truncate)
         self.clock_s = clock_s
-        vad_default = W.ServerVad(settings.vad_threshold, settings.vad_prefix_padding_ms,
+        vad_default = ServerVad(settings.vad_threshold, settings.vad_prefix_padding_ms,
                                   settings.vad_silence_duration_ms)
-        self.config = W.SessionConfig(turn_detection=vad_default)
-        self.wire_audio = wire_audio
+        self.config = SessionConfig(turn_detection=vad_default)
         self.engine = worker.open_session(settings.max_context_tokens)   # steps in order, others in parallel
         self.metrics = metrics
         self.transport: str | None = None         # "websocket" | "webrtc", set by the transport
@@ -62,13 +57,12 @@ class Conversation:
             self.engine.on_step = metrics.observe_step
             metrics.replica_sessions.labels(self.engine.where).inc()
         self.listener = Listener(vad, self._vad_cfg(), self.config.omni.video, clock_s)
-        self.input = InputAudioStream(self.config.input_format)
         # Background work goes through `spawn`; the connection sets it to its supervisor's.
         self.spawn: Spawn = plain_task
         self.transcriber = Transcriber(worker, self.send, clock_s, after=self._reply_underway,
                                        spawn=lambda coro, name: self.spawn(coro, name))
-        self.responder = Responder(self.send, self.engine, playout, self.config.output_format if wire_audio else None, clock_s,
-                                   metrics, spawn=lambda coro, name: self.spawn(coro, name))
+        self.responder = Responder(self.send, self.engine, playout, clock_s, metrics,
+                                   spawn=lambda coro, name: self.spawn(coro, name))
         self.playout = playout
         self.turn: Turn | None = None
         self.last_item_id: str | None = None
@@ -80,11 +74,11 @@ class Conversation:
         self.last_turn: Turn | None = None
         self.t_turn_end_s: float | None = None    # when VAD decided the user stopped
         self.ref_16k: np.ndarray | None = None
-        self.session_id = W.new_id("sess")
+        self.session_id = new_id("sess")
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.send(W.session_created(self._wire_session()))
+        await self.send(E.SessionStarted(self.session_id, self.config))
 
     async def close(self) -> None:
         await self.responder.close()
@@ -96,23 +90,10 @@ class Conversation:
         self.pending_units.clear()
         self.turn = None
 
-    async def send(self, event: dict) -> None:
-        """Every server event of this session passes here: items are kept for retrieval, and
-        [ext] event types reach only a client that opted in (session.omni.events)."""
-        if event["type"] in ("conversation.item.added", "conversation.item.done"):
-            self._keep(event["item"])
-        elif event["type"] == "conversation.item.input_audio_transcription.completed":
-            item = self.items.get(event["item_id"])
-            if item is not None:
-                item["content"][0]["transcript"] = event["transcript"]
-        if W.for_client(event, self.config.omni.events):
-            await self._transport_send(event)
-
-    def _keep(self, item: dict) -> None:
-        self.items[item["id"]] = copy.deepcopy(item)   # later changes (a transcript) never touch a sent event
-        self.items.move_to_end(item["id"])
-        while len(self.items) > MAX_ITEMS_KEPT:
-            self.items.popitem(last=False)
+    async def send(self, ev) -> None:
+        """Every event of this session passes here: its items are kept for retrieval."""
+        self.items.saw(ev)
+        await self._emit(ev)
 
     def summary(self) -> dict:
         """For the session's end-of-life log line: replies and their first-audio median."""
@@ -120,9 +101,6 @@ class Conversation:
         return {"turns": len(self.responder.history),
                 "first_audio_p50_ms": round(first[len(first) // 2]) if first else None,
                 "engine": self.engine.where}
-
-    def _wire_session(self) -> dict:
-        return W.to_wire(self.config, session_id=self.session_id, model="minicpm-o-2.6")
 
     def _vad_cfg(self) -> ServerVadConfig | None:
         td = self.config.turn_detection
@@ -136,28 +114,24 @@ class Conversation:
         await handler(ev)
 
     async def _on_session_update(self, ev) -> None:
-        old = self.config
-        new = W.apply_update(old, ev.session)
-        if new.reference_audio is not None and new.reference_audio != old.reference_audio:
-            ref = new.reference_audio   # decode now so a bad clip is rejected with the update
-            self.ref_16k = read_wav_any(ref.data, ref.rate_hz if ref.format == "pcm16" else None)
+        """`ev`: commands.UpdateSession (the gateway applied and decoded the update)."""
+        old, new = self.config, ev.config
+        if ev.ref_16k is not None:
+            self.ref_16k = ev.ref_16k
         self.config = new
         if (new.instructions, new.voice, new.reference_audio) != (old.instructions, old.voice, old.reference_audio):
             self.system_dirty = True
-        if new.input_format != old.input_format:
-            self.input = InputAudioStream(new.input_format)
-        self.responder.output_format = new.output_format if self.wire_audio else None
         self.listener.configure(self._vad_cfg(), new.omni.video)   # no-op unless the VAD itself changed
-        await self.send(W.session_updated(self._wire_session()))
+        await self.send(E.SessionChanged(self.session_id, self.config))
 
     async def _on_input_audio_buffer_append(self, ev) -> None:
-        await self.push_audio_16k(self.input.push(ev.audio))
+        await self.push_audio_16k(ev.samples_16k)
 
     async def _on_input_image_buffer_append(self, ev) -> None:
-        if not self.config.omni.video:
+        if not self.config.omni.video or ev.image is None:
             raise ProtocolError("video_disabled", "camera frames are off for this session "
                                 "(session.update {\"omni\": {\"video\": true}})", "image", ev.event_id)
-        self.push_frame(decode_image(ev.image, self.settings.max_image_pixels))
+        self.push_frame(ev.image)
 
     async def _on_input_audio_buffer_commit(self, ev) -> None:
         unit = self.listener.commit()
@@ -172,7 +146,7 @@ class Conversation:
 
     async def _on_input_audio_buffer_clear(self, ev) -> None:
         self.listener.clear()
-        await self.send(W.input_audio_buffer_cleared())
+        await self.send(E.InputCleared())
 
     async def _on_conversation_item_create(self, ev) -> None:
         item = ev.item
@@ -181,42 +155,29 @@ class Conversation:
                                 "context; send user or system items", "item.role", ev.event_id)
         if item.role == "system":
             text = "\n".join(p.text or "" for p in item.content)
-            self.config = W.SessionConfig(**{**self.config.__dict__, "instructions": text})
+            self.config = SessionConfig(**{**self.config.__dict__, "instructions": text})
             self.system_dirty = True
-        else:
-            content: list = []
-            for p in item.content:
-                if p.type == "input_text":
-                    content.append(p.text or "")
-                elif p.type == "input_audio":
-                    content.append(decode_input_audio(p.audio, self.config.input_format) if p.audio else None)
-                elif p.type == "input_image":
-                    content.append(decode_image(p.image, self.settings.max_image_pixels))
-            content = [c for c in content if c is not None]
+        else:                                     # ev.content: decoded by the gateway
             await self._ensure_system()
             await self._apply_rollback()
-            await self.engine.prefill({"role": "user", "content": content}, self.settings.max_item_tokens)
-        item_id = item.id or W.new_id("item")
-        obj = W.item_object(item_id, item.role, [self._part_wire(p) for p in item.content])
-        await self.send(W.conversation_item_added(obj, self.last_item_id))
-        await self.send(W.conversation_item_done(obj, self.last_item_id))
+            await self.engine.prefill({"role": "user", "content": list(ev.content)}, self.settings.max_item_tokens)
+        item_id = item.id or new_id("item")
+        added = E.Item(item_id, item.role, tuple(E.Part(p.type, text=p.text) for p in item.content))
+        await self.send(E.ItemAdded(added, self.last_item_id))
+        await self.send(E.ItemDone(added, self.last_item_id))
         self.last_item_id = item_id
-
-    @staticmethod
-    def _part_wire(p) -> dict:
-        return {"type": p.type, **({"text": p.text} if p.text is not None else {})}
 
     async def _on_conversation_item_truncate(self, ev) -> None:
         r = self.last_reply
         if r is None or ev.item_id != r.item_id:
             known = self.items.get(ev.item_id)
-            if known is None or known["role"] != "assistant":
+            if known is None or known.role != "assistant":
                 raise ProtocolError("item_not_found", f"no assistant audio item {ev.item_id!r} to truncate",
                                     "item_id", ev.event_id)
             # An older reply: already cut where the server heard it stop, or heard whole; the
             # context cannot change any more. Acknowledged, as OpenAI does (Pipecat ends its
             # session on any error here).
-            await self.send(W.conversation_item_truncated(ev.item_id, ev.content_index, ev.audio_end_ms))
+            await self.send(E.ItemTruncated(ev.item_id, ev.content_index, ev.audio_end_ms))
             return
         emitted_ms = r.audio_ms
         if ev.audio_end_ms > emitted_ms + 1:
@@ -230,7 +191,7 @@ class Conversation:
         if self.responder.current is not None or self.rollback_open:
             self.pending_rollback = (r.item_id, float(ev.audio_end_ms))
         # else too late: the next turn was added, and the context keeps the server's own cut
-        await self.send(W.conversation_item_truncated(ev.item_id, ev.content_index, ev.audio_end_ms))
+        await self.send(E.ItemTruncated(ev.item_id, ev.content_index, ev.audio_end_ms))
 
     async def _on_conversation_item_delete(self, ev) -> None:
         """The latest reply may be deleted (LiveKit does so when an interruption left nothing
@@ -244,10 +205,10 @@ class Conversation:
             await self.responder.cancel("client_cancelled")
         self.playout.stop(r.id)
         self.pending_rollback = (r.item_id, None)    # None: forget the whole reply
-        self.items.pop(r.item_id, None)
+        self.items.drop(r.item_id)
         self.last_reply = None                       # gone: no cancel, truncate or barge-in touches it
         self.last_item_id = r.previous_item_id       # the item before it is the latest again
-        await self.send(W.conversation_item_deleted(r.item_id))
+        await self.send(E.ItemDeleted(r.item_id))
 
     async def _on_conversation_item_retrieve(self, ev) -> None:
         item = self.items.get(ev.item_id)
@@ -255,7 +216,7 @@ class Conversation:
             # OpenAI's code: Pipecat ends its session on any other
             raise ProtocolError("item_retrieve_invalid_item_id", f"no item {ev.item_id!r} in this conversation "
                                 f"(the last {MAX_ITEMS_KEPT} are kept)", "item_id", ev.event_id)
-        await self.send(W.conversation_item_retrieved(item))
+        await self.send(E.ItemRetrieved(item))
 
     async def _on_response_create(self, ev) -> None:
         if self.responder.current is not None:
@@ -302,7 +263,7 @@ class Conversation:
                 await self._speech_started(ev)
             elif isinstance(ev, SpeechStopped):
                 self.t_turn_end_s = self.clock_s()
-                await self.send(W.speech_stopped(int(ev.audio_end_ms), self._turn().item_id))
+                await self.send(E.SpeechEnded(self._turn().item_id, int(ev.audio_end_ms)))
                 stopped = True
             else:
                 await self._prefill_unit(ev.unit)
@@ -313,11 +274,11 @@ class Conversation:
         td = self.config.turn_detection
         if td is not None and td.interrupt_response and self._reply_audible():
             await self._barge_in("turn_detected")
-        await self.send(W.speech_started(int(ev.audio_start_ms), self._turn().item_id))
+        await self.send(E.SpeechBegan(self._turn().item_id, int(ev.audio_start_ms)))
 
     def _turn(self) -> Turn:
         if self.turn is None:
-            self.turn = Turn(W.new_id("item"))
+            self.turn = Turn(new_id("item"))
         return self.turn
 
     async def _prefill_unit(self, unit) -> None:
@@ -346,10 +307,10 @@ class Conversation:
         if turn is None:
             return
         self.turn = None
-        await self.send(W.input_audio_buffer_committed(turn.item_id, self.last_item_id))
-        item = W.item_object(turn.item_id, "user", [{"type": "input_audio", "transcript": None}])
-        await self.send(W.conversation_item_added(item, self.last_item_id))
-        await self.send(W.conversation_item_done(item, self.last_item_id))
+        await self.send(E.InputCommitted(turn.item_id, self.last_item_id))
+        item = E.Item(turn.item_id, "user", (E.Part("input_audio"),))
+        await self.send(E.ItemAdded(item, self.last_item_id))
+        await self.send(E.ItemDone(item, self.last_item_id))
         self.last_item_id = turn.item_id
         self.last_turn = turn
         tr = self.config.transcription
@@ -357,22 +318,15 @@ class Conversation:
             self.transcriber.submit(turn.item_id, np.concatenate(turn.audio_16k), tr.language)
             turn.audio_16k = []
         if create_response and self.responder.current is None:
-            await self._respond(W.ResponseParams())
+            await self._respond(ResponseParams())
 
     # ---- replies and barge-in -----------------------------------------------------------------
     async def _respond(self, params) -> None:
-        """A reply with the session's settings, overridden by `params` (a W.ResponseParams)."""
+        """A reply with the session's settings, overridden by `params` (a config.ResponseParams)."""
         await self._ensure_system()
         await self._apply_rollback()
-        limit = self.settings.max_reply_tokens
-        cap = self.config.max_output_tokens if params.max_output_tokens is None else params.max_output_tokens
-        if isinstance(cap, int):
-            limit = min(limit, cap)
-        speak = "audio" in (params.output_modalities or self.config.output_modalities)
-        temperature = params.temperature if params.temperature is not None else self.config.temperature
-        sampling = SamplingParams() if temperature is None else SamplingParams(temperature=temperature)
-        opts = GenerateOptions(sampling=sampling, max_new_tokens=limit, generate_audio=speak,
-                               max_speech_s=self.settings.max_speech_s, low_latency=True)
+        opts = reply_options(self.settings, self.config, params)
+        speak = opts.generate_audio
         turn, self.last_turn = self.last_turn, None
         timings = {}
         if turn is not None and turn.prefill_ms:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..gateway.errors import CapacityError
+from ..errors import CapacityError
 
 log = logging.getLogger("omni.sessions")
 

@@ -15,14 +15,31 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
-from ..gateway import protocol as W
-from ..gateway.boundary import report
-from ..gateway.codecs import MODEL_OUTPUT_RATE_HZ, OutputAudioStream
+from omni.sampling import SamplingParams
+from omni.session.engine import GenerateOptions
+
+from ..ids import new_id
+from . import events as E
 from .tasks import Spawn, plain_task
 
-Send = Callable[[dict], Awaitable[None]]
+Emit = Callable[[object], Awaitable[None]]   # the connection's sink of session events (events.py)
+MODEL_OUTPUT_RATE_HZ = 24_000  # the speech head's rate (Vocos)
 FIRST_AUDIO_TARGET_S = 0.2    # scheduling deadline of a reply's steps until its first audio
 PLAYOUT_MARGIN_S = 0.3        # serve a reply step this long before its listener would starve
+
+
+def reply_options(settings, config, params) -> GenerateOptions:
+    """A reply's generation options: the session's `config` overridden by the response's
+    `params` (config.ResponseParams), within the server's `settings` caps."""
+    limit = settings.max_reply_tokens
+    cap = config.max_output_tokens if params.max_output_tokens is None else params.max_output_tokens
+    if isinstance(cap, int):
+        limit = min(limit, cap)
+    speak = "audio" in (params.output_modalities or config.output_modalities)
+    temperature = params.temperature if params.temperature is not None else config.temperature
+    sampling = SamplingParams() if temperature is None else SamplingParams(temperature=temperature)
+    return GenerateOptions(sampling=sampling, max_new_tokens=limit, generate_audio=speak,
+                           max_speech_s=settings.max_speech_s, low_latency=True)
 
 
 @dataclass
@@ -40,7 +57,6 @@ class Response:
     t_first_audio_s: float | None = None
     speak: bool = True                           # output_modalities: audio (+ transcript) or text only
     metadata: dict | None = None                 # the client's, echoed on the response object
-    wire: OutputAudioStream | None = None        # audio deltas on the wire (None: WebRTC's track)
     first_output: asyncio.Event = field(default_factory=asyncio.Event)   # its first text or audio, or its end
     stopped: bool = False                        # barge-in, cancel or truncate stopped it: no longer audible
     cut_live: bool = False                       # a truncate cancelled it mid-generation (see response.cancel)
@@ -51,21 +67,20 @@ class Response:
         """Reply audio generated so far."""
         return 1000.0 * self.audio_samples / MODEL_OUTPUT_RATE_HZ
 
-    def part(self) -> dict:
+    def part(self) -> E.Part:
         text = "".join(self.transcript)
-        return {"type": "output_audio", "transcript": text} if self.speak else {"type": "output_text", "text": text}
+        return E.Part("output_audio", transcript=text) if self.speak else E.Part("output_text", text=text)
 
-    def item(self, status: str) -> dict:
-        return W.item_object(self.item_id, "assistant", [self.part()], status=status)
+    def item(self, status: str) -> E.Item:
+        return E.Item(self.item_id, "assistant", (self.part(),), status)
 
 
 class Responder:
     """Runs replies of one conversation; at most one live at a time."""
 
-    def __init__(self, send: Send, engine, playout, output_format, clock_s: Callable[[], float] = time.monotonic,
+    def __init__(self, send: Emit, engine, playout, clock_s: Callable[[], float] = time.monotonic,
                  metrics=None, spawn: Spawn = plain_task):
         self.send, self.engine, self.playout, self.spawn = send, engine, playout, spawn
-        self.output_format = output_format
         self.clock_s = clock_s
         self.metrics = metrics
         self.current: Response | None = None
@@ -74,16 +89,12 @@ class Responder:
     async def start(self, opts, t_trigger_s: float, previous_item_id: str | None,
                     extra_timings: dict | None = None, speak: bool = True, metadata=None) -> Response:
         """Start a reply with `GenerateOptions` `opts` on the conversation's engine."""
-        r = Response(W.new_id("resp"), W.new_id("item"), t_trigger_s, speak=speak, metadata=metadata,
-                     previous_item_id=previous_item_id,
-                     wire=None if self.output_format is None else OutputAudioStream(self.output_format))
+        r = Response(new_id("resp"), new_id("item"), t_trigger_s, speak=speak, metadata=metadata,
+                     previous_item_id=previous_item_id)
         self.current = r
         r.timings_ms.update(extra_timings or {})
         self.playout.start(r.id)
-        await self.send(W.response_created(W.response_object(r.id, "in_progress", metadata=r.metadata)))
-        await self.send(W.conversation_item_added(r.item("in_progress"), previous_item_id))
-        await self.send(W.response_output_item_added(r.id, 0, r.item("in_progress")))
-        await self.send(W.response_content_part_added(r.id, r.item_id, 0, 0, r.part()))
+        await self.send(E.ResponseStarted(r.id, r.item("in_progress"), previous_item_id, r.metadata))
         r.task = self.spawn(self._run(r, opts), f"response {r.id}")
         return r
 
@@ -105,7 +116,7 @@ class Responder:
         except asyncio.CancelledError:
             raise
         except Exception as e:                    # the model failed: report it, close the response
-            await report(self.send, e)
+            await self.send(E.Failed(e))
             if not r.closed:
                 await self.finish(r, "failed", reason=type(e).__name__)
 
@@ -121,8 +132,7 @@ class Responder:
         if text:
             r.timings_ms.setdefault("first_text_ms", now_ms())
             r.transcript.append(text)
-            delta = W.response_output_audio_transcript_delta if r.speak else W.response_output_text_delta
-            await self.send(delta(r.id, r.item_id, 0, 0, text))
+            await self.send(E.ResponseText(r.id, r.item_id, text, r.speak))
         if len(wav):
             r.timings_ms.setdefault("first_audio_ms", now_ms())
             if r.t_first_audio_s is None:
@@ -133,12 +143,7 @@ class Responder:
                 self.metrics.underruns.inc()      # what was sent before this had played out already
             r.audio_samples += len(wav)
             self.playout.write(r.id, wav)
-            if r.wire is not None:
-                await self._send_audio(r, r.wire.push(wav))
-
-    async def _send_audio(self, r: Response, b64: str) -> None:
-        if b64:                                   # a G.711 resampler may hold a few ms back
-            await self.send(W.response_output_audio_delta(r.id, r.item_id, 0, 0, b64))
+            await self.send(E.ResponseAudio(r.id, r.item_id, wav))
 
     async def finish(self, r: Response, status: str, reason: str | None = None) -> None:
         """Close `r`: the done events, then `response.done`; idempotent."""
@@ -148,26 +153,12 @@ class Responder:
         r.first_output.set()
         if status == "cancelled":                 # capped (incomplete) replies still play to the end
             self.playout.stop(r.id)
-        elif r.wire is not None:
-            await self._send_audio(r, r.wire.flush())
         r.timings_ms["total_ms"] = 1000.0 * (self.clock_s() - r.t_trigger_s)
         r.timings_ms["audio_ms"] = r.audio_ms
         item_status = "completed" if status == "completed" else "incomplete"
-        text = "".join(r.transcript)
-        if r.speak:
-            await self.send(W.response_output_audio_done(r.id, r.item_id, 0, 0))
-            await self.send(W.response_output_audio_transcript_done(r.id, r.item_id, 0, 0, text))
-        else:
-            await self.send(W.response_output_text_done(r.id, r.item_id, 0, 0, text))
-        await self.send(W.response_content_part_done(r.id, r.item_id, 0, 0, r.part()))
-        await self.send(W.response_output_item_done(r.id, 0, r.item(item_status)))
-        await self.send(W.conversation_item_done(r.item(item_status), None))
-        details = (None if status == "completed" else
-                   {"type": status, "error": {"type": "server_error", "message": reason}} if status == "failed" else
-                   {"type": status, "reason": reason})
-        await self.send(W.response_done(W.response_object(
-            r.id, status, [r.item(item_status)], status_details=details, metadata=r.metadata)))
-        await self.send(W.response_omni_timings(r.id, {k: round(v, 1) for k, v in r.timings_ms.items()}))
+        await self.send(E.ResponseEnded(r.id, r.item(item_status), "".join(r.transcript), r.speak,
+                                        E.Outcome(status, reason), r.metadata, keep_audio_tail=status != "cancelled"))
+        await self.send(E.ResponseTimings(r.id, {k: round(v, 1) for k, v in r.timings_ms.items()}))
         self.history.append(dict(r.timings_ms))
         if self.current is r:
             self.current = None

@@ -20,8 +20,8 @@ import numpy as np
 from omni.sampling import GREEDY
 from omni.session.engine import GenerateOptions
 
-from ..gateway import protocol as W
-from ..gateway.errors import CapacityError, error_object
+from ..errors import CapacityError
+from . import events as E
 from .tasks import Spawn, plain_task
 
 log = logging.getLogger("omni.transcribe")
@@ -62,7 +62,7 @@ class Transcriber:
         if self.queue.qsize() >= MAX_QUEUED:
             err = CapacityError("transcription_backlog", f"{MAX_QUEUED} turns already wait for their "
                                 "transcripts; this one is skipped")
-            self.spawn(self.send(W.transcription_failed(item_id, error_object(err))), "transcript refused")
+            self.spawn(self.send(E.TranscriptFailed(item_id, err)), "transcript refused")
             return
         self.queue.put_nowait(Job(item_id, audio_16k, language))
         if self.task is None or self.task.done():
@@ -84,7 +84,7 @@ class Transcriber:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - a failed transcript is an event, the session goes on
-                await self.send(W.transcription_failed(job.item_id, error_object(e)))
+                await self.send(E.TranscriptFailed(job.item_id, e))
 
     async def _retrying(self, job: Job) -> None:
         """While every background slot is taken (at the open, or at the first command where the
@@ -111,9 +111,8 @@ class Transcriber:
                 while (item := await engine.reply_step()) is not None:
                     if item[0]:
                         parts.append(item[0])
-                        await self.send(W.transcription_delta(job.item_id, item[0]))
-            await self.send(W.transcription_completed(job.item_id, "".join(parts).strip(),
-                                                      len(job.audio_16k) / RATE_HZ))
+                        await self.send(E.TranscriptText(job.item_id, item[0]))
+            await self.send(E.TranscriptDone(job.item_id, "".join(parts).strip(), len(job.audio_16k) / RATE_HZ))
         finally:
             engine.close()
 

@@ -15,10 +15,10 @@ def hold_reply_until_cancelled(server, audio_items: int = 14) -> None:
     once the first reply has made a few seconds of speech its next step waits until the reply is
     cancelled, so the random tiny model cannot end it before the user cuts in."""
     import dataclasses
-    import streaming.session.conversation as conv_mod
-    real = conv_mod.GenerateOptions
-    conv_mod.GenerateOptions = lambda **kw: dataclasses.replace(real(**kw), force_no_stop=True)
-    server.undo.append(lambda: setattr(conv_mod, "GenerateOptions", real))
+    import streaming.session.respond as respond_mod
+    real = respond_mod.GenerateOptions
+    respond_mod.GenerateOptions = lambda **kw: dataclasses.replace(real(**kw), force_no_stop=True)
+    server.undo.append(lambda: setattr(respond_mod, "GenerateOptions", real))
     from streaming.handle import EngineHandle
     step, held = EngineHandle.reply_step, [0]
 

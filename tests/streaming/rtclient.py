@@ -75,9 +75,9 @@ def force_long_replies(monkeypatch) -> None:
     """Forced fault for barge-in tests: replies never end by themselves (the official
     `force_no_stop` TTS debug flag), so the random tiny model cannot finish before the user cuts in."""
     import dataclasses
-    import streaming.session.conversation as conv_mod
-    real = conv_mod.GenerateOptions
-    monkeypatch.setattr(conv_mod, "GenerateOptions", lambda **kw: dataclasses.replace(real(**kw), force_no_stop=True))
+    import streaming.session.respond as respond_mod
+    real = respond_mod.GenerateOptions
+    monkeypatch.setattr(respond_mod, "GenerateOptions", lambda **kw: dataclasses.replace(real(**kw), force_no_stop=True))
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ import soundfile as sf
 from PIL import Image
 
 from streaming.gateway import codecs as C
-from streaming.gateway.errors import MediaError
+from streaming.errors import MediaError
 
 
 def sine(freq_hz: float, rate_hz: int, seconds: float, amp: float = 0.5) -> np.ndarray:

@@ -199,6 +199,7 @@ async def test_transcripts_that_cannot_run_end_in_failed_events(tiny_omni):
     MAX_QUEUED fail at once (transcription_backlog). Each failure is one `failed` event."""
     import asyncio
 
+    from streaming.gateway.outbound import WireEvents
     from streaming.session.transcribe import MAX_QUEUED, OPEN_WAIT_S, Transcriber
     from streaming.settings import ServerSettings
     from streaming.worker import EngineSpec, EngineWorker
@@ -213,7 +214,7 @@ async def test_transcripts_that_cannot_run_end_in_failed_events(tiny_omni):
     def clock():                                          # each look at the clock: past the wait
         now[0] += OPEN_WAIT_S / 2 + 1
         return now[0]
-    t = Transcriber(w, send, clock_s=clock)
+    t = Transcriber(w, WireEvents(send), clock_s=clock)   # its events as a client gets them
     try:
         for k in range(MAX_QUEUED + 2):
             t.submit(f"item_{k}", np.zeros(16000, np.float32), None)

@@ -331,7 +331,7 @@ def test_error_events_and_close_codes() -> None:
 
 
 def test_fragments_join_in_order_and_bound_their_size():
-    from streaming.gateway.errors import ProtocolError
+    from streaming.errors import ProtocolError
     from streaming.gateway.fragments import Reassembler
 
     def piece(i, n, data: bytes, mid="a", **extra):

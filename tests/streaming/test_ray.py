@@ -124,7 +124,7 @@ async def test_a_killed_replica_closes_its_sessions_at_once_and_comes_back(serve
 async def test_two_gateways_share_capacity_and_a_dead_gateways_sessions_are_freed(cluster):
     """The replicas hold 4 sessions in all, whichever gateway asks; a gateway that stops
     heartbeating (it died) loses its sessions after the lease."""
-    from streaming.gateway.errors import CapacityError
+    from streaming.errors import CapacityError
     a, b = _worker(), _worker()
     try:
         async with asyncio.timeout(10):                                    # earlier tests' closes landed

@@ -36,7 +36,7 @@ def _spec(**kw) -> EngineSpec:
 @pytest.mark.asyncio
 async def test_sessions_beyond_the_engines_capacity_are_refused(tiny_omni):
     """Admission from capacity: an engine holds what its KV pools hold; one more is server_busy."""
-    from streaming.gateway.errors import CapacityError
+    from streaming.errors import CapacityError
     w = EngineWorker(tiny_omni, _spec(max_sessions=2))
     try:
         assert w.capacity == 2
@@ -110,7 +110,7 @@ async def test_process_errors_keep_their_type_and_closed_sessions_are_freed(proc
 
 @pytest.mark.asyncio
 async def test_a_killed_model_process_is_reported_and_replaced():
-    from streaming.gateway.errors import ModelError, close_code
+    from streaming.errors import ModelError, close_code
     from streaming.procs import ProcessWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
@@ -135,7 +135,7 @@ async def test_a_killed_model_process_is_reported_and_replaced():
 async def test_a_hung_model_process_is_killed_after_the_step_timeout():
     import os
     import signal
-    from streaming.gateway.errors import ModelError
+    from streaming.errors import ModelError
     from streaming.procs import ProcessWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
