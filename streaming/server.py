@@ -47,7 +47,7 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> we
     app["conversations"] = set()
     app["metrics"] = Metrics()
     # the checkpoint's folder name only: /healthz is open, and a path says too much about the host
-    app["model_name"] = "embedded-tiny" if embedded else Path(settings.model).name
+    app["model_name"] = "embedded-tiny" if embedded else Path(settings.model or "").name
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -61,7 +61,9 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> we
         log.warning("aiortc not installed: WebRTC signalling disabled")
     static = Path(settings.static_dir) if settings.static_dir else WEB_CLIENT
     if static.is_dir():
-        app.router.add_get("/", lambda r: web.FileResponse(static / "index.html"))
+        async def index(_request: web.Request) -> web.StreamResponse:
+            return web.FileResponse(static / "index.html")
+        app.router.add_get("/", index)
         app.router.add_static("/", static, show_index=False)
     app.on_startup.append(_start_reaper)
     app.on_shutdown.append(_close_sessions)
@@ -215,12 +217,12 @@ def make_worker(settings: ServerSettings):
         import dataclasses
         from .rayworker import RayWorker
         replicas = settings.ray_replicas or (_gpus() if settings.device.startswith("cuda") else settings.lanes)
-        return RayWorker(checkpoint_dir(settings), dataclasses.replace(spec, lanes=replicas), settings.dtype,
+        return RayWorker(str(checkpoint_dir(settings)), dataclasses.replace(spec, lanes=replicas), settings.dtype,
                          settings.device, replicas, settings.ray_address, settings.ray_lease_s,
                          settings.ray_max_restarts, settings.model_step_timeout_s)
     if settings.worker_kind == "processes":
         from .procs import ProcessWorker
-        return ProcessWorker(checkpoint_dir(settings), spec, settings.dtype, settings.device,
+        return ProcessWorker(str(checkpoint_dir(settings)), spec, settings.dtype, settings.device,
                              settings.model_step_timeout_s)
     return EngineWorker(load_model(settings)[0], spec)
 

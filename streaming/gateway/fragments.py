@@ -33,8 +33,8 @@ class Reassembler:
 
         Raises ProtocolError for a malformed or out-of-order piece; the message in assembly is then
         dropped, so the next piece 0 starts clean."""
-        mark = _MARK if isinstance(raw, bytes) else FRAGMENT_TYPE
-        if mark not in raw:                  # the common case costs one substring search
+        # the common case costs one substring search
+        if (_MARK not in raw) if isinstance(raw, bytes) else (FRAGMENT_TYPE not in raw):
             return raw
         try:
             obj = json.loads(raw)

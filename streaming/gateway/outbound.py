@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..session import events as E
+from ..session.config import SessionConfig
 from . import events as W
 from .codecs import OutputAudioStream
 from .errors import error_object, to_error_event
@@ -45,7 +46,7 @@ class WireEvents:
 
     def __init__(self, send_json: SendJson, wire_audio: bool = True) -> None:
         self.send_json, self.wire_audio = send_json, wire_audio
-        self.config = None                      # the SessionConfig last announced
+        self.config = SessionConfig()           # the config last announced (session.created/updated)
         self.encoders: dict[str, OutputAudioStream] = {}
 
     async def __call__(self, ev: object) -> None:
@@ -54,7 +55,7 @@ class WireEvents:
 
     async def send(self, obj: dict[str, Any]) -> None:
         """Any server event: [ext] types only reach a client that opted in (session.omni.events)."""
-        if W.for_client(obj, self.config is not None and self.config.omni.events):
+        if W.for_client(obj, self.config.omni.events):
             await self.send_json(obj)
 
     def render(self, ev: object) -> list[dict[str, Any]]:

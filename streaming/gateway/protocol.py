@@ -136,7 +136,7 @@ _BETA_PARTS = {"text": "output_text", "audio": "output_audio"}  # beta assistant
 
 def _part(role: str, v: Any, p: str) -> ContentPart:
     o = as_type(v, dict, p)
-    t = get_field(o, "type", str, p, required=True)
+    t: str = get_field(o, "type", str, p, required=True)
     if role == "assistant":
         t = _BETA_PARTS.get(t, t)
     one_of(t, _PART_TYPES[role], f"{p}.type")

@@ -14,7 +14,7 @@ from aiohttp import WSMsgType, web
 from ..playout import ClockPlayout
 from ..session.conversation import Conversation
 from .boundary import Supervisor, dispatch
-from .errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CapacityError, close_code, to_error_event
+from .errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CapacityError, to_error_event
 from .inbound import Inbound
 from .lifecycle import heartbeat, session_ended, session_started, watch_engine
 from .outbound import WireEvents
@@ -35,7 +35,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
         lease = manager.acquire()
     except CapacityError as e:
         await ws.send_str(json.dumps(to_error_event(e)))
-        await ws.close(code=close_code(e), message=b"server full")
+        await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=b"server full")
         return ws
     queue: asyncio.Queue = asyncio.Queue(SEND_QUEUE)
 
@@ -49,7 +49,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
     except CapacityError as e:                 # every engine slot is taken (another gateway's sessions)
         manager.release(lease)
         await ws.send_str(json.dumps(to_error_event(e)))
-        await ws.close(code=close_code(e), message=b"server full")
+        await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=b"server full")
         return ws
     def close_for(reason: str) -> None:        # idle timeout, shutdown: after the events queued so far
         try:

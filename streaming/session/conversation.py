@@ -68,7 +68,7 @@ class Conversation:
         self.last_item_id: str | None = None
         self.system_dirty = True
         self.pending_units: list = []             # (unit, its turn) heard while a reply plays without barge-in
-        self.pending_rollback: tuple[str, float] | None = None   # (reply item id, heard ms)
+        self.pending_rollback: tuple[str, float | None] | None = None   # (reply item id, heard ms or None: all)
         self.rollback_open = False                # the last reply can still be cut (nothing prefilled since)
         self.last_reply = None                    # respond.Response of the latest reply
         self.last_turn: Turn | None = None
@@ -258,7 +258,8 @@ class Conversation:
         for ev in events:
             if isinstance(ev, SpeechStarted):
                 if stopped:
-                    await self._end_turn(self.config.turn_detection.create_response)
+                    td = self.config.turn_detection
+                    await self._end_turn(td is not None and td.create_response)
                     stopped = False
                 await self._speech_started(ev)
             elif isinstance(ev, SpeechStopped):
@@ -337,6 +338,7 @@ class Conversation:
         r = await self.responder.start(opts, t0, self.last_item_id, timings, speak=speak, metadata=params.metadata)
         self.last_reply, self.rollback_open = r, True
         self.last_item_id = r.item_id
+        assert r.task is not None                # start() set it
         r.task.add_done_callback(lambda _t: self.engine.closed or self.spawn(self._after_response(),
                                                                               f"prefill after {r.id}"))
 

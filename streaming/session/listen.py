@@ -59,13 +59,15 @@ class Listener:
         self.heard_samples += len(samples_16k)
         if self.vad_cfg is None:
             return [UnitReady(u) for u in self.chunker.push_audio(samples_16k)]
-        self.prefix.push(samples_16k)
+        prefix, vad = self.prefix, self.vad
+        assert prefix is not None and vad is not None   # configured with the VAD
+        prefix.push(samples_16k)
         events: list[ListenEvent] = []
-        for frame_ms, prob in self.vad.push(self.vad_state, samples_16k):
+        for frame_ms, prob in vad.push(self.vad_state, samples_16k):
             for ev in self.detector.step(prob, frame_ms):
                 events += self._on_turn_event(ev)
         if self.speaking:
-            events += [UnitReady(u) for u in self.chunker.push_audio(self.prefix.read(self.chunker.audio_end_ms))]
+            events += [UnitReady(u) for u in self.chunker.push_audio(prefix.read(self.chunker.audio_end_ms))]
         return events
 
     def _on_turn_event(self, ev) -> list[ListenEvent]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,7 +127,7 @@ class TurnDetector:
 
 # --------------------------------------------------------------------------- Silero model
 
-def load_silero_jit() -> torch.jit.ScriptModule:
+def load_silero_jit() -> Any:   # silero_vad's TorchScript wrapper (its own types are loose)
     """The packaged TorchScript model (offline, ~0.07 s). `import silero_vad` calls
     torch.set_num_threads(1) for the whole process; the previous count is restored here."""
     threads = torch.get_num_threads()
@@ -201,7 +202,8 @@ class SileroVAD:
         frames = buf[:n * FRAME_SAMPLES].reshape(n, FRAME_SAMPLES)
         ctx = np.concatenate([state.context_16k[None], frames[:-1, -self.CONTEXT_SAMPLES:]], axis=0)
         rows = np.ascontiguousarray(np.concatenate([ctx, frames], axis=1))       # (n, 64 + 512)
-        probs, state.h, state.c = self._session.run(None, {"input": rows, "h": state.h, "c": state.c})
+        probs, h, c = (np.asarray(a) for a in self._session.run(None, {"input": rows, "h": state.h, "c": state.c}))
+        state.h, state.c = h, c
         state.context_16k = frames[-1, -self.CONTEXT_SAMPLES:].copy()
         out = [(state.next_frame_ms + k * FRAME_MS, float(p)) for k, p in enumerate(probs)]
         state.frames_done += n
