@@ -1,10 +1,9 @@
 """A realtime conversation: commands in (decoded by gateway/inbound.py), engine steps on the
 worker, typed events out (session/events.py; gateway/outbound.py makes the wire of them).
 
-Owns one connection's protocol state: the session config, the engine `Session` (context),
-listening (VAD + chunker), the live response, barge-in rollback and the item ids the client sees.
-It only ever runs on the event loop; transports call `handle` (through their Inbound),
-`push_audio_16k` and `push_frame`, and never see the engine or build an event."""
+Owns one connection's protocol state: the session config, the engine `Session` (context), listening
+(VAD + chunker), the live response, barge-in rollback and the item ids the client sees. Runs on the
+event loop only; transports call `handle` (via Inbound), `push_audio_16k` and `push_frame`."""
 from __future__ import annotations
 
 import asyncio
@@ -327,7 +326,6 @@ class Conversation:
         await self._ensure_system()
         await self._apply_rollback()
         opts = reply_options(self.settings, self.config, params)
-        speak = opts.generate_audio
         turn, self.last_turn = self.last_turn, None
         timings = {}
         if turn is not None and turn.prefill_ms:
@@ -335,7 +333,8 @@ class Conversation:
             timings["unit_prefill_mean_ms"] = sum(turn.prefill_ms) / len(turn.prefill_ms)
         t0 = self.t_turn_end_s or self.clock_s()
         self.t_turn_end_s = None
-        r = await self.responder.start(opts, t0, self.last_item_id, timings, speak=speak, metadata=params.metadata)
+        r = await self.responder.start(opts, t0, self.last_item_id, timings, speak=opts.generate_audio,
+                                       metadata=params.metadata)
         self.last_reply, self.rollback_open = r, True
         self.last_item_id = r.item_id
         assert r.task is not None                # start() set it
