@@ -1,7 +1,11 @@
-// The call: Start (unlocks audio in the tap), media, transport choice with fallback, event
-// handling, barge-in and the numbers. `window.omni` exposes state for tests and debugging.
+// The page's I/O around the call state machine (state.js): the audio graph (created inside the
+// Start tap), media and transport opening with fallback, and the DOM. Every server event, player
+// message and user action is one reducer event; `render` then shows the state, and the
+// transition's effects are run here. `window.omni` is a read-only view for tests and debugging.
 import * as P from "./protocol.js";
 import * as ui from "./ui.js";
+import * as errors from "./errors.js";
+import { reduce, initialState, view, replyOf } from "./state.js";
 import { WsTransport, TransportError } from "./transport_ws.js";
 import { WebRtcTransport } from "./transport_webrtc.js";
 import { VoicePicker } from "./voice.js";
@@ -9,351 +13,263 @@ import { Prefs } from "./prefs.js";
 import { CallRecorder, save } from "./export.js";
 import { DevicePicker } from "./devices.js";
 
-const KEY_STORE = "omni.apiKey", QUIET_RMS = 0.004, LOUD_RMS = 0.01;
-// The server sends [ext] omni.heartbeat every 2 s: this long with no event at all is a dead server
-// or network (a killed machine sends no close frame, and a browser cannot see WebSocket pings).
-const SILENT_MS = 5000;
-const TLS_HINT = "omni serve --tls-self-signed --host 0.0.0.0";
-const app = window.omni = {
-  ctx: null, player: null, analyser: null, transport: null, mic: null, cam: null, muted: false,
-  responses: new Map(), dead: new Set(), current: null, audible: null, lastStop: null, turnStart: {},
-  session: null, health: null, quietSince: 0, lastHeardMs: 0, sentKey: false, micAnalyser: null, typed: 0,
-  metrics: { turns: [], outRmsMax: 0, transport: null, truncates: [], events: {} },
-};
+const { KEY_STORE, TLS_HINT } = errors;
+const TURNS_KEPT = 200;   // metrics.turns / truncates: enough for any test, bounded for a long call
+// Browser handles (audio graph, media, transport): resources, not call state, which is `state`.
+const io = { ctx: null, player: null, analyser: null, micAnalyser: null, transport: null, mic: null, cam: null };
+const metrics = { turns: [], outRmsMax: 0, transport: null, truncates: [], events: {} };
+let state = initialState(), health = null;
 const radio = (name) => document.querySelector(`input[name="${name}"]:checked`).value;
 const videoMode = () => radio("mode") === "video";
+const apiKey = () => localStorage.getItem(KEY_STORE) || ui.el("api-key").value || "";
+
+// ---- the one loop: event -> state -> render -> effects --------------------------------------
+const queue = [];
+let dispatching = false;
+function dispatch(ev) {
+  queue.push(ev);
+  if (dispatching) return;               // an effect dispatched: handled after the current one
+  dispatching = true;
+  try {
+    while (queue.length) {
+      const before = state;
+      state = reduce(state, queue.shift());
+      if (state === before) continue;
+      render(state, before);
+      for (const fx of state.effects) run(fx);
+    }
+  } finally { dispatching = false; }
+}
+
+/** The DOM that follows the state: badge, buttons, connection line. */
+function render(s, before) {
+  const v = view(s), was = before ? view(before) : {};
+  if (v.badge !== was.badge) ui.setState(v.badge);
+  if (v.calling !== was.calling) ui.setCallButtons(v.calling);
+  if (v.connected !== was.connected) ui.setInCall(v.connected);
+  if (v.link !== was.link && v.link != null) ui.setConnection(v.link);
+  if (v.muted !== was.muted) ui.setMuted(v.muted);
+  if (v.downloads !== was.downloads) for (const id of ["dl-transcript", "dl-audio"]) ui.el(id).disabled = !v.downloads;
+  ui.el("interrupt").disabled = !v.interruptible;   // after setCallButtons, which also sets it
+}
+
+const OUT = {                                        // effect `send` -> the wire event
+  session: () => sessionUpdate(), cancel: (f) => P.responseCancel(f.id), text: (f) => P.textItem(f.text),
+  create: () => P.responseCreate(),
+};
+
+function run(fx) {
+  switch (fx.do) {
+    case "open": openCall(fx.attempt); break;
+    case "teardown": release(); break;
+    case "clearError": ui.clearError(); break;
+    case "send": send(OUT[fx.msg](fx)); break;
+    case "truncate":
+      send(P.itemTruncate(fx.itemId, fx.audioEndMs));
+      keep(metrics.truncates, { id: fx.id, item: fx.itemId, audio_end_ms: Math.floor(fx.audioEndMs), at: performance.now() });
+      break;
+    case "player":
+      if (fx.cmd === "push") io.player?.port.postMessage({ cmd: "push", id: fx.id, samples: fx.samples }, [fx.samples.buffer]);
+      else io.player?.port.postMessage({ cmd: fx.cmd, id: fx.id });
+      break;
+    case "mute": io.transport?.setMuted(fx.on); break;
+    case "meta": ui.assistantMeta(fx.id, fx.text, fx.cut); break;
+    case "text": ui.assistantText(fx.id, fx.delta); break;
+    case "userTurn": ui.userTurn(fx.itemId, fx.durationMs); break;
+    case "userText": ui.userText(fx.itemId, fx.text, fx.append); break;
+    case "firstAudio":
+      ui.setStat("st-page", `${Math.round(fx.ms)} ms`);
+      ui.latencyBar(fx.ms);
+      turnOf(fx.id).pageMs = fx.ms;
+      break;
+    case "turnStatus": turnOf(fx.id).status = fx.status; break;
+    case "timings": timings(fx.id, fx.timings); break;
+    case "error":
+      if (fx.lost) errors.callLost(fx.lost, health);
+      else errors.explainFailure(fx.failure, health);
+      break;
+    case "serverError": errors.serverError(fx.error, health, !!apiKey()); break;
+    default: throw new Error(`unknown effect ${fx.do}`);
+  }
+}
+
+/** Every event the page itself sends goes here (the transports send mic audio and frames). */
+function send(event) {
+  if (!io.transport) return;
+  ui.logEvent("out", event);
+  io.transport.send(event);
+}
+
+function keep(list, item) { list.push(item); if (list.length > TURNS_KEPT) list.shift(); }
+
+function turnOf(id) {
+  let t = metrics.turns.find((x) => x.id === id);
+  if (!t) keep(metrics.turns, t = { id, pageMs: null });
+  return t;
+}
+
+// The server's figures of a reply; they follow its response.done.
+function timings(id, t) {
+  if (t.first_audio_ms != null) ui.setStat("st-server", `${Math.round(t.first_audio_ms)} ms`);
+  if (t.unit_prefill_mean_ms != null) {
+    ui.setStat("st-unit", `${Math.round(t.unit_prefill_mean_ms)} ms mean, ${Math.round(t.unit_prefill_max_ms)} ms max (budget 1000 ms)`);
+  }
+  turnOf(id).server = t;
+}
 
 // ---- audio graph (created inside the Start tap: iPad/Safari only play audio unlocked there) --
 function ensureCtx() {
-  if (!app.ctx) {
-    app.ctx = new (window.AudioContext || window.webkitAudioContext)();
-    if (devices.speaker()) app.ctx.setSinkId?.(devices.speaker()).catch(() => {});
-    app.analyser = app.ctx.createAnalyser();
-    app.analyser.fftSize = 1024;
+  if (!io.ctx) {
+    io.ctx = new (window.AudioContext || window.webkitAudioContext)();
+    if (devices.speaker()) io.ctx.setSinkId?.(devices.speaker()).catch(() => {});
+    io.analyser = io.ctx.createAnalyser();
+    io.analyser.fftSize = 1024;
   }
-  if (app.ctx.state !== "running") app.ctx.resume();
-  return app.ctx;
+  if (io.ctx.state !== "running") io.ctx.resume();
+  return io.ctx;
 }
 
 async function ensurePlayer() {
-  if (app.player) return;
-  await app.ctx.audioWorklet.addModule("player-worklet.js");
-  app.player = new AudioWorkletNode(app.ctx, "omni-player", { numberOfInputs: 0, outputChannelCount: [1] });
-  app.player.port.onmessage = (m) => onPlayer(m.data);
-  app.player.connect(app.analyser);
-  app.player.connect(app.ctx.destination);
+  if (io.player) return;
+  await io.ctx.audioWorklet.addModule("player-worklet.js");
+  io.player = new AudioWorkletNode(io.ctx, "omni-player", { numberOfInputs: 0, outputChannelCount: [1] });
+  io.player.port.onmessage = (m) => dispatch({ type: "player", msg: m.data, now: performance.now() });
+  io.player.connect(io.analyser);
+  io.player.connect(io.ctx.destination);
 }
 
-// ---- start / stop -------------------------------------------------------------------------
-async function start() {
-  ui.clearError();
-  ensureCtx();                       // synchronously in the tap
-  if (!navigator.mediaDevices?.getUserMedia) {
-    ui.showError(["This page needs HTTPS for the microphone on a remote host. Start the server with ",
-      [TLS_HINT], " and open https://<this-machine>:<port>/ (accept the certificate)."]);
-    return;
-  }
-  ui.setCallButtons(true);
-  ui.setState("connecting");
+// ---- opening and closing a call --------------------------------------------------------------
+const STALE = Symbol("stale");
+
+/** The `open` effect: media, then a transport; the outcome is a `connected` or `failed` event. */
+async function openCall(attempt) {
+  if (!navigator.mediaDevices?.getUserMedia) return dispatch({ type: "failed", attempt, error: { kind: "insecure" } });
+  ensureCtx();                                   // synchronously in the tap
+  const own = {};                                // what this attempt opened: released here if the call ended meanwhile
+  const hold = (k, v) => { own[k] = v; if (state.attempt !== attempt) throw STALE; io[k] = v; return v; };
+  const key = apiKey();
   try {
     await ensurePlayer();
     recorder.clear();                             // the download is of the latest call
-    await recorder.attach(app.ctx, app.analyser);
-    await openMedia();
-    await connect();
+    await recorder.attach(io.ctx, io.analyser);
+    await openMedia(hold);
+    const rtcError = await connect(attempt, key, hold);
+    metrics.transport = io.transport.kind;
+    dispatch({ type: "connected", attempt, transport: io.transport.kind, rtcFailed: !!rtcError,
+      at: new Date().toISOString(), now: performance.now() });
+    if (io.transport?.kind === "webrtc") readPair(io.transport, 20);
   } catch (e) {
-    hangUp(false);
-    if (e instanceof TransportError) return transportFailed(e);
-    ui.showError(e.message || String(e));
+    if (e === STALE || state.attempt !== attempt) return releaseOwn(own);
+    const kind = e instanceof TransportError ? e.kind : "media";
+    dispatch({ type: "failed", attempt, error: { kind, message: e.message || String(e), keyed: !!key } });
   }
 }
 
-async function openMedia() {
-  try { app.mic = await navigator.mediaDevices.getUserMedia({ audio: devices.audio() }); }
+// The nominated candidate pair can show up in getStats a little after the data channel opens.
+function readPair(t, triesLeft) {
+  t.stats().then((s) => {
+    if (s.pair) metrics.pair = s.pair;
+    else if (triesLeft > 0 && io.transport === t) setTimeout(() => readPair(t, triesLeft - 1), 250);
+  });
+}
+
+async function openMedia(hold) {
+  try { hold("mic", await navigator.mediaDevices.getUserMedia({ audio: devices.audio() })); }
   catch (e) {
+    if (e === STALE) throw e;
     throw new Error(e.name === "NotAllowedError" ? "Microphone access was denied. Allow the microphone for this site (address bar → site settings) and press Start again."
       : e.name === "NotFoundError" ? "No microphone found." : "Microphone error: " + e.message);
   }
-  app.cam = null;
+  hold("cam", null);
   if (videoMode()) {
-    try {
-      app.cam = await navigator.mediaDevices.getUserMedia({ video: devices.video() });
-    } catch (e) {
+    let cam = null;
+    try { cam = await navigator.mediaDevices.getUserMedia({ video: devices.video() }); }
+    catch (e) {
       ui.showError(e.name === "NotAllowedError" ? "Camera access was denied: continuing with voice only." : "Camera unavailable (" + e.message + "): voice only.");
     }
+    if (cam) hold("cam", cam);
   }
   showCamera();
   devices.refresh();                               // labels are known now
 }
 
+/** The transport, WebRTC first when chosen; resolves to the WebRTC error when it fell back. */
+async function connect(attempt, key, hold) {
+  let rtcError = null;
+  const handlers = {
+    onEvent: (e) => onEvent(e, attempt),
+    onClose: (info) => dispatch({ type: "lost", attempt, info }),
+    onLevel: (l) => ui.setLevel("mic-level", l * 4),
+  };
+  if (radio("transport") === "auto" && "RTCPeerConnection" in window) {
+    const t = hold("transport", new WebRtcTransport({ ...handlers, audioEl: ui.el("remote-audio") }));
+    try {
+      await t.open({ key, micStream: io.mic, camStream: io.cam });
+      hold("transport", t);                        // still this attempt's
+      io.ctx.createMediaStreamSource(t.outputStream()).connect(io.analyser);   // meter + latency; <audio> plays it
+      io.micAnalyser = io.ctx.createAnalyser();     // the mic meter (WebSocket: the mic worklet's level)
+      io.micAnalyser.fftSize = 1024;
+      io.ctx.createMediaStreamSource(io.mic).connect(io.micAnalyser);
+      return null;
+    } catch (e) {
+      if (e === STALE || !(e instanceof TransportError) || e.kind === "auth" || e.kind === "busy") throw e;
+      console.warn("WebRTC failed, falling back to WebSocket:", e.message);
+      metrics.webrtcError = rtcError = e.message;
+    }
+  }
+  const t = hold("transport", new WsTransport(handlers));
+  await t.open({ key });
+  hold("transport", t);
+  await t.startMedia({ ctx: io.ctx, micStream: io.mic, videoEl: ui.el("preview"), video: !!io.cam });
+  hold("transport", t);
+  return rtcError;
+}
+
+function onEvent(e, attempt) {
+  ui.logEvent("in", e);
+  metrics.events[e.type] = (metrics.events[e.type] || 0) + 1;
+  const samples = e.type === P.S.AUDIO_DELTA ? P.pcm16ToFloat(e.delta) : undefined;
+  dispatch({ type: "server", attempt, event: e, samples, now: performance.now() });
+}
+
+function releaseOwn(own) {
+  own.transport?.close();
+  for (const s of [own.mic, own.cam]) s?.getTracks().forEach((t) => t.stop());
+}
+
+/** The `teardown` effect: the call's media and transport go. */
+function release() {
+  releaseOwn(io);
+  io.transport = io.mic = io.cam = io.micAnalyser = null;
+  ui.el("flip").disabled = true;
+  ui.setLevel("mic-level", 0);
+  ui.el("preview").srcObject = null;
+}
+
 function showCamera() {
   const v = ui.el("preview");
-  v.srcObject = app.cam;
+  v.srcObject = io.cam;
   v.classList.toggle("mirrored", devices.facing === "user");   // a selfie view, not the back camera
-  ui.videoShown(!!app.cam);
-  ui.el("flip").disabled = !app.cam;
-  if (app.cam) v.play().catch(() => {});
+  ui.videoShown(!!io.cam);
+  ui.el("flip").disabled = !io.cam;
+  if (io.cam) v.play().catch(() => {});
 }
 
 /** Front <-> back camera during a call: a new camera track replaces the old one. */
 async function flipCamera() {
-  if (!app.cam) return;
+  if (!io.cam) return;
   devices.flip();
   let cam;
   try { cam = await navigator.mediaDevices.getUserMedia({ video: devices.video() }); }
   catch (e) { devices.flip(); ui.showError("Could not switch the camera: " + e.message); return; }
-  app.cam.getTracks().forEach((t) => t.stop());
-  app.cam = cam;
+  io.cam.getTracks().forEach((t) => t.stop());
+  io.cam = cam;
   showCamera();
-  app.transport?.setVideo(true, app.transport.kind === "webrtc" ? cam : ui.el("preview"));
+  io.transport?.setVideo(true, io.transport.kind === "webrtc" ? cam : ui.el("preview"));
 }
 
-async function connect() {
-  const key = localStorage.getItem(KEY_STORE) || ui.el("api-key").value || "";
-  app.sentKey = !!key;
-  const handlers = { onEvent, onClose: onLost, onLevel: (l) => ui.setLevel("mic-level", l * 4) };
-  const wantRtc = radio("transport") === "auto" && "RTCPeerConnection" in window;
-  if (wantRtc) {
-    const t = new WebRtcTransport({ ...handlers, audioEl: ui.el("remote-audio") });
-    app.transport = t;
-    try {
-      await t.open({ key, micStream: app.mic, camStream: app.cam });
-      const src = app.ctx.createMediaStreamSource(t.outputStream());
-      src.connect(app.analyser);                 // meter + latency only; the <audio> element plays it
-      app.micAnalyser = app.ctx.createAnalyser();   // the mic meter (WebSocket: the mic worklet's level)
-      app.micAnalyser.fftSize = 1024;
-      app.ctx.createMediaStreamSource(app.mic).connect(app.micAnalyser);
-      return connected(t);
-    } catch (e) {
-      if (!(e instanceof TransportError) || e.kind === "auth" || e.kind === "busy") throw e;
-      console.warn("WebRTC failed, falling back to WebSocket:", e.message);
-      app.metrics.webrtcError = e.message;
-    }
-  }
-  const t = new WsTransport(handlers);
-  app.transport = t;
-  await t.open({ key });
-  await t.startMedia({ ctx: app.ctx, micStream: app.mic, videoEl: ui.el("preview"), video: !!app.cam });
-  connected(t);
-}
-
-function connected(t) {
-  app.metrics.transport = t.kind;
-  ui.setConnection(t.kind === "webrtc" ? "WebRTC" + (app.metrics.webrtcError ? "" : "") : "WebSocket" + (app.metrics.webrtcError ? " (WebRTC failed)" : ""));
-  send(sessionUpdate());
-  if (app.muted) t.setMuted(true);
-  app.lastHeardMs = performance.now();
-  app.callStarted = new Date().toISOString();
-  ui.setInCall(true);
-  for (const id of ["dl-transcript", "dl-audio"]) ui.el(id).disabled = false;
-  ui.setState("listening");
-  if (t.kind === "webrtc") t.stats().then((s) => { app.metrics.pair = s.pair; });
-}
-
-function hangUp(showIdle = true) {
-  app.transport?.close();
-  app.transport = null;
-  for (const s of [app.mic, app.cam]) s?.getTracks().forEach((t) => t.stop());
-  app.mic = app.cam = null;
-  for (const id of app.responses.keys()) dropAudio(id, false);
-  app.current = app.audible = null;
-  app.micAnalyser = null;
-  app.lastHeardMs = 0;
-  ui.el("flip").disabled = true;
-  ui.setLevel("mic-level", 0);
-  ui.setInCall(false);
-  ui.el("preview").srcObject = null;
-  ui.setCallButtons(false);
-  ui.setState("idle");
-  if (showIdle) ui.setConnection("not connected");
-}
-
-function transportFailed(e) {
-  // A refused WebSocket handshake (401) reaches a browser only as close 1006: /healthz tells why.
-  if (e.kind === "network" && app.health?.auth_required) e = new TransportError("auth", e.message);
-  if (e.kind === "auth") {
-    localStorage.removeItem(KEY_STORE);
-    ui.askForKey();
-    ui.showError(app.sentKey ? "The server refused this API key. Check it under Settings → API key and press Start."
-      : "This server needs an API key. Enter it under Settings → API key and press Start.");
-  } else if (e.kind === "busy") {
-    ui.showError("The server is full (all sessions in use). Try again in a minute.", { reconnect: true });
-  } else {
-    console.warn("connect failed:", e.message);
-    ui.showError(`Could not reach the server at ${location.host}: it may be stopped, or the network is down. ` +
-      "Start it again (or check the network), then press Reconnect.", { reconnect: true });
-  }
-}
-
-function onLost(info) {
-  hangUp(false);
-  ui.setConnection("disconnected");
-  if (info?.error?.code === "server_busy") return transportFailed(new TransportError("busy", ""));
-  const why = info?.error ? `: ${info.error.message}` : info?.silent
-    ? `: nothing heard from the server for ${SILENT_MS / 1000} s (it may have stopped, or the network dropped)` : "";
-  ui.showError(`Connection lost${why}. This conversation's context is gone; Reconnect starts a new one.`,
-    { reconnect: true });
-}
-
-/** Every event the page itself sends goes here (the transports send mic audio and frames). */
-function send(event) {
-  if (!app.transport) return;
-  ui.logEvent("out", event);
-  app.transport.send(event);
-}
-
-// ---- server events ------------------------------------------------------------------------
-function resp(id) {
-  if (!app.responses.has(id)) app.responses.set(id, { id, itemId: null, tStop: null, received: 0, played: 0 });
-  return app.responses.get(id);
-}
-
-function onEvent(e) {
-  app.lastHeardMs = performance.now();
-  ui.logEvent("in", e);
-  app.metrics.events[e.type] = (app.metrics.events[e.type] || 0) + 1;
-  const r = e.response_id ? resp(e.response_id) : null;
-  if (r && app.dead.has(r.id) && e.type !== P.S.RESPONSE_DONE) return;   // stale: dropped on sight
-  if (r && e.item_id) r.itemId = r.itemId || e.item_id;
-  switch (e.type) {
-    case P.S.SESSION_CREATED: case P.S.SESSION_UPDATED: app.session = e.session; break;
-    case P.S.SPEECH_STARTED:
-      app.turnStart[e.item_id] = e.audio_start_ms;
-      ui.userTurn(e.item_id, null);
-      if (app.audible || app.current) bargeIn(false);
-      ui.setState("user_speaking");
-      break;
-    case P.S.SPEECH_STOPPED:
-      ui.userTurn(e.item_id, e.audio_end_ms - (app.turnStart[e.item_id] ?? e.audio_end_ms));
-      app.lastStop = performance.now();
-      ui.setState("thinking");
-      break;
-    case P.S.RESPONSE_CREATED: {
-      const n = resp(e.response.id);
-      n.tStop = app.lastStop; app.lastStop = null;
-      app.current = n.id;
-      ui.el("interrupt").disabled = false;
-      ui.assistantMeta(n.id, "…");
-      break;
-    }
-    case "response.output_item.added": r.itemId = e.item?.id || r.itemId; break;
-    case P.S.AUDIO_DELTA: {
-      const pcm = P.pcm16ToFloat(e.delta);
-      r.received += pcm.length;
-      app.player.port.postMessage({ cmd: "push", id: r.id, samples: pcm }, [pcm.buffer]);
-      break;
-    }
-    case P.S.TRANSCRIPT_DELTA: case P.S.TEXT_DELTA: ui.assistantText(r.id, e.delta); break;
-    case P.S.RESPONSE_DONE: responseDone(e); break;
-    case P.S.RESPONSE_TIMINGS: responseTimings(e); break;
-    case P.S.USER_TRANSCRIPT_DELTA: ui.userText(e.item_id, e.delta, true); break;
-    case P.S.USER_TRANSCRIPT_DONE: ui.userText(e.item_id, e.transcript, false); break;
-    case P.S.USER_TRANSCRIPT_FAILED: ui.userText(e.item_id, "(no transcript)", false); break;
-    case P.S.ERROR: serverError(P.errorOf(e)); break;
-  }
-}
-
-function responseDone(e) {
-  const r = resp(e.response.id), status = e.response.status;
-  app.player.port.postMessage({ cmd: "end", id: r.id });
-  if (app.current === r.id) { app.current = null; ui.el("interrupt").disabled = !app.audible; }
-  const turn = app.metrics.turns.find((x) => x.id === r.id);
-  if (turn) turn.status = status;
-  else app.metrics.turns.push({ id: r.id, pageMs: null, status });
-  const cut = status === "cancelled" || app.dead.has(r.id);
-  const bits = [cut ? "interrupted" : status === "completed" ? "" : status, r.pageMs != null ? `first audio ${Math.round(r.pageMs)} ms after you stopped` : ""];
-  ui.assistantMeta(r.id, bits.filter(Boolean).join(" · "), cut);
-  if (!app.audible && app.transport?.kind === "websocket" && !r.received) ui.setState("listening");
-}
-
-// The server's figures of a reply; they follow its response.done.
-function responseTimings(e) {
-  const r = resp(e.response_id), t = P.timingsOf(e);
-  r.server = t;
-  if (t.first_audio_ms != null) ui.setStat("st-server", `${Math.round(t.first_audio_ms)} ms`);
-  if (t.unit_prefill_mean_ms != null) {
-    ui.setStat("st-unit", `${Math.round(t.unit_prefill_mean_ms)} ms mean, ${Math.round(t.unit_prefill_max_ms)} ms max (budget 1000 ms)`);
-  }
-  const turn = app.metrics.turns.find((x) => x.id === r.id);
-  if (turn) turn.server = t;
-  else app.metrics.turns.push({ id: r.id, pageMs: null, server: t });
-}
-
-function serverError(err) {
-  if (err.code === "response_cancel_not_active") { console.info(err.message); return; }
-  if (err.code === "invalid_api_key") return transportFailed(new TransportError("auth", err.message));
-  if (err.code === "server_busy") return transportFailed(new TransportError("busy", err.message));
-  ui.showError(`Server: ${err.message} (${err.code})`);
-}
-
-// ---- playback, barge-in, numbers -----------------------------------------------------------
-function firstAudio(r) {
-  if (r.pageMs != null || r.tStop == null) return;
-  r.pageMs = performance.now() - r.tStop;
-  ui.setStat("st-page", `${Math.round(r.pageMs)} ms`);
-  ui.latencyBar(r.pageMs);
-  const turn = app.metrics.turns.find((x) => x.id === r.id);
-  if (turn) turn.pageMs = r.pageMs; else app.metrics.turns.push({ id: r.id, pageMs: r.pageMs });
-}
-
-function onPlayer(m) {
-  const r = app.responses.get(m.id);
-  if (!r) return;
-  if (m.ev === "started") { app.audible = r.id; firstAudio(r); ui.setState("speaking"); ui.el("interrupt").disabled = false; }
-  else if (m.ev === "played") r.played = m.samples;
-  else if (m.ev === "ended") {
-    if (app.audible === r.id) app.audible = null;
-    if (!app.current && app.transport) { ui.setState("listening"); ui.el("interrupt").disabled = true; }
-  } else if (m.ev === "dropped") {
-    r.played = m.samples;
-    if (r.truncate && r.itemId && app.transport) {
-      const ms = (Math.min(m.samples, r.received) * 1000) / P.AUDIO_RATE;
-      send(P.itemTruncate(r.itemId, ms));
-      app.metrics.truncates.push({ id: r.id, item: r.itemId, audio_end_ms: Math.floor(ms), at: performance.now() });
-    }
-  }
-}
-
-function dropAudio(id, truncate) {
-  const r = app.responses.get(id);
-  if (!r || app.dead.has(id)) return;
-  app.dead.add(id);
-  r.truncate = truncate;
-  r.droppedAt = performance.now();
-  ui.assistantMeta(id, "interrupted", true);
-  app.player?.port.postMessage({ cmd: "drop", id });
-}
-
-/** Stop what the user hears now (barge-in or Interrupt); `cancel` also sends response.cancel. */
-function bargeIn(cancel) {
-  const t = app.transport;
-  const ws = t?.kind === "websocket";             // on WebRTC the server knows what was played
-  // WebRTC: a reply that finished generating still plays from the server's queue, so cancel it too.
-  const live = app.current || (!ws ? app.audible : null);
-  if (cancel && live) send(P.responseCancel(live));
-  for (const id of new Set([app.audible, app.current].filter(Boolean))) dropAudio(id, ws);
-  app.audible = null;
-  app.current = null;
-  ui.el("interrupt").disabled = true;
-  if (t) ui.setState("listening");                 // the audio stopped now, whatever the server says later
-}
-
-/** A typed message: shown at once, sent as a user item plus a reply; it cuts in like speech does. */
-function sendText(text) {
-  const t = app.transport;
-  if (!t || !text.trim()) return false;
-  if (app.audible || app.current) bargeIn(true);
-  ui.userText(`typed_${++app.typed}`, text.trim(), false);
-  send(P.textItem(text.trim()));
-  send(P.responseCreate());
-  app.lastStop = performance.now();              // latency counts from the send, as from end of speech
-  ui.setState("thinking");
-  return true;
-}
-
-setInterval(() => {                                // a server that went silent is gone
-  if (app.transport && app.lastHeardMs && performance.now() - app.lastHeardMs > SILENT_MS) onLost({ silent: true });
-}, 500);
+// ---- clocks: the silence watchdog and the meters ----------------------------------------------
+setInterval(() => dispatch({ type: "tick", now: performance.now() }), 500);
 
 function rmsOf(analyser) {
   const buf = new Float32Array(analyser.fftSize);
@@ -363,70 +279,68 @@ function rmsOf(analyser) {
   return Math.sqrt(s / buf.length);
 }
 
-setInterval(() => {                                // meters; first audio + end of speech on WebRTC
-  if (!app.analyser) return;
-  if (app.micAnalyser) ui.setLevel("mic-level", app.muted ? 0 : rmsOf(app.micAnalyser) * 4);
-  const rms = rmsOf(app.analyser), now = performance.now();
-  app.metrics.outRmsMax = Math.max(app.metrics.outRmsMax, rms);
+setInterval(() => {                                // meters; on WebRTC also when the reply is heard
+  if (!io.analyser) return;
+  if (io.micAnalyser) ui.setLevel("mic-level", state.muted ? 0 : rmsOf(io.micAnalyser) * 4);
+  const rms = rmsOf(io.analyser);
+  metrics.outRmsMax = Math.max(metrics.outRmsMax, rms);
   ui.setLevel("out-level", rms * 4);
-  if (app.transport?.kind !== "webrtc") return;
-  const r = app.current && app.responses.get(app.current);
-  if (rms > LOUD_RMS) {
-    app.quietSince = 0;
-    if (r) { firstAudio(r); if (app.audible !== r.id) ui.setState("speaking"); app.audible = r.id; }
-  } else if (rms < QUIET_RMS && app.audible && !app.current) {
-    app.quietSince = app.quietSince || now;
-    if (now - app.quietSince > 400) { app.audible = null; ui.setState("listening"); }
-  }
+  if (state.transport === "webrtc") dispatch({ type: "meter", rms, now: performance.now() });
 }, 10);
 
 // ---- wiring -------------------------------------------------------------------------------
 const voice = new VoicePicker(ui.el("voice"), {
   getCtx: ensureCtx,
-  onChange: () => send(sessionUpdate()),
+  onChange: () => dispatch({ type: "settings" }),
   onError: (msg) => ui.showError(msg),
 });
-app.voice = voice;
-const prefs = new Prefs(() => send(sessionUpdate()));
+const prefs = new Prefs(() => dispatch({ type: "settings" }));
 const recorder = new CallRecorder();
-app.recorder = recorder;
 const devices = new DevicePicker({ onSpeaker: setSpeaker });
-app.devices = devices;
 function setSpeaker(id) {
   ui.el("remote-audio").setSinkId?.(id).catch((e) => ui.showError("Could not use that speaker: " + e.message));
-  app.ctx?.setSinkId?.(id).catch(() => {});
+  io.ctx?.setSinkId?.(id).catch(() => {});
 }
+function sessionUpdate() { return P.sessionUpdate({ video: !!io.cam, voice: voice.current(), prefs: prefs.current() }); }
+
+window.omni = Object.freeze({
+  get state() { return state; },
+  /** Each reply's bookkeeping by id, live or recently finished (a copy). */
+  get responses() { return new Map([...state.retired, ...Object.values(state.responses)].map((r) => [r.id, r])); },
+  reply: (id) => replyOf(state, id),
+  metrics, devices, voice, prefs, recorder,
+  get mic() { return io.mic; }, get cam() { return io.cam; }, get transport() { return io.transport; },
+  get health() { return health; }, get callStarted() { return state.callStarted; }, get session() { return state.session; },
+});
+
 ui.el("flip").addEventListener("click", flipCamera);
 ui.el("dl-transcript").addEventListener("click", () => {
-  const doc = { started: app.callStarted, transport: app.metrics.transport, session_id: app.session?.id ?? null,
+  const doc = { started: state.callStarted, transport: metrics.transport, session_id: state.session?.id ?? null,
     turns: ui.transcriptEntries(), first_audio_ms: ui.latencies.map(Math.round) };
   save(new Blob([JSON.stringify(doc, null, 2)], { type: "application/json" }), "omni-conversation.json");
 });
 ui.el("dl-audio").addEventListener("click", async () => save(await recorder.wav(), "omni-replies.wav"));
-app.prefs = prefs;
-function sessionUpdate() { return P.sessionUpdate({ video: !!app.cam, voice: voice.current(), prefs: prefs.current() }); }
-ui.el("start").addEventListener("click", start);
-ui.el("hangup").addEventListener("click", () => hangUp(true));
-ui.el("interrupt").addEventListener("click", () => bargeIn(true));
-ui.el("reconnect").addEventListener("click", () => { hangUp(false); start(); });
-ui.el("error-close").addEventListener("click", ui.clearError);
-ui.el("mute").addEventListener("click", () => {
-  app.muted = !app.muted;
-  app.transport?.setMuted(app.muted);
-  ui.setMuted(app.muted);
-});
+ui.el("start").addEventListener("click", () => dispatch({ type: "start" }));
+ui.el("hangup").addEventListener("click", () => dispatch({ type: "hangup" }));
+ui.el("interrupt").addEventListener("click", () => dispatch({ type: "interrupt" }));
+ui.el("reconnect").addEventListener("click", () => dispatch({ type: "reconnect" }));
+ui.el("error-close").addEventListener("click", () => dispatch({ type: "dismiss" }));
+ui.el("mute").addEventListener("click", () => dispatch({ type: "mute" }));
 ui.el("api-key").addEventListener("change", (e) => localStorage.setItem(KEY_STORE, e.target.value.trim()));
 ui.el("text-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  if (sendText(ui.el("text-input").value)) ui.el("text-input").value = "";
+  const typed = state.typed;
+  dispatch({ type: "text", text: ui.el("text-input").value, now: performance.now() });
+  if (state.typed !== typed) ui.el("text-input").value = "";   // sent
 });
 // Keys: Space interrupts, M mutes, Escape dismisses an error; not while typing in a field.
 document.addEventListener("keydown", (e) => {
   if (e.target.closest?.("input, textarea, select, [contenteditable]") || e.ctrlKey || e.metaKey || e.altKey) return;
-  if (e.key === " " && !ui.el("interrupt").disabled) { e.preventDefault(); bargeIn(true); }
-  else if ((e.key === "m" || e.key === "M") && !ui.el("mute").disabled) ui.el("mute").click();
-  else if (e.key === "Escape") ui.clearError();
+  if (e.key === " " && view(state).interruptible) { e.preventDefault(); dispatch({ type: "interrupt" }); }
+  else if ((e.key === "m" || e.key === "M") && view(state).calling) dispatch({ type: "mute" });
+  else if (e.key === "Escape") dispatch({ type: "dismiss" });
 });
+render(state, null);
 
 (async function init() {
   const local = ["localhost", "127.0.0.1", "[::1]"].includes(location.hostname);
@@ -435,10 +349,10 @@ document.addEventListener("keydown", (e) => {
       [TLS_HINT], " and open the https:// address (accept the self-signed certificate)."]);
   }
   try {
-    app.health = await (await fetch("/healthz")).json();
-    if (app.health.embedded_demo_model) ui.demoBanner(app.health.load_model_hint);
-    if (app.health.auth_required) ui.askForKey(localStorage.getItem(KEY_STORE) || "");
-    if (app.health.max_sessions && app.health.sessions >= app.health.max_sessions) {
+    health = await (await fetch("/healthz")).json();
+    if (health.embedded_demo_model) ui.demoBanner(health.load_model_hint);
+    if (health.auth_required) ui.askForKey(localStorage.getItem(KEY_STORE) || "");
+    if (health.max_sessions && health.sessions >= health.max_sessions) {
       ui.showError("The server is full right now (all sessions in use).");
     }
   } catch { ui.showError("Cannot reach the server's /healthz.", { reconnect: false }); }

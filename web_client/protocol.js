@@ -13,6 +13,7 @@ export const S = Object.freeze({                // server -> client types the pa
   ITEM_TRUNCATED: "conversation.item.truncated",
   RESPONSE_CREATED: "response.created",
   RESPONSE_DONE: "response.done",
+  OUTPUT_ITEM_ADDED: "response.output_item.added",
   RESPONSE_TIMINGS: "response.omni.timings",
   HEARTBEAT: "omni.heartbeat",
   USER_TRANSCRIPT_DELTA: "conversation.item.input_audio_transcription.delta",

@@ -2,7 +2,7 @@
 
 const $ = (id) => document.getElementById(id);
 const STATE_TEXT = { idle: "idle", connecting: "connecting…", listening: "listening", user_speaking: "you are speaking",
-  thinking: "thinking", speaking: "speaking" };
+  thinking: "thinking", speaking: "speaking", error: "call ended" };
 
 export const el = $;
 

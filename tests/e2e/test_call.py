@@ -14,6 +14,7 @@ def test_full_turn_webrtc(server_factory, browser_factory):
     server = server_factory(max_reply_tokens=60)
     page = open_page(browser_factory("one_turn.wav", loop=True), server, "auto")
     full_turn(page, "webrtc")
+    page.wait_for_function("window.omni.metrics.pair", timeout=10_000)   # read from getStats after connect
     m = metrics(page)
     assert "webrtcError" not in m
     assert m["pair"] and m["pair"].startswith("127.0.0.1:") and "→ 127.0.0.1:" in m["pair"], m["pair"]
