@@ -3,8 +3,9 @@ and the Realtime JSON events on a data channel.
 
 One call = one peer connection, one session lease, one `Conversation` (`WireEvents(wire_audio=False)`: speech
 leaves on the audio track, so there are no `response.output_audio.delta` events). One task group
-per call: the event sender (bounded queue -> data channel), the event receiver (data channel ->
-`dispatch`, the single error boundary), the microphone listener and the camera sampler. The call
+per call: the event sender (bounded queue -> data channel), the owner (mailbox.py: data-channel
+messages, microphone audio and camera frames reach the conversation there, one at a time), the
+microphone listener and the camera sampler (track readers that feed the mailbox). The call
 ends, and frees everything, when the peer connection fails or closes, the data channel closes,
 the lease idles out, or the server shuts down. Does not own: auth (server middleware), ICE
 candidate policy and frame conversion (media.py).
@@ -15,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+from functools import partial
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -23,13 +25,14 @@ from aiortc.mediastreams import MediaStreamError
 
 from ..playout import QueuePlayout
 from ..session.conversation import Conversation
-from .boundary import Supervisor, dispatch, guard
+from .boundary import Supervisor
 from .codecs import MODEL_INPUT_RATE_HZ, StreamResampler
 from .errors import CapacityError, OmniError
 from .fragments import Reassembler
 from .inbound import Inbound
 from .outbound import WireEvents
 from .lifecycle import heartbeat, session_ended, session_started, watch_engine
+from .mailbox import Mailbox
 from .media import PlayoutTrack, frame_to_mono, loopback_ice, loopback_only
 from .protocol import new_id, parse_client_event
 
@@ -167,15 +170,17 @@ class Call:
         self.settings, self.manager = app["settings"], app["manager"]
         self.id = new_id("rtc")
         self.queue: asyncio.Queue = asyncio.Queue(SEND_QUEUE)
-        self.inbox: asyncio.Queue = asyncio.Queue()    # data-channel messages, in order
         self.fragments = Reassembler(self.settings.max_message_bytes)  # pieces of messages over 64 KiB
         self.playout = QueuePlayout()
         self.speaker = PlayoutTrack(self.playout)
         self.wire = WireEvents(self.send, wire_audio=False)   # speech goes on the track, not in events
         self.conv = CallConversation(app["worker"], self.settings, self.wire, self.playout, app["vad"],
-                                     metrics=app["metrics"])   # first: CapacityError before anything to free
+                                     metrics=app["metrics"], session_id=lease.session_id)   # first: CapacityError
         self.conv.call = self
         self.inbound = Inbound(self.conv, self.settings.max_image_pixels)
+        # the one task that changes the conversation: data-channel messages, mic and camera, in order
+        self.mailbox = Mailbox(self.inbound, self.send, self.settings.max_message_bytes, self.fragments)
+        self.conv.post = self.mailbox.post
         self.started_s: float | None = None
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))   # default = a STUN server
         self.channel = None
@@ -238,7 +243,7 @@ class Call:
             async with asyncio.TaskGroup() as tg:
                 supervisor = Supervisor(tg, self.send, lambda code: self.queue.put(_HANG_UP))
                 self.conv.spawn = supervisor.spawn     # replies, prefills, transcripts: in this group
-                tasks = [tg.create_task(self._sender()), tg.create_task(self._receiver()),
+                tasks = [tg.create_task(self._sender()), tg.create_task(self._owner()),
                          tg.create_task(watch_engine(self.conv, self.send, lambda code: self.queue.put(_HANG_UP))),
                          tg.create_task(heartbeat(self.wire))]
                 for track in self.tracks_in:
@@ -250,7 +255,7 @@ class Call:
                 await self.conv.close()            # its replies and transcripts end before the group
                 supervisor.cancel_all()
         except Exception:  # noqa: BLE001 - a broken call must not outlive its resources
-            log.exception("webrtc call %s failed", self.id)
+            log.exception("session %s (webrtc call %s) failed", self.conv.session_id, self.id)
         finally:
             await self._free()
 
@@ -259,7 +264,7 @@ class Call:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await self.connected.wait()
         except TimeoutError:
-            log.info("webrtc call %s never connected", self.id)
+            log.info("session %s (webrtc call %s) never connected", self.conv.session_id, self.id)
             self.ended.set()
             return
         if not self.offers_data:
@@ -295,7 +300,7 @@ class Call:
         if self.channel is not None:               # one events channel; later ones are ignored
             return
         self.channel = channel
-        channel.on("message", self.inbox.put_nowait)
+        channel.on("message", self._on_message)
         channel.on("close", self.ended.set)
         if channel.readyState == "open":
             self.channel_ready.set()
@@ -316,14 +321,13 @@ class Call:
                 return
             self.channel.send(json.dumps(event))
 
-    async def _receiver(self) -> None:
-        while True:
-            raw = await self.inbox.get()
-            self.manager.touch(self.lease)
-            code = await dispatch(self.inbound, raw, self.send, self.settings.max_message_bytes, self.fragments)
-            if code is not None:                   # auth / capacity / model error: end the call
-                await self.queue.put(_HANG_UP)     # after the error event
-                return
+    async def _owner(self) -> None:
+        if await self.mailbox.run() is not None:   # auth / capacity / model error: end the call
+            await self.queue.put(_HANG_UP)         # after the error event
+
+    def _on_message(self, raw) -> None:
+        self.manager.touch(self.lease)
+        self.mailbox.message_nowait(raw)
 
     async def _listen(self, track) -> None:
         """Microphone: decoded frames (48 kHz stereo from Opus) -> mono -> 16 kHz -> the conversation."""
@@ -339,16 +343,15 @@ class Call:
                 # A browser that closes its tab sends nothing more, not even a DTLS or SCTP goodbye,
                 # and ICE consent would take 30 s to notice. A live microphone, muted or not, sends
                 # a packet every 20 ms: this long without one is a hang-up.
-                log.info("webrtc call %s: no microphone audio for %.0f s: the peer is gone", self.id, wait_s)
+                log.info("session %s: no microphone audio for %.0f s: the peer is gone", self.conv.session_id, wait_s)
                 self.ended.set()
                 return
             wait_s = MIC_SILENCE_S
             self.manager.touch(self.lease)
             if resampler is None or resampler.in_rate_hz != frame.sample_rate:
                 resampler = StreamResampler(frame.sample_rate, MODEL_INPUT_RATE_HZ)
-            if await guard(self.conv.push_audio_16k(resampler.push(frame_to_mono(frame))), self.send) is not None:
-                await self.queue.put(_HANG_UP)     # a model error: end the call after the error event
-                return
+            samples = resampler.push(frame_to_mono(frame))
+            await self.mailbox.media(partial(self.conv.push_audio_16k, samples))   # bound now, run later
 
     async def _watch(self, track) -> None:
         """Camera: the newest frame at most every FRAME_INTERVAL_S, converted off the loop."""
@@ -363,5 +366,9 @@ class Call:
             if now - last_s < FRAME_INTERVAL_S or not self.conv.config.omni.video:   # nothing to convert
                 continue
             last_s = now
-            self.conv.push_frame(await loop.run_in_executor(None, frame.to_image))
+            image = await loop.run_in_executor(None, frame.to_image)
+            await self.mailbox.media(partial(self._frame, image))
             self.frames_in += 1
+
+    async def _frame(self, image) -> None:
+        self.conv.push_frame(image)

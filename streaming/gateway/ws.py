@@ -1,7 +1,8 @@
 """WebSocket transport: `/v1/realtime`, OpenAI Realtime JSON events in both directions.
 
-One task group per connection: the receive loop (client events, in order), the sender (one
-bounded queue, so events leave in the order they were made), and the conversation's reply task.
+One task group per connection: the reader (frames into the mailbox), the mailbox's owner task
+(client events and the conversation's follow-ups, in order: the only one that changes its state),
+the sender (one bounded queue, so events leave in the order they were made), and the reply task.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from aiohttp import WSMsgType, web
 
 from ..playout import ClockPlayout
 from ..session.conversation import Conversation
-from .boundary import Supervisor, dispatch
+from .boundary import Supervisor
 from .errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CapacityError, to_error_event
 from .inbound import Inbound
 from .lifecycle import heartbeat, session_ended, session_started, watch_engine
+from .mailbox import Mailbox
 from .outbound import WireEvents
 
 log = logging.getLogger("omni.gateway")
@@ -44,7 +46,8 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
 
     try:
         wire = WireEvents(send)                # the session's events -> OpenAI JSON + wire audio
-        conv = Conversation(app["worker"], settings, wire, ClockPlayout(), app["vad"], metrics=app["metrics"])
+        conv = Conversation(app["worker"], settings, wire, ClockPlayout(), app["vad"], metrics=app["metrics"],
+                            session_id=lease.session_id)
         inbound = Inbound(conv, settings.max_image_pixels)   # client events -> decoded session commands
     except CapacityError as e:                 # every engine slot is taken (another gateway's sessions)
         manager.release(lease)
@@ -67,14 +70,11 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
             watcher = tg.create_task(watch_engine(conv, send, lambda code: queue.put((_CLOSE, code))))
             beat = tg.create_task(heartbeat(wire))
             await conv.start()
-            code = None
-            async for msg in ws:
-                manager.touch(lease)
-                if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):   # UTF-8 JSON in binary frames too
-                    break
-                code = await dispatch(inbound, msg.data, send, settings.max_message_bytes)
-                if code is not None:
-                    break
+            mailbox = Mailbox(inbound, send, settings.max_message_bytes)
+            conv.post = mailbox.post               # the conversation's follow-ups: on its owner task
+            reader = tg.create_task(_reader(ws, mailbox, lambda: manager.touch(lease)))
+            code = await mailbox.run()             # the owner: every message, in order
+            reader.cancel()
             watcher.cancel()
             beat.cancel()
             await conv.close()
@@ -89,6 +89,18 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
         if not ws.closed:
             await ws.close()
     return ws
+
+
+async def _reader(ws: web.WebSocketResponse, mailbox: Mailbox, touch) -> None:
+    """Frames into the mailbox until the client closes (or sends a non-data frame)."""
+    try:
+        async for msg in ws:
+            touch()
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):   # UTF-8 JSON in binary frames too
+                break
+            await mailbox.message(msg.data)
+    finally:
+        mailbox.stop()
 
 
 async def _sender(ws: web.WebSocketResponse, queue: asyncio.Queue) -> None:

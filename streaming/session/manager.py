@@ -6,13 +6,13 @@ model (the worker).
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import CapacityError
+from ..ids import new_id
 
 log = logging.getLogger("omni.sessions")
 
@@ -30,13 +30,12 @@ class SessionManager:
     idle_timeout_s: float
     clock: Callable[[], float] = time.monotonic
     leases: dict[str, Lease] = field(default_factory=dict)
-    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def acquire(self) -> Lease:
         if len(self.leases) >= self.max_sessions:
             raise CapacityError("server_busy", f"server full: {len(self.leases)} of {self.max_sessions} sessions in use; "
                                 "try again later")
-        lease = Lease(f"sess_{next(self._ids):06d}", self.clock())
+        lease = Lease(new_id("sess"), self.clock())   # the session id in its events and logs
         self.leases[lease.session_id] = lease
         return lease
 

@@ -77,6 +77,6 @@ def test_voice_recorded_in_the_page_is_checked_and_cloned(server_factory, browse
     page.click("#start")
     page.wait_for_function(f"window.omni.metrics.transport === '{transport}'", timeout=20_000)
     page.wait_for_function("window.omni.session?.audio?.output?.omni_reference_audio", timeout=20_000)
-    refs = server.call(lambda: [None if c.ref_16k is None else len(c.ref_16k) for c in server.app["conversations"]])
+    refs = server.call(lambda: [None if c.state.ref_16k is None else len(c.state.ref_16k) for c in server.app["conversations"]])
     assert any(n and abs(n / 16000 - seconds) < 0.1 for n in refs), (refs, seconds)
     assert not page.is_visible("#error"), page.inner_text("#error-text")

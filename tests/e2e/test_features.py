@@ -76,7 +76,7 @@ def test_cloned_voice_from_uploaded_clip_reaches_server(server_factory, browser_
     page.wait_for_function("window.omni.session?.audio?.output?.omni_reference_audio", timeout=20_000)
     echo = page.evaluate("window.omni.session.audio.output.omni_reference_audio")
     assert echo["format"] == "wav" and echo["size_bytes"] == clip.stat().st_size, echo
-    refs = server.call(lambda: [None if c.ref_16k is None else len(c.ref_16k) for c in server.app["conversations"]])
+    refs = server.call(lambda: [None if c.state.ref_16k is None else len(c.state.ref_16k) for c in server.app["conversations"]])
     assert any(n and 7.5 * 16000 < n < 9.0 * 16000 for n in refs), refs   # the 8.3 s clip, at 16 kHz
     wait_turn(page)          # and a reply is made with it
     assert not page.is_visible("#error"), page.inner_text("#error-text")

@@ -12,6 +12,7 @@ import websockets
 
 from event_types import openai_type_errors
 from rtclient import chunks_b64, engine_session, recv_until, start_server, utterance_24k_pcm16
+from streaming.session.state import Rollback
 
 
 async def send(ws, **ev):
@@ -108,7 +109,7 @@ async def test_deleting_the_latest_reply_rolls_the_context_back(tiny_omni):
             await send(ws, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=0)
             err = (await recv_until(ws, lambda e: e["type"] == "error"))[-1]["error"]
             assert err["code"] == "item_not_found"
-            assert conv.pending_rollback == (item_id, None)                    # still: forget it
+            assert conv.state.rollback == Rollback(item_id, None)               # still: forget it
             # the rollback lands before the next input: the context is as it was before the reply
             await send(ws, type="conversation.item.create", item={
                 "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Again."}]})

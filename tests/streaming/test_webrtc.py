@@ -369,7 +369,8 @@ async def test_voice_clone_over_the_data_channel_in_fragments(server, loopback_n
         assert ev["session"]["audio"]["output"]["omni_reference_audio"]["size_bytes"] == len(clip)
         assert ev["session"]["instructions"] == "Réponds brièvement ✓"
         conv, = server.app["conversations"]
-        assert conv.ref_16k is not None and 7.5 * 16000 < len(conv.ref_16k) < 9.0 * 16000
+        ref = conv.state.ref_16k
+        assert ref is not None and 7.5 * 16000 < len(ref) < 9.0 * 16000
     finally:
         await c.pc.close()
     await wait_freed(server)

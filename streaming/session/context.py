@@ -1,0 +1,51 @@
+"""What the model has heard: the conversation's edits of its engine context, each preceded by the
+pending system prompt and rollback, so every prefill lands on the context the user expects.
+
+Owns no state of its own: reads and advances the connection's state (state.py) on the owner task.
+"""
+from __future__ import annotations
+
+import time
+
+from .state import ConnectionState, Turn
+
+
+class Context:
+    def __init__(self, engine, state: ConnectionState, max_item_tokens: int, metrics=None) -> None:
+        self.engine, self.state, self.max_item_tokens, self.metrics = engine, state, max_item_tokens, metrics
+
+    async def before_input(self) -> None:
+        """The system prompt if it changed, then the cut of an interrupted reply."""
+        await self._ensure_system()
+        rollback = self.state.context_grows()
+        if rollback is None:
+            return
+        if rollback.heard_ms is None:               # deleted: as if it was never said
+            await self.engine.forget_reply()
+        else:                                       # only the reply audio actually heard stays
+            await self.engine.interrupt_ms(rollback.heard_ms)
+
+    async def add_item(self, content: list) -> None:
+        """A user message (text, 16 kHz audio, images, in order)."""
+        await self.before_input()
+        await self.engine.prefill({"role": "user", "content": content}, self.max_item_tokens)
+
+    async def add_unit(self, unit, turn: Turn) -> None:
+        """One 1-s unit of `turn` (which counted it already); its prefill cost is the turn's."""
+        await self.before_input()
+        t = time.perf_counter()
+        await self.engine.append_unit(unit.audio_16k, unit.frame)
+        seconds = time.perf_counter() - t
+        turn.prefill_ms.append(1000 * seconds)
+        if self.metrics is not None:
+            self.metrics.unit_cost.observe(seconds)
+
+    async def _ensure_system(self) -> None:
+        st = self.state
+        if not st.system_dirty:
+            return
+        st.system_dirty = False
+        c = st.config
+        ref = st.ref_16k if c.reference_audio is not None else None
+        mode = "audio_assistant"                    # default voice without a clip, cloned voice with one
+        await self.engine.set_system(c.omni.seed, mode, ref, c.instructions or None)   # a seed applies from a context start

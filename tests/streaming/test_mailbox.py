@@ -1,0 +1,93 @@
+"""The connection's owner task (streaming/gateway/mailbox.py): messages, media and the
+conversation's follow-ups run one at a time in arrival order, a slow owner backs producers up,
+and an error that ends the session stops it with its close code."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from streaming.errors import CapacityError, close_code
+from streaming.gateway.mailbox import BACKLOG, Mailbox
+
+
+class Recorder:
+    """An inbound adapter that records what reached it and checks nothing overlaps."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.busy = False
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def handle(self, ev) -> None:
+        await self.step(ev.TYPE)
+
+    async def step(self, name: str) -> None:
+        assert not self.busy, "two items handled at once"
+        self.busy = True
+        await self.gate.wait()
+        await asyncio.sleep(0)
+        self.seen.append(name)
+        self.busy = False
+
+
+def msg(kind: str) -> str:
+    return json.dumps({"type": kind})
+
+
+async def no_errors(ev) -> None:
+    raise AssertionError(f"unexpected error event {ev}")
+
+
+@pytest.mark.asyncio
+async def test_messages_media_and_follow_ups_run_one_at_a_time_in_arrival_order():
+    rec = Recorder()
+    box = Mailbox(rec, no_errors, 1 << 20)
+    owner = asyncio.create_task(box.run())
+    await box.message(msg("input_audio_buffer.commit"))
+    await box.media(lambda: rec.step("mic"))
+    box.message_nowait(msg("response.create"))
+    box.post(lambda: rec.step("follow-up"), "after")
+    await box.media(lambda: rec.step("camera"))
+    box.stop()
+    assert await owner is None
+    assert rec.seen == ["input_audio_buffer.commit", "mic", "response.create", "follow-up", "camera"]
+
+
+@pytest.mark.asyncio
+async def test_a_slow_owner_backs_producers_up_after_the_backlog():
+    rec = Recorder()
+    rec.gate.clear()                              # the model is busy: nothing is handled
+    box = Mailbox(rec, no_errors, 1 << 20)
+    owner = asyncio.create_task(box.run())
+    for _ in range(BACKLOG + 1):                  # the owner holds one; BACKLOG more are queued
+        await asyncio.wait_for(box.media(lambda: rec.step("mic")), 1)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(box.media(lambda: rec.step("mic")), 0.05)
+    rec.gate.set()
+    await asyncio.wait_for(box.media(lambda: rec.step("mic")), 1)
+    box.stop()
+    await owner
+    assert len(rec.seen) == BACKLOG + 2
+
+
+@pytest.mark.asyncio
+async def test_an_error_that_ends_the_session_stops_the_owner_with_its_close_code():
+    sent = []
+
+    async def send(ev) -> None:
+        sent.append(ev)
+
+    async def lost() -> None:
+        raise CapacityError("server_busy", "no engine slot")
+    rec = Recorder()
+    box = Mailbox(rec, send, 1 << 20)
+    owner = asyncio.create_task(box.run())
+    box.message_nowait("{not json")               # a bad message: an error event, and it goes on
+    box.post(lost, "follow-up")
+    box.message_nowait(msg("response.create"))    # after the end: never handled
+    assert await owner == close_code(CapacityError("server_busy", "x"))
+    assert [e["error"]["code"] for e in sent] == ["invalid_json", "server_busy"]
+    assert rec.seen == []
