@@ -93,6 +93,7 @@ def prepare(m: Omni, msgs, use_tts_template: bool | None = None, omni_input: boo
     else:
         text = m.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in col.texts],
                                                tokenize=False, add_generation_prompt=True)
+        assert isinstance(text, str)   # tokenize=False: the prompt string
     use_id = m.pre.use_image_id if use_image_id is None else use_image_id
     strips, tgt_sizes, img_ph = [], None, []
     if col.images:
@@ -115,7 +116,10 @@ def prepare(m: Omni, msgs, use_tts_template: bool | None = None, omni_input: boo
 
 @torch.inference_mode()
 def embed_prepared(m: Omni, p: Prepared) -> torch.Tensor:
-    vision = m.net.vision_features(p.strips, p.tgt_sizes) if p.strips else None
+    vision = None
+    if p.strips:
+        assert p.tgt_sizes is not None   # `prepare` sets strips and tgt_sizes together
+        vision = m.net.vision_features(p.strips, p.tgt_sizes)
     audio = m.net.audio_features(p.mels) if p.mels else []
     return m.net.embed(p.input_ids.to(m.device), p.image_bounds, vision, p.audio_bounds, audio)
 
@@ -162,6 +166,8 @@ def chat(m: Omni, msgs, max_new_tokens: int = 256, sampling: SamplingParams = GR
     if generate_audio:
         from .model.tts import MultinomialSampler
         from .model.tts_loop import synthesize
+        assert m.vocos is not None, "generate_audio needs a checkpoint with the TTS"
+        assert spk is not None, "generate_audio: the TTS template puts <|spk|> in the prompt"
         wav, _ = synthesize(m.net.tts, m.vocos, m.tts_tokenizer, spk[:1], text,
                             sampler=MultinomialSampler(gen))
     return ChatResult(text=text, ids=out, prompt_logits=logits if return_prompt_logits else None,
@@ -173,12 +179,15 @@ def decode_text(m: Omni, ids: list[int]) -> str:
     is "!" in the Qwen vocabulary), a leading BOS and a trailing terminator stripped, other
     special tokens kept."""
     ids = [i for i in ids if i != 0]
-    bos = m.tokenizer.convert_tokens_to_ids(m.tokenizer.bos_token) if m.tokenizer.bos_token else None
+    bos_token = m.tokenizer.bos_token
+    bos = m.tokenizer.convert_tokens_to_ids(bos_token) if isinstance(bos_token, str) and bos_token else None
     if ids and ids[0] == bos:
         ids = ids[1:]
     if ids and ids[-1] in m.ids.terminators:
         ids = ids[:-1]
-    return m.tokenizer.decode(ids)
+    text = m.tokenizer.decode(ids)
+    assert isinstance(text, str)   # one sequence of ids: one string
+    return text
 
 
 def decode_answer(m: Omni, ids: list[int]) -> str:

@@ -60,6 +60,7 @@ def _cmd_chat(a) -> int:
     print(json.dumps({"text": res.text, "ids": res.ids, "seconds": round(time.perf_counter() - t, 3)},
                      ensure_ascii=False))
     if a.out_wav:
+        assert res.wav_24k is not None   # generate_audio was on
         sf.write(a.out_wav, np.asarray(res.wav_24k, dtype=np.float32), 24000)
         print(f"wrote {a.out_wav} ({len(res.wav_24k) / 24000:.2f} s at 24 kHz)", file=sys.stderr)
     return 0

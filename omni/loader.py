@@ -13,12 +13,20 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 
 from .config import OmniConfig, PreprocessorConfig
 from .model.omni import MiniCPMO
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from .model.vocos import Vocos
+    from .processing.image import ImageProcessor
+    from .processing.tokens import SpecialIds
 
 # Official key -> our module path. Empty: every official name is our attribute path (STYLE §3).
 RENAMES: dict[str, str] = {}
@@ -32,13 +40,13 @@ class CheckpointError(ValueError):
 class Omni:
     """Everything inference needs, shared read-only by all sessions."""
     net: MiniCPMO
-    vocos: torch.nn.Module | None
+    vocos: Vocos | None                          # None: a checkpoint without the TTS
     config: OmniConfig
     pre: PreprocessorConfig
-    tokenizer: object
-    ids: object
-    tts_tokenizer: object | None
-    image_processor: object
+    tokenizer: PreTrainedTokenizerBase           # Qwen2 (processing.tokens.load_tokenizer)
+    ids: SpecialIds
+    tts_tokenizer: PreTrainedTokenizerBase | None
+    image_processor: ImageProcessor
     checkpoint_dir: Path
     device: torch.device
     dtype: torch.dtype
@@ -68,7 +76,7 @@ def checkpoint_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     for f in files:
         with safe_open(str(f), "pt") as s:
             for k in s.keys():
-                shapes[RENAMES.get(k, k)] = tuple(s.get_slice(k).get_shape())
+                shapes[_renamed(k)] = tuple(s.get_slice(k).get_shape())
     return shapes
 
 
@@ -99,7 +107,7 @@ def load_net(ckpt: Path, cfg: OmniConfig, dtype: torch.dtype, device, progress: 
         with safe_open(str(f), "pt", device=str(device)) as s:
             shard = {}
             for k in s.keys():
-                name = RENAMES.get(k, k)
+                name = _renamed(k)
                 shard[name] = s.get_tensor(k).to(_load_dtype(name, dtype))
             net.load_state_dict(shard, strict=False, assign=True)   # verify_keys made the key set exact
             del shard
@@ -109,6 +117,10 @@ def load_net(ckpt: Path, cfg: OmniConfig, dtype: torch.dtype, device, progress: 
     for p in net.parameters():
         p.requires_grad_(False)
     return net.eval()
+
+
+def _renamed(key: str) -> str:
+    return RENAMES.get(key, key)
 
 
 def _load_dtype(key: str, dtype: torch.dtype) -> torch.dtype:
@@ -127,7 +139,7 @@ def _progress(files, enabled: bool):
         return files
 
 
-def load_vocos(ckpt: Path, device) -> torch.nn.Module:
+def load_vocos(ckpt: Path, device) -> Vocos:
     from .model.vocos import Vocos
     path = ckpt / "assets" / "Vocos.pt"
     if not path.is_file():

@@ -29,16 +29,18 @@ def repetition_penalty(logits: torch.Tensor, seen_ids: torch.Tensor, penalty: fl
     if penalty == 1.0 or seen_ids.numel() == 0:
         return logits
     ids = seen_ids.to(logits.device).long()[None]
-    return RepetitionPenaltyLogitsProcessor(penalty)(ids, logits[None])[0]
+    # transformers types input_ids as the legacy torch.LongTensor class, which no Tensor is
+    return RepetitionPenaltyLogitsProcessor(penalty)(ids, logits[None])[0]  # pyright: ignore[reportArgumentType]
 
 
 def top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float, min_keep: int = 1) -> torch.Tensor:
     """logits [..., V]: mask (to -inf) all but the top_k, then all outside the top_p nucleus."""
     x = logits.reshape(-1, logits.shape[-1])
+    # The warpers ignore input_ids (typed LongTensor by transformers), so None is passed.
     if top_k and top_k > 0:
-        x = TopKLogitsWarper(top_k, min_tokens_to_keep=min_keep)(None, x)
+        x = TopKLogitsWarper(top_k, min_tokens_to_keep=min_keep)(None, x)  # pyright: ignore[reportArgumentType]
     if top_p < 1.0:
-        x = TopPLogitsWarper(top_p, min_tokens_to_keep=min_keep)(None, x)
+        x = TopPLogitsWarper(top_p, min_tokens_to_keep=min_keep)(None, x)  # pyright: ignore[reportArgumentType]
     return x.reshape(logits.shape)
 
 
@@ -101,7 +103,7 @@ def _candidates(scores: torch.Tensor, top_k: int, top_p: float) -> list[tuple[to
     keep = vals >= vals[:, top_k - 1:top_k]                           # TopKLogitsWarper: >= the k-th value
     ids, order = ids.sort(dim=-1)                                     # back to vocabulary order
     probs = top_k_top_p(torch.where(keep, vals, float("-inf")).gather(-1, order), 0, top_p).softmax(-1)
-    out = list(zip(probs, ids))
+    out: list[tuple[torch.Tensor, torch.Tensor | None]] = list(zip(probs, ids))
     for r in keep[:, -1].nonzero()[:, 0].tolist():                     # ties beyond the margin: rare
         out[r] = (top_k_top_p(scores[r:r + 1], top_k, top_p).softmax(-1)[0], None)
     return out

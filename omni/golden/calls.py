@@ -44,7 +44,10 @@ def parse_calls(src: str, resolve: Callable[[str], Any]) -> list[Call]:
             raise ValueError(f"unsupported statement in recorded call: {ast.dump(stmt)[:80]}")
         call = _call(value, env, resolve)
         if isinstance(stmt, ast.Assign):
-            env[stmt.targets[0].id] = _run_helper(call)
+            target = stmt.targets[0]
+            if not isinstance(target, ast.Name):
+                raise ValueError(f"unsupported assignment in recorded call: {ast.dump(stmt)[:80]}")
+            env[target.id] = _run_helper(call)
         else:
             calls.append(call)
     return calls
@@ -57,8 +60,17 @@ def _run_helper(call: Call):
 
 
 def _call(node: ast.Call, env, resolve) -> Call:
-    func = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
-    kwargs = {kw.arg: _value(kw.value, env, resolve) for kw in node.keywords}
+    if isinstance(node.func, ast.Attribute):
+        func = node.func.attr
+    elif isinstance(node.func, ast.Name):
+        func = node.func.id
+    else:
+        raise ValueError(f"unsupported callee in recorded call: {ast.dump(node.func)[:80]}")
+    kwargs: dict[str, Any] = {}
+    for kw in node.keywords:
+        if kw.arg is None:
+            raise ValueError("unsupported **kwargs in recorded call")
+        kwargs[kw.arg] = _value(kw.value, env, resolve)
     if node.args:
         kwargs["_args"] = [_value(a, env, resolve) for a in node.args]
     return Call(func, kwargs)

@@ -27,7 +27,7 @@ DECODE_MAX_NEW = 30
 
 def load_speech(ckpt_dir: str | Path):
     """(ConditionalChatTTS fp32, Vocos fp32, ChatTTS tokenizer) from a checkpoint folder, loaded strictly."""
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # pyright: ignore[reportAttributeAccessIssue] - a run-time alias in 5.x
     ckpt = Path(ckpt_dir)
     cfg = OmniConfig.from_file(ckpt / "config.json").tts
     tts = ConditionalChatTTS(cfg)
@@ -87,6 +87,7 @@ def check_voice_clone_tts(g: GoldenDir, tts: ConditionalChatTTS, vocos: Vocos, t
     want, rec = g.case("voice_clone"), g.cases["voice_clone"]
     _, trace = synthesize(tts, vocos, tts_tokenizer, want["prefill_text.0.spk"], rec["answer"],
                           sampler=GreedySampler())
+    assert trace is not None   # synthesize traces by default
     report.equal("tts_call_order", trace["call_order"], list(rec["tts_call_order"]))
     for name in sorted(want, key=_natural):
         if not name.startswith(("prefill_text.", "tts_generate.", "decode_codes.", "vocos.")) and name != "wav":

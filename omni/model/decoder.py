@@ -77,11 +77,12 @@ class KVCache:
         B, H, T, D = k.shape
         n = self._len[layer]
         buf_k, buf_v = self._k[layer], self._v[layer]
-        if buf_k is None or buf_k.shape[2] < n + T:
+        if buf_k is None or buf_v is None or buf_k.shape[2] < n + T:     # k and v are None together
             cap = max(64, 2 * (n + T))
             new_k = k.new_empty(B, H, cap, D)
             new_v = v.new_empty(B, H, cap, D)
             if n:
+                assert buf_k is not None and buf_v is not None   # n positions were written
                 new_k[:, :, :n] = buf_k[:, :, :n]
                 new_v[:, :, :n] = buf_v[:, :, :n]
             self._k[layer], self._v[layer] = buf_k, buf_v = new_k, new_v
@@ -90,9 +91,10 @@ class KVCache:
         self._len[layer] = n + T
         return buf_k[:, :, :n + T], buf_v[:, :, :n + T]
 
-    def layer(self, i: int):
-        n = self._len[i]
-        return self._k[i][:, :, :n], self._v[i][:, :, :n]
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n, k, v = self._len[i], self._k[i], self._v[i]
+        assert k is not None and v is not None, f"layer {i} has no keys yet"
+        return k[:, :, :n], v[:, :, :n]
 
     def crop(self, length: int) -> None:
         """Keep the first `length` positions (absolute count, unlike transformers 5.x)."""
@@ -113,6 +115,7 @@ class KVCache:
             return
         for i in range(self.num_layers):
             k, v = self._k[i], self._v[i]
+            assert k is not None and v is not None   # 0 <= start < end <= n: every layer has n positions
             tail_k = k[:, :, end:n]
             shift = torch.full((1, tail_k.shape[2]), -float(d), device=k.device)
             cos, sin = rope_cos_sin(shift, inv_freq, torch.float32)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable, cast
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +93,8 @@ class GFSQ(nn.Module):
         G, R = self.dims.groups, self.dims.residuals
         assert Q == G * R, f"{Q} codebooks, expected {G}x{R}"
         per_group = codes.view(B, T, G, R)
-        feats = [rvq.decode(per_group[:, :, g]) for g, rvq in enumerate(self.quantizer.rvqs)]
+        rvqs = cast("Iterable[ResidualFSQ]", self.quantizer.rvqs)   # nn.ModuleList's stubs type items as Module
+        feats = [rvq.decode(per_group[:, :, g]) for g, rvq in enumerate(rvqs)]
         return torch.cat(feats, -1).transpose(1, 2)
 
 

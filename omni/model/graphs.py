@@ -17,7 +17,7 @@ import logging
 
 import torch
 
-from .rows import Decode, Row, decode_forward, decode_plan
+from .rows import Decode, Row, decode_forward, decode_plan, pool_slot
 
 log = logging.getLogger("omni.graphs")
 LENGTH_BUCKET = 256   # keys are read up to a power of two >= this: few graphs, at most 2x the attention
@@ -43,7 +43,8 @@ class _Graph:
         self.d = Decode(pool, torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, dtype=torch.long, device=dev),
                         torch.zeros(B, 1, 1, L, dtype=torch.bool, device=dev))
         self.graph = torch.cuda.CUDAGraph()
-        self.model, self.out = model, None
+        self.model = model
+        self.out: torch.Tensor | None = None
         self.mempool = mempool
 
     def load(self, x: torch.Tensor, d: Decode) -> None:
@@ -64,6 +65,7 @@ class _Graph:
 
     def replay(self, B: int) -> torch.Tensor:
         self.graph.replay()
+        assert self.out is not None, "replay before capture"
         return self.out[:B].clone()
 
 
@@ -78,7 +80,7 @@ class DecodeGraphs:
         self.replays = 0
 
     def __call__(self, x: torch.Tensor, rows: list[Row]) -> torch.Tensor:
-        B, pool = x.shape[0], rows[0].cache.pool
+        B, pool = x.shape[0], pool_slot(rows[0]).pool
         if not self.enabled or not x.is_cuda or B > MAX_BATCH_BUCKET:
             return decode_forward(self.model, x, decode_plan(rows, x.device))
         L = min(pool.tokens, max(self.length_bucket, bucket(max(r.start for r in rows) + 1)))

@@ -83,6 +83,7 @@ class MiniCPMO(nn.Module):
         emb = self.llm.embed(input_ids).clone()
         if image_bounds:
             rows = torch.cat([torch.arange(s, e) for s, e in image_bounds]).to(emb.device)
+            assert vision is not None, "image bounds need the vision features"
             feats = vision.reshape(-1, emb.shape[-1]).to(emb.dtype)
             if feats.shape[0] != rows.numel():
                 raise ValueError(f"{rows.numel()} image placeholder tokens but {feats.shape[0]} feature rows")
@@ -99,5 +100,6 @@ class MiniCPMO(nn.Module):
     def init_buffers(self) -> None:
         """Recompute non-persistent buffers after `to_empty` (they are not in the checkpoint)."""
         for m in self.modules():
-            if m is not self and hasattr(m, "init_buffers"):
-                m.init_buffers()
+            init = getattr(m, "init_buffers", None)
+            if m is not self and init is not None:
+                init()

@@ -11,9 +11,15 @@ of ops (steps.py), any session state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Generator, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generator, Iterator
 
 import torch
+
+if TYPE_CHECKING:
+    from ..sampling import SamplingParams
+    from .audio import AudioEncoderCache
+    from .decoder import KVCache
+    from .tts import TTSState
 
 Program = Generator[Any, Any, Any]
 # Programs keep no side effects in `finally` blocks: a program closed between two ops (barge-in)
@@ -28,7 +34,7 @@ class Op:
 @dataclass(frozen=True, eq=False)
 class LLMSample:
     """Draw the next token from the last position's logits (sampling.choose_rows)."""
-    params: object                     # sampling.SamplingParams
+    params: SamplingParams
     seen: tuple[int, ...]              # ids the repetition penalty sees
     generator: torch.Generator | None
 
@@ -37,7 +43,7 @@ class LLMSample:
 class LLMForward(Op):
     """Append `ids` (or `embeds` [T, D]) to `cache` through the LLM -> `LLMOut`."""
     kind: ClassVar[str] = "llm"
-    cache: object
+    cache: KVCache
     ids: list[int] | None = None
     embeds: torch.Tensor | None = None
     all_hidden: bool = False           # hidden states of every new position, not only the last
@@ -45,7 +51,10 @@ class LLMForward(Op):
 
     @property
     def length(self) -> int:
-        return len(self.ids) if self.ids is not None else self.embeds.shape[0]
+        if self.ids is not None:
+            return len(self.ids)
+        assert self.embeds is not None, "an LLMForward needs ids or embeds"
+        return self.embeds.shape[0]
 
 
 @dataclass
@@ -58,7 +67,7 @@ class LLMOut:
 class FramePick:
     """How one TTS step turns its logits into codes (ConditionalChatTTS.pick_frames)."""
     temperatures: tuple[float, ...]
-    sampler: object                    # GreedySampler | MultinomialSampler
+    sampler: Callable[[torch.Tensor], torch.Tensor]   # logits [Q, V] -> ids [Q]: GreedySampler, MultinomialSampler...
     block_eos: bool                    # EOS masked (the first steps of a call, or force_no_stop)
 
 
@@ -67,7 +76,7 @@ class TTSPrefill(Op):
     """Write `embeds` [n, H] into a TTS state's cache: at text slots `slot`.. (causal), or appended
     with the one-row `mask` [past + n] shared by all n positions (segment rollover)."""
     kind: ClassVar[str] = "tts"
-    state: object
+    state: TTSState
     embeds: torch.Tensor
     slot: int | None = None
     mask: torch.Tensor | None = None
@@ -77,7 +86,7 @@ class TTSPrefill(Op):
 class TTSFrame(Op):
     """One audio-code step of a TTS state -> the drawn codes [num_vq] on the host (not yet stored)."""
     kind: ClassVar[str] = "tts"
-    state: object
+    state: TTSState
     pick: FramePick
 
 
@@ -102,7 +111,7 @@ class AudioEncode(Op):
     cache (appended) -> audio embeddings [tokens, H]."""
     kind: ClassVar[str] = "audio"
     mel: torch.Tensor
-    cache: object
+    cache: AudioEncoderCache
 
 
 Run = Callable[[Op], Any]

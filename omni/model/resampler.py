@@ -30,6 +30,7 @@ def sincos_2d(dim: int, height: int, width: int) -> np.ndarray:
 
 class Resampler(nn.Module):
     """Learned queries attend over one slice's patches (keys carry 2-D positions, values do not)."""
+    pos_embed: torch.Tensor           # [max_h, max_w, embed_dim] buffer (`_set_pos_cache`)
 
     def __init__(self, num_queries: int, embed_dim: int, num_heads: int, kv_dim: int,
                  max_size: tuple[int, int] = (70, 70)):
@@ -44,7 +45,8 @@ class Resampler(nn.Module):
         self.ln_kv = nn.LayerNorm(embed_dim, eps=1e-6)
         self.ln_post = nn.LayerNorm(embed_dim, eps=1e-6)
         self.proj = nn.Parameter(torch.zeros(embed_dim, embed_dim))
-        self.max_size = tuple(max_size)
+        h, w = max_size
+        self.max_size = (h, w)
         self._set_pos_cache(self.max_size)
 
     def _set_pos_cache(self, size: tuple[int, int], device=None) -> None:

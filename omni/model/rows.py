@@ -15,17 +15,22 @@ batched path differs from it only by float rounding (different GEMM and attentio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
 
-from .decoder import Attention, DecoderModel, apply_rope, causal_mask, rope_cos_sin
+from .decoder import MLP, Attention, DecoderLayer, DecoderModel, KVCache, apply_rope, causal_mask, rope_cos_sin
+
+if TYPE_CHECKING:
+    from .pool import KVPool
+    from .tts import TTSCache
 
 
 @dataclass
 class Row:
     """One session's `n` new positions start..start+n-1 (rotary positions and cache indices)."""
-    cache: object                      # KVCache-like; a pool slot enables the batched decode path
+    cache: KVCache | TTSCache          # or their pool slots (pool.py), which enable the batched decode path
     n: int
     start: int
     append: bool = True                # False: write into fixed text slots [start, start+n) (TTS prefill)
@@ -36,14 +41,23 @@ class Row:
 class Decode:
     """One-position rows of sessions in one `KVPool`, as tensors: the batched decode step. Shapes
     depend only on (B, L), so a CUDA graph can capture `decode_forward` (omni.model.graphs)."""
-    pool: object
+    pool: KVPool
     slots: torch.Tensor                # [B] long
     positions: torch.Tensor            # [B] long: where each row's new key goes (its rotary position too)
     mask: torch.Tensor                 # bool [B, 1, 1, L]: the keys each row attends to
     first_slot: int | None = None      # eager only: slots are first_slot.. in order, read the pool as a view
 
 
-def linear(m, x: torch.Tensor) -> torch.Tensor:
+class PoolSlot(Protocol):
+    """A cache that is one slot of a `KVPool`: pool.SlotCache, pool.TTSSlotCache."""
+    pool: KVPool
+    slot: int
+
+
+DecodeStep = Callable[[torch.Tensor, "list[Row]"], torch.Tensor]
+
+
+def linear(m: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """`m(x)` for x [M, in]; on a CPU in float32 with 2..64 rows as W @ x.T: MKL's skinny sgemm is
     1.3-1.5x faster that way round (M=16: 148 vs 220 ms for the full-size LM head, 17 vs 23 ms for
     an MLP projection). Alone (M=1) and on a GPU it is the module's own call."""
@@ -53,22 +67,35 @@ def linear(m, x: torch.Tensor) -> torch.Tensor:
     return y if m.bias is None else y + m.bias
 
 
+def _in_pool(cache: object) -> TypeGuard[PoolSlot]:
+    return hasattr(cache, "pool")
+
+
 def is_decode(row: Row) -> bool:
-    return row.n == 1 and row.append and hasattr(row.cache, "pool")
+    return row.n == 1 and row.append and _in_pool(row.cache)
+
+
+def pool_slot(row: Row) -> PoolSlot:
+    """The pool slot a decode row (`is_decode`) writes to."""
+    cache = row.cache
+    assert row.n == 1 and row.append and _in_pool(cache), "not a decode row"
+    return cache
 
 
 def decode_plan(rows: list[Row], device, length: int | None = None) -> Decode:
     """The `Decode` of one-position rows on one pool; `length`: keys read (default the longest row)."""
-    assert all(is_decode(r) for r in rows) and len({id(r.cache.pool) for r in rows}) == 1
+    caches = [pool_slot(r) for r in rows]
+    assert len({id(c.pool) for c in caches}) == 1
     L = length or max(r.start for r in rows) + 1
-    assert all(r.start < r.cache.pool.tokens for r in rows), "a decode row past its pool slot"   # callers check room
+    # callers check room
+    assert all(r.start < c.pool.tokens for r, c in zip(rows, caches)), "a decode row past its pool slot"
     mask = torch.zeros(len(rows), L, dtype=torch.bool)
     for b, r in enumerate(rows):
         mask[b, :r.start + 1] = True if r.mask is None else r.mask.cpu()
-    slots = [r.cache.slot for r in rows]
+    slots = [c.slot for c in caches]
     contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
     t = lambda xs: torch.tensor(xs, device=device)   # noqa: E731
-    return Decode(rows[0].cache.pool, t(slots), t([r.start for r in rows]), mask.to(device)[:, None, None],
+    return Decode(caches[0].pool, t(slots), t([r.start for r in rows]), mask.to(device)[:, None, None],
                   slots[0] if contiguous else None)
 
 
@@ -95,7 +122,7 @@ def decode_forward(model: DecoderModel, x: torch.Tensor, d: Decode) -> torch.Ten
     cos, sin = rope_cos_sin(d.positions[None], model.inv_freq, x.dtype)
     cos, sin = cos[0, 0][:, None], sin[0, 0][:, None]                       # [B, 1, Dh]
     h = x
-    for li, layer in enumerate(model.layers):
+    for li, layer in enumerate(_layers(model)):
         a = layer.self_attn
         y = layer.input_layernorm(h)
         q = apply_rope(linear(a.q_proj, y).view(B, a.heads, a.head_dim), cos, sin)
@@ -106,7 +133,8 @@ def decode_forward(model: DecoderModel, x: torch.Tensor, d: Decode) -> torch.Ten
     return model.norm(h)
 
 
-def forward_rows(model: DecoderModel, x: torch.Tensor, rows: list[Row], decode_step=None) -> torch.Tensor:
+def forward_rows(model: DecoderModel, x: torch.Tensor, rows: list[Row],
+                 decode_step: DecodeStep | None = None) -> torch.Tensor:
     """x [N, D] (rows' new positions, concatenated in order) -> final hidden after `norm` [N, D].
 
     Writes every row's keys/values into its cache (appended, or at its text slots). Two or more
@@ -116,7 +144,7 @@ def forward_rows(model: DecoderModel, x: torch.Tensor, rows: list[Row], decode_s
     N, D = x.shape
     assert sum(r.n for r in rows) == N, f"{N} positions for rows of {[r.n for r in rows]}"
     decoding = [i for i, r in enumerate(rows) if is_decode(r)]
-    pools = {id(rows[i].cache.pool) for i in decoding}
+    pools = {id(pool_slot(rows[i]).pool) for i in decoding}
     batched = decoding if len(decoding) >= 2 and len(pools) == 1 else []
     if len(decoding) == len(rows) and len(pools) == 1 and (batched or decode_step is not None):
         h = decode_step(x, rows) if decode_step is not None else decode_forward(model, x, decode_plan(rows, x.device))
@@ -133,7 +161,7 @@ def forward_rows(model: DecoderModel, x: torch.Tensor, rows: list[Row], decode_s
     idx = torch.tensor([offsets[i] for i in batched], device=x.device) if batched else None
     single = [(r, slice(offsets[i], offsets[i + 1])) for i, r in enumerate(rows) if i not in set(batched)]
     h = x
-    for li, layer in enumerate(model.layers):
+    for li, layer in enumerate(_layers(model)):
         h = h + _attention(layer.self_attn, layer.input_layernorm(h), cos, sin, li, d, idx, single)
         h = h + _mlp(layer.mlp, layer.post_attention_layernorm(h))
     for i in batched:
@@ -141,7 +169,12 @@ def forward_rows(model: DecoderModel, x: torch.Tensor, rows: list[Row], decode_s
     return model.norm(h)
 
 
-def _attention(a: Attention, h: torch.Tensor, cos, sin, li: int, d: Decode | None, idx, single) -> torch.Tensor:
+def _layers(model: DecoderModel) -> Iterable[DecoderLayer]:
+    return cast("Iterable[DecoderLayer]", model.layers)   # nn.ModuleList's stubs type its items as Module
+
+
+def _attention(a: Attention, h: torch.Tensor, cos, sin, li: int, d: Decode | None, idx,
+               single: list[tuple[Row, slice]]) -> torch.Tensor:
     N = h.shape[0]
     q = apply_rope(linear(a.q_proj, h).view(N, a.heads, a.head_dim), cos, sin)
     k = apply_rope(linear(a.k_proj, h).view(N, a.kv_heads, a.head_dim), cos, sin)
@@ -152,7 +185,11 @@ def _attention(a: Attention, h: torch.Tensor, cos, sin, li: int, d: Decode | Non
         out[idx] = pool_attention(a, li, q[idx], k[idx], v[idx], d)
     for r, s in single:
         kr, vr = k[s].transpose(0, 1)[None], v[s].transpose(0, 1)[None]    # [1, Hkv, n, Dh]
-        cache = r.cache if r.append else r.cache.at_slot(r.start)
+        if r.append:
+            cache = r.cache
+        else:                                      # only TTS text prefills write at fixed slots
+            assert not isinstance(r.cache, KVCache), "a row at fixed slots needs a TTSCache"
+            cache = r.cache.at_slot(r.start)
         kr, vr = cache.update(li, kr, vr)
         mask = causal_mask(r.n, r.start, h.device) if r.mask is None else r.mask.to(h.device)[None, None, None]
         o = F.scaled_dot_product_attention(q[s].transpose(0, 1)[None], kr, vr, attn_mask=mask, enable_gqa=gqa)
@@ -160,5 +197,5 @@ def _attention(a: Attention, h: torch.Tensor, cos, sin, li: int, d: Decode | Non
     return linear(a.o_proj, out.reshape(N, -1))
 
 
-def _mlp(mlp, x: torch.Tensor) -> torch.Tensor:
+def _mlp(mlp: MLP, x: torch.Tensor) -> torch.Tensor:
     return linear(mlp.down_proj, F.silu(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))

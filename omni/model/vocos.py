@@ -105,6 +105,7 @@ class VocosBackbone(nn.Module):
 
 
 class ISTFT(nn.Module):
+    window: torch.Tensor              # [n_fft] Hann buffer
     def __init__(self, n_fft: int, hop_length: int):
         super().__init__()
         self.n_fft, self.hop_length = n_fft, hop_length

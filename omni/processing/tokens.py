@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 MARK_IMAGE = "(<image>./</image>)"
 MARK_AUDIO = "(<audio>./</audio>)"
@@ -47,18 +51,19 @@ _NAMES = {
 }
 
 
-def load_tokenizer(checkpoint_dir: str | Path):
+def load_tokenizer(checkpoint_dir: str | Path) -> PreTrainedTokenizerBase:
     """Qwen2 fast tokenizer from the checkpoint's own files (no remote code, no network).
 
     The official tokenizer_config names `MiniCPMOTokenizerFast` with an auto_map to remote code;
     that class only adds `*_id` properties, which `SpecialIds` replaces, so the stock Qwen2 class
     loads the same vocabulary, merges and added tokens.
     """
-    from transformers import Qwen2TokenizerFast
+    # transformers 5 only aliases the 4.x name at run time (to Qwen2Tokenizer), unseen by its stubs
+    from transformers import Qwen2TokenizerFast  # pyright: ignore[reportAttributeAccessIssue]
     return Qwen2TokenizerFast.from_pretrained(str(checkpoint_dir))
 
 
-def special_ids(tokenizer) -> SpecialIds:
+def special_ids(tokenizer: PreTrainedTokenizerBase) -> SpecialIds:
     vocab = tokenizer.get_vocab()
     missing = [s for s in _NAMES.values() if s not in vocab]
     if missing:
@@ -66,9 +71,9 @@ def special_ids(tokenizer) -> SpecialIds:
     return SpecialIds(**{k: vocab[s] for k, s in _NAMES.items()})
 
 
-def load_tts_tokenizer(checkpoint_dir: str | Path):
+def load_tts_tokenizer(checkpoint_dir: str | Path) -> PreTrainedTokenizerBase:
     """ChatTTS BERT tokenizer from assets/chattts_tokenizer (spec §1.5; never downloaded)."""
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # pyright: ignore[reportAttributeAccessIssue] - as Qwen2TokenizerFast
     path = Path(checkpoint_dir) / "assets" / "chattts_tokenizer"
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is missing: the TTS text tokenizer ships with the checkpoint")
