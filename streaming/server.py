@@ -142,11 +142,7 @@ def _presented_key(request: web.Request) -> str | None:
 
 
 async def _start_reaper(app: web.Application) -> None:
-    async def reap():
-        while True:
-            await asyncio.sleep(min(5.0, app["settings"].idle_timeout_s / 2))
-            app["manager"].expire_idle()
-    app["reaper"] = asyncio.create_task(reap(), name="idle reaper")
+    app["reaper"] = asyncio.create_task(app["manager"].reap(), name="idle reaper")
 
 
 async def _close_sessions(app: web.Application) -> None:

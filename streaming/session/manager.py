@@ -6,6 +6,7 @@ model (the worker).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -57,6 +58,17 @@ class SessionManager:
                 except Exception:  # noqa: BLE001 - one connection's failure must not stop the reaper
                     log.exception("closing idle session %s failed", lease.session_id)
         return idle
+
+    @property
+    def reap_period_s(self) -> float:
+        """How often the reaper looks: an idle session is closed at most this late (5 s at most)."""
+        return min(5.0, self.idle_timeout_s / 2)
+
+    async def reap(self) -> None:
+        """The server's reaper task: `expire_idle` every `reap_period_s`, until cancelled."""
+        while True:
+            await asyncio.sleep(self.reap_period_s)
+            self.expire_idle()
 
     @property
     def in_use(self) -> int:

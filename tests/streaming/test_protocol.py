@@ -249,9 +249,9 @@ def test_response_reasons_are_openai_values_and_extensions_need_opt_in() -> None
     resp = P.response_object("resp_1", "cancelled", status_details={"type": "cancelled", "reason": "turn_detected"})
     assert resp["output"] == [] and "omni" not in resp
     for status, reason in (("cancelled", "client_truncated"), ("incomplete", "turn_detected")):
-        with pytest.raises(AssertionError):
+        with pytest.raises(AssertionError, match=f"bad {status} reason {reason!r}"):
             P.response_object("resp_1", status, status_details={"type": status, "reason": reason})
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match="bad response status 'done'"):
         P.response_object("resp_1", "done")
     timings = P.response_omni_timings("resp_1", {"first_audio_ms": 412.0})
     assert not P.for_client(timings, extensions=False) and P.for_client(timings, extensions=True)

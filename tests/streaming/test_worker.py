@@ -18,15 +18,15 @@ from streaming.worker import EngineSpec, EngineWorker
 async def test_a_handle_keeps_one_sessions_commands_in_order():
     seen, active = [], []
 
-    async def call(op, i, deadline_s=None):
+    async def call(op, i, frame, deadline_s=None):
         active.append(i)
         assert len(active) == 1, "two commands of one session ran at once"
         await asyncio.sleep(0.001)
         seen.append(i)
         active.remove(i)
     h = EngineHandle(call, close=lambda: None)
-    await asyncio.gather(*[h._run("unit", i) for i in range(10)])
-    assert sorted(seen) == list(range(10))
+    await asyncio.gather(*[h.append_unit(i) for i in range(10)])
+    assert seen == list(range(10))                # in the order they were submitted
 
 
 def _spec(**kw) -> EngineSpec:
