@@ -7,13 +7,14 @@ took yet, and the tick loop. Each tick applies the commands that arrived (sessio
 only here, between batches), advances every program to its next op, picks one batch (`schedule.pick`:
 earliest deadline first, one kind) and executes it (`steps.Executor`), one packed forward for all.
 Does not own: model math, session logic (the programs), threads or asyncio (the caller runs
-`run_forever` on a thread and passes `done` callbacks).
+`run_forever` on a thread and passes `done` callbacks), the sizes and caches of a slot (slots.py),
+one session's record (live.py), failure isolation (isolate.py), the counters (stats.py).
 
 Commands of a session run in order; any command but `reply_step` first stops the session's
 reply (as `Session.prefill` does alone). `reply_step` returns every piece the reply produced since
 the last call, merged, waiting if there is none yet, or (None, end reason) once it is over.
-A batch that raises is re-run op by op from the caches' lengths before it, so one bad session's
-error reaches only that session.
+A batch that raises is re-run op by op from the caches' lengths before it (isolate.py), so one
+bad session's error reaches only that session.
 """
 from __future__ import annotations
 
@@ -23,22 +24,25 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
-from ..model.ops import LLMForward, Op, TTSFrame, TTSPrefill
-from ..model.pool import KVPool, SlotCache, TTSSlotCache
+from ..loader import Omni
+from ..model.ops import LLMForward, Op
+from ..model.pool import KVPool
 from ..model.steps import Executor
-from ..model.tts_loop import SpeechParams
 from ..session.engine import Session
-from ..session.speech import CARRY_FRAMES
+from .isolate import run_isolated
+from .live import Command, Done, Live, answer, ignore
 from .schedule import Pending, pick
+from .slots import EngineFull, SlotCaches, slot_bytes, tts_slot_tokens
+from .stats import EngineStats
+
+__all__ = ["COMMANDS", "BatchEngine", "EngineFull", "EngineStats", "SlotCaches", "slot_bytes", "tts_slot_tokens"]
 
 log = logging.getLogger("omni.batch")
-Done = Callable[[Any, BaseException | None], None]
 # open/close: use the methods; probe: one real LLM step on a scratch cache (readiness), any session id
 COMMANDS = ("open", "close", "system", "prefill", "unit", "rollback", "forget", "generate", "reply_step",
             "probe")
@@ -47,80 +51,8 @@ COMMANDS = ("open", "close", "system", "prefill", "unit", "rollback", "forget", 
 HOLD_POLL_S = 0.005     # an engine holding background work for a reply step on its way looks again this soon
 
 
-class EngineFull(RuntimeError):
-    """Every slot of the engine's pools is taken."""
-
-
-def tts_slot_tokens(tts) -> int:
-    """A TTS segment's most positions: text slots + the official frame cap (checked after a call,
-    so one call more) + the frames a rollover carries in."""
-    p = SpeechParams()
-    return tts.condition_length - 1 + p.max_frames + 2 * p.frames_per_step + CARRY_FRAMES
-
-
-def slot_bytes(omni, slot_tokens: int) -> int:
-    """Memory of one session's slots (LLM + TTS pools)."""
-    c, t = omni.config, omni.net.tts.cfg
-    llm = KVPool.slot_bytes(c.num_hidden_layers, c.num_key_value_heads, c.hidden_size // c.num_attention_heads,
-                            slot_tokens, omni.dtype)
-    tts = KVPool.slot_bytes(t.num_hidden_layers, t.num_attention_heads, t.hidden_size // t.num_attention_heads,
-                            tts_slot_tokens(omni.net.tts), torch.float32)
-    return llm + tts
-
-
-class SlotCaches:
-    """A session's caches in the engine's pools: its slot, reset whenever asked for a fresh one."""
-
-    def __init__(self, tts, llm_pool: KVPool, tts_pool: KVPool, slot: int):
-        self.tts = tts
-        self._llm = SlotCache(llm_pool, slot)
-        self._tts = TTSSlotCache(tts_pool, slot, tts.condition_length - 1)
-
-    def llm(self) -> SlotCache:
-        """The LLM slot, empty; it was zeroed when the session opened (stale keys after are finite)."""
-        self._llm._len = [0] * self._llm.num_layers
-        return self._llm
-
-    def tts_state(self, text_mask: torch.Tensor | None = None):
-        return self.tts.new_state(text_mask, cache=self._tts.reset())
-
-
-@dataclass(eq=False)
-class _Command:
-    sid: int
-    op: str
-    args: tuple
-    deadline_s: float
-    done: Done
-
-
-@dataclass(eq=False)
-class _Live:
-    """One session on the engine, owned by the engine thread."""
-    sid: int
-    slot: int
-    session: Session
-    background: bool = False               # its ops yield to every other session's (transcripts)
-    commands: deque = field(default_factory=deque)
-    current: _Command | None = None        # the command whose program runs
-    program: Any = None                    # its program, or the reply program, or None
-    replying: bool = False                 # `program` is the reply program
-    pending: Op | None = None              # the op `program` waits on
-    outputs: list = field(default_factory=list)      # (text, wav) of the reply not yet handed out
-    waiter: _Command | None = None         # a reply_step waiting for output
-    reply_deadline_s: float = float("inf")
-    hold_s: float = float("inf")           # while replying: the last reply_step's deadline (background yields)
-    reply_error: BaseException | None = None
-
-    @property
-    def deadline_s(self) -> float:
-        if self.current is not None:
-            return self.current.deadline_s
-        return self.waiter.deadline_s if self.waiter is not None else self.reply_deadline_s
-
-
 class BatchEngine:
-    def __init__(self, omni, slots: int, slot_tokens: int = 8192, max_batch: int = 32,
+    def __init__(self, omni: Omni, slots: int, slot_tokens: int = 8192, max_batch: int = 32,
                  reply_reserve_tokens: int = 0, clock_s: Callable[[], float] = time.monotonic,
                  cuda_graphs: bool = True, background_slots: int = 0):
         """`slots`: sessions the engine holds; `slot_tokens`: LLM positions per session (its
@@ -145,9 +77,9 @@ class BatchEngine:
         self._slot_of: dict[int, int] = {}      # sid -> slot, for open/close on any thread
         self._background: set[int] = set()      # sids of background sessions
         self._ids = itertools.count(1)
-        self._inbox: deque[_Command] = deque()
+        self._inbox: deque[Command] = deque()
         self._cv = threading.Condition()
-        self._sessions: dict[int, _Live] = {}
+        self._sessions: dict[int, Live] = {}
         self._order = itertools.count()
         self._arrival: dict[int, int] = {}      # sid -> order of its pending op
         self._stopped = False
@@ -181,8 +113,8 @@ class BatchEngine:
             self._slot_of[sid] = slot
             if background:
                 self._background.add(sid)
-            self._enqueue(_Command(sid, "open", (slot, max_cache_tokens, background), self.clock_s(),
-                                   done or _ignore))
+            self._enqueue(Command(sid, "open", (slot, max_cache_tokens, background), self.clock_s(),
+                                  done or ignore))
         return sid
 
     def close(self, sid: int, done: Done | None = None) -> None:
@@ -194,18 +126,18 @@ class BatchEngine:
             if slot is not None:
                 bisect.insort(self._free, slot)
             if not self._stopped:
-                self._enqueue(_Command(sid, "close", (), self.clock_s(), done or _ignore))
+                self._enqueue(Command(sid, "close", (), self.clock_s(), done or ignore))
 
     def submit(self, sid: int, op: str, args: tuple, deadline_s: float | None, done: Done) -> None:
         """Queue a command; `done(result, error)` is called once, on the engine thread."""
         assert op in COMMANDS, op
-        cmd = _Command(sid, op, args, self.clock_s() if deadline_s is None else deadline_s, done)
+        cmd = Command(sid, op, args, self.clock_s() if deadline_s is None else deadline_s, done)
         with self._cv:
             if self._stopped:
                 raise RuntimeError("the batch engine is stopped")
             self._enqueue(cmd)
 
-    def _enqueue(self, cmd: _Command) -> None:   # holding self._cv
+    def _enqueue(self, cmd: Command) -> None:   # holding self._cv
         self._inbox.append(cmd)
         self._cv.notify()
 
@@ -249,14 +181,14 @@ class BatchEngine:
                 self._apply(cmd)
             except Exception as e:  # noqa: BLE001 - e.g. out of memory opening a session: it fails alone
                 log.exception("batch engine command %s failed", cmd.op)
-                _answer(cmd, None, e)
+                answer(cmd, None, e)
         for live in list(self._sessions.values()):
             self._start_next(live)
-        waiting = [live for live in self._sessions.values() if live.pending is not None]
+        waiting = [(live, op) for live in self._sessions.values() if (op := live.pending) is not None]
         hold_s = min((live.hold_s for live in self._sessions.values() if live.replying and not live.background),
                      default=float("inf"))
-        chosen = pick([Pending(live.deadline_s, self._arrival[live.sid], live.pending.kind, live.background)
-                       for live in waiting], self.max_batch, self.clock_s(), hold_s)
+        chosen = pick([Pending(live.deadline_s, self._arrival[live.sid], op.kind, live.background)
+                       for live, op in waiting], self.max_batch, self.clock_s(), hold_s)
         if chosen:
             self._execute([waiting[i] for i in chosen])
         self.held = bool(waiting) and not chosen
@@ -284,102 +216,72 @@ class BatchEngine:
         return False
 
     # ---- commands -----------------------------------------------------------------------------
-    def _apply(self, cmd: _Command) -> None:
+    def _apply(self, cmd: Command) -> None:
         if cmd.op == "probe":
-            return _answer(cmd, self._probe(), None)
+            return answer(cmd, self._probe(), None)
         if cmd.op == "open":
             slot, max_cache_tokens, background = cmd.args
             self.llm_pool.reset_slot(slot)          # never uninitialised memory under a mask
             self.tts_pool.reset_slot(slot)
             caches = SlotCaches(self.omni.net.tts, self.llm_pool, self.tts_pool, slot)
             session = Session(self.omni, None, max_cache_tokens, caches, self.reply_reserve_tokens)
-            self._sessions[cmd.sid] = _Live(cmd.sid, slot, session, background=background)
-            return _answer(cmd, None, None)
+            self._sessions[cmd.sid] = Live(cmd.sid, slot, session, background=background)
+            return answer(cmd, None, None)
         live = self._sessions.get(cmd.sid)
         if live is None:
-            return _answer(cmd, None, RuntimeError(f"session {cmd.sid} is not open on this engine"))
+            return answer(cmd, None, RuntimeError(f"session {cmd.sid} is not open on this engine"))
         if cmd.op == "close":
             self._close(live)
-            return _answer(cmd, None, None)
+            return answer(cmd, None, None)
         if cmd.op == "reply_step":
             if live.waiter is not None:
-                return _answer(cmd, None, RuntimeError("a reply step of this session is already waiting"))
+                return answer(cmd, None, RuntimeError("a reply step of this session is already waiting"))
             live.waiter, live.reply_deadline_s, live.hold_s = cmd, cmd.deadline_s, float("inf")
             return self._serve(live)
         live.commands.append(cmd)
 
-    def _start_next(self, live: _Live) -> None:
+    def _start_next(self, live: Live) -> None:
         """Start the session's next command if none runs; then advance its program to an op."""
         while live.current is None and live.commands:
             cmd = live.commands.popleft()
-            self._stop_reply(live)
+            live.stop_reply()
             try:
-                started = self._begin(live, cmd)
+                started = live.begin(cmd)
             except Exception as e:  # noqa: BLE001 - a bad command fails alone
-                _answer(cmd, None, e)
+                answer(cmd, None, e)
                 continue
             if not started:
-                _answer(cmd, None, None)
+                answer(cmd, None, None)
         if live.program is not None and live.pending is None:
             self._advance(live, None, None)
         self._serve(live)
 
-    def _begin(self, live: _Live, cmd: _Command) -> bool:
-        """Set up `cmd`; True if it runs a program (done when the program ends)."""
-        s = live.session
-        if cmd.op == "generate":
-            live.program, live.replying = s.reply_program(*cmd.args), True
-            live.outputs, live.reply_error, live.reply_deadline_s = [], None, cmd.deadline_s
-            return False
-        if cmd.op == "rollback":
-            s.interrupt_ms(*cmd.args)
-            return False
-        if cmd.op == "forget":
-            s.forget_reply()
-            return False
-        if cmd.op == "system":
-            seed, mode, ref, text = cmd.args
-            s.seed = seed                     # a seed takes effect from the context start
-            program = s.system_program(mode, ref, text)
-        elif cmd.op == "prefill":
-            program = s.prefill_program(*cmd.args)
-        else:
-            program = s.unit_program(*cmd.args)
-        live.current, live.program, live.replying = cmd, program, False
-        return True
-
-    def _stop_reply(self, live: _Live) -> None:
-        """Close the reply program (the caller answers a waiting reply_step afterwards)."""
-        if live.replying:
-            live.program.close()
-            live.program, live.pending, live.replying, live.hold_s = None, None, False, float("inf")
-            live.outputs = []
-
-    def _close(self, live: _Live) -> None:
+    def _close(self, live: Live) -> None:
         if live.program is not None:
             live.program.close()
         gone = RuntimeError("the session was closed")
         for cmd in ([live.current] if live.current else []) + list(live.commands):
-            _answer(cmd, None, gone)
+            answer(cmd, None, gone)
         if live.waiter is not None:
-            _answer(live.waiter, (None, None), None)
+            answer(live.waiter, (None, None), None)
         del self._sessions[live.sid]
         self._arrival.pop(live.sid, None)
 
     def _fail_all(self, error: BaseException) -> None:
         with self._cv:
             for cmd in self._inbox:
-                _answer(cmd, None, error)
+                answer(cmd, None, error)
             self._inbox.clear()
         for live in list(self._sessions.values()):
             for cmd in ([live.current] if live.current else []) + list(live.commands) + \
                        ([live.waiter] if live.waiter else []):
-                _answer(cmd, None, error)
+                answer(cmd, None, error)
 
     # ---- programs -----------------------------------------------------------------------------
-    def _advance(self, live: _Live, result, error: BaseException | None) -> None:
+    def _advance(self, live: Live, result, error: BaseException | None) -> None:
         """Resume the session's program with an op's result (or error) until its next op."""
         program = live.program
+        assert program is not None, "only a session with a program is advanced"
         while True:
             try:
                 item = program.throw(error) if error is not None else program.send(result)
@@ -396,15 +298,16 @@ class BatchEngine:
             live.outputs.append(item)
             self._serve(live)
 
-    def _finished(self, live: _Live, error: BaseException | None) -> None:
+    def _finished(self, live: Live, error: BaseException | None) -> None:
         live.program, live.pending = None, None
         if live.replying:
             live.replying, live.reply_error, live.hold_s = False, error, float("inf")
             return self._serve(live)
         cmd, live.current = live.current, None
-        _answer(cmd, None, error)
+        assert cmd is not None, "a program that is not the reply runs for `current`"
+        answer(cmd, None, error)
 
-    def _serve(self, live: _Live) -> None:
+    def _serve(self, live: Live) -> None:
         """Answer a waiting reply_step: the merged outputs so far, or the end of the reply."""
         w = live.waiter
         if w is None or live.commands or live.current is not None:
@@ -418,121 +321,23 @@ class BatchEngine:
             # slip into the gap (before first audio that deadline is already due)
             live.hold_s = w.deadline_s
             self.stats.pieces += 1
-            return _answer(w, (text, wav), None)
+            return answer(w, (text, wav), None)
         if not live.replying:
             live.waiter, live.hold_s = None, float("inf")
             if live.reply_error is not None:
                 error, live.reply_error = live.reply_error, None
-                return _answer(w, None, error)
-            return _answer(w, (None, live.session.last_reply_end), None)
+                return answer(w, None, error)
+            return answer(w, (None, live.session.last_reply_end), None)
 
     # ---- batches ------------------------------------------------------------------------------
-    def _execute(self, batch: list[_Live]) -> None:
-        ops = [live.pending for live in batch]
-        marks = [_lengths(op) for op in ops]
+    def _execute(self, batch: list[tuple[Live, Op]]) -> None:
+        """Run the ops of `batch` (each session with its pending op) and resume their programs."""
+        ops = [op for _, op in batch]
         t0 = time.perf_counter()
-        try:
-            results, errors = self.executor.run(ops), [None] * len(ops)
-        except Exception as e:  # noqa: BLE001 - isolate the op that raises
-            for m in marks:        # a forward that raised half-way advanced some layers: undo
-                _restore(m)
-            if len(ops) == 1:
-                results, errors = [None], [e]
-            else:
-                log.warning("a batch of %d %s ops failed (%s); running them one by one", len(ops), ops[0].kind, e)
-                results, errors = self._one_by_one(ops, marks)
+        results, errors = run_isolated(self.executor, ops)
         self.stats.add(ops[0].kind, len(ops), time.perf_counter() - t0, ops)
         self.last_batch_s = self.clock_s()
-        for live, result, error in zip(batch, results, errors):
+        for (live, _), result, error in zip(batch, results, errors):
             live.pending = None
             if live.program is not None:
                 self._advance(live, result, error)
-
-    def _one_by_one(self, ops: list[Op], marks: list) -> tuple[list, list]:
-        results, errors = [], []
-        for op, mark in zip(ops, marks):
-            try:
-                results.append(self.executor.one(op))
-                errors.append(None)
-            except Exception as e:  # noqa: BLE001 - handed to that session's program
-                _restore(mark)
-                results.append(None)
-                errors.append(e)
-        return results, errors
-
-
-def _answer(cmd: _Command, result, error) -> None:
-    """Call a command's `done` once; a callback that raises must not break the engine's state."""
-    try:
-        cmd.done(result, error)
-    except Exception:  # noqa: BLE001 - the caller's bug, not the engine's
-        log.exception("a batch engine callback raised (command %s of session %d)", cmd.op, cmd.sid)
-
-
-def _ignore(result, error) -> None:
-    if error is not None:   # nobody waits (open/close without a callback): e.g. the engine stopped first
-        log.debug("batch engine command failed: %s", error)
-
-
-def _lengths(op: Op):
-    """What an op may change in its cache (per-layer lengths; layers a fresh encoder cache learns),
-    to undo a forward that raised half-way."""
-    cache = getattr(op, "cache", None)
-    if isinstance(op, (TTSPrefill, TTSFrame)):
-        cache = op.state.cache
-    if cache is None or not hasattr(cache, "_len"):
-        return None
-    return cache, list(cache._len), getattr(cache, "num_layers", None)
-
-
-def _restore(mark) -> None:
-    if mark is not None:
-        cache, lens, layers = mark
-        cache._len = list(lens)
-        if layers is not None and cache.num_layers != layers:   # layers learnt by the failed forward
-            cache.num_layers = layers
-            cache._k, cache._v = cache._k[:layers], cache._v[:layers]
-
-
-@dataclass
-class EngineStats:
-    """Per op kind: batches run, ops in them, seconds; plus LLM tokens and TTS frames."""
-    batches: dict = field(default_factory=dict)
-    ops: dict = field(default_factory=dict)
-    seconds: dict = field(default_factory=dict)
-    llm_tokens: int = 0
-    llm_decode_tokens: int = 0
-    llm_decode_s: float = 0.0
-    tts_frames: int = 0
-    tts_frame_s: float = 0.0
-    pieces: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)   # read from other threads
-
-    def add(self, kind: str, n: int, seconds: float, ops: list[Op]) -> None:
-        with self.lock:
-            self._add(kind, n, seconds, ops)
-
-    def _add(self, kind: str, n: int, seconds: float, ops: list[Op]) -> None:
-        self.batches[kind] = self.batches.get(kind, 0) + 1
-        self.ops[kind] = self.ops.get(kind, 0) + n
-        self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds
-        if kind == "llm":
-            self.llm_tokens += sum(op.length for op in ops if isinstance(op, LLMForward))
-            if all(op.length == 1 for op in ops):
-                self.llm_decode_tokens += n
-                self.llm_decode_s += seconds
-        elif kind == "tts":
-            frames = sum(isinstance(op, TTSFrame) for op in ops)
-            self.tts_frames += frames
-            if frames == n:
-                self.tts_frame_s += seconds
-
-    def as_dict(self) -> dict:
-        with self.lock:
-            return self._as_dict()
-
-    def _as_dict(self) -> dict:
-        return {"batches": dict(self.batches), "ops": dict(self.ops),
-                "mean_batch": {k: round(self.ops[k] / self.batches[k], 2) for k in self.batches},
-                "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
-                "llm_tokens": self.llm_tokens, "tts_frames": self.tts_frames, "pieces": self.pieces}

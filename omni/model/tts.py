@@ -1,15 +1,16 @@
 """ConditionalChatTTS (`tts.`): LLM speaker state + ChatTTS text -> 4-codebook audio codes (spec §5.1).
 
 Owns: the module tree with the official key names (projector, emb_code.q, emb_text, weight-normed
-head_code.q, the Llama backbone `model`, `dvae`), the fixed-slot KV cache, text prefill, the
-audio-code step loop with the streaming text mask, and the logits pipeline (temperature, TopP then
-TopK keeping >= 3, EOS held back for the first steps of every call) with an injectable sampler.
-Does not own: session state (`TTSState` is created here but owned and passed in by the caller),
-prompt text and slot arithmetic (omni.processing.tts_text), the chunked loop (tts_loop.py).
+head_code.q, the Llama backbone `model`, `dvae`), text prefill, the audio-code step loop with the
+streaming text mask, and the logits pipeline (temperature, TopP then TopK keeping >= 3, EOS held
+back for the first steps of every call) with an injectable sampler. Does not own: session state
+(the fixed-slot KV cache and `TTSState` of tts_state.py are created here but owned and passed in
+by the caller), prompt text and slot arithmetic (omni.processing.tts_text), the chunked loop
+(tts_loop.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -25,83 +26,11 @@ from .decoder import DecoderModel
 from .dvae import DVAE
 from .ops import FramePick, TTSFrame, TTSPrefill
 from .rows import Row, forward_rows
+from .tts_state import TTSCache, TTSState
 
 MIN_TOKENS_TO_KEEP = 3   # the official `gen_logits`' TopP/TopK warpers keep at least 3 codes
 # ChatTTS repetition-penalty window (frames), used only when repetition_penalty != 1.
 PENALTY_WINDOW_FRAMES = 16
-
-
-class TTSCache:
-    """Per layer k/v [1, H, slots, Dh]: `text_slots` fixed zero-initialised text slots, audio appended.
-
-    Owned by the session. `update` appends (audio steps); `at_slot(b)` gives the object the
-    decoder writes a text prefill through: it attends over the truncated prefix [:b] only and
-    stores the new k/v in place at [b, b+n), even after audio has been appended.
-    """
-
-    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, text_slots: int,
-                 dtype=torch.float32, device=None, capacity_frames: int = 256):
-        self.text_slots = text_slots
-        shape = (1, kv_heads, text_slots + capacity_frames, head_dim)
-        self._k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self._v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self._len = [text_slots] * num_layers
-
-    @property
-    def seq_len(self) -> int:
-        return self._len[0]
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Append k, v [1, H, T, Dh]; return all keys and values of `layer`."""
-        n, T = self._len[layer], k.shape[2]
-        cap = self._k[layer].shape[2]
-        if n + T > cap:  # amortised doubling; text slots keep their place
-            extra = max(n + T, 2 * cap) - cap
-            grow = lambda buf: torch.cat([buf, buf.new_zeros(*buf.shape[:2], extra, buf.shape[3])], 2)
-            self._k[layer], self._v[layer] = grow(self._k[layer]), grow(self._v[layer])
-        self._k[layer][:, :, n:n + T] = k
-        self._v[layer][:, :, n:n + T] = v
-        self._len[layer] = n + T
-        return self._k[layer][:, :, :n + T], self._v[layer][:, :, :n + T]
-
-    def at_slot(self, begin: int) -> "_SlotWriter":
-        return _SlotWriter(self, begin)
-
-    def layer(self, i: int):
-        n = self._len[i]
-        return self._k[i][:, :, :n], self._v[i][:, :, :n]
-
-
-class _SlotWriter:
-    def __init__(self, cache: TTSCache, begin: int):
-        self.cache, self.seq_len = cache, begin
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        b, e = self.seq_len, self.seq_len + k.shape[2]
-        assert e <= self.cache.text_slots, f"text slots [{b}, {e}) exceed {self.cache.text_slots}"
-        self.cache._k[layer][:, :, b:e] = k
-        self.cache._v[layer][:, :, b:e] = v
-        return self.cache._k[layer][:, :, :e], self.cache._v[layer][:, :, :e]
-
-
-@dataclass
-class TTSState:
-    """One TTS segment of one session: cache, codes so far, text mask. Created by `new_state`."""
-    cache: TTSCache
-    frames: torch.Tensor            # [1, n, num_vq] long: every frame drawn (incl. a final EOS frame)
-    condition_length: int
-    text_mask: torch.Tensor | None  # int8 [condition_length] (tts_text.text_mask), None = no text mask
-    finished: bool = False
-
-    @property
-    def codes(self) -> torch.Tensor:
-        """[1, n', num_vq] the official `new_ids`: the last frame dropped once finished (the EOS frame)."""
-        return self.frames[:, :-1] if self.finished else self.frames
-
-    @property
-    def input_len(self) -> int:
-        """Length of the official `audio_input_ids` (condition rows + frames)."""
-        return self.condition_length + self.frames.shape[1]
 
 
 class MultinomialSampler:
@@ -327,11 +256,13 @@ class ConditionalChatTTS(nn.Module):
     def _head_weights(self) -> list[torch.Tensor]:
         """The heads' weight-normed weights, recomputed only when a parameter changed (a weight
         norm per head per frame was 2% of a reply)."""
-        originals = [p for head in self.head_code for p in head.parametrizations.weight.parameters()]
+        # get_submodule, not attribute access: torch types a submodule attribute as Tensor | Module
+        originals = [p for head in self.head_code for p in head.get_submodule("parametrizations.weight").parameters()]
         key = tuple((p.data_ptr(), p._version) for p in originals)
         if getattr(self, "_head_cache", (None,))[0] != key:
             with torch.no_grad(), parametrize.cached():
-                self._head_cache = (key, [head.weight.detach() for head in self.head_code])
+                heads = [cast(nn.Linear, head) for head in self.head_code]   # ModuleList yields nn.Module
+                self._head_cache = (key, [head.weight.detach() for head in heads])
         return self._head_cache[1]
 
     def pick_frames(self, logits: torch.Tensor, states: list[TTSState], picks: list[FramePick]) -> list[torch.Tensor]:
@@ -351,7 +282,8 @@ class ConditionalChatTTS(nn.Module):
             top_p = TopPLogitsWarper(c.top_p, min_tokens_to_keep=MIN_TOKENS_TO_KEEP)
             top_k = TopKLogitsWarper(c.top_k, min_tokens_to_keep=MIN_TOKENS_TO_KEEP)
             rows = logits[warp].reshape(-1, V)
-            logits[warp] = top_k(None, top_p(None, rows)).view(len(warp), Q, V)   # ChatTTS order: top-p, then top-k
+            # ChatTTS order: top-p, then top-k
+            logits[warp] = top_k(None, top_p(None, rows)).view(len(warp), Q, V)  # pyright: ignore[reportArgumentType] - the warpers never read input_ids
         blocked = [b for b, p in enumerate(picks) if p.block_eos]
         if blocked:
             logits[blocked, :, c.eos_code] = float("-inf")

@@ -7,7 +7,8 @@ with max_slice_nums=1 and no image ids, audio through the incremental Whisper en
 barge-in rollback (`interrupt` / `interrupt_ms`), and the sliding window of a long session
 (`max_cache_tokens`: oldest complete turns dropped before a new user turn). Does not own: model
 math, prompt strings (processing.prompt), the 3-token LLM chunk loop (llm.py), the TTS loop
-(speech.py), scheduling (omni.batch).
+(speech.py), the values its calls take and give (prefill.py, reply.py), where its caches come
+from (caches.py), scheduling (omni.batch).
 
 Alone or batched: every operation is a program (omni.model.ops) that yields model ops. The plain
 methods (`prefill`, `generate`, ...) run their program at once, op by op; a batch engine
@@ -17,88 +18,37 @@ state in pool slots (`caches`), which cannot grow, so prefills and replies check
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Generator, Iterator, cast
 
 import numpy as np
 import torch
 
 from ..loader import Omni
-from ..model.ops import AudioEncode, LLMForward, Op, VisionEncode, drive, pull, stream
-from ..model.pool import ContextFull
+from ..model.ops import AudioEncode, LLMForward, VisionEncode, drive, pull, stream
+from ..model.pool import ContextFull, SlotCache
 from ..model.steps import Executor
 from ..model.tts import GreedySampler, MultinomialSampler
 from ..model.tts_loop import SpeechParams
 from ..processing import prompt as P
-from ..processing.audio import audio_placeholder, log_mel
-from ..sampling import SamplingParams
+from ..processing.audio import audio_placeholder
+from .caches import Caches, SoloCaches
 from .llm import LLM_TOKENS_PER_CALL, llm_chunks
+from .prefill import PREFILL_CHUNK_TOKENS, STREAM_MAX_SLICE_NUMS, InputTooLong, PrefillRecord, fragment_mel
+from .reply import GenerateOptions, ReplyRecord, after_first_op, until_done
 from .speech import SpeechOptions, stream_speech
 from .state import ReplyMark, SessionState
 
-STREAM_MAX_SLICE_NUMS = 1      # official streaming_prefill processor call
+__all__ = ["GenerateOptions", "InputTooLong", "PrefillRecord", "Session", "SoloCaches"]
+
 MS_PER_S = 1000
-
-
-@dataclass(frozen=True)
-class GenerateOptions:
-    sampling: SamplingParams = SamplingParams()   # official streaming default (sampling=True)
-    max_new_tokens: int = 512                     # checked after each 3-token call (may overshoot by 2)
-    max_speech_s: float | None = None             # random tiny weights never draw the TTS EOS
-    low_latency: bool = False                     # hand out each decoded chunk at once (holds back the 2048-sample overlap only)
-    generate_audio: bool = True
-    force_no_stop: bool = False                   # official debug flag: the TTS never ends a reply itself
-
-
-PREFILL_CHUNK_TOKENS = 1024   # a prefill's LLM forward in pieces of this many positions (bounded memory)
-
-
-class InputTooLong(ValueError):
-    """A message longer than the caller's limit, refused before anything is prefilled."""
-
-
-@dataclass
-class PrefillRecord:
-    """What one prefill fed the LLM (returned for tests and the golden replay)."""
-    text: str
-    input_ids: torch.Tensor                  # [1, L]
-    image_bounds: list[tuple[int, int]]
-    audio_bounds: list[tuple[int, int]]
-    tgt_sizes: torch.Tensor | None
-    mels: list[torch.Tensor]                 # [1, 80, T] per clip
-    vision: torch.Tensor | None              # [n_slices, query_num, H]
-    inputs_embeds: torch.Tensor              # [1, L, H]
-    last_hidden: torch.Tensor                # [H] final hidden state at the last position (lm_head of it = the logits)
-    cache_range: tuple[int, int] = (0, 0)
-
-
-@dataclass
-class _Reply:
-    prefix_end: int                          # cache length once the prefix is in
-    prefix_len: int = 0                      # its prefix's tokens: the reply starts at prefix_end - prefix_len
-    flags_before: tuple = ()                 # (new_user_msg, llm_generated, llm_generate_completed) before it
-    samples: int = 0                         # audio handed out so far
-    marks: list[ReplyMark] = field(default_factory=list)
-
-
-class SoloCaches:
-    """The caches of a session run alone: new, growing ones whenever asked (a batch engine gives
-    its sessions pool slots instead, omni.batch.engine.SlotCaches)."""
-
-    def __init__(self, m: Omni):
-        self.m = m
-
-    def llm(self):
-        return self.m.net.llm.new_cache()
-
-    def tts_state(self, text_mask: torch.Tensor | None = None):
-        return self.m.net.tts.new_state(text_mask)
+DEFAULT_OPTIONS = GenerateOptions()   # frozen: one shared default
+Reply = Generator[tuple[str, np.ndarray], None, None]   # (text delta, 24-kHz float32 audio) pieces
 
 
 class Session:
     prefill_chunk_tokens = PREFILL_CHUNK_TOKENS
     def __init__(self, m: Omni, seed: int | None = None, max_cache_tokens: int | None = None,
-                 caches=None, reply_reserve_tokens: int = 0):
+                 caches: Caches | None = None, reply_reserve_tokens: int = 0):
         """`max_cache_tokens`: LLM cache budget; before a new user turn is prefilled, the oldest
         complete turns are dropped until the cache fits (the system prompt and the latest turn
         always stay). None keeps everything (the official behaviour). `caches`: where the LLM
@@ -107,7 +57,7 @@ class Session:
         self.m = m
         self.seed = seed
         self.max_cache_tokens = max_cache_tokens
-        self.caches = caches if caches is not None else SoloCaches(m)
+        self.caches: Caches = caches if caches is not None else SoloCaches(m)
         self.reply_reserve_tokens = reply_reserve_tokens
         self._run = Executor.of(m).one
         self.reset()
@@ -119,9 +69,9 @@ class Session:
         else:
             gen.seed()
         self.state = SessionState(self.caches.llm(), generator=gen)
-        self._reply: _Reply | None = None
+        self._reply: ReplyRecord | None = None
         self.last_reply_end: str | None = None   # "eos" | "max_tokens" | "max_speech" once a reply ends
-        self._active = None
+        self._active: Reply | None = None
 
     # ---- run alone: each program driven at once -----------------------------------------------
     def set_system(self, mode: str = "omni", ref_audio: np.ndarray | None = None,
@@ -137,12 +87,12 @@ class Session:
         """Official streaming_prefill of one message (spec §4.2)."""
         return drive(self.prefill_program(msg), self._run)
 
-    def generate(self, options: GenerateOptions = GenerateOptions(),
+    def generate(self, options: GenerateOptions = DEFAULT_OPTIONS,
                  trace: dict | None = None) -> Iterator[tuple[str, np.ndarray]]:
         """Official streaming_generate (spec §4.4): yields (text delta, 24-kHz float32 audio)."""
         program = self.reply_program(options, trace)
         self._close_active()
-        self._active = stream(program, self._run)
+        self._active = cast(Reply, stream(program, self._run))   # a generator function (ops types it Iterator)
         return self._active
 
     def reply_step(self) -> tuple[str, np.ndarray] | None:
@@ -191,7 +141,7 @@ class Session:
                                                             use_image_id=False)
         text = P.expand_markers(text, img_ph, [audio_placeholder(len(a), chunk_input=m.config.chunk_input)
                                                for a in col.audios])
-        mels = [self._log_mel(a) for a in col.audios]
+        mels = [fragment_mel(m, a) for a in col.audios]
         ids = m.tokenizer.encode(text, add_special_tokens=first)
         if max_tokens is not None and len(ids) > max_tokens:
             raise InputTooLong(f"the item is {len(ids)} tokens long; the limit is {max_tokens} "
@@ -244,13 +194,7 @@ class Session:
             return P.USER_OPEN
         return P.AFTER_COMPLETED if st.llm_generate_completed else P.AFTER_INTERRUPTED
 
-    def _log_mel(self, audio_16k: np.ndarray) -> torch.Tensor:
-        pre, w = self.m.pre, self.m.net.apm.conv1.weight
-        if len(audio_16k) > pre.chunk_length * pre.sampling_rate:
-            raise ValueError(f"audio fragment over {pre.chunk_length} s (the official encoder asserts batch 1)")
-        return torch.from_numpy(log_mel(audio_16k, pre))[None].to(device=w.device, dtype=w.dtype)
-
-    def reply_program(self, options: GenerateOptions = GenerateOptions(), trace: dict | None = None):
+    def reply_program(self, options: GenerateOptions = DEFAULT_OPTIONS, trace: dict | None = None):
         """Program of `generate`: outputs (text delta, 24-kHz float32 audio)."""
         if not self.state.started:
             raise RuntimeError("prefill a system prompt and user input before generate")
@@ -262,16 +206,16 @@ class Session:
         ids = m.tokenizer.encode(P.GENERATE_PREFIX, add_special_tokens=False)
         max_new_tokens = self._reply_room(len(ids), o.max_new_tokens)
         (spk_pos, _), = P.bounds(ids, (m.ids.spk_bos,), (m.ids.spk_eos,))
-        reply = _Reply(st.cache_len + len(ids), len(ids),
-                       (st.new_user_msg, st.llm_generated, st.llm_generate_completed))
+        reply = ReplyRecord(st.cache_len + len(ids), len(ids),
+                            (st.new_user_msg, st.llm_generated, st.llm_generate_completed))
 
         def begin() -> None:   # once the first op ran: a reply closed before that never started
             st.new_user_msg, st.llm_generated, st.llm_generate_completed = True, True, False
             st.audio_cache.clear()
             self._reply = reply
         llm_done: list[bool] = []
-        chunks = _until_done(_after_first_op(llm_chunks(m, st, ids, max_new_tokens, o.sampling, trace), begin),
-                             llm_done)
+        chunks = until_done(after_first_op(llm_chunks(m, st, ids, max_new_tokens, o.sampling, trace), begin),
+                            llm_done)
         self.last_reply_end = None
         if not o.generate_audio:
             while (ch := (yield from pull(chunks))) is not None:
@@ -279,7 +223,8 @@ class Session:
             self.last_reply_end = "eos" if st.llm_generate_completed else "max_tokens"
             return
         sampler = MultinomialSampler(st.generator) if o.sampling.do_sample else GreedySampler()
-        rate = self.m.vocos.dims.sample_rate_hz
+        assert m.vocos is not None and m.tts_tokenizer is not None, "speech needs a checkpoint with the TTS"
+        rate = m.vocos.dims.sample_rate_hz
         opts = SpeechOptions(low_latency=o.low_latency,
                              max_speech_samples=None if o.max_speech_s is None else int(o.max_speech_s * rate),
                              params=SpeechParams(force_no_stop=o.force_no_stop))
@@ -309,7 +254,7 @@ class Session:
         more positions plus a reply's reserve fit, or refuse with `ContextFull`."""
         cache = self.state.llm_cache
         need = n + self.reply_reserve_tokens
-        if not hasattr(cache, "free") or need <= cache.free:
+        if not isinstance(cache, SlotCache) or need <= cache.free:
             return
         self._drop_turns(max(cache.capacity - need, 0))
         if need > cache.free:
@@ -321,7 +266,7 @@ class Session:
     def _reply_room(self, prefix: int, max_new_tokens: int) -> int:
         """max_new_tokens, cut to what fits in a bounded cache (the LLM overshoots its cap by 2)."""
         cache = self.state.llm_cache
-        if not hasattr(cache, "free"):
+        if not isinstance(cache, SlotCache):
             return max_new_tokens
         need = prefix + max_new_tokens + LLM_TOKENS_PER_CALL - 1
         if need > cache.free:
@@ -335,6 +280,7 @@ class Session:
     # ---- barge-in -----------------------------------------------------------------------------
     @property
     def sample_rate_hz(self) -> int:
+        assert self.m.vocos is not None, "the vocoder's rate: a checkpoint without the TTS has none"
         return self.m.vocos.dims.sample_rate_hz
 
     @property
@@ -360,10 +306,7 @@ class Session:
         st, reply = self.state, self._reply
         if reply is None:
             return st.cache_len
-        keep = reply.prefix_end
-        for mark in reply.marks:
-            if mark.samples_end <= played_samples:
-                keep = max(keep, mark.cache_len)
+        keep = reply.played_cache_len(played_samples)
         if keep < st.cache_len:
             st.crop(keep)
         st.llm_generate_completed = False
@@ -394,32 +337,9 @@ class Session:
     def _drop_turns(self, budget: int) -> None:
         dropped = self.state.drop_oldest_turns(budget, self.m.net.llm.model.inv_freq)
         if dropped and self._reply is not None:   # the latest reply is never dropped: shift it
-            r = self._reply
-            r.prefix_end -= dropped
-            r.marks = [ReplyMark(k.samples_end, k.cache_len - dropped) for k in r.marks]
+            self._reply.shift(dropped)
 
     def _close_active(self) -> None:
         if self._active is not None:
             self._active.close()
             self._active = None
-
-
-def _after_first_op(program, begin):
-    """`program`, calling `begin()` when the result of its first op comes back (the op ran)."""
-    result, first = None, True
-    while True:
-        try:
-            item = program.send(result)
-        except StopIteration as stop:
-            return stop.value
-        result = yield item
-        if first and isinstance(item, Op):
-            first = False
-            begin()
-
-
-def _until_done(program, done: list):
-    """`program`, noting in `done` that it ran out (the LLM stopped) rather than was left unfinished."""
-    result = yield from program
-    done.append(True)
-    return result

@@ -20,12 +20,20 @@ rollover is still spoken (the official skips the flush because its prompt was ne
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from ..model import tts_loop as L
-from ..model.ops import pull
+from ..model.ops import Program, pull
+from ..model.tts import ConditionalChatTTS
+from ..model.tts_state import TTSState
+from ..model.vocos import Vocos
 from ..processing import tts_text as T
+
+Sampler = Callable[[torch.Tensor], torch.Tensor]       # logits [Q, V] -> ids [Q] (ops.FramePick)
+NewState = Callable[[torch.Tensor | None], TTSState]   # text mask -> a fresh segment state
 
 
 @dataclass
@@ -83,6 +91,7 @@ class _Out:
         official samples: handing them out now puts each decoded chunk on the wire one TTS step
         (0.53 s of audio) sooner than the official, which holds a whole chunk back.
         """
+        assert self.prev is not None, "called once `add` has set prev"
         self.prev_emitted = max(self.prev.shape[-1] - self.overlap, 0)
         return self.take(torch.cat([head, self.prev[:self.prev_emitted]]))
 
@@ -101,7 +110,7 @@ class _Out:
 @dataclass
 class _Segment:
     """One TTS segment: its own TTSState and text prompt (official: one recursion level)."""
-    state: object                     # TTSState
+    state: TTSState
     gen_text: str                     # normalised text of this segment (carried text first)
     raw: str                          # un-normalised text, for the language check
     decoded: int = 0                  # frames already turned into audio
@@ -112,8 +121,9 @@ class _Segment:
     left: str = ""                    # text after the old segment's last sentence end
 
 
-def stream_speech(tts, vocos, tts_tokenizer, chunks, spk_pos: int, sampler, new_state,
-                  opts: SpeechOptions = SpeechOptions(), trace: dict | None = None):
+def stream_speech(tts: ConditionalChatTTS, vocos: Vocos, tts_tokenizer: PreTrainedTokenizerBase, chunks: Program,
+                  spk_pos: int, sampler: Sampler, new_state: NewState, opts: SpeechOptions = SpeechOptions(),
+                  trace: dict | None = None):
     """Program: one reply's TTS over the LLM chunk program `chunks` (with segment rollover),
     outputting `SpeechPiece`s; the first chunk must carry `hidden`. `new_state(text_mask)` gives a
     fresh `TTSState` (a new cache alone, the session's reset pool slot in a batch engine)."""
@@ -134,14 +144,14 @@ def stream_speech(tts, vocos, tts_tokenizer, chunks, spk_pos: int, sampler, new_
 
 @dataclass
 class _Ctx:
-    tts: object
-    tokenizer: object
+    tts: ConditionalChatTTS
+    tokenizer: PreTrainedTokenizerBase
     spk: torch.Tensor
-    sampler: object
+    sampler: Sampler
     opts: SpeechOptions
     trace: dict | None
     out: _Out
-    new_state: object
+    new_state: NewState
 
     def prompt(self, gen_text: str) -> T.TTSPrompt:
         c = self.tts.cfg
@@ -152,7 +162,7 @@ class _Ctx:
         return m is not None and self.out.total_samples >= m
 
 
-def _run_segment(ctx: _Ctx, seg: _Segment, chunks):
+def _run_segment(ctx: _Ctx, seg: _Segment, chunks: Program):
     """Program: run `seg` until the LLM ends, the TTS draws EOS or a rollover; returns the next
     segment or None."""
     tts, p, out = ctx.tts, ctx.opts.params, ctx.out
@@ -243,7 +253,9 @@ def _carry_over(ctx: _Ctx, old: _Segment, prompt: T.TTSPrompt, text_left: str):
     yield from L.prefill_chunk(tts, state, ids, 0, ids.shape[1], ctx.spk, ctx.trace)
     yield tts.audio_prefill(state, frames)
     state.frames = frames
-    carried = ctx.tokenizer.decode(text_ids) + text_left
+    kept = ctx.tokenizer.decode(text_ids)
+    assert isinstance(kept, str), "one list of ids decodes to one string"
+    carried = kept + text_left
     # chunk_idx = 5 // 10 = 0: the next text prefill rewrites [Stts][spk_emb] + the first 10 tokens.
     return _Segment(state, carried, carried, decoded=frames.shape[1],
                     chunk_idx=CARRY_TEXT_TOKENS // c.streaming_text_chunk_size, carried=True, left=text_left)
@@ -253,5 +265,5 @@ def _cut(text: str) -> str:
     return text.split(T.TTS_EOS)[0]
 
 
-def _ids(prompt: T.TTSPrompt, tts) -> torch.Tensor:
+def _ids(prompt: T.TTSPrompt, tts: ConditionalChatTTS) -> torch.Tensor:
     return torch.tensor([prompt.input_ids], device=tts.emb_text.weight.device)
