@@ -90,6 +90,22 @@ class Client:
         response = (await self.wait("response.done", since))["response"]
         return response, np.frombuffer(bytes(self.audio[response["id"]]), "<i2")
 
+    async def cut_mid_reply(self, text: str, cut) -> tuple[int, dict, np.ndarray]:
+        """A text turn cut (`cut()`) at its reply's first audio. The random tiny model sometimes
+        ends a reply by itself (EOS) before the cut reaches the server, which then only stops the
+        audio still playing, without an event: that attempt is retried. A reply that ran on to
+        the token cap (`incomplete`) means the cut was ignored, and fails."""
+        for _ in range(4):
+            since = self.mark()
+            await self.session.send_message(text)
+            await self.wait("audio", since)
+            await cut()
+            response, pcm = await self.reply(since)
+            if response["status"] == "cancelled":
+                return since, response, pcm
+            assert response["status"] == "completed", f"the cut was ignored: {response['status_details']}"
+        pytest.fail("every reply ended by itself before its cut; the server never saw one live")
+
     async def response_create(self) -> None:
         # What an app does for a manual turn: a raw response.create, which the SDK queues behind
         # any response still in progress.
@@ -165,11 +181,7 @@ async def test_manual_turns_interrupt_cancel_text(live_server, speech_16k):
         # 2. An interruption mid-reply: at the reply's first audio, session.interrupt(). With turn
         # detection off the SDK sends a truncate (what was played) and a cancel, and asks for the
         # truncated item back (conversation.item.retrieve) once the server confirms the truncate.
-        since = c.mark()
-        await c.session.send_message("Tell me a long story about the sea.")
-        await c.wait("audio", since)
-        await c.session.interrupt()
-        response, pcm = await c.reply(since)
+        since, response, pcm = await c.cut_mid_reply("Tell me a long story about the sea.", c.session.interrupt)
         assert response["status"] == "cancelled", response["status_details"]
         assert response["status_details"]["reason"] in ("client_cancelled", "turn_detected")
         assert_speech(pcm, "interrupted reply (before the interrupt)")
@@ -184,11 +196,8 @@ async def test_manual_turns_interrupt_cancel_text(live_server, speech_16k):
         assert_speech(pcm, "reply after the interruption")
 
         # 3. A cancel mid-reply (a raw response.cancel, as an app sends one), then a new turn.
-        since = c.mark()
-        await c.session.send_message("What is the weather like?")
-        await c.wait("audio", since)
-        await c.session.model.send_event(RealtimeModelSendRawMessage({"type": "response.cancel"}))
-        response, pcm = await c.reply(since)
+        since, response, pcm = await c.cut_mid_reply("What is the weather like?", lambda: c.session.model.send_event(
+            RealtimeModelSendRawMessage({"type": "response.cancel"})))
         assert response["status"] == "cancelled", response["status_details"]
         assert response["status_details"]["reason"] == "client_cancelled"
         assert_speech(pcm, "cancelled reply (before the cancel)")
