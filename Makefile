@@ -32,6 +32,7 @@ test: setup lint
 
 lint: setup
 	$(VENV)/bin/ruff check omni streaming tests bench
+	$(VENV)/bin/ruff format --check omni streaming tests bench   # `ruff format` fixes what it names
 	$(VENV)/bin/pyright    # [tool.pyright] in pyproject.toml; its first run fetches pyright's npm package
 
 golden: setup

@@ -18,6 +18,7 @@ worker did), all N sessions do the same thing at the same moment (the worst case
     python bench/engine.py --full-random --layers 2 [--levels 1,16] [--skip-speech]
     python bench/engine.py --full-random --device cuda --dtype bfloat16 --levels 1,8,16,32 [--no-cuda-graphs]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,6 +57,7 @@ class Driver:
                 raise error
             if done:
                 done(result)
+
         self.e.submit(sid, op, args, None, cb)
 
     def until_done(self) -> float:
@@ -80,7 +82,9 @@ def replies(d: Driver, sids, opts) -> tuple[dict, float]:
                 total = (arrivals[sid][-1][1] if arrivals[sid] else 0) + len(result[1])
                 arrivals[sid].append((time.perf_counter(), total))
             d.call(sid, "reply_step", done=done)
+
         return done
+
     for sid in sids:
         d.call(sid, "generate", opts)
         d.call(sid, "reply_step", done=consume(sid))
@@ -91,6 +95,7 @@ def run_level(m, n: int, max_batch: int, a, sync) -> dict:
     from omni.batch.engine import BatchEngine
     from omni.sampling import SamplingParams
     from omni.session.engine import GenerateOptions
+
     rng = np.random.default_rng(n)
     frame = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
     rate = m.vocos.dims.sample_rate_hz
@@ -117,16 +122,22 @@ def run_level(m, n: int, max_batch: int, a, sync) -> dict:
     if not a.skip_speech:
         out.update(speech(m, e, d, sids, a, rate))
     out["graph_replays"] = sum(g.replays for g in e.executor.graphs.values())
-    out["peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20 if a.device.startswith("cuda")
-                           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out["peak_mb"] = round(
+        torch.cuda.max_memory_allocated() / 2**20
+        if a.device.startswith("cuda")
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        1,
+    )
     return out
 
 
 def speech(m, e, d, sids, a, rate) -> dict:
     from omni.sampling import SamplingParams
     from omni.session.engine import GenerateOptions
-    opts = GenerateOptions(sampling=SamplingParams(), max_new_tokens=4 * a.tokens, max_speech_s=a.speech_s,
-                           low_latency=True)
+
+    opts = GenerateOptions(
+        sampling=SamplingParams(), max_new_tokens=4 * a.tokens, max_speech_s=a.speech_s, low_latency=True
+    )
     frames0 = e.stats.tts_frames
     t0 = time.perf_counter()
     arrivals, wall = replies(d, sids, opts)
@@ -140,14 +151,19 @@ def speech(m, e, d, sids, a, rate) -> dict:
         rtf.append((arr[-1][0] - t0) / (arr[-1][1] / rate))
         prev_samples, worst = arr[0][1], 0.0
         for t, total in arr[1:]:
-            due = t_first + prev_samples / rate      # the player runs out of audio then
+            due = t_first + prev_samples / rate  # the player runs out of audio then
             worst = max(worst, 1000 * (t - due))
             prev_samples = total
         waits.append(worst)
-    return {"tts_frames_s": round((e.stats.tts_frames - frames0) / wall, 1),
-            "first_audio_ms_p50": round(percentile(first, 0.5), 1), "first_audio_ms_p95": round(percentile(first, 0.95), 1),
-            "rtf_p50": round(percentile(rtf, 0.5), 3), "rtf_max": round(max(rtf), 3),
-            "max_wait_ms": round(max(waits), 1), "held": max(waits) <= HELD_MS}
+    return {
+        "tts_frames_s": round((e.stats.tts_frames - frames0) / wall, 1),
+        "first_audio_ms_p50": round(percentile(first, 0.5), 1),
+        "first_audio_ms_p95": round(percentile(first, 0.95), 1),
+        "rtf_p50": round(percentile(rtf, 0.5), 3),
+        "rtf_max": round(max(rtf), 3),
+        "max_wait_ms": round(max(waits), 1),
+        "held": max(waits) <= HELD_MS,
+    }
 
 
 def main() -> None:
@@ -171,34 +187,48 @@ def main() -> None:
     a = ap.parse_args()
     from omni.embedded import embedded_checkpoint
     from omni.loader import load
+
     if a.threads:
         torch.set_num_threads(a.threads)
     dtype = getattr(torch, a.dtype)
     t0 = time.perf_counter()
     if a.full_random:
         from fullrand import full_random
+
         m, name = full_random(a.device, dtype, a.layers), f"full-random(layers={a.layers or 'all'})"
     else:
         m = load(a.model or embedded_checkpoint(), dtype=dtype, device=a.device, progress=False)
         name = str(a.model or "embedded-tiny")
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
-    out = {"bench": "engine", "model": name, "device": a.device, "dtype": a.dtype,
-           "build_s": round(time.perf_counter() - t0, 1), "torch_threads": torch.get_num_threads(),
-           "max_batch": a.max_batch, "cuda_graphs": a.device.startswith("cuda") and not a.no_cuda_graphs,
-           "speech_s": a.speech_s, "tokens": a.tokens, "levels": {}}
+    out = {
+        "bench": "engine",
+        "model": name,
+        "device": a.device,
+        "dtype": a.dtype,
+        "build_s": round(time.perf_counter() - t0, 1),
+        "torch_threads": torch.get_num_threads(),
+        "max_batch": a.max_batch,
+        "cuda_graphs": a.device.startswith("cuda") and not a.no_cuda_graphs,
+        "speech_s": a.speech_s,
+        "tokens": a.tokens,
+        "levels": {},
+    }
     for n in [int(x) for x in a.levels.split(",")]:
         level = {"batched": run_level(m, n, a.max_batch, a, sync)}
         if not a.no_alone and (a.alone_levels is None or str(n) in a.alone_levels.split(",")):
             level["alone"] = run_level(m, n, 1, a, sync)
             b, s = level["batched"], level["alone"]
-            level["ratio"] = {k: round(b[k] / s[k], 2) for k in ("llm_tok_s", "llm_decode_tok_s", "tts_frames_s")
-                              if s.get(k)}
+            level["ratio"] = {
+                k: round(b[k] / s[k], 2) for k in ("llm_tok_s", "llm_decode_tok_s", "tts_frames_s") if s.get(k)
+            }
             level["ratio"]["unit_ms"] = round(s["unit_ms"] / b["unit_ms"], 2)
         out["levels"][str(n)] = level
         print(json.dumps({"level": n, **level}), file=sys.stderr)
     lv = out["levels"]
     if "1" in lv and "16" in lv:
-        out["llm_decode_16_over_1"] = round(lv["16"]["batched"]["llm_decode_tok_s"] / lv["1"]["batched"]["llm_decode_tok_s"], 2)
+        out["llm_decode_16_over_1"] = round(
+            lv["16"]["batched"]["llm_decode_tok_s"] / lv["1"]["batched"]["llm_decode_tok_s"], 2
+        )
     print(json.dumps(out))
 
 

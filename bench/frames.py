@@ -5,6 +5,7 @@ processes is read before, at the peak, and after the session closed.
 
     python bench/frames.py [--frames 300] [--size 1920x1080] [--port 8793]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,12 @@ def own_rss_mb(pid: int) -> float:
 def frames_b64(w: int, h: int, n: int = 8) -> list[str]:
     """n distinct camera-like JPEGs (smooth gradients plus sensor noise), base64."""
     from PIL import Image
+
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:h, 0:w]
     out = []
     for i in range(n):
-        base = (np.stack([xx * 255 / w, yy * 255 / h, np.full_like(xx, 40 * i)], -1)
-                + rng.normal(0, 6, (h, w, 3)))
+        base = np.stack([xx * 255 / w, yy * 255 / h, np.full_like(xx, 40 * i)], -1) + rng.normal(0, 6, (h, w, 3))
         buf = io.BytesIO()
         Image.fromarray(base.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=80)
         out.append(base64.b64encode(buf.getvalue()).decode())
@@ -46,18 +47,27 @@ def frames_b64(w: int, h: int, n: int = 8) -> list[str]:
 
 async def drive(url: str, frames: int, size: tuple[int, int], sample) -> dict:
     import websockets
+
     jpegs = frames_b64(*size)
-    second = base64.b64encode(np.zeros(24000, "<i2").tobytes()).decode()   # 1 s of 24-kHz PCM16
+    second = base64.b64encode(np.zeros(24000, "<i2").tobytes()).decode()  # 1 s of 24-kHz PCM16
     errors: list[str] = []
     async with websockets.connect(url, max_size=None) as ws:
+
         async def read():
             async for m in ws:
                 ev = json.loads(m)
                 if ev["type"] == "error":
                     errors.append(ev["error"]["code"])
+
         reader = asyncio.create_task(read())
-        await ws.send(json.dumps({"type": "session.update", "session": {
-            "omni": {"video": True}, "audio": {"input": {"turn_detection": None}}}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "session": {"omni": {"video": True}, "audio": {"input": {"turn_detection": None}}},
+                }
+            )
+        )
         t0 = time.perf_counter()
         for i in range(frames):
             await ws.send(json.dumps({"type": "input_image_buffer.append", "image": jpegs[i % len(jpegs)]}))
@@ -81,16 +91,21 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8793)
     a = ap.parse_args()
     size = tuple(int(v) for v in a.size.split("x"))
-    p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--port", str(a.port)],
-                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    p = subprocess.Popen(
+        [sys.executable, "-m", "streaming.cli", "serve", "--port", str(a.port)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         for line in p.stderr:
             if "omni: open" in line:
                 break
         url = f"ws://127.0.0.1:{a.port}/v1/realtime"
         time.sleep(2.0)
-        asyncio.run(drive(url, 20, size, lambda: None))            # warm-up: arenas, caches
+        asyncio.run(drive(url, 20, size, lambda: None))  # warm-up: arenas, caches
         time.sleep(2.0)
         base_gw, base_all = own_rss_mb(p.pid), rss_mb(p.pid)
         peak = [base_gw]
@@ -100,11 +115,23 @@ def main() -> None:
     finally:
         p.terminate()
         p.wait(30)
-    print(json.dumps({"bench": "frames", "frames": a.frames, "size": a.size, **out,
-                      "gateway_rss_baseline_mb": round(base_gw, 1), "gateway_rss_peak_mb": round(max(peak), 1),
-                      "gateway_rss_after_mb": round(after_gw, 1), "gateway_growth_mb": round(after_gw - base_gw, 1),
-                      "all_rss_baseline_mb": round(base_all, 1), "all_rss_after_mb": round(after_all, 1),
-                      "all_growth_mb": round(after_all - base_all, 1)}))
+    print(
+        json.dumps(
+            {
+                "bench": "frames",
+                "frames": a.frames,
+                "size": a.size,
+                **out,
+                "gateway_rss_baseline_mb": round(base_gw, 1),
+                "gateway_rss_peak_mb": round(max(peak), 1),
+                "gateway_rss_after_mb": round(after_gw, 1),
+                "gateway_growth_mb": round(after_gw - base_gw, 1),
+                "all_rss_baseline_mb": round(base_all, 1),
+                "all_rss_after_mb": round(after_all, 1),
+                "all_growth_mb": round(after_all - base_all, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

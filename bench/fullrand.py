@@ -8,6 +8,7 @@ tiny tokenizer's plain tokens are zeroed, so sampling only draws ids the tokeniz
 never a terminator: replies run to their token cap, which makes timings comparable. `layers` cuts
 every tower to that many layers (a CPU run of the same path).
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,7 +36,7 @@ def full_random(device: str, dtype: torch.dtype, layers: int | None):
     cfg = OmniConfig.from_dict(raw)
     with torch.device("meta"):
         net = MiniCPMO(cfg)
-    net = net.to(dtype).to_empty(device=device)          # allocated in the target dtype only
+    net = net.to(dtype).to_empty(device=device)  # allocated in the target dtype only
     g = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for name, p in net.named_parameters():
@@ -43,11 +44,21 @@ def full_random(device: str, dtype: torch.dtype, layers: int | None):
                 p.fill_(1.0)
             else:
                 p.normal_(0.0, 0.02, generator=g)
-        net.llm.lm_head.weight[tok.vocab_size:] = 0     # never sample an id the tokenizer cannot decode
+        net.llm.lm_head.weight[tok.vocab_size :] = 0  # never sample an id the tokenizer cannot decode
     net.init_buffers()
-    net.tts.float()                                      # the official TTS runs in fp32 (spec §8.3)
+    net.tts.float()  # the official TTS runs in fp32 (spec §8.3)
     vocos = Vocos().to(device).float().eval()
     pre = PreprocessorConfig()
-    return Omni(net=net.eval(), vocos=vocos, config=cfg, pre=pre, tokenizer=tok, ids=special_ids(tok),
-                tts_tokenizer=tts_tok, image_processor=ImageProcessor(pre), checkpoint_dir=None,
-                device=torch.device(device), dtype=dtype)
+    return Omni(
+        net=net.eval(),
+        vocos=vocos,
+        config=cfg,
+        pre=pre,
+        tokenizer=tok,
+        ids=special_ids(tok),
+        tts_tokenizer=tts_tok,
+        image_processor=ImageProcessor(pre),
+        checkpoint_dir=None,
+        device=torch.device(device),
+        dtype=dtype,
+    )

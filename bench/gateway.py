@@ -23,6 +23,7 @@
     python bench/gateway.py [--levels 1,2,4,8,12,16] [--turns vad|manual] [--transcribe] [--port 8790]
                             [--config bench/gateway-server.toml]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,11 +42,12 @@ import soundfile as sf
 REPO = Path(__file__).resolve().parent.parent
 SPEECH = REPO / "tests" / "assets" / "golden" / "tiny-a" / "speech_16k.wav"
 CHUNK_MS = 100
-UNDERRUN_BUDGET_MS = 150      # what the page's jitter buffer absorbs without an audible gap
+UNDERRUN_BUDGET_MS = 150  # what the page's jitter buffer absorbs without an audible gap
 
 
 def utterance_pcm16_24k(lead_s=1.0, tail_s=1.5) -> bytes:
     from streaming.gateway.codecs import float_to_pcm16, resample
+
     speech, _ = sf.read(str(SPEECH), dtype="float32")
     x = np.concatenate([np.zeros(int(lead_s * 16000), np.float32), speech, np.zeros(int(tail_s * 16000), np.float32)])
     return float_to_pcm16(resample(x, 16000, 24000)).tobytes()
@@ -53,8 +55,10 @@ def utterance_pcm16_24k(lead_s=1.0, tail_s=1.5) -> bytes:
 
 def appends(pcm: bytes) -> list[str]:
     step = 2 * 24000 * CHUNK_MS // 1000
-    return [json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[i:i + step]).decode()})
-            for i in range(0, len(pcm), step)]
+    return [
+        json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[i : i + step]).decode()})
+        for i in range(0, len(pcm), step)
+    ]
 
 
 async def overhead_per_unit(messages: list[str], audio_s: float) -> float:
@@ -69,18 +73,29 @@ async def overhead_per_unit(messages: list[str], audio_s: float) -> float:
     from streaming.settings import ServerSettings
     from streaming.turn.vad import SileroVAD
     from streaming.worker import EngineSpec, EngineWorker
+
     settings = ServerSettings(max_reply_tokens=3, max_speech_s=0.5, max_sessions=1, model_lanes=1)
     omni, _ = load_model(settings)
     worker = EngineWorker(omni, EngineSpec.from_settings(settings))
 
     async def send(ev):
         pass
+
     conv = Conversation(worker, settings, WireEvents(send), ClockPlayout(), SileroVAD())
     inbound = Inbound(conv, settings.max_image_pixels)
     await conv.start()
-    await dispatch(inbound, json.dumps({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
-        "type": "server_vad", "create_response": False}}}}}), send, settings.max_message_bytes)  # VAD on, no replies
-    for m in messages[:5]:                  # warm up (first VAD/resampler calls)
+    await dispatch(
+        inbound,
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {"audio": {"input": {"turn_detection": {"type": "server_vad", "create_response": False}}}},
+            }
+        ),
+        send,
+        settings.max_message_bytes,
+    )  # VAD on, no replies
+    for m in messages[:5]:  # warm up (first VAD/resampler calls)
         await dispatch(inbound, m, send, settings.max_message_bytes)
     t0 = time.thread_time()
     for m in messages:
@@ -91,17 +106,19 @@ async def overhead_per_unit(messages: list[str], audio_s: float) -> float:
     return 1000.0 * loop_cpu / audio_s
 
 
-async def one_session(url: str, messages: list[str], realtime: bool, together: asyncio.Barrier | None = None,
-                      transcribe: bool = False) -> dict:
+async def one_session(
+    url: str, messages: list[str], realtime: bool, together: asyncio.Barrier | None = None, transcribe: bool = False
+) -> dict:
     """One user turn. `together`: manual turns (no VAD), every session's commit + response.create
     sent at the same moment once all have streamed their audio (the issue's worst case); the turn
     end is then that moment."""
     import websockets
+
     out = {"eos_to_audio_ms": None, "stop_lag_s": None, "audio_rate": None, "ok": False, "max_gap_ms": None}
-    arrivals: list[tuple[float, int]] = []      # (arrival time, samples received before this delta)
+    arrivals: list[tuple[float, int]] = []  # (arrival time, samples received before this delta)
     async with websockets.connect(url, max_size=None) as ws:
         await ws.recv()
-        session: dict = {"omni": {"events": True}}          # [ext] response.omni.timings
+        session: dict = {"omni": {"events": True}}  # [ext] response.omni.timings
         if together is not None:
             session["audio"] = {"input": {"turn_detection": None}}
         if transcribe:
@@ -125,6 +142,7 @@ async def one_session(url: str, messages: list[str], realtime: bool, together: a
                 t_stop = time.perf_counter()
                 await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
                 await ws.send(json.dumps({"type": "response.create"}))
+
         task = asyncio.create_task(sender())
         speech_end_s = len(messages) * CHUNK_MS / 1000 - 1.5
         if together is not None:
@@ -141,15 +159,15 @@ async def one_session(url: str, messages: list[str], realtime: bool, together: a
                     t_last = now
                     arrivals.append((now, audio_samples))
                     audio_samples += len(base64.b64decode(ev["delta"])) // 2
-                elif ev["type"] == "response.done":   # the tiny model never draws EOS: capped = fine
+                elif ev["type"] == "response.done":  # the tiny model never draws EOS: capped = fine
                     out["ok"] = ev["response"]["status"] in ("completed", "incomplete")
-                elif ev["type"] == "response.omni.timings":   # right after response.done
+                elif ev["type"] == "response.omni.timings":  # right after response.done
                     out["server_first_audio_ms"] = ev["timings"].get("first_audio_ms")
                     timed = True
                 elif ev["type"] == "conversation.item.input_audio_transcription.completed":
                     out["transcript_ms"] = 1000 * (now - t_stop) if t_stop else None
                 elif ev["type"] == "conversation.item.input_audio_transcription.failed":
-                    out["transcript_ms"] = None       # counted as missing
+                    out["transcript_ms"] = None  # counted as missing
                 if timed and (not transcribe or "transcript_ms" in out):
                     break
         await task
@@ -166,8 +184,13 @@ async def one_session(url: str, messages: list[str], realtime: bool, together: a
 def start_server(port: int, max_sessions: int, config: str | None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "streaming.cli", "serve", "--port", str(port), "--max-sessions", str(max_sessions)]
-    p = subprocess.Popen(cmd + (["--config", config] if config else []), env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        cmd + (["--config", config] if config else []),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in p.stderr:
         if "omni: open" in line:
             return p
@@ -182,16 +205,26 @@ def pct(xs, q):
 async def level(url: str, messages: list[str], n: int, turns: str, transcribe: bool) -> dict:
     """n sessions at once, each one turn in real time: held?, first audio, underruns."""
     together = asyncio.Barrier(n) if turns == "manual" else None
-    runs = await asyncio.gather(*[one_session(url, messages, realtime=True, together=together, transcribe=transcribe)
-                                  for _ in range(n)])
-    held = all(r["ok"] and r["max_gap_ms"] is not None and r["max_gap_ms"] <= UNDERRUN_BUDGET_MS
-               and r["stop_lag_s"] is not None and r["stop_lag_s"] < 1.5 for r in runs)
-    point = {"sessions": n, "held": held,
-             "eos_to_first_audio_ms_p95": pct([r["eos_to_audio_ms"] for r in runs], 0.95),
-             "server_first_audio_ms_p95": pct([r.get("server_first_audio_ms") for r in runs], 0.95),
-             "min_audio_rate_x": round(min((r["audio_rate"] or 0) for r in runs), 2),
-             "max_underrun_ms": round(max((r["max_gap_ms"] if r["max_gap_ms"] is not None else 1e9) for r in runs), 1),
-             "max_stop_lag_s": round(max((99 if r["stop_lag_s"] is None else r["stop_lag_s"]) for r in runs), 2)}
+    runs = await asyncio.gather(
+        *[one_session(url, messages, realtime=True, together=together, transcribe=transcribe) for _ in range(n)]
+    )
+    held = all(
+        r["ok"]
+        and r["max_gap_ms"] is not None
+        and r["max_gap_ms"] <= UNDERRUN_BUDGET_MS
+        and r["stop_lag_s"] is not None
+        and r["stop_lag_s"] < 1.5
+        for r in runs
+    )
+    point = {
+        "sessions": n,
+        "held": held,
+        "eos_to_first_audio_ms_p95": pct([r["eos_to_audio_ms"] for r in runs], 0.95),
+        "server_first_audio_ms_p95": pct([r.get("server_first_audio_ms") for r in runs], 0.95),
+        "min_audio_rate_x": round(min((r["audio_rate"] or 0) for r in runs), 2),
+        "max_underrun_ms": round(max((r["max_gap_ms"] if r["max_gap_ms"] is not None else 1e9) for r in runs), 1),
+        "max_stop_lag_s": round(max((99 if r["stop_lag_s"] is None else r["stop_lag_s"]) for r in runs), 2),
+    }
     if transcribe:
         point["transcript_ms_p50"] = pct([r.get("transcript_ms") for r in runs], 0.5)
         point["transcript_ms_p95"] = pct([r.get("transcript_ms") for r in runs], 0.95)
@@ -203,20 +236,34 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--levels", default="1,2,4,8,12,16")
     ap.add_argument("--port", type=int, default=8790)
-    ap.add_argument("--config", default=str(REPO / "bench" / "gateway-server.toml"),
-                    help="server settings TOML for the server under test")
-    ap.add_argument("--turns", choices=("vad", "manual"), default="vad",
-                    help="vad: server VAD ends every turn at once; manual: all commit + response.create at once")
-    ap.add_argument("--transcribe", action="store_true",
-                    help="run every level again with user transcripts on, to compare")
+    ap.add_argument(
+        "--config",
+        default=str(REPO / "bench" / "gateway-server.toml"),
+        help="server settings TOML for the server under test",
+    )
+    ap.add_argument(
+        "--turns",
+        choices=("vad", "manual"),
+        default="vad",
+        help="vad: server VAD ends every turn at once; manual: all commit + response.create at once",
+    )
+    ap.add_argument(
+        "--transcribe", action="store_true", help="run every level again with user transcripts on, to compare"
+    )
     a = ap.parse_args()
     pcm = utterance_pcm16_24k()
     messages = appends(pcm)
     audio_s = len(pcm) / 2 / 24000
-    result = {"bench": "gateway", "model": "embedded-tiny", "device": "cpu", "turns": a.turns,
-              "overhead_ms_per_unit": round(await overhead_per_unit(messages, audio_s), 2)}
+    result = {
+        "bench": "gateway",
+        "model": "embedded-tiny",
+        "device": "cpu",
+        "turns": a.turns,
+        "overhead_ms_per_unit": round(await overhead_per_unit(messages, audio_s), 2),
+    }
     levels = [int(x) for x in a.levels.split(",")]
     from streaming.settings import load_settings
+
     s = load_settings(a.config)
     result["server_worker"] = f"{s.worker_kind} x{s.lanes}"
     server = start_server(a.port, max(levels), a.config)
@@ -237,7 +284,7 @@ async def main() -> None:
         result["knee_sessions"] = knee
     finally:
         server.terminate()
-        server.wait(60)                      # a Ray worker shuts its local cluster down too
+        server.wait(60)  # a Ray worker shuts its local cluster down too
     print(json.dumps(result))
 
 

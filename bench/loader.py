@@ -7,6 +7,7 @@ address space (RLIMIT_AS, CPU only), and on CUDA `torch.cuda.max_memory_allocate
     python bench/loader.py --full --device cuda --dtype bfloat16
     python bench/loader.py                                                  # the tiny config
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,18 +58,30 @@ def main() -> None:
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from omni.embedded import TINY_TOML, read_model_config, write_sharded
+
     cfg = read_model_config(REPO / "configs" / "full.toml" if a.full else TINY_TOML)
     ck = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="omni-loader-"))
     try:
         t = time.perf_counter()
         total = write_sharded(ck, cfg)
         write_s = time.perf_counter() - t
-        limit = 0.0 if a.device.startswith("cuda") else a.limit_gib   # CUDA reserves address space at init
-        p = subprocess.run([sys.executable, "-c", CHILD, str(ck), a.dtype, a.device, str(limit)], cwd=REPO,
-                           capture_output=True, text=True)
-        out = {"bench": "loader", "config": "full" if a.full else "tiny", "dtype": a.dtype, "device": a.device,
-               "checkpoint_gb": round(total / 1e9, 2), "write_s": round(write_s, 1), "limit_gib": limit or None,
-               "loaded": p.returncode == 0}
+        limit = 0.0 if a.device.startswith("cuda") else a.limit_gib  # CUDA reserves address space at init
+        p = subprocess.run(
+            [sys.executable, "-c", CHILD, str(ck), a.dtype, a.device, str(limit)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        out = {
+            "bench": "loader",
+            "config": "full" if a.full else "tiny",
+            "dtype": a.dtype,
+            "device": a.device,
+            "checkpoint_gb": round(total / 1e9, 2),
+            "write_s": round(write_s, 1),
+            "limit_gib": limit or None,
+            "loaded": p.returncode == 0,
+        }
         if p.returncode == 0:
             out.update(json.loads(p.stdout.strip().splitlines()[-1]))
         else:

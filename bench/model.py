@@ -4,6 +4,7 @@ LLM prefill of the unit's tokens.
 
     python bench/model.py [--model DIR] [--device cpu|cuda] [--dtype float32|bfloat16] [--units N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,22 +49,37 @@ def main() -> None:
             ids = m.tokenizer.encode(text, add_special_tokens=False)
             s = m.ids
             mel = torch.from_numpy(log_mel(audio, m.pre))[None].to(a.device, m.dtype)
-            aud = audio_embeddings_streaming(m.net.apm, m.net.audio_projection_layer, mel, acache,
-                                             m.config.audio_pool_step)
-            emb = m.net.embed(torch.tensor([ids], device=a.device),
-                              P.bounds(ids, (s.image_start, s.slice_start), (s.image_end, s.slice_end)),
-                              m.net.vision_features(strips, tgt),
-                              P.bounds(ids, (s.audio_start,), (s.audio_end,)), [aud])
+            aud = audio_embeddings_streaming(
+                m.net.apm, m.net.audio_projection_layer, mel, acache, m.config.audio_pool_step
+            )
+            emb = m.net.embed(
+                torch.tensor([ids], device=a.device),
+                P.bounds(ids, (s.image_start, s.slice_start), (s.image_end, s.slice_end)),
+                m.net.vision_features(strips, tgt),
+                P.bounds(ids, (s.audio_start,), (s.audio_end,)),
+                [aud],
+            )
             llm.model(emb, cache=cache)
         sync()
         times.append((time.perf_counter() - t) * 1000)
     steady = sorted(times[1:]) or times
-    print(json.dumps({
-        "bench": "model", "device": a.device, "dtype": a.dtype, "model": str(a.model or "embedded-tiny"),
-        "load_s": round(load_s, 3), "unit_tokens": len(ids), "units": a.units,
-        "unit_ms_first": round(times[0], 1), "unit_ms_p50": round(statistics.median(steady), 1),
-        "unit_ms_p95": round(steady[int(0.95 * (len(steady) - 1))], 1),
-        "torch_threads": torch.get_num_threads()}))
+    print(
+        json.dumps(
+            {
+                "bench": "model",
+                "device": a.device,
+                "dtype": a.dtype,
+                "model": str(a.model or "embedded-tiny"),
+                "load_s": round(load_s, 3),
+                "unit_tokens": len(ids),
+                "units": a.units,
+                "unit_ms_first": round(times[0], 1),
+                "unit_ms_p50": round(statistics.median(steady), 1),
+                "unit_ms_p95": round(steady[int(0.95 * (len(steady) - 1))], 1),
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 
     python bench/replicas.py [--n 200] [--levels 8,12,16,20] [--skip-gateway]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,7 @@ async def timings(worker, n: int) -> dict:
     idle, unit = [], []
     for _ in range(n):
         t = time.perf_counter()
-        await h.reply_step()                       # no reply: the engine answers at once
+        await h.reply_step()  # no reply: the engine answers at once
         idle.append(1000 * (time.perf_counter() - t))
     for _ in range(max(10, n // 10)):
         audio = (0.1 * rng.standard_normal(16000)).astype(np.float32)
@@ -51,12 +52,29 @@ async def timings(worker, n: int) -> dict:
 def knee(config: dict, levels: str) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write("max_speech_s = 8.0\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
-    p = subprocess.run([sys.executable, str(REPO / "bench" / "gateway.py"), "--levels", levels, "--turns", "manual",
-                        "--config", f.name], capture_output=True, text=True, cwd=REPO)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "gateway.py"),
+            "--levels",
+            levels,
+            "--turns",
+            "manual",
+            "--config",
+            f.name,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    return {"knee_sessions": out["knee_sessions"],
-            "curve": [{k: c[k] for k in ("sessions", "held", "eos_to_first_audio_ms_p95", "max_underrun_ms")}
-                      for c in out["concurrency"]]}
+    return {
+        "knee_sessions": out["knee_sessions"],
+        "curve": [
+            {k: c[k] for k in ("sessions", "held", "eos_to_first_audio_ms_p95", "max_underrun_ms")}
+            for c in out["concurrency"]
+        ],
+    }
 
 
 def main() -> None:
@@ -70,6 +88,7 @@ def main() -> None:
     from streaming.server import checkpoint_dir, load_model
     from streaming.settings import ServerSettings
     from streaming.worker import EngineSpec, EngineWorker
+
     settings = ServerSettings(model_lanes=2)
     spec = EngineSpec.from_settings(settings)
     local = EngineWorker(load_model(settings)[0], EngineSpec.from_settings(ServerSettings(model_lanes=1)))
@@ -82,12 +101,20 @@ def main() -> None:
         remote = asyncio.run(timings(ray_w, a.n))
     finally:
         ray_w.close()
-    out = {"bench": "ray", "model": "embedded-tiny", "device": "cpu", "n": a.n,
-           "in_process": mine, "ray": remote,
-           "hop_ms": {k: {q: round(remote[k][q] - mine[k][q], 3) for q in ("p50", "p95")} for k in mine}}
+    out = {
+        "bench": "ray",
+        "model": "embedded-tiny",
+        "device": "cpu",
+        "n": a.n,
+        "in_process": mine,
+        "ray": remote,
+        "hop_ms": {k: {q: round(remote[k][q] - mine[k][q], 3) for q in ("p50", "p95")} for k in mine},
+    }
     if not a.skip_gateway:
-        out["held"] = {"ray": knee({"worker": "ray", "ray_replicas": 2}, a.levels),
-                       "processes": knee({"worker": "processes", "model_lanes": 2}, a.levels)}
+        out["held"] = {
+            "ray": knee({"worker": "ray", "ray_replicas": 2}, a.levels),
+            "processes": knee({"worker": "processes", "model_lanes": 2}, a.levels),
+        }
     print(json.dumps(out))
 
 

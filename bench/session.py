@@ -8,6 +8,7 @@ on, the TTS real-time factor over a reply, peak RSS.
 --full-random: configs/full.toml with random weights (bench/fullrand.py); --layers N cuts every
 tower to N layers (a CPU smoke run of the same path).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,14 @@ def main() -> None:
     frame = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
     ref = (0.1 * rng.standard_normal(5 * m.pre.sampling_rate)).astype(np.float32)
     rate = m.vocos.dims.sample_rate_hz
-    out = {"bench": "session", "model": name, "device": a.device, "dtype": a.dtype, "build_s": round(build_s, 2),
-           "units": a.units}
+    out = {
+        "bench": "session",
+        "model": name,
+        "device": a.device,
+        "dtype": a.dtype,
+        "build_s": round(build_s, 2),
+        "units": a.units,
+    }
     for low in (False, True):
         s = Session(m, seed=0)
         s.set_system("omni", ref_audio=ref)
@@ -64,8 +71,9 @@ def main() -> None:
             s.append_unit(audio, frame)
             sync()
             unit_ms.append((time.perf_counter() - t) * 1000)
-        opts = GenerateOptions(sampling=SamplingParams(), max_new_tokens=a.max_new_tokens,
-                               low_latency=low, max_speech_s=20.0)
+        opts = GenerateOptions(
+            sampling=SamplingParams(), max_new_tokens=a.max_new_tokens, low_latency=low, max_speech_s=20.0
+        )
         t = time.perf_counter()
         first_text = first_audio = None
         samples = 0

@@ -8,6 +8,7 @@ taken after a 15-s warm-up round of the same sessions.
 
 `load(url, sessions, seconds, extra)` is what the test suite runs briefly (tests/streaming/test_load.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,12 +32,15 @@ CHUNK_MS = 100
 def turn_messages() -> list[str]:
     """One turn: silence, speech, silence, as 100-ms appends of 24-kHz PCM16."""
     from streaming.gateway.codecs import float_to_pcm16, resample
+
     speech, _ = sf.read(str(SPEECH), dtype="float32")
     x = np.concatenate([np.zeros(8000, np.float32), speech, np.zeros(32000, np.float32)])
     pcm = float_to_pcm16(resample(x, 16000, 24000)).tobytes()
     step = 2 * 24000 * CHUNK_MS // 1000
-    return [json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[i:i + step]).decode()})
-            for i in range(0, len(pcm), step)]
+    return [
+        json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm[i : i + step]).decode()})
+        for i in range(0, len(pcm), step)
+    ]
 
 
 def rss_mb(pid: int) -> float:
@@ -56,6 +60,7 @@ def rss_mb(pid: int) -> float:
 
 async def _speaker(url: str, seconds: float, out: dict) -> None:
     import websockets
+
     messages = turn_messages()
     async with websockets.connect(url, max_size=None) as ws:
         await ws.recv()
@@ -68,19 +73,21 @@ async def _speaker(url: str, seconds: float, out: dict) -> None:
                     out["replies"] += 1
                 elif ev["type"] == "error":
                     out["errors"].append(ev["error"]["code"])
+
         reader = asyncio.create_task(read())
         t0 = time.monotonic()
         i = 0
         while time.monotonic() < t_end:
             await ws.send(messages[i % len(messages)])
             i += 1
-            await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - time.monotonic()))   # real time
-        await asyncio.sleep(2.0)                                    # the last reply
+            await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - time.monotonic()))  # real time
+        await asyncio.sleep(2.0)  # the last reply
         reader.cancel()
 
 
 async def _refused(url: str, out: dict) -> None:
     import websockets
+
     async with websockets.connect(url) as ws:
         first = json.loads(await ws.recv())
         try:
@@ -99,9 +106,10 @@ async def load(url: str, sessions: int, seconds: float, extra: int, pid: int | N
         while True:
             samples.append(rss_mb(pid))
             await asyncio.sleep(1.0)
+
     sampler = asyncio.create_task(sample()) if pid else None
     speakers = [asyncio.create_task(_speaker(url, seconds, out)) for _ in range(sessions)]
-    await asyncio.sleep(1.0)                                        # the speakers hold every slot
+    await asyncio.sleep(1.0)  # the speakers hold every slot
     await asyncio.gather(*[_refused(url, out) for _ in range(extra)])
     await asyncio.gather(*speakers)
     if sampler:
@@ -117,9 +125,14 @@ def main() -> None:
     ap.add_argument("--extra", type=int, default=8)
     ap.add_argument("--port", type=int, default=8792)
     a = ap.parse_args()
-    p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--port", str(a.port), "--max-sessions",
-                          str(a.sessions)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    p = subprocess.Popen(
+        [sys.executable, "-m", "streaming.cli", "serve", "--port", str(a.port), "--max-sessions", str(a.sessions)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         for line in p.stderr:
             if "omni: open" in line:
@@ -133,18 +146,31 @@ def main() -> None:
         time.sleep(3.0)
         base = rss_mb(p.pid)
         out = asyncio.run(load(url, a.sessions, 60 * a.minutes, a.extra, p.pid))
-        time.sleep(3.0)                                             # sessions freed
+        time.sleep(3.0)  # sessions freed
         after = rss_mb(p.pid)
     finally:
         p.terminate()
         p.wait(30)
     errors = {c: out["errors"].count(c) for c in set(out["errors"])}
-    print(json.dumps({"bench": "soak", "sessions": a.sessions, "minutes": a.minutes, "extra": a.extra,
-                      "replies": out["replies"], "errors": errors, "refused_cleanly": out["refused_cleanly"],
-                      "refused_badly": out["refused_badly"], "rss_cold_mb": round(cold, 1),
-                      "rss_baseline_mb": round(base, 1),
-                      "rss_peak_mb": out["rss_peak_mb"], "rss_after_mb": round(after, 1),
-                      "rss_growth_mb": round(after - base, 1)}))
+    print(
+        json.dumps(
+            {
+                "bench": "soak",
+                "sessions": a.sessions,
+                "minutes": a.minutes,
+                "extra": a.extra,
+                "replies": out["replies"],
+                "errors": errors,
+                "refused_cleanly": out["refused_cleanly"],
+                "refused_badly": out["refused_badly"],
+                "rss_cold_mb": round(cold, 1),
+                "rss_baseline_mb": round(base, 1),
+                "rss_peak_mb": out["rss_peak_mb"],
+                "rss_after_mb": round(after, 1),
+                "rss_growth_mb": round(after - base, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

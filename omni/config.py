@@ -7,6 +7,7 @@ settings (those live in streaming/ and TOML).
 Unknown keys in config.json are kept out of the dataclasses but never an error: the official file
 carries many fields (Whisper decoder sizes, generation leftovers) that inference does not read.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +28,7 @@ def _pick(cls, raw: dict[str, Any], **overrides):
 @dataclass(frozen=True)
 class VisionConfig:
     """NaViT SigLIP tower (spec §1.2)."""
+
     hidden_size: int = 1152
     intermediate_size: int = 4304
     num_hidden_layers: int = 27
@@ -45,6 +47,7 @@ class VisionConfig:
 @dataclass(frozen=True)
 class AudioConfig:
     """Whisper-medium-style encoder (spec §1.3)."""
+
     d_model: int = 1024
     encoder_layers: int = 24
     encoder_attention_heads: int = 16
@@ -57,6 +60,7 @@ class AudioConfig:
 @dataclass(frozen=True)
 class TTSConfig:
     """ConditionalChatTTS (spec §1.4); Llama backbone fields not in config.json stay Llama defaults."""
+
     llm_dim: int = 2560
     hidden_size: int = 768
     intermediate_size: int = 3072
@@ -96,6 +100,7 @@ class TTSConfig:
 @dataclass(frozen=True)
 class SliceConfig:
     """Image slicing; the class default when absent is max_slice_nums=1 (spec §1.1)."""
+
     max_slice_nums: int = 1
     patch_size: int = 14
     scale_resolution: int = 448
@@ -104,6 +109,7 @@ class SliceConfig:
 @dataclass(frozen=True)
 class OmniConfig:
     """Top level = Qwen2 LLM hyper-parameters + multimodal fields (spec §1.1)."""
+
     hidden_size: int = 3584
     intermediate_size: int = 18944
     num_hidden_layers: int = 28
@@ -159,7 +165,8 @@ class OmniConfig:
         if cfg.audio.encoder_ffn_dim != 4 * cfg.audio.d_model:
             raise ValueError(
                 f"audio_config.encoder_ffn_dim ({cfg.audio.encoder_ffn_dim}) must be 4 x d_model "
-                f"({cfg.audio.d_model}): the projector input width is encoder_ffn_dim // 4")
+                f"({cfg.audio.d_model}): the projector input width is encoder_ffn_dim // 4"
+            )
         if cfg.hidden_size % 128:
             raise ValueError(f"hidden_size {cfg.hidden_size} must be a multiple of 128 (resampler heads)")
         return cfg
@@ -175,6 +182,7 @@ class OmniConfig:
 @dataclass(frozen=True)
 class PreprocessorConfig:
     """preprocessor_config.json: image processor + Whisper feature extractor settings (spec §1.5)."""
+
     max_slice_nums: int = 9
     scale_resolution: int = 448
     patch_size: int = 14

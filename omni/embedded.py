@@ -6,6 +6,7 @@ tokenizers shipped in omni/assets/tiny) under the cache, once; later calls reuse
 are drawn per key from a generator seeded by (seed, crc32(key)), so the same config always gives
 the same bytes on any machine. Its replies are noise by design.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -41,6 +42,7 @@ def read_model_config(path: str | Path) -> dict:
 
 def _cache_root() -> Path:
     from .golden.harness import _cache_root as root
+
     return root()
 
 
@@ -55,8 +57,8 @@ def embedded_checkpoint(toml_path: Path = TINY_TOML) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)         # released when the file closes, even if this dies
-        if (out / ".complete").is_file():        # another process built it while this one waited
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, even if this dies
+        if (out / ".complete").is_file():  # another process built it while this one waited
             return out
         data = tomllib.loads(text)
         tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
@@ -66,8 +68,8 @@ def embedded_checkpoint(toml_path: Path = TINY_TOML) -> Path:
         (tmp / "preprocessor_config.json").write_text(json.dumps(data["preprocessor"], indent=2))
         build_weights(tmp, data["model"], int(data.get("seed", 0)))
         (tmp / ".complete").write_text("ok\n")
-        shutil.rmtree(out, ignore_errors=True)   # a partial folder from before the lock existed
-        os.rename(tmp, out)                      # atomic: readers see no folder or a whole one
+        shutil.rmtree(out, ignore_errors=True)  # a partial folder from before the lock existed
+        os.rename(tmp, out)  # atomic: readers see no folder or a whole one
     return out
 
 
@@ -75,6 +77,7 @@ def build_weights(ckpt: Path, model_cfg: dict, seed: int) -> None:
     from .config import OmniConfig
     from .loader import expected_shapes
     from .model.vocos import Vocos
+
     cfg = OmniConfig.from_dict(model_cfg)
     state = {k: draw(k, shape, seed).to(torch.bfloat16) for k, shape in sorted(expected_shapes(cfg).items())}
     save_file(state, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
@@ -93,6 +96,7 @@ def write_sharded(ckpt: Path, model_cfg: dict, shard_bytes: int = 4 << 30, dtype
     shard of memory; for memory and load-time measurements of any config. Returns the bytes."""
     from .config import OmniConfig
     from .loader import expected_shapes
+
     ckpt.mkdir(parents=True, exist_ok=True)
     (ckpt / "config.json").write_text(json.dumps(model_cfg, indent=2))
     size = torch.empty(0, dtype=dtype).element_size()
@@ -108,20 +112,23 @@ def write_sharded(ckpt: Path, model_cfg: dict, shard_bytes: int = 4 << 30, dtype
     weight_map = {}
     for i, keys in enumerate(shards):
         name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file({k: torch.zeros(shape, dtype=dtype) for k, shape, _ in keys}, str(ckpt / name), metadata={"format": "pt"})
+        save_file(
+            {k: torch.zeros(shape, dtype=dtype) for k, shape, _ in keys}, str(ckpt / name), metadata={"format": "pt"}
+        )
         weight_map.update({k: name for k, _, _ in keys})
-    (ckpt / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
-                                                                   "weight_map": weight_map}))
+    (ckpt / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     return total
 
 
 def draw(key: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """One tensor of the recipe: N(0, 1/fan_in) weights, unit norms, small biases, wide embeddings."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2 ** 63))
+    g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63))
     leaf = key.rsplit(".", 1)[-1]
     randn = lambda: torch.randn(shape, generator=g)
     if key.endswith("parametrizations.weight.original0"):
-        return 8 + 0.5 * randn()                       # weight-norm gains: keep greedy far from ties
+        return 8 + 0.5 * randn()  # weight-norm gains: keep greedy far from ties
     if key == "tts.dvae.coef":
         return 0.5 + torch.rand(shape, generator=g)
     if leaf == "gamma" or (key.endswith(".coef") and "decoder_block" in key):
@@ -129,12 +136,14 @@ def draw(key: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     if leaf == "bias" or leaf == "in_proj_bias":
         return 0.05 * randn()
     if len(shape) == 1:
-        return 1 + 0.1 * randn()                       # norm weights
-    if any(s in key for s in ("embed_tokens", "emb_text", "emb_code", "position_embedding",
-                              "embed_positions", "resampler.query")):
+        return 1 + 0.1 * randn()  # norm weights
+    if any(
+        s in key
+        for s in ("embed_tokens", "emb_text", "emb_code", "position_embedding", "embed_positions", "resampler.query")
+    ):
         return 0.5 * randn()
     fan_in = 1
     for d in shape[1:]:
         fan_in *= d
-    w = randn() / fan_in ** 0.5
+    w = randn() / fan_in**0.5
     return 4 * w if key == "llm.lm_head.weight" else w

@@ -7,6 +7,7 @@ one at a time into a model built on the meta device, each tensor assigned in its
 (peak memory near one copy of the weights in that dtype).
 Does not own: model math, sessions.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,11 +40,12 @@ class CheckpointError(ValueError):
 @dataclass
 class Omni:
     """Everything inference needs, shared read-only by all sessions."""
+
     net: MiniCPMO
-    vocos: Vocos | None                          # None: a checkpoint without the TTS
+    vocos: Vocos | None  # None: a checkpoint without the TTS
     config: OmniConfig
     pre: PreprocessorConfig
-    tokenizer: PreTrainedTokenizerBase           # Qwen2 (processing.tokens.load_tokenizer)
+    tokenizer: PreTrainedTokenizerBase  # Qwen2 (processing.tokens.load_tokenizer)
     ids: SpecialIds
     tts_tokenizer: PreTrainedTokenizerBase | None
     image_processor: ImageProcessor
@@ -85,8 +87,10 @@ def verify_keys(expected: dict, found: dict) -> None:
     unexpected = sorted(set(found) - set(expected))
     mismatched = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
     if missing or unexpected or mismatched:
-        lines = [f"checkpoint does not match the model described by config.json: "
-                 f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mis-shaped keys"]
+        lines = [
+            f"checkpoint does not match the model described by config.json: "
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mis-shaped keys"
+        ]
         lines += [f"  missing     {k} {list(expected[k])}" for k in missing]
         lines += [f"  unexpected  {k} {list(found[k])}" for k in unexpected]
         lines += [f"  mis-shaped  {k}: checkpoint {list(found[k])}, model {list(expected[k])}" for k in mismatched]
@@ -109,9 +113,9 @@ def load_net(ckpt: Path, cfg: OmniConfig, dtype: torch.dtype, device, progress: 
             for k in s.keys():
                 name = _renamed(k)
                 shard[name] = s.get_tensor(k).to(_load_dtype(name, dtype))
-            net.load_state_dict(shard, strict=False, assign=True)   # verify_keys made the key set exact
+            net.load_state_dict(shard, strict=False, assign=True)  # verify_keys made the key set exact
             del shard
-    net.init_buffers()     # the non-persistent buffers (rotary tables, sin-cos grid) are computed
+    net.init_buffers()  # the non-persistent buffers (rotary tables, sin-cos grid) are computed
     missing = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
     assert not missing, f"left on the meta device: {missing[:5]}"
     for p in net.parameters():
@@ -134,6 +138,7 @@ def _progress(files, enabled: bool):
         return files
     try:
         from tqdm import tqdm
+
         return tqdm(files, desc="loading shards", unit="shard", file=sys.stderr)
     except ImportError:  # tqdm comes with transformers; keep a plain fallback anyway
         return files
@@ -141,6 +146,7 @@ def _progress(files, enabled: bool):
 
 def load_vocos(ckpt: Path, device) -> Vocos:
     from .model.vocos import Vocos
+
     path = ckpt / "assets" / "Vocos.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the vocoder ships with the checkpoint (assets/Vocos.pt)")
@@ -152,11 +158,13 @@ def load_vocos(ckpt: Path, device) -> Vocos:
     return vocos.to(device).float().eval()  # Vocos always runs in fp32 (spec §5.4)
 
 
-def load(ckpt: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-         progress: bool = True) -> Omni:
+def load(
+    ckpt: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", progress: bool = True
+) -> Omni:
     """Load a checkpoint directory laid out like `openbmb/MiniCPM-o-2_6`."""
     from .processing.image import ImageProcessor
     from .processing.tokens import load_tokenizer, load_tts_tokenizer, special_ids
+
     ckpt = Path(ckpt)
     if not (ckpt / "config.json").is_file():
         raise FileNotFoundError(f"{ckpt}/config.json not found: not a checkpoint directory")
@@ -170,6 +178,16 @@ def load(ckpt: str | Path, dtype: torch.dtype = torch.float32, device: str | tor
     tok = load_tokenizer(ckpt)
     vocos = load_vocos(ckpt, device) if cfg.init_tts else None
     tts_tok = load_tts_tokenizer(ckpt) if cfg.init_tts else None
-    return Omni(net=net, vocos=vocos, config=cfg, pre=pre, tokenizer=tok, ids=special_ids(tok),
-                tts_tokenizer=tts_tok, image_processor=ImageProcessor(pre), checkpoint_dir=ckpt,
-                device=device, dtype=dtype)
+    return Omni(
+        net=net,
+        vocos=vocos,
+        config=cfg,
+        pre=pre,
+        tokenizer=tok,
+        ids=special_ids(tok),
+        tts_tokenizer=tts_tok,
+        image_processor=ImageProcessor(pre),
+        checkpoint_dir=ckpt,
+        device=device,
+        dtype=dtype,
+    )

@@ -4,6 +4,7 @@ Order (as `generate` applies it): repetition penalty over the ids the call sees,
 temperature -> top-k -> top-p -> softmax -> multinomial; greedy takes the arg-max after the penalty.
 The draw itself is ours: each session samples with its own `torch.Generator`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,14 +45,14 @@ def top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float, min_keep: int = 
     return x.reshape(logits.shape)
 
 
-def choose(logits: torch.Tensor, seen_ids: torch.Tensor, params: SamplingParams,
-           generator: torch.Generator | None) -> int:
+def choose(
+    logits: torch.Tensor, seen_ids: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> int:
     """logits [V] (any dtype) -> next token id."""
     return choose_rows(logits[None], [seen_ids.tolist()], [params], [generator])[0]
 
 
-def choose_rows(logits: torch.Tensor, seen: list, params: list[SamplingParams],
-                generators: list) -> list[int]:
+def choose_rows(logits: torch.Tensor, seen: list, params: list[SamplingParams], generators: list) -> list[int]:
     """logits [B, V] -> one next token id per row, each row with its own penalty window, params
     and generator. Every stage is row-wise (penalty, temperature, top-k, top-p, softmax), so a
     row's token does not depend on the other rows: batched sessions draw what they would alone."""
@@ -59,8 +60,9 @@ def choose_rows(logits: torch.Tensor, seen: list, params: list[SamplingParams],
     scores = logits.float()
     for b in range(B):
         if params[b].repetition_penalty != 1.0 and len(seen[b]):
-            scores[b] = repetition_penalty(scores[b], torch.as_tensor(seen[b], dtype=torch.long),
-                                           params[b].repetition_penalty)
+            scores[b] = repetition_penalty(
+                scores[b], torch.as_tensor(seen[b], dtype=torch.long), params[b].repetition_penalty
+            )
     out: list = [None] * B
     greedy = [b for b in range(B) if not params[b].do_sample]
     if greedy:
@@ -78,13 +80,13 @@ def choose_rows(logits: torch.Tensor, seen: list, params: list[SamplingParams],
             drawn.append(b)
             pick = torch.multinomial(probs, 1, generator=generators[b])
             draws.append(pick if ids is None else ids[pick])
-    if draws:   # one transfer to the host for every draw
+    if draws:  # one transfer to the host for every draw
         for b, tok in zip(drawn, torch.cat(draws).tolist()):
             out[b] = tok
     return out
 
 
-TIE_MARGIN = 16   # candidates past top_k, so values tied with the k-th are kept as TopKLogitsWarper does
+TIE_MARGIN = 16  # candidates past top_k, so values tied with the k-th are kept as TopKLogitsWarper does
 
 
 def _candidates(scores: torch.Tensor, top_k: int, top_p: float) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -99,11 +101,11 @@ def _candidates(scores: torch.Tensor, top_k: int, top_p: float) -> list[tuple[to
     R, V = scores.shape
     if not top_k or top_k <= 0 or top_k + TIE_MARGIN >= V:
         return [(p, None) for p in top_k_top_p(scores, top_k, top_p).softmax(-1)]
-    vals, ids = scores.topk(top_k + TIE_MARGIN, dim=-1)              # descending
-    keep = vals >= vals[:, top_k - 1:top_k]                           # TopKLogitsWarper: >= the k-th value
-    ids, order = ids.sort(dim=-1)                                     # back to vocabulary order
+    vals, ids = scores.topk(top_k + TIE_MARGIN, dim=-1)  # descending
+    keep = vals >= vals[:, top_k - 1 : top_k]  # TopKLogitsWarper: >= the k-th value
+    ids, order = ids.sort(dim=-1)  # back to vocabulary order
     probs = top_k_top_p(torch.where(keep, vals, float("-inf")).gather(-1, order), 0, top_p).softmax(-1)
     out: list[tuple[torch.Tensor, torch.Tensor | None]] = list(zip(probs, ids))
-    for r in keep[:, -1].nonzero()[:, 0].tolist():                     # ties beyond the margin: rare
-        out[r] = (top_k_top_p(scores[r:r + 1], top_k, top_p).softmax(-1)[0], None)
+    for r in keep[:, -1].nonzero()[:, 0].tolist():  # ties beyond the margin: rare
+        out[r] = (top_k_top_p(scores[r : r + 1], top_k, top_p).softmax(-1)[0], None)
     return out

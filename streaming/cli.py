@@ -2,6 +2,7 @@
 
 `python -m streaming.cli serve ...` is the same as `omni serve ...`. Flags override the settings
 file (configs/server.toml documents every key and its default)."""
+
 from __future__ import annotations
 
 import sys
@@ -11,14 +12,18 @@ from omni.cli import build_parser, run
 
 def _cmd_serve(a) -> int:
     from .server import serve
+
     return serve(a)
 
 
 def main(argv=None) -> int:
     ap, sub = build_parser()
-    p = sub.add_parser("serve", help="start the realtime service (web page, WebSocket, WebRTC)",
-                       description="Flags override --config; unset ones keep the settings' defaults "
-                                   "(shown in brackets, as in configs/server.toml).")
+    p = sub.add_parser(
+        "serve",
+        help="start the realtime service (web page, WebSocket, WebRTC)",
+        description="Flags override --config; unset ones keep the settings' defaults "
+        "(shown in brackets, as in configs/server.toml).",
+    )
     p.add_argument("--config", help="server settings TOML (configs/server.toml documents every key)")
     p.add_argument("--model", help="checkpoint directory [the embedded tiny demo model]")
     p.add_argument("--device", help="cpu or cuda [cpu]")
@@ -28,14 +33,21 @@ def main(argv=None) -> int:
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/ routes [none]")
     p.add_argument("--tls-cert", help="certificate PEM for HTTPS/WSS (with --tls-key) [none]")
     p.add_argument("--tls-key", help="private key PEM (with --tls-cert) [none]")
-    p.add_argument("--tls-self-signed", action="store_true",
-                   help="HTTPS with a throwaway certificate (iPad/phone microphones need HTTPS)")
+    p.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="HTTPS with a throwaway certificate (iPad/phone microphones need HTTPS)",
+    )
     p.add_argument("--max-sessions", type=int, help="concurrent sessions; more get server_busy [16]")
-    p.add_argument("--worker", choices=["auto", "processes", "threads", "ray"],
-                   help="where the model engines run (ray: replicas on a Ray cluster, pip install -e '.[ray]') [auto]")
+    p.add_argument(
+        "--worker",
+        choices=["auto", "processes", "threads", "ray"],
+        help="where the model engines run (ray: replicas on a Ray cluster, pip install -e '.[ray]') [auto]",
+    )
     p.add_argument("--ray-address", help="worker ray: the cluster to join [start a local one]")
-    p.add_argument("--replicas", dest="ray_replicas", type=int,
-                   help="worker ray: engine replicas [one per GPU, or per CPU core]")
+    p.add_argument(
+        "--replicas", dest="ray_replicas", type=int, help="worker ray: engine replicas [one per GPU, or per CPU core]"
+    )
     p.set_defaults(fn=_cmd_serve)
     return run(ap, argv)
 

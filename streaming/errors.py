@@ -5,6 +5,7 @@ close code that ends the session, or None to keep it open) and `close_code` (exc
 code). The session, the workers and the gateway raise these; only the gateway turns them into
 wire events (gateway/errors.py). Imports nothing from the service, so every layer may import it.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -24,8 +25,7 @@ class OmniError(Exception):
     error_type: ClassVar[str] = "server_error"
     close_code: ClassVar[int | None] = None  # None: report and keep the connection open
 
-    def __init__(self, code: str, message: str, param: str | None = None,
-                 event_id: str | None = None) -> None:
+    def __init__(self, code: str, message: str, param: str | None = None, event_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

@@ -7,6 +7,7 @@ ends (`last_reply_end`), and turning a full context into a typed error. Does not
 and the session state (the batch engine that holds the session, in this process or a model
 process), protocol.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,15 +28,16 @@ Call = Callable[..., Awaitable]
 class EngineHandle:
     """Async facade over one session: `await h.append_unit(audio, frame)`, `await h.reply_step(t)`."""
 
-    def __init__(self, call: Call, close: Callable[[], None], local: Callable[[], object] | None = None,
-                 where: str = "local"):
+    def __init__(
+        self, call: Call, close: Callable[[], None], local: Callable[[], object] | None = None, where: str = "local"
+    ):
         self._call, self._close, self._local = call, close, local
-        self.where = where                       # the engine holding the session (a lane or replica name)
+        self.where = where  # the engine holding the session (a lane or replica name)
         self._lock = asyncio.Lock()
-        self.last_reply_end: str | None = None   # "eos" | "max_tokens" | "max_speech" once a reply ended
+        self.last_reply_end: str | None = None  # "eos" | "max_tokens" | "max_speech" once a reply ended
         self.closed = False
-        self.on_step: Callable[[str, float], None] | None = None   # (command, seconds) of each one run
-        self.lost = asyncio.Event()              # the engine lost the session (its process died)
+        self.on_step: Callable[[str, float], None] | None = None  # (command, seconds) of each one run
+        self.lost = asyncio.Event()  # the engine lost the session (its process died)
         self.lost_error: BaseException | None = None
         try:
             self._loop = asyncio.get_running_loop()
@@ -49,7 +51,7 @@ class EngineHandle:
         if self._loop is not None:
             try:
                 self._loop.call_soon_threadsafe(self.lost.set)
-            except RuntimeError:                 # the loop is closed: nobody waits
+            except RuntimeError:  # the loop is closed: nobody waits
                 pass
         else:
             self.lost.set()

@@ -1,4 +1,5 @@
 """Ids the client sees (events, items, responses, sessions): every layer makes them the same way."""
+
 from __future__ import annotations
 
 import secrets

@@ -6,6 +6,7 @@ kind, sessions per engine) are read from the worker when Prometheus asks. Does n
 values come from (the transports, the conversation, the responder and the engine handle call the
 `observe_*` methods).
 """
+
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -18,20 +19,43 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.sessions_active = Gauge("omni_sessions_active", "Sessions connected now", registry=r)
         self.sessions_total = Counter("omni_sessions", "Sessions started", ["transport"], registry=r)
-        self.first_audio = Histogram("omni_time_to_first_audio_seconds",
-                                     "End of the user's turn to the first reply audio", buckets=SECONDS, registry=r)
-        self.unit_cost = Histogram("omni_unit_cost_seconds", "Prefill of one 1-s user unit (audio + frame), "
-                                   "as the conversation waits for it", buckets=SECONDS, registry=r)
-        self.model_step = Histogram("omni_model_step_seconds", "One engine command (prefill, unit, reply step, "
-                                    "...) as the conversation waits for it", ["op"], buckets=SECONDS, registry=r)
-        self.underruns = Counter("omni_playout_underruns", "Reply audio that came after the audio before it "
-                                 "had played out (a listener playing from the first audio in real time)", registry=r)
-        self.replica_sessions = Counter("omni_replica_sessions", "Sessions placed on each engine replica",
-                                        ["replica"], registry=r)
-        self.queue_depth = Gauge("omni_engine_queue_depth", "Model ops waiting for a batch, per engine",
-                                 ["replica"], registry=r)
-        self.batch_size = Gauge("omni_engine_batch_size", "Mean ops per batched forward since the engine "
-                                "started, per engine and op kind", ["replica", "kind"], registry=r)
+        self.first_audio = Histogram(
+            "omni_time_to_first_audio_seconds",
+            "End of the user's turn to the first reply audio",
+            buckets=SECONDS,
+            registry=r,
+        )
+        self.unit_cost = Histogram(
+            "omni_unit_cost_seconds",
+            "Prefill of one 1-s user unit (audio + frame), as the conversation waits for it",
+            buckets=SECONDS,
+            registry=r,
+        )
+        self.model_step = Histogram(
+            "omni_model_step_seconds",
+            "One engine command (prefill, unit, reply step, ...) as the conversation waits for it",
+            ["op"],
+            buckets=SECONDS,
+            registry=r,
+        )
+        self.underruns = Counter(
+            "omni_playout_underruns",
+            "Reply audio that came after the audio before it "
+            "had played out (a listener playing from the first audio in real time)",
+            registry=r,
+        )
+        self.replica_sessions = Counter(
+            "omni_replica_sessions", "Sessions placed on each engine replica", ["replica"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "omni_engine_queue_depth", "Model ops waiting for a batch, per engine", ["replica"], registry=r
+        )
+        self.batch_size = Gauge(
+            "omni_engine_batch_size",
+            "Mean ops per batched forward since the engine started, per engine and op kind",
+            ["replica", "kind"],
+            registry=r,
+        )
         self.engine_sessions = Gauge("omni_engine_sessions", "Sessions an engine holds", ["replica"], registry=r)
 
     # ---- what the service reports ---------------------------------------------------------------

@@ -15,98 +15,34 @@ A process that dies (killed, out of memory) or hangs (commands outstanding and n
 sessions it held lost their context: each of their commands then fails with `ModelError`
 `model_process_died`, which closes the connection (1011) so the client reconnects.
 """
+
 from __future__ import annotations
 
 import asyncio
 import itertools
 import logging
 import multiprocessing as mp
-import pickle
 import queue
-import signal
 import threading
 import time
 
 from .errors import ModelError
 from .handle import EngineHandle
+from . import model_process
+from .model_process import ModelProcessError
 from .worker import BACKGROUND_SLOTS, PROBE_TIMEOUT_S, EngineSpec, full_error, probe, settle
 
 log = logging.getLogger("omni.procs")
-START_TIMEOUT_S = 600.0      # loading a full checkpoint on CPU takes minutes
-
-
-class ModelProcessError(RuntimeError):
-    """A model process failed to start, or an error that does not pickle, as text."""
+START_TIMEOUT_S = 600.0  # loading a full checkpoint on CPU takes minutes
 
 
 def _died(code) -> ModelError:
-    return ModelError("model_process_died", f"The model process serving this session died (exit code "
-                      f"{code}) and was restarted; the conversation's context is lost. Reconnect to start "
-                      "a new session.")
-
-
-def _portable(e: BaseException) -> BaseException:
-    """The exception itself when it pickles (ValueError, CheckpointError...), else its text."""
-    try:
-        pickle.loads(pickle.dumps(e))
-        return e
-    except Exception:  # noqa: BLE001 - any pickling failure
-        return ModelProcessError(f"{type(e).__name__}: {e}")
-
-
-def _child(conn, checkpoint: str, dtype: str, device: str, spec: EngineSpec) -> None:
-    """A model process: load, build the engine, answer (rid, sid, command, args, deadline) requests."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent decides when we stop
-    import torch
-    from omni.loader import load
-    torch.set_num_threads(1)
-    try:
-        omni = load(checkpoint, dtype=getattr(torch, dtype), device=device, progress=False)
-        engine = spec.engine(omni)
-    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
-        conn.send((False, _portable(e)))
-        return
-    conn.send((True, engine.slots))
-    lock = threading.Lock()          # the engine thread and the reader both answer
-
-    def answer(rid):
-        def done(result, error):
-            with lock:
-                conn.send((rid, error is None, result if error is None else _portable(error)))
-        return done
-
-    def read() -> None:
-        ids: dict[int, int] = {}     # parent's session id -> the engine's
-        while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                msg = None
-            if msg is None:
-                return engine.stop()
-            rid, sid, op, args, deadline_s = msg
-            try:
-                if op == "open":
-                    ids[sid] = engine.open(*args, done=answer(rid))
-                elif op == "stats":
-                    import resource
-                    answer(rid)({"sessions": len(ids), "slots": engine.slots, "queue_depth": engine.queue_depth,
-                                 **engine.stats.as_dict(),
-                                 "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)},
-                                None)
-                elif op == "probe":
-                    engine.submit(0, "probe", (), None, answer(rid))
-                elif sid not in ids:     # opened on a process that died, or refused: the session is gone
-                    raise ModelError("model_process_died", f"session {sid} is not open in this model process "
-                                     "(its process was restarted); reconnect to start a new session")
-                elif op == "close":
-                    engine.close(ids.pop(sid), answer(rid))
-                else:
-                    engine.submit(ids[sid], op, args, deadline_s, answer(rid))
-            except Exception as e:  # noqa: BLE001 - answered; this thread must keep reading
-                answer(rid)(None, _portable(e))
-    threading.Thread(target=read, name="omni-model-read", daemon=True).start()
-    engine.run_forever()
+    return ModelError(
+        "model_process_died",
+        f"The model process serving this session died (exit code "
+        f"{code}) and was restarted; the conversation's context is lost. Reconnect to start "
+        "a new session.",
+    )
 
 
 class _Lane:
@@ -115,17 +51,17 @@ class _Lane:
     def __init__(self, index: int, spec: tuple, step_timeout_s: float):
         self.index, self.spec, self.step_timeout_s = index, spec, step_timeout_s
         self.slots = 0
-        self.sids: set[int] = set()       # sessions placed on the process
+        self.sids: set[int] = set()  # sessions placed on the process
         self.background: set[int] = set()  # those of them in the engine's background slots
-        self.lost: set[int] = set()       # sessions whose process died
+        self.lost: set[int] = set()  # sessions whose process died
         self.died_code: int | None = None
-        self.lock = threading.Lock()      # sids, lost, pending: the event loop and both threads
-        self.pending: dict[int, tuple] = {}            # rid -> (loop, fut)
-        self.handles: dict[int, EngineHandle] = {}     # sid -> handle: told at once when the process dies
+        self.lock = threading.Lock()  # sids, lost, pending: the event loop and both threads
+        self.pending: dict[int, tuple] = {}  # rid -> (loop, fut)
+        self.handles: dict[int, EngineHandle] = {}  # sid -> handle: told at once when the process dies
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
         self.ready = threading.Event()
         self.stopping = False
-        self.failures = 0                 # restarts that failed in a row
+        self.failures = 0  # restarts that failed in a row
         self.proc, self.conn = None, None
 
     @property
@@ -144,23 +80,25 @@ class _Lane:
             return len(self.background - self.lost) < BACKGROUND_SLOTS
 
     def start(self) -> None:
-        ctx = mp.get_context("spawn")     # fork would copy the event loop's threads and locks
+        ctx = mp.get_context("spawn")  # fork would copy the event loop's threads and locks
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_child, args=(child, *self.spec), name=f"omni-model-{self.index}",
-                                daemon=True)
+        self.proc = ctx.Process(
+            target=model_process.main, args=(child, *self.spec), name=f"omni-model-{self.index}", daemon=True
+        )
         self.proc.start()
         child.close()
 
     def wait_ready(self) -> None:
         if not self.conn.poll(START_TIMEOUT_S):
-            self.proc.kill()              # its late handshake must not reach the reader
+            self.proc.kill()  # its late handshake must not reach the reader
             self.proc.join(5.0)
             raise ModelProcessError(f"model process {self.index} did not load within {START_TIMEOUT_S:.0f} s")
         try:
             ok, value = self.conn.recv()
         except EOFError:
-            raise ModelProcessError(f"model process {self.index} exited while loading "
-                                    f"(exit code {self.proc.exitcode})") from None
+            raise ModelProcessError(
+                f"model process {self.index} exited while loading (exit code {self.proc.exitcode})"
+            ) from None
         if not ok:
             raise value
         self.slots = value
@@ -179,7 +117,7 @@ class _Lane:
             self.ready.wait()
             try:
                 self.conn.send(msg)
-            except OSError:               # a dead pipe: the reader restarts the process
+            except OSError:  # a dead pipe: the reader restarts the process
                 if msg is not None:
                     self._settle(msg[0], None, _died(self.died_code))
             except Exception as e:  # noqa: BLE001 - an argument that does not pickle
@@ -197,7 +135,7 @@ class _Lane:
                 if not self.conn.poll(0.5):
                     with self.lock:
                         busy = bool(self.pending)
-                    if busy and time.monotonic() - heard > self.step_timeout_s:   # hung: end it
+                    if busy and time.monotonic() - heard > self.step_timeout_s:  # hung: end it
                         if self.proc.is_alive():
                             self.proc.kill()
                         raise EOFError(f"no answer within {self.step_timeout_s:g} s; killed")
@@ -230,13 +168,12 @@ class _Lane:
             n, waiters = len(self.sids), list(self.pending.values())
             self.pending.clear()
             handles = [self.handles[sid] for sid in self.sids if sid in self.handles]
-        for h in handles:                 # their connections close now, not at their next command
+        for h in handles:  # their connections close now, not at their next command
             h.lose(_died(code))
-        log.error("model process %d died (%s, exit code %s): %d session(s) lost; restarting it",
-                  self.index, e, code, n)
+        log.error("model process %d died (%s, exit code %s): %d session(s) lost; restarting it", self.index, e, code, n)
         for waiter in waiters:
             settle(*waiter, None, _died(code))
-        if self.failures:                 # a restart failed before: back off (1, 2, 4 ... 60 s)
+        if self.failures:  # a restart failed before: back off (1, 2, 4 ... 60 s)
             time.sleep(min(60.0, 2.0 ** (self.failures - 1)))
         try:
             t = time.monotonic()
@@ -247,7 +184,7 @@ class _Lane:
         except Exception:  # noqa: BLE001 - takes no new sessions; the reader tries again
             self.failures += 1
             log.exception("model process %d could not be restarted (%d time(s) in a row)", self.index, self.failures)
-            self.ready.set()              # queued commands reach the dead pipe and fail: nothing hangs
+            self.ready.set()  # queued commands reach the dead pipe and fail: nothing hangs
 
 
 class ProcessWorker:
@@ -255,14 +192,20 @@ class ProcessWorker:
 
     kind = "processes"
 
-    def __init__(self, checkpoint: str, spec: EngineSpec, dtype: str = "float32", device: str = "cpu",
-                 step_timeout_s: float = 60.0):
+    def __init__(
+        self,
+        checkpoint: str,
+        spec: EngineSpec,
+        dtype: str = "float32",
+        device: str = "cpu",
+        step_timeout_s: float = 60.0,
+    ):
         """`step_timeout_s`: a process silent this long with commands outstanding is killed and replaced."""
         self.spec = spec
         self._lanes = [_Lane(i, (str(checkpoint), dtype, device, spec), step_timeout_s) for i in range(spec.lanes)]
         self._ids = itertools.count()
         self._rids = itertools.count()
-        for lane in self._lanes:   # all load at once
+        for lane in self._lanes:  # all load at once
             lane.start()
         try:
             for lane in self._lanes:
@@ -292,7 +235,7 @@ class ProcessWorker:
             lane.sids.add(sid)
             if background:
                 lane.background.add(sid)
-        lane.send(next(self._rids), sid, "open", (max_cache_tokens, background), None, None)   # before any command
+        lane.send(next(self._rids), sid, "open", (max_cache_tokens, background), None, None)  # before any command
 
         async def call(op: str, *args, deadline_s: float | None = None):
             if sid in lane.lost:
@@ -303,7 +246,7 @@ class ProcessWorker:
             try:
                 return await fut
             finally:
-                del fut, args   # the future holds the error, whose traceback holds this frame: a cycle
+                del fut, args  # the future holds the error, whose traceback holds this frame: a cycle
 
         def close() -> None:
             with lane.lock:
@@ -313,6 +256,7 @@ class ProcessWorker:
                 lane.handles.pop(sid, None)
             # Sent even for a lost session: its "open" may have reached the new process.
             lane.send(next(self._rids), sid, "close", (), None, None)
+
         handle = EngineHandle(call, close, where=f"process-{lane.index}")
         with lane.lock:
             lane.handles[sid] = handle
@@ -345,8 +289,14 @@ class ProcessWorker:
 
     async def ready(self, timeout_s: float = PROBE_TIMEOUT_S) -> list[dict]:
         """Per process: did a real model step (a probe, after what is queued) finish in time."""
-        return list(await asyncio.gather(*[probe(lambda op, lane=lane: self._request(lane, op),
-                                                 f"process-{lane.index}", timeout_s) for lane in self._lanes]))
+        return list(
+            await asyncio.gather(
+                *[
+                    probe(lambda op, lane=lane: self._request(lane, op), f"process-{lane.index}", timeout_s)
+                    for lane in self._lanes
+                ]
+            )
+        )
 
     async def _request(self, lane: _Lane, op: str):
         loop = asyncio.get_running_loop()
@@ -355,7 +305,7 @@ class ProcessWorker:
         try:
             return await fut
         finally:
-            del fut             # no cycle through the error's traceback
+            del fut  # no cycle through the error's traceback
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop each process after the commands already sent, then the parent threads."""

@@ -1,11 +1,11 @@
 """`RayWorker`: batch-engine replicas as Ray actors, shared by any number of `omni serve` gateways.
 
-Owns: the replica actor (`Replica`: one `BatchEngine` on its own thread, one per GPU with
-`num_gpus=1` or one per CPU core; named `omni-replica-N` in the `omni` namespace and detached, so
-every gateway on the cluster finds the same ones and a gateway's exit does not end them), and the
-gateway side: placing a session on the replica with the most free slots (affinity: every command
-of a session goes to the replica that opened it), the heartbeat that keeps this gateway's lease
-and learns each replica's free slots, and what a replica's death means for its sessions.
+Owns the gateway side of the replica actors (ray_replica.py: `Replica`, one `BatchEngine` on its
+own thread, one per GPU with `num_gpus=1` or one per CPU core; named `omni-replica-N` in the `omni`
+namespace and detached, so every gateway on the cluster finds the same ones and a gateway's exit
+does not end them): placing a session on the replica with the most free slots (affinity: every
+command of a session goes to the replica that opened it), the heartbeat that keeps this gateway's
+lease and learns each replica's free slots, and what a replica's death means for its sessions.
 
 Capacity is the replicas': a replica opens a session only into a free slot, so gateways never
 over-admit; a gateway's view of free slots only steers placement, and a lost race shows as
@@ -19,6 +19,7 @@ Only plain data crosses (command names, numpy audio, PIL frames, results); error
 and are raised again with their own type. Deadlines cross as seconds from now (replicas on other
 machines have other clocks).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,132 +30,21 @@ import uuid
 
 from .errors import ModelError
 from .handle import EngineHandle
+from .ray_replica import replica_class, replica_name
 from .worker import PROBE_TIMEOUT_S, EngineSpec, full_error, probe
 
 log = logging.getLogger("omni.ray")
 NAMESPACE = "omni"
-START_TIMEOUT_S = 600.0          # loading a full checkpoint on CPU takes minutes
+START_TIMEOUT_S = 600.0  # loading a full checkpoint on CPU takes minutes
 HEARTBEAT_S = 1.0
 
 
-def replica_name(i: int) -> str:
-    return f"omni-replica-{i}"
-
-
 def _died(name: str) -> ModelError:
-    return ModelError("model_process_died", f"The engine replica serving this session ({name}) died and is "
-                      "being restarted; the conversation's context is lost. Reconnect to start a new session.")
-
-
-class _ReplicaImpl:
-    """The actor's body (`Replica` is this class under `ray.remote`, made when ray is imported)."""
-
-    def __init__(self, index: int, checkpoint: str, dtype: str, device: str, spec: EngineSpec, lease_s: float):
-        import torch
-
-        from omni.loader import load
-        if device.startswith("cpu"):
-            torch.set_num_threads(1)      # one core per replica (num_cpus=1): no oversubscription
-        omni = load(checkpoint, dtype=getattr(torch, dtype), device=device, progress=False)
-        self.index, self.lease_s = index, lease_s
-        self.incarnation = uuid.uuid4().hex[:12]
-        self.engine = spec.engine(omni)
-        self.owners: dict[int, str] = {}      # session id -> the gateway that opened it
-        self.seen: dict[str, float] = {}      # gateway -> last heartbeat (monotonic)
-        self.lock = threading.Lock()
-        threading.Thread(target=self.engine.run_forever, name="omni-engine", daemon=True).start()
-        threading.Thread(target=self._reap, name="omni-lease-reaper", daemon=True).start()
-
-    # ---- called by gateways ---------------------------------------------------------------------
-    async def open(self, gateway: str, max_cache_tokens: int | None, background: bool = False):
-        """(incarnation, session id), or None when every slot is taken."""
-        from omni.batch.engine import EngineFull
-        with self.lock:
-            self.seen[gateway] = time.monotonic()
-            try:
-                sid = self.engine.open(max_cache_tokens, background)
-            except EngineFull:
-                return None
-            self.owners[sid] = gateway
-        return self.incarnation, sid
-
-    async def call(self, incarnation: str, sid: int, op: str, args: tuple, deadline_in_s: float | None):
-        """("ok", result) or ("err", exception): a command of an open session."""
-        from .procs import _portable
-        if incarnation != self.incarnation or sid not in self.owners:
-            return "err", ModelError("model_process_died", f"session {sid} is not open on {replica_name(self.index)} "
-                                     "(the replica was restarted); reconnect to start a new session")
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-
-        def done(result, error):
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result((result, error)))
-        deadline = None if deadline_in_s is None else self.engine.clock_s() + deadline_in_s
-        self.engine.submit(sid, op, args, deadline, done)
-        result, error = await fut
-        return ("ok", result) if error is None else ("err", _portable(error))
-
-    async def close(self, incarnation: str, sid: int) -> None:
-        with self.lock:
-            if incarnation == self.incarnation and self.owners.pop(sid, None) is not None:
-                self.engine.close(sid)
-
-    async def heartbeat(self, gateway: str) -> dict:
-        with self.lock:
-            self.seen[gateway] = time.monotonic()
-            mine = sum(g == gateway for g in self.owners.values())
-        return {"incarnation": self.incarnation, "slots": self.engine.slots, "free": self.engine.free_slots,
-                "sessions_of_gateway": mine}
-
-    async def stats(self) -> dict:
-        import resource
-        return {"sessions": self.engine.slots - self.engine.free_slots, "slots": self.engine.slots,
-                "queue_depth": self.engine.queue_depth, "incarnation": self.incarnation, **self.engine.stats.as_dict(),
-                "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-
-    async def probe(self) -> float:
-        """Seconds of one real model step (readiness)."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self.engine.submit(0, "probe", (), None, lambda r, e: loop.call_soon_threadsafe(fut.set_result, (r, e)))
-        seconds, error = await fut
-        if error is not None:
-            raise error
-        return seconds
-
-    def pid(self) -> int:
-        import os
-        return os.getpid()
-
-    # ---- leases -------------------------------------------------------------------------------------
-    def _reap(self) -> None:
-        """Close the sessions of gateways whose heartbeat stopped (they died)."""
-        while True:
-            time.sleep(min(1.0, self.lease_s / 4))
-            now = time.monotonic()
-            with self.lock:
-                gone = {g for g, t in self.seen.items() if now - t > self.lease_s}
-                orphans = [sid for sid, g in self.owners.items() if g in gone]
-                for sid in orphans:
-                    del self.owners[sid]
-                    self.engine.close(sid)
-                for g in gone:
-                    del self.seen[g]
-            if orphans:
-                log.warning("replica %d: closed %d session(s) of gateway(s) %s (no heartbeat for %.0f s)",
-                            self.index, len(orphans), sorted(gone), self.lease_s)
-
-
-_REPLICA = None
-
-
-def replica_class():
-    """`_ReplicaImpl` as a Ray actor class (made once: importing ray is optional)."""
-    global _REPLICA
-    if _REPLICA is None:
-        import ray
-        _REPLICA = ray.remote(_ReplicaImpl)
-    return _REPLICA
+    return ModelError(
+        "model_process_died",
+        f"The engine replica serving this session ({name}) died and is "
+        "being restarted; the conversation's context is lost. Reconnect to start a new session.",
+    )
 
 
 class _Remote:
@@ -164,7 +54,7 @@ class _Remote:
         self.index, self.actor, self.name = index, actor, replica_name(index)
         self.incarnation: str | None = None
         self.slots, self.free, self.alive = 0, 0, False
-        self.handles: dict[tuple, EngineHandle] = {}     # (incarnation, sid) -> handle
+        self.handles: dict[tuple, EngineHandle] = {}  # (incarnation, sid) -> handle
         self.lock = threading.Lock()
 
 
@@ -173,24 +63,51 @@ class RayWorker:
 
     kind = "ray"
 
-    def __init__(self, checkpoint: str, spec: EngineSpec, dtype: str = "float32", device: str = "cpu",
-                 replicas: int = 2, address: str | None = None, lease_s: float = 10.0, max_restarts: int = 5,
-                 step_timeout_s: float = 60.0):
+    def __init__(
+        self,
+        checkpoint: str,
+        spec: EngineSpec,
+        dtype: str = "float32",
+        device: str = "cpu",
+        replicas: int = 2,
+        address: str | None = None,
+        lease_s: float = 10.0,
+        max_restarts: int = 5,
+        step_timeout_s: float = 60.0,
+    ):
         import ray
+
         self.started_cluster = not ray.is_initialized()
         if self.started_cluster:
-            ray.init(address=address, namespace=NAMESPACE, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING, configure_logging=False)
+            ray.init(
+                address=address,
+                namespace=NAMESPACE,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                configure_logging=False,
+            )
         self.spec, self.step_timeout_s, self.gateway = spec, step_timeout_s, f"gw-{uuid.uuid4().hex[:8]}"
         gpu = device.startswith("cuda")
-        options = dict(namespace=NAMESPACE, get_if_exists=True, lifetime="detached", max_restarts=max_restarts,
-                       max_task_retries=0, num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1)
+        options = dict(
+            namespace=NAMESPACE,
+            get_if_exists=True,
+            lifetime="detached",
+            max_restarts=max_restarts,
+            max_task_retries=0,
+            num_gpus=1 if gpu else 0,
+            num_cpus=0 if gpu else 1,
+        )
         cls = replica_class()
-        self._remotes = [_Remote(i, cls.options(name=replica_name(i), **options).remote(
-            i, str(checkpoint), dtype, device, spec, lease_s)) for i in range(replicas)]
+        self._remotes = [
+            _Remote(
+                i, cls.options(name=replica_name(i), **options).remote(i, str(checkpoint), dtype, device, spec, lease_s)
+            )
+            for i in range(replicas)
+        ]
         self._stop = threading.Event()
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not all(r.alive for r in self._remotes):            # every replica loaded
+        while not all(r.alive for r in self._remotes):  # every replica loaded
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Ray replicas did not load within {START_TIMEOUT_S:.0f} s")
             self._beat()
@@ -213,8 +130,11 @@ class RayWorker:
         if not live:
             raise full_error(self.capacity)
         if not background:
-            live[0].free -= 1                                  # until the next heartbeat says
-        state: dict = {"remote": live[0], "opened": live[0].actor.open.remote(self.gateway, max_cache_tokens, background)}
+            live[0].free -= 1  # until the next heartbeat says
+        state: dict = {
+            "remote": live[0],
+            "opened": live[0].actor.open.remote(self.gateway, max_cache_tokens, background),
+        }
 
         async def open_any() -> None:
             """The first choice, else (another gateway took its last slot) any other with room."""
@@ -228,7 +148,10 @@ class RayWorker:
                 rest = [r for r in live[1:] + [r for r in self._remotes if r not in live] if r not in tried and r.alive]
                 if not rest:
                     raise full_error(self.capacity)
-                state["remote"], state["opened"] = rest[0], rest[0].actor.open.remote(self.gateway, max_cache_tokens, background)
+                state["remote"], state["opened"] = (
+                    rest[0],
+                    rest[0].actor.open.remote(self.gateway, max_cache_tokens, background),
+                )
             state["key"], handle.where = key, remote.name
             with remote.lock:
                 remote.handles[key] = handle
@@ -248,16 +171,18 @@ class RayWorker:
                 try:
                     raise value
                 finally:
-                    del value, args   # its traceback holds this frame: no cycle keeps the args
+                    del value, args  # its traceback holds this frame: no cycle keeps the args
             return value
 
         def close() -> None:
             remote, key = state["remote"], state.get("key")
-            if key is None:                                    # never used: free it once it opened
+            if key is None:  # never used: free it once it opened
+
                 async def later():
                     k = await state["opened"]
                     if k is not None:
                         remote.actor.close.remote(*k)
+
                 try:
                     asyncio.get_running_loop().create_task(later())
                 except RuntimeError:
@@ -266,7 +191,7 @@ class RayWorker:
             with remote.lock:
                 remote.handles.pop(key, None)
             if not background:
-                remote.free += 1                               # this gateway's view, until the next heartbeat
+                remote.free += 1  # this gateway's view, until the next heartbeat
             remote.actor.close.remote(*key)
 
         handle = EngineHandle(call, close, where=live[0].name)
@@ -279,14 +204,16 @@ class RayWorker:
 
     def _beat(self) -> None:
         import ray
+
         refs = [(r, r.actor.heartbeat.remote(self.gateway)) for r in self._remotes]
         for r, ref in refs:
             try:
                 hb = ray.get(ref, timeout=max(HEARTBEAT_S, 5.0) if r.alive else 1.0)
             except Exception as e:  # noqa: BLE001 - dead, restarting or not loaded yet
                 if r.alive:
-                    log.error("engine replica %s is not answering (%s): its sessions are lost", r.name,
-                              type(e).__name__)
+                    log.error(
+                        "engine replica %s is not answering (%s): its sessions are lost", r.name, type(e).__name__
+                    )
                     self._lose(r)
                 r.alive = False
                 continue
@@ -308,16 +235,21 @@ class RayWorker:
                 return {"replica": r.name, **(await asyncio.wait_for(r.actor.stats.remote(), PROBE_TIMEOUT_S))}
             except Exception as e:  # noqa: BLE001 - a replica being restarted
                 return {"replica": r.name, "error": type(e).__name__}
+
         return list(await asyncio.gather(*[one(r) for r in self._remotes]))
 
     async def ready(self, timeout_s: float = PROBE_TIMEOUT_S) -> list[dict]:
-        return list(await asyncio.gather(*[probe(lambda op, r=r: r.actor.probe.remote(), r.name, timeout_s)
-                                           for r in self._remotes]))
+        return list(
+            await asyncio.gather(
+                *[probe(lambda op, r=r: r.actor.probe.remote(), r.name, timeout_s) for r in self._remotes]
+            )
+        )
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop heartbeating and close this gateway's sessions on the replicas; the replicas stay
         (they are the cluster's), except when this gateway started the local cluster."""
         import ray
+
         self._stop.set()
         self._thread.join(timeout_s)
         for r in self._remotes:

@@ -6,6 +6,7 @@ shared VAD network and its thread, the metrics) and the HTTP routes (`/healthz`,
 `/metrics`: open like healthz; the realtime routes under `/v1/`); auth; TLS. Does not own: protocol
 handling (gateway/), conversations (session/).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,9 +24,9 @@ from .settings import ServerSettings, load_settings
 log = logging.getLogger("omni.server")
 REPO = Path(__file__).resolve().parent.parent
 WEB_CLIENT = REPO / "web_client"
-REALTIME_ROUTES = ("/v1/realtime", "/v1/realtime/calls")   # what a page could drive a session through
-SHUTDOWN_CLOSE_S = 3.0     # sessions get this long to close themselves at shutdown, then they are cut
-WORKER_CLOSE_S = 4.0       # then the model processes this long to stop, then they are killed
+REALTIME_ROUTES = ("/v1/realtime", "/v1/realtime/calls")  # what a page could drive a session through
+SHUTDOWN_CLOSE_S = 3.0  # sessions get this long to close themselves at shutdown, then they are cut
+WORKER_CLOSE_S = 4.0  # then the model processes this long to stop, then they are killed
 
 
 def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> web.Application:
@@ -36,8 +37,10 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> we
     from .session.manager import SessionManager
     from .turn.vad import SileroVAD
     from .worker import EngineSpec, EngineWorker
-    app = web.Application(middlewares=[_origin_middleware, _auth_middleware],
-                          client_max_size=settings.max_message_bytes)
+
+    app = web.Application(
+        middlewares=[_origin_middleware, _auth_middleware], client_max_size=settings.max_message_bytes
+    )
     app["settings"], app["embedded"] = settings, embedded
     app["worker"] = worker or EngineWorker(omni, EngineSpec.from_settings(settings))
     app["owns_worker"] = worker is None
@@ -55,14 +58,17 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> we
     try:
         from .gateway.media import use_loopback_ice
         from .gateway.webrtc import post_call
+
         use_loopback_ice(settings.host in ("127.0.0.1", "localhost", "::1"))
         app.router.add_post("/v1/realtime/calls", post_call)
     except ImportError:  # aiortc missing: WebSocket only
         log.warning("aiortc not installed: WebRTC signalling disabled")
     static = Path(settings.static_dir) if settings.static_dir else WEB_CLIENT
     if static.is_dir():
+
         async def index(_request: web.Request) -> web.StreamResponse:
             return web.FileResponse(static / "index.html")
+
         app.router.add_get("/", index)
         app.router.add_static("/", static, show_index=False)
     app.on_startup.append(_start_reaper)
@@ -74,14 +80,25 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> we
 async def healthz(request: web.Request) -> web.Response:
     app = request.app
     s: ServerSettings = app["settings"]
-    return web.json_response({
-        "status": "ok", "model": app["model_name"], "embedded_demo_model": app["embedded"],
-        "sessions": app["manager"].in_use, "max_sessions": app["manager"].max_sessions,
-        "worker": {"kind": app["worker"].kind, "lanes": app["worker"].lanes, "batched": s.max_batch > 1,
-                   "max_batch": s.max_batch, "capacity": app["worker"].capacity},
-        "auth_required": s.api_key is not None, "tls": s.tls,
-        "load_model_hint": "omni serve --model /path/to/MiniCPM-o-2_6 --device cuda --dtype bfloat16",
-    })
+    return web.json_response(
+        {
+            "status": "ok",
+            "model": app["model_name"],
+            "embedded_demo_model": app["embedded"],
+            "sessions": app["manager"].in_use,
+            "max_sessions": app["manager"].max_sessions,
+            "worker": {
+                "kind": app["worker"].kind,
+                "lanes": app["worker"].lanes,
+                "batched": s.max_batch > 1,
+                "max_batch": s.max_batch,
+                "capacity": app["worker"].capacity,
+            },
+            "auth_required": s.api_key is not None,
+            "tls": s.tls,
+            "load_model_hint": "omni serve --model /path/to/MiniCPM-o-2_6 --device cuda --dtype bfloat16",
+        }
+    )
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -97,8 +114,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def _refuse(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"type": "invalid_request_error", "code": code, "message": message}},
-                             status=status)
+    return web.json_response(
+        {"error": {"type": "invalid_request_error", "code": code, "message": message}}, status=status
+    )
 
 
 @web.middleware
@@ -106,13 +124,20 @@ async def _origin_middleware(request: web.Request, handler):
     """Before auth: a page from another origin is refused with or without a key (gateway/origin.py)."""
     s: ServerSettings = request.app["settings"]
     if not host_allowed(request.headers.get("Host"), s.host):
-        return _refuse(403, "host_not_allowed", "this server is bound to loopback and answers only "
-                       "localhost, 127.0.0.1 or [::1] as the Host")
+        return _refuse(
+            403,
+            "host_not_allowed",
+            "this server is bound to loopback and answers only localhost, 127.0.0.1 or [::1] as the Host",
+        )
     if request.path in REALTIME_ROUTES and not origin_allowed(
-            request.headers.get("Origin"), request.headers.get("Host"), "https" if s.tls else "http", s.host,
-            s.origins):
-        return _refuse(403, "origin_not_allowed", f"pages from {request.headers.get('Origin')} may not open "
-                       "sessions here; the server's allowed_origins setting lists who may")
+        request.headers.get("Origin"), request.headers.get("Host"), "https" if s.tls else "http", s.host, s.origins
+    ):
+        return _refuse(
+            403,
+            "origin_not_allowed",
+            f"pages from {request.headers.get('Origin')} may not open "
+            "sessions here; the server's allowed_origins setting lists who may",
+        )
     return await handler(request)
 
 
@@ -124,20 +149,27 @@ async def _auth_middleware(request: web.Request, handler):
     presented = _presented_key(request)
     # constant time: the comparison's duration says nothing about how much of a guess was right
     if presented is None or not hmac.compare_digest(presented.encode(), key.encode()):
-        return web.json_response({"error": {"type": "invalid_request_error", "code": "invalid_api_key",
-                                            "message": "missing or wrong API key: send "
-                                            "`Authorization: Bearer <key>`"}}, status=401)
+        return web.json_response(
+            {
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "invalid_api_key",
+                    "message": "missing or wrong API key: send `Authorization: Bearer <key>`",
+                }
+            },
+            status=401,
+        )
     return await handler(request)
 
 
 def _presented_key(request: web.Request) -> str | None:
     auth = request.headers.get("Authorization", "")
     if auth.startswith("Bearer "):
-        return auth[len("Bearer "):].strip()
+        return auth[len("Bearer ") :].strip()
     for p in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
         p = p.strip()
-        if p.startswith("openai-insecure-api-key."):   # browsers cannot set headers on WebSockets
-            return p[len("openai-insecure-api-key."):]
+        if p.startswith("openai-insecure-api-key."):  # browsers cannot set headers on WebSockets
+            return p[len("openai-insecure-api-key.") :]
     return None
 
 
@@ -174,9 +206,10 @@ def runner_options(settings: ServerSettings) -> dict:
 def lan_address() -> str:
     """This machine's address on its default route (what a phone on the LAN opens), or localhost."""
     import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
-            s.connect(("10.255.255.255", 1))       # no packet is sent: this only picks the route
+            s.connect(("10.255.255.255", 1))  # no packet is sent: this only picks the route
             return s.getsockname()[0]
         except OSError:
             return "127.0.0.1"
@@ -186,6 +219,7 @@ def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
     if not settings.tls:
         return None
     from .tls import self_signed
+
     cert, key = (settings.tls_cert, settings.tls_key) if settings.tls_cert else self_signed()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
@@ -195,12 +229,14 @@ def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
 def checkpoint_dir(settings: ServerSettings) -> Path:
     """--model, or the embedded tiny model (built once into the cache)."""
     from omni.embedded import embedded_checkpoint
+
     return Path(settings.model) if settings.model else embedded_checkpoint()
 
 
 def load_model(settings: ServerSettings):
     import torch
     from omni.loader import load
+
     ckpt = checkpoint_dir(settings)
     return load(ckpt, dtype=getattr(torch, settings.dtype), device=settings.device), settings.model is None
 
@@ -208,56 +244,102 @@ def load_model(settings: ServerSettings):
 def make_worker(settings: ServerSettings):
     """The model worker `settings.worker_kind` asks for, with the model loaded where it runs."""
     from .worker import EngineSpec, EngineWorker
+
     spec = EngineSpec.from_settings(settings)
     if settings.worker_kind == "ray":
         import dataclasses
         from .rayworker import RayWorker
+
         replicas = settings.ray_replicas or (_gpus() if settings.device.startswith("cuda") else settings.lanes)
-        return RayWorker(str(checkpoint_dir(settings)), dataclasses.replace(spec, lanes=replicas), settings.dtype,
-                         settings.device, replicas, settings.ray_address, settings.ray_lease_s,
-                         settings.ray_max_restarts, settings.model_step_timeout_s)
+        return RayWorker(
+            str(checkpoint_dir(settings)),
+            dataclasses.replace(spec, lanes=replicas),
+            settings.dtype,
+            settings.device,
+            replicas,
+            settings.ray_address,
+            settings.ray_lease_s,
+            settings.ray_max_restarts,
+            settings.model_step_timeout_s,
+        )
     if settings.worker_kind == "processes":
         from .procs import ProcessWorker
-        return ProcessWorker(str(checkpoint_dir(settings)), spec, settings.dtype, settings.device,
-                             settings.model_step_timeout_s)
+
+        return ProcessWorker(
+            str(checkpoint_dir(settings)), spec, settings.dtype, settings.device, settings.model_step_timeout_s
+        )
     return EngineWorker(load_model(settings)[0], spec)
 
 
 def _gpus() -> int:
     import torch
+
     return max(1, torch.cuda.device_count())
 
 
 def serve(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for chatty in ("aioice", "aiortc"):       # every ICE check at INFO: most of the log, none of it ours
+    for chatty in ("aioice", "aiortc"):  # every ICE check at INFO: most of the log, none of it ours
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    overrides = {k: getattr(args, k, None) for k in ("host", "port", "model", "device", "dtype", "api_key",
-                                                     "tls_cert", "tls_key", "max_sessions", "worker",
-                                                     "ray_address", "ray_replicas")}
+    overrides = {
+        k: getattr(args, k, None)
+        for k in (
+            "host",
+            "port",
+            "model",
+            "device",
+            "dtype",
+            "api_key",
+            "tls_cert",
+            "tls_key",
+            "max_sessions",
+            "worker",
+            "ray_address",
+            "ray_replicas",
+        )
+    }
     if getattr(args, "tls_self_signed", False):
         overrides["tls_self_signed"] = True
     settings = load_settings(args.config, **overrides)
     embedded = settings.model is None
     if embedded:
-        print("serving the EMBEDDED DEMO MODEL (tiny, random weights: replies are noise by design). "
-              "Load a real checkpoint with --model DIR.", file=sys.stderr)
+        print(
+            "serving the EMBEDDED DEMO MODEL (tiny, random weights: replies are noise by design). "
+            "Load a real checkpoint with --model DIR.",
+            file=sys.stderr,
+        )
     worker = make_worker(settings)
-    print(f"omni: model ready ({settings.lanes} lane(s), {settings.worker_kind}, room for "
-          f"{min(settings.max_sessions, worker.capacity)} session(s), batches of up to {settings.max_batch})", file=sys.stderr)
-    app = build_app(settings, None, embedded, worker)          # the worker holds the model
+    print(
+        f"omni: model ready ({settings.lanes} lane(s), {settings.worker_kind}, room for "
+        f"{min(settings.max_sessions, worker.capacity)} session(s), batches of up to {settings.max_batch})",
+        file=sys.stderr,
+    )
+    app = build_app(settings, None, embedded, worker)  # the worker holds the model
     # after the sessions (SHUTDOWN_CLOSE_S): the whole shutdown stays well inside 10 s
     app.on_cleanup.append(lambda _app: asyncio.to_thread(worker.close, WORKER_CLOSE_S))
     scheme = "https" if settings.tls else "http"
     host = lan_address() if settings.host in ("0.0.0.0", "::", "") else settings.host
     if host != settings.host and settings.api_key is None:
-        print(f"omni: WARNING: serving every network interface ({settings.host}) with no api key: anyone on "
-              "the network can hold conversations; set --api-key", file=sys.stderr)
-    opened = (f"omni: open {scheme}://{host}:{settings.port}/  (realtime API: "
-              f"{'wss' if settings.tls else 'ws'}://{host}:{settings.port}/v1/realtime)")
+        print(
+            f"omni: WARNING: serving every network interface ({settings.host}) with no api key: anyone on "
+            "the network can hold conversations; set --api-key",
+            file=sys.stderr,
+        )
+    opened = (
+        f"omni: open {scheme}://{host}:{settings.port}/  (realtime API: "
+        f"{'wss' if settings.tls else 'ws'}://{host}:{settings.port}/v1/realtime)"
+    )
     # SIGTERM and SIGINT: stop accepting, close every session (1001), exit well within 10 s.
     # `print` runs once the socket listens: "omni: open" means it answers.
-    web.run_app(app, host=settings.host, port=settings.port, ssl_context=ssl_context(settings),
-                print=lambda _aiohttp_line: print(opened, file=sys.stderr, flush=True), access_log=None,
-                shutdown_timeout=SHUTDOWN_CLOSE_S, handler_cancellation=True, **runner_options(settings))
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ssl_context=ssl_context(settings),
+        print=lambda _aiohttp_line: print(opened, file=sys.stderr, flush=True),
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_CLOSE_S,
+        handler_cancellation=True,
+        **runner_options(settings),
+    )
     return 0

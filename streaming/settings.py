@@ -5,6 +5,7 @@ overrides, unknown keys are an error) and `dump_settings` (the inverse, for roun
 `configs/server.toml`). Does not own: per-session options (protocol.SessionConfig, set by the
 client) or reading argv/env (the entry point does that and passes overrides in).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +41,7 @@ class ServerSettings:
     max_image_pixels: int = 1920 * 1080
     api_key: str | None = None  # None = open server (fine on localhost only)
     allowed_origins: str | None = None  # browser pages that may open sessions: comma-separated origins or "*";
-                                        # None = the server's own (its host and port, localhost, 127.0.0.1)
+    # None = the server's own (its host and port, localhost, 127.0.0.1)
     max_item_tokens: int = 4096  # the longest text a conversation.item.create may carry, in LLM tokens
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -52,7 +53,9 @@ class ServerSettings:
     max_reply_tokens: int = 512
     max_speech_s: float = 60.0
     model_lanes: int = 0  # batch engines; 0 = auto: one per core on CPU, 1 on GPU
-    worker: str = "auto"  # "processes" (an engine and a model copy per lane), "threads", or auto: processes on a CPU with >1 lane
+    worker: str = (
+        "auto"  # "processes" (an engine and a model copy per lane), "threads", or auto: processes on a CPU with >1 lane
+    )
     max_batch: int = 32  # the most sessions' ops in one batched forward; 1 = every op alone (batching off)
     kv_cache_gb: float = 0.0  # KV pool memory per engine; 0 = auto (CUDA: what is free after loading)
     cuda_graphs: bool = True  # CUDA: the LLM token and TTS frame steps replay captured graphs
@@ -76,8 +79,7 @@ class ServerSettings:
             (self.header_timeout_s > 0, "header_timeout_s must be positive"),
             (self.max_message_bytes >= 1024, "max_message_bytes must be at least 1024"),
             (self.max_image_pixels >= 64 * 64, "max_image_pixels must be at least 4096"),
-            ((self.tls_cert is None) == (self.tls_key is None),
-             "tls_cert and tls_key must be given together"),
+            ((self.tls_cert is None) == (self.tls_key is None), "tls_cert and tls_key must be given together"),
             (not (self.tls_self_signed and self.tls_cert), "tls_self_signed excludes tls_cert"),
             (0.0 <= self.vad_threshold <= 1.0, "vad_threshold must be 0..1"),
             (self.vad_prefix_padding_ms >= 0, "vad_prefix_padding_ms must be >= 0"),
@@ -105,7 +107,7 @@ class ServerSettings:
 
     @property
     def worker_kind(self) -> str:
-        """"processes" or "threads" (`worker` with auto resolved)."""
+        """ "processes" or "threads" (`worker` with auto resolved)."""
         if self.worker != "auto":
             return self.worker
         return "processes" if self.device.startswith("cpu") and self.lanes > 1 else "threads"
@@ -130,8 +132,7 @@ def auto_lanes(device: str) -> int:
     return 1
 
 
-_KINDS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float),
-                                       "bool": (bool,)}
+_KINDS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
 
 
 def _check_type(name: str, value: Any, annotation: str) -> None:
@@ -148,10 +149,11 @@ def _unknown(keys: set[str], source: str) -> None:
     names = [f.name for f in fields(ServerSettings)]
     bad = sorted(keys - set(names))
     if bad:
-        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(
-            k, names, n=1)) else "") for k in bad]
-        raise SettingsError(f"unknown setting(s) in {source}: {', '.join(hints)}; "
-                            f"known settings: {', '.join(names)}")
+        hints = [
+            f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, names, n=1)) else "")
+            for k in bad
+        ]
+        raise SettingsError(f"unknown setting(s) in {source}: {', '.join(hints)}; known settings: {', '.join(names)}")
 
 
 def load_settings(toml_path: str | Path | None = None, **cli_overrides: Any) -> ServerSettings:

@@ -10,6 +10,7 @@ and serves the most urgent first. Does not own: per-session state (in the engine
 `procs.ProcessWorker` runs the same engines in model processes (the default on a multi-core CPU,
 where one interpreter's GIL caps what the tiny model's many small ops can use).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,18 +28,18 @@ from .errors import CapacityError
 from .handle import EngineHandle
 
 log = logging.getLogger("omni.worker")
-TURN_ROOM_TOKENS = 1024           # a slot's room over the context budget and a reply: one turn's growth
+TURN_ROOM_TOKENS = 1024  # a slot's room over the context budget and a reply: one turn's growth
 CUDA_ACTIVATION_RESERVE_GB = 2.0  # kept free on a GPU for activations and CUDA graphs
-CPU_MEMORY_SHARE = 0.5            # of physical memory at most for the KV pools on a CPU
-BACKGROUND_SLOTS = 1              # per engine, over `slots`: room for a user transcript when every
-                                  # conversation slot is taken (streaming/session/transcribe.py)
+CPU_MEMORY_SHARE = 0.5  # of physical memory at most for the KV pools on a CPU
+BACKGROUND_SLOTS = 1  # per engine, over `slots`: room for a user transcript when every
+# conversation slot is taken (streaming/session/transcribe.py)
 
 
 def settle(loop, fut, result, error: BaseException | None) -> None:
     """Hand a result to the awaiting coroutine (from any thread)."""
     try:
         loop.call_soon_threadsafe(_settle, fut, result, error)
-    except RuntimeError:        # the caller's loop is gone (shutdown): nobody waits
+    except RuntimeError:  # the caller's loop is gone (shutdown): nobody waits
         pass
 
 
@@ -56,18 +57,26 @@ def _settle(fut: asyncio.Future, result, error) -> None:
 @dataclass(frozen=True)
 class EngineSpec:
     """What each engine is built with (plain data: it crosses to model processes)."""
-    max_sessions: int               # the server's cap, over all engines
+
+    max_sessions: int  # the server's cap, over all engines
     lanes: int
     slot_tokens: int
     max_batch: int = 32
     reply_reserve_tokens: int = 0
-    kv_cache_gb: float = 0.0        # per engine; 0 = auto
+    kv_cache_gb: float = 0.0  # per engine; 0 = auto
     cuda_graphs: bool = True
 
     @classmethod
     def from_settings(cls, s) -> "EngineSpec":
-        return cls(s.max_sessions, s.lanes, s.max_context_tokens + s.max_reply_tokens + TURN_ROOM_TOKENS,
-                   s.max_batch, s.max_reply_tokens + 16, s.kv_cache_gb, s.cuda_graphs)
+        return cls(
+            s.max_sessions,
+            s.lanes,
+            s.max_context_tokens + s.max_reply_tokens + TURN_ROOM_TOKENS,
+            s.max_batch,
+            s.max_reply_tokens + 16,
+            s.kv_cache_gb,
+            s.cuda_graphs,
+        )
 
     def slots(self, omni) -> int:
         """Sessions one engine holds: its share of max_sessions, within the memory for its pools."""
@@ -80,19 +89,32 @@ class EngineSpec:
             budget = 0.9 * free - CUDA_ACTIVATION_RESERVE_GB * 2**30
         else:
             budget = CPU_MEMORY_SHARE * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / self.lanes
-        fits = int(budget // per_slot) - BACKGROUND_SLOTS   # the budget holds the background slot too
+        fits = int(budget // per_slot) - BACKGROUND_SLOTS  # the budget holds the background slot too
         if fits < want:
-            log.warning("KV pools: %d of %d sessions fit per engine (%.0f MB each, %.1f GB for the pools)",
-                        max(fits, 1), want, per_slot / 2**20, budget / 2**30)
+            log.warning(
+                "KV pools: %d of %d sessions fit per engine (%.0f MB each, %.1f GB for the pools)",
+                max(fits, 1),
+                want,
+                per_slot / 2**20,
+                budget / 2**30,
+            )
         return max(1, min(want, fits))
 
     def engine(self, omni) -> BatchEngine:
-        return BatchEngine(omni, self.slots(omni), self.slot_tokens, self.max_batch, self.reply_reserve_tokens,
-                           cuda_graphs=self.cuda_graphs, background_slots=BACKGROUND_SLOTS)
+        return BatchEngine(
+            omni,
+            self.slots(omni),
+            self.slot_tokens,
+            self.max_batch,
+            self.reply_reserve_tokens,
+            cuda_graphs=self.cuda_graphs,
+            background_slots=BACKGROUND_SLOTS,
+        )
 
 
 def engine_call(engine: BatchEngine, sid: int):
     """An `EngineHandle` call for session `sid`: submit the command, await its `done`."""
+
     async def call(op: str, *args, deadline_s: float | None = None):
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
@@ -100,7 +122,8 @@ def engine_call(engine: BatchEngine, sid: int):
         try:
             return await fut
         finally:
-            del fut, args       # the future holds the error, whose traceback holds this frame: a cycle
+            del fut, args  # the future holds the error, whose traceback holds this frame: a cycle
+
     return call
 
 
@@ -118,8 +141,9 @@ async def probe(call, name: str, timeout_s: float) -> dict:
 
 
 def full_error(capacity: int) -> CapacityError:
-    return CapacityError("server_busy", f"server full: all {capacity} session slots of the model are in use; "
-                         "try again later")
+    return CapacityError(
+        "server_busy", f"server full: all {capacity} session slots of the model are in use; try again later"
+    )
 
 
 class EngineWorker:
@@ -134,15 +158,17 @@ class EngineWorker:
         self.spec = spec
         self.engines = [spec.engine(omni) for _ in range(spec.lanes)]
         threads = torch_threads or (1 if spec.lanes > 1 else None)
-        self._threads = [threading.Thread(target=self._serve, args=(e, threads), name=f"omni-engine_{i}", daemon=True)
-                         for i, e in enumerate(self.engines)]
+        self._threads = [
+            threading.Thread(target=self._serve, args=(e, threads), name=f"omni-engine_{i}", daemon=True)
+            for i, e in enumerate(self.engines)
+        ]
         for t in self._threads:
             t.start()
 
     @staticmethod
     def _serve(engine: BatchEngine, threads: int | None) -> None:
         if threads:
-            torch.set_num_threads(threads)   # per thread: without it every engine's GEMMs spread over all cores
+            torch.set_num_threads(threads)  # per thread: without it every engine's GEMMs spread over all cores
         engine.run_forever()
 
     @property
@@ -159,18 +185,30 @@ class EngineWorker:
             sid = engine.open(max_cache_tokens, background)
         except EngineFull:
             raise full_error(self.capacity) from None
-        local = lambda: getattr(engine._sessions.get(sid), "session", None)   # noqa: E731 - tests look inside
-        return EngineHandle(engine_call(engine, sid), lambda: engine.close(sid), local,
-                            where=f"engine-{self.engines.index(engine)}")
+        local = lambda: getattr(engine._sessions.get(sid), "session", None)  # noqa: E731 - tests look inside
+        return EngineHandle(
+            engine_call(engine, sid), lambda: engine.close(sid), local, where=f"engine-{self.engines.index(engine)}"
+        )
 
     async def stats(self) -> list[dict]:
-        return [{"replica": f"engine-{i}", "sessions": e.slots - e.free_slots, "slots": e.slots,
-                 "queue_depth": e.queue_depth, **e.stats.as_dict()} for i, e in enumerate(self.engines)]
+        return [
+            {
+                "replica": f"engine-{i}",
+                "sessions": e.slots - e.free_slots,
+                "slots": e.slots,
+                "queue_depth": e.queue_depth,
+                **e.stats.as_dict(),
+            }
+            for i, e in enumerate(self.engines)
+        ]
 
     async def ready(self, timeout_s: float = PROBE_TIMEOUT_S) -> list[dict]:
         """Per engine: did a real model step (a probe, after what is queued) finish in time."""
-        return list(await asyncio.gather(*[probe(engine_call(e, 0), f"engine-{i}", timeout_s)
-                                           for i, e in enumerate(self.engines)]))
+        return list(
+            await asyncio.gather(
+                *[probe(engine_call(e, 0), f"engine-{i}", timeout_s) for i, e in enumerate(self.engines)]
+            )
+        )
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the engines (queued commands fail) and wait for the batch in flight, so no thread

@@ -18,12 +18,14 @@ def tiny():
     """The golden tiny-a checkpoint, loaded once (float32, CPU)."""
     from omni.golden.harness import GoldenDir
     from omni.loader import load
+
     return load(GoldenDir(GOLDEN).checkpoint_dir(), progress=False)
 
 
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     from omni.embedded import embedded_checkpoint
+
     return embedded_checkpoint()
 
 
@@ -39,6 +41,7 @@ _events: dict[str, list[dict]] = {}
 def _record_server_events():
     import copy
     from streaming.gateway import events
+
     real = events.server_event
 
     def record(event_type, /, **fields):
@@ -47,6 +50,7 @@ def _record_server_events():
         if len(kept) < KEEP_PER_TYPE:
             kept.append(copy.deepcopy(ev))
         return ev
+
     events.server_event = record
     yield
     events.server_event = real
@@ -56,6 +60,7 @@ def pytest_sessionfinish(session, exitstatus):
     if not _events:
         return
     from event_types import openai_type_errors
+
     kept = [ev for evs in _events.values() for ev in evs]
     bad = openai_type_errors(kept)
     print(f"\nchecked {len(kept)} server events of {len(_events)} types against the openai SDK's types")

@@ -3,6 +3,7 @@
 Pure tests first, then a small random encoder (streaming properties), then the golden folder
 (`OMNI_GOLDEN_DIR`, default tests/assets/golden/tiny-a).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,15 @@ from safetensors.torch import load_file
 from omni.config import AudioConfig, OmniConfig
 from omni.golden import audio as golden_audio
 from omni.golden.harness import GoldenDir, Report, format_row
-from omni.model.audio import (AudioEncoderCache, MultiModalProjector, WhisperEncoder, audio_embeddings,
-                              audio_embeddings_streaming, audio_modules_from_state, chunk_causal_mask)
+from omni.model.audio import (
+    AudioEncoderCache,
+    MultiModalProjector,
+    WhisperEncoder,
+    audio_embeddings,
+    audio_embeddings_streaming,
+    audio_modules_from_state,
+    chunk_causal_mask,
+)
 from omni.processing import audio as pa
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,17 +35,21 @@ POOL = 2
 
 # ---- length arithmetic and placeholders (pure) ----
 
-@pytest.mark.parametrize("samples, mel, conv, tokens", [
-    (16000, 100, 50, 25),  # 1 s
-    (2560, 16, 8, 4),  # 0.16 s
-    (2567, 17, 9, 4),  # tiny-a's last streaming piece
-    (32000, 200, 100, 50),
-    (40000, 250, 125, 62),  # 2.5 s: odd post-conv count, pooling drops the last frame
-    (50567, 317, 159, 79),  # tiny-a's speech
-    (160, 1, 1, 0),
-    (161, 2, 1, 0),
-    (480000, 3000, 1500, 750),  # 30 s fills the positional table
-])
+
+@pytest.mark.parametrize(
+    "samples, mel, conv, tokens",
+    [
+        (16000, 100, 50, 25),  # 1 s
+        (2560, 16, 8, 4),  # 0.16 s
+        (2567, 17, 9, 4),  # tiny-a's last streaming piece
+        (32000, 200, 100, 50),
+        (40000, 250, 125, 62),  # 2.5 s: odd post-conv count, pooling drops the last frame
+        (50567, 317, 159, 79),  # tiny-a's speech
+        (160, 1, 1, 0),
+        (161, 2, 1, 0),
+        (480000, 3000, 1500, 750),  # 30 s fills the positional table
+    ],
+)
 def test_length_table(samples, mel, conv, tokens):
     assert pa.mel_frames(samples) == mel
     assert pa.post_conv_frames(mel) == conv
@@ -57,13 +69,16 @@ def _groups(placeholder: str) -> list[int]:
     return [g.count("<unk>") for g in groups]
 
 
-@pytest.mark.parametrize("samples, chunked, unchunked", [
-    (16000, [25], [25]),
-    (2560, [4], [4]),
-    (40000, [25, 25, 12], [62]),
-    (50567, [25, 25, 25, 4], [79]),
-    (48000, [25, 25, 25], [75]),
-])
+@pytest.mark.parametrize(
+    "samples, chunked, unchunked",
+    [
+        (16000, [25], [25]),
+        (2560, [4], [4]),
+        (40000, [25, 25, 12], [62]),
+        (50567, [25, 25, 25, 4], [79]),
+        (48000, [25, 25, 25], [75]),
+    ],
+)
 def test_placeholder_groups(samples, chunked, unchunked):
     assert _groups(pa.audio_placeholder(samples, chunk_input=True)) == chunked
     assert _groups(pa.audio_placeholder(samples, chunk_input=False)) == unchunked
@@ -75,7 +90,7 @@ def test_log_mel_lengths_and_long_clip():
     clip = rng.standard_normal(31 * pa.SAMPLE_RATE_HZ).astype(np.float32) * 0.1
     pieces = pa.log_mel_pieces(clip)
     assert [p.shape[1] for p in pieces] == [3000, 100]
-    np.testing.assert_array_equal(pieces[1], pa.log_mel(clip[pa.MAX_CLIP_SAMPLES:]))  # own "max − 8"
+    np.testing.assert_array_equal(pieces[1], pa.log_mel(clip[pa.MAX_CLIP_SAMPLES :]))  # own "max − 8"
     assert pa.log_mel(clip).shape == (80, pa.mel_frames(len(clip)))
 
 
@@ -93,10 +108,12 @@ def test_chunk_causal_mask():
 
 # ---- streaming encoder on a small random model ----
 
+
 def _random_modules(max_positions: int = 1500, seed: int = 0):
     torch.manual_seed(seed)
-    cfg = AudioConfig(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
-                      max_source_positions=max_positions)
+    cfg = AudioConfig(
+        d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128, max_source_positions=max_positions
+    )
     apm, proj = WhisperEncoder(cfg).eval(), MultiModalProjector(cfg.encoder_ffn_dim // 4, 48).eval()
     with torch.no_grad():
         apm.embed_positions.weight.normal_(0, 0.5)
@@ -104,8 +121,10 @@ def _random_modules(max_positions: int = 1500, seed: int = 0):
 
 
 def _stream(apm, proj, mel: torch.Tensor, chunk_mel_frames: int, cache: AudioEncoderCache):
-    return [audio_embeddings_streaming(apm, proj, mel[:, :, i:i + chunk_mel_frames], cache, POOL)
-            for i in range(0, mel.shape[2], chunk_mel_frames)]
+    return [
+        audio_embeddings_streaming(apm, proj, mel[:, :, i : i + chunk_mel_frames], cache, POOL)
+        for i in range(0, mel.shape[2], chunk_mel_frames)
+    ]
 
 
 @torch.inference_mode()
@@ -146,7 +165,7 @@ def test_streaming_chunks_equal_offline_chunk_causal():
     step = pa.MEL_FRAMES_PER_S
     mel = torch.randn(1, 80, 317)
     for edge in range(step, mel.shape[2], step):
-        mel[:, :, edge - 2:edge + 2] = 0
+        mel[:, :, edge - 2 : edge + 2] = 0
     streamed = torch.cat(_stream(apm, proj, mel, step, AudioEncoderCache()))
     offline = audio_embeddings(apm, proj, mel, torch.tensor([317]), pa.POST_CONV_FRAMES_PER_S, POOL)[0]
     assert streamed.shape == offline.shape == (pa.audio_tokens(317 * pa.HOP_SAMPLES), 48)
@@ -199,7 +218,7 @@ def test_offline_batch_padding_quirk():
     out = audio_embeddings(apm, proj, mel, torch.tensor([200, 120]), pa.POST_CONV_FRAMES_PER_S, POOL)
     assert [o.shape[0] for o in out] == [50, pa.pooled_tokens(pa.post_conv_frames(120))]
     alone = audio_embeddings(apm, proj, mel[1:], torch.tensor([200]), pa.POST_CONV_FRAMES_PER_S, POOL)[0]
-    torch.testing.assert_close(out[1], alone[:out[1].shape[0]], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1], alone[: out[1].shape[0]], atol=1e-5, rtol=1e-5)
 
 
 def test_bool_and_additive_masks_agree():
@@ -219,6 +238,7 @@ def test_positions_past_table_repeat_last_row():
 
 
 # ---- golden replay ----
+
 
 def _golden_dir() -> GoldenDir:
     env = os.environ.get("OMNI_GOLDEN_DIR")
@@ -244,12 +264,14 @@ def test_log_mel_short_padding_equals_the_official_30s_padding(n):
     """We pad a clip with a short zero tail instead of to 30 s; the kept frames must not change."""
     from omni.config import PreprocessorConfig
     from omni.processing import audio as A
+
     cfg = PreprocessorConfig()
     x = (np.random.default_rng(n).standard_normal(n) * 0.2).astype(np.float32)
-    x[-50:] *= 30                                        # a loud end: the "max - 8" floor must match
+    x[-50:] *= 30  # a loud end: the "max - 8" floor must match
     ref = []
     for piece in A.split_clip(x, 480000):
-        o = A.feature_extractor(cfg)([piece], sampling_rate=16000, padding="max_length",
-                                     return_attention_mask=True, return_tensors="np")
-        ref.append(o["input_features"][0][:, :int(o["attention_mask"].sum())])
+        o = A.feature_extractor(cfg)(
+            [piece], sampling_rate=16000, padding="max_length", return_attention_mask=True, return_tensors="np"
+        )
+        ref.append(o["input_features"][0][:, : int(o["attention_mask"].sum())])
     np.testing.assert_allclose(A.log_mel(x, cfg), np.concatenate(ref, 1), atol=1e-6, rtol=0)

@@ -4,6 +4,7 @@ The reply WAVs come from the real CLI (in-process `omni.cli.main`, so the model 
 one and loads in well under a second after the first build); the error cases run the CLI as a
 subprocess to see its exit status and stderr as a user would.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -19,7 +20,7 @@ from omni.chat import MAX_REFERENCE_S, MIN_REFERENCE_S, chat, read_voice_clip
 from omni.processing import prompt as P
 
 REPO = Path(__file__).resolve().parent.parent
-VOICE = REPO / "tests" / "assets" / "speech" / "voice_ref.wav"   # ~8.3 s, 24 kHz mono
+VOICE = REPO / "tests" / "assets" / "speech" / "voice_ref.wav"  # ~8.3 s, 24 kHz mono
 TURN = ["--text", "Say hello.", "--max-new-tokens", "2", "--seed", "7"]
 
 
@@ -32,14 +33,16 @@ def _chat_wav(tmp_path: Path, name: str, *extra: str) -> np.ndarray:
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "omni.cli", "chat", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "omni.cli", "chat", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_voice_clip_reads_like_librosa():
     import librosa
+
     ref = read_voice_clip(VOICE)
-    want, _ = librosa.load(VOICE, sr=16000, mono=True)   # the `--audio` path's reader
+    want, _ = librosa.load(VOICE, sr=16000, mono=True)  # the `--audio` path's reader
     assert ref.dtype == np.float32 and np.array_equal(ref, want)
     assert MIN_REFERENCE_S <= len(ref) / 16000 <= MAX_REFERENCE_S
 
@@ -55,6 +58,7 @@ def test_chat_voice_clones_the_reply(tmp_path, embedded_dir):
     # streaming session's set_system builds it, ahead of the same user turn and seed.
     import librosa
     from omni.loader import load
+
     m = load(embedded_dir, progress=False)
     ref, _ = librosa.load(VOICE, sr=16000, mono=True)
     msgs = [P.sys_prompt("audio_assistant", ref), {"role": "user", "content": ["Say hello."]}]
@@ -66,12 +70,16 @@ def test_chat_voice_clones_the_reply(tmp_path, embedded_dir):
     assert np.array_equal(cloned, lib)
 
 
-@pytest.mark.parametrize("make, words", [
-    (lambda d: d / "missing.wav", "does not exist"),
-    (lambda d: (d / "notes.wav").write_text("not audio at all") and d / "notes.wav", "not a readable audio file"),
-    (lambda d: sf.write(d / "short.wav", np.zeros(4000, np.float32), 16000) or d / "short.wav", "0.25 s long"),
-    (lambda d: sf.write(d / "long.flac", np.zeros(31 * 8000, np.float32), 8000) or d / "long.flac", "31.00 s long"),
-], ids=["missing", "not-audio", "too-short", "too-long"])
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda d: d / "missing.wav", "does not exist"),
+        (lambda d: (d / "notes.wav").write_text("not audio at all") and d / "notes.wav", "not a readable audio file"),
+        (lambda d: sf.write(d / "short.wav", np.zeros(4000, np.float32), 16000) or d / "short.wav", "0.25 s long"),
+        (lambda d: sf.write(d / "long.flac", np.zeros(31 * 8000, np.float32), 8000) or d / "long.flac", "31.00 s long"),
+    ],
+    ids=["missing", "not-audio", "too-short", "too-long"],
+)
 def test_chat_voice_bad_clip_is_one_clear_line(tmp_path, make, words):
     path = make(tmp_path)
     r = _run_cli("--text", "hi", "--max-new-tokens", "1", "--voice", str(path), "--out-wav", str(tmp_path / "o.wav"))

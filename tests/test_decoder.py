@@ -1,4 +1,5 @@
 """Shared decoder: one step's shapes, chunked prefill == whole, earlier cache never changes, crop."""
+
 import torch
 
 from omni.config import OmniConfig
@@ -7,8 +8,14 @@ from omni.model.decoder import CausalLM, KVCache
 
 def _llm(seed=0):
     torch.manual_seed(seed)
-    cfg = OmniConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, vocab_size=97)
+    cfg = OmniConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=97,
+    )
     return CausalLM(cfg).eval(), cfg
 
 
@@ -29,7 +36,7 @@ def test_chunked_prefill_equals_whole():
     ids = torch.randint(0, 97, (1, 30))
     whole = llm.lm_head(llm.model(llm.embed(ids), cache=llm.new_cache()))
     cache = llm.new_cache()
-    parts = [llm.lm_head(llm.model(llm.embed(ids[:, s:s + 7]), cache=cache)) for s in range(0, 30, 7)]
+    parts = [llm.lm_head(llm.model(llm.embed(ids[:, s : s + 7]), cache=cache)) for s in range(0, 30, 7)]
     assert torch.allclose(torch.cat(parts, 1), whole, atol=1e-5)
 
 

@@ -1,5 +1,6 @@
 """The full-size official config, built on the meta device, has exactly the key set and shapes of
 spec §2.2 (written out here from the spec's tables, independent of the model code)."""
+
 import json
 import subprocess
 import sys
@@ -114,7 +115,8 @@ def test_full_config_meta_keys_and_shapes_equal_spec():
 
 
 def test_keys_command_prints_the_same_map():
-    out = subprocess.run([sys.executable, "-m", "omni.cli", "keys", str(FULL)], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "omni.cli", "keys", str(FULL)], capture_output=True, text=True, check=True
+    ).stdout
     got = {k: tuple(v) for k, v in json.loads(out).items()}
     assert got == spec_table()

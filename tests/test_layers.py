@@ -3,6 +3,7 @@ imports only go down the flow, there are no import cycles, and no source file is
 
 Imports inside functions are not counted: they run late (the CLI loads torch only when a command
 needs it), so they can neither form an import-time cycle nor drag a layer in at import."""
+
 from __future__ import annotations
 
 import ast
@@ -39,7 +40,7 @@ def _resolve(module: str, path: Path, node: ast.ImportFrom) -> str:
 def _imports(module: str, path: Path) -> set[str]:
     """The project modules `module` imports at import time."""
     found = set()
-    for node in ast.parse(path.read_text()).body:        # module level only
+    for node in ast.parse(path.read_text()).body:  # module level only
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -48,7 +49,7 @@ def _imports(module: str, path: Path) -> set[str]:
         else:
             continue
         for name in names:
-            while name and name not in MODULES:           # `from pkg import mod` or a name in a module
+            while name and name not in MODULES:  # `from pkg import mod` or a name in a module
                 name = name.rpartition(".")[0]
             if name and name != module:
                 found.add(name)
@@ -62,28 +63,31 @@ def _in(module: str, layer: str) -> bool:
     return module == layer or module.startswith(layer + ".")
 
 
-@pytest.mark.parametrize("low, high", [
-    ("omni", "streaming"),                      # the model knows nothing of the service
-    ("streaming.session", "streaming.gateway"),  # only the gateway knows wire formats
-    ("streaming.turn", "streaming.session"),
-    ("streaming.turn", "streaming.gateway"),
-    ("streaming.errors", "streaming.gateway"),   # the error taxonomy sits below every layer
-    ("streaming.errors", "streaming.session"),
-])
+@pytest.mark.parametrize(
+    "low, high",
+    [
+        ("omni", "streaming"),  # the model knows nothing of the service
+        ("streaming.session", "streaming.gateway"),  # only the gateway knows wire formats
+        ("streaming.turn", "streaming.session"),
+        ("streaming.turn", "streaming.gateway"),
+        ("streaming.errors", "streaming.gateway"),  # the error taxonomy sits below every layer
+        ("streaming.errors", "streaming.session"),
+    ],
+)
 def test_imports_go_down_the_flow(low, high):
     wrong = sorted(f"{m} -> {d}" for m, deps in GRAPH.items() if _in(m, low) for d in deps if _in(d, high))
     assert not wrong, wrong
 
 
 def test_there_are_no_import_cycles():
-    state: dict[str, int] = {}                   # 1: on the current path, 2: done
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
     cycles = []
 
     def visit(m: str, path: list[str]) -> None:
         state[m] = 1
         for d in sorted(GRAPH[m]):
             if state.get(d) == 1:
-                cycles.append(path[path.index(d):] + [d])
+                cycles.append(path[path.index(d) :] + [d])
             elif d not in state:
                 visit(d, path + [d])
         state[m] = 2

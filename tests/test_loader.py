@@ -1,4 +1,5 @@
 """Loader: strict key/shape checking with one error listing every problem, shards + index, dtype."""
+
 import json
 import shutil
 
@@ -44,8 +45,10 @@ def test_sharded_checkpoint_with_index_loads_identically(embedded_dir, tmp_path)
     sd = load_file(str(ck / "model.safetensors"))
     (ck / "model.safetensors").unlink()
     keys = sorted(sd)
-    halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
-              "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    halves = {
+        "model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+        "model-00002-of-00002.safetensors": keys[len(keys) // 2 :],
+    }
     weight_map = {}
     for name, ks in halves.items():
         save_file({k: sd[k] for k in ks}, str(ck / name))
@@ -61,12 +64,13 @@ def test_dtype_option_keeps_tts_in_float32(embedded_dir):
     m = load(embedded_dir, dtype=torch.bfloat16, progress=False)
     assert m.net.llm.lm_head.weight.dtype == torch.bfloat16
     assert m.net.vpm.post_layernorm.weight.dtype == torch.bfloat16
-    assert m.net.tts.emb_text.weight.dtype == torch.float32       # official quirk, spec §8.3
+    assert m.net.tts.emb_text.weight.dtype == torch.float32  # official quirk, spec §8.3
     assert next(m.vocos.parameters()).dtype == torch.float32
 
 
 def test_embedded_checkpoint_is_deterministic(embedded_dir, tmp_path, monkeypatch):
     from omni.embedded import embedded_checkpoint
+
     monkeypatch.setenv("OMNI_CACHE", str(tmp_path))
     again = embedded_checkpoint()
     assert again != embedded_dir
@@ -100,14 +104,22 @@ def test_loading_allocates_one_copy_in_the_target_dtype(tmp_path):
     import subprocess
     import sys
     from omni.embedded import TINY_TOML, read_model_config, write_sharded
+
     cfg = read_model_config(TINY_TOML)
-    cfg.update(hidden_size=512, intermediate_size=2048, num_hidden_layers=28, num_attention_heads=8,
-               num_key_value_heads=2, vocab_size=30_000)
+    cfg.update(
+        hidden_size=512,
+        intermediate_size=2048,
+        num_hidden_layers=28,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=30_000,
+    )
     cfg["tts_config"] = dict(cfg["tts_config"], llm_dim=512)
     total = write_sharded(tmp_path / "ck", cfg, shard_bytes=40 << 20)
     assert len(list((tmp_path / "ck").glob("*.safetensors"))) >= 7 and total > 280 << 20
-    out = subprocess.run([sys.executable, "-c", LOAD_PEAK, str(tmp_path / "ck")], capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_PEAK, str(tmp_path / "ck")], capture_output=True, text=True, check=True
+    ).stdout.split()
     peak = int(out[0])
-    assert out[1:] == ["torch.bfloat16", "torch.float32"]          # the TTS stays in float32 (official)
+    assert out[1:] == ["torch.bfloat16", "torch.float32"]  # the TTS stays in float32 (official)
     assert peak < 1.6 * total, f"loading took {peak / 2**20:.0f} MB of address space for {total / 2**20:.0f} MB"

@@ -1,4 +1,5 @@
 """Pure prompt-layout functions, table-tested."""
+
 import numpy as np
 import pytest
 
@@ -21,6 +22,7 @@ def test_sys_prompt_modes():
 @pytest.mark.parametrize("omni_input,sep", [(True, ""), (False, "\n")])
 def test_collect_markers_and_join(omni_input, sep):
     from PIL import Image
+
     img = Image.new("RGB", (8, 8))
     a1, a2 = np.ones(10, np.float32), np.zeros(5, np.float32)
     col = P.collect([{"role": "user", "content": ["<unit>", img, a1, a2]}], omni_input)

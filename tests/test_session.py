@@ -1,5 +1,6 @@
 """Streaming session engine on the tiny-a golden checkpoint: parity, shapes, chunked == whole,
 earlier cache never changes, turn prefixes, barge-in rollback, independent interleaved sessions."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,6 +37,7 @@ def _started(m, media) -> Session:
 
 def test_streaming_golden(tiny, g):
     from omni.golden import streaming
+
     report = Report()
     streaming.check(g, tiny, report)
     bad = [r for r in report.rows if not r.passed]
@@ -45,13 +47,13 @@ def test_streaming_golden(tiny, g):
 
 def test_unit_token_counts(tiny, media):
     cfg = tiny.config
-    audio_group = audio_tokens(len(media[2][0]), cfg.audio_pool_step) + 2      # + <|audio_start|>/<|audio_end|>
-    image_group = cfg.query_num + 2                                              # + <image>/</image>
+    audio_group = audio_tokens(len(media[2][0]), cfg.audio_pool_step) + 2  # + <|audio_start|>/<|audio_end|>
+    image_group = cfg.query_num + 2  # + <image>/</image>
     s = _started(tiny, media)
-    s.append_unit(media[2][0], media[1][0])       # first unit also opens the user turn
+    s.append_unit(media[2][0], media[1][0])  # first unit also opens the user turn
     n = s.state.cache_len
     r = s.append_unit(media[2][1], media[1][1])
-    assert s.state.cache_len - n == 1 + image_group + audio_group                  # <unit> + frame + audio
+    assert s.state.cache_len - n == 1 + image_group + audio_group  # <unit> + frame + audio
     assert r.inputs_embeds.shape == (1, 1 + image_group + audio_group, cfg.hidden_size)
     n = s.state.cache_len
     s.append_unit(media[2][2])
@@ -84,9 +86,9 @@ def test_chunked_equals_whole_and_prefix_stable(tiny, media):
 def test_turn_prefixes(tiny, media):
     s = _started(tiny, media)
     assert s.append_unit(media[2][0]).text.startswith(P.USER_OPEN)
-    assert not s.append_unit(media[2][1]).text.startswith(P.USER_OPEN)          # raw continuation
+    assert not s.append_unit(media[2][1]).text.startswith(P.USER_OPEN)  # raw continuation
     texts = [t for t, _ in s.generate(GenerateOptions(sampling=GREEDY, max_new_tokens=6, generate_audio=False))]
-    assert len(texts) == 2 and not s.state.llm_generate_completed                 # no EOS within 6 tokens
+    assert len(texts) == 2 and not s.state.llm_generate_completed  # no EOS within 6 tokens
     assert s.append_unit(media[2][2]).text.startswith(P.AFTER_INTERRUPTED)
     # A reply that reached EOS closes with <|im_end|> only.
     s.state.llm_generated, s.state.llm_generate_completed, s.state.new_user_msg = True, True, True
@@ -124,8 +126,9 @@ def test_low_latency_same_audio_one_step_sooner(tiny, media):
     for low in (False, True):
         s = _started(tiny, media)
         s.append_unit(media[2][0], media[1][0])
-        pieces = list(s.generate(GenerateOptions(sampling=GREEDY, max_new_tokens=12, max_speech_s=2.0,
-                                                 low_latency=low)))
+        pieces = list(
+            s.generate(GenerateOptions(sampling=GREEDY, max_new_tokens=12, max_speech_s=2.0, low_latency=low))
+        )
         outs.append(pieces)
     slow, fast = outs
     assert len(fast) == len(slow) + 1 and len(fast[0][1]) > 0
@@ -140,10 +143,10 @@ def test_low_latency_same_audio_one_step_sooner(tiny, media):
     cum_slow = np.cumsum([len(w) for _, w in slow])
     assert len(slow) >= 3
     assert cum_fast[0] == step_samples - overlap and cum_fast[1] - cum_slow[0] == step_samples - overlap
-    assert all(cum_fast[k + 1] > cum_slow[k] for k in range(len(slow) - 1))   # ahead until the tail
-    assert len(fast[-1][1]) == overlap          # all that is ever held back: the crossfade overlap
+    assert all(cum_fast[k + 1] > cum_slow[k] for k in range(len(slow) - 1))  # ahead until the tail
+    assert len(fast[-1][1]) == overlap  # all that is ever held back: the crossfade overlap
     rate = tiny.vocos.dims.sample_rate_hz
-    assert sum(len(w) for _, w in slow) < 3.0 * rate     # the 2 s limit stops drawing frames
+    assert sum(len(w) for _, w in slow) < 3.0 * rate  # the 2 s limit stops drawing frames
 
 
 def test_interleaved_sessions_match_alone(tiny, media):
@@ -184,6 +187,7 @@ def test_a_long_prefill_in_chunks_equals_it_whole_and_long_items_are_refused(tin
     """Prefill runs its LLM forward in chunks (bounded memory): the cache and the reply are those
     of one whole forward; a message over the caller's token limit is refused before any op."""
     from omni.session.engine import InputTooLong
+
     text = " ".join(f"word{i}" for i in range(300))
     runs = []
     for chunk in (10_000, 37):

@@ -1,6 +1,7 @@
 """Long sessions and many sessions on the tiny-a checkpoint: the sliding window (oldest complete
 turns dropped before a new user turn, system prompt kept bit-identical, positions contiguous),
 `interrupt_ms` / `reply_audio_ms`, and sessions interleaved op by op."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,7 +40,7 @@ def test_drop_oldest_turn_keeps_system_and_positions(tiny, ref):
     starts = list(s.state.turn_starts)
     assert starts[0] == sys_len and len(starts) == 3
     n_before, turn0 = s.state.cache_len, starts[1] - starts[0]
-    s.max_cache_tokens = n_before - 1        # over budget by one: exactly the oldest turn goes
+    s.max_cache_tokens = n_before - 1  # over budget by one: exactly the oldest turn goes
     r = s.append_unit(_audio(tiny, 9))
     assert r.cache_range[0] == n_before - turn0
     assert s.state.turn_starts[:2] == [sys_len, starts[2] - turn0]
@@ -63,8 +64,9 @@ def test_long_session_cache_stays_bounded(tiny, ref):
         if unit % 10 == 0 and unit:
             start = s.state.turn_starts[-1]
             audio_turn = unit % 300 == 0
-            opts = GenerateOptions(sampling=GREEDY, max_new_tokens=3, generate_audio=audio_turn,
-                                   max_speech_s=0.3 if audio_turn else None)
+            opts = GenerateOptions(
+                sampling=GREEDY, max_new_tokens=3, generate_audio=audio_turn, max_speech_s=0.3 if audio_turn else None
+            )
             list(s.generate(opts))
             turn_max = max(turn_max, s.state.cache_len - start)
         s.append_unit(audio)
@@ -72,7 +74,7 @@ def test_long_session_cache_stays_bounded(tiny, ref):
         sizes.append(s.state.llm_cache.nbytes())
     assert max(lengths) <= budget + turn_max + 1
     assert len(s.state.turn_starts) < 20
-    assert max(sizes[900:]) <= max(sizes[:900])          # memory flat: no growth in the second half
+    assert max(sizes[900:]) <= max(sizes[:900])  # memory flat: no growth in the second half
     # Positions are still contiguous: a prefill of one more unit lands at cache_len.
     n = s.state.cache_len
     r = s.append_unit(audio)
@@ -100,7 +102,7 @@ def test_interleaved_sessions_match_alone(tiny, ref):
     others generate) give exactly what each gives alone: sessions share no state."""
     opts = GenerateOptions(sampling=SamplingParams(), max_new_tokens=9, max_speech_s=1.2)
 
-    def script(seed, out):   # a session's own timeline: system, 2 units, reply, unit, reply, unit
+    def script(seed, out):  # a session's own timeline: system, 2 units, reply, unit, reply, unit
         s = Session(tiny, seed=seed)
         yield from s.system_program("omni", ref_audio=ref)
         for k in range(2):
@@ -116,7 +118,7 @@ def test_interleaved_sessions_match_alone(tiny, ref):
         live = {i: (script(seed, out), None) for i, (seed, out) in enumerate(zip(seeds, outs))}
         run_op = Executor.of(tiny).one
         with torch.inference_mode():
-            while live:   # one op of each live session in turn
+            while live:  # one op of each live session in turn
                 for i, (sc, result) in list(live.items()):
                     try:
                         live[i] = (sc, run_op(sc.send(result)))
@@ -137,6 +139,7 @@ def test_reply_end_reason_is_reported(tiny):
     import numpy as np
     from omni.sampling import GREEDY
     from omni.session.engine import GenerateOptions, Session
+
     s = Session(tiny)
     s.set_system("audio_assistant")
     s.append_unit(np.zeros(16000, np.float32))

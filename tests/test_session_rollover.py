@@ -1,6 +1,7 @@
 """Streaming TTS segment rollover (spec §5.3) on the tiny-a checkpoint, driven by a synthetic LLM
 chunk stream: a long reply rolls over, audio keeps flowing, and the new segment's TTS state has the
 official condition layout ([Stts][spk_emb] + 5 carried text ids, BOS + 49 carried frames)."""
+
 from __future__ import annotations
 
 import torch
@@ -38,7 +39,7 @@ def _chunks(tiny, sampler, words_before: int, words_after: int, log: list):
     yield LLMChunk("", hidden, 10)
     words = (SENTENCE * 40).split(" ")
     text, n = "", 0
-    for i, w in enumerate(words[:words_before + words_after]):
+    for i, w in enumerate(words[: words_before + words_after]):
         piece = w + " "
         text += piece
         over = len(tok.encode(text, add_special_tokens=False)) >= T.rollover_threshold(R)
@@ -63,18 +64,29 @@ def test_long_reply_rolls_over_and_keeps_audio_flowing(tiny, monkeypatch):
     def spy(self, state, frames):
         seen.update(frames_in=frames.clone(), state=state, mask=state.text_mask.clone())
         return real(self, state, frames)
+
     monkeypatch.setattr(type(tts), "audio_prefill", spy)
     execute = Executor.of(tiny).one
 
-    def run(op):   # the first step of the carried segment sees the carried frames and cache
+    def run(op):  # the first step of the carried segment sees the carried frames and cache
         if isinstance(op, TTSFrame) and op.state is seen.get("state") and "frames" not in seen:
             st = op.state
             seen.update(cache_len=st.cache.seq_len, frames=st.frames.clone(), input_len=st.input_len)
         return execute(op)
+
     log: list = []
     trace: dict = {}
-    program = stream_speech(tts, vocos, tiny.tts_tokenizer, _chunks(tiny, sampler, 200, 40, log), 0, sampler,
-                            tts.new_state, SpeechOptions(), trace)
+    program = stream_speech(
+        tts,
+        vocos,
+        tiny.tts_tokenizer,
+        _chunks(tiny, sampler, 200, 40, log),
+        0,
+        sampler,
+        tts.new_state,
+        SpeechOptions(),
+        trace,
+    )
     pieces = list(stream(program, run))
     assert log, "the synthetic reply never reached a sentence end after 120 TTS tokens"
     C = tts.condition_length
@@ -85,16 +97,20 @@ def test_long_reply_rolls_over_and_keeps_audio_flowing(tiny, monkeypatch):
     assert seen["mask"].sum() == T.text_mask(CARRY_TEXT_TOKENS, 300).sum() == 2 + CARRY_TEXT_TOKENS + 1 + 1
     # Its text prefill: [Stts][spk_emb] + the last 5 text ids of the old segment at positions 0..6.
     prefills = [k for k in trace["call_order"] if k.startswith("prefill_text")]
-    carry = [k for k in prefills if trace[f"{k}.position_ids"].shape[1] == 2 + CARRY_TEXT_TOKENS
-             and int(trace[f"{k}.position_ids"][0, 0]) == 0]
+    carry = [
+        k
+        for k in prefills
+        if trace[f"{k}.position_ids"].shape[1] == 2 + CARRY_TEXT_TOKENS and int(trace[f"{k}.position_ids"][0, 0]) == 0
+    ]
     assert len(carry) == 1
     ids = trace[f"{carry[0]}.input_ids"][0].tolist()
     stts = tiny.tts_tokenizer.convert_tokens_to_ids([T.STTS, T.SPK_EMB])
     assert ids[:2] == stts
     # The segment before: its codes end with the carried frames.
     gens = [k for k in trace["call_order"] if k.startswith("tts_generate")]
-    old = next(trace[f"{k}.new_ids"] for k in reversed(gens)
-               if trace[f"{k}.finished"] and gens.index(k) < len(gens) - 1)
+    old = next(
+        trace[f"{k}.new_ids"] for k in reversed(gens) if trace[f"{k}.finished"] and gens.index(k) < len(gens) - 1
+    )
     assert torch.equal(old[:, -CARRY_FRAMES:].long(), seen["frames_in"].long())
     # Audio keeps flowing: pieces with audio both before and after the rollover, text all handed out.
     wav_pieces = [p for p in pieces if p.wav.numel()]

@@ -3,6 +3,7 @@
 Pure tests first, then a small random TTS (weight norm, chunked prefill == whole, seeded sampling),
 then the golden folder (`OMNI_GOLDEN_DIR`, default tests/assets/golden/tiny-a).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,16 +30,29 @@ C10, A50 = OFFICIAL.streaming_text_chunk_size, OFFICIAL.streaming_audio_chunk_si
 
 # ---- slot arithmetic and masks (pure) ----
 
-@pytest.mark.parametrize("past, visible", [
-    (302, 10), (303, 10), (350, 10), (351, 20), (400, 20), (401, 30), (450, 30), (451, 40),
-    (302 + 50 * 29, 300), (302 + 50 * 40, 300),
-])
+
+@pytest.mark.parametrize(
+    "past, visible",
+    [
+        (302, 10),
+        (303, 10),
+        (350, 10),
+        (351, 20),
+        (400, 20),
+        (401, 30),
+        (450, 30),
+        (451, 40),
+        (302 + 50 * 29, 300),
+        (302 + 50 * 40, 300),
+    ],
+)
 def test_visible_text_count_table(past, visible):
     assert T.visible_text_count(past, R, A50, C10) == visible
 
 
-@pytest.mark.parametrize("k, bounds", [(0, (0, 12)), (1, (12, 22)), (2, (22, 32)), (24, (242, 252)),
-                                       (29, (292, 302)), (30, (302, 302))])
+@pytest.mark.parametrize(
+    "k, bounds", [(0, (0, 12)), (1, (12, 22)), (2, (22, 32)), (24, (242, 252)), (29, (292, 302)), (30, (302, 302))]
+)
 def test_text_chunk_bounds(k, bounds):
     assert T.text_chunk_bounds(k, C10, R) == bounds
 
@@ -69,9 +83,11 @@ def test_streaming_mask_rule():
 
 # ---- text prep and normalisation ----
 
+
 @pytest.fixture(scope="module")
 def chattts_tokenizer(golden):
     from transformers import BertTokenizerFast
+
     return BertTokenizerFast.from_pretrained(str(golden.path / "assets" / "chattts_tokenizer"))
 
 
@@ -81,7 +97,7 @@ def test_prepare_tts_text_pads_and_truncates(chattts_tokenizer):
     n = len(tok.encode("hello world", add_special_tokens=False))
     p = T.prepare_tts_text(tok, "hello world", 20)
     assert p.tokens_len == n and len(p.input_ids) == T.condition_length(20)
-    assert p.input_ids[2 + n] == etts and set(p.input_ids[3 + n:-1]) == {pad} and p.input_ids[-1] == ptts
+    assert p.input_ids[2 + n] == etts and set(p.input_ids[3 + n : -1]) == {pad} and p.input_ids[-1] == ptts
     short = T.prepare_tts_text(tok, "hello world, the voice is nice.", 4)
     assert short.tokens_len == 4 and len(short.input_ids) == T.condition_length(4)
     assert etts not in short.input_ids and short.text.endswith(T.PTTS)
@@ -92,12 +108,15 @@ def test_answer_text_cut():
     assert T.answer_to_tts_text("<point>x") == "<point>x"
 
 
-@pytest.mark.parametrize("text, lang, out", [
-    ("I have 23 books", "english", "I have two three books"),
-    ("我有2个苹果", "chinese", "我有二个苹果"),
-    ("room 101 and 1", "english", "room one zero one and one"),
-    ("**bold** 7", "english", "bold seven"),
-])
+@pytest.mark.parametrize(
+    "text, lang, out",
+    [
+        ("I have 23 books", "english", "I have two three books"),
+        ("我有2个苹果", "chinese", "我有二个苹果"),
+        ("room 101 and 1", "english", "room one zero one and one"),
+        ("**bold** 7", "english", "bold seven"),
+    ],
+)
 def test_normalize(text, lang, out):
     assert T.normalize_tts_text(text, lang) == out
 
@@ -105,15 +124,25 @@ def test_normalize(text, lang, out):
 def test_language_and_sentence_end():
     assert T.detect_language("你好 ok") == "chinese" and T.detect_language("hello 你") == "english"
     assert T.sentence_end("Done. Next") == "." and T.sentence_end("no end") == ""
-    assert T.sentence_end("1. item") == ""           # "." after a digit disqualifies "." (quirk)
+    assert T.sentence_end("1. item") == ""  # "." after a digit disqualifies "." (quirk)
     assert T.sentence_end("step 1. ok!") == "!" and T.sentence_end("好。") == "。"
     assert T.split_at_sentence_end("A. B. c", ".") == ("A. B.", " c")
 
 
 # ---- FSQ, ISTFT, crossfade ----
 
-@pytest.mark.parametrize("idx, digits", [(0, [0, 0, 0, 0]), (1, [1, 0, 0, 0]), (5, [0, 1, 0, 0]),
-                                         (124, [4, 4, 4, 0]), (312, [2, 2, 2, 2]), (624, [4, 4, 4, 4])])
+
+@pytest.mark.parametrize(
+    "idx, digits",
+    [
+        (0, [0, 0, 0, 0]),
+        (1, [1, 0, 0, 0]),
+        (5, [0, 1, 0, 0]),
+        (124, [4, 4, 4, 0]),
+        (312, [2, 2, 2, 2]),
+        (624, [4, 4, 4, 4]),
+    ],
+)
 def test_fsq_digits(idx, digits):
     levels = DVAEDims().levels
     assert fsq_digits(torch.tensor(idx), levels).tolist() == digits
@@ -125,7 +154,7 @@ def test_residual_fsq_scales_levels():
     with torch.no_grad():
         rvq.project_out.weight.copy_(torch.eye(4))
         rvq.project_out.bias.zero_()
-    out = rvq.decode(torch.tensor([[[624, 0]]]))     # level 0: +1s, level 1: -1s scaled by 4^-1
+    out = rvq.decode(torch.tensor([[[624, 0]]]))  # level 0: +1s, level 1: -1s scaled by 4^-1
     assert torch.allclose(out, torch.full((1, 1, 4), 0.75))
 
 
@@ -135,8 +164,14 @@ def test_istft_same_padding_round_trip():
     x = torch.randn(1, frames * d.hop_length, generator=torch.Generator().manual_seed(0))
     istft = ISTFT(d.n_fft, d.hop_length)
     pad = (d.n_fft - d.hop_length) // 2
-    spec = torch.stft(torch.nn.functional.pad(x, (pad, pad)), d.n_fft, d.hop_length, window=istft.window,
-                      center=False, return_complex=True)
+    spec = torch.stft(
+        torch.nn.functional.pad(x, (pad, pad)),
+        d.n_fft,
+        d.hop_length,
+        window=istft.window,
+        center=False,
+        return_complex=True,
+    )
     assert spec.shape[-1] == frames
     y = istft(spec)
     assert y.shape == (1, frames * d.hop_length)
@@ -151,11 +186,21 @@ def test_crossfade_keeps_constant_signal():
 
 # ---- a small random TTS ----
 
+
 def _tiny_tts(seed: int = 0) -> ConditionalChatTTS:
     torch.manual_seed(seed)
-    cfg = dataclasses.replace(OFFICIAL, llm_dim=32, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                              num_hidden_layers=2, num_text_tokens=40, spk_emb_token_id=36,
-                              audio_bos_token_id=37, text_eos_token_id=38)
+    cfg = dataclasses.replace(
+        OFFICIAL,
+        llm_dim=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        num_text_tokens=40,
+        spk_emb_token_id=36,
+        audio_bos_token_id=37,
+        text_eos_token_id=38,
+    )
     return ConditionalChatTTS(cfg).eval()
 
 
@@ -183,6 +228,7 @@ def test_chunked_prefill_equals_whole():
 
 def test_top_p_top_k_keep_three():
     from omni.sampling import top_k_top_p
+
     logits = torch.tensor([[10.0, 0.0, -1.0, -2.0, -3.0]])
     assert torch.isfinite(top_k_top_p(logits, 1, 0.7, min_keep=3)).sum() == 3
 
@@ -206,6 +252,7 @@ def test_sampler_determinism():
 
 # ---- golden replay ----
 
+
 @pytest.fixture(scope="module")
 def golden():
     env = os.environ.get("OMNI_GOLDEN_DIR")
@@ -226,7 +273,8 @@ def test_golden_tts(golden):
 
 def test_final_flush_is_clamped_to_the_text_slots():
     from omni.processing.tts_text import final_flush_bounds
+
     assert final_flush_bounds(3, 10, 45) == (32, 48)
     assert final_flush_bounds(3, 10, 45, 1, 300) == (32, 48)
-    assert final_flush_bounds(29, 10, 300, 1, 300) == (292, 302)     # truncated text: no [Etts], no [Ptts]
-    assert final_flush_bounds(30, 10, 300, 1, 300) == (302, 302)     # nothing left: empty
+    assert final_flush_bounds(29, 10, 300, 1, 300) == (292, 302)  # truncated text: no [Etts], no [Ptts]
+    assert final_flush_bounds(30, 10, 300, 1, 300) == (302, 302)  # nothing left: empty

@@ -1,4 +1,5 @@
 """Vision path: pure slicing/layout functions first, then the tiny-model golden replay."""
+
 from __future__ import annotations
 
 import os
@@ -14,39 +15,55 @@ from omni.config import OmniConfig, PreprocessorConfig, VisionConfig
 from omni.golden.harness import GoldenDir, Report, format_row
 from omni.model.resampler import Resampler, sincos_2d
 from omni.model.vision import SiglipVisionTransformer, encode_slices, pad_strips, position_ids
-from omni.processing.image import (ImageProcessor, ensure_divide, find_best_resize, from_strip,
-                                   get_refine_size, get_sliced_grid, image_placeholder,
-                                   slice_image, to_strip)
+from omni.processing.image import (
+    ImageProcessor,
+    ensure_divide,
+    find_best_resize,
+    from_strip,
+    get_refine_size,
+    get_sliced_grid,
+    image_placeholder,
+    slice_image,
+    to_strip,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("OMNI_GOLDEN_DIR", REPO / "tests/assets/golden/tiny-a"))
 
 
-@pytest.mark.parametrize("length,patch,want", [(0, 14, 14), (6, 14, 14), (21, 14, 28), (22, 14, 28),
-                                               (448, 14, 448), (150, 3, 150), (100, 3, 99)])
+@pytest.mark.parametrize(
+    "length,patch,want",
+    [(0, 14, 14), (6, 14, 14), (21, 14, 28), (22, 14, 28), (448, 14, 448), (150, 3, 150), (100, 3, 99)],
+)
 def test_ensure_divide(length, patch, want):
     assert ensure_divide(length, patch) == want
 
 
-@pytest.mark.parametrize("size,upscale,want", [
-    ((1344, 1344), False, (448, 448)),   # larger than S²: scaled down to S² area
-    ((300, 200), False, (294, 196)),     # small, no upscale: only rounded to patch multiples
-    ((300, 200), True, (546, 364)),      # h = int(448/√1.5) = 365, w = int(365·1.5) = 547
-])
+@pytest.mark.parametrize(
+    "size,upscale,want",
+    [
+        ((1344, 1344), False, (448, 448)),  # larger than S²: scaled down to S² area
+        ((300, 200), False, (294, 196)),  # small, no upscale: only rounded to patch multiples
+        ((300, 200), True, (546, 364)),  # h = int(448/√1.5) = 365, w = int(365·1.5) = 547
+    ],
+)
 def test_find_best_resize(size, upscale, want):
     assert find_best_resize(size, 448, 14, allow_upscale=upscale) == want
 
 
-@pytest.mark.parametrize("size,max_slices,want", [
-    ((1344, 1344), 9, (3, 3)),
-    ((448, 448), 9, None),       # area ≤ S²: not sliced
-    ((300, 200), 9, None),
-    ((1344, 1344), 1, None),     # max_slice_nums=1 never slices
-    ((600, 600), 9, (1, 2)),     # multiple 2: [1,2] and [2,1] tie, the first (fewer cols) wins
-    ((2000, 300), 9, (4, 1)),    # multiple 3, candidates 2..4: widest grid is closest in log ratio
-    ((300, 2000), 9, (1, 4)),
-    ((1344, 896), 9, (3, 2)),    # multiple 6, exact ratio 1.5
-])
+@pytest.mark.parametrize(
+    "size,max_slices,want",
+    [
+        ((1344, 1344), 9, (3, 3)),
+        ((448, 448), 9, None),  # area ≤ S²: not sliced
+        ((300, 200), 9, None),
+        ((1344, 1344), 1, None),  # max_slice_nums=1 never slices
+        ((600, 600), 9, (1, 2)),  # multiple 2: [1,2] and [2,1] tie, the first (fewer cols) wins
+        ((2000, 300), 9, (4, 1)),  # multiple 3, candidates 2..4: widest grid is closest in log ratio
+        ((300, 2000), 9, (1, 4)),
+        ((1344, 896), 9, (3, 2)),  # multiple 6, exact ratio 1.5
+    ],
+)
 def test_get_sliced_grid(size, max_slices, want):
     assert get_sliced_grid(size, max_slices, 448) == want
 
@@ -57,8 +74,7 @@ def test_get_refine_size():
 
 
 def test_1344_square_gives_640_tokens():
-    cfg = PreprocessorConfig(max_slice_nums=9, scale_resolution=448, patch_size=14,
-                             image_feature_size=64)
+    cfg = PreprocessorConfig(max_slice_nums=9, scale_resolution=448, patch_size=14, image_feature_size=64)
     text = ImageProcessor(cfg).placeholder((1344, 1344), use_image_id=False)
     assert text.count("<unk>") == 640
     assert text.count("<slice>") == 9 and text.count("\n") == 2
@@ -74,7 +90,7 @@ def test_slice_image_crops_row_major():
     src = np.asarray(image.resize((168, 168), resample=Image.Resampling.BICUBIC))
     for k, crop in enumerate(pieces[1:]):
         r, c = divmod(k, 3)
-        np.testing.assert_array_equal(np.asarray(crop), src[r * 56:(r + 1) * 56, c * 56:(c + 1) * 56])
+        np.testing.assert_array_equal(np.asarray(crop), src[r * 56 : (r + 1) * 56, c * 56 : (c + 1) * 56])
 
 
 def test_unsliced_image_is_upscaled():
@@ -87,8 +103,7 @@ def test_placeholder_strings():
     cell = "<slice>" + "<unk>" * 2 + "</slice>"
     assert image_placeholder(2, None, None) == one
     assert image_placeholder(2, None, 3) == "<image_id>3</image_id>" + one
-    assert image_placeholder(2, (3, 2), 0) == ("<image_id>0</image_id>" + one + cell * 3 + "\n" +
-                                               cell * 3)
+    assert image_placeholder(2, (3, 2), 0) == ("<image_id>0</image_id>" + one + cell * 3 + "\n" + cell * 3)
     assert image_placeholder(2, (1, 2), None) == one + cell + "\n" + cell
 
 
@@ -99,14 +114,13 @@ def test_strip_layout_round_trip():
     assert strip.shape == (3, P, P * hp * wp)
     for n in range(hp * wp):
         r, q = divmod(n, wp)
-        assert torch.equal(strip[:, :, n * P:(n + 1) * P], image[:, r * P:(r + 1) * P, q * P:(q + 1) * P])
+        assert torch.equal(strip[:, :, n * P : (n + 1) * P], image[:, r * P : (r + 1) * P, q * P : (q + 1) * P])
     assert torch.equal(from_strip(strip, (hp, wp)), image)
 
 
 def test_processor_tgt_sizes_match_strips():
     cfg = PreprocessorConfig(scale_resolution=56, image_feature_size=4)
-    strips, tgt, texts = ImageProcessor(cfg).process([Image.new("RGB", (150, 100))],
-                                                     use_image_id=False)
+    strips, tgt, texts = ImageProcessor(cfg).process([Image.new("RGB", (150, 100))], use_image_id=False)
     assert len(strips) == 7 and tgt.shape == (7, 2) and tgt.dtype == torch.long
     for s, (h, w) in zip(strips, tgt.tolist()):
         assert s.shape == (3, 14, 14 * h * w)
@@ -118,7 +132,7 @@ def test_processor_tgt_sizes_match_strips():
 def test_position_id_bucketing():
     ids = position_ids(torch.tensor([[2, 2], [10, 10], [1, 3]]), 10, 100)
     assert ids[0, :4].tolist() == [0, 5, 50, 55] and ids[0, 4:].eq(0).all()
-    assert torch.equal(ids[1], torch.arange(100))                 # full grid: identity
+    assert torch.equal(ids[1], torch.arange(100))  # full grid: identity
     assert ids[2, :3].tolist() == [0, 3, 6] and ids[2, 3:].eq(0).all()  # 1/3 → bucket 3, 2/3 → 6
 
 
@@ -135,20 +149,20 @@ def test_resampler_pos_embed_layout():
     omega = 1.0 / 10000 ** (np.arange(D // 4) / (D / 4))
     for r in range(2):
         for c in range(3):
-            want = np.concatenate([np.sin(c * omega), np.cos(c * omega),
-                                   np.sin(r * omega), np.cos(r * omega)])
+            want = np.concatenate([np.sin(c * omega), np.cos(c * omega), np.sin(r * omega), np.cos(r * omega)])
             np.testing.assert_allclose(pe[r, c], want, rtol=1e-6, atol=1e-6)
     rs = Resampler(num_queries=2, embed_dim=D, num_heads=1, kv_dim=4, max_size=(2, 2))
     assert "pos_embed" not in rs.state_dict()
-    rs(torch.zeros(1, 12, 4), torch.tensor([[3, 4]]))             # grows the cache
+    rs(torch.zeros(1, 12, 4), torch.tensor([[3, 4]]))  # grows the cache
     assert tuple(rs.pos_embed.shape) == (3, 4, D)
     np.testing.assert_allclose(rs.pos_embed.numpy(), sincos_2d(D, 3, 4))
 
 
 def test_encode_slices_chunking_matches_one_batch():
     torch.manual_seed(0)
-    cfg = VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                       num_attention_heads=2, image_size=28, patch_size=14)
+    cfg = VisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
     vpm = SiglipVisionTransformer(cfg).eval()
     sizes = torch.tensor([[1, 2], [2, 2], [1, 1]])
     strips = [torch.randn(3, 14, 14 * h * w) for h, w in sizes.tolist()]
@@ -163,11 +177,11 @@ def _load_models(g: GoldenDir):
     cfg = OmniConfig.from_file(g.path / "config.json")
     sd = load_file(str(g.checkpoint_dir() / "model.safetensors"))
     vpm = SiglipVisionTransformer(cfg.vision, cfg.drop_vision_last_layer)
-    vpm.load_state_dict({k[len("vpm."):]: v.float() for k, v in sd.items() if k.startswith("vpm.")},
-                        strict=True)
+    vpm.load_state_dict({k[len("vpm.") :]: v.float() for k, v in sd.items() if k.startswith("vpm.")}, strict=True)
     resampler = Resampler(cfg.query_num, cfg.hidden_size, cfg.resampler_heads, cfg.vision.hidden_size)
-    resampler.load_state_dict({k[len("resampler."):]: v.float() for k, v in sd.items()
-                               if k.startswith("resampler.")}, strict=True)
+    resampler.load_state_dict(
+        {k[len("resampler.") :]: v.float() for k, v in sd.items() if k.startswith("resampler.")}, strict=True
+    )
     return vpm.float().eval(), resampler.float().eval()
 
 
@@ -175,6 +189,7 @@ def test_golden_vision():
     if not (GOLDEN / "cases.json").is_file():
         pytest.fail(f"no golden folder at {GOLDEN} (set OMNI_GOLDEN_DIR)")
     from omni.golden.vision import check
+
     g = GoldenDir(GOLDEN)
     vpm, resampler = _load_models(g)
     processor = ImageProcessor(PreprocessorConfig.from_file(g.path / "preprocessor_config.json"))

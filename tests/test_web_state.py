@@ -1,5 +1,6 @@
 """The page's call state machine (web_client/state.js): its scripted-timeline tests in
 web_client/state.test.mjs, run with node's own test runner (no packages needed)."""
+
 from __future__ import annotations
 
 import os

@@ -16,6 +16,7 @@ the last call, merged, waiting if there is none yet, or (None, end reason) once 
 A batch that raises is re-run op by op from the caches' lengths before it (isolate.py), so one
 bad session's error reaches only that session.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -44,17 +45,24 @@ __all__ = ["COMMANDS", "BatchEngine", "EngineFull", "EngineStats", "SlotCaches",
 
 log = logging.getLogger("omni.batch")
 # open/close: use the methods; probe: one real LLM step on a scratch cache (readiness), any session id
-COMMANDS = ("open", "close", "system", "prefill", "unit", "rollback", "forget", "generate", "reply_step",
-            "probe")
+COMMANDS = ("open", "close", "system", "prefill", "unit", "rollback", "forget", "generate", "reply_step", "probe")
 
 
-HOLD_POLL_S = 0.005     # an engine holding background work for a reply step on its way looks again this soon
+HOLD_POLL_S = 0.005  # an engine holding background work for a reply step on its way looks again this soon
 
 
 class BatchEngine:
-    def __init__(self, omni: Omni, slots: int, slot_tokens: int = 8192, max_batch: int = 32,
-                 reply_reserve_tokens: int = 0, clock_s: Callable[[], float] = time.monotonic,
-                 cuda_graphs: bool = True, background_slots: int = 0):
+    def __init__(
+        self,
+        omni: Omni,
+        slots: int,
+        slot_tokens: int = 8192,
+        max_batch: int = 32,
+        reply_reserve_tokens: int = 0,
+        clock_s: Callable[[], float] = time.monotonic,
+        cuda_graphs: bool = True,
+        background_slots: int = 0,
+    ):
         """`slots`: sessions the engine holds; `slot_tokens`: LLM positions per session (its
         context, sliding window included); `max_batch`: the most ops in one forward (1 = every
         op alone, batching off); `reply_reserve_tokens`: kept free for a reply when prefilling;
@@ -68,24 +76,38 @@ class BatchEngine:
         self.reply_reserve_tokens, self.clock_s = reply_reserve_tokens, clock_s
         dev = omni.device
         total = slots + background_slots
-        self.llm_pool = KVPool(c.num_hidden_layers, total, c.num_key_value_heads,
-                               c.hidden_size // c.num_attention_heads, slot_tokens, omni.dtype, dev)
-        self.tts_pool = KVPool(t.num_hidden_layers, total, t.num_attention_heads, t.hidden_size // t.num_attention_heads,
-                               tts_slot_tokens(omni.net.tts), omni.net.tts.emb_text.weight.dtype, dev)
+        self.llm_pool = KVPool(
+            c.num_hidden_layers,
+            total,
+            c.num_key_value_heads,
+            c.hidden_size // c.num_attention_heads,
+            slot_tokens,
+            omni.dtype,
+            dev,
+        )
+        self.tts_pool = KVPool(
+            t.num_hidden_layers,
+            total,
+            t.num_attention_heads,
+            t.hidden_size // t.num_attention_heads,
+            tts_slot_tokens(omni.net.tts),
+            omni.net.tts.emb_text.weight.dtype,
+            dev,
+        )
         self.executor = Executor.of(omni, cuda_graphs)
         self._free = list(range(total))
-        self._slot_of: dict[int, int] = {}      # sid -> slot, for open/close on any thread
-        self._background: set[int] = set()      # sids of background sessions
+        self._slot_of: dict[int, int] = {}  # sid -> slot, for open/close on any thread
+        self._background: set[int] = set()  # sids of background sessions
         self._ids = itertools.count(1)
         self._inbox: deque[Command] = deque()
         self._cv = threading.Condition()
         self._sessions: dict[int, Live] = {}
         self._order = itertools.count()
-        self._arrival: dict[int, int] = {}      # sid -> order of its pending op
+        self._arrival: dict[int, int] = {}  # sid -> order of its pending op
         self._stopped = False
         self.stats = EngineStats()
-        self.last_batch_s: float | None = None   # clock time the last batch finished (readiness)
-        self.held = False                        # the last tick held background ops back and ran nothing
+        self.last_batch_s: float | None = None  # clock time the last batch finished (readiness)
+        self.held = False  # the last tick held background ops back and ran nothing
 
     # ---- any thread ---------------------------------------------------------------------------
     @property
@@ -94,11 +116,10 @@ class BatchEngine:
         with self._cv:
             return self._free_foreground()
 
-    def _free_foreground(self) -> int:   # holding self._cv
+    def _free_foreground(self) -> int:  # holding self._cv
         return min(len(self._free), self.slots - (len(self._slot_of) - len(self._background)))
 
-    def open(self, max_cache_tokens: int | None = None, background: bool = False,
-             done: Done | None = None) -> int:
+    def open(self, max_cache_tokens: int | None = None, background: bool = False, done: Done | None = None) -> int:
         """Take a slot for a new session (raises `EngineFull`); returns its id. A `background`
         session's ops run only when no other op is due soon (schedule.pick)."""
         with self._cv:
@@ -108,19 +129,18 @@ class BatchEngine:
                 raise EngineFull(f"all {self.background_slots} background slots of the engine are in use")
             if not background and not self._free_foreground():
                 raise EngineFull(f"all {self.slots} session slots of the engine are in use")
-            slot = self._free.pop(0)             # lowest first: active slots stay compact
+            slot = self._free.pop(0)  # lowest first: active slots stay compact
             sid = next(self._ids)
             self._slot_of[sid] = slot
             if background:
                 self._background.add(sid)
-            self._enqueue(Command(sid, "open", (slot, max_cache_tokens, background), self.clock_s(),
-                                  done or ignore))
+            self._enqueue(Command(sid, "open", (slot, max_cache_tokens, background), self.clock_s(), done or ignore))
         return sid
 
     def close(self, sid: int, done: Done | None = None) -> None:
         """End a session. Its slot is free for `open` at once: commands apply in order, so the
         session is gone before a new one can touch the slot."""
-        with self._cv:   # one lock for both: no open can queue between the freed slot and the close
+        with self._cv:  # one lock for both: no open can queue between the freed slot and the close
             slot = self._slot_of.pop(sid, None)
             self._background.discard(sid)
             if slot is not None:
@@ -137,7 +157,7 @@ class BatchEngine:
                 raise RuntimeError("the batch engine is stopped")
             self._enqueue(cmd)
 
-    def _enqueue(self, cmd: Command) -> None:   # holding self._cv
+    def _enqueue(self, cmd: Command) -> None:  # holding self._cv
         self._inbox.append(cmd)
         self._cv.notify()
 
@@ -158,7 +178,7 @@ class BatchEngine:
                 self.tick()
             except Exception:  # noqa: BLE001 - a bug here must not stop every session
                 log.exception("batch engine tick failed")
-            if self.held:                      # only held background work: wait a little for a command
+            if self.held:  # only held background work: wait a little for a command
                 with self._cv:
                     if not self._inbox and not self._stopped:
                         self._cv.wait(HOLD_POLL_S)
@@ -185,10 +205,16 @@ class BatchEngine:
         for live in list(self._sessions.values()):
             self._start_next(live)
         waiting = [(live, op) for live in self._sessions.values() if (op := live.pending) is not None]
-        hold_s = min((live.hold_s for live in self._sessions.values() if live.replying and not live.background),
-                     default=float("inf"))
-        chosen = pick([Pending(live.deadline_s, self._arrival[live.sid], op.kind, live.background)
-                       for live, op in waiting], self.max_batch, self.clock_s(), hold_s)
+        hold_s = min(
+            (live.hold_s for live in self._sessions.values() if live.replying and not live.background),
+            default=float("inf"),
+        )
+        chosen = pick(
+            [Pending(live.deadline_s, self._arrival[live.sid], op.kind, live.background) for live, op in waiting],
+            self.max_batch,
+            self.clock_s(),
+            hold_s,
+        )
         if chosen:
             self._execute([waiting[i] for i in chosen])
         self.held = bool(waiting) and not chosen
@@ -221,7 +247,7 @@ class BatchEngine:
             return answer(cmd, self._probe(), None)
         if cmd.op == "open":
             slot, max_cache_tokens, background = cmd.args
-            self.llm_pool.reset_slot(slot)          # never uninitialised memory under a mask
+            self.llm_pool.reset_slot(slot)  # never uninitialised memory under a mask
             self.tts_pool.reset_slot(slot)
             caches = SlotCaches(self.omni.net.tts, self.llm_pool, self.tts_pool, slot)
             session = Session(self.omni, None, max_cache_tokens, caches, self.reply_reserve_tokens)
@@ -273,8 +299,9 @@ class BatchEngine:
                 answer(cmd, None, error)
             self._inbox.clear()
         for live in list(self._sessions.values()):
-            for cmd in ([live.current] if live.current else []) + list(live.commands) + \
-                       ([live.waiter] if live.waiter else []):
+            for cmd in (
+                ([live.current] if live.current else []) + list(live.commands) + ([live.waiter] if live.waiter else [])
+            ):
                 answer(cmd, None, error)
 
     # ---- programs -----------------------------------------------------------------------------
@@ -311,12 +338,12 @@ class BatchEngine:
         """Answer a waiting reply_step: the merged outputs so far, or the end of the reply."""
         w = live.waiter
         if w is None or live.commands or live.current is not None:
-            return                        # a reply_step answers after the commands sent before it
+            return  # a reply_step answers after the commands sent before it
         if live.outputs:
             text = "".join(t for t, _ in live.outputs)
             wav = np.concatenate([a for _, a in live.outputs]) if len(live.outputs) > 1 else live.outputs[0][1]
             live.outputs, live.waiter = [], None
-            live.reply_deadline_s = float("inf")   # nobody waits: runs ahead only when it costs nothing
+            live.reply_deadline_s = float("inf")  # nobody waits: runs ahead only when it costs nothing
             # ...but the next reply_step is on its way, about as urgent: background work must not
             # slip into the gap (before first audio that deadline is already due)
             live.hold_s = w.deadline_s

@@ -5,6 +5,7 @@ the lengths it had before (a forward that raised half-way advanced some layers) 
 again one by one, so each op gets its own result or its own error. Does not own: which ops form
 a batch (schedule.py), handing results to programs (the engine).
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,7 @@ def run_isolated(executor: Executor, ops: list[Op]) -> tuple[list, list[BaseExce
     try:
         return executor.run(ops), [None] * len(ops)
     except Exception as e:  # noqa: BLE001 - isolate the op that raises
-        for m in marks:        # a forward that raised half-way advanced some layers: undo
+        for m in marks:  # a forward that raised half-way advanced some layers: undo
             _restore(m)
         if len(ops) == 1:
             return [None], [e]
@@ -58,6 +59,6 @@ def _restore(mark) -> None:
     if mark is not None:
         cache, lens, layers = mark
         cache._len = list(lens)
-        if layers is not None and cache.num_layers != layers:   # layers learnt by the failed forward
+        if layers is not None and cache.num_layers != layers:  # layers learnt by the failed forward
             cache.num_layers = layers
             cache._k, cache._v = cache._k[:layers], cache._v[:layers]

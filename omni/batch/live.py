@@ -6,6 +6,7 @@ outputs nobody took yet and the reply_step waiting for them) and the transitions
 session alone: `Live.begin` sets a command up, `Live.stop_reply` closes the reply. Does not own:
 the order commands and ops run in, batches, other threads (the engine).
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,19 +33,20 @@ class Command:
 @dataclass(eq=False)
 class Live:
     """One session on the engine, owned by the engine thread."""
+
     sid: int
     slot: int
     session: Session
-    background: bool = False               # its ops yield to every other session's (transcripts)
+    background: bool = False  # its ops yield to every other session's (transcripts)
     commands: deque[Command] = field(default_factory=deque)
-    current: Command | None = None         # the command whose program runs
-    program: Program | None = None         # its program, or the reply program, or None
-    replying: bool = False                 # `program` is the reply program
-    pending: Op | None = None              # the op `program` waits on
-    outputs: list = field(default_factory=list)      # (text, wav) of the reply not yet handed out
-    waiter: Command | None = None          # a reply_step waiting for output
+    current: Command | None = None  # the command whose program runs
+    program: Program | None = None  # its program, or the reply program, or None
+    replying: bool = False  # `program` is the reply program
+    pending: Op | None = None  # the op `program` waits on
+    outputs: list = field(default_factory=list)  # (text, wav) of the reply not yet handed out
+    waiter: Command | None = None  # a reply_step waiting for output
     reply_deadline_s: float = float("inf")
-    hold_s: float = float("inf")           # while replying: the last reply_step's deadline (background yields)
+    hold_s: float = float("inf")  # while replying: the last reply_step's deadline (background yields)
     reply_error: BaseException | None = None
 
     @property
@@ -68,7 +70,7 @@ class Live:
             return False
         if cmd.op == "system":
             seed, mode, ref, text = cmd.args
-            s.seed = seed                     # a seed takes effect from the context start
+            s.seed = seed  # a seed takes effect from the context start
             program = s.system_program(mode, ref, text)
         elif cmd.op == "prefill":
             program = s.prefill_program(*cmd.args)
@@ -95,5 +97,5 @@ def answer(cmd: Command, result, error) -> None:
 
 
 def ignore(result, error) -> None:
-    if error is not None:   # nobody waits (open/close without a callback): e.g. the engine stopped first
+    if error is not None:  # nobody waits (open/close without a callback): e.g. the engine stopped first
         log.debug("batch engine command failed: %s", error)

@@ -11,23 +11,25 @@ they run only when no foreground op is due within `BACKGROUND_SLACK_S`, and neve
 a foreground batch, so they cannot delay a reply's first audio. Under a load that always has a
 foreground op due, they wait.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
 
 
-BACKGROUND_SLACK_S = 0.25    # a background batch (one transcript window) costs less than this
+BACKGROUND_SLACK_S = 0.25  # a background batch (one transcript window) costs less than this
 
 
 class Pending(NamedTuple):
     deadline_s: float
-    order: int          # arrival order: ties go first-come first-served
+    order: int  # arrival order: ties go first-come first-served
     kind: str
     background: bool = False
 
 
-def pick(pending: list[Pending], max_batch: int, now_s: float = float("inf"),
-         hold_s: float = float("inf")) -> list[int]:
+def pick(
+    pending: list[Pending], max_batch: int, now_s: float = float("inf"), hold_s: float = float("inf")
+) -> list[int]:
     """Indices into `pending` of the next batch (most urgent first); empty if nothing pends.
     `now_s`: the clock, for background ops (the default, infinity, keeps them last); `hold_s`:
     a foreground deadline with no op pending yet (a reply step on its way), which they yield to too."""
@@ -38,7 +40,7 @@ def pick(pending: list[Pending], max_batch: int, now_s: float = float("inf"),
     bg = [i for i, p in enumerate(pending) if p.background]
     fg_due = min([pending[i].deadline_s for i in fg] + [hold_s]) < now_s + BACKGROUND_SLACK_S
     if not fg and fg_due:
-        return []                 # background waits for the foreground step on its way
+        return []  # background waits for the foreground step on its way
     pool = fg if fg_due or not bg else bg
     ranked = sorted(pool, key=lambda i: (pending[i].deadline_s, pending[i].order))
     kind = pending[ranked[0]].kind

@@ -5,6 +5,7 @@ TTS slots hold and cost, so a caller can size the engine to its memory) and `Slo
 session's view of its slot: a fresh LLM cache and TTS state on request). Does not own: which
 session holds which slot (the engine), the pools' layout (omni.model.pool).
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,10 +31,16 @@ def tts_slot_tokens(tts: ConditionalChatTTS) -> int:
 def slot_bytes(omni: Omni, slot_tokens: int) -> int:
     """Memory of one session's slots (LLM + TTS pools)."""
     c, t = omni.config, omni.net.tts.cfg
-    llm = KVPool.slot_bytes(c.num_hidden_layers, c.num_key_value_heads, c.hidden_size // c.num_attention_heads,
-                            slot_tokens, omni.dtype)
-    tts = KVPool.slot_bytes(t.num_hidden_layers, t.num_attention_heads, t.hidden_size // t.num_attention_heads,
-                            tts_slot_tokens(omni.net.tts), torch.float32)
+    llm = KVPool.slot_bytes(
+        c.num_hidden_layers, c.num_key_value_heads, c.hidden_size // c.num_attention_heads, slot_tokens, omni.dtype
+    )
+    tts = KVPool.slot_bytes(
+        t.num_hidden_layers,
+        t.num_attention_heads,
+        t.hidden_size // t.num_attention_heads,
+        tts_slot_tokens(omni.net.tts),
+        torch.float32,
+    )
     return llm + tts
 
 

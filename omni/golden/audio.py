@@ -6,14 +6,22 @@ Owns: the mapping from `audio.safetensors` / `cases.json → audio` entries to o
 Encoder stages are fed the reference's own mel so a failure points at one stage; one extra row
 runs the whole path from the waveform.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 from omni.golden.harness import GoldenDir, Report
-from omni.model.audio import (AudioEncoderCache, MultiModalProjector, WhisperEncoder, audio_embeddings,
-                              audio_embeddings_streaming, avg_pool_time, offline_hidden)
+from omni.model.audio import (
+    AudioEncoderCache,
+    MultiModalProjector,
+    WhisperEncoder,
+    audio_embeddings,
+    audio_embeddings_streaming,
+    avg_pool_time,
+    offline_hidden,
+)
 from omni.processing.audio import SAMPLE_RATE_HZ, attention_chunk_frames, audio_placeholder, log_mel
 
 CHUNK_LENGTH_S = 1.0  # the `chunked.*` reference call (chat/generate default); `full.*` used -1
@@ -36,8 +44,7 @@ def _check_offline(apm, projector, pool_step: int, want: dict, report: Report) -
         report.compare(f"{name}.pooled", avg_pool_time(projected, pool_step).transpose(1, 2), want[f"{name}.pooled"])
         embeds = audio_embeddings(apm, projector, mel, lens, chunk_frames, pool_step)
         report.compare(f"{name}.embeds", embeds[0], want[f"{name}.embeds"])
-    report.compare("full.encoder_last_hidden_state_unmasked", apm(mel),
-                   want["full.encoder_last_hidden_state_unmasked"])
+    report.compare("full.encoder_last_hidden_state_unmasked", apm(mel), want["full.encoder_last_hidden_state_unmasked"])
 
 
 def _check_end_to_end(speech: np.ndarray, apm, projector, pool_step: int, want: dict, report: Report) -> None:
@@ -50,17 +57,19 @@ def _check_end_to_end(speech: np.ndarray, apm, projector, pool_step: int, want: 
 
 def _check_placeholders(speech: np.ndarray, cases: dict, report: Report) -> None:
     report.equal("placeholder_chunked", audio_placeholder(len(speech), chunk_input=True), cases["placeholder_chunked"])
-    report.equal("placeholder_unchunked", audio_placeholder(len(speech), chunk_input=False),
-                 cases["placeholder_unchunked"])
+    report.equal(
+        "placeholder_unchunked", audio_placeholder(len(speech), chunk_input=False), cases["placeholder_unchunked"]
+    )
 
 
-def _check_streaming(speech: np.ndarray, apm, projector, pool_step: int, want: dict, cases: dict,
-                     report: Report) -> None:
+def _check_streaming(
+    speech: np.ndarray, apm, projector, pool_step: int, want: dict, cases: dict, report: Report
+) -> None:
     piece = STREAM_PIECE_S * SAMPLE_RATE_HZ
-    pieces = [speech[i:i + piece] for i in range(0, len(speech), piece)]
+    pieces = [speech[i : i + piece] for i in range(0, len(speech), piece)]
     report.equal("stream_num_chunks", len(pieces), cases["stream_num_chunks"])
     cache = AudioEncoderCache()
-    for k, samples in enumerate(pieces[:cases["stream_num_chunks"]]):
+    for k, samples in enumerate(pieces[: cases["stream_num_chunks"]]):
         report.compare(f"stream.{k}.mel", torch.from_numpy(log_mel(samples))[None], want[f"stream.{k}.mel"])
         report.equal(f"stream.{k}.placeholder", audio_placeholder(len(samples)), cases[f"stream.{k}.placeholder"])
         embeds = audio_embeddings_streaming(apm, projector, want[f"stream.{k}.mel"], cache, pool_step)
@@ -68,8 +77,7 @@ def _check_streaming(speech: np.ndarray, apm, projector, pool_step: int, want: d
         report.equal(f"stream.{k}.cache_len", cache.length, cases[f"stream.{k}.cache_len"])
 
 
-def check(g: GoldenDir, apm: WhisperEncoder, projector: MultiModalProjector, pool_step: int,
-          report: Report) -> None:
+def check(g: GoldenDir, apm: WhisperEncoder, projector: MultiModalProjector, pool_step: int, report: Report) -> None:
     """Replay `audio` of golden folder `g` with float32 modules; rows go to `report`."""
     report.case_name = "audio"
     want, cases = g.case("audio"), g.cases["audio"]

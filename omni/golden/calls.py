@@ -5,6 +5,7 @@ A golden folder records calls such as
 We parse them with `ast` and resolve names against the folder's inputs (image*.png, frame*.png,
 *_16k arrays), so another folder with other prompts, images and lengths replays unchanged.
 """
+
 from __future__ import annotations
 
 import ast
@@ -19,7 +20,7 @@ from ..processing.prompt import sys_prompt
 
 @dataclass
 class Call:
-    func: str                    # "chat", "streaming_generate", ...
+    func: str  # "chat", "streaming_generate", ...
     kwargs: dict[str, Any]
 
 
@@ -31,6 +32,7 @@ def resolver(folder: Path, inputs: dict) -> Callable[[str], Any]:
         if png.is_file():
             return Image.open(png).convert("RGB")
         raise KeyError(f"call names {name!r}, which is neither an input array nor {png.name}")
+
     return resolve
 
 
@@ -95,8 +97,12 @@ def _value(node, env, resolve):
 def sampling_from(kwargs: dict):
     """SamplingParams for the recorded `sampling=/do_sample=/repetition_penalty=` arguments."""
     from ..sampling import SamplingParams
+
     do_sample = bool(kwargs.get("sampling", True)) and bool(kwargs.get("do_sample", True))
-    return SamplingParams(do_sample=do_sample,
-                          temperature=kwargs.get("temperature", 0.7),
-                          top_p=kwargs.get("top_p", 0.8), top_k=kwargs.get("top_k", 100),
-                          repetition_penalty=kwargs.get("repetition_penalty", 1.05))
+    return SamplingParams(
+        do_sample=do_sample,
+        temperature=kwargs.get("temperature", 0.7),
+        top_p=kwargs.get("top_p", 0.8),
+        top_k=kwargs.get("top_k", 100),
+        repetition_penalty=kwargs.get("repetition_penalty", 1.05),
+    )

@@ -5,6 +5,7 @@ xz-compressed files transparently decompressed into a cache) and `Report` (one r
 quantity, max abs error, tolerance, PASS/FAIL). Does not own: any model code or any knowledge of a
 particular folder's values; every size is read from the files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,6 +33,7 @@ def _cache_root() -> Path:
 @dataclass
 class GoldenDir:
     """One golden folder laid out like a checkpoint plus case files (golden README §1)."""
+
     path: Path
     _tensors: dict = field(default_factory=dict)
 
@@ -81,7 +83,11 @@ class GoldenDir:
             else:
                 dst = out / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                if not dst.exists() or dst.stat().st_size != src.stat().st_size or dst.stat().st_mtime < src.stat().st_mtime:
+                if (
+                    not dst.exists()
+                    or dst.stat().st_size != src.stat().st_size
+                    or dst.stat().st_mtime < src.stat().st_mtime
+                ):
                     dst.write_bytes(src.read_bytes())
         return out
 
@@ -121,8 +127,16 @@ class Report:
         """Float comparison: |got - want| <= atol + rtol * |want| elementwise."""
         got_t, want_t = _as_tensor(got).double(), _as_tensor(want).double()
         if tuple(got_t.shape) != tuple(want_t.shape):
-            self._add(Row(self.case_name, name, float("inf"), atol, False,
-                          f"shape {tuple(got_t.shape)} != {tuple(want_t.shape)}"))
+            self._add(
+                Row(
+                    self.case_name,
+                    name,
+                    float("inf"),
+                    atol,
+                    False,
+                    f"shape {tuple(got_t.shape)} != {tuple(want_t.shape)}",
+                )
+            )
             return False
         err = (got_t - want_t).abs()
         max_err = float(err.max()) if err.numel() else 0.0
@@ -139,10 +153,18 @@ class Report:
             return ok
         got_t, want_t = _as_tensor(got).long(), _as_tensor(want).long()
         if tuple(got_t.shape) != tuple(want_t.shape):
-            self._add(Row(self.case_name, name, float("inf"), 0.0, False,
-                          f"shape {tuple(got_t.shape)} != {tuple(want_t.shape)}"))
+            self._add(
+                Row(
+                    self.case_name,
+                    name,
+                    float("inf"),
+                    0.0,
+                    False,
+                    f"shape {tuple(got_t.shape)} != {tuple(want_t.shape)}",
+                )
+            )
             return False
-        diff = (got_t != want_t)
+        diff = got_t != want_t
         n = int(diff.sum())
         err = float((got_t - want_t).abs().max()) if got_t.numel() else 0.0
         detail = f"{n} of {got_t.numel()} differ" if n else ""

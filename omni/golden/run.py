@@ -4,6 +4,7 @@ Each case module compares our outputs with the stored reference tensors; this mo
 the model once, dispatches by case name and prints one line per comparison. A case listed in
 cases.json that we cannot replay is a FAIL, never silently skipped.
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,9 +20,11 @@ CASE_ORDER = ("vision", "audio", "chat", "tts_decode", "voice_clone", "streaming
 
 def _vision(g, m, r):
     from . import vision
+
     vision.check(g, m.net.vpm, m.net.resampler, m.image_processor, r)
     want = g.case("vision")
     from ..processing import prompt as P
+
     images = [Image.open(g.path / f"image{k}.png").convert("RGB") for k in range(len(g.cases["vision"]["image_sizes"]))]
     strips, tgt, ph = m.image_processor.process(images, use_image_id=True)
     text = P.expand_markers(g.cases["vision"]["prompt"], ph, [])
@@ -37,31 +40,42 @@ def _vision(g, m, r):
 
 def _audio(g, m, r):
     from . import audio
+
     audio.check(g, m.net.apm, m.net.audio_projection_layer, m.config.audio_pool_step, r)
 
 
 def _chat(g, m, r):
     from . import chat
+
     chat.check(g, m, r)
 
 
 def _tts_decode(g, m, r):
     from . import tts
+
     tts.check_decode(g, m.net.tts, m.vocos, m.tts_tokenizer, r)
 
 
 def _voice_clone(g, m, r):
     from . import voice_clone
+
     voice_clone.check(g, m, r)
 
 
 def _streaming(g, m, r):
     from . import streaming
+
     streaming.check(g, m, r)
 
 
-CHECKS = {"vision": _vision, "audio": _audio, "chat": _chat, "tts_decode": _tts_decode,
-          "voice_clone": _voice_clone, "streaming": _streaming}
+CHECKS = {
+    "vision": _vision,
+    "audio": _audio,
+    "chat": _chat,
+    "tts_decode": _tts_decode,
+    "voice_clone": _voice_clone,
+    "streaming": _streaming,
+}
 
 
 def listed_cases(g: GoldenDir) -> list[str]:
@@ -71,6 +85,7 @@ def listed_cases(g: GoldenDir) -> list[str]:
 
 def run(folder, cases: list[str] | None = None, echo=print) -> Report:
     from ..loader import load
+
     torch.set_num_threads(max(1, torch.get_num_threads()))
     g = GoldenDir(folder)
     t0 = time.perf_counter()

@@ -4,6 +4,7 @@ three TDM units, then streaming_generate; every stored tensor is compared.
 The user units are not recorded as call strings: the README fixes them as ["<unit>", frame{k},
 input.audio_chunk.{k}] for k = 0..prefill_calls-2, which is what we replay.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,7 +27,7 @@ def check(g: GoldenDir, m, report: Report) -> None:
     sys_msg = _system_message(g)
     records = [s.prefill(sys_msg)]
     for k in range(rec["prefill_calls"] - 1):
-        png = g.path / f"frame{k}.png"   # an audio-only unit has no frame file
+        png = g.path / f"frame{k}.png"  # an audio-only unit has no frame file
         frame = Image.open(png).convert("RGB") if png.is_file() else None
         records.append(s.append_unit(want[f"input.audio_chunk.{k}"].numpy(), frame))
     for i, r in enumerate(records):
@@ -35,12 +36,15 @@ def check(g: GoldenDir, m, report: Report) -> None:
     for li in range(len(m.net.llm.model.layers)):
         for part, got in zip(("key", "value"), s.state.llm_cache.layer(li)):
             name = f"llm_kv_after_prefill.layer{li}.{part}"
-            if name in want:   # tiny-a stores three of the four tensors
+            if name in want:  # tiny-a stores three of the four tensors
                 report.compare(name, got, want[name])
 
     (call,) = parse_calls(rec["generate_call"], _resolver(g))
-    opts = GenerateOptions(sampling=sampling_from(call.kwargs), max_new_tokens=call.kwargs["max_new_tokens"],
-                           generate_audio=call.kwargs.get("generate_audio", True))
+    opts = GenerateOptions(
+        sampling=sampling_from(call.kwargs),
+        max_new_tokens=call.kwargs["max_new_tokens"],
+        generate_audio=call.kwargs.get("generate_audio", True),
+    )
     trace: dict = {}
     yields = list(s.generate(opts, trace))
     report.equal("num_yields", len(yields), rec["num_yields"])
@@ -69,6 +73,7 @@ def _resolver(g: GoldenDir):
 
     def resolve(name: str):
         return None if name in ("session_id", "tokenizer") else base(name)
+
     return resolve
 
 
@@ -84,8 +89,12 @@ def _check_prefill(m, i: int, r, want: dict, rec: dict, report: Report) -> None:
     p = f"prefill.{i}."
     report.equal(p + "text", r.text, rec[p + "text"])
     report.equal(p + "input_ids", r.input_ids, want[p + "input_ids"])
-    report.equal(p + "image_bound", torch.tensor(r.image_bounds, dtype=torch.long).reshape(-1, 2), want[p + "image_bound"])
-    report.equal(p + "audio_bounds", torch.tensor(r.audio_bounds, dtype=torch.long).reshape(-1, 2), want[p + "audio_bounds"])
+    report.equal(
+        p + "image_bound", torch.tensor(r.image_bounds, dtype=torch.long).reshape(-1, 2), want[p + "image_bound"]
+    )
+    report.equal(
+        p + "audio_bounds", torch.tensor(r.audio_bounds, dtype=torch.long).reshape(-1, 2), want[p + "audio_bounds"]
+    )
     tgt = r.tgt_sizes if r.tgt_sizes is not None else torch.zeros(0, 2)
     report.equal(p + "tgt_sizes", tgt, want[p + "tgt_sizes"])
     if p + "audio_features" in want:

@@ -6,6 +6,7 @@ builds just the speech stack from a checkpoint folder. Does not own: the LLM hal
 (omni.golden.voice_clone), model math. The reference replaced torch.multinomial by arg-max, so
 every replay here uses `GreedySampler`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,11 +29,12 @@ DECODE_MAX_NEW = 30
 def load_speech(ckpt_dir: str | Path):
     """(ConditionalChatTTS fp32, Vocos fp32, ChatTTS tokenizer) from a checkpoint folder, loaded strictly."""
     from transformers import BertTokenizerFast  # pyright: ignore[reportAttributeAccessIssue] - a run-time alias in 5.x
+
     ckpt = Path(ckpt_dir)
     cfg = OmniConfig.from_file(ckpt / "config.json").tts
     tts = ConditionalChatTTS(cfg)
     with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
-        state = {k[len(TTS_PREFIX):]: f.get_tensor(k).float() for k in f.keys() if k.startswith(TTS_PREFIX)}
+        state = {k[len(TTS_PREFIX) :]: f.get_tensor(k).float() for k in f.keys() if k.startswith(TTS_PREFIX)}
     tts.load_state_dict(state, strict=True)
     vocos = Vocos()
     vstate = torch.load(str(ckpt / "assets" / "Vocos.pt"), map_location="cpu", weights_only=True)
@@ -54,8 +56,9 @@ def check_decode(g: GoldenDir, tts: ConditionalChatTTS, vocos: Vocos, tts_tokeni
     report.compare("mel", mel, want["mel"])
     report.compare("wav", vocos.decode(mel)[0], want["wav"], atol=ATOL_WAV)
 
-    prompt = T.prepare_tts_text(tts_tokenizer, _prompt_text(rec["tts_text"]), c.streaming_text_reserved_len,
-                                c.num_spk_embs)
+    prompt = T.prepare_tts_text(
+        tts_tokenizer, _prompt_text(rec["tts_text"]), c.streaming_text_reserved_len, c.num_spk_embs
+    )
     report.equal("tts_text", prompt.text, rec["tts_text"])
     report.equal("tts.input_ids", torch.tensor([prompt.input_ids]), want["tts.input_ids"])
     mask = T.text_mask(prompt.tokens_len, c.streaming_text_reserved_len, c.num_spk_embs)
@@ -70,14 +73,14 @@ def check_decode(g: GoldenDir, tts: ConditionalChatTTS, vocos: Vocos, tts_tokeni
     report.compare("tts.kv_after_prefill.layer0.k", k0[:, :, :n_prefill], want["tts.kv_after_prefill.layer0.k"])
 
     p = SpeechParams()
-    new_ids, finished = tts.generate(state, DECODE_MAX_NEW, p.temperatures, GreedySampler(),
-                                     min_new_frames=p.min_new_frames)
+    new_ids, finished = tts.generate(
+        state, DECODE_MAX_NEW, p.temperatures, GreedySampler(), min_new_frames=p.min_new_frames
+    )
     report.equal("tts.new_ids", new_ids, want["tts.new_ids"])
     report.equal("tts.finished", int(finished), int(rec["tts.finished"]))
 
 
-def check_voice_clone_tts(g: GoldenDir, tts: ConditionalChatTTS, vocos: Vocos, tts_tokenizer,
-                          report: Report) -> None:
+def check_voice_clone_tts(g: GoldenDir, tts: ConditionalChatTTS, vocos: Vocos, tts_tokenizer, report: Report) -> None:
     """Replays `_generate_mel_spec` from the recorded speaker state and the decoded answer.
 
     The TTS input is the answer *raw*: special tokens such as `</point>` stay in the text and the
@@ -85,9 +88,8 @@ def check_voice_clone_tts(g: GoldenDir, tts: ConditionalChatTTS, vocos: Vocos, t
     """
     report.case_name = "voice_clone"
     want, rec = g.case("voice_clone"), g.cases["voice_clone"]
-    _, trace = synthesize(tts, vocos, tts_tokenizer, want["prefill_text.0.spk"], rec["answer"],
-                          sampler=GreedySampler())
-    assert trace is not None   # synthesize traces by default
+    _, trace = synthesize(tts, vocos, tts_tokenizer, want["prefill_text.0.spk"], rec["answer"], sampler=GreedySampler())
+    assert trace is not None  # synthesize traces by default
     report.equal("tts_call_order", trace["call_order"], list(rec["tts_call_order"]))
     for name in sorted(want, key=_natural):
         if not name.startswith(("prefill_text.", "tts_generate.", "decode_codes.", "vocos.")) and name != "wav":

@@ -4,6 +4,7 @@ Owns: re-running the reference's image processor call on the folder's images and
 vision-tower + resampler batch, and recording every comparison in a Report. Does not own: the
 prompt side of the case (input_ids, image_bound, inputs_embeds), which needs the tokenizer and LLM.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,9 @@ def _load_images(g: GoldenDir, rec: dict) -> list[Image.Image]:
     return images
 
 
-def check(g: GoldenDir, vpm: SiglipVisionTransformer, resampler: Resampler,
-          image_processor: ImageProcessor, report: Report) -> None:
+def check(
+    g: GoldenDir, vpm: SiglipVisionTransformer, resampler: Resampler, image_processor: ImageProcessor, report: Report
+) -> None:
     """Replay: image_processor(images, max_slice_nums=None) with use_image_id=True, then the
     padded batch through vpm (in vision_batch_size chunks) and the resampler."""
     report.case_name = "vision"

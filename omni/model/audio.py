@@ -9,6 +9,7 @@ placeholders (omni.processing.audio), the scatter into LLM embeddings, when to r
 Attention is the eager math the reference ran (q scaled before the matmul, additive mask, softmax
 in the input dtype), not SDPA, so parity does not depend on kernel choice.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,7 +35,7 @@ class AudioEncoderCache(KVCache):
     """
 
     def __init__(self) -> None:
-        super().__init__(0)                    # layers are learnt from the first chunk
+        super().__init__(0)  # layers are learnt from the first chunk
 
     @property
     def length(self) -> int:
@@ -50,7 +51,7 @@ class WhisperAttention(nn.Module):
         super().__init__()
         assert dim % heads == 0, f"d_model {dim} not divisible by {heads} heads"
         self.heads, self.head_dim = heads, dim // heads
-        self.scaling = self.head_dim ** -0.5
+        self.scaling = self.head_dim**-0.5
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim, bias=False)  # Whisper: keys carry no bias
         self.v_proj = nn.Linear(dim, dim)
@@ -60,8 +61,9 @@ class WhisperAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, caches: list[AudioEncoderCache] | None,
-                layer: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, caches: list[AudioEncoderCache] | None, layer: int
+    ) -> torch.Tensor:
         """x [B, T, D], mask additive [B, 1, T, S] or None -> [B, T, D] (S = cached + T).
 
         caches: one per batch row (each row attends to its own cached frames), or None."""
@@ -77,8 +79,8 @@ class WhisperAttention(nn.Module):
             assert len(caches) == B and mask is None, f"{len(caches)} caches for batch {B}"
             rows = []
             for b, cache in enumerate(caches):
-                kb, vb = cache.update(layer, k[b:b + 1], v[b:b + 1])
-                rows.append((q[b:b + 1] @ kb.transpose(2, 3)).softmax(dim=-1) @ vb)
+                kb, vb = cache.update(layer, k[b : b + 1], v[b : b + 1])
+                rows.append((q[b : b + 1] @ kb.transpose(2, 3)).softmax(dim=-1) @ vb)
             out = torch.cat(rows, 0) if B > 1 else rows[0]
         return self.out_proj(out.transpose(1, 2).reshape(B, T, D))
 
@@ -118,13 +120,21 @@ class WhisperEncoder(nn.Module):
         (official streaming behaviour; the cache reset rule keeps it from happening)."""
         table = self.embed_positions.weight
         if offset + n > table.shape[0]:
-            log.warning("audio positions %d..%d exceed the %d-row table: repeating the last row",
-                        offset, offset + n, table.shape[0])
+            log.warning(
+                "audio positions %d..%d exceed the %d-row table: repeating the last row",
+                offset,
+                offset + n,
+                table.shape[0],
+            )
         idx = torch.arange(offset, offset + n, device=table.device).clamp(max=table.shape[0] - 1)
         return table[idx]
 
-    def forward(self, mel: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: AudioEncoderCache | list[AudioEncoderCache] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        mel: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: AudioEncoderCache | list[AudioEncoderCache] | None = None,
+    ) -> torch.Tensor:
         """mel [B, 80, T] -> last hidden state [B, ceil(T/2), D] (after layer_norm).
 
         attention_mask: [B, 1, T', T'] additive (0 / -inf) or bool (True = may attend), over the
@@ -171,10 +181,11 @@ def chunk_causal_mask(num_frames: int, frames_per_chunk: int | None, lengths: to
     A frame sees every frame of its own chunk and of all earlier chunks (frames_per_chunk None:
     every frame), and never a key at index >= lengths[b].
     """
-    B, = lengths.shape
+    (B,) = lengths.shape
     assert frames_per_chunk is None or (isinstance(frames_per_chunk, numbers.Integral) and frames_per_chunk > 0), (
         f"frames_per_chunk must be a positive int of post-conv frames (attention_chunk_frames(s)), "
-        f"got {frames_per_chunk!r}")
+        f"got {frames_per_chunk!r}"
+    )
     idx = torch.arange(num_frames, device=lengths.device)
     allowed = torch.ones(num_frames, num_frames, dtype=torch.bool, device=lengths.device)
     if frames_per_chunk is not None:
@@ -191,8 +202,9 @@ def avg_pool_time(x: torch.Tensor, pool_step: int) -> torch.Tensor:
     return F.avg_pool1d(x.transpose(1, 2), pool_step, pool_step).transpose(1, 2)
 
 
-def offline_hidden(apm: WhisperEncoder, mel: torch.Tensor, mel_lens: torch.Tensor,
-                   chunk_frames: int | None) -> torch.Tensor:
+def offline_hidden(
+    apm: WhisperEncoder, mel: torch.Tensor, mel_lens: torch.Tensor, chunk_frames: int | None
+) -> torch.Tensor:
     """mel [B, 80, T] (zero-padded batch), mel_lens [B] -> last hidden [B, ceil(T/2), D]."""
     B, _, T = mel.shape
     # Official quirk (get_audio_embedding): the padding mask compares post-conv frame indices with
@@ -201,8 +213,14 @@ def offline_hidden(apm: WhisperEncoder, mel: torch.Tensor, mel_lens: torch.Tenso
     return apm(mel, attention_mask=mask)
 
 
-def audio_embeddings(apm: WhisperEncoder, projector: MultiModalProjector, mel: torch.Tensor,
-                     mel_lens: torch.Tensor, chunk_frames: int | None, pool_step: int) -> list[torch.Tensor]:
+def audio_embeddings(
+    apm: WhisperEncoder,
+    projector: MultiModalProjector,
+    mel: torch.Tensor,
+    mel_lens: torch.Tensor,
+    chunk_frames: int | None,
+    pool_step: int,
+) -> list[torch.Tensor]:
     """Offline path: mel [B, 80, T], mel_lens [B] -> B tensors [tokens_b, hidden].
 
     chunk_frames: post-conv frames per attention chunk (`attention_chunk_frames(1.0)` = 50) or None
@@ -212,11 +230,12 @@ def audio_embeddings(apm: WhisperEncoder, projector: MultiModalProjector, mel: t
     B, _, T = mel.shape
     pooled = avg_pool_time(projector(offline_hidden(apm, mel, mel_lens, chunk_frames)), pool_step)
     keep = [pooled_tokens(post_conv_frames(int(n)), pool_step) for n in mel_lens]
-    return [pooled[b, :keep[b]] for b in range(B)]
+    return [pooled[b, : keep[b]] for b in range(B)]
 
 
-def audio_embeddings_streaming(apm: WhisperEncoder, projector: MultiModalProjector, mel: torch.Tensor,
-                               cache: AudioEncoderCache, pool_step: int) -> torch.Tensor:
+def audio_embeddings_streaming(
+    apm: WhisperEncoder, projector: MultiModalProjector, mel: torch.Tensor, cache: AudioEncoderCache, pool_step: int
+) -> torch.Tensor:
     """One streaming chunk: mel [1, 80, T] -> [tokens, hidden]; appends to `cache` in place.
 
     The cache is dropped first when cache.length + ceil(T/2) >= max_source_positions (spec §4.3).
@@ -226,30 +245,40 @@ def audio_embeddings_streaming(apm: WhisperEncoder, projector: MultiModalProject
     return audio_embeddings_streaming_rows(apm, projector, mel, [cache], pool_step)[0]
 
 
-def audio_embeddings_streaming_rows(apm: WhisperEncoder, projector: MultiModalProjector, mels: torch.Tensor,
-                                    caches: list[AudioEncoderCache], pool_step: int) -> list[torch.Tensor]:
+def audio_embeddings_streaming_rows(
+    apm: WhisperEncoder,
+    projector: MultiModalProjector,
+    mels: torch.Tensor,
+    caches: list[AudioEncoderCache],
+    pool_step: int,
+) -> list[torch.Tensor]:
     """Equal-length chunks of B streams: mels [B, 80, T], one cache each -> B tensors [tokens, hidden]."""
     B, _, T = mels.shape
     assert len(caches) == B, f"{len(caches)} caches for {B} chunks"
     frames = post_conv_frames(T)
     for cache in caches:
         if cache.length and cache.length + frames >= apm.max_source_positions:
-            log.warning("audio cache %d + %d frames reaches %d positions: dropping the cache",
-                        cache.length, frames, apm.max_source_positions)
+            log.warning(
+                "audio cache %d + %d frames reaches %d positions: dropping the cache",
+                cache.length,
+                frames,
+                apm.max_source_positions,
+            )
             cache.clear()
     pooled = avg_pool_time(projector(apm(mels, cache=caches)), pool_step)
     n = pooled_tokens(frames, pool_step)
     return [pooled[b, :n] for b in range(B)]
 
 
-def audio_modules_from_state(cfg: OmniConfig, state: dict[str, torch.Tensor],
-                             dtype: torch.dtype = torch.float32) -> tuple[WhisperEncoder, MultiModalProjector]:
+def audio_modules_from_state(
+    cfg: OmniConfig, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32
+) -> tuple[WhisperEncoder, MultiModalProjector]:
     """Build `apm` and `audio_projection_layer` from a full state dict, strictly (missing or
     unexpected keys under either prefix raise)."""
     apm = WhisperEncoder(cfg.audio)
     projector = MultiModalProjector(cfg.audio_encoder_out_dim, cfg.hidden_size)
     for prefix, module in (("apm.", apm), ("audio_projection_layer.", projector)):
-        sub = {k[len(prefix):]: v.to(dtype) for k, v in state.items() if k.startswith(prefix)}
+        sub = {k[len(prefix) :]: v.to(dtype) for k, v in state.items() if k.startswith(prefix)}
         module.load_state_dict(sub, strict=True)
         module.to(dtype).eval()
     return apm, projector

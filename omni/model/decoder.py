@@ -8,6 +8,7 @@ prompt layout.
 The math mirrors transformers' Qwen2/Llama modules (spec §2.3): RoPE inverse frequencies and
 angles in float32, rotate-half convention, RMSNorm in float32, no embedding scaling.
 """
+
 from __future__ import annotations
 
 import torch
@@ -69,7 +70,7 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Append k, v [B, H, T, D] to `layer`; return all keys and values so far."""
-        if layer == self.num_layers:           # a cache built with 0 layers learns them in order
+        if layer == self.num_layers:  # a cache built with 0 layers learns them in order
             self._k.append(None)
             self._v.append(None)
             self._len.append(0)
@@ -77,19 +78,19 @@ class KVCache:
         B, H, T, D = k.shape
         n = self._len[layer]
         buf_k, buf_v = self._k[layer], self._v[layer]
-        if buf_k is None or buf_v is None or buf_k.shape[2] < n + T:     # k and v are None together
+        if buf_k is None or buf_v is None or buf_k.shape[2] < n + T:  # k and v are None together
             cap = max(64, 2 * (n + T))
             new_k = k.new_empty(B, H, cap, D)
             new_v = v.new_empty(B, H, cap, D)
             if n:
-                assert buf_k is not None and buf_v is not None   # n positions were written
+                assert buf_k is not None and buf_v is not None  # n positions were written
                 new_k[:, :, :n] = buf_k[:, :, :n]
                 new_v[:, :, :n] = buf_v[:, :, :n]
             self._k[layer], self._v[layer] = buf_k, buf_v = new_k, new_v
-        buf_k[:, :, n:n + T] = k
-        buf_v[:, :, n:n + T] = v
+        buf_k[:, :, n : n + T] = k
+        buf_v[:, :, n : n + T] = v
         self._len[layer] = n + T
-        return buf_k[:, :, :n + T], buf_v[:, :, :n + T]
+        return buf_k[:, :, : n + T], buf_v[:, :, : n + T]
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         n, k, v = self._len[i], self._k[i], self._v[i]
@@ -115,12 +116,12 @@ class KVCache:
             return
         for i in range(self.num_layers):
             k, v = self._k[i], self._v[i]
-            assert k is not None and v is not None   # 0 <= start < end <= n: every layer has n positions
+            assert k is not None and v is not None  # 0 <= start < end <= n: every layer has n positions
             tail_k = k[:, :, end:n]
             shift = torch.full((1, tail_k.shape[2]), -float(d), device=k.device)
             cos, sin = rope_cos_sin(shift, inv_freq, torch.float32)
-            k[:, :, start:n - d] = apply_rope(tail_k.float(), cos, sin).to(k.dtype)
-            v[:, :, start:n - d] = v[:, :, end:n].clone()
+            k[:, :, start : n - d] = apply_rope(tail_k.float(), cos, sin).to(k.dtype)
+            v[:, :, start : n - d] = v[:, :, end:n].clone()
         self._len = [n - d] * self.num_layers
 
     def nbytes(self) -> int:
@@ -145,8 +146,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             enable_gqa=self.kv_heads != self.heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -186,12 +186,21 @@ def causal_mask(T: int, past: int, device) -> torch.Tensor | None:
 class DecoderModel(nn.Module):
     """`embed_tokens`, `layers.N`, `norm` — the names under `llm.model.` and `tts.model.`."""
 
-    def __init__(self, vocab: int, hidden: int, inter: int, layers: int, heads: int, kv_heads: int,
-                 rope_theta: float, eps: float, qkv_bias: bool):
+    def __init__(
+        self,
+        vocab: int,
+        hidden: int,
+        inter: int,
+        layers: int,
+        heads: int,
+        kv_heads: int,
+        rope_theta: float,
+        eps: float,
+        qkv_bias: bool,
+    ):
         super().__init__()
         self.embed_tokens = nn.Embedding(vocab, hidden)
-        self.layers = nn.ModuleList(DecoderLayer(hidden, inter, heads, kv_heads, eps, qkv_bias)
-                                    for _ in range(layers))
+        self.layers = nn.ModuleList(DecoderLayer(hidden, inter, heads, kv_heads, eps, qkv_bias) for _ in range(layers))
         self.norm = RMSNorm(hidden, eps)
         self.head_dim, self.rope_theta = hidden // heads, rope_theta
         self.register_buffer("inv_freq", rope_inv_freq(self.head_dim, rope_theta), persistent=False)
@@ -199,8 +208,13 @@ class DecoderModel(nn.Module):
     def init_buffers(self) -> None:
         self.inv_freq = rope_inv_freq(self.head_dim, self.rope_theta).to(self.norm.weight.device)
 
-    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor | None = None,
-                cache: KVCache | None = None, mask: torch.Tensor | None | str = "causal") -> torch.Tensor:
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        mask: torch.Tensor | None | str = "causal",
+    ) -> torch.Tensor:
         """inputs_embeds [B, T, D] -> final hidden after `norm` [B, T, D].
 
         position_ids default to cache length + arange(T) (contiguous positions, spec §4.1);
@@ -225,10 +239,17 @@ class CausalLM(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.model = DecoderModel(cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size,
-                                  cfg.num_hidden_layers, cfg.num_attention_heads,
-                                  cfg.num_key_value_heads, cfg.rope_theta, cfg.rms_norm_eps,
-                                  qkv_bias=True)
+        self.model = DecoderModel(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_hidden_layers,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.rope_theta,
+            cfg.rms_norm_eps,
+            qkv_bias=True,
+        )
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def new_cache(self) -> KVCache:

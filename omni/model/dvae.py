@@ -9,6 +9,7 @@ The grouped residual FSQ decode is hand-written: vector-quantize-pytorch is not 
 decoding an index is a few lines of fixed arithmetic (digits in base `level`, centre, scale per
 residual level). Its buffers are non-persistent upstream, so none are registered here either.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ from torch import nn
 @dataclass(frozen=True)
 class DVAEDims:
     """The official (fixed-size) DVAE; not part of config.json."""
+
     num_mels: int = 100
-    code_dim: int = 1024          # GFSQ dim: `groups` x 512, one 512 vector per mel frame
+    code_dim: int = 1024  # GFSQ dim: `groups` x 512, one 512 vector per mel frame
     decoder_in: int = 512
     bottleneck: int = 128
     hidden: int = 256
@@ -63,15 +65,15 @@ class ResidualFSQ(nn.Module):
     def __init__(self, dim: int, levels: tuple[int, ...]):
         super().__init__()
         self.levels = levels
-        self.project_in = nn.Linear(dim, len(levels))    # encoder side only
+        self.project_in = nn.Linear(dim, len(levels))  # encoder side only
         self.project_out = nn.Linear(len(levels), dim)
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """indices [B, T, R] -> [B, T, dim]."""
         B, T, R = indices.shape
-        codes = fsq_codes(indices, self.levels).to(self.project_out.weight.dtype)   # [B, T, R, d]
+        codes = fsq_codes(indices, self.levels).to(self.project_out.weight.dtype)  # [B, T, R, d]
         lv = torch.tensor(self.levels, dtype=codes.dtype, device=codes.device)
-        scales = torch.stack([(lv - 1) ** -float(r) for r in range(R)])             # [R, d]
+        scales = torch.stack([(lv - 1) ** -float(r) for r in range(R)])  # [R, d]
         return self.project_out((codes * scales).sum(2))
 
 
@@ -93,7 +95,7 @@ class GFSQ(nn.Module):
         G, R = self.dims.groups, self.dims.residuals
         assert Q == G * R, f"{Q} codebooks, expected {G}x{R}"
         per_group = codes.view(B, T, G, R)
-        rvqs = cast("Iterable[ResidualFSQ]", self.quantizer.rvqs)   # nn.ModuleList's stubs type items as Module
+        rvqs = cast("Iterable[ResidualFSQ]", self.quantizer.rvqs)  # nn.ModuleList's stubs type items as Module
         feats = [rvq.decode(per_group[:, :, g]) for g, rvq in enumerate(rvqs)]
         return torch.cat(feats, -1).transpose(1, 2)
 
@@ -120,10 +122,12 @@ class DVAEDecoder(nn.Module):
 
     def __init__(self, idim: int, odim: int, dims: DVAEDims):
         super().__init__()
-        self.conv_in = nn.Sequential(nn.Conv1d(idim, dims.bottleneck, 3, 1, 1), nn.GELU(),
-                                     nn.Conv1d(dims.bottleneck, dims.hidden, 3, 1, 1))
+        self.conv_in = nn.Sequential(
+            nn.Conv1d(idim, dims.bottleneck, 3, 1, 1), nn.GELU(), nn.Conv1d(dims.bottleneck, dims.hidden, 3, 1, 1)
+        )
         self.decoder_block = nn.ModuleList(
-            ConvNeXtBlock(dims.hidden, 4 * dims.hidden, dims.kernel, dims.dilation) for _ in range(dims.layers))
+            ConvNeXtBlock(dims.hidden, 4 * dims.hidden, dims.kernel, dims.dilation) for _ in range(dims.layers)
+        )
         self.conv_out = nn.Conv1d(dims.hidden, odim, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,9 +142,12 @@ class DVAE(nn.Module):
         super().__init__()
         self.dims = dims
         self.coef = nn.Parameter(torch.ones(1, dims.num_mels, 1))
-        self.downsample_conv = nn.Sequential(   # encoder side only
-            nn.Conv1d(dims.num_mels, dims.decoder_in, 3, 1, 1), nn.GELU(),
-            nn.Conv1d(dims.decoder_in, dims.decoder_in, 4, 2, 1), nn.GELU())
+        self.downsample_conv = nn.Sequential(  # encoder side only
+            nn.Conv1d(dims.num_mels, dims.decoder_in, 3, 1, 1),
+            nn.GELU(),
+            nn.Conv1d(dims.decoder_in, dims.decoder_in, 4, 2, 1),
+            nn.GELU(),
+        )
         self.encoder = DVAEDecoder(dims.decoder_in, dims.code_dim, dims)
         self.decoder = DVAEDecoder(dims.decoder_in, dims.decoder_in, dims)
         self.out_conv = nn.Conv1d(dims.decoder_in, dims.num_mels, 3, 1, 1, bias=False)
@@ -149,7 +156,7 @@ class DVAE(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, T, num_vq] int -> log-mel [B, num_mels, groups*T]."""
         B, T, Q = codes.shape
-        feats = self.vq_layer.decode(codes)                                   # [B, G*512, T]
+        feats = self.vq_layer.decode(codes)  # [B, G*512, T]
         G = self.dims.groups
         # Interleave the groups in time: mel frame G*t + g takes group g's vector of code frame t.
         feats = feats.view(B, G, feats.shape[1] // G, T).permute(0, 2, 3, 1).flatten(2)

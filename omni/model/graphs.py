@@ -11,6 +11,7 @@ step's output is the graph's static output, copied out. Does not own: which step
 Each graph is checked once against the eager step on the same inputs right after its capture; a
 mismatch or a failed capture turns graphs off for this model (logged) and everything runs eager.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,7 +21,7 @@ import torch
 from .rows import Decode, Row, decode_forward, decode_plan, pool_slot
 
 log = logging.getLogger("omni.graphs")
-LENGTH_BUCKET = 256   # keys are read up to a power of two >= this: few graphs, at most 2x the attention
+LENGTH_BUCKET = 256  # keys are read up to a power of two >= this: few graphs, at most 2x the attention
 MAX_BATCH_BUCKET = 64
 CHECK_ATOL = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 2e-2}
 
@@ -32,7 +33,7 @@ def bucket(n: int) -> int:
 def pad(x: torch.Tensor, d: Decode, B: int) -> tuple[torch.Tensor, Decode]:
     """A decode step's inputs padded to `B` rows by repeating the last (same key, same place)."""
     n = B - x.shape[0]
-    rep = lambda t: torch.cat([t, t[-1:].expand(n, *t.shape[1:])]) if n else t   # noqa: E731
+    rep = lambda t: torch.cat([t, t[-1:].expand(n, *t.shape[1:])]) if n else t  # noqa: E731
     return rep(x), Decode(d.pool, rep(d.slots), rep(d.positions), rep(d.mask))
 
 
@@ -40,8 +41,12 @@ class _Graph:
     def __init__(self, model, pool, B: int, L: int, x: torch.Tensor, mempool):
         dev = x.device
         self.x = torch.zeros(B, x.shape[1], dtype=x.dtype, device=dev)
-        self.d = Decode(pool, torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, dtype=torch.long, device=dev),
-                        torch.zeros(B, 1, 1, L, dtype=torch.bool, device=dev))
+        self.d = Decode(
+            pool,
+            torch.zeros(B, dtype=torch.long, device=dev),
+            torch.zeros(B, dtype=torch.long, device=dev),
+            torch.zeros(B, 1, 1, L, dtype=torch.bool, device=dev),
+        )
         self.graph = torch.cuda.CUDAGraph()
         self.model = model
         self.out: torch.Tensor | None = None
@@ -50,13 +55,18 @@ class _Graph:
     def load(self, x: torch.Tensor, d: Decode) -> None:
         """Copy the step's inputs, padded to the graph's batch, into the static buffers."""
         xp, dp = pad(x, d, self.x.shape[0])
-        for dst, src in ((self.x, xp), (self.d.slots, dp.slots), (self.d.positions, dp.positions), (self.d.mask, dp.mask)):
+        for dst, src in (
+            (self.x, xp),
+            (self.d.slots, dp.slots),
+            (self.d.positions, dp.positions),
+            (self.d.mask, dp.mask),
+        ):
             dst.copy_(src, non_blocking=True)
 
     def capture(self) -> None:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):            # warm-up outside the capture (allocator, kernels)
+        with torch.cuda.stream(side):  # warm-up outside the capture (allocator, kernels)
             for _ in range(2):
                 decode_forward(self.model, self.x, self.d)
         torch.cuda.current_stream().wait_stream(side)
@@ -103,12 +113,14 @@ class DecodeGraphs:
             g.load(x, d)
             g.capture()
             got = g.replay(x.shape[0])
-            want = decode_forward(self.model, x, d)    # rewrites the same keys: harmless
+            want = decode_forward(self.model, x, d)  # rewrites the same keys: harmless
             err = float((got.float() - want.float()).abs().max())
             if err > CHECK_ATOL.get(x.dtype, 1e-3):
                 raise RuntimeError(f"graph output differs from the eager step by {err:.3g}")
         except Exception as e:  # noqa: BLE001 - graphs are an optimisation: fall back to eager
-            log.error("CUDA graph capture for batch %d, length %d failed (%s): decode steps run eager", key[1], key[2], e)
+            log.error(
+                "CUDA graph capture for batch %d, length %d failed (%s): decode steps run eager", key[1], key[2], e
+            )
             self.enabled = False
             return None
         self._graphs[key] = g

@@ -5,6 +5,7 @@ input embeddings (vision scatter, audio scatter; spec §2.3). Does not own: any 
 LLM cache, the audio-encoder cache and the TTS state are created by callers and passed in),
 tokenisation, prompt layout, the vocoder (it is not in the safetensors; see `omni.loader`).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -26,21 +27,24 @@ class MiniCPMO(nn.Module):
         if cfg.init_vision:
             from .resampler import Resampler
             from .vision import SiglipVisionTransformer
+
             self.vpm = SiglipVisionTransformer(cfg.vision, drop_last_layer=cfg.drop_vision_last_layer)
-            self.resampler = Resampler(cfg.query_num, cfg.hidden_size, cfg.resampler_heads,
-                                       cfg.vision.hidden_size)
+            self.resampler = Resampler(cfg.query_num, cfg.hidden_size, cfg.resampler_heads, cfg.vision.hidden_size)
         if cfg.init_audio:
             from .audio import MultiModalProjector, WhisperEncoder
+
             self.apm = WhisperEncoder(cfg.audio)
             self.audio_projection_layer = MultiModalProjector(cfg.audio_encoder_out_dim, cfg.hidden_size)
         if cfg.init_tts:
             from .tts import ConditionalChatTTS
+
             self.tts = ConditionalChatTTS(cfg.tts)
 
     # ---- vision -------------------------------------------------------------------------------
     def vision_features(self, strips: Sequence[torch.Tensor], tgt_sizes: torch.Tensor) -> torch.Tensor:
         """Slices as patch strips [3, P, P*N_i] -> resampled features [n_slices, query_num, H]."""
         from .vision import encode_slices
+
         if not strips:
             return torch.zeros(0, self.config.query_num, self.config.hidden_size)
         dtype = self.vpm.embeddings.patch_embedding.weight.dtype
@@ -55,6 +59,7 @@ class MiniCPMO(nn.Module):
         """Offline path: one log-mel [80, T_i] per clip -> embeddings [tokens_i, H] (chunk mask)."""
         from ..processing.audio import attention_chunk_frames
         from .audio import audio_embeddings
+
         if not mels:
             return []
         dtype = self.apm.conv1.weight.dtype
@@ -62,17 +67,23 @@ class MiniCPMO(nn.Module):
         T = max(m.shape[-1] for m in mels)
         batch = torch.zeros(len(mels), mels[0].shape[0], T, dtype=dtype, device=device)
         for i, m in enumerate(mels):
-            batch[i, :, :m.shape[-1]] = m.to(device=device, dtype=dtype)
+            batch[i, :, : m.shape[-1]] = m.to(device=device, dtype=dtype)
         lens = torch.tensor([m.shape[-1] for m in mels], device=device)
         chunk_s = self.config.audio_chunk_length
         chunk_frames = attention_chunk_frames(chunk_s) if chunk_s > 0 else None
-        return audio_embeddings(self.apm, self.audio_projection_layer, batch, lens,
-                                chunk_frames, self.config.audio_pool_step)
+        return audio_embeddings(
+            self.apm, self.audio_projection_layer, batch, lens, chunk_frames, self.config.audio_pool_step
+        )
 
     # ---- scatter ------------------------------------------------------------------------------
-    def embed(self, input_ids: torch.Tensor, image_bounds: Sequence[tuple[int, int]] = (),
-              vision: torch.Tensor | None = None, audio_bounds: Sequence[tuple[int, int]] = (),
-              audio: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        image_bounds: Sequence[tuple[int, int]] = (),
+        vision: torch.Tensor | None = None,
+        audio_bounds: Sequence[tuple[int, int]] = (),
+        audio: Sequence[torch.Tensor] = (),
+    ) -> torch.Tensor:
         """input_ids [1, L] -> inputs_embeds [1, L, H] with media rows written over placeholders.
 
         Vision: slice k fills the k-th image bound (query_num rows each). Audio (chunk_input):
@@ -92,8 +103,10 @@ class MiniCPMO(nn.Module):
             rows = torch.cat([torch.arange(s, e) for s, e in audio_bounds]).to(emb.device)
             feats = torch.cat(list(audio), 0).to(emb.dtype)
             if feats.shape[0] != rows.numel():
-                raise ValueError(f"{rows.numel()} audio placeholder tokens but {feats.shape[0]} embeddings "
-                                 "(several sub-second clips in one message? feed whole seconds)")
+                raise ValueError(
+                    f"{rows.numel()} audio placeholder tokens but {feats.shape[0]} embeddings "
+                    "(several sub-second clips in one message? feed whole seconds)"
+                )
             emb[0, rows] = feats
         return emb
 

@@ -8,6 +8,7 @@ executes their pending ops of one kind together instead (omni.model.steps.execut
 is written once, as programs, and runs alone or batched unchanged. Does not own: the execution
 of ops (steps.py), any session state.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,25 +29,28 @@ Program = Generator[Any, Any, Any]
 
 class Op:
     """Base of the ops; `kind` groups the ops one batched execution can take together."""
+
     kind: ClassVar[str]
 
 
 @dataclass(frozen=True, eq=False)
 class LLMSample:
     """Draw the next token from the last position's logits (sampling.choose_rows)."""
+
     params: SamplingParams
-    seen: tuple[int, ...]              # ids the repetition penalty sees
+    seen: tuple[int, ...]  # ids the repetition penalty sees
     generator: torch.Generator | None
 
 
 @dataclass(eq=False)
 class LLMForward(Op):
     """Append `ids` (or `embeds` [T, D]) to `cache` through the LLM -> `LLMOut`."""
+
     kind: ClassVar[str] = "llm"
     cache: KVCache
     ids: list[int] | None = None
     embeds: torch.Tensor | None = None
-    all_hidden: bool = False           # hidden states of every new position, not only the last
+    all_hidden: bool = False  # hidden states of every new position, not only the last
     sample: LLMSample | None = None
 
     @property
@@ -59,22 +63,24 @@ class LLMForward(Op):
 
 @dataclass
 class LLMOut:
-    hidden: torch.Tensor               # [T, D] (all_hidden) or [D] (the last position)
-    token: int | None                  # the sampled next token (sample given)
+    hidden: torch.Tensor  # [T, D] (all_hidden) or [D] (the last position)
+    token: int | None  # the sampled next token (sample given)
 
 
 @dataclass(frozen=True, eq=False)
 class FramePick:
     """How one TTS step turns its logits into codes (ConditionalChatTTS.pick_frames)."""
+
     temperatures: tuple[float, ...]
-    sampler: Callable[[torch.Tensor], torch.Tensor]   # logits [Q, V] -> ids [Q]: GreedySampler, MultinomialSampler...
-    block_eos: bool                    # EOS masked (the first steps of a call, or force_no_stop)
+    sampler: Callable[[torch.Tensor], torch.Tensor]  # logits [Q, V] -> ids [Q]: GreedySampler, MultinomialSampler...
+    block_eos: bool  # EOS masked (the first steps of a call, or force_no_stop)
 
 
 @dataclass(eq=False)
 class TTSPrefill(Op):
     """Write `embeds` [n, H] into a TTS state's cache: at text slots `slot`.. (causal), or appended
     with the one-row `mask` [past + n] shared by all n positions (segment rollover)."""
+
     kind: ClassVar[str] = "tts"
     state: TTSState
     embeds: torch.Tensor
@@ -85,6 +91,7 @@ class TTSPrefill(Op):
 @dataclass(eq=False)
 class TTSFrame(Op):
     """One audio-code step of a TTS state -> the drawn codes [num_vq] on the host (not yet stored)."""
+
     kind: ClassVar[str] = "tts"
     state: TTSState
     pick: FramePick
@@ -93,6 +100,7 @@ class TTSFrame(Op):
 @dataclass(eq=False)
 class Decode(Op):
     """Codes [1, T, num_vq] -> 24-kHz float32 audio [T * samples per frame] (DVAE, then Vocos)."""
+
     kind: ClassVar[str] = "decode"
     codes: torch.Tensor
 
@@ -100,6 +108,7 @@ class Decode(Op):
 @dataclass(eq=False)
 class VisionEncode(Op):
     """Image slices as patch strips + tgt_sizes [n, 2] -> resampled features [n, query_num, H]."""
+
     kind: ClassVar[str] = "vision"
     strips: list
     tgt_sizes: torch.Tensor
@@ -109,6 +118,7 @@ class VisionEncode(Op):
 class AudioEncode(Op):
     """One streaming log-mel chunk [1, 80, T] through the Whisper encoder with a session's encoder
     cache (appended) -> audio embeddings [tokens, H]."""
+
     kind: ClassVar[str] = "audio"
     mel: torch.Tensor
     cache: AudioEncoderCache

@@ -11,6 +11,7 @@ A slot never grows: a write past its end raises `ContextFull`, so callers check 
 Slots are zeroed when (re)opened: attention masks padded positions with weight 0, and 0 x NaN
 would still poison the sum, so a slot must never hold uninitialised memory.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,17 +29,16 @@ def _append(cache, layer: int, k: torch.Tensor, v: torch.Tensor):
     n, T = cache._len[layer], k.shape[2]
     if n + T > cache.capacity:
         raise ContextFull(f"{n + T} positions do not fit in a {cache.capacity}-position cache slot")
-    cache._k[layer][:, :, n:n + T] = k
-    cache._v[layer][:, :, n:n + T] = v
+    cache._k[layer][:, :, n : n + T] = k
+    cache._v[layer][:, :, n : n + T] = v
     cache._len[layer] = n + T
-    return cache._k[layer][:, :, :n + T], cache._v[layer][:, :, :n + T]
+    return cache._k[layer][:, :, : n + T], cache._v[layer][:, :, : n + T]
 
 
 class KVPool:
     """Keys and values of `slots` sessions: per layer k, v [slots, heads, tokens, head_dim]."""
 
-    def __init__(self, layers: int, slots: int, heads: int, head_dim: int, tokens: int,
-                 dtype: torch.dtype, device):
+    def __init__(self, layers: int, slots: int, heads: int, head_dim: int, tokens: int, dtype: torch.dtype, device):
         shape = (slots, heads, tokens, head_dim)
         # empty, not zeros: on a CPU untouched pages cost nothing; `reset_slot` zeroes what is used.
         self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
@@ -63,8 +63,8 @@ class SlotCache(KVCache):
     def __init__(self, pool: KVPool, slot: int):
         super().__init__(pool.layers)
         self.pool, self.slot = pool, slot
-        self._k = [k[slot:slot + 1] for k in pool.k]
-        self._v = [v[slot:slot + 1] for v in pool.v]
+        self._k = [k[slot : slot + 1] for k in pool.k]
+        self._v = [v[slot : slot + 1] for v in pool.v]
 
     @property
     def capacity(self) -> int:
@@ -92,8 +92,8 @@ class TTSSlotCache(TTSCache):
     def __init__(self, pool: KVPool, slot: int, text_slots: int):
         assert text_slots < pool.tokens, f"{text_slots} text slots in a {pool.tokens}-position slot"
         self.pool, self.slot, self.text_slots = pool, slot, text_slots
-        self._k = [k[slot:slot + 1] for k in pool.k]
-        self._v = [v[slot:slot + 1] for v in pool.v]
+        self._k = [k[slot : slot + 1] for k in pool.k]
+        self._v = [v[slot : slot + 1] for v in pool.v]
         self._len = [text_slots] * pool.layers
 
     @property
@@ -106,6 +106,6 @@ class TTSSlotCache(TTSCache):
     def reset(self) -> "TTSSlotCache":
         """A fresh segment: text slots zero (as a new `TTSCache`), no audio."""
         for t in self._k + self._v:
-            t[:, :, :self.text_slots].zero_()
+            t[:, :, : self.text_slots].zero_()
         self._len = [self.text_slots] * self.pool.layers
         return self

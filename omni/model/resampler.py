@@ -3,6 +3,7 @@
 Owns: the one-layer cross-attention with learned queries, the 2-D sin-cos key positions and its
 cache. Does not own: the vision tower or scattering the tokens into the prompt.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,7 @@ def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
     assert dim % 2 == 0, f"sin-cos width {dim} must be even"
     omega = np.arange(dim // 2, dtype=np.float32)
     omega /= dim / 2.0
-    omega = 1.0 / 10000 ** omega
+    omega = 1.0 / 10000**omega
     out = pos[..., None] * omega
     return np.concatenate([np.sin(out), np.cos(out)], axis=-1)
 
@@ -23,23 +24,23 @@ def sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
 def sincos_2d(dim: int, height: int, width: int) -> np.ndarray:
     """-> [height, width, dim] float32: first dim/2 channels encode the column index, the last
     dim/2 the row index (the official code calls them h and w the other way round)."""
-    rows, cols = np.meshgrid(np.arange(height, dtype=np.float32),
-                             np.arange(width, dtype=np.float32), indexing="ij")
+    rows, cols = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
     return np.concatenate([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], axis=-1)
 
 
 class Resampler(nn.Module):
     """Learned queries attend over one slice's patches (keys carry 2-D positions, values do not)."""
-    pos_embed: torch.Tensor           # [max_h, max_w, embed_dim] buffer (`_set_pos_cache`)
 
-    def __init__(self, num_queries: int, embed_dim: int, num_heads: int, kv_dim: int,
-                 max_size: tuple[int, int] = (70, 70)):
+    pos_embed: torch.Tensor  # [max_h, max_w, embed_dim] buffer (`_set_pos_cache`)
+
+    def __init__(
+        self, num_queries: int, embed_dim: int, num_heads: int, kv_dim: int, max_size: tuple[int, int] = (70, 70)
+    ):
         super().__init__()
         self.num_queries, self.embed_dim = num_queries, embed_dim
         self.query = nn.Parameter(torch.zeros(num_queries, embed_dim))
         # Official: nn.Identity when kv_dim == embed_dim, so there is no kv_proj key then.
-        self.kv_proj = (nn.Linear(kv_dim, embed_dim, bias=False) if kv_dim != embed_dim
-                        else nn.Identity())
+        self.kv_proj = nn.Linear(kv_dim, embed_dim, bias=False) if kv_dim != embed_dim else nn.Identity()
         self.attn = nn.MultiheadAttention(embed_dim, num_heads)
         self.ln_q = nn.LayerNorm(embed_dim, eps=1e-6)
         self.ln_kv = nn.LayerNorm(embed_dim, eps=1e-6)
@@ -79,6 +80,5 @@ class Resampler(nn.Module):
         kv = self.ln_kv(self.kv_proj(x))
         q = self.ln_q(self.query)[:, None].expand(-1, B, -1)
         # nn.MultiheadAttention is sequence-first: [L, B, D].
-        out, _ = self.attn(q, (kv + pos).transpose(0, 1), kv.transpose(0, 1),
-                           key_padding_mask=pad, need_weights=False)
+        out, _ = self.attn(q, (kv + pos).transpose(0, 1), kv.transpose(0, 1), key_padding_mask=pad, need_weights=False)
         return self.ln_post(out.transpose(0, 1)) @ self.proj

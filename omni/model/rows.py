@@ -12,6 +12,7 @@ sampling, what a row means (the step executors in omni.model.steps).
 A single row takes the per-row path, which is exactly the math of `DecoderModel.forward`; the
 batched path differs from it only by float rounding (different GEMM and attention blocking).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,26 +31,29 @@ if TYPE_CHECKING:
 @dataclass
 class Row:
     """One session's `n` new positions start..start+n-1 (rotary positions and cache indices)."""
-    cache: KVCache | TTSCache          # or their pool slots (pool.py), which enable the batched decode path
+
+    cache: KVCache | TTSCache  # or their pool slots (pool.py), which enable the batched decode path
     n: int
     start: int
-    append: bool = True                # False: write into fixed text slots [start, start+n) (TTS prefill)
-    mask: torch.Tensor | None = None   # None: causal; else bool [start+n], one row for all n queries
+    append: bool = True  # False: write into fixed text slots [start, start+n) (TTS prefill)
+    mask: torch.Tensor | None = None  # None: causal; else bool [start+n], one row for all n queries
 
 
 @dataclass
 class Decode:
     """One-position rows of sessions in one `KVPool`, as tensors: the batched decode step. Shapes
     depend only on (B, L), so a CUDA graph can capture `decode_forward` (omni.model.graphs)."""
+
     pool: KVPool
-    slots: torch.Tensor                # [B] long
-    positions: torch.Tensor            # [B] long: where each row's new key goes (its rotary position too)
-    mask: torch.Tensor                 # bool [B, 1, 1, L]: the keys each row attends to
-    first_slot: int | None = None      # eager only: slots are first_slot.. in order, read the pool as a view
+    slots: torch.Tensor  # [B] long
+    positions: torch.Tensor  # [B] long: where each row's new key goes (its rotary position too)
+    mask: torch.Tensor  # bool [B, 1, 1, L]: the keys each row attends to
+    first_slot: int | None = None  # eager only: slots are first_slot.. in order, read the pool as a view
 
 
 class PoolSlot(Protocol):
     """A cache that is one slot of a `KVPool`: pool.SlotCache, pool.TTSSlotCache."""
+
     pool: KVPool
     slot: int
 
@@ -91,28 +95,34 @@ def decode_plan(rows: list[Row], device, length: int | None = None) -> Decode:
     assert all(r.start < c.pool.tokens for r, c in zip(rows, caches)), "a decode row past its pool slot"
     mask = torch.zeros(len(rows), L, dtype=torch.bool)
     for b, r in enumerate(rows):
-        mask[b, :r.start + 1] = True if r.mask is None else r.mask.cpu()
+        mask[b, : r.start + 1] = True if r.mask is None else r.mask.cpu()
     slots = [c.slot for c in caches]
     contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
-    t = lambda xs: torch.tensor(xs, device=device)   # noqa: E731
-    return Decode(caches[0].pool, t(slots), t([r.start for r in rows]), mask.to(device)[:, None, None],
-                  slots[0] if contiguous else None)
+    t = lambda xs: torch.tensor(xs, device=device)  # noqa: E731
+    return Decode(
+        caches[0].pool,
+        t(slots),
+        t([r.start for r in rows]),
+        mask.to(device)[:, None, None],
+        slots[0] if contiguous else None,
+    )
 
 
 def pool_attention(a: Attention, li: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, d: Decode) -> torch.Tensor:
     """q [B, H, Dh], k, v [B, Hkv, Dh]: write k, v at each row's slot and position, attend over the
     first L positions of each row's slot (gathered [B, Hkv, L, Dh], padding masked) -> [B, H, Dh]."""
-    K, V = d.pool.k[li], d.pool.v[li]                                       # [S, Hkv, T, Dh]
+    K, V = d.pool.k[li], d.pool.v[li]  # [S, Hkv, T, Dh]
     K[d.slots, :, d.positions] = k
     V[d.slots, :, d.positions] = v
     L = d.mask.shape[-1]
     if d.first_slot is not None:
         s0, s1 = d.first_slot, d.first_slot + q.shape[0]
-        kk, vv = K[s0:s1, :, :L], V[s0:s1, :, :L]                           # views
+        kk, vv = K[s0:s1, :, :L], V[s0:s1, :, :L]  # views
     else:
-        kk, vv = K[d.slots, :, :L], V[d.slots, :, :L]                       # gathered copies
-    return F.scaled_dot_product_attention(q[:, :, None], kk, vv, attn_mask=d.mask,
-                                          enable_gqa=a.kv_heads != a.heads)[:, :, 0]
+        kk, vv = K[d.slots, :, :L], V[d.slots, :, :L]  # gathered copies
+    return F.scaled_dot_product_attention(q[:, :, None], kk, vv, attn_mask=d.mask, enable_gqa=a.kv_heads != a.heads)[
+        :, :, 0
+    ]
 
 
 def decode_forward(model: DecoderModel, x: torch.Tensor, d: Decode) -> torch.Tensor:
@@ -120,7 +130,7 @@ def decode_forward(model: DecoderModel, x: torch.Tensor, d: Decode) -> torch.Ten
     Device tensors only, no host sync: the step a CUDA graph captures."""
     B = x.shape[0]
     cos, sin = rope_cos_sin(d.positions[None], model.inv_freq, x.dtype)
-    cos, sin = cos[0, 0][:, None], sin[0, 0][:, None]                       # [B, 1, Dh]
+    cos, sin = cos[0, 0][:, None], sin[0, 0][:, None]  # [B, 1, Dh]
     h = x
     for li, layer in enumerate(_layers(model)):
         a = layer.self_attn
@@ -133,8 +143,9 @@ def decode_forward(model: DecoderModel, x: torch.Tensor, d: Decode) -> torch.Ten
     return model.norm(h)
 
 
-def forward_rows(model: DecoderModel, x: torch.Tensor, rows: list[Row],
-                 decode_step: DecodeStep | None = None) -> torch.Tensor:
+def forward_rows(
+    model: DecoderModel, x: torch.Tensor, rows: list[Row], decode_step: DecodeStep | None = None
+) -> torch.Tensor:
     """x [N, D] (rows' new positions, concatenated in order) -> final hidden after `norm` [N, D].
 
     Writes every row's keys/values into its cache (appended, or at its text slots). Two or more
@@ -155,8 +166,8 @@ def forward_rows(model: DecoderModel, x: torch.Tensor, rows: list[Row],
     for r in rows:
         offsets.append(offsets[-1] + r.n)
     positions = torch.cat([torch.arange(r.start, r.start + r.n) for r in rows]).to(x.device)
-    cos, sin = rope_cos_sin(positions[None], model.inv_freq, x.dtype)        # [1, 1, N, Dh]
-    cos, sin = cos[0, 0][:, None], sin[0, 0][:, None]                       # [N, 1, Dh]
+    cos, sin = rope_cos_sin(positions[None], model.inv_freq, x.dtype)  # [1, 1, N, Dh]
+    cos, sin = cos[0, 0][:, None], sin[0, 0][:, None]  # [N, 1, Dh]
     d = decode_plan([rows[i] for i in batched], x.device) if batched else None
     idx = torch.tensor([offsets[i] for i in batched], device=x.device) if batched else None
     single = [(r, slice(offsets[i], offsets[i + 1])) for i, r in enumerate(rows) if i not in set(batched)]
@@ -170,11 +181,12 @@ def forward_rows(model: DecoderModel, x: torch.Tensor, rows: list[Row],
 
 
 def _layers(model: DecoderModel) -> Iterable[DecoderLayer]:
-    return cast("Iterable[DecoderLayer]", model.layers)   # nn.ModuleList's stubs type its items as Module
+    return cast("Iterable[DecoderLayer]", model.layers)  # nn.ModuleList's stubs type its items as Module
 
 
-def _attention(a: Attention, h: torch.Tensor, cos, sin, li: int, d: Decode | None, idx,
-               single: list[tuple[Row, slice]]) -> torch.Tensor:
+def _attention(
+    a: Attention, h: torch.Tensor, cos, sin, li: int, d: Decode | None, idx, single: list[tuple[Row, slice]]
+) -> torch.Tensor:
     N = h.shape[0]
     q = apply_rope(linear(a.q_proj, h).view(N, a.heads, a.head_dim), cos, sin)
     k = apply_rope(linear(a.k_proj, h).view(N, a.kv_heads, a.head_dim), cos, sin)
@@ -184,10 +196,10 @@ def _attention(a: Attention, h: torch.Tensor, cos, sin, li: int, d: Decode | Non
     if d is not None:
         out[idx] = pool_attention(a, li, q[idx], k[idx], v[idx], d)
     for r, s in single:
-        kr, vr = k[s].transpose(0, 1)[None], v[s].transpose(0, 1)[None]    # [1, Hkv, n, Dh]
+        kr, vr = k[s].transpose(0, 1)[None], v[s].transpose(0, 1)[None]  # [1, Hkv, n, Dh]
         if r.append:
             cache = r.cache
-        else:                                      # only TTS text prefills write at fixed slots
+        else:  # only TTS text prefills write at fixed slots
             assert not isinstance(r.cache, KVCache), "a row at fixed slots needs a TTSCache"
             cache = r.cache.at_slot(r.start)
         kr, vr = cache.update(li, kr, vr)

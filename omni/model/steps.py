@@ -10,6 +10,7 @@ which ops run together (omni.batch), model math (the modules).
 Results of a batch are per op and equal what each op gives alone, up to float rounding of the
 larger GEMMs: every stage after the forward (sampling, masking) is row-wise.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -35,8 +36,14 @@ CPU_VISION_BATCH = 2
 class Executor:
     """Runs ops on a model bundle's modules (`m.net`, `m.vocos`); a TTS-only user passes `tts`."""
 
-    def __init__(self, net: MiniCPMO | None = None, vocos: Vocos | None = None, tts: ConditionalChatTTS | None = None,
-                 audio_pool_step: int = 2, cuda_graphs: bool = False):
+    def __init__(
+        self,
+        net: MiniCPMO | None = None,
+        vocos: Vocos | None = None,
+        tts: ConditionalChatTTS | None = None,
+        audio_pool_step: int = 2,
+        cuda_graphs: bool = False,
+    ):
         """`cuda_graphs`: run decode steps (LLM token, TTS frame) as captured CUDA graphs."""
         self.net, self.vocos = net, vocos
         self.tts: ConditionalChatTTS | None = tts if tts is not None else getattr(net, "tts", None)
@@ -44,16 +51,25 @@ class Executor:
         self.graphs: dict[str, DecodeGraphs] = {}
         if cuda_graphs:
             from .graphs import DecodeGraphs
+
             self.graphs = {"llm": DecodeGraphs(self._net().llm.model), "tts": DecodeGraphs(self._tts_model().model)}
         self._kinds: dict[str, Callable[[list], list]] = {
-            "llm": self._llm, "tts": self._tts, "decode": self._decode, "vision": self._vision,
-            "audio": self._audio}
+            "llm": self._llm,
+            "tts": self._tts,
+            "decode": self._decode,
+            "vision": self._vision,
+            "audio": self._audio,
+        }
 
     @classmethod
     def of(cls, m: Omni, cuda_graphs: bool = False) -> "Executor":
         """For an `omni.loader.Omni` bundle (graphs only on a CUDA device)."""
-        return cls(m.net, m.vocos, audio_pool_step=m.config.audio_pool_step,
-                   cuda_graphs=cuda_graphs and m.device.type == "cuda")
+        return cls(
+            m.net,
+            m.vocos,
+            audio_pool_step=m.config.audio_pool_step,
+            cuda_graphs=cuda_graphs and m.device.type == "cuda",
+        )
 
     @torch.inference_mode()
     def run(self, ops: list[Op]) -> list:
@@ -79,24 +95,28 @@ class Executor:
         llm = self._net().llm
         dev = llm.lm_head.weight.device
         ids = [i for op in ops if op.ids is not None for i in op.ids]
-        id_emb = iter(llm.embed(torch.tensor(ids, device=dev)).split([op.length for op in ops if op.ids is not None])
-                      if ids else ())
+        id_emb = iter(
+            llm.embed(torch.tensor(ids, device=dev)).split([op.length for op in ops if op.ids is not None])
+            if ids
+            else ()
+        )
         x = torch.cat([next(id_emb) if op.ids is not None else _embeds(op).to(dev) for op in ops], 0)
         rows = [Row(op.cache, op.length, op.cache.seq_len) for op in ops]
         h = forward_rows(llm.model, x, rows, self.graphs.get("llm"))
         ends = torch.tensor([op.length for op in ops]).cumsum(0) - 1
-        last = h[ends.to(dev)]                                                   # [B, D]
+        last = h[ends.to(dev)]  # [B, D]
         drawn = [b for b, op in enumerate(ops) if op.sample is not None]
         tokens: list = [None] * len(ops)
         if drawn:
             logits = linear(llm.lm_head, last[drawn])
-            s = [op.sample for op in ops if op.sample is not None]             # in the order of `drawn`
-            for b, tok in zip(drawn, choose_rows(logits, [x.seen for x in s], [x.params for x in s],
-                                                 [x.generator for x in s])):
+            s = [op.sample for op in ops if op.sample is not None]  # in the order of `drawn`
+            for b, tok in zip(
+                drawn, choose_rows(logits, [x.seen for x in s], [x.params for x in s], [x.generator for x in s])
+            ):
                 tokens[b] = tok
         out, start = [], 0
         for b, op in enumerate(ops):
-            hidden = h[start:start + op.length] if op.all_hidden else last[b]
+            hidden = h[start : start + op.length] if op.all_hidden else last[b]
             out.append(LLMOut(hidden, tokens[b]))
             start += op.length
         return out
@@ -115,7 +135,7 @@ class Executor:
             mel = tts.decode_to_mel(codes)
             wav = vocos.decode(mel.float())
             for j, b in enumerate(group):
-                out[b] = (mel[j:j + 1], wav[j])
+                out[b] = (mel[j : j + 1], wav[j])
         return out
 
     def _vision(self, ops: list[VisionEncode]) -> list[torch.Tensor]:
@@ -124,8 +144,11 @@ class Executor:
         # On a CPU a batch of frames is no faster per frame (the eager attention's [heads, P, P]
         # scores dominate: 770 ms a full-size frame alone, 825 in eights, 978 in sixteens).
         chunk = CPU_VISION_BATCH if net.llm.lm_head.weight.device.type == "cpu" else len(ops)
-        groups = [g[i:i + chunk] for g in _groups(ops, lambda op: tuple(tuple(s.shape) for s in op.strips)).values()
-                  for i in range(0, len(g), chunk)]
+        groups = [
+            g[i : i + chunk]
+            for g in _groups(ops, lambda op: tuple(tuple(s.shape) for s in op.strips)).values()
+            for i in range(0, len(g), chunk)
+        ]
         for group in groups:
             strips = [s for b in group for s in ops[b].strips]
             feats = net.vision_features(strips, torch.cat([ops[b].tgt_sizes for b in group], 0))
@@ -135,12 +158,14 @@ class Executor:
 
     def _audio(self, ops: list[AudioEncode]) -> list[torch.Tensor]:
         from .audio import audio_embeddings_streaming_rows
+
         out: list = [None] * len(ops)
         net = self._net()
         for group in _groups(ops, lambda op: op.mel.shape[-1]).values():
             mels = torch.cat([ops[b].mel for b in group], 0)
-            embs = audio_embeddings_streaming_rows(net.apm, net.audio_projection_layer, mels,
-                                                   [ops[b].cache for b in group], self.audio_pool_step)
+            embs = audio_embeddings_streaming_rows(
+                net.apm, net.audio_projection_layer, mels, [ops[b].cache for b in group], self.audio_pool_step
+            )
             for b, e in zip(group, embs):
                 out[b] = e
         return out

@@ -8,6 +8,7 @@ back for the first steps of every call) with an injectable sampler. Does not own
 by the caller), prompt text and slot arithmetic (omni.processing.tts_text), the chunked loop
 (tts_loop.py).
 """
+
 from __future__ import annotations
 
 from typing import cast
@@ -28,7 +29,7 @@ from .ops import FramePick, TTSFrame, TTSPrefill
 from .rows import Row, forward_rows
 from .tts_state import TTSCache, TTSState
 
-MIN_TOKENS_TO_KEEP = 3   # the official `gen_logits`' TopP/TopK warpers keep at least 3 codes
+MIN_TOKENS_TO_KEEP = 3  # the official `gen_logits`' TopP/TopK warpers keep at least 3 codes
 # ChatTTS repetition-penalty window (frames), used only when repetition_penalty != 1.
 PENALTY_WINDOW_FRAMES = 16
 
@@ -68,20 +69,29 @@ class ConditionalChatTTS(nn.Module):
         super().__init__()
         self.cfg = cfg
         H = cfg.hidden_size
-        self.projector = (MultiModalProjector(cfg.llm_dim, H) if cfg.use_mlp
-                          else nn.Linear(cfg.llm_dim, H, bias=False))
+        self.projector = MultiModalProjector(cfg.llm_dim, H) if cfg.use_mlp else nn.Linear(cfg.llm_dim, H, bias=False)
         self.emb_code = nn.ModuleList(nn.Embedding(cfg.num_audio_tokens, H) for _ in range(cfg.num_vq))
         self.emb_text = nn.Embedding(cfg.num_text_tokens, H)
-        self.head_code = nn.ModuleList(weight_norm(nn.Linear(H, cfg.num_audio_tokens, bias=False), name="weight")
-                                       for _ in range(cfg.num_vq))
+        self.head_code = nn.ModuleList(
+            weight_norm(nn.Linear(H, cfg.num_audio_tokens, bias=False), name="weight") for _ in range(cfg.num_vq)
+        )
         self.dvae = DVAE()
         # Llama defaults for everything the official LlamaConfig does not set (spec §1.4).
-        self.model = DecoderModel(cfg.llama_vocab_size, H, cfg.intermediate_size, cfg.num_hidden_layers,
-                                  cfg.num_attention_heads, cfg.num_attention_heads, cfg.rope_theta,
-                                  cfg.rms_norm_eps, qkv_bias=False)
+        self.model = DecoderModel(
+            cfg.llama_vocab_size,
+            H,
+            cfg.intermediate_size,
+            cfg.num_hidden_layers,
+            cfg.num_attention_heads,
+            cfg.num_attention_heads,
+            cfg.rope_theta,
+            cfg.rms_norm_eps,
+            qkv_bias=False,
+        )
         if self.dvae.dims.codebook_size + 1 != cfg.num_audio_tokens:
-            raise ValueError(f"num_audio_tokens {cfg.num_audio_tokens} != FSQ codebook "
-                             f"{self.dvae.dims.codebook_size} + EOS")
+            raise ValueError(
+                f"num_audio_tokens {cfg.num_audio_tokens} != FSQ codebook {self.dvae.dims.codebook_size} + EOS"
+            )
 
     @property
     def condition_length(self) -> int:
@@ -91,9 +101,15 @@ class ConditionalChatTTS(nn.Module):
         """A fresh segment; `cache`: a reset slot of a batch engine's pool instead of a new cache."""
         c, w = self.cfg, self.emb_text.weight
         if cache is None:
-            cache = TTSCache(c.num_hidden_layers, c.num_attention_heads, c.hidden_size // c.num_attention_heads,
-                             self.condition_length - 1, w.dtype, w.device)
-        frames = torch.zeros(1, 0, c.num_vq, dtype=torch.long)   # on the host: the loop reads every frame
+            cache = TTSCache(
+                c.num_hidden_layers,
+                c.num_attention_heads,
+                c.hidden_size // c.num_attention_heads,
+                self.condition_length - 1,
+                w.dtype,
+                w.device,
+            )
+        frames = torch.zeros(1, 0, c.num_vq, dtype=torch.long)  # on the host: the loop reads every frame
         return TTSState(cache, frames, self.condition_length, text_mask)
 
     def speaker_embedding(self, spk_hidden: torch.Tensor) -> torch.Tensor:
@@ -112,7 +128,7 @@ class ConditionalChatTTS(nn.Module):
             assert int(is_spk.sum()) == self.cfg.num_spk_embs
             rows = is_spk.nonzero()[:, 0]
             # Official apply_spk_emb: batch row 0 of the projection ([H] or [n_spk, H]) fills the span.
-            emb[int(rows.min()):int(rows.max()) + 1] = self.speaker_embedding(spk_hidden)[0]
+            emb[int(rows.min()) : int(rows.max()) + 1] = self.speaker_embedding(spk_hidden)[0]
         return emb
 
     def audio_prefill(self, state: TTSState, frames: torch.Tensor) -> TTSPrefill:
@@ -128,17 +144,17 @@ class ConditionalChatTTS(nn.Module):
         """
         B, n, Q = frames.shape
         assert B == 1 and n > 0 and Q == self.cfg.num_vq, f"frames {tuple(frames.shape)}"
-        assert state.frames.shape[1] == 0 and state.cache.seq_len == self.condition_length - 1, \
+        assert state.frames.shape[1] == 0 and state.cache.seq_len == self.condition_length - 1, (
             "prefill_audio_ids needs a fresh segment (text prefilled, no audio yet)"
+        )
         dev = self.emb_text.weight.device
         frames = frames.to(dev).long()
-        bos = self.emb_text(torch.tensor([self.cfg.audio_bos_token_id], device=dev))        # [1, H]
-        emb = torch.cat([bos, self._code_sum(frames[0, :-1])], 0)                          # [n, H]
+        bos = self.emb_text(torch.tensor([self.cfg.audio_bos_token_id], device=dev))  # [1, H]
+        emb = torch.cat([bos, self._code_sum(frames[0, :-1])], 0)  # [n, H]
         past = state.cache.seq_len
         return TTSPrefill(state, emb, None, self.streaming_mask(past, state.text_mask, dev, new=n)[0, 0, 0])
 
-    def streaming_mask(self, past: int, text_mask: torch.Tensor | None, device=None,
-                       new: int = 1) -> torch.Tensor:
+    def streaming_mask(self, past: int, text_mask: torch.Tensor | None, device=None, new: int = 1) -> torch.Tensor:
         """bool [1, 1, 1, past+new] (True = attend) for the audio step(s) at cache length `past`.
 
         Hides text slots not yet revealed and the [Ptts] slot itself (so the BOS input is never
@@ -146,18 +162,20 @@ class ConditionalChatTTS(nn.Module):
         where `text_mask` is 0. One row, broadcast over the `new` queries (see prefill_audio_ids).
         """
         c, C = self.cfg, self.condition_length
-        V = visible_text_count(past, c.streaming_text_reserved_len, c.streaming_audio_chunk_size,
-                               c.streaming_text_chunk_size)
+        V = visible_text_count(
+            past, c.streaming_text_reserved_len, c.streaming_audio_chunk_size, c.streaming_text_chunk_size
+        )
         allowed = torch.ones(past + new, dtype=torch.bool, device=device)
-        allowed[text_start_len(c.num_spk_embs) + V:C] = False
+        allowed[text_start_len(c.num_spk_embs) + V : C] = False
         if text_mask is not None:
             allowed[:C] &= text_mask.to(device=device).bool()
         return allowed[None, None, None]
 
     # ---- solo entry points (one state, run at once) -----------------------------------------------
     @torch.inference_mode()
-    def prefill_text(self, state: TTSState, input_ids: torch.Tensor, begin: int, end: int,
-                     spk_hidden: torch.Tensor | None = None) -> None:
+    def prefill_text(
+        self, state: TTSState, input_ids: torch.Tensor, begin: int, end: int, spk_hidden: torch.Tensor | None = None
+    ) -> None:
         """Write text slots [begin, end) from input_ids [1, end-begin]; `[spk_emb]` rows take the speaker."""
         assert input_ids.shape[1] == end - begin, f"ids {tuple(input_ids.shape)} for slots [{begin}, {end})"
         self.step_rows([TTSPrefill(state, self.text_embeddings(input_ids, spk_hidden), begin)])
@@ -169,8 +187,15 @@ class ConditionalChatTTS(nn.Module):
         state.frames = frames.cpu().long()
 
     @torch.inference_mode()
-    def generate(self, state: TTSState, max_new_frames: int, temperatures, sampler,
-                 min_new_frames: int = 10, force_no_stop: bool = False) -> tuple[torch.Tensor, bool]:
+    def generate(
+        self,
+        state: TTSState,
+        max_new_frames: int,
+        temperatures,
+        sampler,
+        min_new_frames: int = 10,
+        force_no_stop: bool = False,
+    ) -> tuple[torch.Tensor, bool]:
         """Run `generate_steps` at once."""
         program = self.generate_steps(state, max_new_frames, temperatures, sampler, min_new_frames, force_no_stop)
         result = None
@@ -182,8 +207,15 @@ class ConditionalChatTTS(nn.Module):
             result = self.step_rows([op])[0]
 
     # ---- steps (any number of states at once) ----------------------------------------------------
-    def generate_steps(self, state: TTSState, max_new_frames: int, temperatures, sampler,
-                       min_new_frames: int = 10, force_no_stop: bool = False):
+    def generate_steps(
+        self,
+        state: TTSState,
+        max_new_frames: int,
+        temperatures,
+        sampler,
+        min_new_frames: int = 10,
+        force_no_stop: bool = False,
+    ):
         """Program: draw up to `max_new_frames` frames into `state` (one `TTSFrame` op each);
         returns (state.codes [1, n, Q], finished).
 
@@ -195,8 +227,9 @@ class ConditionalChatTTS(nn.Module):
         temps = tuple(float(t) for t in temperatures)
         assert len(temps) == c.num_vq, f"{len(temps)} temperatures for {c.num_vq} codebooks"
         for i in range(max_new_frames):
-            assert state.input_len == state.cache.seq_len + 1, \
+            assert state.input_len == state.cache.seq_len + 1, (
                 f"frames {state.frames.shape[1]} out of step with cache {state.cache.seq_len}"
+            )
             ids = yield TTSFrame(state, FramePick(temps, sampler, i < min_new_frames or force_no_stop))
             done = bool((ids == c.eos_code).any())
             if i == 0 and done:
@@ -229,7 +262,7 @@ class ConditionalChatTTS(nn.Module):
         h = forward_rows(self.model, torch.cat(x, 0), rows, decode_step)
         picked = iter(())
         if frames:
-            logits = self.head_logits(h[h.shape[0] - len(frames):])
+            logits = self.head_logits(h[h.shape[0] - len(frames) :])
             picked = iter(self.pick_frames(logits, [op.state for op in frames], [op.pick for op in frames]))
         return [next(picked) if isinstance(op, TTSFrame) else None for op in ops]
 
@@ -261,7 +294,7 @@ class ConditionalChatTTS(nn.Module):
         key = tuple((p.data_ptr(), p._version) for p in originals)
         if getattr(self, "_head_cache", (None,))[0] != key:
             with torch.no_grad(), parametrize.cached():
-                heads = [cast(nn.Linear, head) for head in self.head_code]   # ModuleList yields nn.Module
+                heads = [cast(nn.Linear, head) for head in self.head_code]  # ModuleList yields nn.Module
                 self._head_cache = (key, [head.weight.detach() for head in heads])
         return self._head_cache[1]
 
@@ -278,7 +311,9 @@ class ConditionalChatTTS(nn.Module):
         if warp:
             if c.repetition_penalty != 1.0:
                 for b in warp:
-                    logits[b] = repetition_penalty(logits[b], states[b].frames[0].to(logits.device), c.repetition_penalty)
+                    logits[b] = repetition_penalty(
+                        logits[b], states[b].frames[0].to(logits.device), c.repetition_penalty
+                    )
             top_p = TopPLogitsWarper(c.top_p, min_tokens_to_keep=MIN_TOKENS_TO_KEEP)
             top_k = TopKLogitsWarper(c.top_k, min_tokens_to_keep=MIN_TOKENS_TO_KEEP)
             rows = logits[warp].reshape(-1, V)
@@ -288,20 +323,22 @@ class ConditionalChatTTS(nn.Module):
         if blocked:
             logits[blocked, :, c.eos_code] = float("-inf")
         out: list = [None] * B
-        greedy = [b for b, p in enumerate(picks) if type(p.sampler) is GreedySampler]   # not subclasses: they may draw differently
+        greedy = [
+            b for b, p in enumerate(picks) if type(p.sampler) is GreedySampler
+        ]  # not subclasses: they may draw differently
         if greedy:
             ids = GreedySampler()(logits[greedy])
             for j, b in enumerate(greedy):
                 out[b] = ids[j]
         drawn = [b for b, p in enumerate(picks) if type(p.sampler) is MultinomialSampler]
-        if drawn:   # one softmax for all rows, then each row's draw with its own generator
+        if drawn:  # one softmax for all rows, then each row's draw with its own generator
             probs = F.softmax(logits[drawn], dim=-1)
             for j, b in enumerate(drawn):
                 out[b] = picks[b].sampler.draw(probs[j])
         for b, p in enumerate(picks):
             if out[b] is None:
                 out[b] = p.sampler(logits[b])
-        return list(torch.stack(out).long().cpu())       # one transfer for the batch (the loop reads them)
+        return list(torch.stack(out).long().cpu())  # one transfer for the batch (the loop reads them)
 
     @torch.inference_mode()
     def decode_to_mel(self, codes: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ once. The streaming loop (omni.session.speech) reuses the same programs, alone o
 Does not own: model math (tts.py, dvae.py, vocos.py), text layout (processing.tts_text), the
 session (it creates a `TTSState` per call and drops it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,12 +25,13 @@ from .vocos import Vocos
 @dataclass(frozen=True)
 class SpeechParams:
     """Official constants of the MiniCPM-o 2.6 TTS loops (hard-coded there, not in config.json)."""
-    frames_per_step: int = 25                          # output_chunk_size: 25 frames = 0.533 s
+
+    frames_per_step: int = 25  # output_chunk_size: 25 frames = 0.533 s
     temperatures: tuple[float, ...] = (0.1, 0.3, 0.1, 0.3)
-    min_new_frames: int = 10                           # EOS masked this many steps per generate call
-    max_frames: int = 2048                             # tts_max_new_tokens
-    decode_context_frames: int = 4                     # streaming: DVAE left context (code frames)
-    force_no_stop: bool = False                        # official debug flag: never draw the EOS code
+    min_new_frames: int = 10  # EOS masked this many steps per generate call
+    max_frames: int = 2048  # tts_max_new_tokens
+    decode_context_frames: int = 4  # streaming: DVAE left context (code frames)
+    force_no_stop: bool = False  # official debug flag: never draw the EOS code
 
 
 Trace = dict  # name -> tensor / int / bool, plus "call_order": list[str]; names as in the golden files
@@ -46,8 +48,15 @@ def _record(trace: Trace | None, kind: str, **values) -> None:
         trace[f"{kind}.{i}.{k}"] = v.detach().cpu() if isinstance(v, torch.Tensor) else v
 
 
-def prefill_chunk(tts: ConditionalChatTTS, state: TTSState, prompt_ids: torch.Tensor, begin: int, end: int,
-                  spk_hidden: torch.Tensor | None, trace: Trace | None = None):
+def prefill_chunk(
+    tts: ConditionalChatTTS,
+    state: TTSState,
+    prompt_ids: torch.Tensor,
+    begin: int,
+    end: int,
+    spk_hidden: torch.Tensor | None,
+    trace: Trace | None = None,
+):
     """Program: prefill slots [begin, end) of the prompt [1, condition_length]; no-op when empty."""
     if end <= begin:
         return
@@ -58,14 +67,21 @@ def prefill_chunk(tts: ConditionalChatTTS, state: TTSState, prompt_ids: torch.Te
     _record(trace, "prefill_text", input_ids=ids.int(), position_ids=torch.arange(begin, end)[None].int(), **extra)
 
 
-def generate_chunk(tts: ConditionalChatTTS, state: TTSState, params: SpeechParams, sampler,
-                   trace: Trace | None = None):
+def generate_chunk(tts: ConditionalChatTTS, state: TTSState, params: SpeechParams, sampler, trace: Trace | None = None):
     """Program: up to `frames_per_step` new frames; returns (all codes of the segment [1, n, Q], finished)."""
     input_len = state.input_len
-    codes, finished = yield from tts.generate_steps(state, params.frames_per_step, params.temperatures, sampler,
-                                                    params.min_new_frames, params.force_no_stop)
-    _record(trace, "tts_generate", new_ids=codes.int(), text_mask=state.text_mask, finished=finished,
-            input_len=input_len, max_new_token=params.frames_per_step)
+    codes, finished = yield from tts.generate_steps(
+        state, params.frames_per_step, params.temperatures, sampler, params.min_new_frames, params.force_no_stop
+    )
+    _record(
+        trace,
+        "tts_generate",
+        new_ids=codes.int(),
+        text_mask=state.text_mask,
+        finished=finished,
+        input_len=input_len,
+        max_new_token=params.frames_per_step,
+    )
     return codes, finished
 
 
@@ -100,16 +116,23 @@ def crossfade(prev: torch.Tensor, new: torch.Tensor, overlap: int) -> tuple[torc
     norm = prev.new_zeros(n0 + n1 - overlap)
     out[:n0] += weight[-n0:] * prev
     norm[:n0] += weight[-n0:]
-    out[n0 - overlap:] += weight[:n1] * new
-    norm[n0 - overlap:] += weight[:n1]
+    out[n0 - overlap :] += weight[:n1] * new
+    norm[n0 - overlap :] += weight[:n1]
     assert norm.min() > 0
     out = out / norm
     return out[:n0], out[n0:]
 
 
-def synthesize(tts: ConditionalChatTTS, vocos: Vocos, tts_tokenizer, spk_hidden: torch.Tensor, text: str,
-               sampler=None, params: SpeechParams = SpeechParams(),
-               trace: bool = True) -> tuple[np.ndarray, Trace | None]:
+def synthesize(
+    tts: ConditionalChatTTS,
+    vocos: Vocos,
+    tts_tokenizer,
+    spk_hidden: torch.Tensor,
+    text: str,
+    sampler=None,
+    params: SpeechParams = SpeechParams(),
+    trace: bool = True,
+) -> tuple[np.ndarray, Trace | None]:
     """Offline speech for one answer (official `_generate_mel_spec` + `decode_mel_to_audio`).
 
     spk_hidden [1, llm_dim]: last-layer LLM state at `<|spk|>`. `text` is the decoded answer as the
@@ -119,15 +142,15 @@ def synthesize(tts: ConditionalChatTTS, vocos: Vocos, tts_tokenizer, spk_hidden:
     c = tts.cfg
     sampler = sampler or MultinomialSampler()
     tr: Trace | None = {} if trace else None
-    prompt = T.prepare_tts_text(tts_tokenizer, T.answer_to_tts_text(text), c.streaming_text_reserved_len,
-                                c.num_spk_embs)
+    prompt = T.prepare_tts_text(
+        tts_tokenizer, T.answer_to_tts_text(text), c.streaming_text_reserved_len, c.num_spk_embs
+    )
     ids = torch.tensor([prompt.input_ids], device=tts.emb_text.weight.device)
     state = tts.new_state(T.text_mask(prompt.tokens_len, c.streaming_text_reserved_len, c.num_spk_embs))
     run = Executor(tts=tts, vocos=vocos).one
     finished = False
     # Each round reveals one text chunk, then draws one chunk of frames (31 rounds at most).
-    for k in range(T.offline_chunk_count(c.streaming_text_reserved_len, c.streaming_text_chunk_size,
-                                         c.num_spk_embs)):
+    for k in range(T.offline_chunk_count(c.streaming_text_reserved_len, c.streaming_text_chunk_size, c.num_spk_embs)):
         b, e = T.text_chunk_bounds(k, c.streaming_text_chunk_size, c.streaming_text_reserved_len, c.num_spk_embs)
         drive(prefill_chunk(tts, state, ids, b, e, spk_hidden, tr), run)
         codes, finished = drive(generate_chunk(tts, state, params, sampler, tr), run)

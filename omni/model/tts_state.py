@@ -5,6 +5,7 @@ frames appended after them), the writer a text prefill goes through (`TTSCache.a
 `TTSState` (one segment: its cache, the frames drawn so far, the streaming text mask). Does not
 own: the model (tts.py creates states, `new_state`), who holds them (the session).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,8 +21,16 @@ class TTSCache:
     stores the new k/v in place at [b, b+n), even after audio has been appended.
     """
 
-    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, text_slots: int,
-                 dtype=torch.float32, device=None, capacity_frames: int = 256):
+    def __init__(
+        self,
+        num_layers: int,
+        kv_heads: int,
+        head_dim: int,
+        text_slots: int,
+        dtype=torch.float32,
+        device=None,
+        capacity_frames: int = 256,
+    ):
         self.text_slots = text_slots
         shape = (1, kv_heads, text_slots + capacity_frames, head_dim)
         self._k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -40,10 +49,10 @@ class TTSCache:
             extra = max(n + T, 2 * cap) - cap
             grow = lambda buf: torch.cat([buf, buf.new_zeros(*buf.shape[:2], extra, buf.shape[3])], 2)
             self._k[layer], self._v[layer] = grow(self._k[layer]), grow(self._v[layer])
-        self._k[layer][:, :, n:n + T] = k
-        self._v[layer][:, :, n:n + T] = v
+        self._k[layer][:, :, n : n + T] = k
+        self._v[layer][:, :, n : n + T] = v
         self._len[layer] = n + T
-        return self._k[layer][:, :, :n + T], self._v[layer][:, :, :n + T]
+        return self._k[layer][:, :, : n + T], self._v[layer][:, :, : n + T]
 
     def at_slot(self, begin: int) -> "_SlotWriter":
         return _SlotWriter(self, begin)
@@ -68,8 +77,9 @@ class _SlotWriter:
 @dataclass
 class TTSState:
     """One TTS segment of one session: cache, codes so far, text mask. Created by `new_state`."""
+
     cache: TTSCache
-    frames: torch.Tensor            # [1, n, num_vq] long: every frame drawn (incl. a final EOS frame)
+    frames: torch.Tensor  # [1, n, num_vq] long: every frame drawn (incl. a final EOS frame)
     condition_length: int
     text_mask: torch.Tensor | None  # int8 [condition_length] (tts_text.text_mask), None = no text mask
     finished: bool = False

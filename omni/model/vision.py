@@ -5,6 +5,7 @@ pre-LN encoder with eager attention, post LayerNorm), padding strips into a batc
 tower in chunks of `vision_batch_size`. Does not own: image slicing (omni.processing.image) or the
 resampler (omni.model.resampler).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,9 +42,8 @@ class SiglipVisionEmbeddings(nn.Module):
         super().__init__()
         self.patch_size = cfg.patch_size
         self.num_per_side = cfg.num_patches_per_side
-        self.patch_embedding = nn.Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size,
-                                         stride=cfg.patch_size)
-        self.position_embedding = nn.Embedding(self.num_per_side ** 2, cfg.hidden_size)
+        self.patch_embedding = nn.Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, stride=cfg.patch_size)
+        self.position_embedding = nn.Embedding(self.num_per_side**2, cfg.hidden_size)
 
     def forward(self, pixel_values: torch.Tensor, tgt_sizes: torch.Tensor) -> torch.Tensor:
         """[B, 3, P, P·N] -> [B, N, D]."""
@@ -65,9 +65,11 @@ class SiglipAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """x [B, N, D], mask additive [B, 1, N, N] or None -> [B, N, D]."""
         B, N, D = x.shape
-        q, k, v = (p(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))
-        scores = (q @ k.transpose(2, 3)) * self.head_dim ** -0.5
+        q, k, v = (
+            p(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        scores = (q @ k.transpose(2, 3)) * self.head_dim**-0.5
         if mask is not None:
             scores = scores + mask
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
@@ -115,8 +117,9 @@ class SiglipVisionTransformer(nn.Module):
         self.encoder = SiglipEncoder(cfg, n)
         self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
-    def forward(self, pixel_values: torch.Tensor, patch_attention_mask: torch.Tensor,
-                tgt_sizes: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixel_values: torch.Tensor, patch_attention_mask: torch.Tensor, tgt_sizes: torch.Tensor
+    ) -> torch.Tensor:
         """pixel_values [B, 3, P, P·N], patch_attention_mask [B, 1, N] bool, tgt_sizes [B, 2]
         -> [B, N, D]. Padded rows are computed too (they only see valid keys)."""
         B, _, P, L = pixel_values.shape
@@ -151,14 +154,17 @@ def pad_strips(strips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return pixel_values, mask.to(pixel_values.device)
 
 
-def encode_slices(vpm: SiglipVisionTransformer, strips: list[torch.Tensor], tgt_sizes: torch.Tensor,
-                  batch_size: int) -> torch.Tensor:
+def encode_slices(
+    vpm: SiglipVisionTransformer, strips: list[torch.Tensor], tgt_sizes: torch.Tensor, batch_size: int
+) -> torch.Tensor:
     """All slices -> [n, N_max, D]. Like the official get_vllm_embedding, the whole list is padded
     to one N_max first and then run in chunks of at most `batch_size` slices."""
     assert len(strips) == tgt_sizes.shape[0], f"{len(strips)} strips vs {tgt_sizes.shape[0]} sizes"
     pixel_values, mask = pad_strips(strips)
     dtype = next(vpm.parameters()).dtype
     pixel_values = pixel_values.to(dtype)
-    out = [vpm(pixel_values[i: i + batch_size], mask[i: i + batch_size], tgt_sizes[i: i + batch_size])
-           for i in range(0, len(strips), batch_size)]
+    out = [
+        vpm(pixel_values[i : i + batch_size], mask[i : i + batch_size], tgt_sizes[i : i + batch_size])
+        for i in range(0, len(strips), batch_size)
+    ]
     return torch.cat(out, dim=0)

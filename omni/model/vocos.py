@@ -9,6 +9,7 @@ The ISTFT is hand-written: Vocos uses "same" padding (trim (n_fft - hop)/2 per s
 summed squared window), which `torch.istft` cannot express (with center=False its window-envelope
 check fails at the edges), and we do not depend on the vocos package or torchaudio.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,6 +23,7 @@ from torch import nn
 @dataclass(frozen=True)
 class VocosDims:
     """The official `initialize_vocos` values (not in config.json)."""
+
     num_mels: int = 100
     dim: int = 512
     intermediate: int = 1536
@@ -105,7 +107,8 @@ class VocosBackbone(nn.Module):
 
 
 class ISTFT(nn.Module):
-    window: torch.Tensor              # [n_fft] Hann buffer
+    window: torch.Tensor  # [n_fft] Hann buffer
+
     def __init__(self, n_fft: int, hop_length: int):
         super().__init__()
         self.n_fft, self.hop_length = n_fft, hop_length
@@ -117,8 +120,9 @@ class ISTFT(nn.Module):
         pad = (self.n_fft - self.hop_length) // 2
         frames = torch.fft.irfft(spec, self.n_fft, dim=1, norm="backward") * self.window[None, :, None]
         total = (T - 1) * self.hop_length + self.n_fft
-        fold = lambda x: F.fold(x, output_size=(1, total), kernel_size=(1, self.n_fft),
-                                stride=(1, self.hop_length))[:, 0, 0, pad:-pad]
+        fold = lambda x: F.fold(x, output_size=(1, total), kernel_size=(1, self.n_fft), stride=(1, self.hop_length))[
+            :, 0, 0, pad:-pad
+        ]
         y = fold(frames)
         envelope = fold(self.window.square()[None, :, None].expand(1, -1, T))[0]
         assert (envelope > 1e-11).all(), "window envelope vanished: NOLA violated"
@@ -149,9 +153,12 @@ class Vocos(nn.Module):
     def check_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Raise if a state dict's shapes contradict the hyper-parameters (hop is not checkable)."""
         d = self.dims
-        want = {"backbone.embed.weight": (d.dim, d.num_mels, d.kernel),
-                "backbone.convnext.0.pwconv1.weight": (d.intermediate, d.dim),
-                "head.out.weight": (d.n_fft + 2, d.dim), "head.istft.window": (d.n_fft,)}
+        want = {
+            "backbone.embed.weight": (d.dim, d.num_mels, d.kernel),
+            "backbone.convnext.0.pwconv1.weight": (d.intermediate, d.dim),
+            "head.out.weight": (d.n_fft + 2, d.dim),
+            "head.istft.window": (d.n_fft,),
+        }
         bad = {k: (tuple(state[k].shape), v) for k, v in want.items() if k not in state or tuple(state[k].shape) != v}
         layers = len({k.split(".")[2] for k in state if k.startswith("backbone.convnext.")})
         if bad or layers != d.layers:

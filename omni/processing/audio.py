@@ -8,6 +8,7 @@ placeholder text. Does not own: the encoder (omni.model.audio), tokenisation, pr
 Every rate is derived: 16 kHz / hop 160 = 100 mel frames/s; conv2 stride 2 -> 50 frames/s;
 average pool 2 -> 25 tokens/s.
 """
+
 from __future__ import annotations
 
 import functools
@@ -65,8 +66,13 @@ def chunk_tokens(chunk_length_s: float = 1.0, pool_step: int = POOL_STEP) -> int
     return pooled_tokens(post_conv_frames(int(chunk_length_s * MEL_FRAMES_PER_S)), pool_step)
 
 
-def audio_placeholder(num_samples: int, chunk_input: bool = True, chunk_length_s: float = 1.0,
-                      pool_step: int = POOL_STEP, unk: str = _PRE.unk) -> str:
+def audio_placeholder(
+    num_samples: int,
+    chunk_input: bool = True,
+    chunk_length_s: float = 1.0,
+    pool_step: int = POOL_STEP,
+    unk: str = _PRE.unk,
+) -> str:
     """Placeholder text for one clip of `num_samples` at 16 kHz (spec §3.2).
 
     chunk_input: one `<|audio_start|>` + `<unk>`×25 + `<|audio_end|>` group per second, the last
@@ -85,16 +91,20 @@ def audio_placeholder(num_samples: int, chunk_input: bool = True, chunk_length_s
 @functools.lru_cache(maxsize=4)
 def feature_extractor(cfg: PreprocessorConfig = _PRE) -> WhisperFeatureExtractor:
     """One shared extractor per preprocessor config (building it computes the mel filterbank)."""
-    return WhisperFeatureExtractor(feature_size=cfg.feature_size, sampling_rate=cfg.sampling_rate,
-                                   hop_length=cfg.hop_length, chunk_length=cfg.chunk_length,
-                                   n_fft=cfg.n_fft)
+    return WhisperFeatureExtractor(
+        feature_size=cfg.feature_size,
+        sampling_rate=cfg.sampling_rate,
+        hop_length=cfg.hop_length,
+        chunk_length=cfg.chunk_length,
+        n_fft=cfg.n_fft,
+    )
 
 
 def split_clip(audio_16k: np.ndarray, max_samples: int = MAX_CLIP_SAMPLES) -> list[np.ndarray]:
     """Official long-clip rule: consecutive 30-s pieces, the last one shorter."""
     if len(audio_16k) <= max_samples:
         return [audio_16k]
-    return [audio_16k[i:i + max_samples] for i in range(0, len(audio_16k), max_samples)]
+    return [audio_16k[i : i + max_samples] for i in range(0, len(audio_16k), max_samples)]
 
 
 def log_mel_pieces(audio_16k: np.ndarray, cfg: PreprocessorConfig = _PRE) -> list[np.ndarray]:
@@ -114,9 +124,10 @@ def log_mel_pieces(audio_16k: np.ndarray, cfg: PreprocessorConfig = _PRE) -> lis
         n = len(piece)
         padded = np.zeros(min(full, _ceil_to(n + _zero_tail(cfg), cfg.hop_length)), np.float32)
         padded[:n] = piece
-        feat = feature_extractor(cfg)([padded], sampling_rate=cfg.sampling_rate, padding="longest",
-                                      return_tensors="np")["input_features"][0]
-        mels.append(np.ascontiguousarray(feat[:, :mel_frames(n, cfg.hop_length)], dtype=np.float32))
+        feat = feature_extractor(cfg)(
+            [padded], sampling_rate=cfg.sampling_rate, padding="longest", return_tensors="np"
+        )["input_features"][0]
+        mels.append(np.ascontiguousarray(feat[:, : mel_frames(n, cfg.hop_length)], dtype=np.float32))
     return mels
 
 

@@ -7,6 +7,7 @@ bounds in the prompt, padding strips into a batch (that is `omni.model.vision.pa
 
 Sizes are PIL-style (width, height); grids are (cols, rows), as in the official code.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,9 @@ def ensure_divide(length: float, patch_size: int) -> int:
     return max(round(length / patch_size) * patch_size, patch_size)
 
 
-def find_best_resize(size: tuple[float, float], scale_resolution: int, patch_size: int,
-                     allow_upscale: bool = False) -> Size:
+def find_best_resize(
+    size: tuple[float, float], scale_resolution: int, patch_size: int, allow_upscale: bool = False
+) -> Size:
     """(w, h) with about scale_resolution² area and the same aspect ratio, in patch multiples.
 
     Only rescales when the image is larger than scale_resolution² or upscaling is allowed;
@@ -41,8 +43,7 @@ def find_best_resize(size: tuple[float, float], scale_resolution: int, patch_siz
     return ensure_divide(width, patch_size), ensure_divide(height, patch_size)
 
 
-def get_sliced_grid(size: Size, max_slice_nums: int, scale_resolution: int,
-                    never_split: bool = False) -> Grid | None:
+def get_sliced_grid(size: Size, max_slice_nums: int, scale_resolution: int, never_split: bool = False) -> Grid | None:
     """(cols, rows) of the slice grid, or None when the image is not sliced.
 
     Candidate slice counts are multiple-1..multiple+1 (without 1 and above max_slice_nums); the grid
@@ -69,13 +70,15 @@ def get_refine_size(size: Size, grid: Grid, scale_resolution: int, patch_size: i
     """(w, h) the image is resized to before it is cut into `grid` equal cells."""
     cols, rows = grid
     refine_w, refine_h = ensure_divide(size[0], cols), ensure_divide(size[1], rows)
-    cell_w, cell_h = find_best_resize((refine_w / cols, refine_h / rows), scale_resolution,
-                                      patch_size, allow_upscale=True)
+    cell_w, cell_h = find_best_resize(
+        (refine_w / cols, refine_h / rows), scale_resolution, patch_size, allow_upscale=True
+    )
     return cell_w * cols, cell_h * rows
 
 
-def slice_image(image: Image.Image, max_slice_nums: int, scale_resolution: int, patch_size: int,
-                never_split: bool = False) -> tuple[list[Image.Image], Grid | None]:
+def slice_image(
+    image: Image.Image, max_slice_nums: int, scale_resolution: int, patch_size: int, never_split: bool = False
+) -> tuple[list[Image.Image], Grid | None]:
     """[source, crop(0,0), crop(0,1), ...] (crops row-major, top row first) and the grid.
 
     Unsliced: only the source, upscaled to about scale_resolution². Sliced: the source is only
@@ -90,8 +93,11 @@ def slice_image(image: Image.Image, max_slice_nums: int, scale_resolution: int, 
     refine = get_refine_size(image.size, grid, scale_resolution, patch_size)
     refined = image.resize(refine, resample=Image.Resampling.BICUBIC)
     cell_w, cell_h = refine[0] // grid[0], refine[1] // grid[1]
-    crops = [refined.crop((c * cell_w, r * cell_h, (c + 1) * cell_w, (r + 1) * cell_h))
-             for r in range(grid[1]) for c in range(grid[0])]
+    crops = [
+        refined.crop((c * cell_w, r * cell_h, (c + 1) * cell_w, (r + 1) * cell_h))
+        for r in range(grid[1])
+        for c in range(grid[0])
+    ]
     return [source] + crops, grid
 
 
@@ -122,8 +128,12 @@ def from_strip(strip: torch.Tensor, tgt_size: tuple[int, int]) -> torch.Tensor:
     return strip.reshape(C, P, hp, wp, P).permute(0, 2, 1, 3, 4).reshape(C, hp * P, wp * P)
 
 
-def image_placeholder(feature_size: int, grid: Grid | None, image_id: int | None,
-                      tok: PreprocessorConfig = PreprocessorConfig()) -> str:  # noqa: B008 - frozen
+def image_placeholder(
+    feature_size: int,
+    grid: Grid | None,
+    image_id: int | None,
+    tok: PreprocessorConfig = PreprocessorConfig(),  # noqa: B008 - frozen
+) -> str:
     """[<image_id>k</image_id>]<image><unk>×F</image> then the grid of <slice> groups.
 
     Grid rows are concatenated groups of `cols` slices, rows joined by "\\n"; no newline between
@@ -152,12 +162,14 @@ class ImageProcessor:
         assert n > 0, f"max_slice_nums must be positive, got {n}"
         return get_sliced_grid(size, n, self.cfg.scale_resolution)
 
-    def placeholder(self, size: Size, image_idx: int = 0, max_slice_nums: int | None = None,
-                    use_image_id: bool | None = None) -> str:
+    def placeholder(
+        self, size: Size, image_idx: int = 0, max_slice_nums: int | None = None, use_image_id: bool | None = None
+    ) -> str:
         """Placeholder text of one image; `image_idx` is its 0-based index in the request."""
         use_id = self.cfg.use_image_id if use_image_id is None else bool(use_image_id)
-        return image_placeholder(self.cfg.image_feature_size, self.grid(size, max_slice_nums),
-                                 image_idx if use_id else None, self.tokens)
+        return image_placeholder(
+            self.cfg.image_feature_size, self.grid(size, max_slice_nums), image_idx if use_id else None, self.tokens
+        )
 
     def slices(self, image: Image.Image, max_slice_nums: int | None = None) -> list[Image.Image]:
         """Source + crops of one image, as PIL images."""
@@ -165,9 +177,9 @@ class ImageProcessor:
         assert n > 0, f"max_slice_nums must be positive, got {n}"
         return slice_image(image, n, self.cfg.scale_resolution, self.cfg.patch_size)[0]
 
-    def process(self, images: list[Image.Image], max_slice_nums: int | None = None,
-                use_image_id: bool | None = None
-                ) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
+    def process(
+        self, images: list[Image.Image], max_slice_nums: int | None = None, use_image_id: bool | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[str]]:
         """-> (strips (3, P, P·N_i) over all slices of all images, tgt_sizes [n, 2] (rows, cols),
         one placeholder string per image)."""
         P = self.cfg.patch_size

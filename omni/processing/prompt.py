@@ -3,6 +3,7 @@
 Pure functions over strings and id lists (no torch state), table-tested in tests/test_prompt.py.
 Owns the exact strings of the official chat/TTS templates (spec §3.4, §3.5, §4.2, §4.4).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,15 +14,17 @@ import numpy as np
 from .tokens import MARK_AUDIO, MARK_IMAGE
 
 ASSISTANT_TTS_PREFIX = "<|im_start|>assistant\n<|spk_bos|><|spk|><|spk_eos|><|tts_bos|>"
-GENERATE_PREFIX = "<|im_end|>\n" + ASSISTANT_TTS_PREFIX          # streaming_generate input
+GENERATE_PREFIX = "<|im_end|>\n" + ASSISTANT_TTS_PREFIX  # streaming_generate input
 USER_OPEN = "<|im_start|>user\n"
-AFTER_COMPLETED = "<|im_end|>\n" + USER_OPEN                     # next turn after a finished reply
-AFTER_INTERRUPTED = "<|tts_eos|><|im_end|>\n" + USER_OPEN        # next turn after barge-in
+AFTER_COMPLETED = "<|im_end|>\n" + USER_OPEN  # next turn after a finished reply
+AFTER_INTERRUPTED = "<|tts_eos|><|im_end|>\n" + USER_OPEN  # next turn after barge-in
 
 # System prompts of `get_sys_prompt` (spec §3.4), English texts.
 SYS_DEFAULT = "You are a helpful assistant. You can accept audio and text input and output voice and text."
-SYS_OMNI = ("You are a helpful assistant. You can accept video, audio and text input and output voice "
-            "and text. Clone the voice in the provided audio prompt.")
+SYS_OMNI = (
+    "You are a helpful assistant. You can accept video, audio and text input and output voice "
+    "and text. Clone the voice in the provided audio prompt."
+)
 SYS_OMNI_SUFFIX = "As an assistant, you will speak using this voice style."
 SYS_CLONE = "Clone the voice in the provided audio prompt."
 SYS_DEFAULT_VOICE = "Use the <reserved_53> voice."
@@ -38,8 +41,9 @@ def sys_prompt(mode: str = "omni", ref_audio: np.ndarray | None = None) -> dict[
     elif mode == "omni":
         content = [SYS_OMNI] + ([ref_audio, SYS_OMNI_SUFFIX] if ref_audio is not None else [])
     elif mode == "audio_assistant":
-        content = ([SYS_CLONE, ref_audio, SYS_OMNI_SUFFIX] if ref_audio is not None
-                   else [SYS_DEFAULT_VOICE, SYS_OMNI_SUFFIX])
+        content = (
+            [SYS_CLONE, ref_audio, SYS_OMNI_SUFFIX] if ref_audio is not None else [SYS_DEFAULT_VOICE, SYS_OMNI_SUFFIX]
+        )
     elif mode == "audio_roleplay":
         content = [SYS_CLONE, ref_audio, SYS_ROLEPLAY_SUFFIX] if ref_audio is not None else [SYS_CLONE]
     else:
@@ -50,9 +54,10 @@ def sys_prompt(mode: str = "omni", ref_audio: np.ndarray | None = None) -> dict[
 @dataclass
 class Collected:
     """A message list turned into marker text plus the media in order of appearance."""
-    texts: list[tuple[str, str]]      # (role, content with markers)
-    images: list                       # PIL images
-    audios: list[np.ndarray]           # one array per audio message part group
+
+    texts: list[tuple[str, str]]  # (role, content with markers)
+    images: list  # PIL images
+    audios: list[np.ndarray]  # one array per audio message part group
 
 
 def collect(msgs: Sequence[dict], omni_input: bool) -> Collected:

@@ -4,6 +4,7 @@ Owns: loading the tokenizer files (tokenizer.json / vocab + merges, tokenizer_co
 transformers' Qwen2 tokenizer, and `SpecialIds`, every special-token id the prompt layout needs,
 looked up by string so nothing depends on a particular vocabulary. Does not own: prompt layout.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ TERMINATORS = ("<|im_end|>", "<|endoftext|>")
 @dataclass(frozen=True)
 class SpecialIds:
     unk: int
-    im_start: int          # <|im_start|>
-    im_end: int            # <|im_end|>
+    im_start: int  # <|im_start|>
+    im_end: int  # <|im_end|>
     endoftext: int
-    image_start: int       # <image>
+    image_start: int  # <image>
     image_end: int
     slice_start: int
     slice_end: int
@@ -43,11 +44,22 @@ class SpecialIds:
 
 
 _NAMES = {
-    "unk": "<unk>", "im_start": "<|im_start|>", "im_end": "<|im_end|>",
-    "endoftext": "<|endoftext|>", "image_start": "<image>", "image_end": "</image>",
-    "slice_start": "<slice>", "slice_end": "</slice>", "audio_start": "<|audio_start|>",
-    "audio_end": "<|audio_end|>", "spk_bos": "<|spk_bos|>", "spk": "<|spk|>",
-    "spk_eos": "<|spk_eos|>", "tts_bos": "<|tts_bos|>", "tts_eos": "<|tts_eos|>", "unit": "<unit>",
+    "unk": "<unk>",
+    "im_start": "<|im_start|>",
+    "im_end": "<|im_end|>",
+    "endoftext": "<|endoftext|>",
+    "image_start": "<image>",
+    "image_end": "</image>",
+    "slice_start": "<slice>",
+    "slice_end": "</slice>",
+    "audio_start": "<|audio_start|>",
+    "audio_end": "<|audio_end|>",
+    "spk_bos": "<|spk_bos|>",
+    "spk": "<|spk|>",
+    "spk_eos": "<|spk_eos|>",
+    "tts_bos": "<|tts_bos|>",
+    "tts_eos": "<|tts_eos|>",
+    "unit": "<unit>",
 }
 
 
@@ -60,6 +72,7 @@ def load_tokenizer(checkpoint_dir: str | Path) -> PreTrainedTokenizerBase:
     """
     # transformers 5 only aliases the 4.x name at run time (to Qwen2Tokenizer), unseen by its stubs
     from transformers import Qwen2TokenizerFast  # pyright: ignore[reportAttributeAccessIssue]
+
     return Qwen2TokenizerFast.from_pretrained(str(checkpoint_dir))
 
 
@@ -74,6 +87,7 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> SpecialIds:
 def load_tts_tokenizer(checkpoint_dir: str | Path) -> PreTrainedTokenizerBase:
     """ChatTTS BERT tokenizer from assets/chattts_tokenizer (spec §1.5; never downloaded)."""
     from transformers import BertTokenizerFast  # pyright: ignore[reportAttributeAccessIssue] - as Qwen2TokenizerFast
+
     path = Path(checkpoint_dir) / "assets" / "chattts_tokenizer"
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is missing: the TTS text tokenizer ships with the checkpoint")

@@ -7,6 +7,7 @@ text mask and the "visible text count" rule of the streaming attention mask. Eve
 pure function of its arguments (no model, no session state) so it can be table-tested.
 Does not own: tokenisation itself (the caller passes the ChatTTS BERT tokenizer), any tensor math.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,9 +28,9 @@ _EN_DIGITS = dict(zip("0123456789", "zero one two three four five six seven eigh
 
 
 class TTSPrompt(NamedTuple):
-    text: str              # "[Stts][spk_emb]{text}{pad}[Ptts]"
-    input_ids: list[int]   # the prompt re-tokenised: condition_length - 1 + 1 ids
-    tokens_len: int        # real text tokens (<= reserved_len)
+    text: str  # "[Stts][spk_emb]{text}{pad}[Ptts]"
+    input_ids: list[int]  # the prompt re-tokenised: condition_length - 1 + 1 ids
+    tokens_len: int  # real text tokens (<= reserved_len)
 
 
 def prepare_tts_text(tokenizer, text: str, reserved_len: int, num_spk_embs: int = 1) -> TTSPrompt:
@@ -57,6 +58,7 @@ def answer_to_tts_text(answer: str) -> str:
 
 # ---- slot layout ---------------------------------------------------------------------------------
 
+
 def text_start_len(num_spk_embs: int = 1) -> int:
     """Slots before the first text token: [Stts] and the speaker embedding(s)."""
     return 1 + num_spk_embs
@@ -67,8 +69,7 @@ def condition_length(reserved_len: int, num_spk_embs: int = 1) -> int:
     return text_start_len(num_spk_embs) + reserved_len + 1
 
 
-def text_chunk_bounds(chunk_idx: int, chunk_size: int, reserved_len: int,
-                      num_spk_embs: int = 1) -> tuple[int, int]:
+def text_chunk_bounds(chunk_idx: int, chunk_size: int, reserved_len: int, num_spk_embs: int = 1) -> tuple[int, int]:
     """Slots [b, e) that text chunk `chunk_idx` prefills. Chunk 0 also carries [Stts][spk_emb]."""
     start = text_start_len(num_spk_embs)
     if chunk_idx == 0:
@@ -77,8 +78,9 @@ def text_chunk_bounds(chunk_idx: int, chunk_size: int, reserved_len: int,
     return chunk_idx * chunk_size + start, end
 
 
-def final_flush_bounds(chunk_idx: int, chunk_size: int, tokens_len: int,
-                       num_spk_embs: int = 1, reserved_len: int | None = None) -> tuple[int, int]:
+def final_flush_bounds(
+    chunk_idx: int, chunk_size: int, tokens_len: int, num_spk_embs: int = 1, reserved_len: int | None = None
+) -> tuple[int, int]:
     """Streaming end of text: the remaining slots including [Etts] (e = tokens_len + 3); empty when e <= b.
 
     With `reserved_len`, e is clamped to the text slots: a text of reserved_len tokens was truncated
@@ -100,7 +102,7 @@ def offline_chunk_count(reserved_len: int, chunk_size: int, num_spk_embs: int = 
 def text_mask(tokens_len: int, reserved_len: int, num_spk_embs: int = 1) -> torch.Tensor:
     """int8 [condition_length]: 1 on [Stts], spk, the real text and [Etts], and on the [Ptts] slot."""
     mask = torch.zeros(condition_length(reserved_len, num_spk_embs), dtype=torch.int8)
-    mask[:text_start_len(num_spk_embs) + tokens_len + 1] = 1
+    mask[: text_start_len(num_spk_embs) + tokens_len + 1] = 1
     mask[-1] = 1
     return mask
 
@@ -120,8 +122,9 @@ def rollover_threshold(reserved_len: int) -> int:
 
 # ---- streaming text normalisation ------------------------------------------------------------------
 
+
 def detect_language(text: str) -> str:
-    """"chinese" when CJK ideographs are at least as many as Latin letters, else "english"."""
+    """ "chinese" when CJK ideographs are at least as many as Latin letters, else "english"."""
     zh = len(re.findall(r"[\u4e00-\u9fff]", text))
     en = len(re.findall(r"[a-zA-Z]", text))
     return "chinese" if zh >= en else "english"
@@ -166,4 +169,4 @@ def split_at_sentence_end(gen_text: str, end_char: str) -> tuple[str, str]:
     """(segment text up to and including the last `end_char`, the rest carried to the next segment)."""
     idx = gen_text.rfind(end_char)
     assert idx != -1, f"{end_char!r} not in the segment text"
-    return gen_text[:idx + 1], gen_text[idx + 1:]
+    return gen_text[: idx + 1], gen_text[idx + 1 :]

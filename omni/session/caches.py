@@ -5,6 +5,7 @@ run alone (new, growing caches).
 A batch engine answers with pool slots instead (omni.batch.slots.SlotCaches). Does not own: the
 caches once handed out (the session's state holds them).
 """
+
 from __future__ import annotations
 
 from typing import Protocol

@@ -16,6 +16,7 @@ methods (`prefill`, `generate`, ...) run their program at once, op by op; a batc
 nothing but the read-only `Omni` bundle; a session in a batch engine keeps its LLM cache and TTS
 state in pool slots (`caches`), which cannot grow, so prefills and replies check the room first.
 """
+
 from __future__ import annotations
 
 from typing import Generator, Iterator, cast
@@ -41,14 +42,21 @@ from .state import ReplyMark, SessionState
 __all__ = ["GenerateOptions", "InputTooLong", "PrefillRecord", "Session", "SoloCaches"]
 
 MS_PER_S = 1000
-DEFAULT_OPTIONS = GenerateOptions()   # frozen: one shared default
-Reply = Generator[tuple[str, np.ndarray], None, None]   # (text delta, 24-kHz float32 audio) pieces
+DEFAULT_OPTIONS = GenerateOptions()  # frozen: one shared default
+Reply = Generator[tuple[str, np.ndarray], None, None]  # (text delta, 24-kHz float32 audio) pieces
 
 
 class Session:
     prefill_chunk_tokens = PREFILL_CHUNK_TOKENS
-    def __init__(self, m: Omni, seed: int | None = None, max_cache_tokens: int | None = None,
-                 caches: Caches | None = None, reply_reserve_tokens: int = 0):
+
+    def __init__(
+        self,
+        m: Omni,
+        seed: int | None = None,
+        max_cache_tokens: int | None = None,
+        caches: Caches | None = None,
+        reply_reserve_tokens: int = 0,
+    ):
         """`max_cache_tokens`: LLM cache budget; before a new user turn is prefilled, the oldest
         complete turns are dropped until the cache fits (the system prompt and the latest turn
         always stay). None keeps everything (the official behaviour). `caches`: where the LLM
@@ -63,19 +71,20 @@ class Session:
         self.reset()
 
     def reset(self) -> None:
-        gen = torch.Generator(device=self.m.device)   # multinomial draws on the logits' device (CUDA needs this)
-        if self.seed is not None:   # per-session seed: sampled replies are reproducible per session
+        gen = torch.Generator(device=self.m.device)  # multinomial draws on the logits' device (CUDA needs this)
+        if self.seed is not None:  # per-session seed: sampled replies are reproducible per session
             gen.manual_seed(self.seed)
         else:
             gen.seed()
         self.state = SessionState(self.caches.llm(), generator=gen)
         self._reply: ReplyRecord | None = None
-        self.last_reply_end: str | None = None   # "eos" | "max_tokens" | "max_speech" once a reply ends
+        self.last_reply_end: str | None = None  # "eos" | "max_tokens" | "max_speech" once a reply ends
         self._active: Reply | None = None
 
     # ---- run alone: each program driven at once -----------------------------------------------
-    def set_system(self, mode: str = "omni", ref_audio: np.ndarray | None = None,
-                   text: str | None = None) -> PrefillRecord:
+    def set_system(
+        self, mode: str = "omni", ref_audio: np.ndarray | None = None, text: str | None = None
+    ) -> PrefillRecord:
         """Start a new conversation with the system prompt of `get_sys_prompt` or a custom text."""
         return drive(self.system_program(mode, ref_audio, text), self._run)
 
@@ -87,12 +96,13 @@ class Session:
         """Official streaming_prefill of one message (spec §4.2)."""
         return drive(self.prefill_program(msg), self._run)
 
-    def generate(self, options: GenerateOptions = DEFAULT_OPTIONS,
-                 trace: dict | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    def generate(
+        self, options: GenerateOptions = DEFAULT_OPTIONS, trace: dict | None = None
+    ) -> Iterator[tuple[str, np.ndarray]]:
         """Official streaming_generate (spec §4.4): yields (text delta, 24-kHz float32 audio)."""
         program = self.reply_program(options, trace)
         self._close_active()
-        self._active = cast(Reply, stream(program, self._run))   # a generator function (ops types it Iterator)
+        self._active = cast(Reply, stream(program, self._run))  # a generator function (ops types it Iterator)
         return self._active
 
     def reply_step(self) -> tuple[str, np.ndarray] | None:
@@ -124,7 +134,7 @@ class Session:
         """Program of `prefill` (checks the message at once, so a bad one fails before any op).
         `max_tokens`: a message that tokenizes longer is refused (`InputTooLong`)."""
         self._close_active()
-        self._reply = None             # new input follows the reply: it can no longer be cut or forgotten
+        self._reply = None  # new input follows the reply: it can no longer be cut or forgotten
         m, st = self.m, self.state
         col = P.collect([msg], omni_input=True)
         role, content = col.texts[0]
@@ -137,27 +147,30 @@ class Session:
             text = prefix + content
         strips, tgt, img_ph = [], None, []
         if col.images:
-            strips, tgt, img_ph = m.image_processor.process(col.images, max_slice_nums=STREAM_MAX_SLICE_NUMS,
-                                                            use_image_id=False)
-        text = P.expand_markers(text, img_ph, [audio_placeholder(len(a), chunk_input=m.config.chunk_input)
-                                               for a in col.audios])
+            strips, tgt, img_ph = m.image_processor.process(
+                col.images, max_slice_nums=STREAM_MAX_SLICE_NUMS, use_image_id=False
+            )
+        text = P.expand_markers(
+            text, img_ph, [audio_placeholder(len(a), chunk_input=m.config.chunk_input) for a in col.audios]
+        )
         mels = [fragment_mel(m, a) for a in col.audios]
         ids = m.tokenizer.encode(text, add_special_tokens=first)
         if max_tokens is not None and len(ids) > max_tokens:
-            raise InputTooLong(f"the item is {len(ids)} tokens long; the limit is {max_tokens} "
-                               "(the server's max_item_tokens)")
+            raise InputTooLong(
+                f"the item is {len(ids)} tokens long; the limit is {max_tokens} (the server's max_item_tokens)"
+            )
         return self._prefill(role, first, opens_turn, prefix, text, ids, strips, tgt, mels)
 
     def _prefill(self, role, first, opens_turn, prefix, text, ids, strips, tgt, mels):
         m, st = self.m, self.state
         if opens_turn:
             self._slide_window()
-        self._make_room(len(ids))      # before any state changes: a refusal leaves the session as it was
+        self._make_room(len(ids))  # before any state changes: a refusal leaves the session as it was
         if opens_turn:
             st.new_user_msg = False
             # The turn starts after the close of the previous reply (`<|im_end|>\n`), so a dropped
             # turn takes its reply's close with it and the next turn opens right after the system.
-            close = m.tokenizer.encode(prefix[:len(prefix) - len(P.USER_OPEN)], add_special_tokens=False)
+            close = m.tokenizer.encode(prefix[: len(prefix) - len(P.USER_OPEN)], add_special_tokens=False)
             st.turn_starts.append(st.cache_len + len(close))
         if role in ("system", "assistant"):
             st.new_user_msg = True
@@ -167,9 +180,9 @@ class Session:
         ab = P.bounds(ids, (s.audio_start,), (s.audio_end,))
         vision = (yield VisionEncode(strips, tgt)) if strips else None
         audio = []
-        for mel in mels:   # one clip through the streaming encoder in one call (full attention within it)
+        for mel in mels:  # one clip through the streaming encoder in one call (full attention within it)
             audio.append((yield AudioEncode(mel, st.audio_cache)))
-        if first:   # the reference/system audio must not stay in the user-audio cache
+        if first:  # the reference/system audio must not stay in the user-audio cache
             st.audio_cache.clear()
         input_ids = torch.tensor([ids], device=m.device)
         embeds = m.net.embed(input_ids, ib, vision, ab, audio)
@@ -179,14 +192,15 @@ class Session:
             # message's square (the math is the same causal attention over cache + chunk).
             step = self.prefill_chunk_tokens
             for i in range(0, embeds.shape[1], step):
-                out = yield LLMForward(st.llm_cache, embeds=embeds[0, i:i + step])
+                out = yield LLMForward(st.llm_cache, embeds=embeds[0, i : i + step])
         except BaseException:
-            st.crop(start)             # a chunk failed: none of the message stays
+            st.crop(start)  # a chunk failed: none of the message stays
             raise
         st.started = True
         st.record(role, start)
-        return PrefillRecord(text, input_ids, ib, ab, tgt, mels, vision, embeds, out.hidden,
-                             (start, st.cache_len))   # no LM head here: a unit needs no logits
+        return PrefillRecord(
+            text, input_ids, ib, ab, tgt, mels, vision, embeds, out.hidden, (start, st.cache_len)
+        )  # no LM head here: a unit needs no logits
 
     def _turn_prefix(self) -> str:
         st = self.state
@@ -198,24 +212,25 @@ class Session:
         """Program of `generate`: outputs (text delta, 24-kHz float32 audio)."""
         if not self.state.started:
             raise RuntimeError("prefill a system prompt and user input before generate")
-        self._reply = None             # a new reply: the last one can no longer be cut or forgotten
+        self._reply = None  # a new reply: the last one can no longer be cut or forgotten
         return self._reply_program(options, trace)
 
     def _reply_program(self, o: GenerateOptions, trace: dict | None):
         m, st = self.m, self.state
         ids = m.tokenizer.encode(P.GENERATE_PREFIX, add_special_tokens=False)
         max_new_tokens = self._reply_room(len(ids), o.max_new_tokens)
-        (spk_pos, _), = P.bounds(ids, (m.ids.spk_bos,), (m.ids.spk_eos,))
-        reply = ReplyRecord(st.cache_len + len(ids), len(ids),
-                            (st.new_user_msg, st.llm_generated, st.llm_generate_completed))
+        ((spk_pos, _),) = P.bounds(ids, (m.ids.spk_bos,), (m.ids.spk_eos,))
+        reply = ReplyRecord(
+            st.cache_len + len(ids), len(ids), (st.new_user_msg, st.llm_generated, st.llm_generate_completed)
+        )
 
-        def begin() -> None:   # once the first op ran: a reply closed before that never started
+        def begin() -> None:  # once the first op ran: a reply closed before that never started
             st.new_user_msg, st.llm_generated, st.llm_generate_completed = True, True, False
             st.audio_cache.clear()
             self._reply = reply
+
         llm_done: list[bool] = []
-        chunks = until_done(after_first_op(llm_chunks(m, st, ids, max_new_tokens, o.sampling, trace), begin),
-                            llm_done)
+        chunks = until_done(after_first_op(llm_chunks(m, st, ids, max_new_tokens, o.sampling, trace), begin), llm_done)
         self.last_reply_end = None
         if not o.generate_audio:
             while (ch := (yield from pull(chunks))) is not None:
@@ -225,11 +240,14 @@ class Session:
         sampler = MultinomialSampler(st.generator) if o.sampling.do_sample else GreedySampler()
         assert m.vocos is not None and m.tts_tokenizer is not None, "speech needs a checkpoint with the TTS"
         rate = m.vocos.dims.sample_rate_hz
-        opts = SpeechOptions(low_latency=o.low_latency,
-                             max_speech_samples=None if o.max_speech_s is None else int(o.max_speech_s * rate),
-                             params=SpeechParams(force_no_stop=o.force_no_stop))
-        speech = stream_speech(m.net.tts, m.vocos, m.tts_tokenizer, chunks, spk_pos, sampler,
-                               self.caches.tts_state, opts, trace)
+        opts = SpeechOptions(
+            low_latency=o.low_latency,
+            max_speech_samples=None if o.max_speech_s is None else int(o.max_speech_s * rate),
+            params=SpeechParams(force_no_stop=o.force_no_stop),
+        )
+        speech = stream_speech(
+            m.net.tts, m.vocos, m.tts_tokenizer, chunks, spk_pos, sampler, self.caches.tts_state, opts, trace
+        )
         while (piece := (yield from pull(speech))) is not None:
             reply.samples += piece.wav.shape[-1]
             reply.marks.append(ReplyMark(reply.samples, piece.cache_len))
@@ -240,13 +258,13 @@ class Session:
             yield piece.text, piece.wav.detach().float().cpu().numpy()
         budget = opts.max_speech_samples
         if st.llm_generate_completed:
-            self.last_reply_end = "eos"                  # the LLM's terminator
+            self.last_reply_end = "eos"  # the LLM's terminator
         elif budget is not None and reply.samples >= budget:
             self.last_reply_end = "max_speech"
         elif llm_done:
             self.last_reply_end = "max_tokens"
         else:
-            self.last_reply_end = "eos"                  # the TTS drew its EOS code first
+            self.last_reply_end = "eos"  # the TTS drew its EOS code first
 
     # ---- a bounded cache -----------------------------------------------------------------------
     def _make_room(self, n: int) -> None:
@@ -258,10 +276,12 @@ class Session:
             return
         self._drop_turns(max(cache.capacity - need, 0))
         if need > cache.free:
-            raise ContextFull(f"the conversation context is full: {n} more positions (plus {self.reply_reserve_tokens} "
-                              f"kept for the reply) do not fit in the {cache.capacity}-position context of "
-                              f"this session, which holds {cache.seq_len}; end the turn sooner or start a new "
-                              "conversation")
+            raise ContextFull(
+                f"the conversation context is full: {n} more positions (plus {self.reply_reserve_tokens} "
+                f"kept for the reply) do not fit in the {cache.capacity}-position context of "
+                f"this session, which holds {cache.seq_len}; end the turn sooner or start a new "
+                "conversation"
+            )
 
     def _reply_room(self, prefix: int, max_new_tokens: int) -> int:
         """max_new_tokens, cut to what fits in a bounded cache (the LLM overshoots its cap by 2)."""
@@ -273,8 +293,10 @@ class Session:
             self._drop_turns(max(cache.capacity - need, 0))
         fits = cache.free - prefix - (LLM_TOKENS_PER_CALL - 1)
         if fits < 1:
-            raise ContextFull(f"the conversation context is full ({cache.seq_len} of {cache.capacity} "
-                              "positions): no room for a reply; start a new conversation")
+            raise ContextFull(
+                f"the conversation context is full ({cache.seq_len} of {cache.capacity} "
+                "positions): no room for a reply; start a new conversation"
+            )
         return min(max_new_tokens, fits)
 
     # ---- barge-in -----------------------------------------------------------------------------
@@ -323,7 +345,7 @@ class Session:
         if reply is None:
             return st.cache_len
         st.new_user_msg, st.llm_generated, st.llm_generate_completed = reply.flags_before
-        st.crop(reply.prefix_end - reply.prefix_len)   # prefix_end moves with a slide
+        st.crop(reply.prefix_end - reply.prefix_len)  # prefix_end moves with a slide
         self._reply = None
         return st.cache_len
 
@@ -336,7 +358,7 @@ class Session:
 
     def _drop_turns(self, budget: int) -> None:
         dropped = self.state.drop_oldest_turns(budget, self.m.net.llm.model.inv_freq)
-        if dropped and self._reply is not None:   # the latest reply is never dropped: shift it
+        if dropped and self._reply is not None:  # the latest reply is never dropped: shift it
             self._reply.shift(dropped)
 
     def _close_active(self) -> None:

@@ -6,6 +6,7 @@ the chunk loop around it (`llm_chunks`: incomplete UTF-8 held back, the last sam
 only as the next call's input). Does not own: the turn flags beyond `llm_generate_completed`, the
 TTS, prompt strings.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,12 +18,13 @@ from ..sampling import SamplingParams
 from .speech import LLMChunk
 from .state import SessionState
 
-LLM_TOKENS_PER_CALL = 3        # official llm_generate_chunk: llm.generate(max_new_tokens=3) per call
-REPLACEMENT_CHAR = "\ufffd"    # decode of an incomplete UTF-8 sequence: held back for the next call
+LLM_TOKENS_PER_CALL = 3  # official llm_generate_chunk: llm.generate(max_new_tokens=3) per call
+REPLACEMENT_CHAR = "\ufffd"  # decode of an incomplete UTF-8 sequence: held back for the next call
 
 
-def llm_chunks(m: Omni, st: SessionState, input_ids: list[int], max_new_tokens: int, params: SamplingParams,
-               trace: dict | None):
+def llm_chunks(
+    m: Omni, st: SessionState, input_ids: list[int], max_new_tokens: int, params: SamplingParams, trace: dict | None
+):
     """Program: official llm_generate_chunk (spec §4.5): 3-token calls, incomplete UTF-8 held back,
     the last sampled token fed only as the next call's input (never at the end). Outputs one
     `LLMChunk` per call."""
@@ -63,8 +65,12 @@ def llm_call(m: Omni, st: SessionState, input_ids: list[int], want_hidden: bool,
     feed, new, hidden = list(input_ids), [], None
     while True:
         start = st.cache_len
-        out = yield LLMForward(st.llm_cache, ids=feed, all_hidden=want_hidden and not new,
-                               sample=LLMSample(params, tuple(seen), st.generator))
+        out = yield LLMForward(
+            st.llm_cache,
+            ids=feed,
+            all_hidden=want_hidden and not new,
+            sample=LLMSample(params, tuple(seen), st.generator),
+        )
         st.record("reply", start)
         if not new and want_hidden:
             hidden = out.hidden

@@ -4,6 +4,7 @@ limit (`InputTooLong`) and `PrefillRecord`, what one prefill fed the LLM.
 
 Does not own: the prompt rules and the prefill program (engine.py), the encoders (omni.model).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +15,8 @@ import torch
 from ..loader import Omni
 from ..processing.audio import log_mel
 
-STREAM_MAX_SLICE_NUMS = 1      # official streaming_prefill processor call
-PREFILL_CHUNK_TOKENS = 1024   # a prefill's LLM forward in pieces of this many positions (bounded memory)
+STREAM_MAX_SLICE_NUMS = 1  # official streaming_prefill processor call
+PREFILL_CHUNK_TOKENS = 1024  # a prefill's LLM forward in pieces of this many positions (bounded memory)
 
 
 class InputTooLong(ValueError):
@@ -25,15 +26,16 @@ class InputTooLong(ValueError):
 @dataclass
 class PrefillRecord:
     """What one prefill fed the LLM (returned for tests and the golden replay)."""
+
     text: str
-    input_ids: torch.Tensor                  # [1, L]
+    input_ids: torch.Tensor  # [1, L]
     image_bounds: list[tuple[int, int]]
     audio_bounds: list[tuple[int, int]]
     tgt_sizes: torch.Tensor | None
-    mels: list[torch.Tensor]                 # [1, 80, T] per clip
-    vision: torch.Tensor | None              # [n_slices, query_num, H]
-    inputs_embeds: torch.Tensor              # [1, L, H]
-    last_hidden: torch.Tensor                # [H] final hidden state at the last position (lm_head of it = the logits)
+    mels: list[torch.Tensor]  # [1, 80, T] per clip
+    vision: torch.Tensor | None  # [n_slices, query_num, H]
+    inputs_embeds: torch.Tensor  # [1, L, H]
+    last_hidden: torch.Tensor  # [H] final hidden state at the last position (lm_head of it = the logits)
     cache_range: tuple[int, int] = (0, 0)
 
 

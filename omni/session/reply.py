@@ -6,6 +6,7 @@ prefix ends in the cache, the audio handed out so far and the cache length behin
 from (`after_first_op`, `until_done`). Does not own: the reply program itself (engine.py), the
 LLM and TTS loops (llm.py, speech.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,20 +19,20 @@ from .state import ReplyMark
 
 @dataclass(frozen=True)
 class GenerateOptions:
-    sampling: SamplingParams = SamplingParams()   # official streaming default (sampling=True)
-    max_new_tokens: int = 512                     # checked after each 3-token call (may overshoot by 2)
-    max_speech_s: float | None = None             # random tiny weights never draw the TTS EOS
-    low_latency: bool = False                     # hand out each decoded chunk at once (holds back the 2048-sample overlap only)
+    sampling: SamplingParams = SamplingParams()  # official streaming default (sampling=True)
+    max_new_tokens: int = 512  # checked after each 3-token call (may overshoot by 2)
+    max_speech_s: float | None = None  # random tiny weights never draw the TTS EOS
+    low_latency: bool = False  # hand out each decoded chunk at once (holds back the 2048-sample overlap only)
     generate_audio: bool = True
-    force_no_stop: bool = False                   # official debug flag: the TTS never ends a reply itself
+    force_no_stop: bool = False  # official debug flag: the TTS never ends a reply itself
 
 
 @dataclass
 class ReplyRecord:
-    prefix_end: int                          # cache length once the prefix is in
-    prefix_len: int = 0                      # its prefix's tokens: the reply starts at prefix_end - prefix_len
-    flags_before: tuple = ()                 # (new_user_msg, llm_generated, llm_generate_completed) before it
-    samples: int = 0                         # audio handed out so far
+    prefix_end: int  # cache length once the prefix is in
+    prefix_len: int = 0  # its prefix's tokens: the reply starts at prefix_end - prefix_len
+    flags_before: tuple = ()  # (new_user_msg, llm_generated, llm_generate_completed) before it
+    samples: int = 0  # audio handed out so far
     marks: list[ReplyMark] = field(default_factory=list)
 
     def played_cache_len(self, played_samples: int) -> int:

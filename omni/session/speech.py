@@ -17,6 +17,7 @@ Deliberate deviations from the official rollover (both lose speech there): a new
 first LLM chunk is empty does not end the reply, and text left over when the LLM ends right at a
 rollover is still spoken (the official skips the flush because its prompt was never rebuilt).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,30 +33,31 @@ from ..model.tts_state import TTSState
 from ..model.vocos import Vocos
 from ..processing import tts_text as T
 
-Sampler = Callable[[torch.Tensor], torch.Tensor]       # logits [Q, V] -> ids [Q] (ops.FramePick)
-NewState = Callable[[torch.Tensor | None], TTSState]   # text mask -> a fresh segment state
+Sampler = Callable[[torch.Tensor], torch.Tensor]  # logits [Q, V] -> ids [Q] (ops.FramePick)
+NewState = Callable[[torch.Tensor | None], TTSState]  # text mask -> a fresh segment state
 
 
 @dataclass
 class LLMChunk:
     """One 3-token LLM call as the TTS sees it."""
-    text: str                         # decoded text (official `_decode_text`, held-back ids excluded)
-    hidden: torch.Tensor | None       # [L, H] last-layer states over the generate prompt (first chunk only)
-    cache_len: int                    # LLM cache length once this chunk's text is in the cache
+
+    text: str  # decoded text (official `_decode_text`, held-back ids excluded)
+    hidden: torch.Tensor | None  # [L, H] last-layer states over the generate prompt (first chunk only)
+    cache_len: int  # LLM cache length once this chunk's text is in the cache
 
 
 @dataclass
 class SpeechPiece:
-    text: str                         # LLM text handed out since the previous piece
-    wav: torch.Tensor                 # [n] float32 at the vocoder rate (may be empty)
-    cache_len: int                    # LLM cache length covering `text`
+    text: str  # LLM text handed out since the previous piece
+    wav: torch.Tensor  # [n] float32 at the vocoder rate (may be empty)
+    cache_len: int  # LLM cache length covering `text`
 
 
 @dataclass(frozen=True)
 class SpeechOptions:
     params: L.SpeechParams = L.SpeechParams()
-    low_latency: bool = False   # hand out decoded audio at once, holding back only the overlap (_Out)
-    max_speech_samples: int | None = None   # stop drawing frames once this much audio exists
+    low_latency: bool = False  # hand out decoded audio at once, holding back only the overlap (_Out)
+    max_speech_samples: int | None = None  # stop drawing frames once this much audio exists
 
 
 class _Out:
@@ -64,7 +66,7 @@ class _Out:
     def __init__(self, overlap: int, low_latency: bool):
         self.overlap, self.low_latency = overlap, low_latency
         self.prev: torch.Tensor | None = None
-        self.prev_emitted = 0          # head of `prev` already handed out (low latency)
+        self.prev_emitted = 0  # head of `prev` already handed out (low latency)
         self.text, self.cache_len, self.samples = "", 0, 0
 
     def take(self, wav: torch.Tensor) -> SpeechPiece:
@@ -76,12 +78,12 @@ class _Out:
         if self.prev is None:
             self.prev = wav
             if not self.low_latency:
-                return None   # official: the first chunk waits for the crossfade with the second
+                return None  # official: the first chunk waits for the crossfade with the second
             return self._take_settled(torch.zeros(0, dtype=wav.dtype))
         out, self.prev = L.crossfade(self.prev, wav, self.overlap)
-        if not self.low_latency:   # official: hand out the previous chunk, hold all of this one
+        if not self.low_latency:  # official: hand out the previous chunk, hold all of this one
             return self.take(out)
-        return self._take_settled(out[self.prev_emitted:])
+        return self._take_settled(out[self.prev_emitted :])
 
     def _take_settled(self, head: torch.Tensor) -> SpeechPiece:
         """Low latency: hand out `head` plus everything of `prev` the next crossfade leaves alone.
@@ -93,12 +95,12 @@ class _Out:
         """
         assert self.prev is not None, "called once `add` has set prev"
         self.prev_emitted = max(self.prev.shape[-1] - self.overlap, 0)
-        return self.take(torch.cat([head, self.prev[:self.prev_emitted]]))
+        return self.take(torch.cat([head, self.prev[: self.prev_emitted]]))
 
     def tail(self) -> SpeechPiece | None:
-        if self.prev is None:   # no audio at all (e.g. an empty reply): hand out pending text only
+        if self.prev is None:  # no audio at all (e.g. an empty reply): hand out pending text only
             return self.take(torch.zeros(0)) if self.text else None
-        piece = self.take(self.prev[self.prev_emitted:])
+        piece = self.take(self.prev[self.prev_emitted :])
         self.prev, self.prev_emitted = None, 0
         return piece
 
@@ -110,20 +112,29 @@ class _Out:
 @dataclass
 class _Segment:
     """One TTS segment: its own TTSState and text prompt (official: one recursion level)."""
+
     state: TTSState
-    gen_text: str                     # normalised text of this segment (carried text first)
-    raw: str                          # un-normalised text, for the language check
-    decoded: int = 0                  # frames already turned into audio
-    chunk_idx: int = 0                # text chunks prefilled
-    received: bool = False            # an LLM chunk arrived in this segment
-    finished: bool = False            # the TTS drew EOS
-    carried: bool = False             # started by a rollover (text and frames carried over)
-    left: str = ""                    # text after the old segment's last sentence end
+    gen_text: str  # normalised text of this segment (carried text first)
+    raw: str  # un-normalised text, for the language check
+    decoded: int = 0  # frames already turned into audio
+    chunk_idx: int = 0  # text chunks prefilled
+    received: bool = False  # an LLM chunk arrived in this segment
+    finished: bool = False  # the TTS drew EOS
+    carried: bool = False  # started by a rollover (text and frames carried over)
+    left: str = ""  # text after the old segment's last sentence end
 
 
-def stream_speech(tts: ConditionalChatTTS, vocos: Vocos, tts_tokenizer: PreTrainedTokenizerBase, chunks: Program,
-                  spk_pos: int, sampler: Sampler, new_state: NewState, opts: SpeechOptions = SpeechOptions(),
-                  trace: dict | None = None):
+def stream_speech(
+    tts: ConditionalChatTTS,
+    vocos: Vocos,
+    tts_tokenizer: PreTrainedTokenizerBase,
+    chunks: Program,
+    spk_pos: int,
+    sampler: Sampler,
+    new_state: NewState,
+    opts: SpeechOptions = SpeechOptions(),
+    trace: dict | None = None,
+):
     """Program: one reply's TTS over the LLM chunk program `chunks` (with segment rollover),
     outputting `SpeechPiece`s; the first chunk must carry `hidden`. `new_state(text_mask)` gives a
     fresh `TTSState` (a new cache alone, the session's reset pool slot in a batch engine)."""
@@ -132,7 +143,7 @@ def stream_speech(tts: ConditionalChatTTS, vocos: Vocos, tts_tokenizer: PreTrain
     if first is None:
         return
     assert first.hidden is not None, "the first LLM chunk must carry the prompt hidden states"
-    spk = first.hidden[spk_pos][None]                        # [1, H] last layer at <|spk|>
+    spk = first.hidden[spk_pos][None]  # [1, H] last layer at <|spk|>
     out = _Out(L.crossfade_samples(p, tts, vocos), opts.low_latency)
     text = _cut(first.text)
     out.text, out.cache_len = text, first.cache_len
@@ -171,8 +182,8 @@ def _run_segment(ctx: _Ctx, seg: _Segment, chunks: Program):
     state, prompt = seg.state, ctx.prompt(seg.gen_text)
     text_left: str | None = None
 
-    def step(codes):   # program: decode the frames not yet decoded; a piece, or nothing
-        if codes.shape[1] <= seg.decoded:      # EOS at the first step of a call: nothing new
+    def step(codes):  # program: decode the frames not yet decoded; a piece, or nothing
+        if codes.shape[1] <= seg.decoded:  # EOS at the first step of a call: nothing new
             return None
         wav = yield from L.decode_new_audio(codes, seg.decoded, p, ctx.trace)
         seg.decoded = codes.shape[1]
@@ -183,14 +194,14 @@ def _run_segment(ctx: _Ctx, seg: _Segment, chunks: Program):
         seg.received = True
         txt = _cut(chunk.text)
         out.text, out.cache_len = out.text + txt, chunk.cache_len
-        if n_loop < 2:   # official: the language is settled on the first two chunks of a segment
+        if n_loop < 2:  # official: the language is settled on the first two chunks of a segment
             language = T.detect_language(seg.raw + txt)
         n_loop += 1
         seg.raw += txt
         seg.gen_text += T.normalize_tts_text(txt, language)
         prompt = ctx.prompt(seg.gen_text)
         end_char = T.sentence_end(txt) if prompt.tokens_len >= T.rollover_threshold(R) else ""
-        if end_char:   # segment rollover: this segment ends after the last sentence end
+        if end_char:  # segment rollover: this segment ends after the last sentence end
             seg.gen_text, text_left = T.split_at_sentence_end(seg.gen_text, end_char)
             prompt = ctx.prompt(seg.gen_text)
             break
@@ -213,9 +224,9 @@ def _run_segment(ctx: _Ctx, seg: _Segment, chunks: Program):
     if not stop and has_text:
         b, e = T.final_flush_bounds(seg.chunk_idx, step_tokens, prompt.tokens_len, n_spk, R)
         state.text_mask = T.text_mask(prompt.tokens_len, R, n_spk)
-        if e > b:                     # all 300 slots may already be in (a truncated text)
+        if e > b:  # all 300 slots may already be in (a truncated text)
             yield from L.prefill_chunk(tts, state, _ids(prompt, tts), b, e, ctx.spk, ctx.trace)
-        while True:   # all text is in: draw until EOS or the frame cap (checked after a call)
+        while True:  # all text is in: draw until EOS or the frame cap (checked after a call)
             codes, seg.finished = yield from L.generate_chunk(tts, state, p, ctx.sampler, ctx.trace)
             piece = yield from step(codes)
             if piece is not None:
@@ -243,12 +254,12 @@ def _carry_over(ctx: _Ctx, old: _Segment, prompt: T.TTSPrompt, text_left: str):
     tts, c = ctx.tts, ctx.tts.cfg
     n_spk = c.num_spk_embs
     start = T.text_start_len(n_spk)
-    text_ids = prompt.input_ids[start + prompt.tokens_len - CARRY_TEXT_TOKENS:start + prompt.tokens_len]
+    text_ids = prompt.input_ids[start + prompt.tokens_len - CARRY_TEXT_TOKENS : start + prompt.tokens_len]
     frames = old.state.codes[:, -CARRY_FRAMES:]
-    if frames.shape[1] == 0:   # nothing drawn (cannot happen after a flush): start from scratch
+    if frames.shape[1] == 0:  # nothing drawn (cannot happen after a flush): start from scratch
         return _Segment(ctx.new_state(None), text_left, text_left, carried=True, left=text_left)
     state = ctx.new_state(T.text_mask(len(text_ids), c.streaming_text_reserved_len, n_spk))
-    head = prompt.input_ids[:start]                           # [Stts][spk_emb]
+    head = prompt.input_ids[:start]  # [Stts][spk_emb]
     ids = torch.tensor([head + text_ids], device=tts.emb_text.weight.device)
     yield from L.prefill_chunk(tts, state, ids, 0, ids.shape[1], ctx.spk, ctx.trace)
     yield tts.audio_prefill(state, frames)
@@ -257,8 +268,15 @@ def _carry_over(ctx: _Ctx, old: _Segment, prompt: T.TTSPrompt, text_left: str):
     assert isinstance(kept, str), "one list of ids decodes to one string"
     carried = kept + text_left
     # chunk_idx = 5 // 10 = 0: the next text prefill rewrites [Stts][spk_emb] + the first 10 tokens.
-    return _Segment(state, carried, carried, decoded=frames.shape[1],
-                    chunk_idx=CARRY_TEXT_TOKENS // c.streaming_text_chunk_size, carried=True, left=text_left)
+    return _Segment(
+        state,
+        carried,
+        carried,
+        decoded=frames.shape[1],
+        chunk_idx=CARRY_TEXT_TOKENS // c.streaming_text_chunk_size,
+        carried=True,
+        left=text_left,
+    )
 
 
 def _cut(text: str) -> str:

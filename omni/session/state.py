@@ -6,6 +6,7 @@ the cache positions where each user turn begins (for the sliding window, `drop_o
 and the session's random generator. Does not own: model weights (the shared `Omni` bundle) or any
 logic; the engine mutates this object, nothing else does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from ..model.decoder import KVCache
 @dataclass
 class Span:
     """Cache positions [start, end) written by one prefill or one reply."""
-    kind: str        # "system" | "user" | "assistant" (a prefilled message) | "reply" (generated)
+
+    kind: str  # "system" | "user" | "assistant" (a prefilled message) | "reply" (generated)
     start: int
     end: int
 
@@ -28,6 +30,7 @@ class Span:
 class ReplyMark:
     """One yielded audio chunk of the current reply: the audio emitted so far and the cache
     length that holds the reply text handed out with it (for `Session.interrupt`)."""
+
     samples_end: int
     cache_len: int
 
@@ -36,12 +39,12 @@ class ReplyMark:
 class SessionState:
     llm_cache: KVCache
     audio_cache: AudioEncoderCache = field(default_factory=AudioEncoderCache)
-    started: bool = False                  # a first (template) prefill happened: official `is_first` is its negation
-    new_user_msg: bool = True              # next user fragment opens a `<|im_start|>user` turn
-    llm_generated: bool = False            # an assistant turn was started in this session
-    llm_generate_completed: bool = False   # the last assistant turn reached an LLM terminator
+    started: bool = False  # a first (template) prefill happened: official `is_first` is its negation
+    new_user_msg: bool = True  # next user fragment opens a `<|im_start|>user` turn
+    llm_generated: bool = False  # an assistant turn was started in this session
+    llm_generate_completed: bool = False  # the last assistant turn reached an LLM terminator
     spans: list[Span] = field(default_factory=list)
-    turn_starts: list[int] = field(default_factory=list)   # where each user turn's `<|im_start|>user` is
+    turn_starts: list[int] = field(default_factory=list)  # where each user turn's `<|im_start|>user` is
     generator: torch.Generator = field(default_factory=torch.Generator)
 
     @property
@@ -82,6 +85,7 @@ class SessionState:
 
         def shift(x: int) -> int:
             return x if x <= start else (start if x < end else x - d)
+
         kept = []
         for s in self.spans:
             new = Span(s.kind, shift(s.start), shift(s.end))

@@ -2,6 +2,7 @@
 events (STYLE §12). Both transports (WebSocket frames, WebRTC data-channel messages) call
 `dispatch`, WebRTC media goes through `guard`; a bad message costs an error event, never the
 session or the server."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,7 @@ async def dispatch(inbound, raw: str | bytes, send, max_bytes: int, fragments=No
     try:
         if fragments is not None:
             raw = fragments.push(raw)
-            if raw is None:               # a piece of a larger message: nothing to handle yet
+            if raw is None:  # a piece of a larger message: nothing to handle yet
                 return None
         ev = parse_client_event(raw, max_bytes)
         event_id = ev.event_id

@@ -6,6 +6,7 @@ resampler whose output length never drifts, image decoding with size limits, and
 reading. Every bad input is a MediaError with a message a client can act on. Does not own: VAD,
 chunking into 1-s units, or which format a session uses (protocol.SessionConfig).
 """
+
 from __future__ import annotations
 
 import base64
@@ -88,8 +89,7 @@ class StreamResampler:
         self.in_rate_hz, self.out_rate_hz = in_rate_hz, out_rate_hz
         self.samples_in = 0
         self.samples_out = 0
-        self._stream = soxr.ResampleStream(in_rate_hz, out_rate_hz, 1, dtype="float32",
-                                           quality="HQ")
+        self._stream = soxr.ResampleStream(in_rate_hz, out_rate_hz, 1, dtype="float32", quality="HQ")
 
     def push(self, x: np.ndarray) -> np.ndarray:
         """Feed float32 mono samples; returns whatever output is ready (maybe none)."""
@@ -145,8 +145,7 @@ def wire_to_float(data: bytes, fmt: AudioFormat | str) -> np.ndarray:
     t = _fmt(fmt)
     if t == "audio/pcm":
         if len(data) % 2:
-            raise MediaError("invalid_audio", f"PCM16 audio must be an even number of bytes, "
-                             f"got {len(data)}.")
+            raise MediaError("invalid_audio", f"PCM16 audio must be an even number of bytes, got {len(data)}.")
         pcm = np.frombuffer(data, dtype="<i2")
     else:
         table = ULAW_TO_PCM16 if t == "audio/pcmu" else ALAW_TO_PCM16
@@ -227,19 +226,18 @@ def decode_image(data: str | bytes, max_pixels: int) -> Image.Image:
         img = Image.open(io.BytesIO(data))  # reads the header only
         fmt, (w, h) = img.format, img.size
         if fmt not in IMAGE_FORMATS:
-            raise MediaError("unsupported_image_format", f"Image format {fmt} is not "
-                             f"supported; send JPEG, PNG or WebP.")
+            raise MediaError(
+                "unsupported_image_format", f"Image format {fmt} is not supported; send JPEG, PNG or WebP."
+            )
         if w * h > max_pixels:  # checked before decoding, so a huge frame costs nothing
-            raise MediaError("image_too_large", f"Image is {w}x{h} = {w * h} pixels; the "
-                             f"limit is {max_pixels}.")
+            raise MediaError("image_too_large", f"Image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}.")
         img.load()
     except MediaError:
         raise
     except Image.DecompressionBombError as e:
         raise MediaError("image_too_large", f"Image rejected as too large: {e}") from None
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...)
-        raise MediaError("invalid_image", f"Image could not be decoded "
-                         f"({type(e).__name__}: {e}).") from None
+        raise MediaError("invalid_image", f"Image could not be decoded ({type(e).__name__}: {e}).") from None
     # Phone photos store rotation in EXIF; the model should see them upright.
     return ImageOps.exif_transpose(img).convert("RGB")
 
@@ -255,18 +253,23 @@ def read_wav_any(data: bytes, pcm_rate_hz: int | None = None) -> np.ndarray:
     """
     if pcm_rate_hz is not None:
         if len(data) % 2:
-            raise MediaError("invalid_reference_audio", f"PCM16 reference audio must be an even "
-                             f"number of bytes, got {len(data)}.")
+            raise MediaError(
+                "invalid_reference_audio", f"PCM16 reference audio must be an even number of bytes, got {len(data)}."
+            )
         x, rate = wire_to_float(data, "audio/pcm"), pcm_rate_hz
     else:
         try:
             x, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
         except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError
-            raise MediaError("invalid_reference_audio", f"Reference audio is not a readable WAV "
-                             f"file ({e}); send WAV, or PCM16 with a rate.") from None
+            raise MediaError(
+                "invalid_reference_audio",
+                f"Reference audio is not a readable WAV file ({e}); send WAV, or PCM16 with a rate.",
+            ) from None
         x = x.mean(axis=1)  # down-mix: the speaker encoder takes mono
     seconds = len(x) / rate
     if not MIN_REFERENCE_S <= seconds <= MAX_REFERENCE_S:
-        raise MediaError("invalid_reference_audio", f"Reference audio is {seconds:.2f} s long; it "
-                         f"must be {MIN_REFERENCE_S:g} to {MAX_REFERENCE_S:g} s.")
+        raise MediaError(
+            "invalid_reference_audio",
+            f"Reference audio is {seconds:.2f} s long; it must be {MIN_REFERENCE_S:g} to {MAX_REFERENCE_S:g} s.",
+        )
     return resample(x, rate, MODEL_INPUT_RATE_HZ)

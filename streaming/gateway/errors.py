@@ -8,16 +8,30 @@ The error object follows the OpenAI Realtime shape:
 `{"type": "error", "event_id": ..., "error": {"type", "code", "message", "param", "event_id"}}`,
 where `error.event_id` names the *client* event that caused it.
 """
+
 from __future__ import annotations
 
 import logging
 import secrets
 from typing import Any
 
-from ..errors import (CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_MESSAGE_TOO_BIG,  # noqa: F401 - re-exported
-                      CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, AuthError, CapacityError,
-                      MediaError, ModelError, OmniError, ProtocolError, close_code, leaf)
-from .events import error   # events.py imports nothing from here: no cycle
+from ..errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
+    AuthError,
+    CapacityError,
+    MediaError,
+    ModelError,
+    OmniError,
+    ProtocolError,
+    close_code,
+    leaf,
+)
+from .events import error  # events.py imports nothing from here: no cycle
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +39,23 @@ log = logging.getLogger(__name__)
 def error_object(exc: BaseException) -> dict[str, Any]:
     """The OpenAI error object of `exc` (unexpected ones logged, with a reference instead of details)."""
     if isinstance(exc, OmniError):
-        return {"type": exc.error_type, "code": exc.code, "message": exc.message,
-                "param": exc.param, "event_id": exc.event_id}
+        return {
+            "type": exc.error_type,
+            "code": exc.code,
+            "message": exc.message,
+            "param": exc.param,
+            "event_id": exc.event_id,
+        }
     # Never put a traceback or internals on the wire; the reference ties the reply to the log line.
     ref = secrets.token_hex(4)
     log.error("unexpected error (ref %s)", ref, exc_info=exc)
-    return {"type": "server_error", "code": "internal_error",
-            "message": f"Internal server error (ref {ref}); see the server log.",
-            "param": None, "event_id": None}
+    return {
+        "type": "server_error",
+        "code": "internal_error",
+        "message": f"Internal server error (ref {ref}); see the server log.",
+        "param": None,
+        "event_id": None,
+    }
 
 
 def to_error_event(exc: BaseException, event_id: str | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ item and response objects, and the builders. Every event validates against the `
 realtime types (tests/streaming/test_protocol.py, test_compat.py and the suite-wide check in
 tests/conftest.py).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -17,24 +18,41 @@ from ..ids import new_id
 
 RESPONSE_STATUSES = ("in_progress", "completed", "cancelled", "incomplete", "failed")
 # Why a response did not complete: the values OpenAI's types allow (SDKs reject any other).
-RESPONSE_REASONS = {"cancelled": ("client_cancelled", "turn_detected"),
-                    "incomplete": ("max_output_tokens", "content_filter")}
-OPENAI_EVENT_TYPES = frozenset({
-    "error", "session.created", "session.updated",
-    "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
-    "input_audio_buffer.committed", "input_audio_buffer.cleared",
-    "conversation.item.added", "conversation.item.done", "conversation.item.truncated",
-    "conversation.item.deleted", "conversation.item.retrieved",
-    "conversation.item.input_audio_transcription.delta",
-    "conversation.item.input_audio_transcription.completed",
-    "conversation.item.input_audio_transcription.failed",
-    "response.created", "response.done",
-    "response.output_item.added", "response.output_item.done",
-    "response.content_part.added", "response.content_part.done",
-    "response.output_audio.delta", "response.output_audio.done",
-    "response.output_audio_transcript.delta", "response.output_audio_transcript.done",
-    "response.output_text.delta", "response.output_text.done",
-})
+RESPONSE_REASONS = {
+    "cancelled": ("client_cancelled", "turn_detected"),
+    "incomplete": ("max_output_tokens", "content_filter"),
+}
+OPENAI_EVENT_TYPES = frozenset(
+    {
+        "error",
+        "session.created",
+        "session.updated",
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "input_audio_buffer.cleared",
+        "conversation.item.added",
+        "conversation.item.done",
+        "conversation.item.truncated",
+        "conversation.item.deleted",
+        "conversation.item.retrieved",
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.completed",
+        "conversation.item.input_audio_transcription.failed",
+        "response.created",
+        "response.done",
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.content_part.added",
+        "response.content_part.done",
+        "response.output_audio.delta",
+        "response.output_audio.done",
+        "response.output_audio_transcript.delta",
+        "response.output_audio_transcript.done",
+        "response.output_text.delta",
+        "response.output_text.done",
+    }
+)
 # [ext] events: only for sessions that set `session.omni.events` (a stock client's receive loop
 # may stop on a type it does not know). The gateway's sender drops them for everyone else.
 EXTENSION_EVENT_TYPES = frozenset({"response.omni.timings", "omni.heartbeat"})
@@ -52,29 +70,48 @@ def server_event(event_type: str, /, **fields: Any) -> dict[str, Any]:
     return {"type": event_type, "event_id": new_id("event"), **fields}
 
 
-def item_object(item_id: str, role: str, content: list[dict[str, Any]],
-                status: str = "completed") -> dict[str, Any]:
+def item_object(item_id: str, role: str, content: list[dict[str, Any]], status: str = "completed") -> dict[str, Any]:
     """A GA conversation item (`message`), e.g. content `[{"type": "output_audio", ...}]`."""
-    return {"id": item_id, "object": "realtime.item", "type": "message", "status": status,
-            "role": role, "content": content}
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "status": status,
+        "role": role,
+        "content": content,
+    }
 
 
-def response_object(response_id: str, status: str, output: list[dict[str, Any]] | None = None,
-                    status_details: dict[str, Any] | None = None,
-                    usage: dict[str, Any] | None = None,
-                    metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def response_object(
+    response_id: str,
+    status: str,
+    output: list[dict[str, Any]] | None = None,
+    status_details: dict[str, Any] | None = None,
+    usage: dict[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """A GA response (timing figures go in the `response.omni.timings` extension event)."""
     assert status in RESPONSE_STATUSES, f"bad response status {status!r}"
     reason = (status_details or {}).get("reason")
     assert reason is None or reason in RESPONSE_REASONS.get(status, ()), f"bad {status} reason {reason!r}"
-    return {"id": response_id, "object": "realtime.response", "status": status,
-            "status_details": status_details, "output": output or [], "usage": usage,
-            "metadata": dict(metadata) if metadata is not None else None}
+    return {
+        "id": response_id,
+        "object": "realtime.response",
+        "status": status,
+        "status_details": status_details,
+        "output": output or [],
+        "usage": usage,
+        "metadata": dict(metadata) if metadata is not None else None,
+    }
 
 
 def _pos(response_id: str, item_id: str, output_index: int, content_index: int) -> dict[str, Any]:
-    return {"response_id": response_id, "item_id": item_id, "output_index": output_index,
-            "content_index": content_index}
+    return {
+        "response_id": response_id,
+        "item_id": item_id,
+        "output_index": output_index,
+        "content_index": content_index,
+    }
 
 
 def error(error_obj: dict[str, Any]) -> dict[str, Any]:
@@ -91,18 +128,15 @@ def session_updated(session: dict[str, Any]) -> dict[str, Any]:
 
 
 def speech_started(audio_start_ms: int, item_id: str) -> dict[str, Any]:
-    return server_event("input_audio_buffer.speech_started", audio_start_ms=audio_start_ms,
-                        item_id=item_id)
+    return server_event("input_audio_buffer.speech_started", audio_start_ms=audio_start_ms, item_id=item_id)
 
 
 def speech_stopped(audio_end_ms: int, item_id: str) -> dict[str, Any]:
-    return server_event("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms,
-                        item_id=item_id)
+    return server_event("input_audio_buffer.speech_stopped", audio_end_ms=audio_end_ms, item_id=item_id)
 
 
 def input_audio_buffer_committed(item_id: str, previous_item_id: str | None) -> dict[str, Any]:
-    return server_event("input_audio_buffer.committed", item_id=item_id,
-                        previous_item_id=previous_item_id)
+    return server_event("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous_item_id)
 
 
 def input_audio_buffer_cleared() -> dict[str, Any]:
@@ -117,10 +151,10 @@ def conversation_item_done(item: dict[str, Any], previous_item_id: str | None) -
     return server_event("conversation.item.done", item=item, previous_item_id=previous_item_id)
 
 
-def conversation_item_truncated(item_id: str, content_index: int,
-                                audio_end_ms: int) -> dict[str, Any]:
-    return server_event("conversation.item.truncated", item_id=item_id,
-                        content_index=content_index, audio_end_ms=audio_end_ms)
+def conversation_item_truncated(item_id: str, content_index: int, audio_end_ms: int) -> dict[str, Any]:
+    return server_event(
+        "conversation.item.truncated", item_id=item_id, content_index=content_index, audio_end_ms=audio_end_ms
+    )
 
 
 def response_created(response: dict[str, Any]) -> dict[str, Any]:
@@ -132,16 +166,12 @@ def response_done(response: dict[str, Any]) -> dict[str, Any]:
     return server_event("response.done", response=response)
 
 
-def response_output_item_added(response_id: str, output_index: int,
-                               item: dict[str, Any]) -> dict[str, Any]:
-    return server_event("response.output_item.added", response_id=response_id,
-                        output_index=output_index, item=item)
+def response_output_item_added(response_id: str, output_index: int, item: dict[str, Any]) -> dict[str, Any]:
+    return server_event("response.output_item.added", response_id=response_id, output_index=output_index, item=item)
 
 
-def response_output_item_done(response_id: str, output_index: int,
-                              item: dict[str, Any]) -> dict[str, Any]:
-    return server_event("response.output_item.done", response_id=response_id,
-                        output_index=output_index, item=item)
+def response_output_item_done(response_id: str, output_index: int, item: dict[str, Any]) -> dict[str, Any]:
+    return server_event("response.output_item.done", response_id=response_id, output_index=output_index, item=item)
 
 
 def content_part(item_part: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,54 +180,69 @@ def content_part(item_part: Mapping[str, Any]) -> dict[str, Any]:
     return {**item_part, "type": item_part["type"].removeprefix("output_")}
 
 
-def response_content_part_added(response_id: str, item_id: str, output_index: int,
-                                content_index: int, part: dict[str, Any]) -> dict[str, Any]:
-    return server_event("response.content_part.added", part=content_part(part),
-                        **_pos(response_id, item_id, output_index, content_index))
+def response_content_part_added(
+    response_id: str, item_id: str, output_index: int, content_index: int, part: dict[str, Any]
+) -> dict[str, Any]:
+    return server_event(
+        "response.content_part.added",
+        part=content_part(part),
+        **_pos(response_id, item_id, output_index, content_index),
+    )
 
 
-def response_content_part_done(response_id: str, item_id: str, output_index: int,
-                               content_index: int, part: dict[str, Any]) -> dict[str, Any]:
-    return server_event("response.content_part.done", part=content_part(part),
-                        **_pos(response_id, item_id, output_index, content_index))
+def response_content_part_done(
+    response_id: str, item_id: str, output_index: int, content_index: int, part: dict[str, Any]
+) -> dict[str, Any]:
+    return server_event(
+        "response.content_part.done", part=content_part(part), **_pos(response_id, item_id, output_index, content_index)
+    )
 
 
-def response_output_audio_delta(response_id: str, item_id: str, output_index: int,
-                                content_index: int, delta: str) -> dict[str, Any]:
+def response_output_audio_delta(
+    response_id: str, item_id: str, output_index: int, content_index: int, delta: str
+) -> dict[str, Any]:
     """`delta`: base64 audio in the session's output format (codecs.OutputAudioStream)."""
-    return server_event("response.output_audio.delta", delta=delta,
-                        **_pos(response_id, item_id, output_index, content_index))
+    return server_event(
+        "response.output_audio.delta", delta=delta, **_pos(response_id, item_id, output_index, content_index)
+    )
 
 
-def response_output_audio_done(response_id: str, item_id: str, output_index: int,
-                               content_index: int) -> dict[str, Any]:
-    return server_event("response.output_audio.done",
-                        **_pos(response_id, item_id, output_index, content_index))
+def response_output_audio_done(response_id: str, item_id: str, output_index: int, content_index: int) -> dict[str, Any]:
+    return server_event("response.output_audio.done", **_pos(response_id, item_id, output_index, content_index))
 
 
-def response_output_audio_transcript_delta(response_id: str, item_id: str, output_index: int,
-                                           content_index: int, delta: str) -> dict[str, Any]:
-    return server_event("response.output_audio_transcript.delta", delta=delta,
-                        **_pos(response_id, item_id, output_index, content_index))
+def response_output_audio_transcript_delta(
+    response_id: str, item_id: str, output_index: int, content_index: int, delta: str
+) -> dict[str, Any]:
+    return server_event(
+        "response.output_audio_transcript.delta", delta=delta, **_pos(response_id, item_id, output_index, content_index)
+    )
 
 
-def response_output_audio_transcript_done(response_id: str, item_id: str, output_index: int,
-                                          content_index: int, transcript: str) -> dict[str, Any]:
-    return server_event("response.output_audio_transcript.done", transcript=transcript,
-                        **_pos(response_id, item_id, output_index, content_index))
+def response_output_audio_transcript_done(
+    response_id: str, item_id: str, output_index: int, content_index: int, transcript: str
+) -> dict[str, Any]:
+    return server_event(
+        "response.output_audio_transcript.done",
+        transcript=transcript,
+        **_pos(response_id, item_id, output_index, content_index),
+    )
 
 
-def response_output_text_delta(response_id: str, item_id: str, output_index: int,
-                               content_index: int, delta: str) -> dict[str, Any]:
-    return server_event("response.output_text.delta", delta=delta,
-                        **_pos(response_id, item_id, output_index, content_index))
+def response_output_text_delta(
+    response_id: str, item_id: str, output_index: int, content_index: int, delta: str
+) -> dict[str, Any]:
+    return server_event(
+        "response.output_text.delta", delta=delta, **_pos(response_id, item_id, output_index, content_index)
+    )
 
 
-def response_output_text_done(response_id: str, item_id: str, output_index: int,
-                              content_index: int, text: str) -> dict[str, Any]:
-    return server_event("response.output_text.done", text=text,
-                        **_pos(response_id, item_id, output_index, content_index))
-
+def response_output_text_done(
+    response_id: str, item_id: str, output_index: int, content_index: int, text: str
+) -> dict[str, Any]:
+    return server_event(
+        "response.output_text.done", text=text, **_pos(response_id, item_id, output_index, content_index)
+    )
 
 
 def conversation_item_deleted(item_id: str) -> dict[str, Any]:
@@ -210,20 +255,26 @@ def conversation_item_retrieved(item: dict[str, Any]) -> dict[str, Any]:
 
 def transcription_delta(item_id: str, delta: str) -> dict[str, Any]:
     """Part of a user audio item's transcript (`content_index` 0: a turn is one audio part)."""
-    return server_event("conversation.item.input_audio_transcription.delta", item_id=item_id,
-                        content_index=0, delta=delta)
+    return server_event(
+        "conversation.item.input_audio_transcription.delta", item_id=item_id, content_index=0, delta=delta
+    )
 
 
 def transcription_completed(item_id: str, transcript: str, audio_s: float) -> dict[str, Any]:
-    return server_event("conversation.item.input_audio_transcription.completed", item_id=item_id,
-                        content_index=0, transcript=transcript,
-                        usage={"type": "duration", "seconds": round(audio_s, 3)})
+    return server_event(
+        "conversation.item.input_audio_transcription.completed",
+        item_id=item_id,
+        content_index=0,
+        transcript=transcript,
+        usage={"type": "duration", "seconds": round(audio_s, 3)},
+    )
 
 
 def transcription_failed(item_id: str, error_obj: dict[str, Any]) -> dict[str, Any]:
     """`error_obj`: errors.error_object of the exception (type, code, message, param)."""
-    return server_event("conversation.item.input_audio_transcription.failed", item_id=item_id,
-                        content_index=0, error=error_obj)
+    return server_event(
+        "conversation.item.input_audio_transcription.failed", item_id=item_id, content_index=0, error=error_obj
+    )
 
 
 def response_omni_timings(response_id: str, timings_ms: Mapping[str, float]) -> dict[str, Any]:

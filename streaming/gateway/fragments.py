@@ -7,6 +7,7 @@ before `dispatch` parses it. One event, `omni.fragment` (docs/protocol.md):
 `data` is base64 of one slice of the message's UTF-8 bytes, so a slice may cut a character anywhere.
 Owns one message in assembly at a time; its joined size is capped at the message limit, so pieces
 cost no more memory than one whole message could."""
+
 from __future__ import annotations
 
 import base64
@@ -23,7 +24,7 @@ MAX_ID_CHARS = 64
 class Reassembler:
     def __init__(self, max_message_bytes: int) -> None:
         self.max_message_bytes = max_message_bytes
-        self._id: str | None = None          # the message in assembly
+        self._id: str | None = None  # the message in assembly
         self._count = 0
         self._parts: list[bytes] = []
         self._size = 0
@@ -39,7 +40,7 @@ class Reassembler:
         try:
             obj = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            return raw                       # not a fragment: dispatch gives the JSON error
+            return raw  # not a fragment: dispatch gives the JSON error
         if not isinstance(obj, dict) or obj.get("type") != FRAGMENT_TYPE:
             return raw
         try:
@@ -61,18 +62,29 @@ class Reassembler:
             self._reset()
             self._id, self._count = mid, count
         elif (mid, count, index) != (self._id, self._count, len(self._parts)):
-            want = (f"piece {len(self._parts)} of message '{self._id}'" if self._id is not None
-                    else "piece 0 of a new message")
-            raise bad("fragment_out_of_order", f"Fragment {index} of message '{mid}' arrived; "
-                      f"expected {want}. Send the pieces of one message in order.", "index")
+            want = (
+                f"piece {len(self._parts)} of message '{self._id}'"
+                if self._id is not None
+                else "piece 0 of a new message"
+            )
+            raise bad(
+                "fragment_out_of_order",
+                f"Fragment {index} of message '{mid}' arrived; "
+                f"expected {want}. Send the pieces of one message in order.",
+                "index",
+            )
         try:
             piece = base64.b64decode(get_field(obj, "data", str, "", required=True), validate=True)
         except (binascii.Error, ValueError) as e:
             raise bad("invalid_value", f"A fragment's 'data' is not valid base64: {e}.", "data") from None
         self._size += len(piece)
         if self._size > self.max_message_bytes:
-            raise bad("message_too_large", f"Message '{mid}' is over {self.max_message_bytes} bytes "
-                      f"(the limit) after {index + 1} of its {count} pieces.", None)
+            raise bad(
+                "message_too_large",
+                f"Message '{mid}' is over {self.max_message_bytes} bytes "
+                f"(the limit) after {index + 1} of its {count} pieces.",
+                None,
+            )
         self._parts.append(piece)
         if len(self._parts) < self._count:
             return None

@@ -5,6 +5,7 @@ Owns, per connection: the input-audio decoder (G.711 is resampled as one stream 
 it is rebuilt only when the input format changes). Reads the session's config to apply an update
 and to know the current format; never changes the session itself.
 """
+
 from __future__ import annotations
 
 from ..session import commands as C
@@ -29,7 +30,7 @@ class Inbound:
         new = apply_update(old, ev.session)
         ref_16k = None
         if new.reference_audio is not None and new.reference_audio != old.reference_audio:
-            ref = new.reference_audio   # decoded now so a bad clip is rejected with the update
+            ref = new.reference_audio  # decoded now so a bad clip is rejected with the update
             ref_16k = read_wav_any(ref.data, ref.rate_hz if ref.format == "pcm16" else None)
         if new.input_format != old.input_format:
             self.input = InputAudioStream(new.input_format)
@@ -57,5 +58,9 @@ class Inbound:
         return C.CreateItem(ev.event_id, ev.item, tuple(content))
 
 
-_DECODE = {"session.update": Inbound._update, "input_audio_buffer.append": Inbound._audio,
-           "input_image_buffer.append": Inbound._image, "conversation.item.create": Inbound._item}
+_DECODE = {
+    "session.update": Inbound._update,
+    "input_audio_buffer.append": Inbound._audio,
+    "input_image_buffer.append": Inbound._image,
+    "conversation.item.create": Inbound._item,
+}

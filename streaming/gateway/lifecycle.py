@@ -1,5 +1,6 @@
 """A session's life as both transports report it: its start and end (a log line each, the session
 gauges), and the watch that closes a connection at once when its engine lost the session."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,15 @@ def session_started(app, conv, transport: str) -> float:
 def session_ended(app, conv, started_s: float) -> None:
     app["metrics"].session_ended()
     s = conv.summary()
-    log.info("session %s end: %s, %.1f s, %d turn(s), first audio p50 %s ms, on %s", conv.session_id,
-             conv.transport, time.monotonic() - started_s, s["turns"], s["first_audio_p50_ms"], s["engine"])
+    log.info(
+        "session %s end: %s, %.1f s, %d turn(s), first audio p50 %s ms, on %s",
+        conv.session_id,
+        conv.transport,
+        time.monotonic() - started_s,
+        s["turns"],
+        s["first_audio_p50_ms"],
+        s["engine"],
+    )
 
 
 async def watch_engine(conv, send, close) -> None:

@@ -6,6 +6,7 @@ Producers that can wait (the WebSocket reader, the microphone and camera readers
 BACKLOG slots per queued item, so a slow model backs them up instead of growing the queue; the
 data channel's callback cannot wait (SCTP's receive window bounds it) and follow-ups are few.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,15 +14,17 @@ from collections.abc import Awaitable, Callable
 
 from .boundary import dispatch, guard
 
-BACKLOG = 64            # queued messages / media chunks a waiting producer may be ahead by
+BACKLOG = 64  # queued messages / media chunks a waiting producer may be ahead by
 _MESSAGE, _WORK, _STOP = range(3)
 
 
 class Mailbox:
-    def __init__(self, inbound, send, max_bytes: int, fragments=None) -> None:
+    def __init__(self, inbound, send, max_bytes: int, fragments=None, state=None) -> None:
         """`inbound` (inbound.Inbound) decodes messages for the conversation; `send` takes error
-        events; `fragments` joins data-channel pieces (fragments.Reassembler)."""
+        events; `fragments` joins data-channel pieces (fragments.Reassembler); `state` is the
+        conversation's (session/state.ConnectionState), which `run` claims for its task."""
         self.inbound, self.send, self.max_bytes, self.fragments = inbound, send, max_bytes, fragments
+        self.state = state
         self._queue: asyncio.Queue = asyncio.Queue()
         self._slots = asyncio.Semaphore(BACKLOG)
 
@@ -48,6 +51,8 @@ class Mailbox:
     async def run(self) -> int | None:
         """Handle everything in order until `stop`; returns a close code when an error ends the
         connection (auth, capacity, a lost model), None after `stop`."""
+        if self.state is not None:
+            self.state.owner = asyncio.current_task()  # no other task may change it now
         while True:
             kind, item, slot = await self._queue.get()
             if slot:

@@ -4,6 +4,7 @@ Owns: turning aiortc's decoded `av.AudioFrame`s into float32 mono, the outgoing 
 drains a `QueuePlayout` in real time, and SDP candidate filtering. Does not own: signalling, the
 data channel or the conversation (webrtc.py), resampling filters (codecs.py).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,7 +22,7 @@ from ..playout import RATE_HZ as PLAYOUT_RATE_HZ
 from .codecs import float_to_pcm16
 
 LOOPBACK = "127.0.0.1"
-SAMPLES_PER_FRAME = int(AUDIO_PTIME * PLAYOUT_RATE_HZ)   # 480: 20 ms at 24 kHz
+SAMPLES_PER_FRAME = int(AUDIO_PTIME * PLAYOUT_RATE_HZ)  # 480: 20 ms at 24 kHz
 
 
 _DEFAULT_HOST_ADDRESSES = aioice.ice.get_host_addresses
@@ -43,7 +44,7 @@ def loopback_ice() -> bool:
     return aioice.ice.get_host_addresses is _loopback_host_addresses
 
 
-use_loopback_ice(True)   # safe default until the server configures it
+use_loopback_ice(True)  # safe default until the server configures it
 
 
 _CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) ")

@@ -10,6 +10,7 @@ Any page a user visits can open a WebSocket to this server or POST a form to its
 Owns: those two decisions, as pure functions of the headers and settings. Does not own: the HTTP
 responses (server.py's middleware) or api keys.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -26,7 +27,7 @@ def split_host(host_header: str) -> tuple[str, int | None]:
     try:
         port = u.port
     except ValueError:
-        port = -1                      # not a port: matches nothing
+        port = -1  # not a port: matches nothing
     return (u.hostname or "").lower(), port
 
 
@@ -59,14 +60,15 @@ def _literal_or_own(name: str, bind_host: str) -> bool:
         return name in _names_of_this_machine()
 
 
-def origin_allowed(origin: str | None, host_header: str | None, scheme: str, bind_host: str,
-                   allowed: tuple[str, ...] | None) -> bool:
+def origin_allowed(
+    origin: str | None, host_header: str | None, scheme: str, bind_host: str, allowed: tuple[str, ...] | None
+) -> bool:
     """Whether a request with this `Origin` may open a realtime session.
 
     `allowed`: the `allowed_origins` setting (exact origins such as "https://app.example", or "*"),
     or None for the default: the page's own origin, and localhost / 127.0.0.1 on the same port."""
     if origin is None:
-        return True                    # not a browser page (SDKs, curl)
+        return True  # not a browser page (SDKs, curl)
     origin = origin.strip().rstrip("/").lower()
     if allowed is not None:
         return "*" in allowed or origin in {a.rstrip("/").lower() for a in allowed}

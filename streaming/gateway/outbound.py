@@ -5,6 +5,7 @@ Owns, per connection: the session config last announced (which output format a n
 takes, whether [ext] events go out) and one audio encoder per live reply (G.711 resamples as one
 stream across deltas). A WebRTC call sends no audio deltas: its outgoing track carries the speech.
 """
+
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
@@ -46,7 +47,7 @@ class WireEvents:
 
     def __init__(self, send_json: SendJson, wire_audio: bool = True) -> None:
         self.send_json, self.wire_audio = send_json, wire_audio
-        self.config = SessionConfig()           # the config last announced (session.created/updated)
+        self.config = SessionConfig()  # the config last announced (session.created/updated)
         self.encoders: dict[str, OutputAudioStream] = {}
 
     async def __call__(self, ev: object) -> None:
@@ -72,10 +73,12 @@ class WireEvents:
         if self.wire_audio and ev.item.parts[0].type == "output_audio":
             self.encoders[ev.response_id] = OutputAudioStream(self.config.output_format)
         item = item_wire(ev.item)
-        return [W.response_created(W.response_object(ev.response_id, "in_progress", metadata=ev.metadata)),
-                W.conversation_item_added(item, ev.previous_item_id),
-                W.response_output_item_added(ev.response_id, 0, item),
-                W.response_content_part_added(ev.response_id, ev.item.id, 0, 0, item["content"][0])]
+        return [
+            W.response_created(W.response_object(ev.response_id, "in_progress", metadata=ev.metadata)),
+            W.conversation_item_added(item, ev.previous_item_id),
+            W.response_output_item_added(ev.response_id, 0, item),
+            W.response_content_part_added(ev.response_id, ev.item.id, 0, 0, item["content"][0]),
+        ]
 
     def _text(self, ev: E.ResponseText) -> list[dict[str, Any]]:
         delta = W.response_output_audio_transcript_delta if ev.spoken else W.response_output_text_delta
@@ -95,17 +98,23 @@ class WireEvents:
         enc = self.encoders.pop(rid, None)
         out = self._delta(rid, iid, enc.flush()) if enc is not None and ev.keep_audio_tail else []
         if ev.spoken:
-            out += [W.response_output_audio_done(rid, iid, 0, 0),
-                    W.response_output_audio_transcript_done(rid, iid, 0, 0, ev.text)]
+            out += [
+                W.response_output_audio_done(rid, iid, 0, 0),
+                W.response_output_audio_transcript_done(rid, iid, 0, 0, ev.text),
+            ]
         else:
             out.append(W.response_output_text_done(rid, iid, 0, 0, ev.text))
         item = item_wire(ev.item)
-        return out + [W.response_content_part_done(rid, iid, 0, 0, item["content"][0]),
-                      W.response_output_item_done(rid, 0, item),
-                      W.conversation_item_done(item, None),
-                      W.response_done(W.response_object(rid, ev.outcome.status, [item],
-                                                        status_details=status_details(ev.outcome),
-                                                        metadata=ev.metadata))]
+        return out + [
+            W.response_content_part_done(rid, iid, 0, 0, item["content"][0]),
+            W.response_output_item_done(rid, 0, item),
+            W.conversation_item_done(item, None),
+            W.response_done(
+                W.response_object(
+                    rid, ev.outcome.status, [item], status_details=status_details(ev.outcome), metadata=ev.metadata
+                )
+            ),
+        ]
 
 
 _RENDER: dict[type, Callable[[WireEvents, Any], list[dict[str, Any]]]] = {

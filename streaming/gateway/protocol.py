@@ -8,6 +8,7 @@ plus named helpers that add `type` and `event_id`), and re-exports the per-sessi
 Does not own: decoding media (codecs.py), turning exceptions into `error` events (errors.py), or
 what the session does with an event. docs/protocol.md is the page for humans.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -17,17 +18,33 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import ProtocolError
+
 # Server events live in events.py; re-exported so `protocol` names every message.
-from .events import *  # noqa: F403
-from .events import new_id  # noqa: F401 - re-exported
+from .events import *
+from .events import new_id
+
 # The session object lives in session_config.py; re-exported so `protocol` names every message.
-from ..session.config import ResponseParams  # noqa: F401 - re-exported
-from .session_config import (AUDIO_FORMATS, G711_RATE_HZ, PCM_RATE_HZ, AudioFormat,  # noqa: F401
-                             OmniOptions, ReferenceAudio, ServerVad, SessionConfig, Transcription,
-                             apply_update, parse_max_tokens, parse_modalities, parse_tools, to_wire)
+from ..session.config import ResponseParams
+from .session_config import (
+    AUDIO_FORMATS,
+    G711_RATE_HZ,
+    PCM_RATE_HZ,
+    AudioFormat,
+    OmniOptions,
+    ReferenceAudio,
+    ServerVad,
+    SessionConfig,
+    Transcription,
+    apply_update,
+    parse_max_tokens,
+    parse_modalities,
+    parse_tools,
+    to_wire,
+)
 from .validate import JSON_NAMES, as_type, b64, bad, get_field, in_range, no_unknown, one_of
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a 30 s PCM16 reference clip is ~1.9 MB as base64
+
 
 # ---------------------------------------------------------------- client events
 @dataclass(frozen=True)
@@ -59,6 +76,7 @@ class InputAudioBufferClear:
 @dataclass(frozen=True)
 class InputImageBufferAppend:
     """Extension: one camera frame (JPEG/PNG/WebP), joined to the current 1-s unit."""
+
     TYPE: ClassVar[str] = "input_image_buffer.append"
     event_id: str | None
     image: bytes
@@ -124,13 +142,25 @@ class ResponseCancel:
     response_id: str | None = None  # None: the response in progress
 
 
-ClientEvent = (SessionUpdate | InputAudioBufferAppend | InputAudioBufferCommit
-               | InputAudioBufferClear | InputImageBufferAppend | ConversationItemCreate
-               | ConversationItemTruncate | ConversationItemDelete | ConversationItemRetrieve | ResponseCreate
-               | ResponseCancel)
+ClientEvent = (
+    SessionUpdate
+    | InputAudioBufferAppend
+    | InputAudioBufferCommit
+    | InputAudioBufferClear
+    | InputImageBufferAppend
+    | ConversationItemCreate
+    | ConversationItemTruncate
+    | ConversationItemDelete
+    | ConversationItemRetrieve
+    | ResponseCreate
+    | ResponseCancel
+)
 
-_PART_TYPES = {"user": ("input_text", "input_audio", "input_image"), "system": ("input_text",),
-               "assistant": ("output_text", "output_audio")}
+_PART_TYPES = {
+    "user": ("input_text", "input_audio", "input_image"),
+    "system": ("input_text",),
+    "assistant": ("output_text", "output_audio"),
+}
 _BETA_PARTS = {"text": "output_text", "audio": "output_audio"}  # beta assistant content types
 
 
@@ -158,13 +188,15 @@ def _item(v: Any, p: str) -> ConversationItem:
     o = as_type(v, dict, p)
     no_unknown(o, {"id", "type", "object", "role", "content", "status"}, p)
     if get_field(o, "type", str, p, required=True) != "message":
-        raise bad("invalid_value", f"Invalid value for '{p}.type': only 'message' items are "
-                   "supported (this model has no function calling).", f"{p}.type")
+        raise bad(
+            "invalid_value",
+            f"Invalid value for '{p}.type': only 'message' items are supported (this model has no function calling).",
+            f"{p}.type",
+        )
     role = one_of(get_field(o, "role", str, p, required=True), tuple(_PART_TYPES), f"{p}.role")
     parts = get_field(o, "content", list, p, required=True)
     if not parts:
-        raise bad("invalid_value", f"Invalid value for '{p}.content': must not be empty.",
-                   f"{p}.content")
+        raise bad("invalid_value", f"Invalid value for '{p}.content': must not be empty.", f"{p}.content")
     content = tuple(_part(role, x, f"{p}.content[{i}]") for i, x in enumerate(parts))
     return ConversationItem(get_field(o, "id", str, p), role, content)
 
@@ -173,19 +205,41 @@ def _response_params(o: Mapping[str, Any]) -> ResponseParams:
     p = "response"
     for k in ("audio", "voice", "output_audio_format", "input", "instructions"):
         if o.get(k) is not None:  # silently ignoring these would send the wrong format, voice or persona
-            raise bad("unknown_parameter", f"'{p}.{k}' is not supported per response; set it with "
-                      "session.update (MiniCPM-o's instructions and voice are its system prompt, "
-                      "fixed for a context).", f"{p}.{k}")
-    no_unknown(o, {"output_modalities", "modalities", "max_output_tokens",
-                    "max_response_output_tokens", "conversation", "metadata", "tools",
-                    "tool_choice", "temperature"}, p)
+            raise bad(
+                "unknown_parameter",
+                f"'{p}.{k}' is not supported per response; set it with "
+                "session.update (MiniCPM-o's instructions and voice are its system prompt, "
+                "fixed for a context).",
+                f"{p}.{k}",
+            )
+    no_unknown(
+        o,
+        {
+            "output_modalities",
+            "modalities",
+            "max_output_tokens",
+            "max_response_output_tokens",
+            "conversation",
+            "metadata",
+            "tools",
+            "tool_choice",
+            "temperature",
+        },
+        p,
+    )
     if o.get("tools"):
         parse_tools(None, o["tools"], f"{p}.tools")
-    mods = next((parse_modalities(o[k], f"{p}.{k}") for k in ("output_modalities", "modalities")
-                 if o.get(k) is not None), None)
-    tok = next((o[k] if o[k] == "inf" else parse_max_tokens(o[k], f"{p}.{k}")
-                for k in ("max_output_tokens", "max_response_output_tokens")
-                if o.get(k) is not None), None)
+    mods = next(
+        (parse_modalities(o[k], f"{p}.{k}") for k in ("output_modalities", "modalities") if o.get(k) is not None), None
+    )
+    tok = next(
+        (
+            o[k] if o[k] == "inf" else parse_max_tokens(o[k], f"{p}.{k}")
+            for k in ("max_output_tokens", "max_response_output_tokens")
+            if o.get(k) is not None
+        ),
+        None,
+    )
     # Out-of-band replies ("none") would need a second context: every reply joins this one.
     one_of(get_field(o, "conversation", str, p) or "auto", ("auto",), f"{p}.conversation")
     temp = get_field(o, "temperature", float, p)
@@ -199,8 +253,7 @@ def _keys(o: Mapping[str, Any], *names: str) -> Mapping[str, Any]:
     return o
 
 
-def _bare(cls: Callable[[str | None], ClientEvent], o: Mapping[str, Any],
-          eid: str | None) -> ClientEvent:
+def _bare(cls: Callable[[str | None], ClientEvent], o: Mapping[str, Any], eid: str | None) -> ClientEvent:
     _keys(o)
     return cls(eid)
 
@@ -214,24 +267,29 @@ def _session_update(o: Mapping[str, Any], eid: str | None) -> SessionUpdate:
 _PARSERS: dict[str, Callable[[Mapping[str, Any], str | None], ClientEvent]] = {
     "session.update": _session_update,
     "input_audio_buffer.append": lambda o, e: InputAudioBufferAppend(
-        e, b64(get_field(_keys(o, "audio"), "audio", str, "", required=True), "audio")),
+        e, b64(get_field(_keys(o, "audio"), "audio", str, "", required=True), "audio")
+    ),
     "input_audio_buffer.commit": lambda o, e: _bare(InputAudioBufferCommit, o, e),
     "input_audio_buffer.clear": lambda o, e: _bare(InputAudioBufferClear, o, e),
     "input_image_buffer.append": lambda o, e: InputImageBufferAppend(
-        e, b64(get_field(_keys(o, "image"), "image", str, "", required=True), "image")),
+        e, b64(get_field(_keys(o, "image"), "image", str, "", required=True), "image")
+    ),
     "conversation.item.create": lambda o, e: ConversationItemCreate(
-        e, _item(get_field(_keys(o, "item", "previous_item_id"), "item", dict, "", required=True),
-                 "item"), get_field(o, "previous_item_id", str, "")),
-    "conversation.item.truncate": lambda o, e: _truncate(
-        _keys(o, "item_id", "content_index", "audio_end_ms"), e),
+        e,
+        _item(get_field(_keys(o, "item", "previous_item_id"), "item", dict, "", required=True), "item"),
+        get_field(o, "previous_item_id", str, ""),
+    ),
+    "conversation.item.truncate": lambda o, e: _truncate(_keys(o, "item_id", "content_index", "audio_end_ms"), e),
     "conversation.item.delete": lambda o, e: ConversationItemDelete(
-        e, get_field(_keys(o, "item_id"), "item_id", str, "", required=True)),
+        e, get_field(_keys(o, "item_id"), "item_id", str, "", required=True)
+    ),
     "conversation.item.retrieve": lambda o, e: ConversationItemRetrieve(
-        e, get_field(_keys(o, "item_id"), "item_id", str, "", required=True)),
+        e, get_field(_keys(o, "item_id"), "item_id", str, "", required=True)
+    ),
     "response.create": lambda o, e: ResponseCreate(
-        e, _response_params(get_field(_keys(o, "response"), "response", dict, "") or {})),
-    "response.cancel": lambda o, e: ResponseCancel(
-        e, get_field(_keys(o, "response_id"), "response_id", str, "")),
+        e, _response_params(get_field(_keys(o, "response"), "response", dict, "") or {})
+    ),
+    "response.cancel": lambda o, e: ResponseCancel(e, get_field(_keys(o, "response_id"), "response_id", str, "")),
 }
 
 
@@ -264,8 +322,9 @@ def parse_client_event(raw: str | bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
     except RecursionError:
         raise bad("invalid_json", "Message is not valid JSON here: it is nested too deeply.", None) from None
     if not isinstance(obj, dict):
-        raise bad("invalid_json", "A client event must be a JSON object, "
-                   f"got {JSON_NAMES.get(type(obj), 'a value')}.", None)
+        raise bad(
+            "invalid_json", f"A client event must be a JSON object, got {JSON_NAMES.get(type(obj), 'a value')}.", None
+        )
     eid = get_field(obj, "event_id", str, "")
     try:
         etype = get_field(obj, "type", str, "", required=True)
@@ -277,5 +336,3 @@ def parse_client_event(raw: str | bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
     except ProtocolError as e:
         e.event_id = eid
         raise
-
-

@@ -3,6 +3,7 @@
 Owns the parsing of `SessionConfig` (the values are in session/config.py): `apply_update`
 (validate + merge a partial GA or beta session object) and `to_wire` (the GA session object). Extensions: `audio.output.omni_reference_audio`
 (a voice-clone clip) and `omni` (camera on/off, sampling seed)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +11,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 # The values themselves are the session's (session/config.py); parsing them is the gateway's.
-from ..session.config import (G711_RATE_HZ, PCM_RATE_HZ, AudioFormat, OmniOptions,  # noqa: F401 - re-exported
-                              ReferenceAudio, ServerVad, SessionConfig, Transcription)
+from ..session.config import (
+    G711_RATE_HZ,
+    PCM_RATE_HZ,
+    AudioFormat,
+    OmniOptions,
+    ReferenceAudio,
+    ServerVad,
+    SessionConfig,
+    Transcription,
+)
 from .validate import as_type, b64, bad, get_field, in_range, no_unknown, one_of
 
 MAX_INSTRUCTIONS_CHARS = 32_000
@@ -29,18 +38,24 @@ def _format(v: Any, p: str) -> AudioFormat:
         return AudioFormat(_BETA_FORMATS[one_of(v, tuple(_BETA_FORMATS), p)])
     obj = as_type(v, dict, p)
     no_unknown(obj, {"type", "rate"}, p)
-    fmt = AudioFormat(one_of(get_field(obj, "type", str, p, required=True), AUDIO_FORMATS,
-                              f"{p}.type"))
+    fmt = AudioFormat(one_of(get_field(obj, "type", str, p, required=True), AUDIO_FORMATS, f"{p}.type"))
     rate = get_field(obj, "rate", int, p)
     if rate is not None and rate != fmt.rate_hz:
-        raise bad("invalid_value", f"Invalid value for '{p}.rate': {fmt.type} is {fmt.rate_hz} Hz "
-                   f"here, got {rate}.", f"{p}.rate")
+        raise bad(
+            "invalid_value",
+            f"Invalid value for '{p}.rate': {fmt.type} is {fmt.rate_hz} Hz here, got {rate}.",
+            f"{p}.rate",
+        )
     return fmt
 
 
-_VAD_LIMITS = {"threshold": (float, 0.0, 1.0), "prefix_padding_ms": (int, 0, 10_000),
-               "silence_duration_ms": (int, 1, 10_000), "create_response": (bool, 0, 1),
-               "interrupt_response": (bool, 0, 1)}
+_VAD_LIMITS = {
+    "threshold": (float, 0.0, 1.0),
+    "prefix_padding_ms": (int, 0, 10_000),
+    "silence_duration_ms": (int, 1, 10_000),
+    "create_response": (bool, 0, 1),
+    "interrupt_response": (bool, 0, 1),
+}
 _SEMANTIC_FIELDS = ("create_response", "interrupt_response")
 
 
@@ -50,8 +65,12 @@ def _turn_detection(cur: ServerVad | None, v: Any, p: str) -> ServerVad | None:
     obj = as_type(v, dict, p)
     kind = one_of(get_field(obj, "type", str, p, required=True), ("server_vad", "semantic_vad"), f"{p}.type")
     if obj.get("idle_timeout_ms") is not None:
-        raise bad("unsupported_parameter", f"'{p}.idle_timeout_ms' is not supported: this server "
-                  "never prompts the user after silence; leave it out or null.", f"{p}.idle_timeout_ms")
+        raise bad(
+            "unsupported_parameter",
+            f"'{p}.idle_timeout_ms' is not supported: this server "
+            "never prompts the user after silence; leave it out or null.",
+            f"{p}.idle_timeout_ms",
+        )
     base = cur or ServerVad()
     if kind == "semantic_vad":
         no_unknown(obj, {*_SEMANTIC_FIELDS, "type", "eagerness", "idle_timeout_ms"}, p)
@@ -61,7 +80,7 @@ def _turn_detection(cur: ServerVad | None, v: Any, p: str) -> ServerVad | None:
     else:
         no_unknown(obj, {*_VAD_LIMITS, "type", "idle_timeout_ms"}, p)
         changes, limits = {"eagerness": None}, _VAD_LIMITS
-        if base.eagerness is not None:   # from semantic to server VAD: OpenAI's silence unless given
+        if base.eagerness is not None:  # from semantic to server VAD: OpenAI's silence unless given
             changes["silence_duration_ms"] = ServerVad().silence_duration_ms
     for name, (kind_, lo, hi) in limits.items():
         if (val := get_field(obj, name, kind_, p)) is not None:
@@ -76,24 +95,30 @@ def _transcription(c: "SessionConfig", v: Any, p: str) -> dict[str, Any]:
         return {"transcription": None}
     obj = as_type(v, dict, p)
     no_unknown(obj, {"model", "language", "prompt"}, p)
-    if get_field(obj, "prompt", str, p):   # "" and null are absent
-        raise bad("unsupported_parameter", f"'{p}.prompt' is not supported: MiniCPM-o transcribes "
-                  "with its own ASR prompt; leave it out or empty.", f"{p}.prompt")
+    if get_field(obj, "prompt", str, p):  # "" and null are absent
+        raise bad(
+            "unsupported_parameter",
+            f"'{p}.prompt' is not supported: MiniCPM-o transcribes with its own ASR prompt; leave it out or empty.",
+            f"{p}.prompt",
+        )
     model = get_field(obj, "model", str, p) or Transcription.model
     lang = get_field(obj, "language", str, p) or None
     if lang is not None and not 2 <= len(lang) <= 16:
-        raise bad("invalid_value", f"Invalid value for '{p}.language': an ISO-639-1 code such as 'en'.",
-                  f"{p}.language")
+        raise bad(
+            "invalid_value", f"Invalid value for '{p}.language': an ISO-639-1 code such as 'en'.", f"{p}.language"
+        )
     return {"transcription": Transcription(model[:64], lang)}
 
 
 def _unsupported(why: str, allowed: tuple = ()) -> Callable[[Any, Any, str], dict[str, Any]]:
     """A field this model cannot honour: its null (or a value in `allowed`) is accepted, anything
     else is named in an error rather than silently dropped."""
+
     def handle(c: Any, v: Any, p: str) -> dict[str, Any]:
         if v is not None and v not in allowed:
             raise bad("unsupported_parameter", f"'{p}' is not supported: {why}.", p)
         return {}
+
     return handle
 
 
@@ -136,8 +161,7 @@ def parse_max_tokens(v: Any, p: str) -> int | None:
 def parse_instructions(v: Any, p: str) -> str:
     s: str = as_type(v, str, p)
     if len(s) > MAX_INSTRUCTIONS_CHARS:
-        raise bad("invalid_value", f"'{p}' is {len(s)} characters; the limit is "
-                   f"{MAX_INSTRUCTIONS_CHARS}.", p)
+        raise bad("invalid_value", f"'{p}' is {len(s)} characters; the limit is {MAX_INSTRUCTIONS_CHARS}.", p)
     return s
 
 
@@ -184,12 +208,12 @@ def _to(name: str, parse: Callable[[Any, str], Any]) -> _Field:
 
 
 # Where a null means something (OpenAI's own meaning); any other null field is absent.
-_NULL_MEANS = frozenset({"turn_detection", "omni_reference_audio", "transcription",
-                         "input_audio_transcription"})
+_NULL_MEANS = frozenset({"turn_detection", "omni_reference_audio", "transcription", "input_audio_transcription"})
 
 
 def _table(table: Mapping[str, _Field]) -> _Field:
     """A handler for a nested object: unknown keys are errors, known ones go to their handler."""
+
     def handle(c: SessionConfig, v: Any, p: str) -> dict[str, Any]:
         obj = as_type(v, dict, p)
         no_unknown(obj, table.keys(), p)
@@ -198,6 +222,7 @@ def _table(table: Mapping[str, _Field]) -> _Field:
             if key in table and (value is not None or key in _NULL_MEANS):
                 out.update(table[key](c, value, f"{p}.{key}"))
         return out
+
     return handle
 
 
@@ -207,38 +232,53 @@ _TURN: _Field = lambda c, v, p: {"turn_detection": _turn_detection(c.turn_detect
 # setup (near_field), whose client treats any error as fatal.
 _NOISE = _ignored
 _SPEED = _unsupported("the speech head has one speaking rate", (1, 1.0))
-_AUDIO = _table({
-    "input": _table({"format": _to("input_format", _format), "turn_detection": _TURN,
-                     "transcription": _transcription, "noise_reduction": _NOISE}),
-    "output": _table({"format": _to("output_format", _format), "voice": _to("voice", _voice),
-                      "speed": _SPEED,
-                      "omni_reference_audio": _to("reference_audio", _reference)}),
-})
-_SESSION = _table({
-    "type": _session_type,
-    "instructions": _to("instructions", parse_instructions),
-    "output_modalities": _to("output_modalities", parse_modalities),
-    "max_output_tokens": _to("max_output_tokens", parse_max_tokens),
-    "audio": _AUDIO,
-    "omni": lambda c, v, p: {"omni": _omni(c.omni, v, p)},
-    "tools": parse_tools,
-    "temperature": _temperature,
-    "prompt": _unsupported("stored prompts live on OpenAI's platform; send `instructions`"),
-    "truncation": _unsupported("the context slides out its oldest turns (max_context_tokens)", ("auto",)),
-    "tool_choice": _unsupported("this model has no tools", ("auto", "none")),
-    # beta aliases: the top-level session fields that preceded the GA `audio` object
-    "modalities": _to("output_modalities", parse_modalities),
-    "max_response_output_tokens": _to("max_output_tokens", parse_max_tokens),
-    "input_audio_format": _to("input_format", _format),
-    "output_audio_format": _to("output_format", _format),
-    "turn_detection": _TURN,
-    "voice": _to("voice", _voice),
-    "input_audio_transcription": _transcription,
-    "input_audio_noise_reduction": _NOISE,
-    "speed": _SPEED,
-    # Names and bookkeeping of OpenAI's platform (traces, included log data, ids): nothing to honour.
-    **{k: _ignored for k in ("id", "object", "model", "tracing", "include", "expires_at")},
-})
+_AUDIO = _table(
+    {
+        "input": _table(
+            {
+                "format": _to("input_format", _format),
+                "turn_detection": _TURN,
+                "transcription": _transcription,
+                "noise_reduction": _NOISE,
+            }
+        ),
+        "output": _table(
+            {
+                "format": _to("output_format", _format),
+                "voice": _to("voice", _voice),
+                "speed": _SPEED,
+                "omni_reference_audio": _to("reference_audio", _reference),
+            }
+        ),
+    }
+)
+_SESSION = _table(
+    {
+        "type": _session_type,
+        "instructions": _to("instructions", parse_instructions),
+        "output_modalities": _to("output_modalities", parse_modalities),
+        "max_output_tokens": _to("max_output_tokens", parse_max_tokens),
+        "audio": _AUDIO,
+        "omni": lambda c, v, p: {"omni": _omni(c.omni, v, p)},
+        "tools": parse_tools,
+        "temperature": _temperature,
+        "prompt": _unsupported("stored prompts live on OpenAI's platform; send `instructions`"),
+        "truncation": _unsupported("the context slides out its oldest turns (max_context_tokens)", ("auto",)),
+        "tool_choice": _unsupported("this model has no tools", ("auto", "none")),
+        # beta aliases: the top-level session fields that preceded the GA `audio` object
+        "modalities": _to("output_modalities", parse_modalities),
+        "max_response_output_tokens": _to("max_output_tokens", parse_max_tokens),
+        "input_audio_format": _to("input_format", _format),
+        "output_audio_format": _to("output_format", _format),
+        "turn_detection": _TURN,
+        "voice": _to("voice", _voice),
+        "input_audio_transcription": _transcription,
+        "input_audio_noise_reduction": _NOISE,
+        "speed": _SPEED,
+        # Names and bookkeeping of OpenAI's platform (traces, included log data, ids): nothing to honour.
+        **{k: _ignored for k in ("id", "object", "model", "tracing", "include", "expires_at")},
+    }
+)
 
 
 def apply_update(config: SessionConfig, session: Mapping[str, Any]) -> SessionConfig:
@@ -259,35 +299,49 @@ def _turn_wire(td: ServerVad | None) -> dict[str, Any] | None:
     if td is None:
         return None
     if td.eagerness is not None:
-        return {"type": "semantic_vad", "eagerness": td.eagerness, "create_response": td.create_response,
-                "interrupt_response": td.interrupt_response}
+        return {
+            "type": "semantic_vad",
+            "eagerness": td.eagerness,
+            "create_response": td.create_response,
+            "interrupt_response": td.interrupt_response,
+        }
     fields = dataclasses.asdict(td)
     del fields["eagerness"]
     return {"type": "server_vad", **fields}
 
 
-def to_wire(config: SessionConfig, session_id: str | None = None,
-            model: str | None = None) -> dict[str, Any]:
+def to_wire(config: SessionConfig, session_id: str | None = None, model: str | None = None) -> dict[str, Any]:
     """The GA session object for `session.created` / `session.updated`.
 
     The reference clip itself is not echoed, only its format and size.
     """
     ref, tr = config.reference_audio, config.transcription
     wire: dict[str, Any] = {
-        "type": "realtime", "object": "realtime.session",
+        "type": "realtime",
+        "object": "realtime.session",
         "instructions": config.instructions,
         "output_modalities": list(config.output_modalities),
         "max_output_tokens": config.max_output_tokens or "inf",
         "audio": {
-            "input": {"format": _format_wire(config.input_format),
-                      "transcription": None if tr is None else
-                      {"model": tr.model, **({"language": tr.language} if tr.language else {})},
-                      "noise_reduction": None, "turn_detection": _turn_wire(config.turn_detection)},
-            "output": {"format": _format_wire(config.output_format), "voice": config.voice,
-                       "speed": 1.0, "omni_reference_audio": None if ref is None else
-                       {"format": ref.format, "rate": ref.rate_hz, "size_bytes": len(ref.data)}},
+            "input": {
+                "format": _format_wire(config.input_format),
+                "transcription": None
+                if tr is None
+                else {"model": tr.model, **({"language": tr.language} if tr.language else {})},
+                "noise_reduction": None,
+                "turn_detection": _turn_wire(config.turn_detection),
+            },
+            "output": {
+                "format": _format_wire(config.output_format),
+                "voice": config.voice,
+                "speed": 1.0,
+                "omni_reference_audio": None
+                if ref is None
+                else {"format": ref.format, "rate": ref.rate_hz, "size_bytes": len(ref.data)},
+            },
         },
-        "tools": [], "tool_choice": "auto",
+        "tools": [],
+        "tool_choice": "auto",
         "omni": dataclasses.asdict(config.omni),
     }
     if session_id is not None:
@@ -295,5 +349,3 @@ def to_wire(config: SessionConfig, session_id: str | None = None,
     if model is not None:
         wire["model"] = model
     return wire
-
-

@@ -1,6 +1,7 @@
 """Validation helpers for client JSON: type checks and error messages in OpenAI's wording.
 
 Every failure is a ProtocolError whose `param` is the dotted path the client sent."""
+
 from __future__ import annotations
 
 import base64
@@ -10,8 +11,15 @@ from typing import Any
 
 from ..errors import ProtocolError
 
-JSON_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-               dict: "an object", list: "an array", type(None): "null"}
+JSON_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "an object",
+    list: "an array",
+    type(None): "null",
+}
 
 
 def bad(code: str, message: str, param: str | None) -> ProtocolError:
@@ -24,8 +32,7 @@ def as_type(v: Any, kind: type, p: str) -> Any:
         return float(v)
     if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
         got = JSON_NAMES.get(type(v), type(v).__name__)
-        raise bad("invalid_type", f"Invalid type for '{p}': expected {JSON_NAMES[kind]}, "
-                   f"but got {got} instead.", p)
+        raise bad("invalid_type", f"Invalid type for '{p}': expected {JSON_NAMES[kind]}, but got {got} instead.", p)
     return v
 
 
@@ -46,8 +53,11 @@ def in_range(v: float, lo: float, hi: float, p: str) -> None:
 
 def one_of(v: str, allowed: tuple[str, ...], p: str) -> str:
     if v not in allowed:
-        raise bad("invalid_value", f"Invalid value for '{p}': '{v}'. Supported values are: "
-                   + ", ".join(f"'{a}'" for a in allowed) + ".", p)
+        raise bad(
+            "invalid_value",
+            f"Invalid value for '{p}': '{v}'. Supported values are: " + ", ".join(f"'{a}'" for a in allowed) + ".",
+            p,
+        )
     return v
 
 
@@ -70,5 +80,3 @@ def b64(v: str, p: str) -> bytes:
     if not data:
         raise bad("invalid_value", f"Invalid value for '{p}': the payload is empty.", p)
     return data
-
-

@@ -10,6 +10,7 @@ ends, and frees everything, when the peer connection fails or closes, the data c
 the lease idles out, or the server shuts down. Does not own: auth (server middleware), ICE
 candidate policy and frame conversion (media.py).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -37,13 +38,13 @@ from .media import PlayoutTrack, frame_to_mono, loopback_ice, loopback_only
 from .protocol import new_id, parse_client_event
 
 log = logging.getLogger("omni.gateway")
-SEND_QUEUE = 512              # events, as on the WebSocket
-EVENTS_LABEL = "oai-events"   # OpenAI's label; any client label is accepted
-CONNECT_TIMEOUT_S = 20.0      # answered but never connected: free the slot
-CHANNEL_WAIT_S = 2.0          # then open the events channel ourselves
-MIC_SILENCE_S = 2.0           # no microphone packet this long after the first: the peer hung up
-MIC_FIRST_S = 5.0             # connected, yet no first microphone packet in this long: gone too
-FRAME_INTERVAL_S = 0.5        # camera: ~2 frames/s reach the model (it joins ~1 per 1-s unit)
+SEND_QUEUE = 512  # events, as on the WebSocket
+EVENTS_LABEL = "oai-events"  # OpenAI's label; any client label is accepted
+CONNECT_TIMEOUT_S = 20.0  # answered but never connected: free the slot
+CHANNEL_WAIT_S = 2.0  # then open the events channel ourselves
+MIC_SILENCE_S = 2.0  # no microphone packet this long after the first: the peer hung up
+MIC_FIRST_S = 5.0  # connected, yet no first microphone packet in this long: gone too
+FRAME_INTERVAL_S = 0.5  # camera: ~2 frames/s reach the model (it joins ~1 per 1-s unit)
 CALLS_PATH = "/v1/realtime/calls"
 _HANG_UP = object()
 
@@ -72,7 +73,7 @@ async def post_call(request: web.Request) -> web.Response:
         return _error_response(503, e.error_type, e.code, e.message)
     try:
         call = Call(app, lease)
-    except CapacityError as e:                 # every engine slot is taken (another gateway's sessions)
+    except CapacityError as e:  # every engine slot is taken (another gateway's sessions)
         app["manager"].release(lease)
         return _error_response(503, e.error_type, e.code, e.message)
     try:
@@ -85,8 +86,9 @@ async def post_call(request: web.Request) -> web.Response:
         await call.abort()
         raise
     call.start()
-    return web.Response(status=201, text=answer, content_type="application/sdp",
-                        headers={"Location": f"{CALLS_PATH}/{call.id}"})
+    return web.Response(
+        status=201, text=answer, content_type="application/sdp", headers={"Location": f"{CALLS_PATH}/{call.id}"}
+    )
 
 
 async def _read_offer(request: web.Request) -> tuple[str, dict | None]:
@@ -95,11 +97,11 @@ async def _read_offer(request: web.Request) -> tuple[str, dict | None]:
     ctype = request.content_type
     session = None
     if ctype == "application/sdp":
-        sdp = _utf8(await _body(request), "the SDP offer")   # whatever charset it declares: SDP is UTF-8
+        sdp = _utf8(await _body(request), "the SDP offer")  # whatever charset it declares: SDP is UTF-8
     elif ctype == "application/json":
         body = _json(_utf8(await _body(request), "the JSON body"), "the body")
         if not isinstance(body, dict):
-            raise BadOffer("invalid_json", "the JSON body must be an object {\"type\": \"offer\", \"sdp\": ...}")
+            raise BadOffer("invalid_json", 'the JSON body must be an object {"type": "offer", "sdp": ...}')
         if body.get("type", "offer") != "offer":
             raise BadOffer("invalid_value", f"'type' must be \"offer\", got {body.get('type')!r}")
         sdp, session = body.get("sdp"), body.get("session")
@@ -113,8 +115,11 @@ async def _read_offer(request: web.Request) -> tuple[str, dict | None]:
         if session is not None:
             session = _json(session, "the 'session' field")
     else:
-        raise BadOffer("unsupported_content_type", f"send the SDP offer as application/sdp (or JSON / "
-                       f"multipart with an 'sdp' field), not {ctype or 'no content type'!r}")
+        raise BadOffer(
+            "unsupported_content_type",
+            f"send the SDP offer as application/sdp (or JSON / "
+            f"multipart with an 'sdp' field), not {ctype or 'no content type'!r}",
+        )
     if not isinstance(sdp, str) or not sdp.strip():
         raise BadOffer("missing_sdp", "the request carries no SDP offer")
     if not sdp.lstrip().startswith("v=0") or "\nm=" not in sdp:
@@ -132,7 +137,7 @@ def _form_text(v) -> str | None:
 
 async def _body(request: web.Request) -> bytes:
     try:
-        return await request.read()              # at most client_max_size (max_message_bytes)
+        return await request.read()  # at most client_max_size (max_message_bytes)
     except web.HTTPRequestEntityTooLarge:
         raise
     except (ValueError, ConnectionError) as e:
@@ -157,6 +162,7 @@ def _json(text: str, what: str):
 
 class CallConversation(Conversation):
     """A conversation whose `close()` (e.g. at server shutdown) also hangs up its call."""
+
     call: "Call"
 
     async def close(self) -> None:
@@ -173,20 +179,29 @@ class Call:
         self.fragments = Reassembler(self.settings.max_message_bytes)  # pieces of messages over 64 KiB
         self.playout = QueuePlayout()
         self.speaker = PlayoutTrack(self.playout)
-        self.wire = WireEvents(self.send, wire_audio=False)   # speech goes on the track, not in events
-        self.conv = CallConversation(app["worker"], self.settings, self.wire, self.playout, app["vad"],
-                                     metrics=app["metrics"], session_id=lease.session_id)   # first: CapacityError
+        self.wire = WireEvents(self.send, wire_audio=False)  # speech goes on the track, not in events
+        self.conv = CallConversation(
+            app["worker"],
+            self.settings,
+            self.wire,
+            self.playout,
+            app["vad"],
+            metrics=app["metrics"],
+            session_id=lease.session_id,
+        )  # first: CapacityError
         self.conv.call = self
         self.inbound = Inbound(self.conv, self.settings.max_image_pixels)
         # the one task that changes the conversation: data-channel messages, mic and camera, in order
-        self.mailbox = Mailbox(self.inbound, self.send, self.settings.max_message_bytes, self.fragments)
+        self.mailbox = Mailbox(
+            self.inbound, self.send, self.settings.max_message_bytes, self.fragments, self.conv.state
+        )
         self.conv.post = self.mailbox.post
         self.started_s: float | None = None
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))   # default = a STUN server
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # default = a STUN server
         self.channel = None
         self.channel_ready, self.connected, self.ended = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self.tracks_in: list = []
-        self.frames_in = 0                 # camera frames passed to the conversation
+        self.frames_in = 0  # camera frames passed to the conversation
         self.offers_data = False
         self.task: asyncio.Task | None = None
         lease.close = lambda reason: self.ended.set()
@@ -202,8 +217,11 @@ class Call:
     async def negotiate(self, offer: str, session: dict | None) -> str:
         offer, n_candidates = loopback_only(offer) if loopback_ice() else (offer, -1)
         if n_candidates == 0:
-            raise BadOffer("invalid_sdp", "the offer has no 127.0.0.1 ICE candidate: gather all candidates "
-                           "before POSTing (no trickle ICE) and allow loopback")
+            raise BadOffer(
+                "invalid_sdp",
+                "the offer has no 127.0.0.1 ICE candidate: gather all candidates "
+                "before POSTing (no trickle ICE) and allow loopback",
+            )
         if "\nm=audio" not in offer:
             raise BadOffer("invalid_sdp", "the offer needs an audio m-line (microphone in, speech out)")
         self.offers_data = "\nm=application" in offer
@@ -212,7 +230,7 @@ class Call:
         except Exception as e:  # noqa: BLE001 - aiortc raises many kinds on a bad offer
             raise BadOffer("invalid_sdp", f"the SDP offer was rejected: {type(e).__name__}: {e}") from None
         speaker_attached = False
-        for t in self.pc.getTransceivers():      # answer on the offered m-lines
+        for t in self.pc.getTransceivers():  # answer on the offered m-lines
             if t.kind == "audio" and not speaker_attached:
                 t.sender.replaceTrack(self.speaker)
                 t.direction, speaker_attached = "sendrecv", True
@@ -221,7 +239,7 @@ class Call:
         await self.conv.start()
         if session is not None:
             await self.inbound.handle(parse_client_event(json.dumps({"type": "session.update", "session": session})))
-        await self.pc.setLocalDescription(await self.pc.createAnswer())   # gathers ICE fully
+        await self.pc.setLocalDescription(await self.pc.createAnswer())  # gathers ICE fully
         return self.pc.localDescription.sdp
 
     def start(self) -> None:
@@ -242,17 +260,20 @@ class Call:
         try:
             async with asyncio.TaskGroup() as tg:
                 supervisor = Supervisor(tg, self.send, lambda code: self.queue.put(_HANG_UP))
-                self.conv.spawn = supervisor.spawn     # replies, prefills, transcripts: in this group
-                tasks = [tg.create_task(self._sender()), tg.create_task(self._owner()),
-                         tg.create_task(watch_engine(self.conv, self.send, lambda code: self.queue.put(_HANG_UP))),
-                         tg.create_task(heartbeat(self.wire))]
+                self.conv.spawn = supervisor.spawn  # replies, prefills, transcripts: in this group
+                tasks = [
+                    tg.create_task(self._sender()),
+                    tg.create_task(self._owner()),
+                    tg.create_task(watch_engine(self.conv, self.send, lambda code: self.queue.put(_HANG_UP))),
+                    tg.create_task(heartbeat(self.wire)),
+                ]
                 for track in self.tracks_in:
                     tasks.append(tg.create_task(self._listen(track) if track.kind == "audio" else self._watch(track)))
                 await self._await_connection()
                 await self.ended.wait()
                 for t in tasks:
                     t.cancel()
-                await self.conv.close()            # its replies and transcripts end before the group
+                await self.conv.close()  # its replies and transcripts end before the group
                 supervisor.cancel_all()
         except Exception:  # noqa: BLE001 - a broken call must not outlive its resources
             log.exception("session %s (webrtc call %s) failed", self.conv.session_id, self.id)
@@ -268,12 +289,12 @@ class Call:
             self.ended.set()
             return
         if not self.offers_data:
-            self.channel_ready.set()               # no data channel: events have nowhere to go
+            self.channel_ready.set()  # no data channel: events have nowhere to go
         elif self.channel is None:
             try:
                 async with asyncio.timeout(CHANNEL_WAIT_S):
                     await self.channel_ready.wait()
-            except TimeoutError:                   # the client offered SCTP but opened no channel
+            except TimeoutError:  # the client offered SCTP but opened no channel
                 self._use_channel(self.pc.createDataChannel(EVENTS_LABEL))
 
     async def _free(self) -> None:
@@ -287,7 +308,7 @@ class Call:
         if self.started_s is not None:
             session_ended(self.app, self.conv, self.started_s)
             self.started_s = None
-        self.manager.release(self.lease)            # last: a free slot means a fully freed call
+        self.manager.release(self.lease)  # last: a free slot means a fully freed call
 
     def _on_state(self) -> None:
         state = self.pc.connectionState
@@ -297,7 +318,7 @@ class Call:
             self.ended.set()
 
     def _use_channel(self, channel) -> None:
-        if self.channel is not None:               # one events channel; later ones are ignored
+        if self.channel is not None:  # one events channel; later ones are ignored
             return
         self.channel = channel
         channel.on("message", self._on_message)
@@ -322,8 +343,8 @@ class Call:
             self.channel.send(json.dumps(event))
 
     async def _owner(self) -> None:
-        if await self.mailbox.run() is not None:   # auth / capacity / model error: end the call
-            await self.queue.put(_HANG_UP)         # after the error event
+        if await self.mailbox.run() is not None:  # auth / capacity / model error: end the call
+            await self.queue.put(_HANG_UP)  # after the error event
 
     def _on_message(self, raw) -> None:
         self.manager.touch(self.lease)
@@ -332,7 +353,7 @@ class Call:
     async def _listen(self, track) -> None:
         """Microphone: decoded frames (48 kHz stereo from Opus) -> mono -> 16 kHz -> the conversation."""
         resampler = None
-        await self.connected.wait()                 # ICE may take a while; silence counts from here
+        await self.connected.wait()  # ICE may take a while; silence counts from here
         wait_s = MIC_FIRST_S
         while True:
             try:
@@ -351,7 +372,7 @@ class Call:
             if resampler is None or resampler.in_rate_hz != frame.sample_rate:
                 resampler = StreamResampler(frame.sample_rate, MODEL_INPUT_RATE_HZ)
             samples = resampler.push(frame_to_mono(frame))
-            await self.mailbox.media(partial(self.conv.push_audio_16k, samples))   # bound now, run later
+            await self.mailbox.media(partial(self.conv.push_audio_16k, samples))  # bound now, run later
 
     async def _watch(self, track) -> None:
         """Camera: the newest frame at most every FRAME_INTERVAL_S, converted off the loop."""
@@ -363,7 +384,7 @@ class Call:
             except MediaStreamError:
                 return
             now = self.clock_s()
-            if now - last_s < FRAME_INTERVAL_S or not self.conv.config.omni.video:   # nothing to convert
+            if now - last_s < FRAME_INTERVAL_S or not self.conv.config.omni.video:  # nothing to convert
                 continue
             last_s = now
             image = await loop.run_in_executor(None, frame.to_image)

@@ -4,6 +4,7 @@ One task group per connection: the reader (frames into the mailbox), the mailbox
 (client events and the conversation's follow-ups, in order: the only one that changes its state),
 the sender (one bounded queue, so events leave in the order they were made), and the reply task.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,7 +23,7 @@ from .mailbox import Mailbox
 from .outbound import WireEvents
 
 log = logging.getLogger("omni.gateway")
-SEND_QUEUE = 512          # events; a client that stops reading stalls its own replies, nobody else's
+SEND_QUEUE = 512  # events; a client that stops reading stalls its own replies, nobody else's
 _CLOSE = object()
 
 
@@ -30,8 +31,9 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings, manager = app["settings"], app["manager"]
     protocols = [p for p in ("realtime",) if p in request.headers.get("Sec-WebSocket-Protocol", "")]
-    ws = web.WebSocketResponse(max_msg_size=4 * settings.max_message_bytes, heartbeat=30,
-                               protocols=protocols + _key_protocols(request))
+    ws = web.WebSocketResponse(
+        max_msg_size=4 * settings.max_message_bytes, heartbeat=30, protocols=protocols + _key_protocols(request)
+    )
     await ws.prepare(request)
     try:
         lease = manager.acquire()
@@ -45,41 +47,50 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
         await queue.put(event)
 
     try:
-        wire = WireEvents(send)                # the session's events -> OpenAI JSON + wire audio
-        conv = Conversation(app["worker"], settings, wire, ClockPlayout(), app["vad"], metrics=app["metrics"],
-                            session_id=lease.session_id)
-        inbound = Inbound(conv, settings.max_image_pixels)   # client events -> decoded session commands
-    except CapacityError as e:                 # every engine slot is taken (another gateway's sessions)
+        wire = WireEvents(send)  # the session's events -> OpenAI JSON + wire audio
+        conv = Conversation(
+            app["worker"],
+            settings,
+            wire,
+            ClockPlayout(),
+            app["vad"],
+            metrics=app["metrics"],
+            session_id=lease.session_id,
+        )
+        inbound = Inbound(conv, settings.max_image_pixels)  # client events -> decoded session commands
+    except CapacityError as e:  # every engine slot is taken (another gateway's sessions)
         manager.release(lease)
         await ws.send_str(json.dumps(to_error_event(e)))
         await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=b"server full")
         return ws
-    def close_for(reason: str) -> None:        # idle timeout, shutdown: after the events queued so far
+
+    def close_for(reason: str) -> None:  # idle timeout, shutdown: after the events queued so far
         try:
             queue.put_nowait((_CLOSE, CLOSE_GOING_AWAY))
-        except asyncio.QueueFull:              # a client that stopped reading: close without them
+        except asyncio.QueueFull:  # a client that stopped reading: close without them
             asyncio.ensure_future(ws.close(code=CLOSE_GOING_AWAY))
+
     lease.close = close_for
     app["conversations"].add(conv)
     started = session_started(app, conv, "websocket")
     try:
         async with asyncio.TaskGroup() as tg:
             supervisor = Supervisor(tg, send, lambda code: queue.put((_CLOSE, code)))
-            conv.spawn = supervisor.spawn          # replies, prefills, transcripts: in this group
+            conv.spawn = supervisor.spawn  # replies, prefills, transcripts: in this group
             sender = tg.create_task(_sender(ws, queue))
             watcher = tg.create_task(watch_engine(conv, send, lambda code: queue.put((_CLOSE, code))))
             beat = tg.create_task(heartbeat(wire))
             await conv.start()
-            mailbox = Mailbox(inbound, send, settings.max_message_bytes)
-            conv.post = mailbox.post               # the conversation's follow-ups: on its owner task
+            mailbox = Mailbox(inbound, send, settings.max_message_bytes, state=conv.state)
+            conv.post = mailbox.post  # the conversation's follow-ups: on its owner task
             reader = tg.create_task(_reader(ws, mailbox, lambda: manager.touch(lease)))
-            code = await mailbox.run()             # the owner: every message, in order
+            code = await mailbox.run()  # the owner: every message, in order
             reader.cancel()
             watcher.cancel()
             beat.cancel()
             await conv.close()
             supervisor.cancel_all()
-            await queue.put((_CLOSE, code or CLOSE_NORMAL))   # a typed error's own close code
+            await queue.put((_CLOSE, code or CLOSE_NORMAL))  # a typed error's own close code
             await sender
     finally:
         await conv.close()
@@ -96,7 +107,7 @@ async def _reader(ws: web.WebSocketResponse, mailbox: Mailbox, touch) -> None:
     try:
         async for msg in ws:
             touch()
-            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):   # UTF-8 JSON in binary frames too
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):  # UTF-8 JSON in binary frames too
                 break
             await mailbox.message(msg.data)
     finally:
@@ -107,13 +118,13 @@ async def _sender(ws: web.WebSocketResponse, queue: asyncio.Queue) -> None:
     try:
         while True:
             event = await queue.get()
-            if isinstance(event, tuple) or ws.closed:     # (_CLOSE, code): the last thing sent
+            if isinstance(event, tuple) or ws.closed:  # (_CLOSE, code): the last thing sent
                 if not ws.closed:
                     await ws.close(code=event[1])
                 return
             await ws.send_str(json.dumps(event))
-    except ConnectionError:   # aiohttp's ClientConnectionResetError is one
-        return        # the client vanished mid-send (an abrupt disconnect): the receive loop ends too
+    except ConnectionError:  # aiohttp's ClientConnectionResetError is one
+        return  # the client vanished mid-send (an abrupt disconnect): the receive loop ends too
 
 
 def _key_protocols(request: web.Request) -> list[str]:

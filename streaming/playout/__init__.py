@@ -7,6 +7,7 @@ Two sinks share one small interface so barge-in logic is transport-free:
 * `QueuePlayout` (WebRTC): audio waits in a queue that the outgoing track drains at 24 kHz in
   real time, so the heard position is exact and `stop()` makes the very next frame silence.
 """
+
 from __future__ import annotations
 
 import collections
@@ -56,6 +57,7 @@ class _Queued:
 @dataclass
 class QueuePlayout:
     """Filled by the response task, drained by the WebRTC track's `read(n)` every 20 ms."""
+
     queue: collections.deque = field(default_factory=collections.deque)
     played_samples: dict = field(default_factory=dict)
     _current: str | None = None
@@ -64,7 +66,7 @@ class QueuePlayout:
         self._current = response_id
         self.played_samples[response_id] = 0
         for old in [k for k in self.played_samples if k != response_id]:
-            del self.played_samples[old]        # only the live response's position matters
+            del self.played_samples[old]  # only the live response's position matters
 
     def write(self, response_id: str, wav_24k: np.ndarray) -> None:
         if response_id == self._current and len(wav_24k):
@@ -85,7 +87,7 @@ class QueuePlayout:
         while filled < n and self.queue:
             head = self.queue[0]
             take = min(n - filled, len(head.samples))
-            out[filled:filled + take] = head.samples[:take]
+            out[filled : filled + take] = head.samples[:take]
             self.played_samples[head.response_id] = self.played_samples.get(head.response_id, 0) + take
             filled += take
             if take == len(head.samples):

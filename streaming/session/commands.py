@@ -4,6 +4,7 @@ object, base64 audio in the session's format, encoded images) into these. The ot
 (commit, clear, truncate, delete, retrieve, response.create / cancel) carry no wire data and
 reach the session as parsed; every command has a `TYPE` and an `event_id`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from .config import SessionConfig
 @dataclass(frozen=True)
 class UpdateSession:
     """The session config after a `session.update`, and its voice clip decoded when it changed."""
+
     TYPE: ClassVar[str] = "session.update"
     event_id: str | None
     config: SessionConfig
@@ -33,15 +35,17 @@ class AppendAudio:
 @dataclass(frozen=True)
 class AppendImage:
     """One camera frame (None: the session has video off, so it was not decoded)."""
+
     TYPE: ClassVar[str] = "input_image_buffer.append"
     event_id: str | None
-    image: Any = field(repr=False)           # a PIL RGB image, or None
+    image: Any = field(repr=False)  # a PIL RGB image, or None
 
 
 @dataclass(frozen=True)
 class CreateItem:
     """A user or system item: `item` as parsed (role, parts with their text), `content` the
     model's message content (text, 16 kHz audio arrays, PIL images) in the parts' order."""
+
     TYPE: ClassVar[str] = "conversation.item.create"
     event_id: str | None
     item: Any

@@ -3,6 +3,7 @@
 The gateway parses and validates the wire (gateway/session_config.py `apply_update`, `to_wire`);
 the session only reads these frozen dataclasses.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -43,8 +44,8 @@ class ServerVad:
 class Transcription:
     """`audio.input.transcription`: the user's turns transcribed by MiniCPM-o itself."""
 
-    model: str = "minicpm-o-2.6"      # any name is kept and echoed; the model is always this one
-    language: str | None = None       # "zh" picks the official Chinese ASR prompt, else English
+    model: str = "minicpm-o-2.6"  # any name is kept and echoed; the model is always this one
+    language: str | None = None  # "zh" picks the official Chinese ASR prompt, else English
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ class SessionConfig:
 @dataclass(frozen=True)
 class ResponseParams:
     """Per-response overrides; None means "use the session's"."""
+
     output_modalities: tuple[str, ...] | None = None
     max_output_tokens: int | str | None = None  # "inf": no cap but the server's
-    temperature: float | None = None            # the LLM's sampling temperature for this reply
-    metadata: Mapping[str, Any] | None = None   # echoed on the response object
+    temperature: float | None = None  # the LLM's sampling temperature for this reply
+    metadata: Mapping[str, Any] | None = None  # echoed on the response object

@@ -3,6 +3,7 @@ pending system prompt and rollback, so every prefill lands on the context the us
 
 Owns no state of its own: reads and advances the connection's state (state.py) on the owner task.
 """
+
 from __future__ import annotations
 
 import time
@@ -20,9 +21,9 @@ class Context:
         rollback = self.state.context_grows()
         if rollback is None:
             return
-        if rollback.heard_ms is None:               # deleted: as if it was never said
+        if rollback.heard_ms is None:  # deleted: as if it was never said
             await self.engine.forget_reply()
-        else:                                       # only the reply audio actually heard stays
+        else:  # only the reply audio actually heard stays
             await self.engine.interrupt_ms(rollback.heard_ms)
 
     async def add_item(self, content: list) -> None:
@@ -47,5 +48,7 @@ class Context:
         st.system_dirty = False
         c = st.config
         ref = st.ref_16k if c.reference_audio is not None else None
-        mode = "audio_assistant"                    # default voice without a clip, cloned voice with one
-        await self.engine.set_system(c.omni.seed, mode, ref, c.instructions or None)   # a seed applies from a context start
+        mode = "audio_assistant"  # default voice without a clip, cloned voice with one
+        await self.engine.set_system(
+            c.omni.seed, mode, ref, c.instructions or None
+        )  # a seed applies from a context start

@@ -5,6 +5,7 @@ Owns one connection's conversation: its state (state.py: the config, the phase, 
 the rollback, the item ids the client sees), the engine session (context) and listening (VAD +
 chunker). Driven by the connection's one task (gateway/mailbox.py) only: `handle` (via Inbound),
 `push_audio_16k`, `push_frame`, and the follow-up work it posts itself through `post`."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,9 +32,9 @@ from .transcribe import Transcriber
 # Work the conversation asks its owner task to run after what is queued (gateway/mailbox.py)
 Post = Callable[[Callable[[], Coroutine[Any, Any, None]], str], None]
 
-MIN_COMMIT_MS = 100      # OpenAI rejects commits of less than 100 ms of audio
-REPLY_GRACE_S = 0.3      # after a commit, how long a transcript waits for a response.create
-MAX_TRANSCRIBED_MS = 300_000   # a longer turn's transcript covers its first 5 minutes (bounded memory)
+MIN_COMMIT_MS = 100  # OpenAI rejects commits of less than 100 ms of audio
+REPLY_GRACE_S = 0.3  # after a commit, how long a transcript waits for a response.create
+MAX_TRANSCRIBED_MS = 300_000  # a longer turn's transcript covers its first 5 minutes (bounded memory)
 
 
 def run_soon(work: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
@@ -42,21 +43,31 @@ def run_soon(work: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
 
 
 class Conversation:
-    def __init__(self, worker, settings, emit: Emit, playout, vad,
-                 clock_s: Callable[[], float] = time.monotonic, metrics=None, session_id: str | None = None):
+    def __init__(
+        self,
+        worker,
+        settings,
+        emit: Emit,
+        playout,
+        vad,
+        clock_s: Callable[[], float] = time.monotonic,
+        metrics=None,
+        session_id: str | None = None,
+    ):
         """`emit`: where this session's events go (events.py; the gateway's outbound adapter).
         `metrics`: streaming.metrics.Metrics to report to (None: nothing reported). `session_id`:
         its admission lease's, so events and every log line name it the same way."""
         self.settings, self._emit = settings, emit
-        self.items = ItemLog()                    # the items as last sent (retrieve, truncate)
+        self.items = ItemLog()  # the items as last sent (retrieve, truncate)
         self.clock_s = clock_s
-        vad_default = ServerVad(settings.vad_threshold, settings.vad_prefix_padding_ms,
-                                  settings.vad_silence_duration_ms)
+        vad_default = ServerVad(
+            settings.vad_threshold, settings.vad_prefix_padding_ms, settings.vad_silence_duration_ms
+        )
         self.state = ConnectionState(SessionConfig(turn_detection=vad_default))
-        self.engine = worker.open_session(settings.max_context_tokens)   # steps in order, others in parallel
+        self.engine = worker.open_session(settings.max_context_tokens)  # steps in order, others in parallel
         self.metrics = metrics
-        self.context = Context(self.engine, self.state, settings.max_item_tokens, metrics)   # what the model heard
-        self.transport: str | None = None         # "websocket" | "webrtc", set by the transport
+        self.context = Context(self.engine, self.state, settings.max_item_tokens, metrics)  # what the model heard
+        self.transport: str | None = None  # "websocket" | "webrtc", set by the transport
         if metrics is not None:
             self.engine.on_step = metrics.observe_step
             metrics.replica_sessions.labels(self.engine.where).inc()
@@ -65,10 +76,12 @@ class Conversation:
         # state through `post` (its owner task's): the connection sets both.
         self.spawn: Spawn = plain_task
         self.post: Post = run_soon
-        self.transcriber = Transcriber(worker, self.send, clock_s, after=self._reply_underway,
-                                       spawn=lambda coro, name: self.spawn(coro, name))
-        self.responder = Responder(self.send, self.engine, playout, clock_s, metrics,
-                                   spawn=lambda coro, name: self.spawn(coro, name))
+        self.transcriber = Transcriber(
+            worker, self.send, clock_s, after=self._reply_underway, spawn=lambda coro, name: self.spawn(coro, name)
+        )
+        self.responder = Responder(
+            self.send, self.engine, playout, clock_s, metrics, spawn=lambda coro, name: self.spawn(coro, name)
+        )
         self.playout = playout
         self.cuts = Cuts(self.state, self.responder, playout, self.items, self.send)
         self.session_id = session_id or new_id("sess")
@@ -99,9 +112,11 @@ class Conversation:
     def summary(self) -> dict:
         """For the session's end-of-life log line: replies and their first-audio median."""
         first = sorted(h["first_audio_ms"] for h in self.responder.history if "first_audio_ms" in h)
-        return {"turns": len(self.responder.history),
-                "first_audio_p50_ms": round(first[len(first) // 2]) if first else None,
-                "engine": self.engine.where}
+        return {
+            "turns": len(self.responder.history),
+            "first_audio_p50_ms": round(first[len(first) // 2]) if first else None,
+            "engine": self.engine.where,
+        }
 
     def _vad_cfg(self) -> ServerVadConfig | None:
         td = self.config.turn_detection
@@ -122,7 +137,7 @@ class Conversation:
         st.config = new
         if (new.instructions, new.voice, new.reference_audio) != (old.instructions, old.voice, old.reference_audio):
             st.system_dirty = True
-        self.listener.configure(self._vad_cfg(), new.omni.video)   # no-op unless the VAD itself changed
+        self.listener.configure(self._vad_cfg(), new.omni.video)  # no-op unless the VAD itself changed
         await self.send(E.SessionChanged(self.session_id, self.config))
 
     async def _on_input_audio_buffer_append(self, ev) -> None:
@@ -130,17 +145,24 @@ class Conversation:
 
     async def _on_input_image_buffer_append(self, ev) -> None:
         if not self.config.omni.video or ev.image is None:
-            raise ProtocolError("video_disabled", "camera frames are off for this session "
-                                "(session.update {\"omni\": {\"video\": true}})", "image", ev.event_id)
+            raise ProtocolError(
+                "video_disabled",
+                'camera frames are off for this session (session.update {"omni": {"video": true}})',
+                "image",
+                ev.event_id,
+            )
         self.push_frame(ev.image)
 
     async def _on_input_audio_buffer_commit(self, ev) -> None:
         unit, turn = self.listener.commit(), self.state.turn
         total_ms = (turn.audio_ms if turn else 0.0) + (unit.duration_ms if unit else 0.0)
         if total_ms < MIN_COMMIT_MS:
-            raise ProtocolError("input_audio_buffer_commit_empty",
-                                f"buffer too small: a commit needs at least {MIN_COMMIT_MS} ms of audio, "
-                                f"{total_ms:.0f} ms buffered", None, ev.event_id)
+            raise ProtocolError(
+                "input_audio_buffer_commit_empty",
+                f"buffer too small: a commit needs at least {MIN_COMMIT_MS} ms of audio, {total_ms:.0f} ms buffered",
+                None,
+                ev.event_id,
+            )
         if unit is not None:
             await self._prefill_unit(unit)
         await self._end_turn(create_response=False)
@@ -152,13 +174,17 @@ class Conversation:
     async def _on_conversation_item_create(self, ev) -> None:
         item = ev.item
         if item.role == "assistant":
-            raise ProtocolError("unsupported_item", "assistant items cannot be added to a MiniCPM-o "
-                                "context; send user or system items", "item.role", ev.event_id)
+            raise ProtocolError(
+                "unsupported_item",
+                "assistant items cannot be added to a MiniCPM-o context; send user or system items",
+                "item.role",
+                ev.event_id,
+            )
         if item.role == "system":
             text = "\n".join(p.text or "" for p in item.content)
             self.state.config = SessionConfig(**{**self.config.__dict__, "instructions": text})
             self.state.system_dirty = True
-        else:                                     # ev.content: decoded by the gateway
+        else:  # ev.content: decoded by the gateway
             await self.context.add_item(list(ev.content))
         item_id = item.id or new_id("item")
         added = E.Item(item_id, item.role, tuple(E.Part(p.type, text=p.text) for p in item.content))
@@ -176,14 +202,22 @@ class Conversation:
         item = self.items.get(ev.item_id)
         if item is None:
             # OpenAI's code: Pipecat ends its session on any other
-            raise ProtocolError("item_retrieve_invalid_item_id", f"no item {ev.item_id!r} in this conversation "
-                                f"(the last {MAX_ITEMS_KEPT} are kept)", "item_id", ev.event_id)
+            raise ProtocolError(
+                "item_retrieve_invalid_item_id",
+                f"no item {ev.item_id!r} in this conversation (the last {MAX_ITEMS_KEPT} are kept)",
+                "item_id",
+                ev.event_id,
+            )
         await self.send(E.ItemRetrieved(item))
 
     async def _on_response_create(self, ev) -> None:
         if self.responder.current is not None:
-            raise ProtocolError("conversation_already_has_active_response",
-                                "a response is in progress; cancel it first", None, ev.event_id)
+            raise ProtocolError(
+                "conversation_already_has_active_response",
+                "a response is in progress; cancel it first",
+                None,
+                ev.event_id,
+            )
         if self.state.turn is not None:
             unit = self.listener.commit()
             if unit is not None:
@@ -205,7 +239,7 @@ class Conversation:
         # Inline, not on a thread: one onnxruntime call per push (~0.3 ms for 100 ms of audio) costs
         # less than the executor round trip it would need (measured by bench/gateway.py).
         events = self.listener.push_audio(samples)
-        stopped = False                           # the turn ends once its last units are in
+        stopped = False  # the turn ends once its last units are in
         for ev in events:
             if isinstance(ev, SpeechStarted):
                 if stopped:
@@ -240,7 +274,7 @@ class Conversation:
         if self.config.transcription is not None and turn.audio_ms <= MAX_TRANSCRIBED_MS:
             turn.audio_16k.append(unit.audio_16k)
         pending = self.state.pending_units
-        if self.responder.current is not None or pending:   # no barge-in: heard after the reply, in order
+        if self.responder.current is not None or pending:  # no barge-in: heard after the reply, in order
             pending.append((unit, turn))
             return
         await self.context.add_unit(unit, turn)
@@ -277,13 +311,15 @@ class Conversation:
             timings["unit_prefill_mean_ms"] = sum(turn.prefill_ms) / len(turn.prefill_ms)
         t0 = st.turn_end_s or self.clock_s()
         st.turn_end_s = None
-        r = await self.responder.start(opts, t0, st.last_item_id, timings, speak=opts.generate_audio,
-                                       metadata=params.metadata)
+        r = await self.responder.start(
+            opts, t0, st.last_item_id, timings, speak=opts.generate_audio, metadata=params.metadata
+        )
         st.reply_started(r)
-        assert r.task is not None                # start() set it
+        assert r.task is not None  # start() set it
         # the reply's task only reports; its end changes the state on the owner task
-        r.task.add_done_callback(lambda _t: self.engine.closed or self.post(lambda: self._reply_over(r),
-                                                                             f"after {r.id}"))
+        r.task.add_done_callback(
+            lambda _t: self.engine.closed or self.post(lambda: self._reply_over(r), f"after {r.id}")
+        )
 
     async def _reply_over(self, r) -> None:
         self.state.reply_over(r)
@@ -294,7 +330,7 @@ class Conversation:
         audio (and a barge-in) is handled between them."""
         pending = self.state.pending_units
         if not pending or self.engine.closed or self.responder.current is not None:
-            return                               # none, gone, or a new reply: heard after that one
+            return  # none, gone, or a new reply: heard after that one
         unit, turn = pending.pop(0)
         await self.context.add_unit(unit, turn)
         if pending:

@@ -3,6 +3,7 @@ and cancel. Each stops what is heard at once and records, as the state's `interr
 transition, how much of the reply the context keeps; the rollback itself is applied before the
 next input (context.py).
 """
+
 from __future__ import annotations
 
 from ..errors import ProtocolError
@@ -20,8 +21,9 @@ class Cuts:
         if r is None or ev.item_id != r.item_id:
             known = self.items.get(ev.item_id)
             if known is None or known.role != "assistant":
-                raise ProtocolError("item_not_found", f"no assistant audio item {ev.item_id!r} to truncate",
-                                    "item_id", ev.event_id)
+                raise ProtocolError(
+                    "item_not_found", f"no assistant audio item {ev.item_id!r} to truncate", "item_id", ev.event_id
+                )
             # An older reply: already cut where the server heard it stop, or heard whole; the
             # context cannot change any more. Acknowledged, as OpenAI does (Pipecat ends its
             # session on any error here).
@@ -29,12 +31,16 @@ class Cuts:
             return
         emitted_ms = r.audio_ms
         if ev.audio_end_ms > emitted_ms + 1:
-            raise ProtocolError("invalid_value", f"audio_end_ms {ev.audio_end_ms} is beyond the "
-                                f"{emitted_ms:.0f} ms of audio sent for this item", "audio_end_ms", ev.event_id)
+            raise ProtocolError(
+                "invalid_value",
+                f"audio_end_ms {ev.audio_end_ms} is beyond the {emitted_ms:.0f} ms of audio sent for this item",
+                "audio_end_ms",
+                ev.event_id,
+            )
         if self.responder.current is r:
             await self.responder.cancel("client_cancelled")
             r.cut_live = True
-        self.playout.stop(r.id)                       # nothing after audio_end_ms is heard any more
+        self.playout.stop(r.id)  # nothing after audio_end_ms is heard any more
         r.stopped = True
         if st.cuttable:
             st.interrupted(r, float(ev.audio_end_ms))
@@ -47,9 +53,14 @@ class Cuts:
         st = self.state
         r = st.reply
         if r is None or ev.item_id != r.item_id or not st.cuttable:
-            raise ProtocolError("unsupported_operation", "only the latest assistant item can be deleted, "
-                                "before the next turn is added; older items are in the model's context "
-                                "(start a new session, or truncate the reply)", "item_id", ev.event_id)
+            raise ProtocolError(
+                "unsupported_operation",
+                "only the latest assistant item can be deleted, "
+                "before the next turn is added; older items are in the model's context "
+                "(start a new session, or truncate the reply)",
+                "item_id",
+                ev.event_id,
+            )
         if self.responder.current is r:
             await self.responder.cancel("client_cancelled")
         self.playout.stop(r.id)
@@ -67,8 +78,12 @@ class Cuts:
             return
         if r is None or not self.audible() or (ev.response_id and ev.response_id != r.id):
             # OpenAI's code and wording: Pipecat treats any other code as fatal
-            raise ProtocolError("response_cancel_not_active", "Cancellation failed: no active response found",
-                                "response_id" if ev.response_id else None, ev.event_id)
+            raise ProtocolError(
+                "response_cancel_not_active",
+                "Cancellation failed: no active response found",
+                "response_id" if ev.response_id else None,
+                ev.event_id,
+            )
         await self.barge_in("client_cancelled")
 
     def audible(self) -> bool:
@@ -84,8 +99,8 @@ class Cuts:
         r = self.state.reply
         if r is None:
             return
-        heard_ms = self.playout.played_ms(r.id)       # read before the playout is stopped
+        heard_ms = self.playout.played_ms(r.id)  # read before the playout is stopped
         r.stopped = True
         self.state.interrupted(r, heard_ms)
         await self.responder.cancel(reason)
-        self.playout.stop(r.id)     # a reply that finished generating may still be playing (WebRTC queue)
+        self.playout.stop(r.id)  # a reply that finished generating may still be playing (WebRTC queue)

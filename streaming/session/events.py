@@ -6,6 +6,7 @@ Items and responses are plain values here: `Item` is a conversation item as the 
 `Outcome` says how a response ended. Output and content indices are always 0 (one item of one
 part per response), so they are not carried.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ import numpy as np
 class Part:
     """One content part: input_text / output_text carry `text`, input_audio / output_audio a
     `transcript` (None until known), input_image nothing."""
+
     type: str
     text: str | None = None
     transcript: str | None = None
@@ -26,9 +28,9 @@ class Part:
 @dataclass(frozen=True)
 class Item:
     id: str
-    role: str                               # "user" | "assistant" | "system"
+    role: str  # "user" | "assistant" | "system"
     parts: tuple[Part, ...]
-    status: str = "completed"               # "in_progress" | "completed" | "incomplete"
+    status: str = "completed"  # "in_progress" | "completed" | "incomplete"
 
     def with_transcript(self, transcript: str) -> Item:
         """The item with its first (audio) part's transcript filled in."""
@@ -39,6 +41,7 @@ class Item:
 @dataclass(frozen=True)
 class Outcome:
     """How a response ended: status completed / incomplete / cancelled / failed, and why."""
+
     status: str
     reason: str | None = None
 
@@ -47,7 +50,7 @@ class Outcome:
 @dataclass(frozen=True)
 class SessionStarted:
     session_id: str
-    config: Any                             # the SessionConfig now in force
+    config: Any  # the SessionConfig now in force
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ class ItemRetrieved:
 @dataclass(frozen=True)
 class ResponseStarted:
     response_id: str
-    item: Item                              # its (in-progress) output item
+    item: Item  # its (in-progress) output item
     previous_item_id: str | None
     metadata: dict | None = None
 
@@ -121,6 +124,7 @@ class ResponseStarted:
 @dataclass(frozen=True)
 class ResponseText:
     """A piece of the reply's text: the audio transcript when it speaks, else the text."""
+
     response_id: str
     item_id: str
     delta: str
@@ -131,6 +135,7 @@ class ResponseText:
 class ResponseAudio:
     """24 kHz float32 reply speech; the gateway encodes it for the wire (or the WebRTC track
     carries it, and this is not sent)."""
+
     response_id: str
     item_id: str
     pcm_24k: np.ndarray = field(repr=False)
@@ -140,6 +145,7 @@ class ResponseAudio:
 class ResponseEnded:
     """The closing events, then `response.done`: `item` as it ended, `text` all of it.
     `keep_audio_tail`: audio held back by an encoder still goes out (not when cancelled)."""
+
     response_id: str
     item: Item
     text: str
@@ -152,6 +158,7 @@ class ResponseEnded:
 @dataclass(frozen=True)
 class ResponseTimings:
     """[ext] the reply's timing figures, each name ending in _ms."""
+
     response_id: str
     timings_ms: dict[str, float]
 
@@ -179,4 +186,5 @@ class TranscriptFailed:
 @dataclass(frozen=True)
 class Failed:
     """Work outside a client message failed (a reply step); the session goes on."""
+
     error: BaseException

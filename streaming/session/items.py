@@ -1,12 +1,13 @@
 """The conversation's items as the client last saw them, for `conversation.item.retrieve` and
 for telling an assistant item from others: the latest MAX_ITEMS_KEPT, bounded memory."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
 
 from . import events as E
 
-MAX_ITEMS_KEPT = 256     # items `conversation.item.retrieve` can fetch (the latest ones)
+MAX_ITEMS_KEPT = 256  # items `conversation.item.retrieve` can fetch (the latest ones)
 
 
 class ItemLog:
@@ -16,7 +17,7 @@ class ItemLog:
     def saw(self, ev: object) -> None:
         """Note what a session event says about items (call it with every event sent)."""
         if isinstance(ev, (E.ItemAdded, E.ItemDone, E.ResponseStarted, E.ResponseEnded)):
-            self._items[ev.item.id] = ev.item       # frozen: a later transcript makes a new one
+            self._items[ev.item.id] = ev.item  # frozen: a later transcript makes a new one
             self._items.move_to_end(ev.item.id)
             while len(self._items) > MAX_ITEMS_KEPT:
                 self._items.popitem(last=False)

@@ -6,6 +6,7 @@ the end of a turn leaves at most one partial unit; without VAD every sample is c
 client commits. Pure bookkeeping plus the VAD network (one onnxruntime call per push, ~0.3 ms for
 100 ms of audio, cheap enough to run on the event loop).
 """
+
 from __future__ import annotations
 
 import time
@@ -27,11 +28,16 @@ ListenEvent = SpeechStarted | SpeechStopped | UnitReady
 
 
 class Listener:
-    def __init__(self, vad: SileroVAD | None, vad_cfg: ServerVadConfig | None, video: bool,
-                 clock_s: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        vad: SileroVAD | None,
+        vad_cfg: ServerVadConfig | None,
+        video: bool,
+        clock_s: Callable[[], float] = time.monotonic,
+    ):
         self.vad = vad
         self.chunker = UnitChunker(clock_s=clock_s, video=video)
-        self.heard_samples = 0              # stream clock: every 16-kHz sample pushed so far
+        self.heard_samples = 0  # stream clock: every 16-kHz sample pushed so far
         self.vad_cfg = None
         self.configure(vad_cfg, video)
 
@@ -47,7 +53,7 @@ class Listener:
         if vad_cfg is not None and vad_cfg != self.vad_cfg:
             assert self.vad is not None, "server VAD needs the silero model"
             now_ms = self.heard_samples * 1000 // 16000
-            if self.vad_cfg is None:        # a running VAD keeps its network state and clock
+            if self.vad_cfg is None:  # a running VAD keeps its network state and clock
                 self.vad_state = self.vad.new_state(origin_ms=now_ms)
             self.detector = TurnDetector(vad_cfg)
             self.detector.reset(floor_ms=now_ms)
@@ -60,7 +66,7 @@ class Listener:
         if self.vad_cfg is None:
             return [UnitReady(u) for u in self.chunker.push_audio(samples_16k)]
         prefix, vad = self.prefix, self.vad
-        assert prefix is not None and vad is not None   # configured with the VAD
+        assert prefix is not None and vad is not None  # configured with the VAD
         prefix.push(samples_16k)
         events: list[ListenEvent] = []
         for frame_ms, prob in vad.push(self.vad_state, samples_16k):

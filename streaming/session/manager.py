@@ -4,6 +4,7 @@ Owns: the set of live connections' conversations and when each was last active (
 clock). Does not own: the conversations themselves (each connection's task group does) or the
 model (the worker).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,7 +23,7 @@ log = logging.getLogger("omni.sessions")
 class Lease:
     session_id: str
     last_active_s: float
-    close: Callable[[str], None] | None = None     # asks the connection to close (idle timeout)
+    close: Callable[[str], None] | None = None  # asks the connection to close (idle timeout)
 
 
 @dataclass
@@ -34,9 +35,11 @@ class SessionManager:
 
     def acquire(self) -> Lease:
         if len(self.leases) >= self.max_sessions:
-            raise CapacityError("server_busy", f"server full: {len(self.leases)} of {self.max_sessions} sessions in use; "
-                                "try again later")
-        lease = Lease(new_id("sess"), self.clock())   # the session id in its events and logs
+            raise CapacityError(
+                "server_busy",
+                f"server full: {len(self.leases)} of {self.max_sessions} sessions in use; try again later",
+            )
+        lease = Lease(new_id("sess"), self.clock())  # the session id in its events and logs
         self.leases[lease.session_id] = lease
         return lease
 

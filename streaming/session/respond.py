@@ -6,6 +6,7 @@ canceller marks the response, sends the closing events at once, and the running 
 later step on sight (STYLE §9). Does not own: turn taking, the engine's state (the conversation
 rolls the context back), transport.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,10 +23,10 @@ from ..ids import new_id
 from . import events as E
 from .tasks import Spawn, plain_task
 
-Emit = Callable[[object], Awaitable[None]]   # the connection's sink of session events (events.py)
+Emit = Callable[[object], Awaitable[None]]  # the connection's sink of session events (events.py)
 MODEL_OUTPUT_RATE_HZ = 24_000  # the speech head's rate (Vocos)
-FIRST_AUDIO_TARGET_S = 0.2    # scheduling deadline of a reply's steps until its first audio
-PLAYOUT_MARGIN_S = 0.3        # serve a reply step this long before its listener would starve
+FIRST_AUDIO_TARGET_S = 0.2  # scheduling deadline of a reply's steps until its first audio
+PLAYOUT_MARGIN_S = 0.3  # serve a reply step this long before its listener would starve
 
 
 def reply_options(settings, config, params) -> GenerateOptions:
@@ -38,29 +39,34 @@ def reply_options(settings, config, params) -> GenerateOptions:
     speak = "audio" in (params.output_modalities or config.output_modalities)
     temperature = params.temperature if params.temperature is not None else config.temperature
     sampling = SamplingParams() if temperature is None else SamplingParams(temperature=temperature)
-    return GenerateOptions(sampling=sampling, max_new_tokens=limit, generate_audio=speak,
-                           max_speech_s=settings.max_speech_s, low_latency=True)
+    return GenerateOptions(
+        sampling=sampling,
+        max_new_tokens=limit,
+        generate_audio=speak,
+        max_speech_s=settings.max_speech_s,
+        low_latency=True,
+    )
 
 
 @dataclass
 class Response:
     id: str
     item_id: str
-    t_trigger_s: float                           # end of the user's turn (VAD decision / commit / create)
+    t_trigger_s: float  # end of the user's turn (VAD decision / commit / create)
     status: str = "in_progress"
     reason: str | None = None
-    closed: bool = False                         # response.done sent
+    closed: bool = False  # response.done sent
     transcript: list[str] = field(default_factory=list)
     audio_samples: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
     task: asyncio.Task | None = None
     t_first_audio_s: float | None = None
-    speak: bool = True                           # output_modalities: audio (+ transcript) or text only
-    metadata: dict | None = None                 # the client's, echoed on the response object
-    first_output: asyncio.Event = field(default_factory=asyncio.Event)   # its first text or audio, or its end
-    stopped: bool = False                        # barge-in, cancel or truncate stopped it: no longer audible
-    cut_live: bool = False                       # a truncate cancelled it mid-generation (see response.cancel)
-    previous_item_id: str | None = None          # the conversation item it follows
+    speak: bool = True  # output_modalities: audio (+ transcript) or text only
+    metadata: dict | None = None  # the client's, echoed on the response object
+    first_output: asyncio.Event = field(default_factory=asyncio.Event)  # its first text or audio, or its end
+    stopped: bool = False  # barge-in, cancel or truncate stopped it: no longer audible
+    cut_live: bool = False  # a truncate cancelled it mid-generation (see response.cancel)
+    previous_item_id: str | None = None  # the conversation item it follows
 
     @property
     def audio_ms(self) -> float:
@@ -78,19 +84,39 @@ class Response:
 class Responder:
     """Runs replies of one conversation; at most one live at a time."""
 
-    def __init__(self, send: Emit, engine, playout, clock_s: Callable[[], float] = time.monotonic,
-                 metrics=None, spawn: Spawn = plain_task):
+    def __init__(
+        self,
+        send: Emit,
+        engine,
+        playout,
+        clock_s: Callable[[], float] = time.monotonic,
+        metrics=None,
+        spawn: Spawn = plain_task,
+    ):
         self.send, self.engine, self.playout, self.spawn = send, engine, playout, spawn
         self.clock_s = clock_s
         self.metrics = metrics
         self.current: Response | None = None
-        self.history: list[dict] = []             # timings of every finished response (for the session log)
+        self.history: list[dict] = []  # timings of every finished response (for the session log)
 
-    async def start(self, opts, t_trigger_s: float, previous_item_id: str | None,
-                    extra_timings: dict | None = None, speak: bool = True, metadata=None) -> Response:
+    async def start(
+        self,
+        opts,
+        t_trigger_s: float,
+        previous_item_id: str | None,
+        extra_timings: dict | None = None,
+        speak: bool = True,
+        metadata=None,
+    ) -> Response:
         """Start a reply with `GenerateOptions` `opts` on the conversation's engine."""
-        r = Response(new_id("resp"), new_id("item"), t_trigger_s, speak=speak, metadata=metadata,
-                     previous_item_id=previous_item_id)
+        r = Response(
+            new_id("resp"),
+            new_id("item"),
+            t_trigger_s,
+            speak=speak,
+            metadata=metadata,
+            previous_item_id=previous_item_id,
+        )
         self.current = r
         r.timings_ms.update(extra_timings or {})
         self.playout.start(r.id)
@@ -103,19 +129,19 @@ class Responder:
             await self.engine.start_reply(opts)
             while not r.closed:
                 item = await self.engine.reply_step(self._deadline(r))
-                if r.closed:                      # cancelled while the step ran: drop it
+                if r.closed:  # cancelled while the step ran: drop it
                     return
                 if item is None:
                     break
                 await self._emit(r, *item)
-            if not r.closed:   # the model ended the reply itself (completed) or a cap stopped it
+            if not r.closed:  # the model ended the reply itself (completed) or a cap stopped it
                 if self.engine.last_reply_end == "eos":
                     await self.finish(r, "completed")
                 else:
                     await self.finish(r, "incomplete", reason="max_output_tokens")
         except asyncio.CancelledError:
             raise
-        except Exception as e:                    # the model failed: report it, close the response
+        except Exception as e:  # the model failed: report it, close the response
             await self.send(E.Failed(e))
             if not r.closed:
                 await self.finish(r, "failed", reason=type(e).__name__)
@@ -140,7 +166,7 @@ class Responder:
                 if self.metrics is not None:
                     self.metrics.first_audio.observe(r.t_first_audio_s - r.t_trigger_s)
             elif self.metrics is not None and self.clock_s() > r.t_first_audio_s + r.audio_ms / 1000.0:
-                self.metrics.underruns.inc()      # what was sent before this had played out already
+                self.metrics.underruns.inc()  # what was sent before this had played out already
             r.audio_samples += len(wav)
             self.playout.write(r.id, wav)
             await self.send(E.ResponseAudio(r.id, r.item_id, wav))
@@ -151,13 +177,22 @@ class Responder:
             return
         r.closed, r.status, r.reason = True, status, reason
         r.first_output.set()
-        if status == "cancelled":                 # capped (incomplete) replies still play to the end
+        if status == "cancelled":  # capped (incomplete) replies still play to the end
             self.playout.stop(r.id)
         r.timings_ms["total_ms"] = 1000.0 * (self.clock_s() - r.t_trigger_s)
         r.timings_ms["audio_ms"] = r.audio_ms
         item_status = "completed" if status == "completed" else "incomplete"
-        await self.send(E.ResponseEnded(r.id, r.item(item_status), "".join(r.transcript), r.speak,
-                                        E.Outcome(status, reason), r.metadata, keep_audio_tail=status != "cancelled"))
+        await self.send(
+            E.ResponseEnded(
+                r.id,
+                r.item(item_status),
+                "".join(r.transcript),
+                r.speak,
+                E.Outcome(status, reason),
+                r.metadata,
+                keep_audio_tail=status != "cancelled",
+            )
+        )
         await self.send(E.ResponseTimings(r.id, {k: round(v, 1) for k, v in r.timings_ms.items()}))
         self.history.append(dict(r.timings_ms))
         if self.current is r:

@@ -3,6 +3,7 @@ and transcripts are tasks the connection supervises (its task group and its erro
 bare `create_task`s whose errors nobody sees. The session asks through a `Spawn`; the connection
 injects one (gateway/boundary.Supervisor) before the session starts. The default, for a session
 driven directly (benches, unit tests), is a plain task."""
+
 from __future__ import annotations
 
 import asyncio

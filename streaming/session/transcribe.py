@@ -7,6 +7,7 @@ reply or unit op is due soon, omni.batch.schedule, so transcripts never delay fi
 the transcription events. Does not own: the conversation's context (the transcript never enters
 it) or when a turn ends.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,17 +27,19 @@ from .tasks import Spawn, plain_task
 
 log = logging.getLogger("omni.transcribe")
 # The MiniCPM-o 2.6 model card's ASR prompts (English, and Chinese for `language: "zh"`).
-ASR_PROMPTS = {"en": "Please listen to the audio snippet carefully and transcribe the content.",
-               "zh": "请仔细听这段音频片段，并对其内容进行逐字记录。"}
+ASR_PROMPTS = {
+    "en": "Please listen to the audio snippet carefully and transcribe the content.",
+    "zh": "请仔细听这段音频片段，并对其内容进行逐字记录。",
+}
 RATE_HZ = 16_000
-WINDOW_S = 30              # the audio encoder's longest clip: longer turns go window by window
-MIN_CLIP_S = 1.0           # a shorter clip is padded with silence (the prompt's clip must be 1-30 s)
+WINDOW_S = 30  # the audio encoder's longest clip: longer turns go window by window
+MIN_CLIP_S = 1.0  # a shorter clip is padded with silence (the prompt's clip must be 1-30 s)
 # Tokens a window may take: twice fast speech (~4 tokens/s), so a model that never stops (the
 # embedded random one) ends there too.
 BASE_TOKENS, TOKENS_PER_S = 16, 8
-OPEN_RETRY_S = 0.5         # every slot taken: try again this often...
-OPEN_WAIT_S = 20.0         # ...for this long, then the turn's transcript fails (server_busy)
-MAX_QUEUED = 8             # turns waiting; more are failed at once (a client outpacing the model)
+OPEN_RETRY_S = 0.5  # every slot taken: try again this often...
+OPEN_WAIT_S = 20.0  # ...for this long, then the turn's transcript fails (server_busy)
+MAX_QUEUED = 8  # turns waiting; more are failed at once (a client outpacing the model)
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,14 @@ class Job:
 
 
 class Transcriber:
-    def __init__(self, worker, send: Callable, clock_s: Callable[[], float] = time.monotonic,
-                 after: Callable[[], Awaitable] | None = None, spawn: Spawn = plain_task):
+    def __init__(
+        self,
+        worker,
+        send: Callable,
+        clock_s: Callable[[], float] = time.monotonic,
+        after: Callable[[], Awaitable] | None = None,
+        spawn: Spawn = plain_task,
+    ):
         """`after()`: awaited before each turn's transcript, so the turn's reply goes first."""
         self.worker, self.send, self.clock_s, self.after, self.spawn = worker, send, clock_s, after, spawn
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -60,8 +69,9 @@ class Transcriber:
         if self.closed:
             return
         if self.queue.qsize() >= MAX_QUEUED:
-            err = CapacityError("transcription_backlog", f"{MAX_QUEUED} turns already wait for their "
-                                "transcripts; this one is skipped")
+            err = CapacityError(
+                "transcription_backlog", f"{MAX_QUEUED} turns already wait for their transcripts; this one is skipped"
+            )
             self.spawn(self.send(E.TranscriptFailed(item_id, err)), "transcript refused")
             return
         self.queue.put_nowait(Job(item_id, audio_16k, language))
@@ -106,8 +116,9 @@ class Transcriber:
             for window in windows(job.audio_16k):
                 # The official ASR message, one user turn [prompt, clip], as a fresh context.
                 await engine.set_system(0, "omni", window, prompt)
-                await engine.start_reply(GenerateOptions(sampling=GREEDY, max_new_tokens=max_tokens(window),
-                                                         generate_audio=False))
+                await engine.start_reply(
+                    GenerateOptions(sampling=GREEDY, max_new_tokens=max_tokens(window), generate_audio=False)
+                )
                 while (item := await engine.reply_step()) is not None:
                     if item[0]:
                         parts.append(item[0])
@@ -120,7 +131,7 @@ class Transcriber:
 def windows(audio_16k: np.ndarray) -> list[np.ndarray]:
     """The clip in pieces of at most WINDOW_S, each at least MIN_CLIP_S (padded with silence)."""
     step = WINDOW_S * RATE_HZ
-    pieces = [audio_16k[i:i + step] for i in range(0, max(len(audio_16k), 1), step)]
+    pieces = [audio_16k[i : i + step] for i in range(0, max(len(audio_16k), 1), step)]
     least = int(MIN_CLIP_S * RATE_HZ)
     return [np.pad(p, (0, max(0, least - len(p)))).astype(np.float32) for p in pieces]
 

@@ -6,13 +6,49 @@ Per stream, in stream time (ms from sample counts):
       while speaking:   chunker.push_audio(prefix.read(chunker.audio_end_ms))
       SpeechStopped(s): chunker.push_audio(prefix.read(chunker.audio_end_ms, s.audio_end_ms)); chunker.flush()
 """
-from .chunker import (SAMPLE_RATE_HZ, UNIT_MS, UNIT_SAMPLES, PrefixBuffer, Unit, UnitChunker, ms_to_samples,
-                      samples_to_ms)
-from .vad import (FRAME_MS, FRAME_SAMPLES, ServerVadConfig, SileroVAD, SpeechStarted, SpeechStopped, TurnDetector,
-                  TurnEvent, TurnState, VadState, load_silero_jit)
+
+from .chunker import (
+    SAMPLE_RATE_HZ,
+    UNIT_MS,
+    UNIT_SAMPLES,
+    PrefixBuffer,
+    Unit,
+    UnitChunker,
+    ms_to_samples,
+    samples_to_ms,
+)
+from .vad import (
+    FRAME_MS,
+    FRAME_SAMPLES,
+    ServerVadConfig,
+    SileroVAD,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+    TurnEvent,
+    TurnState,
+    VadState,
+    load_silero_jit,
+)
 
 __all__ = [
-    "SAMPLE_RATE_HZ", "UNIT_MS", "UNIT_SAMPLES", "PrefixBuffer", "Unit", "UnitChunker", "ms_to_samples",
-    "samples_to_ms", "FRAME_MS", "FRAME_SAMPLES", "ServerVadConfig", "SileroVAD", "SpeechStarted", "SpeechStopped",
-    "TurnDetector", "TurnEvent", "TurnState", "VadState", "load_silero_jit",
+    "SAMPLE_RATE_HZ",
+    "UNIT_MS",
+    "UNIT_SAMPLES",
+    "PrefixBuffer",
+    "Unit",
+    "UnitChunker",
+    "ms_to_samples",
+    "samples_to_ms",
+    "FRAME_MS",
+    "FRAME_SAMPLES",
+    "ServerVadConfig",
+    "SileroVAD",
+    "SpeechStarted",
+    "SpeechStopped",
+    "TurnDetector",
+    "TurnEvent",
+    "TurnState",
+    "VadState",
+    "load_silero_jit",
 ]

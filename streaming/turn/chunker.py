@@ -7,6 +7,7 @@ can still be sent). Does not own: VAD (vad.py), decoding/resampling, the prompt 
 
 Stream time is integer-exact ms from sample counts: 16 samples per ms at 16 kHz.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 SAMPLE_RATE_HZ: int = 16_000  # the Whisper front end's rate (omni.processing.audio.SAMPLE_RATE_HZ; tested equal)
-UNIT_MS: int = 1000           # one TDM unit per second (spec §3.5): 25 audio tokens + at most one frame
+UNIT_MS: int = 1000  # one TDM unit per second (spec §3.5): 25 audio tokens + at most one frame
 UNIT_SAMPLES: int = SAMPLE_RATE_HZ * UNIT_MS // 1000
 SAMPLES_PER_MS: int = SAMPLE_RATE_HZ // 1000
 
@@ -42,10 +43,10 @@ def _as_audio(samples: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Unit:
-    audio_16k: np.ndarray       # (16000,) float32; shorter only for the final partial unit from flush()
-    frame: Image.Image | None   # latest frame stamped at or before end_ms; None if audio-only / none yet
-    start_ms: float             # stream time of the first sample
-    index: int                  # 0, 1, ... since the last reset()
+    audio_16k: np.ndarray  # (16000,) float32; shorter only for the final partial unit from flush()
+    frame: Image.Image | None  # latest frame stamped at or before end_ms; None if audio-only / none yet
+    start_ms: float  # stream time of the first sample
+    index: int  # 0, 1, ... since the last reset()
 
     @property
     def duration_ms(self) -> float:
@@ -72,8 +73,15 @@ class UnitChunker:
 
     MAX_PENDING_FRAMES = 32  # frames stamped beyond the audio wait here; a cap bounds memory if audio stalls
 
-    def __init__(self, *, clock_s: Clock = time.monotonic, video: bool = True, start_ms: float = 0,
-                 min_tail_ms: float = 100, max_frame_lead_ms: float = 200) -> None:
+    def __init__(
+        self,
+        *,
+        clock_s: Clock = time.monotonic,
+        video: bool = True,
+        start_ms: float = 0,
+        min_tail_ms: float = 100,
+        max_frame_lead_ms: float = 200,
+    ) -> None:
         # 100 ms -> 2 audio tokens; a shorter tail is the end of the trailing silence that ended the turn
         self.clock_s = clock_s
         self._video = video
@@ -88,8 +96,8 @@ class UnitChunker:
         Buffered audio is dropped; frames are kept so the first unit can use the latest one."""
         self.start_ms = start_ms
         self._buf = np.zeros(UNIT_SAMPLES, np.float32)
-        self._fill = 0             # samples in _buf
-        self._samples_done = 0     # samples already emitted (or dropped by flush) since reset
+        self._fill = 0  # samples in _buf
+        self._samples_done = 0  # samples already emitted (or dropped by flush) since reset
         self._index = 0
         self._last_audio_clock_s = self.clock_s()
 
@@ -116,7 +124,7 @@ class UnitChunker:
         units: list[Unit] = []
         while len(x):
             take = min(len(x), UNIT_SAMPLES - self._fill)
-            self._buf[self._fill:self._fill + take] = x[:take]
+            self._buf[self._fill : self._fill + take] = x[:take]
             self._fill += take
             x = x[take:]
             if self._fill == UNIT_SAMPLES:
@@ -145,7 +153,7 @@ class UnitChunker:
 
     def _emit(self) -> Unit:
         start_ms = self.start_ms + samples_to_ms(self._samples_done)
-        audio = self._buf[:self._fill].copy()  # a copy: the buffer is reused, emitted units never change
+        audio = self._buf[: self._fill].copy()  # a copy: the buffer is reused, emitted units never change
         unit = Unit(audio, self._frame_at(start_ms + samples_to_ms(self._fill)), start_ms, self._index)
         self._samples_done += self._fill
         self._fill = 0
@@ -158,7 +166,7 @@ class UnitChunker:
         i = bisect.bisect_right(self._frames, end_ms, key=lambda f: f[0])
         if i == 0:
             return None
-        del self._frames[:i - 1]  # older frames can never win again: later units end later
+        del self._frames[: i - 1]  # older frames can never win again: later units end later
         return self._frames[0][2]
 
 
@@ -190,11 +198,11 @@ class PrefixBuffer:
     def push(self, samples_16k: np.ndarray) -> None:
         x = _as_audio(samples_16k)
         self._written += max(0, len(x) - self.capacity_samples)  # only the tail can survive
-        x = x[-self.capacity_samples:]
+        x = x[-self.capacity_samples :]
         pos = self._written % self.capacity_samples
         first = min(len(x), self.capacity_samples - pos)
-        self._ring[pos:pos + first] = x[:first]
-        self._ring[:len(x) - first] = x[first:]
+        self._ring[pos : pos + first] = x[:first]
+        self._ring[: len(x) - first] = x[first:]
         self._written += len(x)
 
     def read(self, start_ms: float, end_ms: float | None = None) -> np.ndarray:

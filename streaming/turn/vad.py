@@ -8,6 +8,7 @@ transport, the TDM chunker (chunker.py), or what the gateway does on an event (c
 Time is stream time in integer ms derived from sample counts (512 samples = 32 ms at 16 kHz), never
 wall clock, so a scripted probability table replays deterministically.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -26,16 +27,20 @@ assert FRAME_MS * SAMPLE_RATE_HZ == FRAME_SAMPLES * 1000, "frames must be a whol
 
 # --------------------------------------------------------------------------- pure turn detector
 
+
 @dataclass(frozen=True)
 class ServerVadConfig:
     """The OpenAI Realtime `server_vad` fields the detector uses (same names) plus our two knobs;
     `create_response` / `interrupt_response` stay with the gateway. Defaults are OpenAI's (0.5 /
     300 / 500). Every value the protocol accepts is valid here."""
+
     threshold: float = 0.5
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
     min_speech_duration_ms: int = 250  # a voiced run shorter than this (cough, click) starts nothing
-    end_threshold_delta: float = 0.15  # hysteresis: speech ends below threshold - delta (Silero's VADIterator uses 0.15)
+    end_threshold_delta: float = (
+        0.15  # hysteresis: speech ends below threshold - delta (Silero's VADIterator uses 0.15)
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -60,14 +65,14 @@ class ServerVadConfig:
 
 @dataclass(frozen=True)
 class SpeechStarted:
-    audio_start_ms: int   # first ms of audio to send to the model: onset - prefix padding (OpenAI semantics)
+    audio_start_ms: int  # first ms of audio to send to the model: onset - prefix padding (OpenAI semantics)
     speech_start_ms: int  # start of the first voiced frame (the onset itself)
 
 
 @dataclass(frozen=True)
 class SpeechStopped:
-    audio_end_ms: int     # end of the frame that confirmed the stop: includes the silence (OpenAI semantics)
-    speech_end_ms: int    # start of the trailing silence (the last voiced frame's end)
+    audio_end_ms: int  # end of the frame that confirmed the stop: includes the silence (OpenAI semantics)
+    speech_end_ms: int  # start of the trailing silence (the last voiced frame's end)
 
 
 TurnEvent = SpeechStarted | SpeechStopped
@@ -77,9 +82,9 @@ TurnEvent = SpeechStarted | SpeechStopped
 class TurnState:
     speaking: bool = False
     candidate_start_ms: int | None = None  # onset of a voiced run not yet min_speech long
-    silence_start_ms: int | None = None    # first quiet frame while speaking
-    floor_ms: int = 0                      # prefix padding never reaches before this (previous turn's end)
-    next_frame_ms: int | None = None       # frames must not overlap or go back in time
+    silence_start_ms: int | None = None  # first quiet frame while speaking
+    floor_ms: int = 0  # prefix padding never reaches before this (previous turn's end)
+    next_frame_ms: int | None = None  # frames must not overlap or go back in time
 
 
 class TurnDetector:
@@ -99,8 +104,9 @@ class TurnDetector:
 
     def step(self, speech_prob: float, frame_start_ms: int) -> list[TurnEvent]:
         cfg, s = self.config, self.state
-        assert s.next_frame_ms is None or frame_start_ms >= s.next_frame_ms, \
+        assert s.next_frame_ms is None or frame_start_ms >= s.next_frame_ms, (
             f"frame at {frame_start_ms} ms overlaps the previous one (ends {s.next_frame_ms} ms)"
+        )
         frame_end_ms = frame_start_ms + self.frame_ms
         s.next_frame_ms = frame_end_ms
         loud, quiet = speech_prob >= cfg.threshold, speech_prob < cfg.end_threshold
@@ -127,7 +133,8 @@ class TurnDetector:
 
 # --------------------------------------------------------------------------- Silero model
 
-def load_silero_jit() -> Any:   # silero_vad's TorchScript wrapper (its own types are loose)
+
+def load_silero_jit() -> Any:  # silero_vad's TorchScript wrapper (its own types are loose)
     """The packaged TorchScript model (offline, ~0.07 s). `import silero_vad` calls
     torch.set_num_threads(1) for the whole process; the previous count is restored here."""
     threads = torch.get_num_threads()
@@ -135,6 +142,7 @@ def load_silero_jit() -> Any:   # silero_vad's TorchScript wrapper (its own type
         with warnings.catch_warnings():  # its importlib path() and torch.jit.load are deprecated upstream
             warnings.simplefilter("ignore", DeprecationWarning)
             from silero_vad import load_silero_vad
+
             return load_silero_vad(onnx=False)
     finally:
         torch.set_num_threads(threads)
@@ -144,6 +152,7 @@ def silero_onnx_path() -> str:
     """The sequence ONNX export that ships inside the silero-vad package (no download)."""
     import importlib.util
     import os
+
     spec = importlib.util.find_spec("silero_vad")
     assert spec and spec.origin, "silero-vad is not installed"
     return os.path.join(os.path.dirname(spec.origin), "data", "silero_vad_16k_sequence.onnx")
@@ -152,12 +161,13 @@ def silero_onnx_path() -> str:
 @dataclass
 class VadState:
     """Everything one stream needs between calls; the model itself holds none of it."""
-    h: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 128), np.float32))   # LSTM state
+
+    h: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 128), np.float32))  # LSTM state
     c: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 128), np.float32))
     context_16k: np.ndarray = field(default_factory=lambda: np.zeros(SileroVAD.CONTEXT_SAMPLES, np.float32))
     pending_16k: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # < 512 samples not yet scored
     frames_done: int = 0
-    origin_ms: int = 0               # stream time of the first sample (a VAD switched on mid-stream)
+    origin_ms: int = 0  # stream time of the first sample (a VAD switched on mid-stream)
 
     @property
     def next_frame_ms(self) -> int:
@@ -179,11 +189,13 @@ class SileroVAD:
 
     def __init__(self, path: str | None = None) -> None:
         import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3            # the export carries unused initialisers it warns about
-        self._session = ort.InferenceSession(path or silero_onnx_path(), sess_options=opts,
-                                             providers=["CPUExecutionProvider"])
+        opts.log_severity_level = 3  # the export carries unused initialisers it warns about
+        self._session = ort.InferenceSession(
+            path or silero_onnx_path(), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
 
     def new_state(self, origin_ms: int = 0) -> VadState:
         """A fresh stream (equivalent to the wrapper's reset_states()) starting at `origin_ms`."""
@@ -196,15 +208,15 @@ class SileroVAD:
         assert x.ndim == 1 and np.issubdtype(x.dtype, np.floating), f"want 1-D float audio, got {x.dtype} {x.shape}"
         buf = np.concatenate([state.pending_16k, x.astype(np.float32, copy=False)])
         n = len(buf) // FRAME_SAMPLES
-        state.pending_16k = buf[n * FRAME_SAMPLES:].copy()
+        state.pending_16k = buf[n * FRAME_SAMPLES :].copy()
         if n == 0:
             return []
-        frames = buf[:n * FRAME_SAMPLES].reshape(n, FRAME_SAMPLES)
-        ctx = np.concatenate([state.context_16k[None], frames[:-1, -self.CONTEXT_SAMPLES:]], axis=0)
-        rows = np.ascontiguousarray(np.concatenate([ctx, frames], axis=1))       # (n, 64 + 512)
+        frames = buf[: n * FRAME_SAMPLES].reshape(n, FRAME_SAMPLES)
+        ctx = np.concatenate([state.context_16k[None], frames[:-1, -self.CONTEXT_SAMPLES :]], axis=0)
+        rows = np.ascontiguousarray(np.concatenate([ctx, frames], axis=1))  # (n, 64 + 512)
         probs, h, c = (np.asarray(a) for a in self._session.run(None, {"input": rows, "h": state.h, "c": state.c}))
         state.h, state.c = h, c
-        state.context_16k = frames[-1, -self.CONTEXT_SAMPLES:].copy()
+        state.context_16k = frames[-1, -self.CONTEXT_SAMPLES :].copy()
         out = [(state.next_frame_ms + k * FRAME_MS, float(p)) for k, p in enumerate(probs)]
         state.frames_done += n
         return out

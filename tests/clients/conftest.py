@@ -1,5 +1,6 @@
 """Stock realtime clients against a live `omni serve`: one server subprocess (the embedded model,
 its model processes, a short reply cap) shared by the client tests, and speech to feed them."""
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,11 @@ def live_server(tmp_path_factory):
     (d / "server.toml").write_text(CONFIG.format(port=port))
     log_path = d / "server.log"
     with open(log_path, "w") as log:
-        p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", "--config", str(d / "server.toml")],
-                             stdout=log, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "streaming.cli", "serve", "--config", str(d / "server.toml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     server = LiveServer(port, log_path)
     try:
         deadline = time.monotonic() + 180

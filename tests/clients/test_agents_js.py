@@ -1,5 +1,6 @@
 """The OpenAI Agents JS SDK's RealtimeSession (@openai/agents-realtime, websocket transport, unchanged)
 holds one conversation with a live `omni serve`: tests/clients/node/drive.mjs, run under node."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,13 @@ NODE = shutil.which("node")
 # Without node or its packages (make test installs them when npm is there) this test is skipped
 # on a developer's machine, saying why; on CI (.ci/run sets OMNI_CI, installs node and npm) it
 # must run, so the same absence is a failure there.
-_missing = ("node is not installed (the Agents JS SDK test needs node >= 18)" if NODE is None else
-            "@openai/agents-realtime is not installed; run: (cd tests/clients/node && npm ci)"
-            if not (NODE_DIR / "node_modules" / "@openai" / "agents-realtime").is_dir() else None)
+_missing = (
+    "node is not installed (the Agents JS SDK test needs node >= 18)"
+    if NODE is None
+    else "@openai/agents-realtime is not installed; run: (cd tests/clients/node && npm ci)"
+    if not (NODE_DIR / "node_modules" / "@openai" / "agents-realtime").is_dir()
+    else None
+)
 if _missing and os.environ.get("OMNI_CI"):
     raise RuntimeError(f"CI must run the JS client test: {_missing}")
 if _missing:
@@ -31,8 +36,9 @@ def test_agents_js_session(live_server, speech_16k, tmp_path):
     pcm.write_bytes(pcm16_24k(speech_16k))
     url = f"{live_server.ws_base}/realtime?model=minicpm-o-2.6"
     try:
-        p = subprocess.run([NODE, "drive.mjs", url, str(pcm)], cwd=NODE_DIR, capture_output=True,
-                           text=True, timeout=120)
+        p = subprocess.run(
+            [NODE, "drive.mjs", url, str(pcm)], cwd=NODE_DIR, capture_output=True, text=True, timeout=120
+        )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"drive.mjs ran past 120 s\nstdout: {e.stdout}\nstderr: {e.stderr}")
     lines = [line for line in p.stdout.splitlines() if line.startswith("{")]

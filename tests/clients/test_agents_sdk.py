@@ -1,6 +1,7 @@
 """The OpenAI Agents SDK's stock RealtimeRunner + RealtimeAgent (unchanged, pointed at our /v1)
 holds a conversation: a server-VAD turn, manual turns, an interruption, a cancel and a text turn,
 each answered with speech, without one error event from the session."""
+
 from __future__ import annotations
 
 import asyncio
@@ -63,8 +64,7 @@ class Client:
     def check(self) -> None:
         """Fail at the first error, naming it, rather than at a later timeout it causes."""
         if self.errors:
-            pytest.fail(f"error events: {[describe(e) for e in self.errors]}\n"
-                        f"server events: {self._types()}")
+            pytest.fail(f"error events: {[describe(e) for e in self.errors]}\nserver events: {self._types()}")
 
     def _types(self) -> list[str]:
         """The server's event types, the per-chunk deltas left out."""
@@ -72,12 +72,13 @@ class Client:
 
     async def wait(self, type_: str, since: int) -> dict:
         """The first event of this type logged at or after `since`."""
+
         def found():
             return next((e for e in self.log[since:] if e["type"] == type_), None)
+
         async with self._changed:
             try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: found() or self.errors or self.ended), TIMEOUT_S)
+                await asyncio.wait_for(self._changed.wait_for(lambda: found() or self.errors or self.ended), TIMEOUT_S)
             except TimeoutError:
                 pytest.fail(f"no {type_} in {TIMEOUT_S} s; server events: {self._types()[-30:]}")
         self.check()
@@ -116,8 +117,11 @@ class Client:
 async def connect(live_server, **settings):
     """A stock RealtimeRunner session on our server; `settings` are its initial model settings."""
     runner = RealtimeRunner(RealtimeAgent(name="omni", instructions="Answer briefly."))
-    config = {"url": f"{live_server.ws_base}/realtime?model=minicpm-o-2.6", "api_key": "unused",
-              "initial_model_settings": settings}
+    config = {
+        "url": f"{live_server.ws_base}/realtime?model=minicpm-o-2.6",
+        "api_key": "unused",
+        "initial_model_settings": settings,
+    }
     async with await runner.run(model_config=config) as session:
         c = Client(session)
         try:
@@ -128,8 +132,7 @@ async def connect(live_server, **settings):
 
 def describe(error) -> str:
     if isinstance(error, pydantic.ValidationError):  # a server event the SDK's types reject
-        return "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg'][:200]}"
-                         for x in error.errors())
+        return "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg'][:200]}" for x in error.errors())
     return repr(error)
 
 
@@ -196,8 +199,10 @@ async def test_manual_turns_interrupt_cancel_text(live_server, speech_16k):
         assert_speech(pcm, "reply after the interruption")
 
         # 3. A cancel mid-reply (a raw response.cancel, as an app sends one), then a new turn.
-        since, response, pcm = await c.cut_mid_reply("What is the weather like?", lambda: c.session.model.send_event(
-            RealtimeModelSendRawMessage({"type": "response.cancel"})))
+        since, response, pcm = await c.cut_mid_reply(
+            "What is the weather like?",
+            lambda: c.session.model.send_event(RealtimeModelSendRawMessage({"type": "response.cancel"})),
+        )
         assert response["status"] == "cancelled", response["status_details"]
         assert response["status_details"]["reason"] == "client_cancelled"
         assert_speech(pcm, "cancelled reply (before the cancel)")

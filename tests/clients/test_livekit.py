@@ -1,5 +1,6 @@
 """LiveKit's stock OpenAI realtime plugin, unchanged and pointed at our /v1, holds a server-VAD and a
 manual conversation (barge-in, interruption, cancels, a typed message): all answered in speech, no error."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,9 @@ class Client:
         self._expected: list[tuple[str, asyncio.Future]] = []
         self.session.on("error", self.errors.append)
         self.session.on("generation_created", self.generations.put_nowait)
-        self.session.on("openai_client_event_queued",
-                        lambda ev: ev["type"] != "input_audio_buffer.append" and self.sent.append(ev))
+        self.session.on(
+            "openai_client_event_queued", lambda ev: ev["type"] != "input_audio_buffer.append" and self.sent.append(ev)
+        )
         self.session.on("openai_server_event_received", self._on_server_event)
 
     def _on_server_event(self, ev: dict) -> None:
@@ -64,8 +66,10 @@ class Client:
         return await asyncio.wait_for(self.session.generate_reply(), TIMEOUT_S)
 
     def report(self) -> str:
-        return (f"errors: {[getattr(e.error, 'body', e.error) for e in self.errors]}\n"
-                f"sent: {self.sent}\nreceived: {self.received}")
+        return (
+            f"errors: {[getattr(e.error, 'body', e.error) for e in self.errors]}\n"
+            f"sent: {self.sent}\nreceived: {self.received}"
+        )
 
 
 def ms(pcm: bytes) -> int:
@@ -108,8 +112,7 @@ async def test_livekit_realtime_conversations(live_server, speech_16k):
         # everything else at LiveKit's defaults, so the server takes a stock agent's session.update
         # (semantic_vad, input transcription, voice "marin", tracing, ...)
         vad = Client(lk_realtime.RealtimeModel(base_url=live_server.ws_base, api_key="unused"))
-        manual = Client(lk_realtime.RealtimeModel(base_url=live_server.ws_base, api_key="unused",
-                                                  turn_detection=None))
+        manual = Client(lk_realtime.RealtimeModel(base_url=live_server.ws_base, api_key="unused", turn_detection=None))
         clients = (vad, manual)
         try:
             for c in clients:
@@ -130,8 +133,10 @@ async def test_livekit_realtime_conversations(live_server, speech_16k):
             def barge_in(_ev) -> None:
                 vad.session.interrupt()
                 heard_ms = int((time.monotonic() - playing_since) * 1000)
-                vad.session.truncate(message_id=msg.message_id, modalities=modalities,
-                                     audio_end_ms=min(heard_ms, ms(played)))
+                vad.session.truncate(
+                    message_id=msg.message_id, modalities=modalities, audio_end_ms=min(heard_ms, ms(played))
+                )
+
             vad.session.once("input_speech_started", barge_in)
             talking = asyncio.create_task(vad.talk(barge_in_utterance, realtime=True))
             await play(msg, played)  # the rest of that reply, as far as the server sends it
@@ -154,8 +159,9 @@ async def test_livekit_realtime_conversations(live_server, speech_16k):
             played = await play(msg, bytearray(), until_ms=200)
             manual.session.interrupt()
             await finished(gen)
-            manual.session.truncate(message_id=msg.message_id, modalities=await msg.modalities,
-                                    audio_end_ms=min(200, ms(played)))
+            manual.session.truncate(
+                message_id=msg.message_id, modalities=await msg.modalities, audio_end_ms=min(200, ms(played))
+            )
             gen = await manual.manual_turn(utterance)
             await spoken_reply(manual, gen, "turn after the interruption")
 
@@ -167,8 +173,7 @@ async def test_livekit_realtime_conversations(live_server, speech_16k):
             msg = await first_message(gen)
             manual.session.interrupt()
             await finished(gen)
-            manual.session.truncate(message_id=msg.message_id, modalities=await msg.modalities,
-                                    audio_end_ms=0)
+            manual.session.truncate(message_id=msg.message_id, modalities=await msg.modalities, audio_end_ms=0)
             deleted_id = msg.message_id
             await manual.talk(utterance, realtime=False)
             manual.session.commit_audio()

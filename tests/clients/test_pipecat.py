@@ -1,5 +1,6 @@
 """Pipecat's stock OpenAIRealtimeLLMService, in a real Pipecat pipeline against `omni serve`: server-VAD
 and locally driven turns, barge-ins, cancels and a text message, all answered in speech, no error."""
+
 from __future__ import annotations
 
 import asyncio
@@ -128,8 +129,7 @@ class Mic:
         while True:
             chunk = bytes(self._speech[:step]).ljust(step, b"\0")
             del self._speech[:step]
-            await self.worker.queue_frame(
-                InputAudioRawFrame(audio=chunk, sample_rate=self.rate, num_channels=1))
+            await self.worker.queue_frame(InputAudioRawFrame(audio=chunk, sample_rate=self.rate, num_channels=1))
             t += 0.02
             await asyncio.sleep(max(0.0, t - loop.time()))
 
@@ -157,8 +157,7 @@ async def barge_in(mic: Mic, speaker: Speaker, speech: bytes) -> Reply:
     pytest.fail("three replies in a row ended before the user was heard over them")
 
 
-async def run_session(live_server, session_properties: SessionProperties, scenario,
-                      **user_params) -> Speaker:
+async def run_session(live_server, session_properties: SessionProperties, scenario, **user_params) -> Speaker:
     """Runs `scenario(worker, speaker)` with the service between the usual context aggregators in
     a PipelineWorker, and fails at the first error: an ErrorFrame (how the service reports a
     server `error` other than the two it shrugs off; it also ends its receive loop then) or an
@@ -173,14 +172,18 @@ async def run_session(live_server, session_properties: SessionProperties, scenar
 
     sink = logger.add(lambda m: error(m.record["message"]), level="ERROR")
     llm = OpenAIRealtimeLLMService(
-        api_key="unused", base_url=f"{live_server.ws_base}/realtime",
-        settings=OpenAIRealtimeLLMService.Settings(session_properties=session_properties))
-    user, assistant = LLMContextAggregatorPair(
-        LLMContext(), user_params=LLMUserAggregatorParams(**user_params))
+        api_key="unused",
+        base_url=f"{live_server.ws_base}/realtime",
+        settings=OpenAIRealtimeLLMService.Settings(session_properties=session_properties),
+    )
+    user, assistant = LLMContextAggregatorPair(LLMContext(), user_params=LLMUserAggregatorParams(**user_params))
     speaker = Speaker()
-    worker = PipelineWorker(Pipeline([user, llm, speaker, assistant]),
-                            params=PipelineParams(audio_in_sample_rate=16000),
-                            enable_rtvi=False, idle_timeout_secs=None)
+    worker = PipelineWorker(
+        Pipeline([user, llm, speaker, assistant]),
+        params=PipelineParams(audio_in_sample_rate=16000),
+        enable_rtvi=False,
+        idle_timeout_secs=None,
+    )
     started = asyncio.Event()
     worker.add_event_handler("on_pipeline_started", lambda *_: started.set())
     worker.add_event_handler("on_pipeline_error", lambda _w, f: error(f"ErrorFrame: {f.error}"))
@@ -194,8 +197,7 @@ async def run_session(live_server, session_properties: SessionProperties, scenar
 
     drove, fail = asyncio.create_task(drive()), asyncio.create_task(failed.wait())
     try:
-        done, _ = await asyncio.wait({drove, fail}, timeout=TIMEOUT_S,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({drove, fail}, timeout=TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
         assert not errors, errors
         assert drove in done, "timed out"
         drove.result()
@@ -246,15 +248,19 @@ async def test_local_turns_cancel_and_text(live_server, speech_16k):
         finally:
             mic.close()
         text = speaker.open_reply()
-        await worker.queue_frame(LLMMessagesAppendFrame(
-            [{"role": "user", "content": "Hello! What can you do?"}], run_llm=True))
+        await worker.queue_frame(
+            LLMMessagesAppendFrame([{"role": "user", "content": "Hello! What can you do?"}], run_llm=True)
+        )
         await text.done.wait()
 
     manual = SessionProperties(audio=AudioConfiguration(input=AudioInput(turn_detection=False)))
     # A turn ends after half a second of silence, as with the server's VAD (the clip has shorter
     # pauses), not when the smart-turn model guesses so.
-    turns = UserTurnStrategies(start=[VADUserTurnStartStrategy()], stop=[
-        SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.5, wait_for_transcript=False)])
-    speaker = await run_session(live_server, manual, scenario, vad_analyzer=SileroVADAnalyzer(),
-                                user_turn_strategies=turns)
+    turns = UserTurnStrategies(
+        start=[VADUserTurnStartStrategy()],
+        stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.5, wait_for_transcript=False)],
+    )
+    speaker = await run_session(
+        live_server, manual, scenario, vad_analyzer=SileroVADAnalyzer(), user_turn_strategies=turns
+    )
     assert all(r.spoke() for r in speaker.replies), [len(r.audio) for r in speaker.replies]

@@ -2,6 +2,7 @@
 (embedded tiny model, run by two model processes as `omni serve` does on a CPU) on 127.0.0.1, and headless Debian Chromium driven by Playwright with a
 fake camera and a WAV file as the fake microphone. Never downloads a browser.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,10 +19,20 @@ SPEECH = REPO / "tests" / "assets" / "speech"
 SHOTS = REPO / "artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CLONE_NEWNET = 0x40000000
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--autoplay-policy=no-user-gesture-required",
+]
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the `test` extra)")
 
@@ -31,11 +42,13 @@ def _enter_loopback_netns() -> None:
     if os.environ.get("OMNI_E2E_NETNS") == "1":
         return
     if os.geteuid() != 0:
-        pytest.fail("the browser E2E must run in a loopback-only network namespace: run as root, or "
-                    "`unshare -rn sh -c 'ip link set lo up && python -m pytest tests/e2e'`", pytrace=False)
+        pytest.fail(
+            "the browser E2E must run in a loopback-only network namespace: run as root, or "
+            "`unshare -rn sh -c 'ip link set lo up && python -m pytest tests/e2e'`",
+            pytrace=False,
+        )
     if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) != 0:
-        pytest.fail(f"unshare(CLONE_NEWNET) failed: errno {ctypes.get_errno()} "
-                    "(no CAP_SYS_ADMIN here?)", pytrace=False)
+        pytest.fail(f"unshare(CLONE_NEWNET) failed: errno {ctypes.get_errno()} (no CAP_SYS_ADMIN here?)", pytrace=False)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert [ln.split(":")[1].strip() for ln in links.splitlines()] == ["lo"], links
@@ -53,6 +66,7 @@ def netns():
 def tiny_model(netns):
     from streaming.server import load_model
     from streaming.settings import ServerSettings
+
     omni, embedded = load_model(ServerSettings())
     assert embedded
     return omni
@@ -64,8 +78,9 @@ class Server:
     def __init__(self, omni, worker, **overrides):
         from streaming.server import build_app
         from streaming.settings import ServerSettings
+
         self.settings = ServerSettings(host="127.0.0.1", port=0, **overrides)
-        self.undo: list = []        # test patches to revert when the server stops
+        self.undo: list = []  # test patches to revert when the server stops
         self.app = build_app(self.settings, omni, embedded=True, worker=worker)
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
@@ -76,6 +91,7 @@ class Server:
 
     def _run(self) -> None:
         from aiohttp import web
+
         asyncio.set_event_loop(self.loop)
         self.runner = web.AppRunner(self.app, access_log=None)
         self.loop.run_until_complete(self.runner.setup())
@@ -87,12 +103,14 @@ class Server:
 
     def call(self, fn):
         """Run `fn()` on the server loop (to inspect conversations safely)."""
+
         async def wrap():
             return fn()
+
         return asyncio.run_coroutine_threadsafe(wrap(), self.loop).result(10)
 
     def stop(self) -> None:
-        if not self.thread.is_alive():          # stopped by the test already
+        if not self.thread.is_alive():  # stopped by the test already
             return
         for undo in self.undo:
             undo()
@@ -107,6 +125,7 @@ def model_worker(tiny_model):
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
     from streaming.worker import EngineSpec
+
     w = ProcessWorker(checkpoint_dir(ServerSettings()), EngineSpec.from_settings(ServerSettings(model_lanes=2)))
     yield w
     w.close()
@@ -120,12 +139,13 @@ def server_factory(tiny_model, model_worker):
         s = Server(tiny_model, model_worker, **overrides)
         servers.append(s)
         return s
+
     yield make
     for s in servers:
         s.stop()
 
 
-@pytest.fixture(scope="module")   # module: its event loop must be gone before asyncio tests run
+@pytest.fixture(scope="module")  # module: its event loop must be gone before asyncio tests run
 def playwright_instance(netns):
     with playwright_sync.sync_playwright() as p:
         yield p
@@ -143,6 +163,7 @@ def browser_factory(playwright_instance):
         b = playwright_instance.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS + [fake])
         browsers.append(b)
         return b
+
     yield make
     for b in browsers:
         b.close()

@@ -1,4 +1,5 @@
 """Page helpers shared by the browser E2E tests (fixtures live in conftest.py)."""
+
 from __future__ import annotations
 
 import re
@@ -46,7 +47,9 @@ def full_turn(page, transport: str) -> dict:
     user = page.locator(".transcript li.user .meta").first.inner_text()
     assert re.fullmatch(r"you spoke \d+\.\d s", user), user
     assert "demo model" in page.inner_text("#banner").lower()
-    print(f"\n[{transport}] end of speech -> first audio at the page: {turn['pageMs']:.0f} ms; "
-          f"server first_audio_ms {turn['server']['first_audio_ms']}; "
-          f"unit prefill mean {turn['server'].get('unit_prefill_mean_ms')} ms; out RMS max {m['outRmsMax']:.3f}")
+    print(
+        f"\n[{transport}] end of speech -> first audio at the page: {turn['pageMs']:.0f} ms; "
+        f"server first_audio_ms {turn['server']['first_audio_ms']}; "
+        f"unit prefill mean {turn['server'].get('unit_prefill_mean_ms')} ms; out RMS max {m['outRmsMax']:.3f}"
+    )
     return turn

@@ -6,6 +6,7 @@ one_turn.wav   LEAD_S of silence (the call connects meanwhile), one question, 12
 two_turns.wav  question, GAP_S of silence (shorter than a long reply), a second question, 12 s silence
 voice_ref.wav  a ~7 s clip in another espeak voice, uploaded as the reference voice
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -14,11 +15,13 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "assets" / "speech"
 GAP_S = 2.0
-LEAD_S = 2.0      # Chromium starts the file at getUserMedia; the call must be up before speech
+LEAD_S = 2.0  # Chromium starts the file at getUserMedia; the call must be up before speech
 Q1 = "Hello there. Can you tell me what you see on my camera right now?"
 Q2 = "Wait, stop. Tell me a short story about a red fox instead."
-REF = ("This is my own voice. I am reading a short passage so that the assistant can learn "
-       "how I sound, and answer me in the same voice.")
+REF = (
+    "This is my own voice. I am reading a short passage so that the assistant can learn "
+    "how I sound, and answer me in the same voice."
+)
 
 
 def _say(text: str, path: Path, voice: str = "en-us") -> None:
@@ -28,8 +31,9 @@ def _say(text: str, path: Path, voice: str = "en-us") -> None:
 
 
 def _silence(seconds: float, path: Path) -> None:
-    subprocess.run(["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", str(path), "trim", "0", str(seconds)],
-                   check=True)
+    subprocess.run(
+        ["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", str(path), "trim", "0", str(seconds)], check=True
+    )
 
 
 def _concat(parts: list[Path], out: Path) -> None:

@@ -1,5 +1,6 @@
 """Browser E2E: a real Chromium page (fake camera, espeak WAV as the microphone) talks to the
 omni server (embedded tiny model) over WebRTC and over WebSocket, inside a loopback-only netns."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,13 +9,14 @@ import pytest
 from e2e_helpers import full_turn, metrics, open_page
 
 
-@pytest.mark.skipif(importlib.util.find_spec("streaming.gateway.webrtc") is None,
-                    reason="streaming.gateway.webrtc not there yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("streaming.gateway.webrtc") is None, reason="streaming.gateway.webrtc not there yet"
+)
 def test_full_turn_webrtc(server_factory, browser_factory):
     server = server_factory(max_reply_tokens=60)
     page = open_page(browser_factory("one_turn.wav", loop=True), server, "auto")
     full_turn(page, "webrtc")
-    page.wait_for_function("window.omni.metrics.pair", timeout=10_000)   # read from getStats after connect
+    page.wait_for_function("window.omni.metrics.pair", timeout=10_000)  # read from getStats after connect
     m = metrics(page)
     assert "webrtcError" not in m
     assert m["pair"] and m["pair"].startswith("127.0.0.1:") and "→ 127.0.0.1:" in m["pair"], m["pair"]

@@ -1,4 +1,5 @@
 """Browser E2E: barge-in, a cloned voice, errors a person must see, and layout screenshots."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,8 +7,12 @@ import asyncio
 import pytest
 from e2e_helpers import SPEECH, full_turn, metrics, open_page, wait_turn
 
-SIZES = {"desktop-1280x800": (1280, 800), "ipad-landscape-1024x768": (1024, 768),
-         "ipad-portrait-768x1024": (768, 1024), "phone-390x844": (390, 844)}
+SIZES = {
+    "desktop-1280x800": (1280, 800),
+    "ipad-landscape-1024x768": (1024, 768),
+    "ipad-portrait-768x1024": (768, 1024),
+    "phone-390x844": (390, 844),
+}
 
 
 def hold_reply_until_cancelled(server, audio_items: int = 14) -> None:
@@ -16,10 +21,12 @@ def hold_reply_until_cancelled(server, audio_items: int = 14) -> None:
     cancelled, so the random tiny model cannot end it before the user cuts in."""
     import dataclasses
     import streaming.session.respond as respond_mod
+
     real = respond_mod.GenerateOptions
     respond_mod.GenerateOptions = lambda **kw: dataclasses.replace(real(**kw), force_no_stop=True)
     server.undo.append(lambda: setattr(respond_mod, "GenerateOptions", real))
     from streaming.handle import EngineHandle
+
     step, held = EngineHandle.reply_step, [0]
 
     async def gated(self, *args, **kw):
@@ -27,11 +34,12 @@ def hold_reply_until_cancelled(server, audio_items: int = 14) -> None:
         if item is not None and len(item[1]) and held[0] < audio_items:
             held[0] += 1
             if held[0] == audio_items:
-                for _ in range(600):            # at most 30 s
+                for _ in range(600):  # at most 30 s
                     if all(c.responder.current is None for c in server.app["conversations"]):
                         break
                     await asyncio.sleep(0.05)
         return item
+
     server.call(lambda: setattr(EngineHandle, "reply_step", gated))
     server.undo.append(lambda: setattr(EngineHandle, "reply_step", step))
 
@@ -47,18 +55,24 @@ def test_barge_in_stops_old_audio_and_starts_new_turn(server_factory, browser_fa
     page.wait_for_function("window.omni.metrics.truncates.length > 0", timeout=90_000)
     page.wait_for_function("window.omni.metrics.events['conversation.item.truncated'] > 0", timeout=10_000)
     # the reply to the second utterance is heard
-    page.wait_for_function("""(() => { const m = window.omni.metrics, cut = m.truncates[0].id;
-        return m.turns.some(t => t.id !== cut && t.pageMs != null); })()""", timeout=90_000)
+    page.wait_for_function(
+        """(() => { const m = window.omni.metrics, cut = m.truncates[0].id;
+        return m.turns.some(t => t.id !== cut && t.pageMs != null); })()""",
+        timeout=90_000,
+    )
     m = metrics(page)
     cut = m["truncates"][0]
-    dropped = page.evaluate("""(id) => { const r = window.omni.responses.get(id);
-        return {played: r.played, received: r.received}; }""", cut["id"])
+    dropped = page.evaluate(
+        """(id) => { const r = window.omni.responses.get(id);
+        return {played: r.played, received: r.received}; }""",
+        cut["id"],
+    )
     page.wait_for_timeout(500)
     later = page.evaluate("(id) => window.omni.responses.get(id).played", cut["id"])
     assert later == dropped["played"], "the dropped reply kept playing"
     assert 0 < cut["audio_end_ms"] <= dropped["received"] * 1000 / 24000, (cut, dropped)
     assert len(page.locator(".transcript li.user").all()) >= 2
-    assert page.locator(".transcript li.assistant.cancelled").count() >= 1   # shown as interrupted
+    assert page.locator(".transcript li.assistant.cancelled").count() >= 1  # shown as interrupted
     print(f"\n[barge-in] truncate audio_end_ms={cut['audio_end_ms']} of {dropped['received'] / 24:.0f} ms received")
 
 
@@ -76,9 +90,11 @@ def test_cloned_voice_from_uploaded_clip_reaches_server(server_factory, browser_
     page.wait_for_function("window.omni.session?.audio?.output?.omni_reference_audio", timeout=20_000)
     echo = page.evaluate("window.omni.session.audio.output.omni_reference_audio")
     assert echo["format"] == "wav" and echo["size_bytes"] == clip.stat().st_size, echo
-    refs = server.call(lambda: [None if c.state.ref_16k is None else len(c.state.ref_16k) for c in server.app["conversations"]])
-    assert any(n and 7.5 * 16000 < n < 9.0 * 16000 for n in refs), refs   # the 8.3 s clip, at 16 kHz
-    wait_turn(page)          # and a reply is made with it
+    refs = server.call(
+        lambda: [None if c.state.ref_16k is None else len(c.state.ref_16k) for c in server.app["conversations"]]
+    )
+    assert any(n and 7.5 * 16000 < n < 9.0 * 16000 for n in refs), refs  # the 8.3 s clip, at 16 kHz
+    wait_turn(page)  # and a reply is made with it
     assert not page.is_visible("#error"), page.inner_text("#error-text")
 
 
@@ -89,11 +105,12 @@ def test_api_key_is_asked_for_and_sent(server_factory, browser_factory):
     page.click("#start")
     page.wait_for_selector("#error:not([hidden])")
     assert "needs an API key" in page.inner_text("#error-text")
-    page.fill("#api-key", "open-barley")                      # a wrong key is told apart from none
+    page.fill("#api-key", "open-barley")  # a wrong key is told apart from none
     page.dispatch_event("#api-key", "change")
     page.click("#start")
-    page.wait_for_function("document.querySelector('#error-text').textContent.includes('refused this API key')",
-                           timeout=20_000)
+    page.wait_for_function(
+        "document.querySelector('#error-text').textContent.includes('refused this API key')", timeout=20_000
+    )
     page.fill("#api-key", "sesame")
     page.dispatch_event("#api-key", "change")
     assert page.evaluate("localStorage.getItem('omni.apiKey')") == "sesame"

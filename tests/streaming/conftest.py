@@ -3,6 +3,7 @@
 `server` runs on one shared `ProcessWorker` (two model processes, each a batch engine: the path
 `omni serve` takes on a CPU); tests that look inside a conversation's engine start their own server
 on an in-process engine thread (`start_server(tiny_omni)`), where the engine session is reachable."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,6 +18,7 @@ from rtclient import ASSETS, start_server
 def tiny_omni():
     from streaming.server import load_model
     from streaming.settings import ServerSettings
+
     omni, _ = load_model(ServerSettings())
     return omni
 
@@ -34,6 +36,7 @@ def proc_worker():
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
     from streaming.worker import EngineSpec
+
     w = ProcessWorker(checkpoint_dir(ServerSettings()), EngineSpec.from_settings(ServerSettings(model_lanes=2)))
     yield w
     w.close()

@@ -1,4 +1,5 @@
 """Helpers for gateway tests: client audio, event waiting, an in-process server on 127.0.0.1."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,14 +15,16 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets" / "golden" / "tiny-a"
 def utterance_24k_pcm16(speech_16k: np.ndarray, lead_s=1.0, tail_s=1.5) -> bytes:
     """Silence, the speech clip, silence: PCM16 at 24 kHz (the OpenAI Realtime input format)."""
     from streaming.gateway.codecs import float_to_pcm16, resample
-    x = np.concatenate([np.zeros(int(lead_s * 16000), np.float32), speech_16k,
-                        np.zeros(int(tail_s * 16000), np.float32)])
+
+    x = np.concatenate(
+        [np.zeros(int(lead_s * 16000), np.float32), speech_16k, np.zeros(int(tail_s * 16000), np.float32)]
+    )
     return float_to_pcm16(resample(x, 16000, 24000)).tobytes()
 
 
 def chunks_b64(pcm: bytes, ms: int = 100, rate: int = 24000) -> list[str]:
     step = 2 * rate * ms // 1000
-    return [base64.b64encode(pcm[i:i + step]).decode() for i in range(0, len(pcm), step)]
+    return [base64.b64encode(pcm[i : i + step]).decode() for i in range(0, len(pcm), step)]
 
 
 class Server:
@@ -42,6 +45,7 @@ async def start_server(omni, worker=None, **overrides) -> Server:
     from aiohttp import web
     from streaming.server import build_app, runner_options
     from streaming.settings import ServerSettings
+
     settings = ServerSettings(**{"max_reply_tokens": 12, "max_speech_s": 2.0, **overrides})
     app = build_app(settings, omni, embedded=True, worker=worker)
     runner = web.AppRunner(app, **runner_options(settings))
@@ -76,12 +80,16 @@ def force_long_replies(monkeypatch) -> None:
     `force_no_stop` TTS debug flag), so the random tiny model cannot finish before the user cuts in."""
     import dataclasses
     import streaming.session.respond as respond_mod
+
     real = respond_mod.GenerateOptions
-    monkeypatch.setattr(respond_mod, "GenerateOptions", lambda **kw: dataclasses.replace(real(**kw), force_no_stop=True))
+    monkeypatch.setattr(
+        respond_mod, "GenerateOptions", lambda **kw: dataclasses.replace(real(**kw), force_no_stop=True)
+    )
 
 
 def free_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -93,8 +101,13 @@ def omni_serve(*args: str, timeout_s: float = 120.0):
     import subprocess
     import sys
     import time
-    p = subprocess.Popen([sys.executable, "-m", "streaming.cli", "serve", *args],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "streaming.cli", "serve", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines, t0 = [], time.monotonic()
     for line in p.stderr:
         lines.append(line)

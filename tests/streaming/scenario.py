@@ -14,6 +14,7 @@ under a Supervisor, microphone audio arrives as WebRTC hands it over (16 kHz, th
 mailbox). `LoudnessVad` stands in for Silero under the real turn detector, so every turn time is
 exact. Tests read only `sc.events` / `sc.frames` and `engine.calls`, never the conversation.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,19 +35,27 @@ from streaming.session.conversation import Conversation
 from streaming.settings import ServerSettings
 from streaming.turn.vad import FRAME_MS, FRAME_SAMPLES, VadState
 
-MIC_RATE_HZ, MIC_CHUNK_S = 16_000, 0.1   # the microphone hands over 100 ms once it was recorded
-SPEECH_LEVEL = 0.3                       # the scripted microphone while the user speaks
-REPLY_LEVEL = 0.1                        # every sample of the fake engine's reply speech
+MIC_RATE_HZ, MIC_CHUNK_S = 16_000, 0.1  # the microphone hands over 100 ms once it was recorded
+SPEECH_LEVEL = 0.3  # the scripted microphone while the user speaks
+REPLY_LEVEL = 0.1  # every sample of the fake engine's reply speech
 # virtual seconds each engine command takes, unless a scenario says otherwise
 COSTS = {"system": 0.01, "prefill": 0.05, "unit": 0.05, "rollback": 0.01, "forget": 0.01, "generate": 0.0}
-METHOD = {"system": "set_system", "prefill": "prefill", "unit": "append_unit", "rollback": "interrupt_ms",
-          "forget": "forget_reply", "generate": "start_reply", "reply_step": "reply_step"}
+METHOD = {
+    "system": "set_system",
+    "prefill": "prefill",
+    "unit": "append_unit",
+    "rollback": "interrupt_ms",
+    "forget": "forget_reply",
+    "generate": "start_reply",
+    "reply_step": "reply_step",
+}
 
 
 # ---- the engine --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Step:
     """One reply step: what it yields, and the virtual seconds the model takes to make it."""
+
     text: str = ""
     audio_ms: float = 0.0
     cost_s: float = 0.1
@@ -55,7 +64,7 @@ class Step:
 @dataclass(frozen=True)
 class Reply:
     steps: tuple[Step, ...]
-    end: str = "eos"            # how the model ends it (EngineHandle.last_reply_end): eos, max_tokens
+    end: str = "eos"  # how the model ends it (EngineHandle.last_reply_end): eos, max_tokens
 
 
 def speech(seconds: float, step_ms: float = 500.0, cost_s: float = 0.1, end: str = "eos") -> Reply:
@@ -65,9 +74,9 @@ def speech(seconds: float, step_ms: float = 500.0, cost_s: float = 0.1, end: str
 
 @dataclass(frozen=True)
 class Call:
-    t: float                    # virtual time the engine started it
-    op: str                     # the EngineHandle method: interrupt_ms, append_unit, reply_step...
-    arg: object = None          # what matters of its arguments (see FakeEngine._arg)
+    t: float  # virtual time the engine started it
+    op: str  # the EngineHandle method: interrupt_ms, append_unit, reply_step...
+    arg: object = None  # what matters of its arguments (see FakeEngine._arg)
 
 
 class FakeEngine:
@@ -109,11 +118,11 @@ class FakeEngine:
 
 def _arg(op: str, args: tuple) -> object:
     if op == "unit":
-        return 1000 * len(args[0]) / MIC_RATE_HZ        # the unit's ms of audio
+        return 1000 * len(args[0]) / MIC_RATE_HZ  # the unit's ms of audio
     if op == "system":
-        return args[3]                                  # the instructions
+        return args[3]  # the instructions
     if op in ("prefill", "generate", "rollback"):
-        return args[0]                                  # the message, GenerateOptions, heard ms
+        return args[0]  # the message, GenerateOptions, heard ms
     return None
 
 
@@ -127,8 +136,8 @@ class LoudnessVad:
     def push(self, state: VadState, samples_16k: np.ndarray) -> list[tuple[int, float]]:
         buf = np.concatenate([state.pending_16k, np.asarray(samples_16k, np.float32)])
         n = len(buf) // FRAME_SAMPLES
-        state.pending_16k = buf[n * FRAME_SAMPLES:]
-        frames = buf[:n * FRAME_SAMPLES].reshape(n, FRAME_SAMPLES)
+        state.pending_16k = buf[n * FRAME_SAMPLES :]
+        frames = buf[: n * FRAME_SAMPLES].reshape(n, FRAME_SAMPLES)
         out = [(state.next_frame_ms + k * FRAME_MS, float(np.abs(f).max() > 1e-3)) for k, f in enumerate(frames)]
         state.frames_done += n
         return out
@@ -148,9 +157,9 @@ class Scenario:
         self.settings = settings or ServerSettings()
         self._speech: list[tuple[float, float]] = []
         self._script: list[tuple[float, ClientEvent]] = []
-        self.events: list[tuple[float, object]] = []     # (virtual s, session event or error event dict)
-        self.frames: list[tuple[float, float]] = []     # webrtc: (virtual s, rms) of each 20 ms frame sent
-        self.close_codes: list[int] = []                # a background error that ended the session
+        self.events: list[tuple[float, object]] = []  # (virtual s, session event or error event dict)
+        self.frames: list[tuple[float, float]] = []  # webrtc: (virtual s, rms) of each 20 ms frame sent
+        self.close_codes: list[int] = []  # a background error that ended the session
 
     # ---- script
     def speak(self, start_s: float, end_s: float) -> Scenario:
@@ -183,8 +192,9 @@ class Scenario:
 
     def names(self) -> list[str]:
         """Every event's type name in order ("error:<code>" for an error event)."""
-        return [f"error:{ev['error'].get('code')}" if isinstance(ev, dict) else type(ev).__name__
-                for _, ev in self.events]
+        return [
+            f"error:{ev['error'].get('code')}" if isinstance(ev, dict) else type(ev).__name__ for _, ev in self.events
+        ]
 
     def errors(self) -> list[dict]:
         return [ev["error"] for _, ev in self.events if isinstance(ev, dict)]
@@ -198,8 +208,12 @@ class Scenario:
             supervisor = Supervisor(tg, self._emit, self._close)
             conv.spawn = supervisor.spawn
             await conv.start()
-            mailbox = Mailbox(Inbound(conv, self.settings.max_image_pixels), self._emit,
-                              self.settings.max_message_bytes)
+            mailbox = Mailbox(
+                Inbound(conv, self.settings.max_image_pixels),
+                self._emit,
+                self.settings.max_message_bytes,
+                state=conv.state,
+            )
             conv.post = mailbox.post
             owner = tg.create_task(mailbox.run())
             feeds = [tg.create_task(self._microphone(mailbox, conv)), tg.create_task(self._client(mailbox))]
@@ -225,7 +239,7 @@ class Scenario:
         x = np.zeros(n, np.float32)
         for start_s, end_s in self._speech:
             a, b = round(start_s * MIC_RATE_HZ) - k * n, round(end_s * MIC_RATE_HZ) - k * n
-            x[max(a, 0):max(min(b, n), 0)] = SPEECH_LEVEL
+            x[max(a, 0) : max(min(b, n), 0)] = SPEECH_LEVEL
         return x
 
     async def _microphone(self, mailbox: Mailbox, conv: Conversation) -> None:
@@ -242,7 +256,8 @@ class Scenario:
             mailbox.message_nowait(json.dumps(event(self) if callable(event) else event))
 
     async def _track(self, playout: QueuePlayout) -> None:
-        from streaming.gateway.media import PlayoutTrack      # aiortc: only the WebRTC scenarios
+        from streaming.gateway.media import PlayoutTrack  # aiortc: only the WebRTC scenarios
+
         loop = asyncio.get_running_loop()
         track = PlayoutTrack(playout, clock_s=loop.time)
         while True:

@@ -1,5 +1,6 @@
 """Wire media: resampling keeps length and pitch, streaming == one shot, G.711 matches the ITU-T
 tables, and bad images / reference clips fail with MediaError."""
+
 from __future__ import annotations
 
 import base64
@@ -52,7 +53,7 @@ def test_stream_resampler_chunked_equals_whole_and_never_drifts() -> None:
     stream, outs, i = C.StreamResampler(24_000, 16_000), [], 0
     while i < len(x):
         n = int(rng.integers(1, 3000))
-        outs.append(stream.push(x[i:i + n]))
+        outs.append(stream.push(x[i : i + n]))
         i += n
         lag = stream.samples_in * 2 / 3 - stream.samples_out
         assert -1 <= lag <= 1000, f"output lags by {lag} samples after {i} input samples"
@@ -67,8 +68,7 @@ def test_input_stream_matches_one_shot_for_g711() -> None:
     x = C.float_to_pcm16(sine(440, 8_000, 2.0))
     wire = C.ulaw_encode(x)
     stream = C.InputAudioStream("audio/pcmu")
-    out = np.concatenate([stream.push(wire[i:i + 160]) for i in range(0, len(wire), 160)]
-                         + [stream.flush()])
+    out = np.concatenate([stream.push(wire[i : i + 160]) for i in range(0, len(wire), 160)] + [stream.flush()])
     whole = C.decode_input_audio(base64.b64encode(wire).decode(), "audio/pcmu")
     assert abs(len(out) - 32_000) <= 2 and abs(len(whole) - 32_000) <= 2
     assert abs(peak_hz(out, 16_000) - 440) <= 2
@@ -94,8 +94,7 @@ def test_g711_codes_round_trip_exactly() -> None:
     assert np.array_equal(alaw, codes)
 
 
-@pytest.mark.parametrize("encode,table", [(C.ulaw_encode, C.ULAW_TO_PCM16),
-                                          (C.alaw_encode, C.ALAW_TO_PCM16)])
+@pytest.mark.parametrize("encode,table", [(C.ulaw_encode, C.ULAW_TO_PCM16), (C.alaw_encode, C.ALAW_TO_PCM16)])
 def test_g711_samples_round_trip_within_half_a_step(encode, table) -> None:
     x = np.arange(-32768, 32768, 7, dtype=np.int16)
     y = table[np.frombuffer(encode(x), np.uint8)].astype(np.int32)
@@ -118,8 +117,7 @@ def test_g711_matches_audioop_bit_for_bit_when_available() -> None:
     assert C.alaw_encode(x) == audioop.lin2alaw(raw, 2)
 
 
-@pytest.mark.parametrize("fmt,bytes_per_24k_sample", [("audio/pcm", 2), ("audio/pcmu", 1 / 3),
-                                                      ("audio/pcma", 1 / 3)])
+@pytest.mark.parametrize("fmt,bytes_per_24k_sample", [("audio/pcm", 2), ("audio/pcmu", 1 / 3), ("audio/pcma", 1 / 3)])
 def test_output_audio_stream_sizes_pitch_and_chunked_equals_whole(fmt: str, bytes_per_24k_sample: float) -> None:
     wav = sine(600, 24_000, 1.0)
     whole = C.OutputAudioStream(fmt)
@@ -129,7 +127,7 @@ def test_output_audio_stream_sizes_pitch_and_chunked_equals_whole(fmt: str, byte
     assert abs(len(back) - 16_000) <= 2 and abs(peak_hz(back, 16_000) - 600) <= 2
     # Reply deltas of 6400 samples (odd at 8 kHz): the same bytes as one push, nothing lost at edges.
     chunked = C.OutputAudioStream(fmt)
-    parts = [chunked.push(wav[i:i + 6400]) for i in range(0, len(wav), 6400)] + [chunked.flush()]
+    parts = [chunked.push(wav[i : i + 6400]) for i in range(0, len(wav), 6400)] + [chunked.flush()]
     assert b"".join(base64.b64decode(p) for p in parts) == data
 
 
@@ -143,8 +141,11 @@ def image_bytes(fmt: str, size=(64, 48), mode="RGB") -> bytes:
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_decode_image_formats(fmt: str) -> None:
     data = image_bytes(fmt)
-    for form in (data, base64.b64encode(data).decode(),
-                 f"data:image/{fmt.lower()};base64," + base64.b64encode(data).decode()):
+    for form in (
+        data,
+        base64.b64encode(data).decode(),
+        f"data:image/{fmt.lower()};base64," + base64.b64encode(data).decode(),
+    ):
         img = C.decode_image(form, max_pixels=10_000)
         assert img.mode == "RGB" and img.size == (64, 48)
 
@@ -153,13 +154,16 @@ def test_rgba_png_becomes_rgb() -> None:
     assert C.decode_image(image_bytes("PNG", mode="RGBA"), 10_000).mode == "RGB"
 
 
-@pytest.mark.parametrize("data,code", [
-    (b"definitely not an image", "invalid_image"),
-    (image_bytes("JPEG")[:200], "invalid_image"),  # truncated
-    ("not*base64", "invalid_image"),
-    (image_bytes("GIF"), "unsupported_image_format"),
-    (image_bytes("PNG", size=(200, 100)), "image_too_large"),
-])
+@pytest.mark.parametrize(
+    "data,code",
+    [
+        (b"definitely not an image", "invalid_image"),
+        (image_bytes("JPEG")[:200], "invalid_image"),  # truncated
+        ("not*base64", "invalid_image"),
+        (image_bytes("GIF"), "unsupported_image_format"),
+        (image_bytes("PNG", size=(200, 100)), "image_too_large"),
+    ],
+)
 def test_decode_image_errors(data, code: str) -> None:
     with pytest.raises(MediaError) as info:
         C.decode_image(data, max_pixels=10_000)
@@ -173,8 +177,10 @@ def wav_bytes(x: np.ndarray, rate_hz: int, subtype: str = "PCM_16") -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("rate_hz,subtype,channels", [(16_000, "PCM_16", 1), (44_100, "PCM_24", 2),
-                                                      (48_000, "FLOAT", 1), (8_000, "PCM_16", 1)])
+@pytest.mark.parametrize(
+    "rate_hz,subtype,channels",
+    [(16_000, "PCM_16", 1), (44_100, "PCM_24", 2), (48_000, "FLOAT", 1), (8_000, "PCM_16", 1)],
+)
 def test_read_wav_any_rates_and_widths(rate_hz: int, subtype: str, channels: int) -> None:
     x = sine(300, rate_hz, 2.0)
     x = np.stack([x, x], axis=1) if channels == 2 else x

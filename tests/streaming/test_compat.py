@@ -2,6 +2,7 @@
 (equal to the model's ASR run alone), deleting the latest reply (the context goes back to before
 it), item retrieval, OpenAI's cancel codes, [ext] events only on opt-in, and every event valid
 under the openai SDK's types."""
+
 from __future__ import annotations
 
 import json
@@ -24,12 +25,15 @@ def alone_transcript(omni, audio_16k: np.ndarray) -> str:
     from omni.sampling import GREEDY
     from omni.session.engine import GenerateOptions, Session
     from streaming.session.transcribe import ASR_PROMPTS, max_tokens, windows
+
     out = []
     for w in windows(audio_16k):
         s = Session(omni, seed=0)
         s.set_system("omni", w, ASR_PROMPTS["en"])
-        out += [t for t, _ in s.generate(GenerateOptions(sampling=GREEDY, max_new_tokens=max_tokens(w),
-                                                         generate_audio=False))]
+        out += [
+            t
+            for t, _ in s.generate(GenerateOptions(sampling=GREEDY, max_new_tokens=max_tokens(w), generate_audio=False))
+        ]
     return "".join(out).strip()
 
 
@@ -39,20 +43,30 @@ async def test_user_turns_are_transcribed_by_the_model_off_the_reply_path(tiny_o
     try:
         async with websockets.connect(srv.ws_url) as ws:
             await recv_until(ws, lambda e: e["type"] == "session.created")
-            conv, = srv.app["conversations"]
-            heard = []                                   # a spy on this session's transcriber
+            (conv,) = srv.app["conversations"]
+            heard = []  # a spy on this session's transcriber
             submit = conv.transcriber.submit
             conv.transcriber.submit = lambda item_id, audio, lang: (heard.append(audio), submit(item_id, audio, lang))
-            await send(ws, type="session.update", session={"audio": {"input": {
-                "transcription": {"model": "gpt-4o-mini-transcribe", "language": None, "prompt": None}}}})
+            await send(
+                ws,
+                type="session.update",
+                session={
+                    "audio": {
+                        "input": {
+                            "transcription": {"model": "gpt-4o-mini-transcribe", "language": None, "prompt": None}
+                        }
+                    }
+                },
+            )
             upd = (await recv_until(ws, lambda e: e["type"] == "session.updated"))[-1]
             assert upd["session"]["audio"]["input"]["transcription"] == {"model": "gpt-4o-mini-transcribe"}
             for c in chunks_b64(utterance_24k_pcm16(speech_16k)):
                 await send(ws, type="input_audio_buffer.append", audio=c)
-            events = await recv_until(ws, lambda e: e["type"] ==
-                                      "conversation.item.input_audio_transcription.completed", timeout=120)
+            events = await recv_until(
+                ws, lambda e: e["type"] == "conversation.item.input_audio_transcription.completed", timeout=120
+            )
             done = events[-1]
-            if "response.done" not in {e["type"] for e in events}:   # the transcript may come first
+            if "response.done" not in {e["type"] for e in events}:  # the transcript may come first
                 events += await recv_until(ws, lambda e: e["type"] == "response.done")
             committed = next(e for e in events if e["type"] == "input_audio_buffer.committed")
             deltas = [e["delta"] for e in events if e["type"].endswith("transcription.delta")]
@@ -68,10 +82,15 @@ async def test_user_turns_are_transcribed_by_the_model_off_the_reply_path(tiny_o
         types = [e["type"] for e in events]
         assert "error" not in types
         # the transcript waited for the reply's first output
-        assert types.index("conversation.item.input_audio_transcription.delta" if deltas else
-                           "conversation.item.input_audio_transcription.completed") > \
-            min(types.index(t) for t in ("response.output_audio.delta", "response.output_audio_transcript.delta")
-                if t in types)
+        assert types.index(
+            "conversation.item.input_audio_transcription.delta"
+            if deltas
+            else "conversation.item.input_audio_transcription.completed"
+        ) > min(
+            types.index(t)
+            for t in ("response.output_audio.delta", "response.output_audio_transcript.delta")
+            if t in types
+        )
         assert openai_type_errors(events + [got]) == []
     finally:
         await srv.runner.cleanup()
@@ -84,35 +103,41 @@ async def test_deleting_the_latest_reply_rolls_the_context_back(tiny_omni):
         async with websockets.connect(srv.ws_url) as ws:
             await recv_until(ws, lambda e: e["type"] == "session.created")
             await send(ws, type="session.update", session={"audio": {"input": {"turn_detection": None}}})
-            await send(ws, type="conversation.item.create", item={
-                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello?"}]})
+            await send(
+                ws,
+                type="conversation.item.create",
+                item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello?"}]},
+            )
             user = (await recv_until(ws, lambda e: e["type"] == "conversation.item.done"))[-1]["item"]
-            conv, = srv.app["conversations"]
+            (conv,) = srv.app["conversations"]
             session = await engine_session(conv)
             before = session.state.cache_len
             await send(ws, type="response.create")
             reply = await recv_until(ws, lambda e: e["type"] == "response.done")
             item_id = reply[-1]["response"]["output"][0]["id"]
             assert session.state.cache_len > before
-            await send(ws, type="conversation.item.delete", item_id=user["id"])   # older: in the context for good
+            await send(ws, type="conversation.item.delete", item_id=user["id"])  # older: in the context for good
             err = (await recv_until(ws, lambda e: e["type"] == "error"))[-1]["error"]
             assert (err["code"], err["param"]) == ("unsupported_operation", "item_id")
             await send(ws, type="conversation.item.delete", item_id=item_id)
             deleted = (await recv_until(ws, lambda e: e["type"] == "conversation.item.deleted"))[-1]
             assert deleted["item_id"] == item_id
-            await send(ws, type="conversation.item.retrieve", item_id=item_id)   # gone
+            await send(ws, type="conversation.item.retrieve", item_id=item_id)  # gone
             err = (await recv_until(ws, lambda e: e["type"] == "error"))[-1]["error"]
             assert err["code"] == "item_retrieve_invalid_item_id"
-            await send(ws, type="response.cancel")                             # nothing is live any more
+            await send(ws, type="response.cancel")  # nothing is live any more
             err = (await recv_until(ws, lambda e: e["type"] == "error"))[-1]["error"]
             assert err["code"] == "response_cancel_not_active"
             await send(ws, type="conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=0)
             err = (await recv_until(ws, lambda e: e["type"] == "error"))[-1]["error"]
             assert err["code"] == "item_not_found"
-            assert conv.state.rollback == Rollback(item_id, None)               # still: forget it
+            assert conv.state.rollback == Rollback(item_id, None)  # still: forget it
             # the rollback lands before the next input: the context is as it was before the reply
-            await send(ws, type="conversation.item.create", item={
-                "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Again."}]})
+            await send(
+                ws,
+                type="conversation.item.create",
+                item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Again."}]},
+            )
             again = (await recv_until(ws, lambda e: e["type"] == "conversation.item.done"))[-1]
             assert again["previous_item_id"] == user["id"]
             assert session.state.llm_generated is False and session.state.new_user_msg is False
@@ -132,6 +157,7 @@ async def test_cancel_codes_reasons_and_extension_events(server):
     async def until(ws, pred):
         seen.extend(await recv_until(ws, pred))
         return seen[-1]
+
     async with websockets.connect(server.ws_url) as ws:
         await until(ws, lambda e: e["type"] == "session.created")
         await send(ws, type="response.cancel", event_id="c1")
@@ -139,8 +165,11 @@ async def test_cancel_codes_reasons_and_extension_events(server):
         assert err["code"] == "response_cancel_not_active" and err["message"].startswith("Cancellation failed")
         assert err["event_id"] == "c1"
         await send(ws, type="session.update", session={"audio": {"input": {"turn_detection": None}}})
-        await send(ws, type="conversation.item.create", item={
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "Talk a while."}]})
+        await send(
+            ws,
+            type="conversation.item.create",
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Talk a while."}]},
+        )
         # LiveKit's shape: null instructions, and a client id in the metadata it waits to see echoed
         await send(ws, type="response.create", response={"instructions": None, "metadata": {"client_event_id": "x"}})
         created = await until(ws, lambda e: e["type"] == "response.created")
@@ -148,11 +177,11 @@ async def test_cancel_codes_reasons_and_extension_events(server):
         delta = await until(ws, lambda e: e["type"] == "response.output_audio.delta")
         await send(ws, type="conversation.item.truncate", item_id=delta["item_id"], content_index=0, audio_end_ms=0)
         response = (await until(ws, lambda e: e["type"] == "response.done"))["response"]
-        if response["status"] == "cancelled":           # unless the tiny model had finished already
+        if response["status"] == "cancelled":  # unless the tiny model had finished already
             assert response["status_details"]["reason"] == "client_cancelled"
         await send(ws, type="response.create")
         await until(ws, lambda e: e["type"] == "response.done")
-        await send(ws, type="input_audio_buffer.commit")   # nothing buffered: a typed error
+        await send(ws, type="input_audio_buffer.commit")  # nothing buffered: a typed error
         assert (await until(ws, lambda e: e["type"] == "error"))["error"]["code"] == "input_audio_buffer_commit_empty"
     types = {e["type"] for e in seen}
     assert not {t for t in types if t.startswith("response.omni")}, "an [ext] event reached a stock client"
@@ -168,18 +197,27 @@ async def test_a_turn_heard_while_a_reply_plays_is_transcribed_once(tiny_omni, s
     try:
         async with websockets.connect(srv.ws_url) as ws:
             await recv_until(ws, lambda e: e["type"] == "session.created")
-            conv, = srv.app["conversations"]
+            (conv,) = srv.app["conversations"]
             heard = []
             submit = conv.transcriber.submit
             conv.transcriber.submit = lambda item_id, audio, lang: (heard.append(audio), submit(item_id, audio, lang))
-            await send(ws, type="session.update", session={"audio": {"input": {
-                "transcription": {"model": "m"},
-                "turn_detection": {"type": "server_vad", "interrupt_response": False}}}})
+            await send(
+                ws,
+                type="session.update",
+                session={
+                    "audio": {
+                        "input": {
+                            "transcription": {"model": "m"},
+                            "turn_detection": {"type": "server_vad", "interrupt_response": False},
+                        }
+                    }
+                },
+            )
             chunks = chunks_b64(utterance_24k_pcm16(speech_16k))
             for c in chunks:
                 await send(ws, type="input_audio_buffer.append", audio=c)
             await recv_until(ws, lambda e: e["type"] == "response.output_audio.delta")
-            for c in chunks:                                  # the user speaks again, over the reply
+            for c in chunks:  # the user speaks again, over the reply
                 await send(ws, type="input_audio_buffer.append", audio=c)
             done = []
             while len(done) < 2:
@@ -189,7 +227,7 @@ async def test_a_turn_heard_while_a_reply_plays_is_transcribed_once(tiny_omni, s
         await srv.runner.cleanup()
     assert done[0]["item_id"] != done[1]["item_id"] and len(heard) == 2
     first_s, second_s = (len(a) / 16000 for a in heard)
-    assert abs(second_s - first_s) <= 1.0, (first_s, second_s)   # the same utterance, heard once each
+    assert abs(second_s - first_s) <= 1.0, (first_s, second_s)  # the same utterance, heard once each
     assert [d["usage"]["seconds"] for d in done] == pytest.approx([first_s, second_s], abs=1e-3)
 
 
@@ -204,18 +242,20 @@ async def test_transcripts_that_cannot_run_end_in_failed_events(tiny_omni):
     from streaming.session.transcribe import MAX_QUEUED, OPEN_WAIT_S, Transcriber
     from streaming.settings import ServerSettings
     from streaming.worker import EngineSpec, EngineWorker
+
     w = EngineWorker(tiny_omni, EngineSpec.from_settings(ServerSettings(max_sessions=1, model_lanes=1)))
-    taken = w.open_session(None, background=True)        # the one background slot
+    taken = w.open_session(None, background=True)  # the one background slot
     now = [0.0]
     sent: list[dict] = []
 
     async def send(ev):
         sent.append(ev)
 
-    def clock():                                          # each look at the clock: past the wait
+    def clock():  # each look at the clock: past the wait
         now[0] += OPEN_WAIT_S / 2 + 1
         return now[0]
-    t = Transcriber(w, WireEvents(send), clock_s=clock)   # its events as a client gets them
+
+    t = Transcriber(w, WireEvents(send), clock_s=clock)  # its events as a client gets them
     try:
         for k in range(MAX_QUEUED + 2):
             t.submit(f"item_{k}", np.zeros(16000, np.float32), None)

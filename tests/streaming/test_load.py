@@ -1,6 +1,7 @@
 """Load against a live `omni serve` subprocess (bench/soak.py's driver, briefly): max_sessions
 speakers in real time, 8 more refused cleanly (server_busy, close 1013), no error events, and the
 memory of the server and its model processes back at its warmed-up baseline afterwards."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +12,7 @@ from bench.soak import load, rss_mb
 from rtclient import free_port, omni_serve
 
 MAX_SESSIONS = 4
-RSS_SLACK_MB = 64        # allocator noise; a leak of a session's state per round would be far more
+RSS_SLACK_MB = 64  # allocator noise; a leak of a session's state per round would be far more
 
 
 @pytest.mark.asyncio
@@ -20,7 +21,7 @@ async def test_max_sessions_plus_8_refusals_are_clean_and_memory_returns():
     p, _ = omni_serve("--port", str(port), "--max-sessions", str(MAX_SESSIONS))
     try:
         url = f"ws://127.0.0.1:{port}/v1/realtime"
-        await load(url, MAX_SESSIONS, 8.0, 0)                   # warm-up: pools and arenas get committed
+        await load(url, MAX_SESSIONS, 8.0, 0)  # warm-up: pools and arenas get committed
         await asyncio.sleep(2.0)
         base = rss_mb(p.pid)
         out = await load(url, MAX_SESSIONS, 12.0, 8, p.pid)

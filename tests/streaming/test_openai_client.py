@@ -1,6 +1,7 @@
 """A third-party client we did not write: the official `openai` Python SDK's Realtime API, pointed
 at our `/v1/realtime`, holds a voice conversation (server VAD turn, streamed speech, a second
 turn) and parses every event we send into its own typed models."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,8 +19,9 @@ openai = pytest.importorskip("openai", reason="the openai SDK is in the test ext
 async def test_openai_sdk_voice_conversation(server, speech_16k):
     client = openai.AsyncOpenAI(api_key="not-needed-locally", websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
     async with client.realtime.connect(model="minicpm-o-2.6") as conn:
-        await conn.session.update(session={"type": "realtime", "instructions": "Be brief.",
-                                           "audio": {"output": {"voice": "alloy"}}})
+        await conn.session.update(
+            session={"type": "realtime", "instructions": "Be brief.", "audio": {"output": {"voice": "alloy"}}}
+        )
         for turn in range(2):
             for c in chunks_b64(utterance_24k_pcm16(speech_16k)):
                 await conn.input_audio_buffer.append(audio=c)

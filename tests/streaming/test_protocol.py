@@ -1,5 +1,6 @@
 """Wire protocol: every client event parses, every server builder is well formed, bad input is
 reported with a clear message and the offending param, and errors map to one error shape."""
+
 from __future__ import annotations
 
 import base64
@@ -21,35 +22,60 @@ def parse(obj: object, max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES) -> P.Client
 
 
 # ---------------------------------------------------------------- every client event
-ITEM = {"type": "message", "role": "user", "content": [
-    {"type": "input_text", "text": "hi"},
-    {"type": "input_audio", "audio": B64, "transcript": None},
-    {"type": "input_image", "image_url": f"data:image/jpeg;base64,{B64}"}]}
+ITEM = {
+    "type": "message",
+    "role": "user",
+    "content": [
+        {"type": "input_text", "text": "hi"},
+        {"type": "input_audio", "audio": B64, "transcript": None},
+        {"type": "input_image", "image_url": f"data:image/jpeg;base64,{B64}"},
+    ],
+}
 ROUND_TRIP = [
-    ({"type": "session.update", "session": {"instructions": "be brief"}},
-     P.SessionUpdate("e", {"instructions": "be brief"})),
-    ({"type": "input_audio_buffer.append", "audio": B64},
-     P.InputAudioBufferAppend("e", b"\x01\x02\x03\x04")),
+    (
+        {"type": "session.update", "session": {"instructions": "be brief"}},
+        P.SessionUpdate("e", {"instructions": "be brief"}),
+    ),
+    ({"type": "input_audio_buffer.append", "audio": B64}, P.InputAudioBufferAppend("e", b"\x01\x02\x03\x04")),
     ({"type": "input_audio_buffer.commit"}, P.InputAudioBufferCommit("e")),
     ({"type": "input_audio_buffer.clear"}, P.InputAudioBufferClear("e")),
-    ({"type": "input_image_buffer.append", "image": B64},
-     P.InputImageBufferAppend("e", b"\x01\x02\x03\x04")),
-    ({"type": "conversation.item.create", "previous_item_id": "item_1", "item": ITEM},
-     P.ConversationItemCreate("e", P.ConversationItem(None, "user", (
-         P.ContentPart("input_text", text="hi"),
-         P.ContentPart("input_audio", audio=b"\x01\x02\x03\x04"),
-         P.ContentPart("input_image", image=b"\x01\x02\x03\x04"))), "item_1")),
-    ({"type": "conversation.item.truncate", "item_id": "item_2", "content_index": 0,
-      "audio_end_ms": 1500}, P.ConversationItemTruncate("e", "item_2", 0, 1500)),
-    ({"type": "conversation.item.delete", "item_id": "item_3"},
-     P.ConversationItemDelete("e", "item_3")),
-    ({"type": "response.create", "response": {
-        "output_modalities": ["text"], "max_output_tokens": 64, "temperature": 0.5,
-        "conversation": "auto", "metadata": {"k": "v"}}},
-     P.ResponseCreate("e", P.ResponseParams(("text",), 64, 0.5, {"k": "v"}))),
+    ({"type": "input_image_buffer.append", "image": B64}, P.InputImageBufferAppend("e", b"\x01\x02\x03\x04")),
+    (
+        {"type": "conversation.item.create", "previous_item_id": "item_1", "item": ITEM},
+        P.ConversationItemCreate(
+            "e",
+            P.ConversationItem(
+                None,
+                "user",
+                (
+                    P.ContentPart("input_text", text="hi"),
+                    P.ContentPart("input_audio", audio=b"\x01\x02\x03\x04"),
+                    P.ContentPart("input_image", image=b"\x01\x02\x03\x04"),
+                ),
+            ),
+            "item_1",
+        ),
+    ),
+    (
+        {"type": "conversation.item.truncate", "item_id": "item_2", "content_index": 0, "audio_end_ms": 1500},
+        P.ConversationItemTruncate("e", "item_2", 0, 1500),
+    ),
+    ({"type": "conversation.item.delete", "item_id": "item_3"}, P.ConversationItemDelete("e", "item_3")),
+    (
+        {
+            "type": "response.create",
+            "response": {
+                "output_modalities": ["text"],
+                "max_output_tokens": 64,
+                "temperature": 0.5,
+                "conversation": "auto",
+                "metadata": {"k": "v"},
+            },
+        },
+        P.ResponseCreate("e", P.ResponseParams(("text",), 64, 0.5, {"k": "v"})),
+    ),
     ({"type": "response.cancel", "response_id": "resp_1"}, P.ResponseCancel("e", "resp_1")),
-    ({"type": "conversation.item.retrieve", "item_id": "item_4"},
-     P.ConversationItemRetrieve("e", "item_4")),
+    ({"type": "conversation.item.retrieve", "item_id": "item_4"}, P.ConversationItemRetrieve("e", "item_4")),
 ]
 
 
@@ -72,10 +98,15 @@ def test_optional_fields_default() -> None:
 
 # ---------------------------------------------------------------- beta aliases
 def test_beta_session_fields_map_to_ga() -> None:
-    beta = {"modalities": ["text", "audio"], "input_audio_format": "g711_ulaw",
-            "output_audio_format": "g711_alaw", "voice": "alloy",
-            "turn_detection": {"type": "server_vad", "silence_duration_ms": 800},
-            "max_response_output_tokens": 200, "input_audio_transcription": None}
+    beta = {
+        "modalities": ["text", "audio"],
+        "input_audio_format": "g711_ulaw",
+        "output_audio_format": "g711_alaw",
+        "voice": "alloy",
+        "turn_detection": {"type": "server_vad", "silence_duration_ms": 800},
+        "max_response_output_tokens": 200,
+        "input_audio_transcription": None,
+    }
     cfg = P.apply_update(P.SessionConfig(), beta)
     assert cfg.output_modalities == ("audio",)
     assert cfg.input_format.type == "audio/pcmu" and cfg.output_format.type == "audio/pcma"
@@ -84,32 +115,47 @@ def test_beta_session_fields_map_to_ga() -> None:
 
 
 def test_beta_assistant_text_part_and_response_aliases() -> None:
-    ev = parse({"type": "conversation.item.create", "item": {
-        "type": "message", "role": "assistant", "content": [{"type": "text", "text": "ok"}]}})
+    ev = parse(
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+        }
+    )
     assert ev.item.content == (P.ContentPart("output_text", text="ok"),)
-    ev = parse({"type": "response.create", "response": {
-        "modalities": ["text"], "max_response_output_tokens": "inf"}})
+    ev = parse({"type": "response.create", "response": {"modalities": ["text"], "max_response_output_tokens": "inf"}})
     assert ev.response.output_modalities == ("text",) and ev.response.max_output_tokens == "inf"
 
 
 # ---------------------------------------------------------------- session config
 def test_partial_updates_merge() -> None:
-    cfg = P.apply_update(P.SessionConfig(), {"type": "realtime", "instructions": "x", "audio": {
-        "input": {"turn_detection": {"type": "server_vad", "threshold": 0.8}}}})
-    cfg = P.apply_update(cfg, {"audio": {"input": {"turn_detection": {
-        "type": "server_vad", "prefix_padding_ms": 100}}}, "omni": {"seed": 7}})
+    cfg = P.apply_update(
+        P.SessionConfig(),
+        {
+            "type": "realtime",
+            "instructions": "x",
+            "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 0.8}}},
+        },
+    )
+    cfg = P.apply_update(
+        cfg,
+        {"audio": {"input": {"turn_detection": {"type": "server_vad", "prefix_padding_ms": 100}}}, "omni": {"seed": 7}},
+    )
     assert cfg.instructions == "x"
     assert cfg.turn_detection == P.ServerVad(threshold=0.8, prefix_padding_ms=100)
     assert cfg.omni == P.OmniOptions(video=True, seed=7)
-    cfg = P.apply_update(cfg, {"audio": {"input": {"turn_detection": None}},
-                               "omni": {"video": False}})
+    cfg = P.apply_update(cfg, {"audio": {"input": {"turn_detection": None}}, "omni": {"video": False}})
     assert cfg.turn_detection is None and cfg.omni == P.OmniOptions(video=False, seed=7)
 
 
 def test_to_wire_is_the_ga_session_and_reads_back() -> None:
-    cfg = P.apply_update(P.SessionConfig(), {"instructions": "hi", "max_output_tokens": 99,
-                                             "audio": {"output": {"format": {"type": "audio/pcmu"},
-                                                                  "voice": "default"}}})
+    cfg = P.apply_update(
+        P.SessionConfig(),
+        {
+            "instructions": "hi",
+            "max_output_tokens": 99,
+            "audio": {"output": {"format": {"type": "audio/pcmu"}, "voice": "default"}},
+        },
+    )
     wire = P.to_wire(cfg, session_id="sess_1", model="minicpm-o-2.6")
     assert wire["type"] == "realtime" and wire["id"] == "sess_1"
     assert wire["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
@@ -143,63 +189,142 @@ BAD = [  # (raw, code, param, words in the message)
     ({"type": "input_audio_buffer.append", "audio": ""}, "invalid_value", "audio", "empty"),
     ({"type": "input_audio_buffer.commit", "audio": B64}, "unknown_parameter", "audio", "Unknown"),
     ({"type": "input_image_buffer.append", "image": "a"}, "invalid_value", "image", "base64"),
-    ({"type": "conversation.item.truncate", "item_id": "i", "content_index": 0,
-      "audio_end_ms": -1}, "invalid_value", "audio_end_ms", "outside"),
-    ({"type": "conversation.item.truncate", "item_id": "i", "content_index": "0",
-      "audio_end_ms": 5}, "invalid_type", "content_index", "expected an integer"),
+    (
+        {"type": "conversation.item.truncate", "item_id": "i", "content_index": 0, "audio_end_ms": -1},
+        "invalid_value",
+        "audio_end_ms",
+        "outside",
+    ),
+    (
+        {"type": "conversation.item.truncate", "item_id": "i", "content_index": "0", "audio_end_ms": 5},
+        "invalid_type",
+        "content_index",
+        "expected an integer",
+    ),
     ({"type": "conversation.item.delete", "item_id": True}, "invalid_type", "item_id", "boolean"),
-    ({"type": "conversation.item.create", "item": {"type": "function_call"}}, "invalid_value",
-     "item.type", "function calling"),
-    ({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [
-        {"type": "output_text", "text": "x"}]}}, "invalid_value", "item.content[0].type",
-     "input_text"),
-    ({"type": "response.create", "response": {"voice": "alloy"}}, "unknown_parameter",
-     "response.voice", "session.update"),
-    ({"type": "response.create", "response": {"max_output_tokens": 0}}, "invalid_value",
-     "response.max_output_tokens", "outside"),
-    ({"type": "response.create", "response": {"instructions": "shout"}}, "unknown_parameter",
-     "response.instructions", "system prompt"),
-    ({"type": "response.create", "response": {"conversation": "none"}}, "invalid_value",
-     "response.conversation", "'auto'"),
-    ({"type": "response.create", "response": {"temperature": 9}}, "invalid_value",
-     "response.temperature", "outside"),
+    (
+        {"type": "conversation.item.create", "item": {"type": "function_call"}},
+        "invalid_value",
+        "item.type",
+        "function calling",
+    ),
+    (
+        {
+            "type": "conversation.item.create",
+            "item": {"type": "message", "role": "user", "content": [{"type": "output_text", "text": "x"}]},
+        },
+        "invalid_value",
+        "item.content[0].type",
+        "input_text",
+    ),
+    (
+        {"type": "response.create", "response": {"voice": "alloy"}},
+        "unknown_parameter",
+        "response.voice",
+        "session.update",
+    ),
+    (
+        {"type": "response.create", "response": {"max_output_tokens": 0}},
+        "invalid_value",
+        "response.max_output_tokens",
+        "outside",
+    ),
+    (
+        {"type": "response.create", "response": {"instructions": "shout"}},
+        "unknown_parameter",
+        "response.instructions",
+        "system prompt",
+    ),
+    (
+        {"type": "response.create", "response": {"conversation": "none"}},
+        "invalid_value",
+        "response.conversation",
+        "'auto'",
+    ),
+    ({"type": "response.create", "response": {"temperature": 9}}, "invalid_value", "response.temperature", "outside"),
     ({"type": "session.update"}, "missing_required_parameter", "session", "'session'"),
     ({"type": "session.update", "session": {"bogus": 1}}, "unknown_parameter", "session.bogus", ""),
-    ({"type": "session.update", "session": {"type": "transcription"}}, "invalid_value",
-     "session.type", "'realtime'"),
-    ({"type": "session.update", "session": {"audio": {"input": {"format": {
-        "type": "audio/pcm", "rate": 16000}}}}}, "invalid_value", "session.audio.input.format.rate",
-     "24000"),
-    ({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
-        "type": "semantic_vad", "eagerness": "eager"}}}}}, "invalid_value",
-     "session.audio.input.turn_detection.eagerness", "'high'"),
-    ({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
-        "type": "semantic_vad", "threshold": 0.5}}}}}, "unknown_parameter",
-     "session.audio.input.turn_detection.threshold", ""),
-    ({"type": "session.update", "session": {"audio": {"input": {"turn_detection": {
-        "type": "server_vad", "idle_timeout_ms": 5000}}}}}, "unsupported_parameter",
-     "session.audio.input.turn_detection.idle_timeout_ms", "never prompts"),
-    ({"type": "session.update", "session": {"audio": {"output": {"speed": 1.5}}}},
-     "unsupported_parameter", "session.audio.output.speed", "speaking rate"),
-    ({"type": "session.update", "session": {"audio": {"input": {"transcription": {
-        "model": "whisper-1", "prompt": "names: Ada"}}}}}, "unsupported_parameter",
-     "session.audio.input.transcription.prompt", "ASR prompt"),
-    ({"type": "session.update", "session": {"truncation": "disabled"}}, "unsupported_parameter",
-     "session.truncation", "slides"),
-    ({"type": "session.update", "session": {"turn_detection": {"type": "server_vad",
-                                                               "threshold": 2}}},
-     "invalid_value", "session.turn_detection.threshold", "outside"),
-    ({"type": "session.update", "session": {"audio": {"output": {"omni_reference_audio": {
-        "format": "pcm16", "data": B64}}}}}, "missing_required_parameter",
-     "session.audio.output.omni_reference_audio.rate", "rate"),
-    ({"type": "session.update", "session": {"tools": [{"type": "function"}]}}, "invalid_value",
-     "session.tools", "not supported"),
+    ({"type": "session.update", "session": {"type": "transcription"}}, "invalid_value", "session.type", "'realtime'"),
+    (
+        {"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}}},
+        "invalid_value",
+        "session.audio.input.format.rate",
+        "24000",
+    ),
+    (
+        {
+            "type": "session.update",
+            "session": {"audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "eager"}}}},
+        },
+        "invalid_value",
+        "session.audio.input.turn_detection.eagerness",
+        "'high'",
+    ),
+    (
+        {
+            "type": "session.update",
+            "session": {"audio": {"input": {"turn_detection": {"type": "semantic_vad", "threshold": 0.5}}}},
+        },
+        "unknown_parameter",
+        "session.audio.input.turn_detection.threshold",
+        "",
+    ),
+    (
+        {
+            "type": "session.update",
+            "session": {"audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000}}}},
+        },
+        "unsupported_parameter",
+        "session.audio.input.turn_detection.idle_timeout_ms",
+        "never prompts",
+    ),
+    (
+        {"type": "session.update", "session": {"audio": {"output": {"speed": 1.5}}}},
+        "unsupported_parameter",
+        "session.audio.output.speed",
+        "speaking rate",
+    ),
+    (
+        {
+            "type": "session.update",
+            "session": {"audio": {"input": {"transcription": {"model": "whisper-1", "prompt": "names: Ada"}}}},
+        },
+        "unsupported_parameter",
+        "session.audio.input.transcription.prompt",
+        "ASR prompt",
+    ),
+    (
+        {"type": "session.update", "session": {"truncation": "disabled"}},
+        "unsupported_parameter",
+        "session.truncation",
+        "slides",
+    ),
+    (
+        {"type": "session.update", "session": {"turn_detection": {"type": "server_vad", "threshold": 2}}},
+        "invalid_value",
+        "session.turn_detection.threshold",
+        "outside",
+    ),
+    (
+        {
+            "type": "session.update",
+            "session": {"audio": {"output": {"omni_reference_audio": {"format": "pcm16", "data": B64}}}},
+        },
+        "missing_required_parameter",
+        "session.audio.output.omni_reference_audio.rate",
+        "rate",
+    ),
+    (
+        {"type": "session.update", "session": {"tools": [{"type": "function"}]}},
+        "invalid_value",
+        "session.tools",
+        "not supported",
+    ),
 ]
 
 
 @pytest.mark.parametrize("raw,code,param,words", BAD, ids=[str(i) for i in range(len(BAD))])
-def test_bad_input_is_a_clear_protocol_error(raw: object, code: str, param: str | None,
-                                             words: str) -> None:
+def test_bad_input_is_a_clear_protocol_error(raw: object, code: str, param: str | None, words: str) -> None:
     with pytest.raises(E.ProtocolError) as info:
         parse(raw)
     assert (info.value.code, info.value.param) == (code, param)
@@ -216,25 +341,46 @@ def test_oversized_message_and_event_id_is_kept() -> None:
 
 
 # ---------------------------------------------------------------- server events and errors
-ITEM_OUT = {"id": "item_1", "object": "realtime.item", "type": "message", "status": "completed",
-            "role": "assistant", "content": [{"type": "output_audio", "transcript": "hi"}]}
-ERROR_OBJ = {"type": "invalid_request_error", "code": "invalid_value", "message": "m", "param": None,
-             "event_id": None}
-SAMPLE_ARGS = {"session": P.to_wire(P.SessionConfig(), "sess_1", "minicpm-o-2.6"), "item": ITEM_OUT,
-               "response": P.response_object("resp_1", "completed", [ITEM_OUT]),
-               "part": {"type": "output_audio", "transcript": "hi"}, "error_obj": ERROR_OBJ,
-               "audio_start_ms": 0, "audio_end_ms": 10, "item_id": "item_1",
-               "previous_item_id": None, "content_index": 0, "output_index": 0,
-               "response_id": "resp_1", "delta": "x", "transcript": "t", "text": "t",
-               "audio_s": 1.5, "timings_ms": {"first_audio_ms": 1.0}}
+ITEM_OUT = {
+    "id": "item_1",
+    "object": "realtime.item",
+    "type": "message",
+    "status": "completed",
+    "role": "assistant",
+    "content": [{"type": "output_audio", "transcript": "hi"}],
+}
+ERROR_OBJ = {"type": "invalid_request_error", "code": "invalid_value", "message": "m", "param": None, "event_id": None}
+SAMPLE_ARGS = {
+    "session": P.to_wire(P.SessionConfig(), "sess_1", "minicpm-o-2.6"),
+    "item": ITEM_OUT,
+    "response": P.response_object("resp_1", "completed", [ITEM_OUT]),
+    "part": {"type": "output_audio", "transcript": "hi"},
+    "error_obj": ERROR_OBJ,
+    "audio_start_ms": 0,
+    "audio_end_ms": 10,
+    "item_id": "item_1",
+    "previous_item_id": None,
+    "content_index": 0,
+    "output_index": 0,
+    "response_id": "resp_1",
+    "delta": "x",
+    "transcript": "t",
+    "text": "t",
+    "audio_s": 1.5,
+    "timings_ms": {"first_audio_ms": 1.0},
+}
 
 
 def test_every_server_builder_makes_a_valid_openai_event() -> None:
     from event_types import openai_type_errors
+
     seen, events = set(), []
     for name, fn in inspect.getmembers(V, inspect.isfunction):
-        if fn.__module__ != V.__name__ or name.startswith("_") or name in (
-                "server_event", "item_object", "response_object", "new_id", "for_client", "content_part"):
+        if (
+            fn.__module__ != V.__name__
+            or name.startswith("_")
+            or name in ("server_event", "item_object", "response_object", "new_id", "for_client", "content_part")
+        ):
             continue
         event = fn(**{k: SAMPLE_ARGS[k] for k in inspect.signature(fn).parameters})
         assert event["type"] in P.SERVER_EVENT_TYPES and event["event_id"].startswith("event_")
@@ -262,21 +408,58 @@ def test_response_reasons_are_openai_values_and_extensions_need_opt_in() -> None
 
 # What stock clients send, nulls and all: each parses (null is absent unless it means something).
 STOCK = [
-    {"type": "response.create", "response": {"instructions": None, "metadata": {"client_event_id": "c1"},
-                                             "tools": None, "tool_choice": None, "modalities": None}},
-    {"type": "session.update", "session": {
-        "type": "realtime", "model": "gpt-realtime", "instructions": "Be kind.", "output_modalities": ["audio"],
-        "tracing": "auto", "prompt": None, "tool_choice": "auto", "tools": [], "max_output_tokens": None,
-        "truncation": "auto", "audio": {
-            "input": {"format": {"type": "audio/pcm", "rate": 24000}, "noise_reduction": {"type": "near_field"},
-                      "transcription": {"model": "gpt-4o-mini-transcribe", "language": None, "prompt": None},
-                      "turn_detection": {"type": "semantic_vad", "eagerness": "medium", "create_response": True,
-                                         "interrupt_response": True, "idle_timeout_ms": None}},
-            "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin", "speed": 1.0}}}},
+    {
+        "type": "response.create",
+        "response": {
+            "instructions": None,
+            "metadata": {"client_event_id": "c1"},
+            "tools": None,
+            "tool_choice": None,
+            "modalities": None,
+        },
+    },
+    {
+        "type": "session.update",
+        "session": {
+            "type": "realtime",
+            "model": "gpt-realtime",
+            "instructions": "Be kind.",
+            "output_modalities": ["audio"],
+            "tracing": "auto",
+            "prompt": None,
+            "tool_choice": "auto",
+            "tools": [],
+            "max_output_tokens": None,
+            "truncation": "auto",
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": 24000},
+                    "noise_reduction": {"type": "near_field"},
+                    "transcription": {"model": "gpt-4o-mini-transcribe", "language": None, "prompt": None},
+                    "turn_detection": {
+                        "type": "semantic_vad",
+                        "eagerness": "medium",
+                        "create_response": True,
+                        "interrupt_response": True,
+                        "idle_timeout_ms": None,
+                    },
+                },
+                "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin", "speed": 1.0},
+            },
+        },
+    },
     {"type": "session.update", "session": {"transcription": None, "audio": {"output": {"turn_detection": None}}}},
-    {"type": "conversation.item.create", "previous_item_id": None, "item": {
-        "type": "message", "role": "user", "id": None, "status": None,
-        "content": [{"type": "input_text", "text": "hi"}]}},
+    {
+        "type": "conversation.item.create",
+        "previous_item_id": None,
+        "item": {
+            "type": "message",
+            "role": "user",
+            "id": None,
+            "status": None,
+            "content": [{"type": "input_text", "text": "hi"}],
+        },
+    },
 ]
 
 
@@ -292,19 +475,23 @@ def test_semantic_vad_runs_as_server_vad_with_the_silence_of_its_eagerness() -> 
         cfg = P.apply_update(cfg, {"audio": {"input": {"turn_detection": td}}})
         assert cfg.turn_detection.silence_duration_ms == silence_ms
         assert P.to_wire(cfg)["audio"]["input"]["turn_detection"] == {
-            "type": "semantic_vad", "eagerness": eagerness or "auto", "create_response": True,
-            "interrupt_response": True}
+            "type": "semantic_vad",
+            "eagerness": eagerness or "auto",
+            "create_response": True,
+            "interrupt_response": True,
+        }
     cfg = P.apply_update(cfg, {"audio": {"input": {"turn_detection": {"type": "server_vad"}}}})
     assert P.to_wire(cfg)["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 500
 
 
 def test_transcription_and_session_temperature() -> None:
-    cfg = P.apply_update(P.SessionConfig(), {"audio": {"input": {"transcription": {"model": "whisper-1",
-                                                                                   "language": "zh"}}},
-                                             "temperature": 0.3})
+    cfg = P.apply_update(
+        P.SessionConfig(),
+        {"audio": {"input": {"transcription": {"model": "whisper-1", "language": "zh"}}}, "temperature": 0.3},
+    )
     assert cfg.transcription == P.Transcription("whisper-1", "zh") and cfg.temperature == 0.3
     assert P.to_wire(cfg)["audio"]["input"]["transcription"] == {"model": "whisper-1", "language": "zh"}
-    cfg = P.apply_update(cfg, {"input_audio_transcription": None})   # beta: off again
+    cfg = P.apply_update(cfg, {"input_audio_transcription": None})  # beta: off again
     assert cfg.transcription is None
 
 
@@ -314,9 +501,13 @@ def test_error_events_and_close_codes() -> None:
     except E.ProtocolError as exc:
         event = E.to_error_event(exc)
     assert event["type"] == "error" and event["event_id"].startswith("event_")
-    assert event["error"] == {"type": "invalid_request_error", "code": "invalid_value",
-                              "message": "Unknown event type 'nope'.", "param": "type",
-                              "event_id": "ev_1"}
+    assert event["error"] == {
+        "type": "invalid_request_error",
+        "code": "invalid_value",
+        "message": "Unknown event type 'nope'.",
+        "param": "type",
+        "event_id": "ev_1",
+    }
     secret = E.to_error_event(RuntimeError("/home/x/secret.py line 3"), event_id="ev_2")["error"]
     assert secret["type"] == "server_error" and "secret" not in secret["message"]
     assert secret["event_id"] == "ev_2"
@@ -335,28 +526,38 @@ def test_fragments_join_in_order_and_bound_their_size():
     from streaming.gateway.fragments import Reassembler
 
     def piece(i, n, data: bytes, mid="a", **extra):
-        return json.dumps({"type": "omni.fragment", "id": mid, "index": i, "count": n,
-                           "data": base64.b64encode(data).decode(), **extra})
+        return json.dumps(
+            {
+                "type": "omni.fragment",
+                "id": mid,
+                "index": i,
+                "count": n,
+                "data": base64.b64encode(data).decode(),
+                **extra,
+            }
+        )
 
     r = Reassembler(max_message_bytes=10)
     whole = '{"type":"response.cancel"}'
-    assert r.push(whole) == whole                                   # not a fragment: as it came
-    assert r.push(b"omni.fragment [") == b"omni.fragment ["          # not JSON: dispatch reports it
-    assert r.push(piece(0, 2, "é".encode()[:1])) is None            # a character cut between pieces
+    assert r.push(whole) == whole  # not a fragment: as it came
+    assert r.push(b"omni.fragment [") == b"omni.fragment ["  # not JSON: dispatch reports it
+    assert r.push(piece(0, 2, "é".encode()[:1])) is None  # a character cut between pieces
     assert r.push(piece(1, 2, "é".encode()[1:] + b"!")) == "é!".encode()
-    for bad_piece, code in [(piece(1, 2, b"x"), "fragment_out_of_order"),
-                            (piece(0, 2, b"x", extra=1), "unknown_parameter"),
-                            (piece(0, 0, b"x"), "invalid_value"),
-                            (piece(0, 1, b"x", mid=""), "invalid_value"),
-                            (piece(0, 1, b"0123456789!"), "message_too_large"),
-                            ('{"type":"omni.fragment","id":"a","index":0,"count":1,"data":"@@"}', "invalid_value")]:
+    for bad_piece, code in [
+        (piece(1, 2, b"x"), "fragment_out_of_order"),
+        (piece(0, 2, b"x", extra=1), "unknown_parameter"),
+        (piece(0, 0, b"x"), "invalid_value"),
+        (piece(0, 1, b"x", mid=""), "invalid_value"),
+        (piece(0, 1, b"0123456789!"), "message_too_large"),
+        ('{"type":"omni.fragment","id":"a","index":0,"count":1,"data":"@@"}', "invalid_value"),
+    ]:
         with pytest.raises(ProtocolError) as e:
             r.push(bad_piece)
         assert e.value.code == code, (bad_piece, e.value)
     assert r.push(piece(0, 3, b"01234")) is None
-    with pytest.raises(ProtocolError) as e:                         # 5 + 6 bytes: over the cap mid-way
+    with pytest.raises(ProtocolError) as e:  # 5 + 6 bytes: over the cap mid-way
         r.push(piece(1, 3, b"567890"))
     assert e.value.code == "message_too_large"
-    with pytest.raises(ProtocolError):                               # and the message was dropped
+    with pytest.raises(ProtocolError):  # and the message was dropped
         r.push(piece(2, 3, b"x"))
-    assert r.push(piece(0, 1, b"ok")) == b"ok"                        # a new one starts clean
+    assert r.push(piece(0, 1, b"ok")) == b"ok"  # a new one starts clean

@@ -3,6 +3,7 @@
 Sessions spread over both replicas and stay on theirs through a conversation with barge-in; a
 killed replica's sessions are closed at once and the replica comes back; two gateways share the
 replicas' capacity and a dead gateway's sessions are freed; /metrics and /readyz follow traffic."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,6 +29,7 @@ def _worker(max_sessions: int = 4):
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
     from streaming.worker import EngineSpec
+
     spec = EngineSpec.from_settings(ServerSettings(max_sessions=max_sessions, model_lanes=2))
     return RayWorker(checkpoint_dir(ServerSettings()), spec, replicas=2, lease_s=LEASE_S)
 
@@ -35,7 +37,7 @@ def _worker(max_sessions: int = 4):
 @pytest.fixture(scope="module")
 def cluster():
     ray.init(num_cpus=4, namespace="omni", include_dashboard=False, log_to_driver=False)
-    w = _worker()                         # creates the two replicas: 2 slots each
+    w = _worker()  # creates the two replicas: 2 slots each
     yield w
     w.close()
     for r in w._remotes:
@@ -74,16 +76,16 @@ async def test_sessions_spread_and_keep_their_replica_through_barge_in(server, c
         for ws in (a, b):
             await recv_until(ws, lambda e: e["type"] == "session.created")
         assert sorted(c.engine.where for c in server.app["conversations"]) == ["omni-replica-0", "omni-replica-1"]
-    force_long_replies(monkeypatch)       # a reply that cannot end before the user cuts in
+    force_long_replies(monkeypatch)  # a reply that cannot end before the user cuts in
     async with websockets.connect(server.ws_url) as ws:
         await recv_until(ws, lambda e: e["type"] == "session.created")
-        conv, = server.app["conversations"]
+        (conv,) = server.app["conversations"]
         mine = conv.engine.where
         before = _ops(await cluster.stats())
         for c in chunks_b64(utterance_24k_pcm16(speech_16k)):
             await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": c}))
         await recv_until(ws, lambda e: e["type"] == "response.output_audio.delta")
-        for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.1, 1.5)):       # the user talks over it
+        for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.1, 1.5)):  # the user talks over it
             await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": c}))
         done = await recv_until(ws, lambda e: e["type"] == "response.done")
         assert done[-1]["response"]["status"] == "cancelled"
@@ -91,7 +93,7 @@ async def test_sessions_spread_and_keep_their_replica_through_barge_in(server, c
         assert second[-1]["response"]["status"] in ("completed", "incomplete")
         after = _ops(await cluster.stats())
     other = next(r for r in after if r != mine)
-    assert after[mine] > before[mine] and after[other] == before[other]   # every op on its own replica
+    assert after[mine] > before[mine] and after[other] == before[other]  # every op on its own replica
 
 
 @pytest.mark.asyncio
@@ -99,18 +101,18 @@ async def test_a_killed_replica_closes_its_sessions_at_once_and_comes_back(serve
     async with websockets.connect(server.ws_url) as ws:
         await recv_until(ws, lambda e: e["type"] == "session.created")
         await _turn(ws, speech_16k)
-        conv, = server.app["conversations"]
+        (conv,) = server.app["conversations"]
         remote = next(r for r in cluster._remotes if r.name == conv.engine.where)
         old = remote.incarnation
-        os.kill(ray.get(remote.actor.pid.remote()), signal.SIGKILL)       # forced fault
+        os.kill(ray.get(remote.actor.pid.remote()), signal.SIGKILL)  # forced fault
         t = time.monotonic()
-        events = await recv_until(ws, lambda e: e["type"] == "error", timeout=20)   # nothing sent by us
+        events = await recv_until(ws, lambda e: e["type"] == "error", timeout=20)  # nothing sent by us
         assert events[-1]["error"]["code"] == "model_process_died"
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()
         assert closed.value.rcvd.code == 1011 and time.monotonic() - t < 10
     async with asyncio.timeout(120):
-        while not (remote.alive and remote.incarnation != old):          # Ray restarted it
+        while not (remote.alive and remote.incarnation != old):  # Ray restarted it
             await asyncio.sleep(0.5)
     async with websockets.connect(server.ws_url) as a, websockets.connect(server.ws_url) as b:
         for ws in (a, b):
@@ -125,9 +127,10 @@ async def test_two_gateways_share_capacity_and_a_dead_gateways_sessions_are_free
     """The replicas hold 4 sessions in all, whichever gateway asks; a gateway that stops
     heartbeating (it died) loses its sessions after the lease."""
     from streaming.errors import CapacityError
+
     a, b = _worker(), _worker()
     try:
-        async with asyncio.timeout(10):                                    # earlier tests' closes landed
+        async with asyncio.timeout(10):  # earlier tests' closes landed
             while sum(r.free for r in a._remotes) < 4:
                 await asyncio.sleep(0.2)
         mine = [a.open_session() for _ in range(3)]
@@ -135,10 +138,10 @@ async def test_two_gateways_share_capacity_and_a_dead_gateways_sessions_are_free
             await h.set_system(None, "audio_assistant", None, None)
         theirs = b.open_session()
         await theirs.set_system(None, "audio_assistant", None, None)
-        await asyncio.sleep(1.5)                                           # B's heartbeat: all 4 taken
+        await asyncio.sleep(1.5)  # B's heartbeat: all 4 taken
         with pytest.raises(CapacityError):
             await b.open_session().set_system(None, "audio_assistant", None, None)
-        a._stop.set()                                                      # gateway A dies
+        a._stop.set()  # gateway A dies
         async with asyncio.timeout(LEASE_S + 10):
             while sum(r.free for r in b._remotes) < 3:
                 await asyncio.sleep(0.5)
@@ -158,6 +161,7 @@ async def test_metrics_and_readiness_follow_traffic(server, cluster, speech_16k)
 
     def value(text: str, name: str) -> float:
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
     await _all_free(cluster)
     async with aiohttp.ClientSession() as http:
         async with http.get(server.http + "/readyz") as r:
@@ -170,19 +174,27 @@ async def test_metrics_and_readiness_follow_traffic(server, cluster, speech_16k)
             await _turn(ws, speech_16k)
             async with http.get(server.http + "/metrics") as r:
                 during = await r.text()
-        async with asyncio.timeout(10):          # the server ends the session just after the close
-            while value(after := await (await http.get(server.http + "/metrics")).text(),
-                        "omni_sessions_active") != value(before, "omni_sessions_active"):
+        async with asyncio.timeout(10):  # the server ends the session just after the close
+            while value(
+                after := await (await http.get(server.http + "/metrics")).text(), "omni_sessions_active"
+            ) != value(before, "omni_sessions_active"):
                 await asyncio.sleep(0.05)
     assert value(during, "omni_sessions_active") == value(before, "omni_sessions_active") + 1
     assert value(after, "omni_sessions_active") == value(before, "omni_sessions_active")
-    assert value(after, 'omni_sessions_total{transport="websocket"}') == \
-        value(before, 'omni_sessions_total{transport="websocket"}') + 1
-    assert value(after, "omni_time_to_first_audio_seconds_count") == value(before, "omni_time_to_first_audio_seconds_count") + 1
+    assert (
+        value(after, 'omni_sessions_total{transport="websocket"}')
+        == value(before, 'omni_sessions_total{transport="websocket"}') + 1
+    )
+    assert (
+        value(after, "omni_time_to_first_audio_seconds_count")
+        == value(before, "omni_time_to_first_audio_seconds_count") + 1
+    )
     assert value(after, "omni_unit_cost_seconds_count") > value(before, "omni_unit_cost_seconds_count")
-    assert value(after, 'omni_model_step_seconds_count{op="reply_step"}') > \
-        value(before, 'omni_model_step_seconds_count{op="reply_step"}')
+    assert value(after, 'omni_model_step_seconds_count{op="reply_step"}') > value(
+        before, 'omni_model_step_seconds_count{op="reply_step"}'
+    )
     assert value(after, "omni_replica_sessions_total") == value(before, "omni_replica_sessions_total") + 1
     assert "omni_engine_queue_depth{" in after and 'omni_engine_batch_size{kind="llm"' in after.replace(
-        'replica="omni-replica-0",', "").replace('replica="omni-replica-1",', "")
+        'replica="omni-replica-0",', ""
+    ).replace('replica="omni-replica-1",', "")
     assert np.isfinite(value(after, "omni_playout_underruns_total"))

@@ -1,5 +1,6 @@
 """`omni serve` as a user runs it: a subprocess on the embedded model, with its model processes;
 /healthz and a WebSocket session answer, and Ctrl-C (SIGINT) stops it with its processes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +33,8 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.asyncio
 async def test_omni_serve_starts_answers_and_stops_with_its_model_processes():
     from streaming.settings import ServerSettings
-    lanes = ServerSettings().lanes                      # one per core (2 on the CI machine)
+
+    lanes = ServerSettings().lanes  # one per core (2 on the CI machine)
     if ServerSettings().worker_kind != "processes":
         pytest.skip("a single-core machine runs the model on a thread")
     port = free_port()
@@ -40,8 +42,10 @@ async def test_omni_serve_starts_answers_and_stops_with_its_model_processes():
     try:
         assert any(f"model ready ({lanes} lane(s), processes, room for 16 session(s)" in ln for ln in lines), lines
         health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10))
-        assert health["worker"] == {"kind": "processes", "lanes": lanes, "batched": True, "max_batch": 32,
-                                    "capacity": 16} and health["embedded_demo_model"]
+        assert (
+            health["worker"] == {"kind": "processes", "lanes": lanes, "batched": True, "max_batch": 32, "capacity": 16}
+            and health["embedded_demo_model"]
+        )
         async with websockets.connect(f"ws://127.0.0.1:{port}/v1/realtime") as ws:
             assert json.loads(await ws.recv())["type"] == "session.created"
         models = [k for k in _children(p.pid) if b"spawn_main" in open(f"/proc/{k}/cmdline", "rb").read()]
@@ -74,7 +78,7 @@ async def test_sigterm_with_live_sessions_closes_them_1001_and_exits_within_10_s
                     async with asyncio.timeout(10):
                         while True:
                             await ws.recv()
-                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001   # a close frame: going away
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001  # a close frame: going away
         assert p.wait(10) == 0 and time.monotonic() - t_term < 10
     finally:
         if p.poll() is None:
@@ -87,6 +91,7 @@ def test_serving_the_lan_prints_its_address_and_warns_without_a_key():
     p, lines = omni_serve("--host", "0.0.0.0", "--port", str(port))
     try:
         from streaming.server import lan_address
+
         assert any("WARNING" in ln and "no api key" in ln for ln in lines), lines
         assert f"omni: open http://{lan_address()}:{port}/" in lines[-1] and "0.0.0.0" not in lines[-1], lines[-1]
     finally:

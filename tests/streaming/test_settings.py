@@ -1,4 +1,5 @@
 """Server settings: TOML keys are the dataclass fields, round trips are exact, mistakes are loud."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,10 +12,22 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_toml_round_trip(tmp_path: Path) -> None:
-    custom = ServerSettings(host="0.0.0.0", port=8443, model="/models/Mini \"CPM\" ö",
-                            device="cuda", dtype="bfloat16", max_sessions=4, idle_timeout_s=30,
-                            api_key="k3y", tls_cert="c.pem", tls_key="k.pem", static_dir="web",
-                            vad_threshold=0.6, vad_silence_duration_ms=700, max_speech_s=12.5)
+    custom = ServerSettings(
+        host="0.0.0.0",
+        port=8443,
+        model='/models/Mini "CPM" ö',
+        device="cuda",
+        dtype="bfloat16",
+        max_sessions=4,
+        idle_timeout_s=30,
+        api_key="k3y",
+        tls_cert="c.pem",
+        tls_key="k.pem",
+        static_dir="web",
+        vad_threshold=0.6,
+        vad_silence_duration_ms=700,
+        max_speech_s=12.5,
+    )
     path = tmp_path / "server.toml"
     path.write_text(dump_settings(custom), encoding="utf-8")
     assert load_settings(path) == custom
@@ -42,16 +55,19 @@ def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
         load_settings(None, portt=1)
 
 
-@pytest.mark.parametrize("text,words", [
-    ('port = "8000"\n', "'port' must be int"),
-    ("tls_self_signed = 1\n", "'tls_self_signed' must be bool"),
-    ("max_sessions = 0\n", "max_sessions must be at least 1"),
-    ('tls_cert = "c.pem"\n', "tls_cert and tls_key must be given together"),
-    ('dtype = "fp8"\n', "dtype must be one of"),
-    ("vad_threshold = 1.5\n", "vad_threshold must be 0..1"),
-    ("port = [\n", "invalid TOML"),
-    ('worker = "fork"\n', "worker must be one of auto, processes, threads"),
-])
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ('port = "8000"\n', "'port' must be int"),
+        ("tls_self_signed = 1\n", "'tls_self_signed' must be bool"),
+        ("max_sessions = 0\n", "max_sessions must be at least 1"),
+        ('tls_cert = "c.pem"\n', "tls_cert and tls_key must be given together"),
+        ('dtype = "fp8"\n', "dtype must be one of"),
+        ("vad_threshold = 1.5\n", "vad_threshold must be 0..1"),
+        ("port = [\n", "invalid TOML"),
+        ('worker = "fork"\n', "worker must be one of auto, processes, threads"),
+    ],
+)
 def test_bad_values_are_clear_errors(tmp_path: Path, text: str, words: str) -> None:
     path = tmp_path / "s.toml"
     path.write_text(text)
@@ -67,5 +83,5 @@ def test_settings_are_frozen() -> None:
 def test_auto_worker_is_processes_on_a_multi_lane_cpu_only() -> None:
     assert ServerSettings(device="cpu", model_lanes=2).worker_kind == "processes"
     assert ServerSettings(device="cpu", model_lanes=1).worker_kind == "threads"
-    assert ServerSettings(device="cuda").worker_kind == "threads"              # one lane on a GPU
+    assert ServerSettings(device="cuda").worker_kind == "threads"  # one lane on a GPU
     assert ServerSettings(device="cpu", model_lanes=2, worker="threads").worker_kind == "threads"

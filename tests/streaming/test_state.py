@@ -1,5 +1,6 @@
 """The connection state's named transitions (streaming/session/state.py): the phases a
 conversation goes through, the rollback it owes the context, and what it refuses."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,17 +21,17 @@ def test_a_reply_that_ends_by_itself_goes_back_to_listening_and_owes_no_rollback
     assert (st.phase, st.reply, st.cuttable, st.last_item_id) == (Phase.RESPONDING, r, True, "item_1")
     st.reply_over(r)
     assert st.phase is Phase.LISTENING
-    assert st.context_grows() is None and not st.cuttable     # the next input: it can no longer be cut
+    assert st.context_grows() is None and not st.cuttable  # the next input: it can no longer be cut
 
 
 def test_barge_in_then_the_clients_truncate_refine_the_cut_applied_once():
     st = ConnectionState(SessionConfig())
     r = reply(1)
     st.reply_started(r)
-    st.interrupted(r, 480.0)                      # the server's playout position
-    st.reply_over(r)                              # the cancelled task ends later: still interrupted
+    st.interrupted(r, 480.0)  # the server's playout position
+    st.reply_over(r)  # the cancelled task ends later: still interrupted
     assert st.phase is Phase.INTERRUPTED
-    st.interrupted(r, 200.0)                      # the client heard less
+    st.interrupted(r, 200.0)  # the client heard less
     assert st.context_grows() == Rollback("item_1", 200.0)
     assert st.phase is Phase.LISTENING and st.context_grows() is None
 

@@ -1,5 +1,6 @@
 """streaming.turn: the pure detector (scripted probabilities), the TDM chunker and prefix buffer
 (chunked == whole, earlier output never changes, fake clock), then the real Silero model."""
+
 import subprocess
 import sys
 import threading
@@ -10,8 +11,17 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from streaming.turn import (FRAME_MS, SAMPLE_RATE_HZ, UNIT_SAMPLES, PrefixBuffer, ServerVadConfig, SpeechStarted,
-                            SpeechStopped, TurnDetector, UnitChunker)
+from streaming.turn import (
+    FRAME_MS,
+    SAMPLE_RATE_HZ,
+    UNIT_SAMPLES,
+    PrefixBuffer,
+    ServerVadConfig,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetector,
+    UnitChunker,
+)
 
 # --------------------------------------------------------------------------- detector tables
 
@@ -26,35 +36,45 @@ def run(probs, t0_ms=0, **cfg):
 
 # min speech 250 ms = 8 frames (256 ms); silence 500 ms = 16 frames (512 ms)
 CASES = {
-    "start after min speech": (
-        [L] * 10 + [H] * 8, {}, [(17, SpeechStarted(audio_start_ms=20, speech_start_ms=320))]),
+    "start after min speech": ([L] * 10 + [H] * 8, {}, [(17, SpeechStarted(audio_start_ms=20, speech_start_ms=320))]),
     "one frame short of min speech": ([L] * 10 + [H] * 7 + [L] * 20, {}, []),
     "cough ignored": ([L] * 5 + [H] * 5 + [L] * 30, {}, []),
     "two coughs split by a quiet frame": ([H] * 5 + [L] + [H] * 5 + [L] * 20, {}, []),
-    "hysteresis band sustains a started run": (
-        [H] + [M] * 7, {}, [(7, SpeechStarted(0, 0))]),
+    "hysteresis band sustains a started run": ([H] + [M] * 7, {}, [(7, SpeechStarted(0, 0))]),
     "hysteresis band alone starts nothing": ([M] * 40, {}, []),
     "stop after silence_duration": (
-        [H] * 10 + [L] * 16, {},
-        [(7, SpeechStarted(0, 0)), (25, SpeechStopped(audio_end_ms=832, speech_end_ms=320))]),
+        [H] * 10 + [L] * 16,
+        {},
+        [(7, SpeechStarted(0, 0)), (25, SpeechStopped(audio_end_ms=832, speech_end_ms=320))],
+    ),
     "hysteresis band never ends speech": ([H] * 10 + [M] * 40, {}, [(7, SpeechStarted(0, 0))]),
     "band frame neither starts nor cancels the silence": (
-        [H] * 10 + [L] * 8 + [M] * 4 + [L] * 4, {},
-        [(7, SpeechStarted(0, 0)), (25, SpeechStopped(832, 320))]),
+        [H] * 10 + [L] * 8 + [M] * 4 + [L] * 4,
+        {},
+        [(7, SpeechStarted(0, 0)), (25, SpeechStopped(832, 320))],
+    ),
     "loud frame cancels the silence": (
-        [H] * 10 + [L] * 15 + [H] + [L] * 16, {},
-        [(7, SpeechStarted(0, 0)), (41, SpeechStopped(1344, 832))]),
+        [H] * 10 + [L] * 15 + [H] + [L] * 16,
+        {},
+        [(7, SpeechStarted(0, 0)), (41, SpeechStopped(1344, 832))],
+    ),
     "prefix padding clamps at 0": ([L] * 3 + [H] * 8, {}, [(10, SpeechStarted(0, 96))]),
     "no prefix padding": ([L] * 20 + [H] * 8, {"prefix_padding_ms": 0}, [(27, SpeechStarted(640, 640))]),
     "padding stops at the previous turn's end": (
-        [H] * 8 + [L] * 16 + [L] * 2 + [H] * 8, {},
-        [(7, SpeechStarted(0, 0)), (23, SpeechStopped(768, 256)), (33, SpeechStarted(768, 832))]),
+        [H] * 8 + [L] * 16 + [L] * 2 + [H] * 8,
+        {},
+        [(7, SpeechStarted(0, 0)), (23, SpeechStopped(768, 256)), (33, SpeechStarted(768, 832))],
+    ),
     "custom threshold and durations": (
-        [0.75] * 3 + [0.8] * 4 + [0.6] * 3, {"threshold": 0.8, "end_threshold_delta": 0.1,
-                                             "min_speech_duration_ms": 64, "silence_duration_ms": 96},
-        [(4, SpeechStarted(0, 96)), (9, SpeechStopped(320, 224))]),
+        [0.75] * 3 + [0.8] * 4 + [0.6] * 3,
+        {"threshold": 0.8, "end_threshold_delta": 0.1, "min_speech_duration_ms": 64, "silence_duration_ms": 96},
+        [(4, SpeechStarted(0, 96)), (9, SpeechStopped(320, 224))],
+    ),
     "zero min speech starts on the first loud frame": (
-        [L, H], {"min_speech_duration_ms": 0, "prefix_padding_ms": 10}, [(1, SpeechStarted(22, 32))]),
+        [L, H],
+        {"min_speech_duration_ms": 0, "prefix_padding_ms": 10},
+        [(1, SpeechStarted(22, 32))],
+    ),
 }
 
 
@@ -88,6 +108,7 @@ def test_detector_reset_and_validation():
 
 
 # --------------------------------------------------------------------------- chunker
+
 
 class FakeClock:
     def __init__(self):
@@ -167,22 +188,22 @@ def test_chunker_frames_with_fake_clock():
     a, b, c, d = _frames(4)
     ch.push_audio(_audio(0.5))
     clock.now_s += 0.05
-    ch.push_frame(a)                      # stamped 500 + 50 ms
+    ch.push_frame(a)  # stamped 500 + 50 ms
     clock.now_s += 0.05
-    ch.push_frame(b, t_ms=1001)           # after unit 0's end
+    ch.push_frame(b, t_ms=1001)  # after unit 0's end
     (u0,) = ch.push_audio(_audio(0.6))
     assert u0.frame is a
-    clock.now_s += 10.0                   # the mic stalls: the lead is capped at 200 ms
-    ch.push_frame(c)                      # stamped 1100 + 200 = 1300
+    clock.now_s += 10.0  # the mic stalls: the lead is capped at 200 ms
+    ch.push_frame(c)  # stamped 1100 + 200 = 1300
     (u1,) = ch.push_audio(_audio(1.0))
-    assert u1.frame is c                  # latest at or before 2000: c (1300) beats b (1001)
+    assert u1.frame is c  # latest at or before 2000: c (1300) beats b (1001)
     (u2,) = ch.push_audio(_audio(1.0))
-    assert u2.frame is c                  # no newer frame: the last one is reused
+    assert u2.frame is c  # no newer frame: the last one is reused
     ch.video = False
     ch.push_frame(d, t_ms=3000)
     (u3,) = ch.push_audio(_audio(1.0))
     assert u3.frame is None
-    ch.video = True                       # frames held before "off" are forgotten
+    ch.video = True  # frames held before "off" are forgotten
     assert ch.push_audio(_audio(1.0))[0].frame is None
 
 
@@ -197,21 +218,22 @@ def test_chunker_video_off_and_no_frame_yet():
 
 def test_chunker_flush_and_reset():
     ch = UnitChunker(clock_s=FakeClock())
-    assert ch.flush() is None                              # nothing buffered
+    assert ch.flush() is None  # nothing buffered
     ch.push_audio(_audio(0.099))
-    assert ch.flush() is None                              # < 100 ms: dropped
+    assert ch.flush() is None  # < 100 ms: dropped
     ch.push_audio(_audio(0.1))
     tail = ch.flush()
     assert len(tail.audio_16k) == 1600 and tail.start_ms == 99 and tail.index == 0
     img = _frames(1)[0]
     ch.push_frame(img, t_ms=150)
-    ch.reset(start_ms=2000)                                # frames survive a reset, audio and index do not
+    ch.reset(start_ms=2000)  # frames survive a reset, audio and index do not
     (u,) = ch.push_audio(_audio(1.0))
     assert (u.index, u.start_ms, u.frame) == (0, 2000, img)
 
 
 def test_rates_match_the_model_front_end():
     from omni.processing.audio import SAMPLE_RATE_HZ as MODEL_RATE, TOKENS_PER_S, audio_tokens
+
     assert SAMPLE_RATE_HZ == MODEL_RATE and audio_tokens(UNIT_SAMPLES) == TOKENS_PER_S
     assert audio_tokens(UnitChunker(clock_s=FakeClock()).min_tail_samples) >= 1  # a kept tail has tokens
 
@@ -222,20 +244,22 @@ def test_prefix_buffer_ring():
     for part in np.array_split(audio, 37):
         pb.push(part)
     assert (pb.end_ms, pb.oldest_ms) == (3000, 2300)
-    np.testing.assert_array_equal(pb.read(2500), audio[1500 * 16:])
-    np.testing.assert_array_equal(pb.read(2500, 2600), audio[1500 * 16:1600 * 16])
-    np.testing.assert_array_equal(pb.read(0), audio[1300 * 16:])   # clamped to what is held
+    np.testing.assert_array_equal(pb.read(2500), audio[1500 * 16 :])
+    np.testing.assert_array_equal(pb.read(2500, 2600), audio[1500 * 16 : 1600 * 16])
+    np.testing.assert_array_equal(pb.read(0), audio[1300 * 16 :])  # clamped to what is held
     assert len(pb.read(3000)) == 0 and len(pb.read(2600, 2500)) == 0
-    pb.push(audio)                                                # one push longer than the ring
-    np.testing.assert_array_equal(pb.read(0), audio[-700 * 16:])
+    pb.push(audio)  # one push longer than the ring
+    np.testing.assert_array_equal(pb.read(0), audio[-700 * 16 :])
     assert pb.end_ms == 5000
 
 
 # --------------------------------------------------------------------------- real Silero model
 
+
 @pytest.fixture(scope="module")
 def silero():
     from streaming.turn import SileroVAD
+
     return SileroVAD()
 
 
@@ -261,29 +285,39 @@ def _probs(silero, audio, pieces):
 
 def test_silero_matches_wrapper_and_chunking(silero, golden_dir):
     import torch
+
     speech, _ = sf.read(golden_dir / "speech_16k.wav", dtype="float32")
-    speech = speech[:40 * 512 + 100]
+    speech = speech[: 40 * 512 + 100]
     from streaming.turn.vad import load_silero_jit
+
     wrapper = load_silero_jit()  # the public stateful TorchScript path our ONNX path must reproduce
     wrapper.reset_states()
     with torch.inference_mode():
-        jit = [wrapper(torch.from_numpy(speech[k * 512:(k + 1) * 512]), 16000).item() for k in range(40)]
-    ref = _probs(silero, speech, 1)                              # remainder held back
+        jit = [wrapper(torch.from_numpy(speech[k * 512 : (k + 1) * 512]), 16000).item() for k in range(40)]
+    ref = _probs(silero, speech, 1)  # remainder held back
     assert len(ref) == 40 and np.allclose(ref, jit, atol=1e-4), max(abs(a - b) for a, b in zip(ref, jit))
-    assert _probs(silero, speech, 77) == ref                     # any split gives the same frames
-    results = [None] * 4                                         # shared model, concurrent streams
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, _probs(silero, speech, 13 + i)))
-               for i in range(4)]
+    assert _probs(silero, speech, 77) == ref  # any split gives the same frames
+    results = [None] * 4  # shared model, concurrent streams
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, _probs(silero, speech, 13 + i))) for i in range(4)
+    ]
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert all(r == ref for r in results)
 
 
 def test_loading_silero_keeps_thread_count():
-    code = ("import torch; torch.set_num_threads(3); from streaming.turn import SileroVAD; SileroVAD(); "
-            "print(torch.get_num_threads())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import torch; torch.set_num_threads(3); from streaming.turn import SileroVAD; SileroVAD(); "
+        "print(torch.get_num_threads())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.stdout.strip() == "3"
 
 
@@ -292,6 +326,7 @@ def test_listener_reconfigured_mid_stream_keeps_one_clock(silero, golden_dir, st
     """Turn detection changed after a turn (or switched on after manual audio): the second turn's
     units are that utterance only, at its true stream time (no audio repeated or shifted)."""
     from streaming.session.listen import Listener, UnitReady
+
     speech, _ = sf.read(golden_dir / "speech_16k.wav", dtype="float32")
     gap = np.zeros(32000, np.float32)
     one = np.concatenate([gap[:16000], speech, gap])
@@ -299,9 +334,10 @@ def test_listener_reconfigured_mid_stream_keeps_one_clock(silero, golden_dir, st
 
     def feed(audio):
         out = []
-        for part in np.array_split(audio, len(audio) // 1600):      # 100-ms pushes
+        for part in np.array_split(audio, len(audio) // 1600):  # 100-ms pushes
             out += listener.push_audio(part)
         return out
+
     first = feed(one)
     if start_manual:
         listener.commit()
@@ -312,6 +348,6 @@ def test_listener_reconfigured_mid_stream_keeps_one_clock(silero, golden_dir, st
     units_s = sum(len(e.unit.audio_16k) for e in second if isinstance(e, UnitReady)) / 16000
     stop = next(e for e in second if isinstance(e, SpeechStopped))
     assert abs(units_s - (stop.audio_end_ms - starts[0].audio_start_ms) / 1000) < 0.05, units_s
-    assert units_s < len(speech) / 16000 + 1.5                       # the utterance, its padding and tail
+    assert units_s < len(speech) / 16000 + 1.5  # the utterance, its padding and tail
     if not start_manual:
         assert sum(isinstance(e, SpeechStarted) for e in first) == 1

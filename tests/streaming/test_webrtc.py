@@ -4,6 +4,7 @@ The client plays an espeak WAV on its microphone track, sends a small camera tra
 `oai-events` data channel and records the speech track it gets back (arrival time + RMS per
 20 ms frame). Everything runs over 127.0.0.1 only, inside a private network namespace when the
 tests run as root (ENV-NOTES §4)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,7 +31,7 @@ from rtclient import start_server
 
 SPEECH = Path(__file__).resolve().parent.parent / "assets" / "speech" / "hello_48k.wav"
 MIC_RATE_HZ, MIC_FRAME = 48_000, 960
-SPEECH_RMS = 1e-3            # received frames above this carry speech; Opus-coded silence is ~0
+SPEECH_RMS = 1e-3  # received frames above this carry speech; Opus-coded silence is ~0
 CLONE_NEWNET = 0x40000000
 
 
@@ -106,7 +107,7 @@ class Client:
         self.channel = self.pc.createDataChannel(label)
         self.events: asyncio.Queue = asyncio.Queue()
         self.seen: list[dict] = []
-        self.frames: list[tuple[float, int, float]] = []     # (arrival monotonic s, pts, rms)
+        self.frames: list[tuple[float, int, float]] = []  # (arrival monotonic s, pts, rms)
         self.channel.on("message", lambda m: self.events.put_nowait((time.monotonic(), json.loads(m))))
         self.pc.on("track", lambda t: asyncio.ensure_future(self._record(t)))
 
@@ -125,8 +126,9 @@ class Client:
 
     async def call(self, http, base: str, headers=None) -> aiohttp.ClientResponse:
         sdp = await self.offer()
-        async with http.post(base + "/v1/realtime/calls", data=sdp,
-                             headers={"Content-Type": "application/sdp", **(headers or {})}) as r:
+        async with http.post(
+            base + "/v1/realtime/calls", data=sdp, headers={"Content-Type": "application/sdp", **(headers or {})}
+        ) as r:
             body = await r.text()
             if r.status == 201:
                 assert r.content_type == "application/sdp"
@@ -149,7 +151,7 @@ class Client:
 
 
 def call_of(srv):
-    conv, = srv.app["conversations"]
+    (conv,) = srv.app["conversations"]
     return conv.call
 
 
@@ -168,26 +170,30 @@ async def test_voice_turn_over_webrtc(server, hello_48k, loopback_netns):
     c.mic.say(hello_48k, lead_s=0.5)
     _, created = await c.until(lambda e: True)
     assert created["type"] == "session.created"
-    c.channel.send(json.dumps({"type": "session.update", "session": {"omni": {"events": True}}}))   # [ext] timings
+    c.channel.send(json.dumps({"type": "session.update", "session": {"omni": {"events": True}}}))  # [ext] timings
     _, done = await c.until(lambda e: e["type"] == "response.done")
     _, timings = await c.until(lambda e: e["type"] == "response.omni.timings")
     t = [e["type"] for e in c.seen]
-    assert t.index("input_audio_buffer.speech_started") < t.index("input_audio_buffer.speech_stopped") \
-        < t.index("response.created") < t.index("response.done")
-    assert "response.output_audio.delta" not in t                   # audio rides the track
+    assert (
+        t.index("input_audio_buffer.speech_started")
+        < t.index("input_audio_buffer.speech_stopped")
+        < t.index("response.created")
+        < t.index("response.done")
+    )
+    assert "response.output_audio.delta" not in t  # audio rides the track
     resp = done["response"]
-    assert resp["status"] in ("completed", "incomplete")      # random tiny model: may hit max_speech_s
+    assert resp["status"] in ("completed", "incomplete")  # random tiny model: may hit max_speech_s
     assert timings["response_id"] == resp["id"] and timings["timings"]["first_audio_ms"] > 0
-    await asyncio.sleep(timings["timings"]["audio_ms"] / 1000 + 0.5)   # let the speech play out
+    await asyncio.sleep(timings["timings"]["audio_ms"] / 1000 + 0.5)  # let the speech play out
     voiced = [f for f in c.frames if f[2] > SPEECH_RMS]
     assert len(voiced) >= 10, f"{len(voiced)} voiced frames of {len(c.frames)}"
     assert c.selected_pair() == ("127.0.0.1", "127.0.0.1")
-    assert call_of(server).frames_in >= 2                           # camera frames reached the conversation
+    assert call_of(server).frames_in >= 2  # camera frames reached the conversation
     await c.pc.close()
     await wait_freed(server)
 
 
-LONG_REPLY_MS = 3500         # a reply the user can cut into with a second or more of it left
+LONG_REPLY_MS = 3500  # a reply the user can cut into with a second or more of it left
 
 
 @pytest.mark.asyncio
@@ -204,30 +210,30 @@ async def test_talking_over_a_playing_reply_silences_the_track(tiny_omni, hello_
         await c.until(lambda e: e["type"] == "session.created")
         c.channel.send(json.dumps({"type": "session.update", "session": {"omni": {"events": True}}}))
         for _ in range(8):
-            n0 = len(c.frames)                                       # this turn's reply starts after
+            n0 = len(c.frames)  # this turn's reply starts after
             c.mic.say(hello_48k, lead_s=0.3)
             _, ev = await c.until(lambda e: e["type"] == "response.omni.timings")
             audio_ms = ev["timings"]["audio_ms"]
             if audio_ms >= LONG_REPLY_MS:
                 break
-            await asyncio.sleep(audio_ms / 1000 + 0.5)               # heard whole: no barge-in
+            await asyncio.sleep(audio_ms / 1000 + 0.5)  # heard whole: no barge-in
         else:
             pytest.fail(f"no reply of {LONG_REPLY_MS} ms in 8 turns")
         async with asyncio.timeout(30):
-            while sum(f[2] > SPEECH_RMS for f in c.frames[n0:]) < 5:    # the reply is audible
+            while sum(f[2] > SPEECH_RMS for f in c.frames[n0:]) < 5:  # the reply is audible
                 await asyncio.sleep(0.02)
-        c.mic.say(hello_48k)                                         # the user talks over it
+        c.mic.say(hello_48k)  # the user talks over it
         t_cut, _ = await c.until(lambda e: e["type"] == "input_audio_buffer.speech_started")
-        t_next, _ = await c.until(lambda e: e["type"] == "response.created")   # the new turn's reply
+        t_next, _ = await c.until(lambda e: e["type"] == "response.created")  # the new turn's reply
         reply = [f for f in c.frames[n0:] if f[0] < t_next]
         voiced = [i for i, f in enumerate(reply) if f[2] > SPEECH_RMS]
         after = [f[2] > SPEECH_RMS for f in reply if f[0] > t_cut]
-        assert len(after) >= 25, len(after)                          # the track kept running
+        assert len(after) >= 25, len(after)  # the track kept running
         # What arrives after the event is what was in flight: aiortc's receive jitter buffer
         # prefetches 4 packets and Opus framing adds one more; nothing later is speech.
         assert not any(after[12:]), after
         heard_ms = 20 * (voiced[-1] - voiced[0] + 1)
-        assert heard_ms < audio_ms - 500, (heard_ms, audio_ms)       # the reply was cut short
+        assert heard_ms < audio_ms - 500, (heard_ms, audio_ms)  # the reply was cut short
         await c.pc.close()
         await wait_freed(srv)
     finally:
@@ -241,7 +247,12 @@ BAD = [
     ("text/plain", "v=0\r\n", 400, "unsupported_content_type"),
     ("application/json", "{nope", 400, "invalid_json"),
     ("application/json", json.dumps({"type": "answer", "sdp": "v=0"}), 400, "invalid_value"),
-    ("application/sdp", "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", 400, "invalid_sdp"),
+    (
+        "application/sdp",
+        "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n",
+        400,
+        "invalid_sdp",
+    ),
     # malformed bodies: never a 500 (a traceback), always a 4xx that names the problem
     ("application/sdp", b"v=0\r\n\xff\xfe\r\nm=audio", 400, "invalid_encoding"),
     ("application/sdp; charset=no-such-charset", "v=0\r\ns=-\r\n", 400, "invalid_sdp"),
@@ -277,14 +288,15 @@ async def test_server_full_auth_and_freed_after_close(tiny_omni):
             assert busy.status == 503
             assert (await busy.json())["error"]["code"] == "server_busy"
             call = call_of(srv)
-            await first.pc.close()                                     # the client hangs up
+            await first.pc.close()  # the client hangs up
             await wait_freed(srv)
             assert call.task.done() and call.pc.connectionState == "closed"
             assert call.speaker.readyState == "ended"
             # The slot is free again; a JSON body and any channel label work too.
             sdp = await third.offer()
-            async with http.post(srv.http + "/v1/realtime/calls", json={"type": "offer", "sdp": sdp},
-                                 headers=auth) as r:
+            async with http.post(
+                srv.http + "/v1/realtime/calls", json={"type": "offer", "sdp": sdp}, headers=auth
+            ) as r:
                 assert r.status == 201, await r.text()
                 await third.pc.setRemoteDescription(RTCSessionDescription(sdp=await r.text(), type="answer"))
             _, ev = await third.until(lambda e: True)
@@ -292,7 +304,7 @@ async def test_server_full_auth_and_freed_after_close(tiny_omni):
             third.channel.send(json.dumps({"type": "response.cancel"}))
             _, err = await third.until(lambda e: e["type"] == "error")
             assert err["error"]["code"] == "response_cancel_not_active"
-            third.channel.close()                                      # closing the channel ends the call
+            third.channel.close()  # closing the channel ends the call
             await wait_freed(srv)
     finally:
         for c in (first, second, third):
@@ -305,9 +317,18 @@ def fragments(text: str, max_bytes: int = 65536, mid: str = "m1") -> list[str]:
     raw = text.encode()
     piece = (max_bytes - 256) // 4 * 3
     count = -(-len(raw) // piece)
-    return [json.dumps({"type": "omni.fragment", "id": mid, "index": i, "count": count,
-                        "data": base64.b64encode(raw[i * piece:(i + 1) * piece]).decode()})
-            for i in range(count)]
+    return [
+        json.dumps(
+            {
+                "type": "omni.fragment",
+                "id": mid,
+                "index": i,
+                "count": count,
+                "data": base64.b64encode(raw[i * piece : (i + 1) * piece]).decode(),
+            }
+        )
+        for i in range(count)
+    ]
 
 
 @pytest.mark.asyncio
@@ -315,9 +336,17 @@ async def test_voice_clone_over_the_data_channel_in_fragments(server, loopback_n
     """A 400 KB clip is 530 KB of JSON, over aiortc's 64 KiB message limit: it goes in pieces, an
     event between two pieces is handled, and a piece out of order is a clear error, not a hang-up."""
     clip = (Path(__file__).resolve().parent.parent / "assets" / "speech" / "voice_ref.wav").read_bytes()
-    update = json.dumps({"type": "session.update", "session": {"audio": {"output": {
-        "omni_reference_audio": {"format": "wav", "data": base64.b64encode(clip).decode()}}},
-        "instructions": "Réponds brièvement ✓"}})          # non-ASCII: a piece may cut a character
+    update = json.dumps(
+        {
+            "type": "session.update",
+            "session": {
+                "audio": {
+                    "output": {"omni_reference_audio": {"format": "wav", "data": base64.b64encode(clip).decode()}}
+                },
+                "instructions": "Réponds brièvement ✓",
+            },
+        }
+    )  # non-ASCII: a piece may cut a character
     pieces = fragments(update)
     assert len(pieces) >= 9 and all(len(p) <= 65536 for p in pieces)
     c = Client()
@@ -326,12 +355,12 @@ async def test_voice_clone_over_the_data_channel_in_fragments(server, loopback_n
             assert (await c.call(http, server.http)).status == 201
         await c.until(lambda e: e["type"] == "session.created")
         c.channel.send(pieces[0])
-        c.channel.send(pieces[2])                                     # out of order: the message is dropped
+        c.channel.send(pieces[2])  # out of order: the message is dropped
         _, err = await c.until(lambda e: e["type"] == "error")
         assert err["error"]["code"] == "fragment_out_of_order" and "expected piece 1" in err["error"]["message"]
         for i, p in enumerate(pieces):
             c.channel.send(p)
-            if i == 1:                                                 # a whole event between pieces
+            if i == 1:  # a whole event between pieces
                 c.channel.send(json.dumps({"type": "response.cancel"}))
         _, err = await c.until(lambda e: e["type"] in ("error", "session.updated"))
         assert err["error"]["code"] == "response_cancel_not_active", err
@@ -339,7 +368,7 @@ async def test_voice_clone_over_the_data_channel_in_fragments(server, loopback_n
         assert ev["type"] == "session.updated", ev
         assert ev["session"]["audio"]["output"]["omni_reference_audio"]["size_bytes"] == len(clip)
         assert ev["session"]["instructions"] == "Réponds brièvement ✓"
-        conv, = server.app["conversations"]
+        (conv,) = server.app["conversations"]
         ref = conv.state.ref_16k
         assert ref is not None and 7.5 * 16000 < len(ref) < 9.0 * 16000
     finally:

@@ -1,5 +1,6 @@
 """WebSocket `/v1/realtime` with a real `websockets` client and the real tiny model (barge-in,
 cancel and truncate timelines: test_scenarios.py, on virtual time)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,8 @@ def ended_normally(response: dict) -> bool:
     """The reply ran to its end: the model's EOS (completed) or the token/speech cap (incomplete;
     the random tiny model never draws EOS)."""
     return response["status"] == "completed" or (
-        response["status"] == "incomplete" and response["status_details"]["reason"] == "max_output_tokens")
+        response["status"] == "incomplete" and response["status_details"]["reason"] == "max_output_tokens"
+    )
 
 
 def types(events):
@@ -36,29 +38,36 @@ async def test_full_voice_turn_with_server_vad(server, speech_16k):
         assert created["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
         for c in chunks_b64(utterance_24k_pcm16(speech_16k)):
             await send(ws, type="input_audio_buffer.append", audio=c)
-        await send(ws, type="session.update", session={"omni": {"events": True}})   # [ext] timings
+        await send(ws, type="session.update", session={"omni": {"events": True}})  # [ext] timings
         events = await recv_until(ws, lambda e: e["type"] == "response.omni.timings")
     t = types(events)
-    assert t.index("input_audio_buffer.speech_started") < t.index("input_audio_buffer.speech_stopped") \
-        < t.index("input_audio_buffer.committed") < t.index("response.created") < t.index("response.done")
+    assert (
+        t.index("input_audio_buffer.speech_started")
+        < t.index("input_audio_buffer.speech_stopped")
+        < t.index("input_audio_buffer.committed")
+        < t.index("response.created")
+        < t.index("response.done")
+    )
     deltas = [e for e in events if e["type"] == "response.output_audio.delta"]
     assert deltas, t
     pcm = np.frombuffer(b"".join(base64.b64decode(d["delta"]) for d in deltas), np.int16)
-    assert len(pcm) > 2400 and np.abs(pcm).max() > 0          # real 24 kHz speech samples
+    assert len(pcm) > 2400 and np.abs(pcm).max() > 0  # real 24 kHz speech samples
     done = events[-2]["response"]
     assert ended_normally(done)
     assert events[-1]["response_id"] == done["id"]
     timings = events[-1]["timings"]
     assert timings["first_audio_ms"] > 0 and "unit_prefill_max_ms" in timings
     started = next(e for e in events if e["type"] == "input_audio_buffer.speech_started")
-    assert 700 <= started["audio_start_ms"] <= 1100            # speech begins at 1.0 s (minus padding)
+    assert 700 <= started["audio_start_ms"] <= 1100  # speech begins at 1.0 s (minus padding)
 
 
 @pytest.mark.asyncio
 async def test_manual_commit_turn(server, speech_16k):
     async with websockets.connect(server.ws_url) as ws:
         await recv_until(ws, lambda e: e["type"] == "session.created")
-        await send(ws, type="session.update", session={"type": "realtime", "audio": {"input": {"turn_detection": None}}})
+        await send(
+            ws, type="session.update", session={"type": "realtime", "audio": {"input": {"turn_detection": None}}}
+        )
         upd = await recv_until(ws, lambda e: e["type"] == "session.updated")
         assert upd[-1]["session"]["audio"]["input"]["turn_detection"] is None
         for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.2, 0.2)):
@@ -82,7 +91,10 @@ BAD_INPUTS = [
     (json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(b"\x01\x02\x03").decode()}), None),
     (json.dumps({"type": "input_image_buffer.append", "image": base64.b64encode(b"not an image").decode()}), None),
     (json.dumps({"type": "session.update", "session": {"audio": {"input": {"format": {"type": "audio/flac"}}}}}), None),
-    (json.dumps({"type": "conversation.item.truncate", "item_id": "nope", "content_index": 0, "audio_end_ms": 1}), "item_not_found"),
+    (
+        json.dumps({"type": "conversation.item.truncate", "item_id": "nope", "content_index": 0, "audio_end_ms": 1}),
+        "item_not_found",
+    ),
     (json.dumps({"type": "response.cancel"}), "response_cancel_not_active"),
     (json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (5 * 1024 * 1024)}), "message_too_large"),
 ]
@@ -124,7 +136,7 @@ async def test_server_full_and_sessions_freed(tiny_omni):
                 assert closed.value.rcvd.code == 1013
         await asyncio.sleep(0.2)
         assert srv.app["manager"].in_use == 0 and not srv.app["conversations"]
-        async with websockets.connect(srv.ws_url) as ws3:              # the slot is free again
+        async with websockets.connect(srv.ws_url) as ws3:  # the slot is free again
             assert json.loads(await ws3.recv())["type"] == "session.created"
     finally:
         await srv.runner.cleanup()
@@ -138,6 +150,7 @@ async def test_sessions_beyond_what_the_kv_pools_hold_are_refused(tiny_omni):
     from omni.batch.engine import slot_bytes
     from streaming.settings import ServerSettings
     from streaming.worker import EngineSpec
+
     per = slot_bytes(tiny_omni, EngineSpec.from_settings(ServerSettings()).slot_tokens)
     # 3.5 slots of memory: 2 sessions and the background slot (user transcripts)
     srv = await start_server(tiny_omni, max_sessions=16, model_lanes=1, kv_cache_gb=3.5 * per / 2**30)
@@ -164,6 +177,7 @@ async def test_readiness_and_one_log_line_per_session_start_and_end(server, spee
     (id, transport, duration, turns, first-audio p50, engine)."""
     import logging
     import aiohttp
+
     async with aiohttp.ClientSession() as http, http.get(server.http + "/readyz") as r:
         ready = await r.json()
     assert r.status == 200 and ready["ready"] and [e["replica"] for e in ready["engines"]] == ["process-0", "process-1"]
@@ -208,7 +222,7 @@ async def test_idle_session_is_closed_and_freed(tiny_omni):
                     while True:
                         await ws.recv()
             assert closed.value.rcvd.code == 1001
-        async with asyncio.timeout(10):       # the handler frees it once the close is through
+        async with asyncio.timeout(10):  # the handler frees it once the close is through
             while srv.app["manager"].in_use or srv.app["conversations"]:
                 await asyncio.sleep(0.01)
     finally:
@@ -228,7 +242,7 @@ async def test_a_long_reply_does_not_block_another_sessions_audio(tiny_omni, spe
             await recv_until(a, lambda e: e["type"] == "response.output_audio.delta")
             loop = asyncio.get_running_loop()
             t0 = loop.time()
-            for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.2, 0.2))[:12]:   # 1.2 s of B's audio
+            for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.2, 0.2))[:12]:  # 1.2 s of B's audio
                 await send(b, type="input_audio_buffer.append", audio=c)
             await recv_until(b, lambda e: e["type"] == "input_audio_buffer.speech_started", timeout=10)
             waited = loop.time() - t0
@@ -245,7 +259,8 @@ async def test_tls_self_signed_serves_wss(tiny_omni, tmp_path, monkeypatch):
     from aiohttp import web
     from streaming.server import build_app, ssl_context
     from streaming.settings import ServerSettings
-    monkeypatch.setenv("HOME", str(tmp_path))                 # the throwaway cert goes to ~/.cache
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # the throwaway cert goes to ~/.cache
     settings = ServerSettings(tls_self_signed=True, max_reply_tokens=6, max_speech_s=1.0)
     ctx = ssl_context(settings)
     assert ctx is not None and (tmp_path / ".cache" / "omni" / "tls" / "self-signed.crt").is_file()
@@ -255,7 +270,7 @@ async def test_tls_self_signed_serves_wss(tiny_omni, tmp_path, monkeypatch):
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     client = ssl.create_default_context()
-    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE   # self-signed on purpose
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE  # self-signed on purpose
     try:
         async with websockets.connect(f"wss://127.0.0.1:{port}/v1/realtime", ssl=client) as ws:
             assert json.loads(await ws.recv())["type"] == "session.created"
@@ -273,14 +288,15 @@ async def test_camera_frame_joins_the_current_unit(tiny_omni, speech_16k):
     in; with `omni.video` off it is refused and units carry no frame."""
     import io
     from PIL import Image
+
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
     png = base64.b64encode(buf.getvalue()).decode()
-    server = await start_server(tiny_omni)        # in-process engine: the session is reachable
+    server = await start_server(tiny_omni)  # in-process engine: the session is reachable
     try:
         async with websockets.connect(server.ws_url) as ws:
             await recv_until(ws, lambda e: e["type"] == "session.created")
-            conv, = server.app["conversations"]
+            (conv,) = server.app["conversations"]
             frames = []
             engine = await engine_session(conv)
             unit = engine.unit_program
@@ -288,7 +304,7 @@ async def test_camera_frame_joins_the_current_unit(tiny_omni, speech_16k):
             await send(ws, type="session.update", session={"audio": {"input": {"turn_detection": None}}})
             await recv_until(ws, lambda e: e["type"] == "session.updated")
             await send(ws, type="input_image_buffer.append", image=png)
-            for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.0, 0.0))[:12]:     # 1.2 s of audio
+            for c in chunks_b64(utterance_24k_pcm16(speech_16k, 0.0, 0.0))[:12]:  # 1.2 s of audio
                 await send(ws, type="input_audio_buffer.append", audio=c)
             await send(ws, type="input_audio_buffer.commit")
             await recv_until(ws, lambda e: e["type"] == "input_audio_buffer.committed")
@@ -316,13 +332,14 @@ async def test_a_dead_model_process_closes_its_sessions_and_the_server_goes_on(t
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
     from streaming.worker import EngineSpec
+
     worker = ProcessWorker(checkpoint_dir(ServerSettings()), EngineSpec.from_settings(ServerSettings(model_lanes=1)))
     srv = await start_server(tiny_omni, worker=worker)
     talk = chunks_b64(utterance_24k_pcm16(speech_16k))
     try:
         async with websockets.connect(srv.ws_url) as ws:
             await recv_until(ws, lambda e: e["type"] == "session.created")
-            for c in talk[:12]:                                   # units reach the model
+            for c in talk[:12]:  # units reach the model
                 await send(ws, type="input_audio_buffer.append", audio=c)
             await asyncio.sleep(0.3)
             worker._lanes[0].proc.kill()
@@ -334,6 +351,7 @@ async def test_a_dead_model_process_closes_its_sessions_and_the_server_goes_on(t
                         events.append(json.loads(await ws.recv()))
                 except websockets.ConnectionClosed:
                     pass
+
             reader = asyncio.create_task(read())
             with pytest.raises(websockets.ConnectionClosed):
                 for c in talk[12:]:
@@ -344,7 +362,7 @@ async def test_a_dead_model_process_closes_its_sessions_and_the_server_goes_on(t
             assert errors and errors[0]["code"] == "model_process_died", events
             assert "Reconnect" in errors[0]["message"]
             assert ws.close_code == 1011
-        async with websockets.connect(srv.ws_url) as ws:          # the server goes on
+        async with websockets.connect(srv.ws_url) as ws:  # the server goes on
             await recv_until(ws, lambda e: e["type"] == "session.created")
             for c in talk:
                 await send(ws, type="input_audio_buffer.append", audio=c)
@@ -358,7 +376,8 @@ async def test_a_dead_model_process_closes_its_sessions_and_the_server_goes_on(t
 @pytest.mark.asyncio
 async def test_healthz_describes_the_server(server, tiny_omni):
     import aiohttp
-    threads = await start_server(tiny_omni, model_lanes=1)         # the GPU shape: one engine thread
+
+    threads = await start_server(tiny_omni, model_lanes=1)  # the GPU shape: one engine thread
     try:
         async with aiohttp.ClientSession() as http:
             health = []
@@ -380,29 +399,45 @@ async def test_g711_text_items_clear_and_delete_in_a_live_session(server, speech
     """The protocol paths besides a plain voice turn, against the model: G.711 μ-law in and out,
     buffer clear, a text item answered in text only, a spoken answer to it, and the refused delete."""
     from streaming.gateway.codecs import float_to_pcm16, resample, ulaw_encode
+
     x = np.concatenate([speech_16k, np.zeros(3200, np.float32)])
     ulaw = ulaw_encode(float_to_pcm16(resample(x, 16000, 8000)))
     async with websockets.connect(server.ws_url) as ws:
         await recv_until(ws, lambda e: e["type"] == "session.created")
-        await send(ws, type="session.update", session={"omni": {"events": True}, "audio": {
-            "input": {"format": {"type": "audio/pcmu"}, "turn_detection": None},
-            "output": {"format": {"type": "audio/pcmu"}}}})
+        await send(
+            ws,
+            type="session.update",
+            session={
+                "omni": {"events": True},
+                "audio": {
+                    "input": {"format": {"type": "audio/pcmu"}, "turn_detection": None},
+                    "output": {"format": {"type": "audio/pcmu"}},
+                },
+            },
+        )
         upd = (await recv_until(ws, lambda e: e["type"] == "session.updated"))[-1]
         assert upd["session"]["audio"]["output"]["format"]["type"] == "audio/pcmu"
         await send(ws, type="input_audio_buffer.append", audio=base64.b64encode(ulaw[:4000]).decode())
         await send(ws, type="input_audio_buffer.clear")
         await recv_until(ws, lambda e: e["type"] == "input_audio_buffer.cleared")
-        for i in range(0, len(ulaw), 800):                           # 100 ms of 8-kHz μ-law each
-            await send(ws, type="input_audio_buffer.append", audio=base64.b64encode(ulaw[i:i + 800]).decode())
+        for i in range(0, len(ulaw), 800):  # 100 ms of 8-kHz μ-law each
+            await send(ws, type="input_audio_buffer.append", audio=base64.b64encode(ulaw[i : i + 800]).decode())
         await send(ws, type="input_audio_buffer.commit")
         committed = (await recv_until(ws, lambda e: e["type"] == "input_audio_buffer.committed"))[-1]
-        await send(ws, type="conversation.item.create", item={
-            "type": "message", "role": "user", "content": [{"type": "input_text", "text": "And in words?"}]})
-        added = await recv_until(ws, lambda e: e["type"] == "conversation.item.done"
-                                 and e["item"]["content"][0]["type"] == "input_text")
-        assert added[-1]["previous_item_id"] == committed["item_id"]          # after the audio turn
-        await send(ws, type="response.create", response={"output_modalities": ["text"], "temperature": 0.3,
-                                                          "metadata": {"topic": "words"}})
+        await send(
+            ws,
+            type="conversation.item.create",
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "And in words?"}]},
+        )
+        added = await recv_until(
+            ws, lambda e: e["type"] == "conversation.item.done" and e["item"]["content"][0]["type"] == "input_text"
+        )
+        assert added[-1]["previous_item_id"] == committed["item_id"]  # after the audio turn
+        await send(
+            ws,
+            type="response.create",
+            response={"output_modalities": ["text"], "temperature": 0.3, "metadata": {"topic": "words"}},
+        )
         text_reply = await recv_until(ws, lambda e: e["type"] == "response.done")
         kinds = types(text_reply)
         assert "response.output_text.delta" in kinds and "response.output_audio.delta" not in kinds
@@ -411,13 +446,13 @@ async def test_g711_text_items_clear_and_delete_in_a_live_session(server, speech
         await send(ws, type="response.create")
         spoken = await recv_until(ws, lambda e: e["type"] == "response.done")
         deltas = [base64.b64decode(e["delta"]) for e in spoken if e["type"] == "response.output_audio.delta"]
-        n = sum(len(d) for d in deltas)                              # one byte per 8-kHz sample
+        n = sum(len(d) for d in deltas)  # one byte per 8-kHz sample
         timings = (await recv_until(ws, lambda e: e["type"] == "response.omni.timings"))[-1]["timings"]
-        assert n > 800 and abs(n - timings["audio_ms"] * 8) <= 2   # one stream
+        assert n > 800 and abs(n - timings["audio_ms"] * 8) <= 2  # one stream
         await send(ws, type="conversation.item.delete", item_id=committed["item_id"])
         err = (await recv_until(ws, lambda e: e["type"] == "error"))[-1]
         assert err["error"]["param"] == "item_id"
-        await send(ws, type="response.create")                       # the session goes on
+        await send(ws, type="response.create")  # the session goes on
         again = await recv_until(ws, lambda e: e["type"] == "response.done")
         assert ended_normally(again[-1]["response"])
 
@@ -427,11 +462,12 @@ async def test_audio_in_a_created_item_reaches_the_model_at_16k(tiny_omni, speec
     """`conversation.item.create` with `input_audio` in the session's format (24-kHz PCM16 or
     8-kHz μ-law) is resampled to the model's 16 kHz, like streamed audio."""
     from streaming.gateway.codecs import float_to_pcm16, resample, ulaw_encode
-    srv = await start_server(tiny_omni)                       # in-process engine: the session is reachable
+
+    srv = await start_server(tiny_omni)  # in-process engine: the session is reachable
     try:
         async with websockets.connect(srv.ws_url) as ws:
             await recv_until(ws, lambda e: e["type"] == "session.created")
-            conv, = srv.app["conversations"]
+            (conv,) = srv.app["conversations"]
             session = await engine_session(conv)
             seen, prefill = [], session.prefill_program
             session.prefill_program = lambda msg, *rest: (seen.append(msg), prefill(msg, *rest))[1]
@@ -440,8 +476,15 @@ async def test_audio_in_a_created_item_reaches_the_model_at_16k(tiny_omni, speec
             for fmt, data in (("audio/pcm", pcm), ("audio/pcmu", ulaw)):
                 await send(ws, type="session.update", session={"audio": {"input": {"format": {"type": fmt}}}})
                 await recv_until(ws, lambda e: e["type"] == "session.updated")
-                await send(ws, type="conversation.item.create", item={"type": "message", "role": "user", "content": [
-                    {"type": "input_audio", "audio": base64.b64encode(data).decode()}]})
+                await send(
+                    ws,
+                    type="conversation.item.create",
+                    item={
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_audio", "audio": base64.b64encode(data).decode()}],
+                    },
+                )
                 await recv_until(ws, lambda e: e["type"] == "conversation.item.done")
         clips = [c for msg in seen if msg["role"] == "user" for c in msg["content"] if isinstance(c, np.ndarray)]
         assert len(clips) == 2 and all(abs(len(c) - len(speech_16k)) <= 16 for c in clips), [len(c) for c in clips]

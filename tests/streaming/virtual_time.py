@@ -6,6 +6,7 @@ Hand-written because neither looptime nor time-machine is installed; it uses onl
 selector interface asyncio calls. Nothing here may wait on real I/O (sockets, threads): virtual
 time would jump past it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,7 @@ import selectors
 from collections.abc import Coroutine
 from typing import Any
 
-REAL_WAIT_S = 2.0        # with no timer left, only another thread could still wake the loop
+REAL_WAIT_S = 2.0  # with no timer left, only another thread could still wake the loop
 
 
 class Stuck(RuntimeError):
@@ -46,12 +47,12 @@ class _Selector(selectors.BaseSelector):
         ready = self._real.select(0)
         if ready or timeout == 0:
             return ready
-        if timeout is None:                       # no timer at all
+        if timeout is None:  # no timer at all
             ready = self._real.select(REAL_WAIT_S)
             if not ready:
                 raise Stuck(f"nothing scheduled at virtual {self._loop.time():.3f} s")
             return ready
-        self._loop.now += timeout                 # asyncio's timeout: until the next timer is due
+        self._loop.now += timeout  # asyncio's timeout: until the next timer is due
         return []
 
 

@@ -1,0 +1,93 @@
+"""A model process's side of `ProcessWorker` (procs.py): load the checkpoint, build the batch
+engine, and answer the parent's (rid, sid, command, args, deadline) requests as they come, while
+the engine runs on this process's main thread. Only plain data crosses the pipe."""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import threading
+
+from .errors import ModelError
+from .worker import EngineSpec
+
+
+class ModelProcessError(RuntimeError):
+    """A model process failed to start, or an error that does not pickle, as text."""
+
+
+def _portable(e: BaseException) -> BaseException:
+    """The exception itself when it pickles (ValueError, CheckpointError...), else its text."""
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return ModelProcessError(f"{type(e).__name__}: {e}")
+
+
+def main(conn, checkpoint: str, dtype: str, device: str, spec: EngineSpec) -> None:
+    """A model process: load, build the engine, answer (rid, sid, command, args, deadline) requests."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    import torch
+    from omni.loader import load
+
+    torch.set_num_threads(1)
+    try:
+        omni = load(checkpoint, dtype=getattr(torch, dtype), device=device, progress=False)
+        engine = spec.engine(omni)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send((False, _portable(e)))
+        return
+    conn.send((True, engine.slots))
+    lock = threading.Lock()  # the engine thread and the reader both answer
+
+    def answer(rid):
+        def done(result, error):
+            with lock:
+                conn.send((rid, error is None, result if error is None else _portable(error)))
+
+        return done
+
+    def read() -> None:
+        ids: dict[int, int] = {}  # parent's session id -> the engine's
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                msg = None
+            if msg is None:
+                return engine.stop()
+            rid, sid, op, args, deadline_s = msg
+            try:
+                if op == "open":
+                    ids[sid] = engine.open(*args, done=answer(rid))
+                elif op == "stats":
+                    import resource
+
+                    answer(rid)(
+                        {
+                            "sessions": len(ids),
+                            "slots": engine.slots,
+                            "queue_depth": engine.queue_depth,
+                            **engine.stats.as_dict(),
+                            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                        },
+                        None,
+                    )
+                elif op == "probe":
+                    engine.submit(0, "probe", (), None, answer(rid))
+                elif sid not in ids:  # opened on a process that died, or refused: the session is gone
+                    raise ModelError(
+                        "model_process_died",
+                        f"session {sid} is not open in this model process "
+                        "(its process was restarted); reconnect to start a new session",
+                    )
+                elif op == "close":
+                    engine.close(ids.pop(sid), answer(rid))
+                else:
+                    engine.submit(ids[sid], op, args, deadline_s, answer(rid))
+            except Exception as e:  # noqa: BLE001 - answered; this thread must keep reading
+                answer(rid)(None, _portable(e))
+
+    threading.Thread(target=read, name="omni-model-read", daemon=True).start()
+    engine.run_forever()
