@@ -92,8 +92,9 @@ def build_weights(ckpt: Path, model_cfg: dict, seed: int) -> None:
 
 def write_sharded(ckpt: Path, model_cfg: dict, shard_bytes: int = 4 << 30, dtype=torch.bfloat16) -> int:
     """A checkpoint in the official layout with every weight zero (config.json, shards of about
-    `shard_bytes` + model.safetensors.index.json), written shard by shard so writing takes one
-    shard of memory; for memory and load-time measurements of any config. Returns the bytes."""
+    `shard_bytes` + model.safetensors.index.json), for memory and load-time measurements of any
+    config. The shards are sparse files (a safetensors header, then a hole that reads as zeros):
+    the same bytes as saving zero tensors, written in milliseconds with no disk. Returns the bytes."""
     from .config import OmniConfig
     from .loader import expected_shapes
 
@@ -112,14 +113,30 @@ def write_sharded(ckpt: Path, model_cfg: dict, shard_bytes: int = 4 << 30, dtype
     weight_map = {}
     for i, keys in enumerate(shards):
         name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(
-            {k: torch.zeros(shape, dtype=dtype) for k, shape, _ in keys}, str(ckpt / name), metadata={"format": "pt"}
-        )
+        _write_zero_shard(ckpt / name, keys, _SAFETENSORS_DTYPES[dtype])
         weight_map.update({k: name for k, _, _ in keys})
     (ckpt / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
     )
     return total
+
+
+_SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+
+
+def _write_zero_shard(path: Path, keys: list[tuple[str, tuple[int, ...], int]], dtype_name: str) -> None:
+    """A safetensors file of zero tensors: the header (format: 8-byte little-endian length, JSON
+    padded with spaces to 8 bytes), then `truncate` to the data's end, a hole that reads as zeros."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for key, shape, n in keys:
+        header[key] = {"dtype": dtype_name, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        f.truncate(8 + len(text) + offset)
 
 
 def draw(key: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:

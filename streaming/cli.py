@@ -44,6 +44,11 @@ def main(argv=None) -> int:
         choices=["auto", "processes", "threads", "ray"],
         help="where the model engines run (ray: replicas on a Ray cluster, pip install -e '.[ray]') [auto]",
     )
+    p.add_argument(
+        "--memory-gb",
+        type=float,
+        help="CPU: memory the model copies and KV pools may use; sizes the model processes [what is available]",
+    )
     p.add_argument("--ray-address", help="worker ray: the cluster to join [start a local one]")
     p.add_argument(
         "--replicas", dest="ray_replicas", type=int, help="worker ray: engine replicas [one per GPU, or per CPU core]"

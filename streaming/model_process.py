@@ -4,12 +4,17 @@ the engine runs on this process's main thread. Only plain data crosses the pipe.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import pickle
 import signal
 import threading
+import time
 
 from .errors import ModelError
-from .worker import EngineSpec
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+ORPHAN_POLL_S = 0.5
 
 
 class ModelProcessError(RuntimeError):
@@ -25,12 +30,38 @@ def _portable(e: BaseException) -> BaseException:
         return ModelProcessError(f"{type(e).__name__}: {e}")
 
 
-def main(conn, checkpoint: str, dtype: str, device: str, spec: EngineSpec) -> None:
-    """A model process: load, build the engine, answer (rid, sid, command, args, deadline) requests."""
+def exit_with_parent(parent_pid: int) -> None:
+    """A model process never outlives its gateway, however the gateway ends (SIGKILL, a crash,
+    SIGTERM while loading): the kernel kills it with its parent (PR_SET_PDEATHSIG; the "parent" is
+    the thread that started it, and the lanes' threads live as long as the worker), and a watchdog
+    thread exits when the parent is gone anyway (it died before the prctl, or no Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the watchdog alone
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(ORPHAN_POLL_S)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:  # the parent died before the prctl took effect
+        os._exit(1)
+    threading.Thread(target=watch, name="omni-orphan-watch", daemon=True).start()
+
+
+def main(conn, parent_pid: int, checkpoint: str, dtype: str, device: str, spec_fields: dict) -> None:
+    """A model process: load, build the engine, answer (rid, sid, command, args, deadline) requests.
+    Its arguments are plain data, and this module imports nothing heavy at the top: the process
+    watches its parent before torch is imported (seconds) and the checkpoint loaded (minutes)."""
+    exit_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     import torch
     from omni.loader import load
 
+    from .worker import EngineSpec
+
+    spec = EngineSpec(**spec_fields)
     torch.set_num_threads(1)
     try:
         omni = load(checkpoint, dtype=getattr(torch, dtype), device=device, progress=False)

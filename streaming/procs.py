@@ -3,8 +3,8 @@
 Why processes: the tiny model's steps are thousands of small torch ops, and threads of one
 interpreter contend for the GIL between them; measured on this 2-core machine (bench/engine.py),
 one batch engine per process on each core gives about 1.3x the TTS frames per second of one
-engine using both cores. Each process loads its own copy of the model (the memory cost:
-`model_lanes = 1` or `worker = "threads"` avoids it for big checkpoints on CPU) and owns the
+engine using both cores. Each process loads its own copy of the model (the memory cost: the
+default plans as many as fit, lanes.py; `worker = "threads"` keeps one copy) and owns the
 sessions placed on it. Commands are pipelined: the parent sends them as they come (a sender
 thread) and a reader thread settles each one's future when its answer arrives, so a process's
 engine sees every session's work at once and batches it. Only plain data crosses: command names,
@@ -19,9 +19,11 @@ sessions it held lost their context: each of their commands then fails with `Mod
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import multiprocessing as mp
+import os
 import queue
 import threading
 import time
@@ -83,7 +85,10 @@ class _Lane:
         ctx = mp.get_context("spawn")  # fork would copy the event loop's threads and locks
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
-            target=model_process.main, args=(child, *self.spec), name=f"omni-model-{self.index}", daemon=True
+            target=model_process.main,
+            args=(child, os.getpid(), *self.spec[:3], dataclasses.asdict(self.spec[3])),
+            name=f"omni-model-{self.index}",
+            daemon=True,
         )
         self.proc.start()
         child.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import signal
 import ssl
 import sys
 from pathlib import Path
@@ -29,9 +30,9 @@ SHUTDOWN_CLOSE_S = 3.0  # sessions get this long to close themselves at shutdown
 WORKER_CLOSE_S = 4.0  # then the model processes this long to stop, then they are killed
 
 
-def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> web.Application:
+def build_app(settings: ServerSettings, omni, embedded: bool, worker=None, plan=None) -> web.Application:
     """`worker`: a running worker the caller owns (and closes); default: lane threads on `omni`,
-    owned and closed by the app."""
+    owned and closed by the app. `plan`: the lanes.LanePlan it was built by (shown in /healthz)."""
     from .gateway.ws import realtime_ws
     from .metrics import Metrics
     from .session.manager import SessionManager
@@ -44,6 +45,7 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> we
     app["settings"], app["embedded"] = settings, embedded
     app["worker"] = worker or EngineWorker(omni, EngineSpec.from_settings(settings))
     app["owns_worker"] = worker is None
+    app["lane_plan"] = plan
     # Admission by what the engines hold (their KV pools), within the operator's cap.
     app["manager"] = SessionManager(min(settings.max_sessions, app["worker"].capacity), settings.idle_timeout_s)
     app["vad"] = SileroVAD()
@@ -93,6 +95,7 @@ async def healthz(request: web.Request) -> web.Response:
                 "batched": s.max_batch > 1,
                 "max_batch": s.max_batch,
                 "capacity": app["worker"].capacity,
+                "plan": app["lane_plan"].as_dict() if app["lane_plan"] else None,
             },
             "auth_required": s.api_key is not None,
             "tls": s.tls,
@@ -241,13 +244,14 @@ def load_model(settings: ServerSettings):
     return load(ckpt, dtype=getattr(torch, settings.dtype), device=settings.device), settings.model is None
 
 
-def make_worker(settings: ServerSettings):
-    """The model worker `settings.worker_kind` asks for, with the model loaded where it runs."""
+def make_worker(settings: ServerSettings, plan):
+    """The model worker `plan` (lanes.plan_for) chose, with the model loaded where it runs."""
+    import dataclasses
+
     from .worker import EngineSpec, EngineWorker
 
     spec = EngineSpec.from_settings(settings)
     if settings.worker_kind == "ray":
-        import dataclasses
         from .rayworker import RayWorker
 
         replicas = settings.ray_replicas or (_gpus() if settings.device.startswith("cuda") else settings.lanes)
@@ -262,13 +266,22 @@ def make_worker(settings: ServerSettings):
             settings.ray_max_restarts,
             settings.model_step_timeout_s,
         )
-    if settings.worker_kind == "processes":
+    spec = dataclasses.replace(spec, lanes=plan.lanes, kv_cache_gb=plan.kv_cache_gb)
+    if plan.kind == "processes":
         from .procs import ProcessWorker
 
         return ProcessWorker(
             str(checkpoint_dir(settings)), spec, settings.dtype, settings.device, settings.model_step_timeout_s
         )
     return EngineWorker(load_model(settings)[0], spec)
+
+
+class _Terminated(BaseException):
+    """SIGTERM while loading (a BaseException: no `except Exception` on the way swallows it)."""
+
+
+def _exit_on_sigterm(_signum, _frame) -> None:
+    raise _Terminated()
 
 
 def _gpus() -> int:
@@ -296,6 +309,7 @@ def serve(args) -> int:
             "worker",
             "ray_address",
             "ray_replicas",
+            "memory_gb",
         )
     }
     if getattr(args, "tls_self_signed", False):
@@ -308,13 +322,29 @@ def serve(args) -> int:
             "Load a real checkpoint with --model DIR.",
             file=sys.stderr,
         )
-    worker = make_worker(settings)
+    from .lanes import NoRoom, plan_for
+
+    try:
+        plan = plan_for(settings, checkpoint_dir(settings))
+    except (NoRoom, FileNotFoundError) as e:
+        print(f"omni: cannot start: {e}", file=sys.stderr)
+        return 2
+    print(f"omni: {plan.kind}, {plan.lanes} lane(s): {plan.reason}", file=sys.stderr, flush=True)
+    # SIGTERM while the model loads: unwind (the worker kills the model processes it started)
+    # instead of dying at once; aiohttp installs its own handler for serving.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        worker = make_worker(settings, plan)
+    except _Terminated:
+        print("omni: stopped while loading the model (SIGTERM)", file=sys.stderr)
+        return 143
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     print(
-        f"omni: model ready ({settings.lanes} lane(s), {settings.worker_kind}, room for "
+        f"omni: model ready ({worker.lanes} lane(s), {worker.kind}, room for "
         f"{min(settings.max_sessions, worker.capacity)} session(s), batches of up to {settings.max_batch})",
         file=sys.stderr,
     )
-    app = build_app(settings, None, embedded, worker)  # the worker holds the model
+    app = build_app(settings, None, embedded, worker, plan)  # the worker holds the model
     # after the sessions (SHUTDOWN_CLOSE_S): the whole shutdown stays well inside 10 s
     app.on_cleanup.append(lambda _app: asyncio.to_thread(worker.close, WORKER_CLOSE_S))
     scheme = "https" if settings.tls else "http"

@@ -63,6 +63,7 @@ class ServerSettings:
     ray_replicas: int = 0  # worker "ray": engine replicas; 0 = one per GPU (device cuda) or per CPU core
     ray_lease_s: float = 10.0  # worker "ray": a gateway silent this long loses its sessions on the replicas
     ray_max_restarts: int = 5  # worker "ray": how often Ray restarts a replica that died
+    memory_gb: float = 0.0  # CPU: memory the model copies and KV pools may use; 0 = what is available at start
     model_step_timeout_s: float = 60.0  # processes: a model process silent this long over one step is replaced
     max_context_tokens: int = 8192  # LLM cache budget; oldest complete turns slide out (system prompt kept)
 
@@ -92,6 +93,7 @@ class ServerSettings:
             (self.ray_lease_s > 0, "ray_lease_s must be positive"),
             (self.ray_max_restarts >= -1, "ray_max_restarts must be >= -1 (-1 = always)"),
             (self.kv_cache_gb >= 0, "kv_cache_gb must be >= 0 (0 = auto)"),
+            (self.memory_gb >= 0, "memory_gb must be >= 0 (0 = what is available)"),
             (self.worker in WORKERS, f"worker must be one of {', '.join(WORKERS)}"),
             (self.model_step_timeout_s > 0, "model_step_timeout_s must be positive"),
             (self.max_context_tokens >= 512, "max_context_tokens must be at least 512"),

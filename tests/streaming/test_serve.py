@@ -42,10 +42,12 @@ async def test_omni_serve_starts_answers_and_stops_with_its_model_processes():
     try:
         assert any(f"model ready ({lanes} lane(s), processes, room for 16 session(s)" in ln for ln in lines), lines
         health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10))
+        plan = health["worker"].pop("plan")
         assert (
             health["worker"] == {"kind": "processes", "lanes": lanes, "batched": True, "max_batch": 32, "capacity": 16}
             and health["embedded_demo_model"]
         )
+        assert plan["kind"] == "processes" and "one per core" in plan["reason"], plan
         async with websockets.connect(f"ws://127.0.0.1:{port}/v1/realtime") as ws:
             assert json.loads(await ws.recv())["type"] == "session.created"
         models = [k for k in _children(p.pid) if b"spawn_main" in open(f"/proc/{k}/cmdline", "rb").read()]

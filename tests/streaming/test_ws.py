@@ -389,9 +389,23 @@ async def test_healthz_describes_the_server(server, tiny_omni):
         await threads.runner.cleanup()
     h = health[0]
     assert h["status"] == "ok" and h["embedded_demo_model"] is True and h["auth_required"] is False
-    assert h["worker"] == {"kind": "processes", "lanes": 2, "batched": True, "max_batch": 32, "capacity": 16}
+    assert h["worker"] == {
+        "kind": "processes",
+        "lanes": 2,
+        "batched": True,
+        "max_batch": 32,
+        "capacity": 16,
+        "plan": None,
+    }
     assert h["max_sessions"] == 16 and "--model" in h["load_model_hint"]
-    assert health[1]["worker"] == {"kind": "threads", "lanes": 1, "batched": True, "max_batch": 32, "capacity": 16}
+    assert health[1]["worker"] == {
+        "kind": "threads",
+        "lanes": 1,
+        "batched": True,
+        "max_batch": 32,
+        "capacity": 16,
+        "plan": None,
+    }
 
 
 @pytest.mark.asyncio

@@ -1,0 +1,131 @@
+"""How many model copies and engines this machine runs, decided from memory before loading.
+
+On a CPU the default runs one model process per core, each with its own copy of the weights; a
+full-size checkpoint is 17 GB in bf16, so that default must ask the memory first. `plan_lanes`
+takes the checkpoint's loaded size (omni/footprint.py) and the memory there is: as many processes
+as cores and copies fit; one copy on threads when two do not fit; a refusal in one line when even
+one copy does not. Each engine's KV pools get a share of what the copies leave. A GPU (one engine)
+and Ray (replicas on their own nodes) are not planned here. Owns the plan and its reason, which
+the startup line and /healthz show; does not own loading or the engines.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+GB = 1e9
+# A model process's own memory besides the weights and KV pools: the interpreter, torch,
+# tokenizers, the engine's buffers. Measured 470 MB with the tiny model (issue 25's fuzz runs).
+PROCESS_BASE_BYTES = 600 * 2**20
+KV_SHARE = 0.9  # of the memory the copies leave, for the engines' KV pools (the rest: activations)
+MIN_SLOTS = 2  # one session and the background (transcript) slot: less and the engine is useless
+
+
+class NoRoom(RuntimeError):
+    """Not even one copy of the model fits in memory: the server refuses to start (one line)."""
+
+
+@dataclass(frozen=True)
+class LanePlan:
+    kind: str  # "processes" | "threads" | "ray"
+    lanes: int  # engines (one per model process when kind is processes)
+    reason: str  # one sentence: why this many, for the startup line and /healthz
+    weights_gb: float | None = None  # one loaded copy; None where not planned (GPU, Ray)
+    available_gb: float | None = None
+    kv_cache_gb: float = 0.0  # per engine; 0 = the engine decides (the settings' kv_cache_gb, CUDA)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / GB:.1f} GB" if n_bytes >= 0.95 * GB else f"{n_bytes / 1e6:.0f} MB"
+
+
+def available_bytes() -> int:
+    """Memory this process may still use: MemAvailable, or less under a cgroup limit."""
+    avail = _meminfo_kb("MemAvailable") * 1024
+    cgroup = Path("/sys/fs/cgroup")
+    try:  # cgroup v2: the limit of this process's group minus what it uses
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            avail = min(avail, int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(0, avail)
+
+
+def _meminfo_kb(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return (os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 1024  # no /proc: all of it
+
+
+def plan_lanes(settings, weights: int, kv_per_slot: int, available: int, cores: int) -> LanePlan:
+    """The engines for a CPU: `weights` one loaded copy (bytes), `kv_per_slot` one session's KV
+    (bytes), `available` the memory budget (bytes), `cores` the cores there are.
+
+    Raises:
+        NoRoom: one copy does not fit, or the processes the settings ask for do not.
+    """
+    w_gb, a_gb = weights / GB, available / GB
+    avail = _size(available)
+    need_one = weights + MIN_SLOTS * kv_per_slot  # on threads: the gateway's own memory is spent already
+    per_process = weights + PROCESS_BASE_BYTES + MIN_SLOTS * kv_per_slot
+    if need_one > available:
+        raise NoRoom(
+            f"the model needs {_size(need_one)} ({settings.dtype} weights {_size(weights)} and the KV of one "
+            f"session) but {avail} of memory is available: "
+            + ("load it with --dtype bfloat16, " if settings.dtype == "float32" else "")
+            + "free memory, or use a machine with more"
+        )
+    fit = int(available // per_process)
+    wanted = settings.lanes
+    if settings.worker == "processes" and fit < wanted:
+        raise NoRoom(
+            f'worker = "processes" with {wanted} lane(s) needs {wanted} copies of {_size(per_process)} '
+            f"but {avail} of memory is available ({fit} fit): set model_lanes = {max(fit, 1)} "
+            'or worker = "threads" (one copy)'
+        )
+    explicit = settings.worker in ("processes", "threads")
+    if explicit:
+        kind, lanes = settings.worker, wanted
+        reason = f'worker = "{kind}" with {lanes} lane(s), as configured'
+    elif wanted <= 1:
+        kind, lanes = "threads", 1
+        reason = "one engine on a thread (one lane: model_lanes = 1 or one core)"
+    elif fit >= 2:
+        kind, lanes = "processes", min(wanted, fit)
+        why = "one per core" if lanes == wanted else f"{fit} copies fit, {cores} cores"
+        reason = f"{lanes} model processes ({why}): each holds a {_size(weights)} copy, {avail} available"
+    else:
+        kind, lanes = "threads", 1
+        reason = (
+            f"two copies of {_size(per_process)} do not fit in {avail} available: "
+            "one copy, one engine on a thread using every core"
+        )
+    copies = lanes if kind == "processes" else 1
+    left = available - copies * (weights + (PROCESS_BASE_BYTES if kind == "processes" else 0))
+    kv_gb = settings.kv_cache_gb or KV_SHARE * left / lanes / 2**30
+    return LanePlan(kind, lanes, reason, round(w_gb, 2), round(a_gb, 2), round(kv_gb, 3))
+
+
+def plan_for(settings, checkpoint: str | Path) -> LanePlan:
+    """The plan for `settings` on this machine (reads only the checkpoint's headers)."""
+    import torch
+
+    from omni.footprint import kv_bytes_per_token, weight_bytes
+
+    if settings.worker == "ray" or not settings.device.startswith("cpu"):
+        why = "Ray replicas" if settings.worker == "ray" else "a GPU: one engine batches every session"
+        return LanePlan(settings.worker_kind, settings.lanes, why)
+    from .worker import EngineSpec
+
+    dtype = getattr(torch, settings.dtype)
+    weights = weight_bytes(checkpoint, dtype)
+    kv_slot = kv_bytes_per_token(checkpoint, dtype) * EngineSpec.from_settings(settings).slot_tokens
+    budget = int(settings.memory_gb * GB) if settings.memory_gb else available_bytes()
+    return plan_lanes(settings, weights, kv_slot, budget, os.cpu_count() or 1)
