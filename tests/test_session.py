@@ -210,3 +210,34 @@ def test_a_long_prefill_in_chunks_equals_it_whole_and_long_items_are_refused(tin
     with pytest.raises(InputTooLong, match="limit is 50"):
         s.prefill_program({"role": "user", "content": [text]}, max_tokens=50)
     assert s.state.cache_len == before
+
+
+def test_a_text_too_long_by_its_bytes_alone_is_refused_without_tokenizing(tiny):
+    """3 MB of text for a 50-token limit: refused by its length (fewest_tokens), the tokenizer
+    never runs over it; a text near the limit is still tokenized and judged exactly."""
+    from omni.session.engine import InputTooLong
+
+    s = Session(tiny, seed=5)
+    s.set_system("omni", None, "Be brief.")
+    calls = []
+    real = tiny.tokenizer.encode
+    tiny.tokenizer.encode = lambda text, **kw: calls.append(len(text)) or real(text, **kw)
+    try:
+        with pytest.raises(InputTooLong, match="at least .* limit is 50"):
+            s.prefill_program({"role": "user", "content": ["x" * 3_000_000]}, max_tokens=50)
+        assert calls == []
+        with pytest.raises(InputTooLong, match="the item is \\d+ tokens long; the limit is 50"):
+            s.prefill_program({"role": "user", "content": [" ".join(f"w{i}" for i in range(60))]}, max_tokens=50)
+        assert len(calls) == 1
+    finally:
+        tiny.tokenizer.encode = real
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain ascii words", " " * 500, "=" * 300, "中文字符" * 40, "e\u0301" * 50, "\u0958\u2126" * 30, "🙂" * 20, ""],
+)
+def test_fewest_tokens_never_exceeds_the_real_count(tiny, text):
+    from omni.processing.tokens import fewest_tokens
+
+    assert fewest_tokens(text, tiny.tokenizer) <= len(tiny.tokenizer.encode(text, add_special_tokens=False))

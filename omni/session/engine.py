@@ -32,6 +32,7 @@ from ..model.tts import GreedySampler, MultinomialSampler
 from ..model.tts_loop import SpeechParams
 from ..processing import prompt as P
 from ..processing.audio import audio_placeholder
+from ..processing.tokens import fewest_tokens
 from .caches import Caches, SoloCaches
 from .llm import LLM_TOKENS_PER_CALL, llm_chunks
 from .prefill import PREFILL_CHUNK_TOKENS, STREAM_MAX_SLICE_NUMS, InputTooLong, PrefillRecord, fragment_mel
@@ -136,6 +137,13 @@ class Session:
         self._close_active()
         self._reply = None  # new input follows the reply: it can no longer be cut or forgotten
         m, st = self.m, self.state
+        if max_tokens is not None:  # its length alone may say so: no tokenizing megabytes first
+            texts = [c for c in msg["content"] if isinstance(c, str)]
+            at_least = sum(fewest_tokens(t, m.tokenizer) for t in texts)
+            if at_least > max_tokens:
+                raise InputTooLong(
+                    f"the item is at least {at_least} tokens long; the limit is {max_tokens} (the server's max_item_tokens)"
+                )
         col = P.collect([msg], omni_input=True)
         role, content = col.texts[0]
         first = not st.started

@@ -102,6 +102,10 @@ async def test_deep_json_and_oversized_items_are_clear_errors_and_the_session_go
         )
         err = (await recv_until(ws, lambda e: e["type"] == "error", timeout=60))[-1]["error"]
         assert err["code"] == "item_too_large" and "limit is 4096" in err["message"] and err["event_id"] == "big"
+        huge = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "x" * 3_000_000}]}
+        await ws.send(json.dumps({"type": "conversation.item.create", "event_id": "huge", "item": huge}))
+        err = (await recv_until(ws, lambda e: e["type"] == "error", timeout=60))[-1]["error"]
+        assert err["code"] == "item_too_large" and "at least" in err["message"] and err["event_id"] == "huge", err
         await ws.send(json.dumps({"type": "session.update", "session": {"instructions": "Still here?"}}))
         upd = (await recv_until(ws, lambda e: e["type"] in ("session.updated", "error")))[-1]
         assert upd["type"] == "session.updated"
