@@ -58,24 +58,25 @@ class Resampler(nn.Module):
         """Recompute the sin-cos table after a meta-device build (it is not in the checkpoint)."""
         self._set_pos_cache(self.max_size, self.query.device)
 
-    def _grow_pos_cache(self, tgt_sizes: torch.Tensor, device) -> None:
-        """Official behaviour: enlarge the table once a slice exceeds it, never shrink."""
-        h, w = int(tgt_sizes[:, 0].max()), int(tgt_sizes[:, 1].max())
-        if h > self.max_size[0] or w > self.max_size[1]:
-            self.max_size = (max(h, self.max_size[0]), max(w, self.max_size[1]))
-            self._set_pos_cache(self.max_size, device)
+    def _positions(self, h: int, w: int, device) -> torch.Tensor:
+        """[h, w, embed_dim] key positions: the table's corner, or, for a slice larger than the
+        table (a very tall or wide image), computed for this call only. The official code
+        enlarges its table for good instead: one 1:1000 image kept gigabytes per process at
+        full size. Same values either way (position (i, j) does not depend on the grid)."""
+        if h <= self.max_size[0] and w <= self.max_size[1]:
+            return self.pos_embed[:h, :w]
+        return torch.from_numpy(sincos_2d(self.embed_dim, h, w)).to(device)
 
     def forward(self, x: torch.Tensor, tgt_sizes: torch.Tensor) -> torch.Tensor:
         """x [B, N, kv_dim] (patches beyond h·w are padding), tgt_sizes [B, 2] -> [B, Q, embed_dim]."""
         B, N, _ = x.shape
         assert tgt_sizes.shape == (B, 2), f"tgt_sizes {tuple(tgt_sizes.shape)} for batch {B}"
-        self._grow_pos_cache(tgt_sizes, x.device)
         lengths = (tgt_sizes[:, 0] * tgt_sizes[:, 1]).tolist()
         assert max(lengths) <= N, f"tgt_sizes need {max(lengths)} patches, x has {N}"
         pos = x.new_zeros(B, N, self.embed_dim)
         pad = torch.ones(B, N, dtype=torch.bool, device=x.device)
         for b, (h, w) in enumerate(tgt_sizes.tolist()):
-            pos[b, : h * w] = self.pos_embed[:h, :w].reshape(h * w, -1).to(x.dtype)
+            pos[b, : h * w] = self._positions(h, w, x.device).reshape(h * w, -1).to(x.dtype)
             pad[b, : h * w] = False
         kv = self.ln_kv(self.kv_proj(x))
         q = self.ln_q(self.query)[:, None].expand(-1, B, -1)

@@ -51,16 +51,34 @@ async def _report_and_code(send, e: Exception, event_id: str | None) -> int | No
 class Supervisor:
     """A connection's background tasks (a session's `Spawn`, session/tasks.py): each runs in the
     connection's task group, and what it raises is reported here like a failed message; an error
-    that ends the session (a typed close code) calls `close(code)`. `cancel_all` at the end."""
+    that ends the session (a typed close code) calls `close(code)`. `cancel_all` at the end.
+
+    Once the connection is closing (`cancel_all`, or a task group that is shutting down because
+    a task failed) nothing new starts: `spawn` closes the coroutine unrun and returns None, and
+    the session starts no reply (session/tasks.py)."""
 
     def __init__(self, group: asyncio.TaskGroup, send, close) -> None:
         self.group, self.send, self.close = group, send, close
         self.tasks: set[asyncio.Task] = set()
+        self.closing = False
 
-    def spawn(self, coro, name: str) -> asyncio.Task:
-        task = self.group.create_task(self._guarded(coro), name=name)
+    def spawn(self, coro, name: str) -> asyncio.Task | None:
+        if self.closing:
+            coro.close()
+            return None
+        guarded = self._guarded(coro)
+        try:
+            task = self.group.create_task(guarded, name=name)
+        except RuntimeError:  # the group is shutting down (a task of it failed): so is the connection
+            self.closing = True
+            guarded.close()
+            coro.close()
+            return None
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        # A task cancelled before its first step (the connection closed at once) never ran
+        # `_guarded`, so nobody awaited `coro`: close it (a no-op once it ran).
+        task.add_done_callback(lambda _t: coro.close())
         return task
 
     async def _guarded(self, coro) -> None:
@@ -72,5 +90,6 @@ class Supervisor:
                 await self.close(code)
 
     def cancel_all(self) -> None:
+        self.closing = True
         for task in list(self.tasks):
             task.cancel()

@@ -24,6 +24,10 @@ from .protocol import AUDIO_FORMATS, AudioFormat
 MODEL_INPUT_RATE_HZ = 16_000  # Whisper encoder input
 MODEL_OUTPUT_RATE_HZ = 24_000  # Vocos output of the TTS head
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
+# Past about 1000:1 the model's resize clamps the short side to one patch and the long side
+# grows without bound (1x1,000,000 pixels -> 32,000 patches to encode); no camera or screenshot
+# comes near 100:1.
+MAX_ASPECT = 100
 MIN_REFERENCE_S = 1.0  # shorter clips give the speaker encoder too little to go on
 MAX_REFERENCE_S = 30.0
 
@@ -231,6 +235,8 @@ def decode_image(data: str | bytes, max_pixels: int) -> Image.Image:
             )
         if w * h > max_pixels:  # checked before decoding, so a huge frame costs nothing
             raise MediaError("image_too_large", f"Image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}.")
+        if max(w, h) > MAX_ASPECT * min(w, h):
+            raise MediaError("invalid_image", f"Image is {w}x{h}: an aspect ratio over {MAX_ASPECT}:1 is refused.")
         img.load()
     except MediaError:
         raise

@@ -271,6 +271,7 @@ class Call:
                     tasks.append(tg.create_task(self._listen(track) if track.kind == "audio" else self._watch(track)))
                 await self._await_connection()
                 await self.ended.wait()
+                supervisor.closing = True  # from here on no reply or transcript starts
                 for t in tasks:
                     t.cancel()
                 await self.conv.close()  # its replies and transcripts end before the group

@@ -314,6 +314,8 @@ class Conversation:
         r = await self.responder.start(
             opts, t0, st.last_item_id, timings, speak=opts.generate_audio, metadata=params.metadata
         )
+        if r is None:  # the connection is closing: no reply starts
+            return
         st.reply_started(r)
         assert r.task is not None  # start() set it
         # the reply's task only reports; its end changes the state on the owner task

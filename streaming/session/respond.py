@@ -64,6 +64,7 @@ class Response:
     speak: bool = True  # output_modalities: audio (+ transcript) or text only
     metadata: dict | None = None  # the client's, echoed on the response object
     first_output: asyncio.Event = field(default_factory=asyncio.Event)  # its first text or audio, or its end
+    announced: asyncio.Event = field(default_factory=asyncio.Event)  # response.created sent: its task may run
     stopped: bool = False  # barge-in, cancel or truncate stopped it: no longer audible
     cut_live: bool = False  # a truncate cancelled it mid-generation (see response.cancel)
     previous_item_id: str | None = None  # the conversation item it follows
@@ -107,8 +108,10 @@ class Responder:
         extra_timings: dict | None = None,
         speak: bool = True,
         metadata=None,
-    ) -> Response:
-        """Start a reply with `GenerateOptions` `opts` on the conversation's engine."""
+    ) -> Response | None:
+        """Start a reply with `GenerateOptions` `opts` on the conversation's engine; None (and
+        nothing sent) when the connection is closing. Its task exists before `response.created`
+        is sent and waits for it, so no response is ever current without a task."""
         r = Response(
             new_id("resp"),
             new_id("item"),
@@ -117,15 +120,19 @@ class Responder:
             metadata=metadata,
             previous_item_id=previous_item_id,
         )
+        r.task = self.spawn(self._run(r, opts), f"response {r.id}")
+        if r.task is None:
+            return None
         self.current = r
         r.timings_ms.update(extra_timings or {})
         self.playout.start(r.id)
         await self.send(E.ResponseStarted(r.id, r.item("in_progress"), previous_item_id, r.metadata))
-        r.task = self.spawn(self._run(r, opts), f"response {r.id}")
+        r.announced.set()
         return r
 
     async def _run(self, r: Response, opts) -> None:
         try:
+            await r.announced.wait()  # every event of the response after its response.created
             await self.engine.start_reply(opts)
             while not r.closed:
                 item = await self.engine.reply_step(self._deadline(r))

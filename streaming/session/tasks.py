@@ -2,7 +2,10 @@
 and transcripts are tasks the connection supervises (its task group and its error boundary), not
 bare `create_task`s whose errors nobody sees. The session asks through a `Spawn`; the connection
 injects one (gateway/boundary.Supervisor) before the session starts. The default, for a session
-driven directly (benches, unit tests), is a plain task."""
+driven directly (benches, unit tests), is a plain task.
+
+A `Spawn` returns None when the connection is closing: the coroutine was closed without running,
+and the caller starts nothing (no reply on a closing connection)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-Spawn = Callable[[Coroutine[Any, Any, Any], str], asyncio.Task]
+Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task | None"]
 
 
 def plain_task(coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:

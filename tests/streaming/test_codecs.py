@@ -162,6 +162,7 @@ def test_rgba_png_becomes_rgb() -> None:
         ("not*base64", "invalid_image"),
         (image_bytes("GIF"), "unsupported_image_format"),
         (image_bytes("PNG", size=(200, 100)), "image_too_large"),
+        (image_bytes("PNG", size=(1, 9000)), "invalid_image"),  # 9000:1: an unbounded strip of patches
     ],
 )
 def test_decode_image_errors(data, code: str) -> None:
