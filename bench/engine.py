@@ -17,6 +17,7 @@ worker did), all N sessions do the same thing at the same moment (the worst case
     python bench/engine.py [--levels 1,4,16,32] [--model DIR]
     python bench/engine.py --full-random --layers 2 [--levels 1,16] [--skip-speech]
     python bench/engine.py --full-random --device cuda --dtype bfloat16 --levels 1,8,16,32 [--no-cuda-graphs]
+    python bench/engine.py --thread-compare [--rounds 5]   # one session: engine thread / calling thread
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # streaming/, for --thread-compare
 HELD_MS = 150.0
 
 
@@ -166,6 +168,95 @@ def speech(m, e, d, sids, a, rate) -> dict:
     }
 
 
+def _one_session(call) -> dict:
+    """One session's work through `call(op, *args) -> result`: a system prompt, six 1-s units
+    (audio + a 640x480 frame), a spoken reply; its unit prefill p50, first audio and RTF."""
+    from omni.sampling import SamplingParams
+    from omni.session.engine import GenerateOptions
+
+    rng = np.random.default_rng(0)
+    frame = Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    call("system", 0, "audio_assistant", None, None)
+    units = []
+    for _ in range(6):
+        t = time.perf_counter()
+        call("unit", (0.1 * rng.standard_normal(16000)).astype(np.float32), frame)
+        units.append(time.perf_counter() - t)
+    opts = GenerateOptions(sampling=SamplingParams(), max_new_tokens=120, max_speech_s=4.0, low_latency=True)
+    t0 = time.perf_counter()
+    call("generate", opts)
+    first, samples = None, 0
+    while (piece := call("reply_step"))[0] is not None:
+        if len(piece[1]):
+            samples += len(piece[1])
+            first = first if first is not None else time.perf_counter() - t0
+    return {
+        "unit_ms": round(1000 * statistics.median(units), 1),
+        "first_audio_ms": round(1000 * (first or 0.0), 1),
+        "rtf": round((time.perf_counter() - t0) / max(samples / 24_000, 1e-9), 3),
+    }
+
+
+def thread_child(mode: str) -> None:
+    """One process, one mode: the model loaded as `omni serve` loads it for the threads worker,
+    then one session ticked on this (the loading) thread, or on the worker's engine thread."""
+    import threading
+
+    from streaming.server import load_model
+    from streaming.settings import ServerSettings
+    from streaming.worker import EngineSpec, EngineWorker
+
+    settings = ServerSettings(model_lanes=1, worker="threads")
+    omni, _ = load_model(settings)
+    if mode == "calling":
+        from omni.batch.engine import BatchEngine
+
+        engine = BatchEngine(omni, slots=2, slot_tokens=4096)
+    else:
+        engine = EngineWorker(omni, EngineSpec.from_settings(settings)).engines[0]
+    sid, box, ready = engine.open(), {}, threading.Event()
+
+    def call(op, *args):
+        ready.clear()
+        engine.submit(sid, op, args, None, lambda result, error: (box.update(r=result, e=error), ready.set()))
+        with torch.inference_mode():
+            while mode == "calling" and not ready.is_set():
+                engine.tick()
+        ready.wait()
+        if box["e"] is not None:
+            raise box["e"]
+        return box["r"]
+
+    _one_session(call)  # warm-up
+    print(json.dumps({"mode": mode, "torch_threads": torch.get_num_threads(), **_one_session(call)}))
+
+
+def thread_compare(rounds: int) -> dict:
+    """Engine thread vs calling thread, one session, each in its own process (a process's thread
+    pools are the point), A B A B, at 1, 2 and all cores; ratios engine / calling (1 = as fast)."""
+    import os
+    import subprocess
+
+    out = {}
+    for n in dict.fromkeys([1, 2, os.cpu_count() or 1]):
+        runs: dict[str, list[dict]] = {"calling": [], "engine": []}
+        for _ in range(rounds):
+            for mode in runs:
+                p = subprocess.run(
+                    [sys.executable, __file__, "--thread-child", mode, "--threads", str(n)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                runs[mode].append(json.loads(p.stdout.strip().splitlines()[-1]))
+        med = {
+            m: {k: statistics.median(r[k] for r in rs) for k in ("unit_ms", "first_audio_ms", "rtf")}
+            for m, rs in runs.items()
+        }
+        out[str(n)] = {**med, "ratio": {k: round(med["engine"][k] / med["calling"][k], 3) for k in med["engine"]}}
+    return {"bench": "engine_thread", "rounds": rounds, "threads": out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model")
@@ -184,12 +275,20 @@ def main() -> None:
     ap.add_argument("--alone-levels", help="levels with the max_batch=1 comparison (default: all)")
     ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--thread-compare", action="store_true", help="one session: engine thread vs calling thread")
+    ap.add_argument("--rounds", type=int, default=5, help="--thread-compare: processes per mode and thread count")
+    ap.add_argument("--thread-child", choices=["calling", "engine"], help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.thread_compare:
+        print(json.dumps(thread_compare(a.rounds)))
+        return
     from omni.embedded import embedded_checkpoint
     from omni.loader import load
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.thread_child:
+        return thread_child(a.thread_child)
     dtype = getattr(torch, a.dtype)
     t0 = time.perf_counter()
     if a.full_random:

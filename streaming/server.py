@@ -237,11 +237,31 @@ def checkpoint_dir(settings: ServerSettings) -> Path:
 
 
 def load_model(settings: ServerSettings):
+    """The model for an in-process worker, loaded on a thread of its own that then ends: torch's
+    OpenMP pool, made by whichever thread first runs a parallel op, goes with that thread, so
+    the engine thread's pool is the only one. Two pools in one process cost an engine thread
+    half its speed on 2 cores (libgomp stops spinning once it manages more threads than there
+    are cores; bench/engine.py --thread-compare)."""
+    import threading
+
     import torch
     from omni.loader import load
 
     ckpt = checkpoint_dir(settings)
-    return load(ckpt, dtype=getattr(torch, settings.dtype), device=settings.device), settings.model is None
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["omni"] = load(ckpt, dtype=getattr(torch, settings.dtype), device=settings.device)
+        except BaseException as e:  # noqa: BLE001 - raised again on the caller's thread
+            box["error"] = e
+
+    loader = threading.Thread(target=run, name="omni-load")
+    loader.start()
+    loader.join()
+    if "error" in box:
+        raise box["error"]
+    return box["omni"], settings.model is None
 
 
 def make_worker(settings: ServerSettings, plan):

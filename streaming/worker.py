@@ -154,10 +154,10 @@ class EngineWorker:
 
     def __init__(self, omni, spec: EngineSpec, torch_threads: int | None = None):
         """`torch_threads`: intra-op threads per engine thread (None: one each when there are
-        several engines, torch's default otherwise)."""
+        several engines, else this thread's count: all cores unless set)."""
         self.spec = spec
         self.engines = [spec.engine(omni) for _ in range(spec.lanes)]
-        threads = torch_threads or (1 if spec.lanes > 1 else None)
+        threads = torch_threads or (1 if spec.lanes > 1 else torch.get_num_threads())
         self._threads = [
             threading.Thread(target=self._serve, args=(e, threads), name=f"omni-engine_{i}", daemon=True)
             for i, e in enumerate(self.engines)
@@ -166,9 +166,8 @@ class EngineWorker:
             t.start()
 
     @staticmethod
-    def _serve(engine: BatchEngine, threads: int | None) -> None:
-        if threads:
-            torch.set_num_threads(threads)  # per thread: without it every engine's GEMMs spread over all cores
+    def _serve(engine: BatchEngine, threads: int) -> None:
+        torch.set_num_threads(threads)  # per thread: the engine's own OpenMP team, this size
         engine.run_forever()
 
     @property
