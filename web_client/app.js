@@ -51,7 +51,7 @@ function render(s, before) {
   if (v.link !== was.link && v.link != null) ui.setConnection(v.link);
   if (v.muted !== was.muted) ui.setMuted(v.muted);
   if (v.downloads !== was.downloads) for (const id of ["dl-transcript", "dl-audio"]) ui.el(id).disabled = !v.downloads;
-  if (v.resumeTap !== was.resumeTap) ui.el("resume").hidden = !v.resumeTap;
+  if (v.resumeTap !== was.resumeTap) { ui.el("resume").hidden = !v.resumeTap; ui.el("start").hidden = v.resumeTap; }
   ui.el("interrupt").disabled = !v.interruptible;   // after setCallButtons, which also sets it
 }
 

@@ -111,6 +111,7 @@ def test_background_pauses_the_call_and_it_comes_back(server_factory, browser_fa
     )
     assert page.evaluate(BADGE) == "paused"
     page.wait_for_selector("#resume", state="visible", timeout=5_000)
+    assert not page.is_visible("#start")  # Resume in its place
     page.evaluate("() => { delete window.omni.ctx.state; delete window.omni.ctx.resume; }")  # the tap may resume
     page.click("#resume")
     page.wait_for_function(f"{BADGE} === 'listening'", timeout=5_000)

@@ -87,7 +87,7 @@ def backgrounded_and_back(p) -> None:
     assert p.js("return window.omni.ctx.state") == "running" and not p.visible("#resume")
 
 
-def audio_suspended_behind_its_back(p) -> None:
+def audio_suspended_behind_its_back(p, shot) -> None:
     """The AudioContext suspended by someone else: paused; it restarts by itself. Then again with
     resume() refused outside a tap (as iOS does): one tap on Resume restarts it."""
     p.js(
@@ -99,11 +99,12 @@ def audio_suspended_behind_its_back(p) -> None:
     assert p.js("return window.omni.ctx.state") == "running"
     p.js("const c = window.omni.ctx; c.resume = () => new Promise(() => {}); c.suspend();")  # forced fault
     p.wait("!document.querySelector('#resume').hidden", 5, "the Resume button")
-    assert p.js(f"return {BADGE}") == "paused"
+    assert p.js(f"return {BADGE}") == "paused" and not p.visible("#start")  # Resume in its place
+    p.driver.save_screenshot(str(shot))
     p.js("delete window.omni.ctx.resume")  # the real one again: a tap may resume
     p.click("#resume")
     p.wait(badge_is("listening"), 5, "resumed by the tap")
-    assert p.js("return window.omni.ctx.state") == "running" and not p.visible("#resume")
+    assert p.js("return window.omni.ctx.state") == "running" and not p.visible("#resume") and p.visible("#start")
 
 
 def layouts(p, profile: str, shots_dir) -> None:
@@ -134,7 +135,7 @@ def test_a_call_in_webkit(webkit_factory, server_factory, shots_dir, profile):
     start_on_stale_devices(p)
     reply_heard_then_interrupted(p)
     backgrounded_and_back(p)
-    audio_suspended_behind_its_back(p)
+    audio_suspended_behind_its_back(p, shots_dir / f"webkit-{profile}-paused.png")
     layouts(p, profile, shots_dir)
     p.click("#hangup")
     p.wait(badge_is("idle"))
