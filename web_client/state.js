@@ -12,7 +12,8 @@
 // "Speaking" comes from events, never from measuring the reply's level (Safari may read a WebRTC
 // track as silence): on the WebSocket the player's reports of the audio it plays; on WebRTC, whose
 // audio plays in an <audio> element, the reply's first spoken text, and its end is the first audio
-// plus the reply's `audio_ms` from response.omni.timings.
+// plus the reply's `audio_ms` from response.omni.timings (a stall at the server, which delays its
+// track, ends the badge that much early; the audio itself is never cut by this).
 //
 // A call in the background (page hidden, AudioContext interrupted, capture muted by the system) is
 // `paused`: the badge says so, what was being heard is cut (the user did not hear it), the mic
