@@ -12,6 +12,7 @@ import { VoicePicker } from "./voice.js";
 import { Prefs } from "./prefs.js";
 import { CallRecorder, save } from "./export.js";
 import { DevicePicker } from "./devices.js";
+import { Background } from "./background.js";
 
 const { KEY_STORE, TLS_HINT } = errors;
 const TURNS_KEPT = 200;   // metrics.turns / truncates: enough for any test, bounded for a long call
@@ -50,6 +51,7 @@ function render(s, before) {
   if (v.link !== was.link && v.link != null) ui.setConnection(v.link);
   if (v.muted !== was.muted) ui.setMuted(v.muted);
   if (v.downloads !== was.downloads) for (const id of ["dl-transcript", "dl-audio"]) ui.el(id).disabled = !v.downloads;
+  if (v.resumeTap !== was.resumeTap) { ui.el("resume").hidden = !v.resumeTap; ui.el("start").hidden = v.resumeTap; }
   ui.el("interrupt").disabled = !v.interruptible;   // after setCallButtons, which also sets it
 }
 
@@ -73,6 +75,7 @@ function run(fx) {
       else io.player?.port.postMessage({ cmd: fx.cmd, id: fx.id });
       break;
     case "mute": io.transport?.setMuted(fx.on); break;
+    case "wake": setTimeout(() => dispatch({ type: "tick", now: performance.now() }), fx.inMs + 1); break;
     case "meta": ui.assistantMeta(fx.id, fx.text, fx.cut); break;
     case "text": ui.assistantText(fx.id, fx.delta); break;
     case "userTurn": ui.userTurn(fx.itemId, fx.durationMs); break;
@@ -121,9 +124,10 @@ function timings(id, t) {
 function ensureCtx() {
   if (!io.ctx) {
     io.ctx = new (window.AudioContext || window.webkitAudioContext)();
-    if (devices.speaker()) io.ctx.setSinkId?.(devices.speaker()).catch(() => {});
     io.analyser = io.ctx.createAnalyser();
     io.analyser.fftSize = 1024;
+    background.watchContext(io.ctx);
+    devices.applySpeaker(io.ctx, ui.el("remote-audio")).catch((e) => ui.showError("Could not use that speaker: " + e.message));
   }
   if (io.ctx.state !== "running") io.ctx.resume();
   return io.ctx;
@@ -174,7 +178,7 @@ function readPair(t, triesLeft) {
 }
 
 async function openMedia(hold) {
-  try { hold("mic", await navigator.mediaDevices.getUserMedia({ audio: devices.audio() })); }
+  try { hold("mic", await devices.open("audioinput")); }
   catch (e) {
     if (e === STALE) throw e;
     throw new Error(e.name === "NotAllowedError" ? "Microphone access was denied. Allow the microphone for this site (address bar → site settings) and press Start again."
@@ -183,12 +187,13 @@ async function openMedia(hold) {
   hold("cam", null);
   if (videoMode()) {
     let cam = null;
-    try { cam = await navigator.mediaDevices.getUserMedia({ video: devices.video() }); }
+    try { cam = await devices.open("videoinput"); }
     catch (e) {
       ui.showError(e.name === "NotAllowedError" ? "Camera access was denied: continuing with voice only." : "Camera unavailable (" + e.message + "): voice only.");
     }
     if (cam) hold("cam", cam);
   }
+  background.watchStream(io.mic);
   showCamera();
   devices.refresh();                               // labels are known now
 }
@@ -244,6 +249,20 @@ function release() {
   ui.el("flip").disabled = true;
   ui.setLevel("mic-level", 0);
   ui.el("preview").srcObject = null;
+  ui.videoShown(false);                            // "camera off", not a black box
+}
+
+/** After the background ended the microphone track (iPadOS may): a new one, sent in its place. */
+async function reacquireMic() {
+  const old = io.mic;
+  if (!old) return;
+  const mic = await devices.open("audioinput");
+  if (io.mic !== old) { mic.getTracks().forEach((t) => t.stop()); return; }   // the call changed meanwhile
+  old.getTracks().forEach((t) => t.stop());
+  io.mic = mic;
+  background.watchStream(mic);
+  io.transport?.replaceMic(mic, io.ctx);
+  if (io.micAnalyser) io.ctx.createMediaStreamSource(mic).connect(io.micAnalyser);
 }
 
 function showCamera() {
@@ -279,13 +298,12 @@ function rmsOf(analyser) {
   return Math.sqrt(s / buf.length);
 }
 
-setInterval(() => {                                // meters; on WebRTC also when the reply is heard
+setInterval(() => {                                // the meters only: "speaking" comes from events (state.js)
   if (!io.analyser) return;
   if (io.micAnalyser) ui.setLevel("mic-level", state.muted ? 0 : rmsOf(io.micAnalyser) * 4);
   const rms = rmsOf(io.analyser);
   metrics.outRmsMax = Math.max(metrics.outRmsMax, rms);
   ui.setLevel("out-level", rms * 4);
-  if (state.transport === "webrtc") dispatch({ type: "meter", rms, now: performance.now() });
 }, 10);
 
 // ---- wiring -------------------------------------------------------------------------------
@@ -296,7 +314,14 @@ const voice = new VoicePicker(ui.el("voice"), {
 });
 const prefs = new Prefs(() => dispatch({ type: "settings" }));
 const recorder = new CallRecorder();
-const devices = new DevicePicker({ onSpeaker: setSpeaker });
+const devices = new DevicePicker({
+  onSpeaker: setSpeaker,
+  onGone: (_kind, name) => ui.notice(`Your saved ${name} is not available: using the system default. Pick another under Settings → Devices.`),
+});
+const background = new Background({
+  dispatch,
+  media: { ctx: () => io.ctx, mic: () => io.mic, audioEl: ui.el("remote-audio"), reacquire: reacquireMic },
+});
 function setSpeaker(id) {
   ui.el("remote-audio").setSinkId?.(id).catch((e) => ui.showError("Could not use that speaker: " + e.message));
   io.ctx?.setSinkId?.(id).catch(() => {});
@@ -309,7 +334,7 @@ window.omni = Object.freeze({
   get responses() { return new Map([...state.retired, ...Object.values(state.responses)].map((r) => [r.id, r])); },
   reply: (id) => replyOf(state, id),
   metrics, devices, voice, prefs, recorder,
-  get mic() { return io.mic; }, get cam() { return io.cam; }, get transport() { return io.transport; },
+  get mic() { return io.mic; }, get cam() { return io.cam; }, get transport() { return io.transport; }, get ctx() { return io.ctx; },
   get health() { return health; }, get callStarted() { return state.callStarted; }, get session() { return state.session; },
 });
 
@@ -326,6 +351,10 @@ ui.el("interrupt").addEventListener("click", () => dispatch({ type: "interrupt" 
 ui.el("reconnect").addEventListener("click", () => dispatch({ type: "reconnect" }));
 ui.el("error-close").addEventListener("click", () => dispatch({ type: "dismiss" }));
 ui.el("mute").addEventListener("click", () => dispatch({ type: "mute" }));
+ui.el("resume").addEventListener("click", () => background.tap());
+ui.el("notice-close").addEventListener("click", () => ui.clearNotice());
+// While paused for want of a tap, any tap on the page restarts the audio (a user gesture).
+document.addEventListener("pointerdown", (e) => { if (view(state).resumeTap && e.target.id !== "resume") background.tap(); }, true);
 ui.el("api-key").addEventListener("change", (e) => localStorage.setItem(KEY_STORE, e.target.value.trim()));
 ui.el("text-form").addEventListener("submit", (e) => {
   e.preventDefault();

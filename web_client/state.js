@@ -9,10 +9,21 @@
 // or Interrupt is `dead`: the phase goes straight back to listening and its late events are
 // dropped on sight (docs/STYLE.md 9).
 //
+// "Speaking" comes from events, never from measuring the reply's level (Safari may read a WebRTC
+// track as silence): on the WebSocket the player's reports of the audio it plays; on WebRTC, whose
+// audio plays in an <audio> element, the reply's first spoken text, and its end is the first audio
+// plus the reply's `audio_ms` from response.omni.timings (a stall at the server, which delays its
+// track, ends the badge that much early; the audio itself is never cut by this).
+//
+// A call in the background (page hidden, AudioContext interrupted, capture muted by the system) is
+// `paused`: the badge says so, what was being heard is cut (the user did not hear it), the mic
+// sends silence, and the silence watchdog waits; `resume` undoes it, `blocked` asks for a tap.
+//
 // Events: {type:"start"|"reconnect"|"hangup"|"dismiss"|"mute"|"settings"}, {type:"interrupt"},
 // {type:"text", text, now}, {type:"connected", attempt, transport, rtcFailed, at, now},
 // {type:"failed", attempt, error}, {type:"lost", attempt, info}, {type:"tick", now},
-// {type:"server", attempt, event, samples?, now}, {type:"player", msg, now}, {type:"meter", rms, now}.
+// {type:"server", attempt, event, samples?, now}, {type:"player", msg, now},
+// {type:"suspend", reason, now}, {type:"resume", now}, {type:"blocked"}.
 import * as P from "./protocol.js";
 
 // The server sends [ext] omni.heartbeat every 2 s: this long with no event at all is a dead server
@@ -21,20 +32,21 @@ export const SILENT_MS = 5000;
 // Finished replies kept after their audio is done, so a late report about one is still matched
 // (response.omni.timings follows response.done; the player acks a drop); older ones are forgotten.
 export const RETIRED_MAX = 8;
-// WebRTC reply audio plays in an <audio> element: the output level says when it is heard.
-const LOUD_RMS = 0.01, QUIET_RMS = 0.004, QUIET_MS = 400;
+// WebRTC: the server's track plays a reply in real time from its first audio; the <audio>
+// element's jitter buffer adds a little. Without timings a finished reply is over this much later.
+export const PLAYOUT_MARGIN_MS = 250, TIMINGS_WAIT_MS = 1000;
 
 export function initialState() {
   return {
     phase: "idle", attempt: 0, transport: null, link: null, muted: false, session: null, callStarted: null,
     current: null, audible: null, responses: {}, retired: [],
-    speech: null, lastStop: null, lastHeard: 0, quietSince: 0, typed: 0, effects: [],
+    speech: null, lastStop: null, lastHeard: 0, audibleUntil: null, paused: null, typed: 0, effects: [],
   };
 }
 
 const isLive = (s) => s.phase !== "idle" && s.phase !== "error";
 
-const newReply = (id, tStop) => ({ id, itemId: null, tStop, pageMs: null, received: 0, played: 0,
+const newReply = (id, tStop) => ({ id, itemId: null, tStop, pageMs: null, heardAt: null, received: 0, played: 0,
   // audio: none (nothing pushed) | queued (in the player) | dropping (drop sent) | over (ended or dropped)
   audio: "none", done: false, status: null, dead: false, truncate: false });
 
@@ -56,8 +68,9 @@ function heardOrComing(s) {
 
 /** What the page shows, derived from the state only (app.js renders it). */
 export function view(s) {
-  return { badge: s.phase, calling: isLive(s), connected: !!s.transport, link: s.link, muted: s.muted,
-    interruptible: !!s.transport && heardOrComing(s).length > 0, downloads: s.callStarted != null };
+  return { badge: s.paused ? "paused" : s.phase, calling: isLive(s), connected: !!s.transport, link: s.link,
+    muted: s.muted, interruptible: !!s.transport && heardOrComing(s).length > 0, downloads: s.callStarted != null,
+    resumeTap: !!s.paused?.tap };
 }
 
 // A reply leaves `responses` once it is done at the server and its audio is over: per-turn
@@ -95,7 +108,7 @@ function bargeIn(s, cancel, fx) {
   const live = s.current || (!ws ? s.audible : null);
   if (cancel && live) fx.push({ do: "send", msg: "cancel", id: live });
   for (const id of heardOrComing(s)) s = drop(s, id, ws, fx);
-  s = { ...s, audible: null, current: null };
+  s = { ...s, audible: null, current: null, audibleUntil: null };
   return s.transport ? { ...s, phase: "listening" } : s;   // the audio stopped now, whatever the server says later
 }
 
@@ -105,7 +118,7 @@ function endCall(s, fx, phase, link = s.link) {
   fx.push({ do: "teardown" });
   const retired = [...s.retired, ...Object.values(s.responses)].slice(-RETIRED_MAX);
   return { ...s, phase, link, attempt: s.attempt + 1, transport: null, current: null, audible: null,
-    responses: {}, retired, speech: null, lastStop: null, lastHeard: 0, quietSince: 0 };
+    responses: {}, retired, speech: null, lastStop: null, lastHeard: 0, audibleUntil: null, paused: null };
 }
 
 function start(s, fx) {
@@ -119,7 +132,7 @@ function connected(s, ev, fx) {
   if (ev.attempt !== s.attempt || !isLive(s) || s.transport) return s;
   const link = ev.transport === "webrtc" ? "WebRTC" : "WebSocket" + (ev.rtcFailed ? " (WebRTC failed)" : "");
   fx.push({ do: "send", msg: "session" });
-  if (s.muted) fx.push({ do: "mute", on: true });
+  if (s.muted || s.paused) fx.push({ do: "mute", on: true });
   return { ...s, phase: s.phase === "connecting" ? "listening" : s.phase, transport: ev.transport, link,
     lastHeard: ev.now, callStarted: ev.at };
 }
@@ -138,22 +151,18 @@ function sendText(s, { text, now }, fx) {
   return { ...s, typed, lastStop: now, phase: "thinking" };  // latency counts from the send, as from end of speech
 }
 
-function meter(s, { rms, now }, fx) {
-  if (s.transport !== "webrtc") return s;
-  if (rms > LOUD_RMS) {
-    if (s.quietSince) s = { ...s, quietSince: 0 };
-    const r = s.current && s.responses[s.current];
-    if (!r) return s;
-    if (s.audible !== r.id) s = { ...s, audible: r.id, phase: "speaking" };
-    return firstAudio(s, r.id, now, fx);
-  }
-  if (rms < QUIET_RMS && s.audible && !s.current) {
-    if (!s.quietSince) s = { ...s, quietSince: now };
-    if (now - s.quietSince > QUIET_MS) {
-      s = { ...s, audible: null, quietSince: 0, phase: s.phase === "speaking" ? "listening" : s.phase };
-    }
-  }
-  return s;
+/** WebRTC: a reply is heard from its first spoken text (its audio goes out with it). */
+function heard(s, r, now, fx) {
+  if (s.transport !== "webrtc" || r.heardAt != null) return s;
+  s = setReply({ ...s, audible: r.id, audibleUntil: null, phase: "speaking" }, r.id, { heardAt: now });
+  return firstAudio(s, r.id, now, fx);
+}
+
+/** WebRTC: the heard reply is over at `until` (now or later: the page is woken then). */
+function audibleTill(s, until, now, fx) {
+  if (now >= until) return { ...s, audible: null, audibleUntil: null, phase: s.phase === "speaking" ? "listening" : s.phase };
+  fx.push({ do: "wake", inMs: until - now });
+  return { ...s, audibleUntil: until };
 }
 
 function onPlayer(s, { msg: m, now }, fx) {
@@ -192,9 +201,20 @@ function responseDone(s, e, fx) {
     { do: "meta", id, text: bits.filter(Boolean).join(" · "), cut });
   const wasCurrent = s.current === id;
   s = setReply({ ...s, current: wasCurrent ? null : s.current }, id, { done: true, status });
-  // a reply with no audio (text only) on the WebSocket: nothing will play, the turn is over
-  const silent = !s.audible && s.transport === "websocket" && !r.received;
+  if (s.transport === "webrtc" && s.audible === id) {
+    // the server stops its track on a cancel; else it plays on: the timings that follow say how long
+    const now = s.lastHeard;                                   // this event's arrival
+    return audibleTill(s, cut ? now : now + TIMINGS_WAIT_MS, now, fx);
+  }
+  // a reply with no audio (text only): nothing will play, the turn is over
+  const silent = !s.audible && (s.transport === "websocket" ? !r.received : r.heardAt == null);
   return wasCurrent && silent && s.phase === "thinking" ? { ...s, phase: "listening" } : s;
+}
+
+function timings(s, r, t, now, fx) {
+  fx.push({ do: "timings", id: r.id, timings: t });
+  if (s.transport !== "webrtc" || s.audible !== r.id || r.heardAt == null || !(t.audio_ms >= 0)) return s;
+  return audibleTill(s, r.heardAt + t.audio_ms + PLAYOUT_MARGIN_MS, now, fx);
 }
 
 function onServer(s, ev, fx) {
@@ -230,15 +250,31 @@ function onServer(s, ev, fx) {
       if (!r) return s;
       fx.push({ do: "player", cmd: "push", id, samples: ev.samples });
       return setReply(s, id, { received: r.received + (ev.samples?.length ?? 0), audio: "queued" });
-    case P.S.TRANSCRIPT_DELTA: case P.S.TEXT_DELTA: fx.push({ do: "text", id, delta: e.delta }); return s;
+    case P.S.TRANSCRIPT_DELTA: fx.push({ do: "text", id, delta: e.delta }); return r ? heard(s, r, ev.now, fx) : s;
+    case P.S.TEXT_DELTA: fx.push({ do: "text", id, delta: e.delta }); return s;
     case P.S.RESPONSE_DONE: return responseDone(s, e, fx);
-    case P.S.RESPONSE_TIMINGS: fx.push({ do: "timings", id, timings: P.timingsOf(e) }); return s;
+    case P.S.RESPONSE_TIMINGS: return timings(s, r, P.timingsOf(e), ev.now, fx);
     case P.S.USER_TRANSCRIPT_DELTA: fx.push({ do: "userText", itemId: e.item_id, text: e.delta, append: true }); return s;
     case P.S.USER_TRANSCRIPT_DONE: fx.push({ do: "userText", itemId: e.item_id, text: e.transcript, append: false }); return s;
     case P.S.USER_TRANSCRIPT_FAILED: fx.push({ do: "userText", itemId: e.item_id, text: "(no transcript)", append: false }); return s;
     case P.S.ERROR: fx.push({ do: "serverError", error: P.errorOf(e) }); return s;
     default: return s;
   }
+}
+
+function tick(s, { now }, fx) {
+  if (s.audibleUntil != null && now >= s.audibleUntil) s = audibleTill(s, s.audibleUntil, now, fx);
+  // in the background timers stall and events queue up: no verdict until the page is back
+  if (s.transport && !s.paused && s.lastHeard && now - s.lastHeard > SILENT_MS) return lost(s, { silent: true }, fx);
+  return s;
+}
+
+/** The page went to the background: nothing is heard now, so cut what was playing and mute. */
+function suspend(s, { reason }, fx) {
+  if (!isLive(s) || s.paused) return s;
+  if (s.transport && heardOrComing(s).length) s = bargeIn(s, true, fx);
+  fx.push({ do: "mute", on: true });
+  return { ...s, paused: { reason, tap: false } };
 }
 
 const HANDLERS = {
@@ -253,12 +289,18 @@ const HANDLERS = {
     return endCall(s, fx, "error");
   },
   lost: (s, ev, fx) => (ev.attempt === s.attempt && isLive(s) ? lost(s, ev.info, fx) : s),
-  tick: (s, ev, fx) => (s.transport && s.lastHeard && ev.now - s.lastHeard > SILENT_MS ? lost(s, { silent: true }, fx) : s),
+  tick,
   interrupt: (s, _ev, fx) => (view(s).interruptible ? bargeIn(s, true, fx) : s),
   text: sendText,
-  mute: (s, _ev, fx) => { fx.push({ do: "mute", on: !s.muted }); return { ...s, muted: !s.muted }; },
+  mute: (s, _ev, fx) => { fx.push({ do: "mute", on: !s.muted || !!s.paused }); return { ...s, muted: !s.muted }; },
   settings: (s, _ev, fx) => { if (s.transport) fx.push({ do: "send", msg: "session" }); return s; },
-  meter,
+  suspend,
+  resume: (s, ev, fx) => {
+    if (!s.paused) return s;
+    fx.push({ do: "mute", on: s.muted });
+    return { ...s, paused: null, lastHeard: s.transport ? ev.now : s.lastHeard };   // the watchdog starts afresh
+  },
+  blocked: (s) => (s.paused && !s.paused.tap ? { ...s, paused: { ...s.paused, tap: true } } : s),
   player: onPlayer,
   server: onServer,
 };

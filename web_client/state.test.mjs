@@ -3,7 +3,7 @@
 // (tests/test_web_state.py runs it in the suite).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { reduce, initialState, view, replyOf, SILENT_MS, RETIRED_MAX } from "./state.js";
+import { reduce, initialState, view, replyOf, SILENT_MS, RETIRED_MAX, PLAYOUT_MARGIN_MS, TIMINGS_WAIT_MS } from "./state.js";
 
 const RATE = 24000;
 
@@ -265,38 +265,133 @@ test("hang-up during connecting: the attempt's late outcome is ignored", () => {
   assert.deepEqual(kinds(failed.effects), ["error", "teardown"]);
 });
 
-test("WebRTC: the output level says when the reply is heard and when it went quiet", () => {
+const spoken = (id, delta = "hi") => ({ type: "response.output_audio_transcript.delta", response_id: id, item_id: `item_${id}`, delta });
+const timingsOfReply = (id, t) => ({ type: "response.omni.timings", response_id: id, timings: t });
+
+test("WebRTC: speaking from the server's events: the first spoken text, then first audio + audio_ms", () => {
   const p = page("webrtc");
   p.server({ type: "input_audio_buffer.speech_stopped", item_id: "u1", audio_end_ms: 10 });
   p.server({ type: "response.created", response: { id: "r1" } });
+  assert.equal(p.s.phase, "thinking");
+  assert.ok(view(p.s).interruptible, "a reply being made can be interrupted");
   p.now += 420;
-  const loud = p.send({ type: "meter", rms: 0.05 });
-  assert.deepEqual(loud, [{ do: "firstAudio", id: "r1", ms: 420 }]);
+  const first = p.server(spoken("r1"));
+  assert.deepEqual(kinds(first), ["text", "firstAudio"]);
+  assert.equal(first[1].ms, 420);
   assert.equal(p.s.phase, "speaking");
-  const same = p.s;
-  assert.equal(reduce(same, { type: "meter", rms: 0.05, now: p.now + 10 }), same, "no change, same state");
-  p.server({ type: "response.done", response: { id: "r1", status: "completed" } });
-  assert.ok(p.s.responses.r1, "still heard");
-  p.send({ type: "meter", rms: 0.001 });
-  p.now += 300;
-  p.send({ type: "meter", rms: 0.001 });
+  assert.equal(p.s.audible, "r1");
+  assert.deepEqual(kinds(p.server(spoken("r1", " there"))), ["text"], "heard once");
+  p.now += 100;                                                   // generated faster than real time
+  const done = p.server({ type: "response.done", response: { id: "r1", status: "completed" } });
+  assert.deepEqual(kinds(done), ["player:end", "turnStatus", "meta", "wake"]);
+  assert.equal(done[3].inMs, TIMINGS_WAIT_MS, "without timings it ends a second after response.done");
   assert.equal(p.s.phase, "speaking");
-  p.now += 200;
-  p.send({ type: "meter", rms: 0.001 });
+  assert.ok(view(p.s).interruptible, "still heard: Interrupt stays enabled");
+  p.now += 20;                                                    // heard at 420; 3 s of speech
+  const t = p.server(timingsOfReply("r1", { first_audio_ms: 400, audio_ms: 3000 }));
+  assert.deepEqual(t.at(-1), { do: "wake", inMs: 3000 + PLAYOUT_MARGIN_MS - 120 });
+  p.now += 1500;
+  assert.equal(reduce(p.s, { type: "tick", now: p.now }), p.s, "the fallback second is superseded by the timings");
+  p.now = 420 + 3000 + PLAYOUT_MARGIN_MS;
+  p.send({ type: "tick" });
   assert.equal(p.s.phase, "listening");
+  assert.equal(p.s.audible, null);
+  assert.ok(!view(p.s).interruptible);
   assert.deepEqual(Object.keys(p.s.responses), []);
+});
+
+test("WebRTC: late timings of a reply heard already over end it at once; no timings: one second", () => {
+  const p = page("webrtc");
+  p.send({ type: "text", text: "hi" });
+  p.server({ type: "response.created", response: { id: "r1" } });
+  p.server(spoken("r1"));
+  p.server({ type: "response.done", response: { id: "r1", status: "completed" } });
+  p.now += 500;
+  p.server(timingsOfReply("r1", { audio_ms: 100 }));
+  assert.equal(p.s.phase, "listening");
+  p.send({ type: "text", text: "again" });
+  p.server({ type: "response.created", response: { id: "r2" } });
+  p.server(spoken("r2"));
+  p.server({ type: "response.done", response: { id: "r2", status: "completed" } });
+  p.now += TIMINGS_WAIT_MS - 1;
+  p.send({ type: "tick" });
+  assert.equal(p.s.phase, "speaking");
+  p.now += 1;
+  p.send({ type: "tick" });
+  assert.equal(p.s.phase, "listening");
+});
+
+test("WebRTC: a text-only reply, never heard, is over at response.done", () => {
+  const p = page("webrtc");
+  p.send({ type: "text", text: "hi" });
+  p.server({ type: "response.created", response: { id: "r1" } });
+  p.server({ type: "response.output_text.delta", response_id: "r1", delta: "yo" });
+  assert.equal(p.s.phase, "thinking");
+  p.server({ type: "response.done", response: { id: "r1", status: "completed" } });
+  assert.equal(p.s.phase, "listening");
 });
 
 test("WebRTC Interrupt of a reply that finished generating still cancels it (the server plays it)", () => {
   const p = page("webrtc");
   p.server({ type: "response.created", response: { id: "r1" } });
-  p.send({ type: "meter", rms: 0.05 });
+  p.server(spoken("r1"));
   p.server({ type: "response.done", response: { id: "r1", status: "completed" } });
   const fx = p.send({ type: "interrupt" });
   assert.deepEqual(kinds(fx), ["send:cancel", "meta", "player:drop"]);
   assert.equal(fx[0].id, "r1");
   assert.deepEqual(p.player({ ev: "dropped", id: "r1", samples: 0 }), [], "no truncate on WebRTC");
   assert.equal(p.s.phase, "listening");
+  assert.equal(p.s.audibleUntil, null);
+  p.now += 5000;
+  assert.equal(reduce(p.s, { type: "tick", now: p.now }).phase, "listening");
+});
+
+test("backgrounded: paused, what was heard is cut and reported, the mic muted; resume unmutes", () => {
+  const p = page();
+  turnHeard(p, "r1");
+  const fx = p.send({ type: "suspend", reason: "hidden" });
+  assert.deepEqual(kinds(fx), ["send:cancel", "meta", "player:drop", "mute"]);
+  assert.deepEqual(fx.at(-1), { do: "mute", on: true });
+  assert.equal(view(p.s).badge, "paused");
+  assert.equal(p.s.phase, "listening");
+  assert.ok(!view(p.s).resumeTap);
+  assert.equal(reduce(p.s, { type: "suspend", reason: "audio" }), p.s, "paused once");
+  assert.deepEqual(p.player({ ev: "dropped", id: "r1", samples: 1200 }),
+    [{ do: "truncate", id: "r1", itemId: "item_r1", audioEndMs: 50 }]);
+  p.now += 60_000;                                               // timers stall in the background
+  assert.equal(reduce(p.s, { type: "tick", now: p.now }), p.s, "no silence verdict while paused");
+  const back = p.send({ type: "resume" });
+  assert.deepEqual(back, [{ do: "mute", on: false }]);
+  assert.equal(view(p.s).badge, "listening");
+  assert.equal(p.s.lastHeard, p.now, "the watchdog starts afresh");
+  p.now += SILENT_MS + 1;
+  assert.equal(p.send({ type: "tick" })[0].do, "error", "then a silent server is lost again");
+});
+
+test("backgrounded and the audio cannot restart by itself: one tap is offered; mute is kept", () => {
+  const p = page("webrtc");
+  p.send({ type: "mute" });
+  p.send({ type: "suspend", reason: "interrupted" });
+  assert.deepEqual(p.send({ type: "mute" }), [{ do: "mute", on: true }], "unmuting while paused sends nothing");
+  p.send({ type: "mute" });
+  p.send({ type: "blocked" });
+  assert.ok(view(p.s).resumeTap);
+  assert.equal(view(p.s).badge, "paused");
+  assert.deepEqual(p.send({ type: "resume" }), [{ do: "mute", on: true }], "the user's mute stays");
+  assert.ok(!view(p.s).resumeTap);
+  assert.equal(reduce(initialState(), { type: "suspend", reason: "hidden" }).phase, "idle", "no call: nothing");
+});
+
+test("backgrounded while connecting: the call comes up muted; hang-up clears the pause", () => {
+  let s = reduce(initialState(), { type: "start" });
+  s = reduce(s, { type: "suspend", reason: "pagehide" });
+  assert.deepEqual(s.effects, [{ do: "mute", on: true }]);
+  s = reduce(s, { type: "connected", attempt: s.attempt, transport: "websocket", at: "t", now: 0 });
+  assert.deepEqual(s.effects, [{ do: "send", msg: "session" }, { do: "mute", on: true }]);
+  assert.equal(view(s).badge, "paused");
+  s = reduce(s, { type: "hangup" });
+  assert.equal(s.paused, null);
+  assert.equal(view(s).badge, "idle");
 });
 
 test("mute is kept across the connect and applied once the transport is up", () => {

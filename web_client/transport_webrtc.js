@@ -37,7 +37,7 @@ export class WebRtcTransport {
   async open({ key, micStream, camStream }) {
     const pc = new RTCPeerConnection({ iceServers: [] });
     this.pc = pc;
-    for (const t of micStream.getAudioTracks()) pc.addTrack(t, micStream);
+    for (const t of micStream.getAudioTracks()) this.audioSender = pc.addTrack(t, micStream);
     if (camStream) for (const t of camStream.getVideoTracks()) this.videoSender = pc.addTrack(t, camStream);
     else this.videoSender = pc.addTransceiver("video", { direction: "sendonly" }).sender;   // m-line for later
     pc.ontrack = (e) => {
@@ -109,6 +109,9 @@ export class WebRtcTransport {
     const track = on && camStream ? camStream.getVideoTracks()[0] : null;
     this.videoSender?.replaceTrack(track).catch(() => {});
   }
+
+  /** A new microphone track in place of the old one (which ended), on the same sender. */
+  replaceMic(stream) { this.audioSender?.replaceTrack(stream.getAudioTracks()[0]).catch(() => {}); }
 
   setMuted(on) {
     for (const s of this.pc?.getSenders() || []) if (s.track && s.track.kind === "audio") s.track.enabled = !on;

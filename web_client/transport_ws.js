@@ -83,6 +83,14 @@ export class WsTransport {
 
   setMuted(on) { this.mic?.port.postMessage({ cmd: "mute", on }); }
 
+  /** A new microphone stream into the same capture worklet (the old track ended). */
+  replaceMic(stream, ctx) {
+    if (!this.mic) return;
+    try { this.micSrc?.disconnect(); } catch { /* already gone */ }
+    this.micSrc = ctx.createMediaStreamSource(stream);
+    this.micSrc.connect(this.mic);
+  }
+
   stopMedia() {
     clearInterval(this.frameTimer); this.frameTimer = null;
     try { this.micSrc?.disconnect(); this.mic?.disconnect(); } catch { /* already gone */ }

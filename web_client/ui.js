@@ -2,7 +2,8 @@
 
 const $ = (id) => document.getElementById(id);
 const STATE_TEXT = { idle: "idle", connecting: "connecting…", listening: "listening", user_speaking: "you are speaking",
-  thinking: "thinking", speaking: "speaking", error: "call ended" };
+  thinking: "thinking", speaking: "speaking", error: "call ended", paused: "paused" };
+const STATE_TITLE = { paused: "The page was in the background: the microphone sends silence and replies stop until it is back." };
 
 export const el = $;
 
@@ -11,6 +12,7 @@ export function setState(state) {
   s.className = "state " + state;
   s.dataset.state = state;
   s.textContent = STATE_TEXT[state] || state;
+  s.title = STATE_TITLE[state] || "";
 }
 
 export function setConnection(text) { $("conn").textContent = text; $("st-conn").textContent = text; }
@@ -103,6 +105,18 @@ export function showError(parts, { reconnect = false } = {}) {
 }
 
 export function clearError() { $("error").hidden = true; }
+
+/** Something the person should know that is not an error (a saved device gone); one line each. */
+export function notice(text) {
+  const t = $("notice-text");
+  if ([...t.children].some((d) => d.textContent === text)) return;
+  const line = document.createElement("div");
+  line.textContent = text;
+  t.append(line);
+  $("notice").hidden = false;
+}
+
+export function clearNotice() { $("notice-text").innerHTML = ""; $("notice").hidden = true; }
 
 export function askForKey(value) {
   $("key-box").hidden = false;

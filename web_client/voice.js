@@ -49,16 +49,21 @@ export class VoicePicker {
   }
 
   async record() {
+    if (this.starting) return;                         // a second tap while the microphone opens
+    this.starting = true;
     let stream;
     try {
       stream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } });
-    } catch (e) { this.onError("Microphone denied: allow it in the browser to record a voice."); return; }
+    } catch (e) { this.starting = false; this.onError("Microphone denied: allow it in the browser to record a voice."); return; }
     const ctx = this.getCtx();
-    await ctx.audioWorklet.addModule("mic-worklet.js");
+    try { await ctx.audioWorklet.addModule("mic-worklet.js"); }
+    catch (e) { this.starting = false; stream.getTracks().forEach((t) => t.stop()); this.onError("Could not record: " + e.message); return; }
+    this.starting = false;
     const src = ctx.createMediaStreamSource(stream);
     const node = new AudioWorkletNode(ctx, "omni-mic", { numberOfInputs: 1, numberOfOutputs: 0 });
     const chunks = [], t0 = performance.now();
     node.port.onmessage = (m) => {
+      if (this.rec?.node !== node) return;           // a message the worklet posted before it was stopped
       chunks.push(m.data.pcm);
       this.$("#rec-meter").value = Math.min(1, m.data.level * 4);
       const s = (performance.now() - t0) / 1000;
@@ -73,6 +78,8 @@ export class VoicePicker {
   stopRecording() {
     const { stream, src, node, chunks } = this.rec;
     this.rec = null;
+    node.port.onmessage = null;                        // no late message may touch the page now
+    node.port.close();
     src.disconnect(); node.disconnect();
     stream.getTracks().forEach((t) => t.stop());
     this.$("#rec-btn").textContent = "Record";

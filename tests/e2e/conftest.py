@@ -1,6 +1,8 @@
 """Browser end-to-end fixtures: a loopback-only network namespace, the omni server in-process
-(embedded tiny model, run by two model processes as `omni serve` does on a CPU) on 127.0.0.1, and headless Debian Chromium driven by Playwright with a
-fake camera and a WAV file as the fake microphone. Never downloads a browser.
+(embedded tiny model, run by two model processes as `omni serve` does on a CPU) on 127.0.0.1, and
+two engines: headless Debian Chromium driven by Playwright with a fake camera and a WAV file as
+the fake microphone, and Debian's WebKitGTK driven by its WebDriver (webkit_driver.py) with mock
+devices. Never downloads a browser.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import webkit_driver
 
 REPO = Path(__file__).resolve().parents[2]
 SPEECH = REPO / "tests" / "assets" / "speech"
@@ -57,8 +60,6 @@ def _enter_loopback_netns() -> None:
 
 @pytest.fixture(scope="session")
 def netns():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} missing: `apt-get install -y chromium` (never `playwright install`)", pytrace=False)
     _enter_loopback_netns()
 
 
@@ -147,6 +148,8 @@ def server_factory(tiny_model, model_worker):
 
 @pytest.fixture(scope="module")  # module: its event loop must be gone before asyncio tests run
 def playwright_instance(netns):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: `apt-get install -y chromium` (never `playwright install`)", pytrace=False)
     with playwright_sync.sync_playwright() as p:
         yield p
 
@@ -173,3 +176,30 @@ def browser_factory(playwright_instance):
 def shots_dir() -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     return SHOTS
+
+
+@pytest.fixture(scope="session")
+def x_display(netns):
+    """An X display for WebKit: $DISPLAY if set, else a private Xvfb (inside the netns)."""
+    webkit_driver.require()
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    xvfb = webkit_driver.Xvfb()
+    yield xvfb.display
+    xvfb.close()
+
+
+@pytest.fixture
+def webkit_factory(x_display, tmp_path):
+    """webkit_factory("desktop" | "ipad") -> a WebKitPage (one browser, one page)."""
+    pages = []
+
+    def make(profile: str) -> webkit_driver.WebKitPage:
+        page = webkit_driver.WebKitPage(profile, tmp_path / f"webkit-{profile}-{len(pages)}", x_display)
+        pages.append(page)
+        return page
+
+    yield make
+    for p in pages:
+        p.close()

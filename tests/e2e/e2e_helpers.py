@@ -16,9 +16,11 @@ def metrics(page) -> dict:
     return page.evaluate("JSON.parse(JSON.stringify(window.omni.metrics))")
 
 
-def open_page(browser, server, transport: str, viewport=(1280, 800)):
+def open_page(browser, server, transport: str, viewport=(1280, 800), init_script: str | None = None):
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     page.on("pageerror", lambda e: pytest.fail(f"page error: {e}"))
+    if init_script:  # runs before the page's own scripts (a forced fault, or a handle for the test)
+        page.add_init_script(init_script)
     page.goto(server.url)
     page.wait_for_function("window.omni && window.omni.health")
     if transport == "websocket":
@@ -37,8 +39,9 @@ def full_turn(page, transport: str) -> dict:
     page.click("#start")
     page.wait_for_function(f"window.omni.metrics.transport === '{transport}'", timeout=20_000)
     turn = wait_turn(page)
+    # heard: on WebRTC the turn counts from the reply's first spoken text, a little before its sound
+    page.wait_for_function("window.omni.metrics.outRmsMax > 0.01", timeout=10_000)
     m = metrics(page)
-    assert m["outRmsMax"] > 0.01, f"no energy on the output analyser: {m['outRmsMax']}"
     text = page.locator(".transcript li.assistant .text").first.inner_text()
     assert text.strip(), "no assistant transcript on the page"
     assert re.fullmatch(r"\d+ ms", page.inner_text("#st-page")), page.inner_text("#st-page")
@@ -53,3 +56,57 @@ def full_turn(page, transport: str) -> dict:
         f"unit prefill mean {turn['server'].get('unit_prefill_mean_ms')} ms; out RMS max {m['outRmsMax']:.3f}"
     )
     return turn
+
+
+# Tablet and phone layouts, measured the same way in Chromium and WebKit: run LAYOUT_JS in the
+# page, then check_layout() its answer.
+IPAD_SIZES = {"768x1024": (768, 1024), "834x1194": (834, 1194), "1024x768": (1024, 768), "1180x820": (1180, 820)}
+MIN_TARGET_PX = 44  # Apple's minimum touch target
+MIN_TEXT_BOX_PX = 260  # the placeholder "Type a message (Enter to send)" and a sentence's worth of words
+IN_VIEW = ("#start", "#mute", "#interrupt", "#hangup", "#state", "#transcript", "#text-input", "#send-text")
+LAYOUT_JS = """(() => {
+  document.activeElement?.blur();                           // nothing focused scrolls itself into view
+  window.scrollTo(0, 0);
+  const box = (el) => { const r = el.getBoundingClientRect(); return { x: r.x, y: r.y, w: r.width, h: r.height }; };
+  const inView = {};
+  for (const sel of %s) inView[sel] = box(document.querySelector(sel));
+  const small = [];
+  for (const el of document.querySelectorAll("button, select, input, textarea, summary")) {
+    if (el.offsetParent === null) continue;                   // not shown
+    // a radio or checkbox is tapped through its label
+    const b = box(el.type === "radio" || el.type === "checkbox" ? el.closest("label") : el);
+    if (b.h < %d - 0.5 || b.w < %d - 0.5) small.push(`${el.id || el.name || el.tagName} ${el.value || ""}: ${Math.round(b.w)}x${Math.round(b.h)}`);
+  }
+  const rows = new Set([...document.querySelectorAll(".controls button")].filter((b) => b.offsetParent !== null)
+    .map((b) => Math.round(b.getBoundingClientRect().y)));
+  return { overflow: document.documentElement.scrollWidth - innerWidth, inView, small, controlRows: rows.size,
+    textBox: box(document.querySelector("#text-input")).w, scrollY };
+})()""" % (list(IN_VIEW), MIN_TARGET_PX, MIN_TARGET_PX)
+
+
+# A long conversation: the transcript at its tallest, as after a few minutes of a call (test-only
+# bubbles, added to the page's DOM before the sizes are measured).
+LONG_CONVERSATION_JS = """(() => {
+  const t = document.querySelector("#transcript");
+  for (let i = t.children.length; i < 24; i++) {
+    const li = document.createElement("li");
+    li.className = li.dataset.role = i % 2 ? "assistant" : "user";
+    li.innerHTML = '<span class="text"></span><span class="meta"></span>';
+    li.firstChild.textContent = `a long conversation, line ${i + 1}`;
+    t.append(li);
+  }
+})()"""
+
+
+def check_layout(facts: dict, name: str, width: int, height: int, one_row: bool = True) -> None:
+    """No sideways scroll; the call's controls and the conversation in view without scrolling; a
+    text box one can read; every tap target at least 44 px; (tablets) the controls on one row."""
+    assert facts["scrollY"] == 0, f"{name}: measured scrolled by {facts['scrollY']} px"
+    assert facts["overflow"] <= 0, f"{name}: the page is {facts['overflow']} px wider than the screen"
+    for sel, b in facts["inView"].items():
+        assert b["x"] >= 0 and b["x"] + b["w"] <= width, f"{name}: {sel} off screen sideways: {b}"
+        assert b["y"] >= 0 and b["y"] + min(b["h"], 100) <= height, f"{name}: {sel} below the fold: {b}"
+    assert not facts["small"], f"{name}: tap targets under {MIN_TARGET_PX} px: {facts['small']}"
+    assert facts["textBox"] >= MIN_TEXT_BOX_PX, f"{name}: the text box is {facts['textBox']:.0f} px wide"
+    if one_row:
+        assert facts["controlRows"] == 1, f"{name}: the call controls wrap onto {facts['controlRows']} rows"

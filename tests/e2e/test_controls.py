@@ -9,6 +9,13 @@ import pytest
 from e2e_helpers import metrics, open_page, wait_turn
 
 MIC_LOOP_S = 18.6  # one_turn.wav: 2 s of silence, the utterance, then silence (looped here)
+# A handle on every AudioWorkletNode the page makes, so the test can deliver a late worklet message.
+KEEP_WORKLET_NODES = """
+window.__nodes = [];
+window.AudioWorkletNode = class extends AudioWorkletNode {
+  constructor(ctx, name, opts) { super(ctx, name, opts); this.__name = name; window.__nodes.push(this); }
+};
+"""
 
 
 @pytest.mark.parametrize("transport", ["websocket", "webrtc"])
@@ -53,10 +60,14 @@ def test_lost_connection_is_explained_and_reconnect_starts_a_new_session(server_
 @pytest.mark.parametrize("transport", ["websocket", "webrtc"])
 def test_voice_recorded_in_the_page_is_checked_and_cloned(server_factory, browser_factory, transport):
     """Record my voice: too short is refused with a clear message; 5-15 s shows its length, can be
-    played back, and reaches the server as the reference clip of the call, on either transport."""
+    played back, and reaches the server as the reference clip of the call, on either transport.
+    Stop ends it cleanly: a message the worklet posted before it stopped changes nothing."""
     server = server_factory(max_reply_tokens=40)
     page = open_page(
-        browser_factory("one_turn.wav", loop=True), server, "websocket" if transport == "websocket" else "auto"
+        browser_factory("one_turn.wav", loop=True),
+        server,
+        "websocket" if transport == "websocket" else "auto",
+        init_script=KEEP_WORKLET_NODES,
     )
     page.click("#rec-btn")
     page.wait_for_function("document.querySelector('#rec-btn').textContent === 'Stop'")
@@ -76,6 +87,11 @@ def test_voice_recorded_in_the_page_is_checked_and_cloned(server_factory, browse
     info = page.inner_text("#rec-info")
     seconds = float(info.split(" s recorded")[0])
     assert 6.0 <= seconds <= 8.0, info
+    page.evaluate(
+        """() => { const mic = window.__nodes.filter((n) => n.__name === "omni-mic").at(-1);
+        mic.port.dispatchEvent(new MessageEvent("message", { data: { pcm: new Int16Array(480), level: 0.5 } })); }"""
+    )  # late: it must not restart the label ("recording… 7.0 s") or the meter
+    assert page.inner_text("#rec-info") == info and page.evaluate("document.querySelector('#rec-meter').value") == 0
     assert page.is_checked('input[name="voice"][value="record"]') and page.is_enabled("#rec-play")
     page.click("#rec-play")  # plays without a page error
     page.click("#start")

@@ -5,12 +5,21 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from e2e_helpers import SPEECH, full_turn, metrics, open_page, wait_turn
+from e2e_helpers import (
+    IPAD_SIZES,
+    LAYOUT_JS,
+    LONG_CONVERSATION_JS,
+    SPEECH,
+    check_layout,
+    full_turn,
+    metrics,
+    open_page,
+    wait_turn,
+)
 
 SIZES = {
     "desktop-1280x800": (1280, 800),
-    "ipad-landscape-1024x768": (1024, 768),
-    "ipad-portrait-768x1024": (768, 1024),
+    **{f"ipad-{k}": v for k, v in IPAD_SIZES.items()},
     "phone-390x844": (390, 844),
 }
 
@@ -135,15 +144,10 @@ def test_screenshots_desktop_ipad_phone(server_factory, browser_factory, shots_d
     server = server_factory(max_reply_tokens=60)
     page = open_page(browser_factory("one_turn.wav"), server, "websocket")
     full_turn(page, "websocket")
+    page.evaluate(LONG_CONVERSATION_JS)  # the transcript at its tallest
     for name, (w, h) in SIZES.items():
         page.set_viewport_size({"width": w, "height": h})
         page.wait_for_timeout(150)
+        facts = page.evaluate(LAYOUT_JS)
         page.screenshot(path=str(shots_dir / f"{name}.png"))
-        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
-        assert overflow <= 0, f"{name}: page is {overflow}px wider than the screen"
-        page.evaluate("window.scrollTo(0, 0)")
-        for sel in ("#start", "#hangup", "#interrupt", "#state", "#transcript", "#text-input"):
-            box = page.locator(sel).bounding_box()
-            assert box and box["x"] >= 0 and box["x"] + box["width"] <= w, f"{name}: {sel} off screen"
-            # the call's controls and the conversation in view together, without scrolling past the video
-            assert box["y"] >= 0 and box["y"] + min(box["height"], 100) <= h, f"{name}: {sel} below the fold: {box}"
+        check_layout(facts, name, w, h, one_row=not name.startswith("phone"))
