@@ -10,11 +10,11 @@ from pathlib import Path
 
 
 def _cmd_keys(a) -> int:
-    from .config import OmniConfig
-    from .loader import expected_shapes
     from .embedded import read_model_config
+    from .family import read_config
+    from .loader import expected_shapes
 
-    cfg = OmniConfig.from_dict(read_model_config(a.config))
+    cfg = read_config(read_model_config(a.config))
     json.dump({k: list(v) for k, v in expected_shapes(cfg).items()}, sys.stdout, indent=1)
     print()
     return 0
