@@ -1,8 +1,10 @@
-"""The embedded default model: a tiny, deterministic, randomly initialised checkpoint.
+"""The embedded models: tiny, deterministic, randomly initialised checkpoints, one per family.
 
-Owns: turning `configs/tiny.toml` (official config.json field names + preprocessor settings +
-seed) into a real checkpoint directory (config.json, model.safetensors, assets/Vocos.pt, the tiny
-tokenizers shipped in omni/assets/tiny) under the cache, once; later calls reuse it. The weights
+Owns: the names `embedded:minicpmo-2_6` (the default, `configs/tiny.toml`) and
+`embedded:minicpmv-4_5` (`configs/tiny-v45.toml`), and turning such a TOML (official config.json
+field names + preprocessor settings + seed + the tokenizer folder under omni/assets) into a real
+checkpoint directory (config.json, model.safetensors, assets/Vocos.pt when the family speaks, the
+tiny tokenizers) under the cache, once; later calls reuse it. The weights
 are drawn per key from a generator seeded by (seed, crc32(key)), so the same config always gives
 the same bytes on any machine. Its replies are noise by design.
 """
@@ -24,6 +26,8 @@ from safetensors.torch import save_file
 REPO = Path(__file__).resolve().parent.parent
 TINY_TOML = REPO / "configs" / "tiny.toml"
 TINY_ASSETS = Path(__file__).resolve().parent / "assets" / "tiny"
+EMBEDDED = {"minicpmo-2_6": TINY_TOML, "minicpmv-4_5": REPO / "configs" / "tiny-v45.toml"}
+PREFIX = "embedded:"
 FORMAT_VERSION = "2"  # bump when the init recipe changes
 
 
@@ -38,6 +42,20 @@ def read_model_config(path: str | Path) -> dict:
             raise ValueError(f"{path}: a TOML model config needs a [model] table")
         return data["model"]
     return json.loads(path.read_text())
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """A `--model` value -> a checkpoint directory: None is the default embedded model,
+    `embedded:NAME` one of `EMBEDDED` (built once), anything else a directory path."""
+    if model is None:
+        return embedded_checkpoint()
+    name = str(model)
+    if not name.startswith(PREFIX):
+        return Path(name)
+    toml = EMBEDDED.get(name[len(PREFIX) :])
+    if toml is None:
+        raise ValueError(f"no embedded model {name!r}; there are {', '.join(PREFIX + k for k in EMBEDDED)}")
+    return embedded_checkpoint(toml)
 
 
 def _cache_root() -> Path:
@@ -63,7 +81,7 @@ def embedded_checkpoint(toml_path: Path = TINY_TOML) -> Path:
         data = tomllib.loads(text)
         tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(TINY_ASSETS, tmp)
+        shutil.copytree(TINY_ASSETS.parent / data.get("assets", TINY_ASSETS.name), tmp)
         (tmp / "config.json").write_text(json.dumps(data["model"], indent=2))
         (tmp / "preprocessor_config.json").write_text(json.dumps(data["preprocessor"], indent=2))
         build_weights(tmp, data["model"], int(data.get("seed", 0)))
@@ -74,13 +92,15 @@ def embedded_checkpoint(toml_path: Path = TINY_TOML) -> Path:
 
 
 def build_weights(ckpt: Path, model_cfg: dict, seed: int) -> None:
-    from .config import OmniConfig
+    from .family import read_config
     from .loader import expected_shapes
     from .model.vocos import Vocos
 
-    cfg = OmniConfig.from_dict(model_cfg)
+    cfg = read_config(model_cfg)
     state = {k: draw(k, shape, seed).to(torch.bfloat16) for k, shape in sorted(expected_shapes(cfg).items())}
     save_file(state, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    if not cfg.init_tts:
+        return  # no speech head, no vocoder
     vocos_state = Vocos().state_dict()
     for k, v in vocos_state.items():
         if k.endswith("window") or k.endswith(".fb"):
@@ -94,14 +114,14 @@ def write_sharded(ckpt: Path, model_cfg: dict, shard_bytes: int = 4 << 30, dtype
     """A checkpoint in the official layout with every weight zero (config.json, shards of about
     `shard_bytes` + model.safetensors.index.json), written shard by shard so writing takes one
     shard of memory; for memory and load-time measurements of any config. Returns the bytes."""
-    from .config import OmniConfig
+    from .family import read_config
     from .loader import expected_shapes
 
     ckpt.mkdir(parents=True, exist_ok=True)
     (ckpt / "config.json").write_text(json.dumps(model_cfg, indent=2))
     size = torch.empty(0, dtype=dtype).element_size()
     shards, current, total = [], [], 0
-    for key, shape in sorted(expected_shapes(OmniConfig.from_dict(model_cfg)).items()):
+    for key, shape in sorted(expected_shapes(read_config(model_cfg)).items()):
         n = size * max(1, int(torch.Size(shape).numel()))
         if current and sum(b for _, _, b in current) + n > shard_bytes:
             shards.append(current)

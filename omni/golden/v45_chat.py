@@ -108,7 +108,9 @@ def chat(g: GoldenDir, m, r: Report, case: str) -> None:
     thinking = bool(_flag(call, "enable_thinking", False))
     video = case == "chat_video"
     temporal_ids = rec["temporal_ids"] if video else None
-    slices, use_id = _flag(call, "max_slice_nums", None), _flag(call, "use_image_id", None)
+    slices_flag, id_flag = _flag(call, "max_slice_nums", None), _flag(call, "use_image_id", None)
+    slices = None if slices_flag is None else int(slices_flag)
+    use_id = None if id_flag is None else bool(id_flag)
     p = C.prepare(m, msgs, system, thinking, temporal_ids, slices, use_id)
     r.equal("prompt_text", p.prompt, rec["prompt_text"])
     r.equal("expanded_prompt_text", p.text, rec["expanded_prompt_text"])

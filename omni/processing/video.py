@@ -62,10 +62,11 @@ def plan(n_frames: int, fps: float, choose_fps: float = DEFAULT_FPS, force_packi
 
 
 def nearest(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """`map_to_nearest_scale`: each value replaced by the nearest point of `scale` (a k-d tree)."""
-    from scipy.spatial import cKDTree
+    """`map_to_nearest_scale`: each value replaced by the nearest point of `scale` (scipy's k-d
+    tree, as the card; KDTree is cKDTree's implementation)."""
+    from scipy.spatial import KDTree
 
-    _, idx = cKDTree(np.asarray(scale)[:, None]).query(np.asarray(values)[:, None])
+    _, idx = KDTree(np.asarray(scale)[:, None]).query(np.asarray(values)[:, None])
     return np.asarray(scale)[idx]
 
 
@@ -95,7 +96,7 @@ def read_video(
                     frames[i] = frame.to_image().convert("RGB")
                 if len(frames) == len(wanted):
                     break
-    except av.error.FFmpegError as e:
+    except av.FFmpegError as e:
         raise ValueError(f"{str(path)!r} is not a readable video ({e})") from None
     # A container that over-reports its frame count: the last decoded frame stands in.
     last = frames[max(frames)] if frames else None
