@@ -59,7 +59,7 @@ def prepare(
     max_slice_nums: int | None = None,
     use_image_id: bool | None = None,
 ) -> Prepared:
-    if m.family.prompt != "qwen3":
+    if m.family.prompt != "qwen3" or m.family.processor != "packs":
         raise ValueError(f"{m.family.title} is not a MiniCPM-V 4.5 checkpoint: use omni.chat")
     col = V.collect(msgs, system_prompt)
     prompt = V.render(m.tokenizer, col.messages, thinking)

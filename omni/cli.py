@@ -36,14 +36,6 @@ def _load(a, ckpt: Path | None = None):
     return load(ckpt, dtype=dtype, device=a.device)
 
 
-def _family(ckpt: Path):
-    from .family import family_of
-
-    if not (ckpt / "config.json").is_file():
-        raise FileNotFoundError(f"{ckpt}/config.json not found: not a checkpoint directory")
-    return family_of(json.loads((ckpt / "config.json").read_text()))
-
-
 def _cmd_chat(a) -> int:
     import time
     import numpy as np
@@ -52,10 +44,11 @@ def _cmd_chat(a) -> int:
     from . import cli_v45
     from .chat import chat, read_voice_clip, with_voice
     from .embedded import resolve_model
+    from .family import family_of_dir
     from .sampling import GREEDY, SamplingParams
 
     ckpt = resolve_model(a.model)
-    family = _family(ckpt)
+    family = family_of_dir(ckpt)
     cli_v45.check_flags(a, family)  # before the model loads: one line naming the family
     if family.prompt == "qwen3":
         return cli_v45.chat(a, _load(a, ckpt))

@@ -110,32 +110,46 @@ def build_weights(ckpt: Path, model_cfg: dict, seed: int) -> None:
     torch.save(vocos_state, str(ckpt / "assets" / "Vocos.pt"))
 
 
-def write_sharded(ckpt: Path, model_cfg: dict, shard_bytes: int = 4 << 30, dtype=torch.bfloat16) -> int:
-    """A checkpoint in the official layout with every weight zero (config.json, shards of about
-    `shard_bytes` + model.safetensors.index.json), written shard by shard so writing takes one
-    shard of memory; for memory and load-time measurements of any config. Returns the bytes."""
+def write_sharded(
+    ckpt: Path,
+    model_cfg: dict,
+    shard_bytes: int = 4 << 30,
+    dtype=torch.bfloat16,
+    weight_map: dict[str, str] | None = None,
+    random: bool = False,
+) -> int:
+    """A checkpoint in the official layout (config.json, shards + model.safetensors.index.json)
+    with every weight zero, or N(0, 0.02) with `random`, for memory and load-time measurements of
+    any config; written shard by shard so writing takes one shard of memory. The shards are of
+    about `shard_bytes`, or the files an official index's `weight_map` names. Returns the bytes."""
     from .family import read_config
     from .loader import expected_shapes
 
     ckpt.mkdir(parents=True, exist_ok=True)
     (ckpt / "config.json").write_text(json.dumps(model_cfg, indent=2))
     size = torch.empty(0, dtype=dtype).element_size()
-    shards, current, total = [], [], 0
-    for key, shape in sorted(expected_shapes(read_config(model_cfg)).items()):
-        n = size * max(1, int(torch.Size(shape).numel()))
-        if current and sum(b for _, _, b in current) + n > shard_bytes:
-            shards.append(current)
-            current = []
-        current.append((key, shape, n))
-        total += n
-    shards.append(current)
-    weight_map = {}
-    for i, keys in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(
-            {k: torch.zeros(shape, dtype=dtype) for k, shape, _ in keys}, str(ckpt / name), metadata={"format": "pt"}
+    shapes = expected_shapes(read_config(model_cfg))
+    if weight_map is None:
+        weight_map, filled, total, i = {}, 0, 0, 0
+        for key, shape in sorted(shapes.items()):
+            n = size * max(1, int(torch.Size(shape).numel()))
+            if filled and filled + n > shard_bytes:
+                i, filled = i + 1, 0
+            weight_map[key], filled, total = str(i), filled + n, total + n
+        count = i + 1
+        weight_map = {k: f"model-{int(v) + 1:05d}-of-{count:05d}.safetensors" for k, v in weight_map.items()}
+    elif sorted(weight_map) != sorted(shapes):
+        raise ValueError("the index's keys are not the keys the config describes (omni keys CONFIG)")
+    total = sum(size * max(1, int(torch.Size(s).numel())) for s in shapes.values())
+    g = torch.Generator().manual_seed(0)
+    for name in sorted(set(weight_map.values())):
+        keys = sorted(k for k, v in weight_map.items() if v == name)
+        make = (
+            (lambda s: torch.randn(s, generator=g, dtype=dtype) * 0.02)
+            if random
+            else (lambda s: torch.zeros(s, dtype=dtype))
         )
-        weight_map.update({k: name for k, _, _ in keys})
+        save_file({k: make(shapes[k]) for k in keys}, str(ckpt / name), metadata={"format": "pt"})
     (ckpt / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
     )

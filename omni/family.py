@@ -1,7 +1,7 @@
 """Model families: what each MiniCPM checkpoint served is made of, chosen from its config.json.
 
 Owns: `Family` (the `model_type` and `version` of config.json it matches, its encoders and heads,
-the LLM decoder flavour, how its resampler packs video, its prompt layout and the special tokens
+the LLM decoder flavour, its processor (how video becomes vision items), its prompt layout and the special tokens
 it may lack) and `FAMILIES`, the registry: MiniCPM-o 2.6 and MiniCPM-V 4.5. Everything that
 differs by family asks its `Family` (the loader: which module and tokens, whether a vocoder ships;
 the CLI: which inputs a model takes; the golden checker: which cases), never `model_type` itself.
@@ -11,7 +11,9 @@ Does not own: the modules themselves (omni.model), prompt strings (omni.processi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -34,7 +36,7 @@ class Family:
     encoders: tuple[str, ...]  # "vision", "audio": the towers before the LLM
     heads: tuple[str, ...]  # "text", "speech": what the model answers in
     decoder: Flavour  # the LLM: Qwen2 (biases) or Qwen3 (q/k norm, no biases)
-    video: str  # "frames": a frame is an image; "packs": up to 6 frames per query_num tokens (3-D resampler)
+    processor: str  # "images": a frame is an image; "packs": video packs of 1-6 frames (omni.processing.packs)
     prompt: str  # "minicpmo": chat + TTS templates (omni.processing.prompt); "qwen3": thinking switch (v45_prompt)
     absent_tokens: tuple[str, ...] = ()  # omni.processing.tokens.SpecialIds fields its vocabulary lacks
 
@@ -72,7 +74,7 @@ O26 = Family(
     encoders=("vision", "audio"),
     heads=("text", "speech"),
     decoder=QWEN2,
-    video="frames",
+    processor="images",
     prompt="minicpmo",
 )
 V45 = Family(
@@ -84,7 +86,7 @@ V45 = Family(
     encoders=("vision",),
     heads=("text",),
     decoder=QWEN3,
-    video="packs",
+    processor="packs",
     prompt="qwen3",
     absent_tokens=("audio_start", "audio_end", "spk_bos", "spk", "spk_eos", "tts_bos", "tts_eos"),
 )
@@ -106,6 +108,14 @@ def family_of(raw: dict[str, Any]) -> Family:
         f"config.json has model_type {model_type!r}, version {raw.get('version')!r}: not a supported "
         f"model family. Supported: {known}"
     )
+
+
+def family_of_dir(ckpt: str | Path) -> Family:
+    """The family of a checkpoint directory, from its config.json alone (nothing loads)."""
+    path = Path(ckpt) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a checkpoint directory")
+    return family_of(json.loads(path.read_text()))
 
 
 def family_for(cfg: OmniConfig) -> Family:
