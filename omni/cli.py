@@ -51,7 +51,7 @@ def _cmd_chat(a) -> int:
     family = family_of_dir(ckpt)
     cli_v45.check_flags(a, family)  # before the model loads: one line naming the family
     if family.prompt == "qwen3":
-        return cli_v45.chat(a, _load(a, ckpt))
+        return cli_v45.chat(a, lambda: _load(a, ckpt))
     ref = read_voice_clip(a.voice) if a.voice else None  # checked before the model loads
     m = _load(a, ckpt)
     content: list = []

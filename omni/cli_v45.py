@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any, Callable
 
 from .family import Family
 
@@ -28,15 +29,28 @@ def check_flags(a, family: Family) -> None:
             family.require(what)
     if family.prompt != "qwen3" and (a.think or a.json):
         raise ValueError(f"--think and --json are MiniCPM-V 4.5 options; this checkpoint is {family.title}")
+    if a.max_new_tokens < 1:
+        raise ValueError("--max-new-tokens must be at least 1")
     if a.video and a.frames:
         raise ValueError("give --video or --frames, not both")
     if (a.video or a.frames) and a.image:
         raise ValueError("give images or a video, not both (a video is read with one slice per frame and no image ids)")
 
 
-def chat(a, m) -> int:
-    from PIL import Image
+def _image(path: str):
+    from PIL import Image, UnidentifiedImageError
 
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"image {path!r} is not a readable image ({type(e).__name__})") from None
+
+
+def chat(a, load: Callable[[], Any]) -> int:
+    """Read the inputs (a bad file fails before the model loads), `load()` the model, answer."""
     from . import chat_v45 as C
     from .processing import video as VID
     from .sampling import GREEDY
@@ -52,13 +66,14 @@ def chat(a, m) -> int:
         )
         kind = "video"
     else:
-        content = [Image.open(p).convert("RGB") for p in a.image or []]
+        content = [_image(p) for p in a.image or []]
         kind = "image" if content else "text"
     content.append(a.text or DEFAULT_QUESTION[kind])
     msgs = [{"role": "user", "content": content}]
     sampling = C.preset(True, a.think) if a.sample else GREEDY
     if note:
         print(note, file=sys.stderr)
+    m = load()
     t = time.perf_counter()
     args = (m, msgs, a.max_new_tokens, sampling, a.seed, bool(a.think), a.system or "", temporal_ids, slices, use_id)
     if a.json:

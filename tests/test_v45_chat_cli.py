@@ -57,6 +57,9 @@ def test_flags_a_family_lacks_fail_in_one_line_naming_it(tmp_path, capsys):
         assert main(["chat", "--model", "embedded:minicpmv-4_5", *extra]) == 2
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "bad.png").write_text("not an image")
+    assert main(["chat", "--model", "embedded:minicpmv-4_5", "--image", str(tmp_path / "bad.png")]) == 2
+    assert "is not a readable image" in capsys.readouterr().err
     assert main(["chat", "--model", "embedded:minicpmo-2_6", "--frames", str(tmp_path)]) == 2
     assert "MiniCPM-o 2.6 has no video input" in capsys.readouterr().err
     assert main(["chat", "--model", "embedded:nope"]) == 2

@@ -85,15 +85,13 @@ def messages(g: GoldenDir, case: str) -> tuple[list[dict], str]:
         named = re.search(r"\bimage(\d+)\b", call)
         im = Image.open(g.path / f"image{named.group(1) if named else 0}.png").convert("RGB")
         return [{"role": "user", "content": [im, spec["q_image"]]}], system
-    if case == "chat_video":
+    if case.startswith("chat_video"):
         n = sum(len(p) for p in g.cases[case]["temporal_ids"])
         return [{"role": "user", "content": [*frames(g, n), spec["q_video"]]}], system
     first = {"role": "user", "content": [spec["text_turns"][0]]}
     if case.startswith("chat_text_turn1"):
         return [first], system
-    earlier = (
-        spec["think_history_answer"] if case == "chat_text_think_history" else g.cases["chat_text_turn1"]["answer"]
-    )
+    earlier = spec["think_history_answer"] if "think_history" in case else g.cases["chat_text_turn1"]["answer"]
     return [
         first,
         {"role": "assistant", "content": [earlier]},
@@ -106,8 +104,7 @@ def chat(g: GoldenDir, m, r: Report, case: str) -> None:
     call, kw = rec["call"], rec["generate_kwargs"]
     msgs, system = messages(g, case)
     thinking = bool(_flag(call, "enable_thinking", False))
-    video = case == "chat_video"
-    temporal_ids = rec["temporal_ids"] if video else None
+    temporal_ids = rec["temporal_ids"] if case.startswith("chat_video") else None
     slices_flag, id_flag = _flag(call, "max_slice_nums", None), _flag(call, "use_image_id", None)
     slices = None if slices_flag is None else int(slices_flag)
     use_id = None if id_flag is None else bool(id_flag)
