@@ -37,6 +37,7 @@ lint: setup
 
 golden: setup
 	$(VENV)/bin/omni golden-check tests/assets/golden/tiny-a
+	$(VENV)/bin/omni golden-check tests/assets/golden/tiny-v45-a
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -4,6 +4,8 @@ zero weights, loaded by `omni.loader.load_net` in a fresh process: seconds, peak
 address space (RLIMIT_AS, CPU only), and on CUDA `torch.cuda.max_memory_allocated`.
 
     python bench/loader.py --full [--dtype bfloat16] [--limit-gib 30]      # 17.4 GB, needs ~18 GB disk
+    python bench/loader.py --config tests/assets/official-v4_5/config.json --random  # MiniCPM-V 4.5, its
+                          # official 4 shards (the index next to the config), random weights, 17.4 GB
     python bench/loader.py --full --device cuda --dtype bfloat16
     python bench/loader.py                                                  # the tiny config
 """
@@ -23,17 +25,16 @@ REPO = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, resource, sys, time, torch
 from pathlib import Path
-from omni.config import OmniConfig
+from omni.family import family_for, read_config
 from omni.loader import load_net
-from omni.model.omni import MiniCPMO
 ck, dtype, device, limit = Path(sys.argv[1]), getattr(torch, sys.argv[2]), sys.argv[3], float(sys.argv[4])
 def vm(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
-cfg = OmniConfig.from_file(ck / "config.json")
+cfg = read_config(json.loads((ck / "config.json").read_text()))
 with torch.device("meta"):
-    MiniCPMO(cfg)                                   # imports first: not the loader's memory
+    family_for(cfg).build(cfg)                      # imports first: not the loader's memory
 if limit > 0:
     resource.setrlimit(resource.RLIMIT_AS, (int(limit * 2**30), resource.RLIM_INFINITY))
 base, t = vm("VmPeak"), time.perf_counter()
@@ -51,19 +52,24 @@ print(json.dumps(out))
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--full", action="store_true", help="configs/full.toml (the official shapes)")
+    ap.add_argument("--config", help="any config.json or TOML model config (e.g. the official MiniCPM-V 4.5's)")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--limit-gib", type=float, default=30.0, help="address-space limit on a CPU (0: none)")
     ap.add_argument("--dir", help="where to write the checkpoint (default: a temp dir, removed after)")
+    ap.add_argument("--random", action="store_true", help="N(0, 0.02) weights instead of zeros")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from omni.embedded import TINY_TOML, read_model_config, write_sharded
 
-    cfg = read_model_config(REPO / "configs" / "full.toml" if a.full else TINY_TOML)
+    path = Path(a.config) if a.config else REPO / "configs" / "full.toml" if a.full else TINY_TOML
+    cfg = read_model_config(path)
     ck = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="omni-loader-"))
     try:
         t = time.perf_counter()
-        total = write_sharded(ck, cfg)
+        index = path.parent / "model.safetensors.index.json"  # an official index beside the config: its shards
+        weight_map = json.loads(index.read_text())["weight_map"] if a.config and index.is_file() else None
+        total = write_sharded(ck, cfg, weight_map=weight_map, random=a.random)
         write_s = time.perf_counter() - t
         limit = 0.0 if a.device.startswith("cuda") else a.limit_gib  # CUDA reserves address space at init
         p = subprocess.run(
@@ -74,10 +80,12 @@ def main() -> None:
         )
         out = {
             "bench": "loader",
-            "config": "full" if a.full else "tiny",
+            "config": a.config or ("full" if a.full else "tiny"),
             "dtype": a.dtype,
             "device": a.device,
             "checkpoint_gb": round(total / 1e9, 2),
+            "shards": len(set(json.loads((ck / "model.safetensors.index.json").read_text())["weight_map"].values())),
+            "weights": "random" if a.random else "zeros",
             "write_s": round(write_s, 1),
             "limit_gib": limit or None,
             "loaded": p.returncode == 0,

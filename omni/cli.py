@@ -10,11 +10,11 @@ from pathlib import Path
 
 
 def _cmd_keys(a) -> int:
-    from .config import OmniConfig
-    from .loader import expected_shapes
     from .embedded import read_model_config
+    from .family import read_config
+    from .loader import expected_shapes
 
-    cfg = OmniConfig.from_dict(read_model_config(a.config))
+    cfg = read_config(read_model_config(a.config))
     json.dump({k: list(v) for k, v in expected_shapes(cfg).items()}, sys.stdout, indent=1)
     print()
     return 0
@@ -26,12 +26,12 @@ def _cmd_golden(a) -> int:
     return main(a.folder, a.case or None)
 
 
-def _load(a):
+def _load(a, ckpt: Path | None = None):
     import torch
-    from .embedded import embedded_checkpoint
+    from .embedded import resolve_model
     from .loader import load
 
-    ckpt = Path(a.model) if a.model else embedded_checkpoint()
+    ckpt = ckpt or resolve_model(a.model)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[a.dtype]
     return load(ckpt, dtype=dtype, device=a.device)
 
@@ -41,11 +41,19 @@ def _cmd_chat(a) -> int:
     import numpy as np
     import soundfile as sf
     from PIL import Image
+    from . import cli_v45
     from .chat import chat, read_voice_clip, with_voice
+    from .embedded import resolve_model
+    from .family import family_of_dir
     from .sampling import GREEDY, SamplingParams
 
+    ckpt = resolve_model(a.model)
+    family = family_of_dir(ckpt)
+    cli_v45.check_flags(a, family)  # before the model loads: one line naming the family
+    if family.prompt == "qwen3":
+        return cli_v45.chat(a, lambda: _load(a, ckpt))
     ref = read_voice_clip(a.voice) if a.voice else None  # checked before the model loads
-    m = _load(a)
+    m = _load(a, ckpt)
     content: list = []
     for p in a.image or []:
         content.append(Image.open(p).convert("RGB"))
@@ -79,7 +87,11 @@ def _read_16k(path: str):
 
 
 def _model_args(p):
-    p.add_argument("--model", help="checkpoint directory (default: the embedded tiny model)")
+    p.add_argument(
+        "--model",
+        help="checkpoint directory (MiniCPM-o 2.6 or MiniCPM-V 4.5 layout), or embedded:minicpmo-2_6 / "
+        "embedded:minicpmv-4_5 (default: the embedded tiny MiniCPM-o 2.6)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the real model")
     p.add_argument(
         "--dtype",
@@ -94,7 +106,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     nothing of the service)."""
     ap = argparse.ArgumentParser(
         prog="omni",
-        description="MiniCPM-o 2.6: the realtime service (serve), one "
+        description="MiniCPM-o 2.6 and MiniCPM-V 4.5: the realtime service (serve, MiniCPM-o 2.6), one "
         "offline turn (chat), and checkpoint tools (keys, golden-check). Without --model, "
         "every command uses the embedded tiny demo model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -111,7 +123,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     _model_args(p)
     p.add_argument("--text", help="the user's text")
     p.add_argument("--image", action="append", help="an image file (repeatable)")
-    p.add_argument("--audio", action="append", help="audio file (any rate; resampled to 16 kHz)")
+    p.add_argument("--audio", action="append", help="audio file (any rate; resampled to 16 kHz; MiniCPM-o 2.6)")
+    v = p.add_argument_group(
+        "video and thinking (MiniCPM-V 4.5)",
+        "A video is read as the model card's recipe does: --fps frames per second, one pack per frame "
+        "while the clip fits in 180 frames, else up to 3 frames per pack (--pack forces 1-6); each pack "
+        "becomes 64 tokens (query_num). The reply is streamed to stdout as it is decoded.",
+    )
+    v.add_argument("--video", help="a video file (any format PyAV/FFmpeg reads)")
+    v.add_argument("--frames", metavar="DIR", help="a folder of frames (sorted by name) taken at --fps")
+    v.add_argument("--fps", type=float, default=5.0, help="frames per second sampled from the video")
+    v.add_argument(
+        "--pack", type=int, choices=range(1, 7), metavar="N", help="frames per pack, 1-6 (None: the recipe's choice)"
+    )
+    v.add_argument("--think", action="store_true", help="thinking mode (the reply starts with <think>)")
+    v.add_argument("--system", help="a system prompt (default: none, as the official chat)")
+    v.add_argument("--json", action="store_true", help="print one JSON line at the end instead of streaming")
     p.add_argument("--max-new-tokens", type=int, default=64, help="reply length cap")
     p.add_argument("--sample", action="store_true", help="sample (top-p/top-k) instead of greedy")
     p.add_argument("--seed", type=int, help="seed of the text sampling and of the --out-wav speech (default: random)")

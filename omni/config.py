@@ -108,8 +108,12 @@ class SliceConfig:
 
 @dataclass(frozen=True)
 class OmniConfig:
-    """Top level = Qwen2 LLM hyper-parameters + multimodal fields (spec §1.1)."""
+    """Top level = LLM hyper-parameters + multimodal fields (spec §1.1). One class for every family
+    (omni.family reads `model_type` and `version` to pick one): MiniCPM-V 4.5's Qwen3 adds
+    `head_dim` (explicit; kept as `explicit_head_dim`), `attention_bias` and `batch_3d_resampler`."""
 
+    model_type: str = "minicpmo"
+    version: float = 2.6
     hidden_size: int = 3584
     intermediate_size: int = 18944
     num_hidden_layers: int = 28
@@ -129,6 +133,9 @@ class OmniConfig:
     drop_vision_last_layer: bool = False
     vision_batch_size: int = 16
     use_image_id: bool = True
+    batch_3d_resampler: bool = False  # V-4.5: frames of a pack concatenated along the key axis
+    attention_bias: bool | None = None  # Qwen3 field; None (Qwen2 configs lack it): the family decides
+    explicit_head_dim: int | None = None  # config.json `head_dim` (Qwen3); None: hidden_size // heads
     audio_pool_step: int = 2
     audio_chunk_length: float = 1.0
     chunk_input: bool = True
@@ -142,7 +149,8 @@ class OmniConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        # Qwen3 gives it explicitly (128 with hidden 4096 / 32 heads, but not derived); Qwen2 derives it.
+        return self.explicit_head_dim or self.hidden_size // self.num_attention_heads
 
     @property
     def resampler_heads(self) -> int:
@@ -161,7 +169,10 @@ class OmniConfig:
         audio = _pick(AudioConfig, audio_raw)
         tts = _pick(TTSConfig, raw.get("tts_config", {}))
         slice_cfg = _pick(SliceConfig, raw.get("slice_config", {}))
-        cfg = _pick(cls, raw, vision=vision, audio=audio, tts=tts, slice=slice_cfg)
+        extra = {"explicit_head_dim": raw["head_dim"]} if raw.get("head_dim") else {}
+        if "version" in raw:
+            extra["version"] = float(raw["version"])
+        cfg = _pick(cls, raw, vision=vision, audio=audio, tts=tts, slice=slice_cfg, **extra)
         if cfg.audio.encoder_ffn_dim != 4 * cfg.audio.d_model:
             raise ValueError(
                 f"audio_config.encoder_ffn_dim ({cfg.audio.encoder_ffn_dim}) must be 4 x d_model "

@@ -1,8 +1,10 @@
-"""The embedded default model: a tiny, deterministic, randomly initialised checkpoint.
+"""The embedded models: tiny, deterministic, randomly initialised checkpoints, one per family.
 
-Owns: turning `configs/tiny.toml` (official config.json field names + preprocessor settings +
-seed) into a real checkpoint directory (config.json, model.safetensors, assets/Vocos.pt, the tiny
-tokenizers shipped in omni/assets/tiny) under the cache, once; later calls reuse it. The weights
+Owns: the names `embedded:minicpmo-2_6` (the default, `configs/tiny.toml`) and
+`embedded:minicpmv-4_5` (`configs/tiny-v45.toml`), and turning such a TOML (official config.json
+field names + preprocessor settings + seed + the tokenizer folder under omni/assets) into a real
+checkpoint directory (config.json, model.safetensors, assets/Vocos.pt when the family speaks, the
+tiny tokenizers) under the cache, once; later calls reuse it. The weights
 are drawn per key from a generator seeded by (seed, crc32(key)), so the same config always gives
 the same bytes on any machine. Its replies are noise by design.
 """
@@ -24,6 +26,8 @@ from safetensors.torch import save_file
 REPO = Path(__file__).resolve().parent.parent
 TINY_TOML = REPO / "configs" / "tiny.toml"
 TINY_ASSETS = Path(__file__).resolve().parent / "assets" / "tiny"
+EMBEDDED = {"minicpmo-2_6": TINY_TOML, "minicpmv-4_5": REPO / "configs" / "tiny-v45.toml"}
+PREFIX = "embedded:"
 FORMAT_VERSION = "2"  # bump when the init recipe changes
 
 
@@ -38,6 +42,20 @@ def read_model_config(path: str | Path) -> dict:
             raise ValueError(f"{path}: a TOML model config needs a [model] table")
         return data["model"]
     return json.loads(path.read_text())
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """A `--model` value -> a checkpoint directory: None is the default embedded model,
+    `embedded:NAME` one of `EMBEDDED` (built once), anything else a directory path."""
+    if model is None:
+        return embedded_checkpoint()
+    name = str(model)
+    if not name.startswith(PREFIX):
+        return Path(name)
+    toml = EMBEDDED.get(name[len(PREFIX) :])
+    if toml is None:
+        raise ValueError(f"no embedded model {name!r}; there are {', '.join(PREFIX + k for k in EMBEDDED)}")
+    return embedded_checkpoint(toml)
 
 
 def _cache_root() -> Path:
@@ -63,7 +81,7 @@ def embedded_checkpoint(toml_path: Path = TINY_TOML) -> Path:
         data = tomllib.loads(text)
         tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(TINY_ASSETS, tmp)
+        shutil.copytree(TINY_ASSETS.parent / data.get("assets", TINY_ASSETS.name), tmp)
         (tmp / "config.json").write_text(json.dumps(data["model"], indent=2))
         (tmp / "preprocessor_config.json").write_text(json.dumps(data["preprocessor"], indent=2))
         build_weights(tmp, data["model"], int(data.get("seed", 0)))
@@ -74,13 +92,15 @@ def embedded_checkpoint(toml_path: Path = TINY_TOML) -> Path:
 
 
 def build_weights(ckpt: Path, model_cfg: dict, seed: int) -> None:
-    from .config import OmniConfig
+    from .family import read_config
     from .loader import expected_shapes
     from .model.vocos import Vocos
 
-    cfg = OmniConfig.from_dict(model_cfg)
+    cfg = read_config(model_cfg)
     state = {k: draw(k, shape, seed).to(torch.bfloat16) for k, shape in sorted(expected_shapes(cfg).items())}
     save_file(state, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    if not cfg.init_tts:
+        return  # no speech head, no vocoder
     vocos_state = Vocos().state_dict()
     for k, v in vocos_state.items():
         if k.endswith("window") or k.endswith(".fb"):
@@ -90,31 +110,49 @@ def build_weights(ckpt: Path, model_cfg: dict, seed: int) -> None:
     torch.save(vocos_state, str(ckpt / "assets" / "Vocos.pt"))
 
 
-def write_sharded(ckpt: Path, model_cfg: dict, shard_bytes: int = 4 << 30, dtype=torch.bfloat16) -> int:
-    """A checkpoint in the official layout with every weight zero (config.json, shards of about
-    `shard_bytes` + model.safetensors.index.json), for memory and load-time measurements of any
-    config. The shards are sparse files (a safetensors header, then a hole that reads as zeros):
-    the same bytes as saving zero tensors, written in milliseconds with no disk. Returns the bytes."""
-    from .config import OmniConfig
+def write_sharded(
+    ckpt: Path,
+    model_cfg: dict,
+    shard_bytes: int = 4 << 30,
+    dtype=torch.bfloat16,
+    weight_map: dict[str, str] | None = None,
+    random: bool = False,
+) -> int:
+    """A checkpoint in the official layout (config.json, shards + model.safetensors.index.json)
+    with every weight zero, or N(0, 0.02) with `random`, for memory and load-time measurements of
+    any config. The shards are of about `shard_bytes`, or the files an official index's
+    `weight_map` names. Zero shards are sparse files (a safetensors header, then a hole that reads
+    as zeros: the same bytes as saved zero tensors, written in milliseconds with no disk); random
+    ones are written shard by shard, one shard of memory at a time. Returns the bytes."""
+    from .family import read_config
     from .loader import expected_shapes
 
     ckpt.mkdir(parents=True, exist_ok=True)
     (ckpt / "config.json").write_text(json.dumps(model_cfg, indent=2))
     size = torch.empty(0, dtype=dtype).element_size()
-    shards, current, total = [], [], 0
-    for key, shape in sorted(expected_shapes(OmniConfig.from_dict(model_cfg)).items()):
-        n = size * max(1, int(torch.Size(shape).numel()))
-        if current and sum(b for _, _, b in current) + n > shard_bytes:
-            shards.append(current)
-            current = []
-        current.append((key, shape, n))
-        total += n
-    shards.append(current)
-    weight_map = {}
-    for i, keys in enumerate(shards):
-        name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        _write_zero_shard(ckpt / name, keys, _SAFETENSORS_DTYPES[dtype])
-        weight_map.update({k: name for k, _, _ in keys})
+    shapes = expected_shapes(read_config(model_cfg))
+    if weight_map is None:
+        weight_map, filled, total, i = {}, 0, 0, 0
+        for key, shape in sorted(shapes.items()):
+            n = size * max(1, int(torch.Size(shape).numel()))
+            if filled and filled + n > shard_bytes:
+                i, filled = i + 1, 0
+            weight_map[key], filled, total = str(i), filled + n, total + n
+        count = i + 1
+        weight_map = {k: f"model-{int(v) + 1:05d}-of-{count:05d}.safetensors" for k, v in weight_map.items()}
+    elif sorted(weight_map) != sorted(shapes):
+        raise ValueError("the index's keys are not the keys the config describes (omni keys CONFIG)")
+    numel = {k: max(1, int(torch.Size(s).numel())) for k, s in shapes.items()}
+    total = sum(size * n for n in numel.values())
+    g = torch.Generator().manual_seed(0)
+    for name in sorted(set(weight_map.values())):
+        keys = sorted(k for k, v in weight_map.items() if v == name)
+        if random:
+            tensors = {k: torch.randn(shapes[k], generator=g, dtype=dtype) * 0.02 for k in keys}
+            save_file(tensors, str(ckpt / name), metadata={"format": "pt"})
+        else:
+            entries = [(k, shapes[k], size * numel[k]) for k in keys]
+            _write_zero_shard(ckpt / name, entries, _SAFETENSORS_DTYPES[dtype])
     (ckpt / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
     )

@@ -1,6 +1,7 @@
 """Checkpoint directory -> ready model bundle, loaded strictly.
 
-Owns: reading an official `openbmb/MiniCPM-o-2_6`-layout directory (config.json, sharded
+Owns: reading an official `openbmb/MiniCPM-o-2_6` or `openbmb/MiniCPM-V-4_5`-layout directory (the
+family from config.json, omni.family; config.json, sharded
 safetensors + index or one model.safetensors, tokenizer and preprocessor files, assets/Vocos.pt,
 assets/chattts_tokenizer), checking every key and shape *before* allocating, and loading the shards
 one at a time into a model built on the meta device, each tensor assigned in its final dtype
@@ -20,6 +21,7 @@ import torch
 from safetensors import safe_open
 
 from .config import OmniConfig, PreprocessorConfig
+from .family import O26, Family, family_for, family_of
 from .model.omni import MiniCPMO
 
 if TYPE_CHECKING:
@@ -52,12 +54,13 @@ class Omni:
     checkpoint_dir: Path
     device: torch.device
     dtype: torch.dtype
+    family: Family = O26
 
 
 def expected_shapes(cfg: OmniConfig) -> dict[str, tuple[int, ...]]:
     """Key -> shape of the state dict the config describes (built on the meta device)."""
     with torch.device("meta"):
-        net = MiniCPMO(cfg)
+        net = family_for(cfg).build(cfg)
     return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
@@ -105,7 +108,7 @@ def load_net(ckpt: Path, cfg: OmniConfig, dtype: torch.dtype, device, progress: 
     files = shard_files(ckpt)
     verify_keys(expected_shapes(cfg), checkpoint_shapes(files))
     with torch.device("meta"):
-        net = MiniCPMO(cfg)
+        net = family_for(cfg).build(cfg)
     bar = _progress(files, progress)
     for f in bar:
         with safe_open(str(f), "pt", device=str(device)) as s:
@@ -161,7 +164,7 @@ def load_vocos(ckpt: Path, device) -> Vocos:
 def load(
     ckpt: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", progress: bool = True
 ) -> Omni:
-    """Load a checkpoint directory laid out like `openbmb/MiniCPM-o-2_6`."""
+    """Load a checkpoint directory laid out like `openbmb/MiniCPM-o-2_6` or `openbmb/MiniCPM-V-4_5`."""
     from .processing.image import ImageProcessor
     from .processing.tokens import load_tokenizer, load_tts_tokenizer, special_ids
 
@@ -169,7 +172,9 @@ def load(
     if not (ckpt / "config.json").is_file():
         raise FileNotFoundError(f"{ckpt}/config.json not found: not a checkpoint directory")
     device = torch.device(device)
-    cfg = OmniConfig.from_file(ckpt / "config.json")
+    raw = json.loads((ckpt / "config.json").read_text())
+    family = family_of(raw)
+    cfg = family.config(raw)
     pre_path = ckpt / "preprocessor_config.json"
     pre = PreprocessorConfig.from_file(pre_path) if pre_path.is_file() else PreprocessorConfig()
     if pre.image_feature_size != cfg.query_num:
@@ -184,10 +189,11 @@ def load(
         config=cfg,
         pre=pre,
         tokenizer=tok,
-        ids=special_ids(tok),
+        ids=special_ids(tok, optional=family.absent_tokens),
         tts_tokenizer=tts_tok,
         image_processor=ImageProcessor(pre),
         checkpoint_dir=ckpt,
         device=device,
         dtype=dtype,
+        family=family,
     )

@@ -230,10 +230,19 @@ def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
 
 
 def checkpoint_dir(settings: ServerSettings) -> Path:
-    """--model, or the embedded tiny model (built once into the cache)."""
-    from omni.embedded import embedded_checkpoint
+    """--model (a directory or embedded:NAME), or the embedded tiny model (built once into the
+    cache). The sessions speak: a text-only family (MiniCPM-V 4.5) is refused here, in one line."""
+    from omni.embedded import resolve_model
+    from omni.family import family_of_dir
 
-    return Path(settings.model) if settings.model else embedded_checkpoint()
+    path = resolve_model(settings.model)
+    family = family_of_dir(path)
+    if "speech" not in family.heads:
+        raise ValueError(
+            f"{family.title} is served offline only for now (omni chat --model {settings.model}); "
+            "the realtime service runs MiniCPM-o 2.6"
+        )
+    return path
 
 
 def load_model(settings: ServerSettings):

@@ -22,6 +22,25 @@ def tiny():
     return load(GoldenDir(GOLDEN).checkpoint_dir(), progress=False)
 
 
+GOLDEN_V45 = Path(os.environ.get("OMNI_GOLDEN_V45_DIR", REPO / "tests" / "assets" / "golden" / "tiny-v45-a"))
+
+
+@pytest.fixture(scope="session")
+def golden_v45_dir() -> Path:
+    """The MiniCPM-V 4.5 golden folder (another with other shapes and seed: OMNI_GOLDEN_V45_DIR)."""
+    assert (GOLDEN_V45 / "cases.json").is_file(), f"golden folder missing at {GOLDEN_V45}"
+    return GOLDEN_V45
+
+
+@pytest.fixture(scope="session")
+def tiny_v45(golden_v45_dir):
+    """The golden tiny-v45-a checkpoint, loaded once (float32, CPU)."""
+    from omni.golden.harness import GoldenDir
+    from omni.loader import load
+
+    return load(GoldenDir(golden_v45_dir).checkpoint_dir(), progress=False)
+
+
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     from omni.embedded import embedded_checkpoint

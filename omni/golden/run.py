@@ -78,6 +78,21 @@ CHECKS = {
 }
 
 
+def _v45(name: str):
+    """The replay of a MiniCPM-V 4.5 case (omni.golden.v45, v45_chat), None if there is none."""
+    from . import v45, v45_chat
+
+    if name.startswith("chat_"):
+        return lambda g, m, r: v45_chat.chat(g, m, r, name)
+    return {
+        "processor": v45.processor,
+        "vision": v45.vision,
+        "video": v45.video,
+        "video_sliced": v45.video_sliced,
+        "llm": v45_chat.llm,
+    }.get(name)
+
+
 def listed_cases(g: GoldenDir) -> list[str]:
     names = [k for k in g.cases if k not in ("meta", "inputs")]
     return sorted(names, key=lambda n: CASE_ORDER.index(n) if n in CASE_ORDER else len(CASE_ORDER))
@@ -95,11 +110,12 @@ def run(folder, cases: list[str] | None = None, echo=print) -> Report:
     for name in cases or listed_cases(g):
         report.case_name = name
         t = time.perf_counter()
-        if name not in CHECKS:
+        check = _v45(name) if m.family.prompt == "qwen3" else CHECKS.get(name)
+        if check is None:
             report.fail("case", f"no replay for case {name!r}")
             continue
         try:
-            CHECKS[name](g, m, report)
+            check(g, m, report)
         except Exception as e:  # a crash in one case is that case's FAIL, the others still run
             report.case_name = name
             report.fail("exception", f"{type(e).__name__}: {e}")

@@ -1,15 +1,18 @@
-"""Pre-norm RoPE decoder shared by the Qwen2 LLM (`llm.`) and the TTS Llama backbone (`tts.model.`).
+"""Pre-norm RoPE decoder shared by the LLMs (`llm.`: o-2.6's Qwen2, V-4.5's Qwen3, one code with a
+`Flavour`) and the TTS Llama backbone (`tts.model.`).
 
 Owns: the transformer math (RMSNorm, rotary embedding, grouped-query attention, SwiGLU MLP) with
 the attribute names of the official checkpoints, and `KVCache`, the per-session key/value store
 that the *caller* owns and passes into every forward. Does not own: any session state, sampling,
 prompt layout.
 
-The math mirrors transformers' Qwen2/Llama modules (spec §2.3): RoPE inverse frequencies and
+The math mirrors transformers' Qwen2/Qwen3/Llama modules (spec §2.3): RoPE inverse frequencies and
 angles in float32, rotate-half convention, RMSNorm in float32, no embedding scaling.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -128,20 +131,47 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self._k + self._v if t is not None)
 
 
+@dataclass(frozen=True)
+class Flavour:
+    """What differs between the decoders served: Qwen2 (o-2.6's LLM: q/k/v biases) and Qwen3
+    (V-4.5's: no biases, an RMSNorm over head_dim on every query and key head before RoPE)."""
+
+    qkv_bias: bool = True
+    qk_norm: bool = False
+
+
+QWEN2 = Flavour(qkv_bias=True, qk_norm=False)
+QWEN3 = Flavour(qkv_bias=False, qk_norm=True)
+
+
 class Attention(nn.Module):
-    def __init__(self, hidden: int, heads: int, kv_heads: int, bias: bool):
+    def __init__(
+        self, hidden: int, heads: int, kv_heads: int, bias: bool, head_dim: int | None = None, qk_norm_eps: float = 0
+    ):
+        """`head_dim` None: hidden // heads (Qwen2); `qk_norm_eps` > 0: Qwen3's q_norm / k_norm."""
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, hidden // heads
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim or hidden // heads
         self.q_proj = nn.Linear(hidden, heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(hidden, kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(heads * self.head_dim, hidden, bias=False)
+        if qk_norm_eps:
+            self.q_norm = RMSNorm(self.head_dim, qk_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, qk_norm_eps)
+        self.qk_norm = bool(qk_norm_eps)
+
+    def norm_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q [..., heads, head_dim], k [..., kv_heads, head_dim] before RoPE: Qwen3 normalises each
+        head (identity for Qwen2)."""
+        return (self.q_norm(q), self.k_norm(k)) if self.qk_norm else (q, k)
 
     def forward(self, x, cos, sin, layer_idx: int, cache, mask):
         """x [B, T, D]; mask: bool/additive [B|1, 1, T, S] or None (no masking)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.kv_heads, self.head_dim)
+        q, k = self.norm_qk(q, k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
@@ -162,9 +192,9 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, hidden, inter, heads, kv_heads, eps, bias):
+    def __init__(self, hidden, inter, heads, kv_heads, eps, bias, head_dim=None, qk_norm=False):
         super().__init__()
-        self.self_attn = Attention(hidden, heads, kv_heads, bias)
+        self.self_attn = Attention(hidden, heads, kv_heads, bias, head_dim, eps if qk_norm else 0)
         self.mlp = MLP(hidden, inter)
         self.input_layernorm = RMSNorm(hidden, eps)
         self.post_attention_layernorm = RMSNorm(hidden, eps)
@@ -197,12 +227,16 @@ class DecoderModel(nn.Module):
         rope_theta: float,
         eps: float,
         qkv_bias: bool,
+        head_dim: int | None = None,
+        qk_norm: bool = False,
     ):
         super().__init__()
         self.embed_tokens = nn.Embedding(vocab, hidden)
-        self.layers = nn.ModuleList(DecoderLayer(hidden, inter, heads, kv_heads, eps, qkv_bias) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(hidden, inter, heads, kv_heads, eps, qkv_bias, head_dim, qk_norm) for _ in range(layers)
+        )
         self.norm = RMSNorm(hidden, eps)
-        self.head_dim, self.rope_theta = hidden // heads, rope_theta
+        self.head_dim, self.rope_theta = head_dim or hidden // heads, rope_theta
         self.register_buffer("inv_freq", rope_inv_freq(self.head_dim, rope_theta), persistent=False)
 
     def init_buffers(self) -> None:
@@ -235,9 +269,9 @@ class DecoderModel(nn.Module):
 
 
 class CausalLM(nn.Module):
-    """Qwen2ForCausalLM layout: `model` + `lm_head` (state-dict prefix `llm.`)."""
+    """Qwen2ForCausalLM / Qwen3ForCausalLM layout: `model` + `lm_head` (state-dict prefix `llm.`)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, flavour: Flavour = QWEN2):
         super().__init__()
         self.model = DecoderModel(
             cfg.vocab_size,
@@ -248,7 +282,9 @@ class CausalLM(nn.Module):
             cfg.num_key_value_heads,
             cfg.rope_theta,
             cfg.rms_norm_eps,
-            qkv_bias=True,
+            qkv_bias=flavour.qkv_bias,
+            head_dim=cfg.head_dim,
+            qk_norm=flavour.qk_norm,
         )
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 

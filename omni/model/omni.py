@@ -1,6 +1,7 @@
-"""MiniCPMO: the state-dict module (six children named as the official keys) and its embeddings.
+"""MiniCPMO: the state-dict module (children named as the official keys) and its embeddings.
 
-Owns: building the children from `OmniConfig`, turning a tokenised prompt plus media into LLM
+Owns: building the children from `OmniConfig` (the family decides which: MiniCPM-o 2.6 has all six,
+MiniCPM-V 4.5 only llm, vpm and resampler, with a Qwen3 decoder flavour; omni.family), turning a tokenised prompt plus media into LLM
 input embeddings (vision scatter, audio scatter; spec §2.3). Does not own: any session state (the
 LLM cache, the audio-encoder cache and the TTS state are created by callers and passed in),
 tokenisation, prompt layout, the vocoder (it is not in the safetensors; see `omni.loader`).
@@ -14,16 +15,17 @@ import torch
 from torch import nn
 
 from ..config import OmniConfig
-from .decoder import CausalLM
+from .decoder import QWEN2, CausalLM, Flavour
 
 
 class MiniCPMO(nn.Module):
-    """Children: llm, vpm, resampler, apm, audio_projection_layer, tts (spec §2.1)."""
+    """Children: llm, vpm, resampler, apm, audio_projection_layer, tts (spec §2.1), each present
+    when its `init_*` flag is on (the LLM always)."""
 
-    def __init__(self, cfg: OmniConfig):
+    def __init__(self, cfg: OmniConfig, flavour: Flavour = QWEN2):
         super().__init__()
         self.config = cfg
-        self.llm = CausalLM(cfg)
+        self.llm = CausalLM(cfg, flavour)
         if cfg.init_vision:
             from .resampler import Resampler
             from .vision import SiglipVisionTransformer
@@ -41,8 +43,14 @@ class MiniCPMO(nn.Module):
             self.tts = ConditionalChatTTS(cfg.tts)
 
     # ---- vision -------------------------------------------------------------------------------
-    def vision_features(self, strips: Sequence[torch.Tensor], tgt_sizes: torch.Tensor) -> torch.Tensor:
-        """Slices as patch strips [3, P, P*N_i] -> resampled features [n_slices, query_num, H]."""
+    def vision_features(
+        self,
+        strips: Sequence[torch.Tensor],
+        tgt_sizes: torch.Tensor,
+        temporal_ids: Sequence[Sequence[int]] | None = None,
+    ) -> torch.Tensor:
+        """Slices as patch strips [3, P, P*N_i] -> resampled features [n_slices, query_num, H];
+        with `temporal_ids` (V-4.5 packs, omni.processing.packs) one output per id list."""
         from .vision import encode_slices
 
         if not strips:
@@ -52,7 +60,7 @@ class MiniCPMO(nn.Module):
         strips = [s.to(device=device, dtype=dtype) for s in strips]
         tgt_sizes = tgt_sizes.to(device)
         hidden = encode_slices(self.vpm, strips, tgt_sizes, self.config.vision_batch_size)
-        return self.resampler(hidden, tgt_sizes)
+        return self.resampler(hidden, tgt_sizes, temporal_ids)
 
     # ---- audio --------------------------------------------------------------------------------
     def audio_features(self, mels: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..sampling import SamplingParams
     from .audio import AudioEncoderCache
     from .decoder import KVCache
-    from .tts import TTSState
+    from .tts_state import TTSState
 
 Program = Generator[Any, Any, Any]
 # Programs keep no side effects in `finally` blocks: a program closed between two ops (barge-in)

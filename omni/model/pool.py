@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .decoder import KVCache
-from .tts import TTSCache
+from .tts_state import TTSCache
 
 
 class ContextFull(ValueError):

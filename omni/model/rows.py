@@ -25,7 +25,7 @@ from .decoder import MLP, Attention, DecoderLayer, DecoderModel, KVCache, apply_
 
 if TYPE_CHECKING:
     from .pool import KVPool
-    from .tts import TTSCache
+    from .tts_state import TTSCache
 
 
 @dataclass
@@ -135,8 +135,10 @@ def decode_forward(model: DecoderModel, x: torch.Tensor, d: Decode) -> torch.Ten
     for li, layer in enumerate(_layers(model)):
         a = layer.self_attn
         y = layer.input_layernorm(h)
-        q = apply_rope(linear(a.q_proj, y).view(B, a.heads, a.head_dim), cos, sin)
-        k = apply_rope(linear(a.k_proj, y).view(B, a.kv_heads, a.head_dim), cos, sin)
+        q, k = a.norm_qk(
+            linear(a.q_proj, y).view(B, a.heads, a.head_dim), linear(a.k_proj, y).view(B, a.kv_heads, a.head_dim)
+        )
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = linear(a.v_proj, y).view(B, a.kv_heads, a.head_dim)
         h = h + linear(a.o_proj, pool_attention(a, li, q, k, v, d).reshape(B, -1))
         h = h + _mlp(layer.mlp, layer.post_attention_layernorm(h))
@@ -188,8 +190,10 @@ def _attention(
     a: Attention, h: torch.Tensor, cos, sin, li: int, d: Decode | None, idx, single: list[tuple[Row, slice]]
 ) -> torch.Tensor:
     N = h.shape[0]
-    q = apply_rope(linear(a.q_proj, h).view(N, a.heads, a.head_dim), cos, sin)
-    k = apply_rope(linear(a.k_proj, h).view(N, a.kv_heads, a.head_dim), cos, sin)
+    q, k = a.norm_qk(
+        linear(a.q_proj, h).view(N, a.heads, a.head_dim), linear(a.k_proj, h).view(N, a.kv_heads, a.head_dim)
+    )
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     v = linear(a.v_proj, h).view(N, a.kv_heads, a.head_dim)
     gqa = a.kv_heads != a.heads
     out = q.new_empty(N, a.heads, a.head_dim)

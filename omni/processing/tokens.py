@@ -1,4 +1,4 @@
-"""The Qwen2 tokenizer with the MiniCPM-o special tokens, read from the checkpoint directory.
+"""The Qwen2/Qwen3 tokenizer with the MiniCPM special tokens, read from the checkpoint directory.
 
 Owns: loading the tokenizer files (tokenizer.json / vocab + merges, tokenizer_config.json) with
 transformers' Qwen2 tokenizer, and `SpecialIds`, every special-token id the prompt layout needs,
@@ -11,7 +11,7 @@ import unicodedata
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Collection
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -78,12 +78,17 @@ def load_tokenizer(checkpoint_dir: str | Path) -> PreTrainedTokenizerBase:
     return Qwen2TokenizerFast.from_pretrained(str(checkpoint_dir))
 
 
-def special_ids(tokenizer: PreTrainedTokenizerBase) -> SpecialIds:
+ABSENT = -1  # the id of a token the family's vocabulary lacks: it matches no input id
+
+
+def special_ids(tokenizer: PreTrainedTokenizerBase, optional: Collection[str] = ()) -> SpecialIds:
+    """Every `SpecialIds` field looked up by string; fields named in `optional` (tokens a family
+    does without, e.g. V-4.5's audio and TTS markers) are `ABSENT` when missing."""
     vocab = tokenizer.get_vocab()
-    missing = [s for s in _NAMES.values() if s not in vocab]
+    missing = [s for k, s in _NAMES.items() if s not in vocab and k not in optional]
     if missing:
-        raise ValueError(f"tokenizer lacks MiniCPM-o special tokens: {missing}")
-    return SpecialIds(**{k: vocab[s] for k, s in _NAMES.items()})
+        raise ValueError(f"tokenizer lacks MiniCPM special tokens: {missing}")
+    return SpecialIds(**{k: vocab.get(s, ABSENT) for k, s in _NAMES.items()})
 
 
 def load_tts_tokenizer(checkpoint_dir: str | Path) -> PreTrainedTokenizerBase:
