@@ -6,7 +6,8 @@ takes the checkpoint's loaded size (omni/footprint.py) and the memory there is: 
 as cores and copies fit; one copy on threads when two do not fit; a refusal in one line when even
 one copy does not. Each engine's KV pools get a share of what the copies leave. A GPU (one engine)
 and Ray (replicas on their own nodes) are not planned here. Owns the plan and its reason, which
-the startup line and /healthz show; does not own loading or the engines.
+the startup line and /healthz show, and building the worker it chose (`make_worker`: the
+model loaded where the engines run); does not own the engines themselves (worker.py, procs.py).
 """
 
 from __future__ import annotations
@@ -129,3 +130,85 @@ def plan_for(settings, checkpoint: str | Path) -> LanePlan:
     kv_slot = kv_bytes_per_token(checkpoint, dtype) * EngineSpec.from_settings(settings).slot_tokens
     budget = int(settings.memory_gb * GB) if settings.memory_gb else available_bytes()
     return plan_lanes(settings, weights, kv_slot, budget, os.cpu_count() or 1)
+
+
+def load_model(settings):
+    """The model for an in-process worker, loaded on a thread of its own that then ends: torch's
+    OpenMP pool, made by whichever thread first runs a parallel op, goes with that thread, so
+    the engine thread's pool is the only one. Two pools in one process cost an engine thread
+    half its speed on 2 cores (libgomp stops spinning once it manages more threads than there
+    are cores; bench/engine.py --thread-compare)."""
+    import threading
+
+    import torch
+    from omni.loader import load
+
+    ckpt = checkpoint_dir(settings)
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["omni"] = load(ckpt, dtype=getattr(torch, settings.dtype), device=settings.device)
+        except BaseException as e:  # noqa: BLE001 - raised again on the caller's thread
+            box["error"] = e
+
+    loader = threading.Thread(target=run, name="omni-load")
+    loader.start()
+    loader.join()
+    if "error" in box:
+        raise box["error"]
+    return box["omni"], settings.model is None
+
+
+def make_worker(settings, plan: LanePlan):
+    """The model worker `plan` (lanes.plan_for) chose, with the model loaded where it runs."""
+    import dataclasses
+
+    from .worker import EngineSpec, EngineWorker
+
+    spec = EngineSpec.from_settings(settings)
+    if settings.worker_kind == "ray":
+        from .rayworker import RayWorker
+
+        replicas = settings.ray_replicas or (_gpus() if settings.device.startswith("cuda") else settings.lanes)
+        return RayWorker(
+            str(checkpoint_dir(settings)),
+            dataclasses.replace(spec, lanes=replicas),
+            settings.dtype,
+            settings.device,
+            replicas,
+            settings.ray_address,
+            settings.ray_lease_s,
+            settings.ray_max_restarts,
+            settings.model_step_timeout_s,
+        )
+    spec = dataclasses.replace(spec, lanes=plan.lanes, kv_cache_gb=plan.kv_cache_gb)
+    if plan.kind == "processes":
+        from .procs import ProcessWorker
+
+        return ProcessWorker(
+            str(checkpoint_dir(settings)), spec, settings.dtype, settings.device, settings.model_step_timeout_s
+        )
+    return EngineWorker(load_model(settings)[0], spec)
+
+
+def _gpus() -> int:
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def checkpoint_dir(settings) -> Path:
+    """--model (a directory or embedded:NAME), or the embedded tiny model (built once into the
+    cache). The sessions speak: a text-only family (MiniCPM-V 4.5) is refused here, in one line."""
+    from omni.embedded import resolve_model
+    from omni.family import family_of_dir
+
+    path = resolve_model(settings.model)
+    family = family_of_dir(path)
+    if "speech" not in family.heads:
+        raise ValueError(
+            f"{family.title} is served offline only for now (omni chat --model {settings.model}); "
+            "the realtime service runs MiniCPM-o 2.6"
+        )
+    return path

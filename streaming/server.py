@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .gateway.origin import host_allowed, origin_allowed
+from .lanes import checkpoint_dir, load_model  # noqa: F401 - where tests and benches look for them
 from .settings import ServerSettings, load_settings
 
 log = logging.getLogger("omni.server")
@@ -229,94 +230,12 @@ def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-def checkpoint_dir(settings: ServerSettings) -> Path:
-    """--model (a directory or embedded:NAME), or the embedded tiny model (built once into the
-    cache). The sessions speak: a text-only family (MiniCPM-V 4.5) is refused here, in one line."""
-    from omni.embedded import resolve_model
-    from omni.family import family_of_dir
-
-    path = resolve_model(settings.model)
-    family = family_of_dir(path)
-    if "speech" not in family.heads:
-        raise ValueError(
-            f"{family.title} is served offline only for now (omni chat --model {settings.model}); "
-            "the realtime service runs MiniCPM-o 2.6"
-        )
-    return path
-
-
-def load_model(settings: ServerSettings):
-    """The model for an in-process worker, loaded on a thread of its own that then ends: torch's
-    OpenMP pool, made by whichever thread first runs a parallel op, goes with that thread, so
-    the engine thread's pool is the only one. Two pools in one process cost an engine thread
-    half its speed on 2 cores (libgomp stops spinning once it manages more threads than there
-    are cores; bench/engine.py --thread-compare)."""
-    import threading
-
-    import torch
-    from omni.loader import load
-
-    ckpt = checkpoint_dir(settings)
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            box["omni"] = load(ckpt, dtype=getattr(torch, settings.dtype), device=settings.device)
-        except BaseException as e:  # noqa: BLE001 - raised again on the caller's thread
-            box["error"] = e
-
-    loader = threading.Thread(target=run, name="omni-load")
-    loader.start()
-    loader.join()
-    if "error" in box:
-        raise box["error"]
-    return box["omni"], settings.model is None
-
-
-def make_worker(settings: ServerSettings, plan):
-    """The model worker `plan` (lanes.plan_for) chose, with the model loaded where it runs."""
-    import dataclasses
-
-    from .worker import EngineSpec, EngineWorker
-
-    spec = EngineSpec.from_settings(settings)
-    if settings.worker_kind == "ray":
-        from .rayworker import RayWorker
-
-        replicas = settings.ray_replicas or (_gpus() if settings.device.startswith("cuda") else settings.lanes)
-        return RayWorker(
-            str(checkpoint_dir(settings)),
-            dataclasses.replace(spec, lanes=replicas),
-            settings.dtype,
-            settings.device,
-            replicas,
-            settings.ray_address,
-            settings.ray_lease_s,
-            settings.ray_max_restarts,
-            settings.model_step_timeout_s,
-        )
-    spec = dataclasses.replace(spec, lanes=plan.lanes, kv_cache_gb=plan.kv_cache_gb)
-    if plan.kind == "processes":
-        from .procs import ProcessWorker
-
-        return ProcessWorker(
-            str(checkpoint_dir(settings)), spec, settings.dtype, settings.device, settings.model_step_timeout_s
-        )
-    return EngineWorker(load_model(settings)[0], spec)
-
-
 class _Terminated(BaseException):
     """SIGTERM while loading (a BaseException: no `except Exception` on the way swallows it)."""
 
 
 def _exit_on_sigterm(_signum, _frame) -> None:
     raise _Terminated()
-
-
-def _gpus() -> int:
-    import torch
-
-    return max(1, torch.cuda.device_count())
 
 
 def serve(args) -> int:
@@ -351,7 +270,7 @@ def serve(args) -> int:
             "Load a real checkpoint with --model DIR.",
             file=sys.stderr,
         )
-    from .lanes import NoRoom, plan_for
+    from .lanes import NoRoom, make_worker, plan_for
 
     try:
         plan = plan_for(settings, checkpoint_dir(settings))
