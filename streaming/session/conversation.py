@@ -27,6 +27,7 @@ from .listen import Listener
 from .respond import Emit, Responder, reply_options
 from .state import ConnectionState, Phase, Turn
 from .tasks import Spawn, plain_task
+from .tools import ToolItems, reply_tools
 from .transcribe import Transcriber
 
 # Work the conversation asks its owner task to run after what is queued (gateway/mailbox.py)
@@ -84,6 +85,8 @@ class Conversation:
         )
         self.playout = playout
         self.cuts = Cuts(self.state, self.responder, playout, self.items, self.send)
+        self.tools = ToolItems(self.context, self.send)
+        self.responder.on_call = self.tools.known  # a result may answer a call once it is announced
         self.session_id = session_id or new_id("sess")
 
     @property
@@ -173,29 +176,36 @@ class Conversation:
 
     async def _on_conversation_item_create(self, ev) -> None:
         item = ev.item
-        if item.role == "assistant":
-            raise ProtocolError(
-                "unsupported_item",
-                "assistant items cannot be added to a MiniCPM-o context; send user or system items",
-                "item.role",
-                ev.event_id,
+        if item.type != "message" or item.role == "assistant":  # tools.py: results, calls, assistant text
+            r = self.responder.current
+            if r is not None and r.task is not None:  # after the reply that may have made the call
+                await asyncio.wait({r.task})
+            added = await self.tools.create(ev, self.state.last_item_id)
+        else:
+            if item.role == "system":
+                text = "\n".join(p.text or "" for p in item.content)
+                self.state.config = SessionConfig(**{**self.config.__dict__, "instructions": text})
+                self.state.system_dirty = True
+            else:  # ev.content: decoded by the gateway
+                await self.context.add_item(list(ev.content))
+            added = E.Item(
+                item.id or new_id("item"), item.role, tuple(E.Part(p.type, text=p.text) for p in item.content)
             )
-        if item.role == "system":
-            text = "\n".join(p.text or "" for p in item.content)
-            self.state.config = SessionConfig(**{**self.config.__dict__, "instructions": text})
-            self.state.system_dirty = True
-        else:  # ev.content: decoded by the gateway
-            await self.context.add_item(list(ev.content))
-        item_id = item.id or new_id("item")
-        added = E.Item(item_id, item.role, tuple(E.Part(p.type, text=p.text) for p in item.content))
         await self.send(E.ItemAdded(added, self.state.last_item_id))
         await self.send(E.ItemDone(added, self.state.last_item_id))
-        self.state.last_item_id = item_id
+        self.state.last_item_id = added.id
 
     async def _on_conversation_item_truncate(self, ev) -> None:
         await self.cuts.truncate(ev)
 
     async def _on_conversation_item_delete(self, ev) -> None:
+        if isinstance(self.items.get(ev.item_id), (E.FunctionCall, E.FunctionOutput)):
+            # Out of the item list (a result can no longer answer the call); the model's context
+            # keeps what it heard, as it does for any older item.
+            self.tools.forget(ev.item_id)
+            self.items.drop(ev.item_id)
+            await self.send(E.ItemDeleted(ev.item_id))
+            return
         await self.cuts.delete(ev)
 
     async def _on_conversation_item_retrieve(self, ev) -> None:
@@ -223,7 +233,11 @@ class Conversation:
             if unit is not None:
                 await self._prefill_unit(unit)
             await self._end_turn(create_response=False)
-        await self._respond(ev.response)
+        try:
+            await self._respond(ev.response)
+        except ProtocolError as e:  # a tool_choice the tools cannot meet
+            e.event_id = ev.event_id
+            raise
 
     async def _on_response_cancel(self, ev) -> None:
         await self.cuts.cancel(ev)
@@ -301,9 +315,11 @@ class Conversation:
     # ---- replies and barge-in -----------------------------------------------------------------
     async def _respond(self, params) -> None:
         """A reply with the session's settings, overridden by `params` (a config.ResponseParams)."""
+        spec = reply_tools(self.config, params)
         await self.context.before_input()
+        await self.tools.show(spec)  # the model is shown the reply's tools if they changed
         st = self.state
-        opts = reply_options(self.settings, self.config, params)
+        opts = reply_options(self.settings, self.config, params, spec)
         turn, st.last_turn = st.last_turn, None
         timings = {}
         if turn is not None and turn.prefill_ms:
@@ -322,7 +338,11 @@ class Conversation:
         )
 
     async def _reply_over(self, r) -> None:
-        self.state.reply_over(r)
+        st = self.state
+        st.reply_over(r)
+        if st.last_item_id == r.item_id:  # a reply with calls, or none at all: what the next item follows
+            st.last_item_id = r.last_item_id or r.previous_item_id
+            st.assistant_last = r.status == "completed"
         await self._hear_pending()
 
     async def _hear_pending(self) -> None:
