@@ -47,6 +47,32 @@ def schema_error(schema: Any) -> str | None:
     return llg.LLMatcher.validate_grammar(grammar) or None
 
 
+_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_ONE = ("items", "additionalProperties", "not", "if", "then", "else", "contains", "unevaluatedProperties")
+
+
+def closed(schema: Any) -> Any:
+    """`schema` with `additionalProperties: false` wherever an object lists its properties and
+    says nothing of others: a call never invents arguments (OpenAI's strict mode asks the same).
+    Every instance still validates against the client's schema."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for k in _MAPS:
+        if isinstance(out.get(k), dict):
+            out[k] = {name: closed(v) for name, v in out[k].items()}
+    for k in _LISTS:
+        if isinstance(out.get(k), list):
+            out[k] = [closed(v) for v in out[k]]
+    for k in _ONE:
+        if isinstance(out.get(k), dict):
+            out[k] = closed(out[k])
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
 def _lit(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)  # a JSON string is a Lark string literal
 
@@ -61,7 +87,7 @@ def lark(spec: ToolSpec) -> str:
     for i, t in enumerate(tools):
         head = _lit(P.NAME_PREFIX + t.name + P.ARGS_PREFIX)
         lines.append(f"call_{i}: <tool_call> {head} args_{i} {_lit(P.CALL_SUFFIX)} </tool_call>")
-        lines.append(f"args_{i}: %json {json.dumps({**t.schema(), 'x-guidance': LAYOUT})}")
+        lines.append(f"args_{i}: %json {json.dumps({**closed(t.schema()), 'x-guidance': LAYOUT})}")
     return "\n".join(lines) + "\n"
 
 
