@@ -59,16 +59,17 @@ def choose_rows(
     seen: list,
     params: list[SamplingParams],
     generators: list,
-    allowed: torch.Tensor | None = None,
+    allowed: token_masks.RowMasks | None = None,
 ) -> list[int]:
     """logits [B, V] -> one next token id per row, each row with its own penalty window, params
     and generator. Every stage is row-wise (mask, penalty, temperature, top-k, top-p, softmax), so
     a row's token does not depend on the other rows: batched sessions draw what they would alone.
-    `allowed`: the rows' token masks (omni.token_masks.gather), disallowed tokens never drawn."""
+    `allowed`: the rows' token masks (omni.token_masks.gather), disallowed tokens never drawn
+    (set to -inf in place: float32 `logits` are changed)."""
     B, V = logits.shape
     scores = logits.float()
     if allowed is not None:
-        scores = token_masks.apply(scores, allowed)
+        token_masks.apply_(scores, allowed)
     for b in range(B):
         if params[b].repetition_penalty != 1.0 and len(seen[b]):
             scores[b] = repetition_penalty(

@@ -2,14 +2,16 @@
 next token (a grammar, a banned token) and the sampler, which stays row-wise.
 
 A row's `TokenMask` writes its allowed tokens as bits (int32 [ceil(V/32)], bit t of word t//32
-set = token t allowed). `gather` collects the rows' masks once per batched step into one tensor,
-on the logits' device: on CUDA from pinned memory with a non-blocking copy, so no host sync is
-added (the masks are computed on the CPU while the forward runs); `apply` unpacks it there and
-sets the disallowed logits to -inf. A batch without masks costs nothing.
+set = token t allowed). `gather` collects the masks of the rows that have one, once per batched
+step, into one tensor on the logits' device: on CUDA from pinned memory with a non-blocking copy,
+so no host sync is added (the masks are computed on the CPU while the forward runs). `apply`
+unpacks it there and sets those rows' disallowed logits to -inf; other rows are untouched. A
+batch without masks costs nothing.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -22,31 +24,50 @@ class TokenMask(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class RowMasks:
+    rows: list[int]  # the rows that have a mask, in order
+    bits: torch.Tensor  # int32 [len(rows), ceil(V/32)] on the logits' device
+
+
 def words(vocab: int) -> int:
     return (vocab + 31) // 32
 
 
-def gather(masks: Sequence[TokenMask | None], vocab: int, device: torch.device) -> torch.Tensor | None:
-    """The rows' masks as an int32 [B, ceil(V/32)] tensor on `device` (all bits set where a row
-    has none), or None when no row has one."""
-    if all(m is None for m in masks):
+def gather(masks: Sequence[TokenMask | None], vocab: int, device: torch.device) -> RowMasks | None:
+    """The masks of a batch's rows (None where a row has none), or None when no row has one."""
+    rows = [b for b, m in enumerate(masks) if m is not None]
+    if not rows:
         return None
     pin = device.type == "cuda"
-    host = torch.full((len(masks), words(vocab)), -1, dtype=torch.int32, pin_memory=pin)
+    host = torch.empty((len(rows), words(vocab)), dtype=torch.int32, pin_memory=pin)
     view = host.numpy()
-    for b, m in enumerate(masks):
-        if m is not None:
-            m.fill(view[b])
-    return host.to(device, non_blocking=pin)
+    for j, b in enumerate(rows):
+        mask = masks[b]
+        assert mask is not None
+        mask.fill(view[j])
+    return RowMasks(rows, host.to(device, non_blocking=pin))
 
 
-_SHIFTS: dict[torch.device, torch.Tensor] = {}
+_BITS: dict[torch.device, torch.Tensor] = {}
 
 
-def apply(scores: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-    """scores [B, V] with every token whose bit is clear in `bits` [B, ceil(V/32)] set to -inf."""
-    shifts = _SHIFTS.get(bits.device)
-    if shifts is None:
-        shifts = _SHIFTS[bits.device] = torch.arange(32, dtype=torch.int32, device=bits.device)
-    allowed = ((bits[:, :, None] >> shifts) & 1).bool().reshape(bits.shape[0], -1)[:, : scores.shape[1]]
-    return scores.masked_fill(~allowed, float("-inf"))
+def blocked(bits: torch.Tensor, vocab: int) -> torch.Tensor:
+    """bits int32 [R, ceil(V/32)] -> bool [R, V], True where a token is not allowed."""
+    if bits.device.type == "cpu":  # numpy's unpackbits: ~20 us a row at 151k tokens
+        b = np.unpackbits(bits.numpy().view(np.uint8), axis=1, bitorder="little")[:, :vocab]
+        return torch.from_numpy(b.view(np.bool_)).logical_not()
+    one = _BITS.get(bits.device)
+    if one is None:
+        one = _BITS[bits.device] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=bits.device)
+    b8 = bits.view(torch.uint8)  # little-endian: byte k holds tokens 8k..8k+7, lowest bit first
+    return (b8[:, :, None] & one).eq(0).reshape(bits.shape[0], -1)[:, :vocab]
+
+
+def apply_(scores: torch.Tensor, m: RowMasks) -> torch.Tensor:
+    """scores [B, V], the masked rows' disallowed tokens set to -inf in place; returns scores."""
+    block = blocked(m.bits, scores.shape[1])
+    if len(m.rows) == scores.shape[0]:
+        return scores.masked_fill_(block, float("-inf"))
+    rows = torch.tensor(m.rows, device=scores.device)
+    return scores.index_put_((rows,), scores[rows].masked_fill_(block, float("-inf")))

@@ -132,16 +132,17 @@ def test_masks_apply_row_wise_and_never_draw_a_masked_token():
                 out.view(np.uint32)[t // 32] |= np.uint32(1 << (t % 32))
 
     bits = token_masks.gather([M(allowed[0]), None], V, torch.device("cpu"))
-    assert (
-        bits is not None and bits.shape == (2, 4) and token_masks.gather([None, None], V, torch.device("cpu")) is None
-    )
+    assert bits is not None and bits.rows == [0] and bits.bits.shape == (1, 4)
+    assert token_masks.gather([None, None], V, torch.device("cpu")) is None
     logits = torch.randn(2, V)
-    masked = token_masks.apply(logits, bits)
+    masked = token_masks.apply_(logits.clone(), bits)
     assert set(torch.isfinite(masked[0]).nonzero()[:, 0].tolist()) == allowed[0]
     assert torch.equal(masked[1], logits[1])
+    both = token_masks.gather([M(allowed[0]), M({7})], V, torch.device("cpu"))
+    assert both is not None and torch.isfinite(token_masks.apply_(logits.clone(), both)).sum(-1).tolist() == [3, 1]
     for seed in range(20):
         g = [torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)]
-        drawn = choose_rows(logits, [[], []], [SamplingParams(), GREEDY], g, bits)
+        drawn = choose_rows(logits.clone(), [[], []], [SamplingParams(), GREEDY], g, bits)
         assert drawn[0] in allowed[0]
         alone = choose_rows(logits[1:], [[]], [GREEDY], g[1:])
         assert drawn[1] == alone[0]

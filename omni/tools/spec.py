@@ -8,10 +8,13 @@ prompt's rendering are stable); `ToolSpec` is a reply's tool list and `tool_choi
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 CHOICES = ("auto", "none", "required", "function")
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function names
 NO_PARAMETERS = '{"type": "object", "properties": {}, "additionalProperties": false}'
 
 
@@ -60,3 +63,46 @@ class ToolSpec:
         if self.choice == "function":
             return tuple(t for t in self.tools if t.name == self.name)
         return self.tools
+
+
+def load_tools(path: str | Path) -> tuple[Tool, ...]:
+    """Function tools from a JSON file: a list of tools (realtime `{"type": "function", "name",
+    "description", "parameters"}` or the chat shape `{"type": "function", "function": {...}}`),
+    or an object with such a `tools` list. Raises ValueError naming what is wrong."""
+    from .grammar import schema_error
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tools file {str(path)!r} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"tools file {str(path)!r} is not JSON ({e})") from None
+    items = data.get("tools") if isinstance(data, dict) else data
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"tools file {str(path)!r}: expected a non-empty list of function tools")
+    tools: list[Tool] = []
+    for i, t in enumerate(items):
+        fn = t.get("function", t) if isinstance(t, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(fn, dict) or not isinstance(name, str) or not NAME.fullmatch(name):
+            raise ValueError(f"tools file: tool {i} needs a name of 1-64 of a-z, A-Z, 0-9, _ and -")
+        params = fn.get("parameters")
+        if params is not None and (why := schema_error(params)):
+            raise ValueError(f"tools file: tool {name!r} has a schema that cannot be used: {why}")
+        if name in {x.name for x in tools}:
+            raise ValueError(f"tools file: duplicate tool name {name!r}")
+        desc = fn.get("description")
+        tools.append(
+            Tool(name, desc if isinstance(desc, str) else None, None if params is None else json.dumps(params))
+        )
+    return tuple(tools)
+
+
+def choice_of(tools: tuple[Tool, ...], choice: str, parallel: bool = True) -> ToolSpec:
+    """A ToolSpec from a command line's choice: auto, none, required, or a tool's name."""
+    if choice in ("auto", "none", "required"):
+        return ToolSpec(tools, choice, None, parallel)
+    if choice not in {t.name for t in tools}:
+        raise ValueError(f"tool choice {choice!r} is neither auto, none, required nor one of the tools")
+    return ToolSpec(tools, "function", choice, parallel)

@@ -11,18 +11,16 @@ not supported.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from omni.tools.grammar import schema_error
-from omni.tools.spec import Tool
+from omni.tools.spec import NAME, Tool
 
 from .validate import as_type, bad, get_field, no_unknown, one_of
 
 MAX_TOOLS = 128  # OpenAI's limit per request
 MAX_TOOLS_CHARS = 32_000  # the tools' JSON in the system turn (as `instructions`): about 8k tokens
 MAX_DESCRIPTION_CHARS = 4_096
-NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function names
 CHOICES = ("auto", "none", "required")
 
 
