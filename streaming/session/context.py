@@ -35,9 +35,12 @@ class Context:
         await self.engine.prefill({"role": "user", "content": content}, self.max_item_tokens)
 
     async def add_turn(self, msg: dict) -> None:
-        """A whole turn (omni.tools.turns: an assistant item, a tool result, the tools in force)."""
+        """A whole turn (omni.tools.turns: an assistant item, a tool result, the tools in force);
+        a call item joins the assistant turn the context ends in."""
+        extend = msg["role"] == "assistant" and not msg.get("content") and self.state.assistant_last
         await self.before_input()
-        await self.engine.prefill(msg, self.max_item_tokens)
+        limit = None if msg["role"] == "system" else self.max_item_tokens  # the tools: as the system turn
+        await self.engine.prefill({**msg, "extend": extend}, limit)
         self.state.assistant_last = msg["role"] == "assistant"
 
     async def add_unit(self, unit, turn: Turn) -> None:

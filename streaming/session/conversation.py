@@ -177,10 +177,11 @@ class Conversation:
     async def _on_conversation_item_create(self, ev) -> None:
         item = ev.item
         if item.type != "message" or item.role == "assistant":  # tools.py: results, calls, assistant text
-            r = self.responder.current
-            if r is not None and r.task is not None:  # after the reply that may have made the call
-                await asyncio.wait({r.task})
-            added = await self.tools.create(ev, self.state.last_item_id)
+            added, turn = self.tools.create(ev)
+            if self.responder.current is not None or self.state.pending_units:
+                self.state.pending_units.append(turn)  # after the reply (it may be making the call)
+            else:
+                await self.context.add_turn(turn)
         else:
             if item.role == "system":
                 text = "\n".join(p.text or "" for p in item.content)
@@ -346,13 +347,17 @@ class Conversation:
         await self._hear_pending()
 
     async def _hear_pending(self) -> None:
-        """The units heard while the reply was made, one per posted step, so the microphone's
-        audio (and a barge-in) is handled between them."""
+        """The units heard (and tool items added) while the reply was made, one per posted step,
+        in order, so the microphone's audio (and a barge-in) is handled between them."""
         pending = self.state.pending_units
         if not pending or self.engine.closed or self.responder.current is not None:
             return  # none, gone, or a new reply: heard after that one
-        unit, turn = pending.pop(0)
-        await self.context.add_unit(unit, turn)
+        entry = pending.pop(0)
+        if isinstance(entry, dict):  # a client's tool item (tools.py)
+            await self.context.add_turn(entry)
+        else:
+            unit, turn = entry
+            await self.context.add_unit(unit, turn)
         if pending:
             self.post(self._hear_pending, "heard during the reply")
 

@@ -112,9 +112,10 @@ class ToolItems:
                 return True
         return False
 
-    async def create(self, ev, previous_id: str | None) -> E.AnyItem:
-        """A client's `function_call` / `function_call_output` / assistant `message` item, into
-        the context (commands.CreateItem, parsed by the gateway); returns the item as added."""
+    def create(self, ev) -> tuple[E.AnyItem, dict]:
+        """A client's `function_call` / `function_call_output` / assistant `message` item
+        (commands.CreateItem, parsed by the gateway), checked: (the item as added, the turn that
+        puts it into the context, omni.tools.turns)."""
         item = ev.item
         item_id = item.id or new_id("item")
         if item.type == "function_call_output":
@@ -126,23 +127,21 @@ class ToolItems:
                     "item.call_id",
                     ev.event_id,
                 )
-            await self.context.add_turn({"turn": True, "role": "tool", "content": item.output})
-            return E.FunctionOutput(item_id, item.call_id, item.output)
+            return E.FunctionOutput(item_id, item.call_id, item.output), {
+                "turn": True,
+                "role": "tool",
+                "content": item.output,
+            }
         if item.type == "function_call":
             call = E.FunctionCall(item_id, item.call_id, item.name, item.arguments)
-            extend = self.context.state.assistant_last
-            await self.context.add_turn(
-                {"turn": True, "role": "assistant", "calls": [(call.name, call.arguments)], "extend": extend}
-            )
             self.known(call)
-            return call
+            return call, {"turn": True, "role": "assistant", "calls": [(call.name, call.arguments)]}
         text = "".join(p.text or "" for p in item.content)
-        await self.context.add_turn({"turn": True, "role": "assistant", "content": text})
         parts = tuple(
             E.Part(p.type, transcript=p.text) if p.type == "output_audio" else E.Part(p.type, text=p.text)
             for p in item.content
         )
-        return E.Item(item_id, "assistant", parts)
+        return E.Item(item_id, "assistant", parts), {"turn": True, "role": "assistant", "content": text}
 
     async def show(self, spec: ToolSpec | None) -> None:
         """Before a reply: the model's context lists the reply's tools (a later system turn when

@@ -121,7 +121,7 @@ def test_a_result_is_prefilled_and_answered_and_an_unknown_call_id_is_an_error()
     }
     sc = Scenario(engine).at(0.05, TOOLS).at(0.1, ASK).at(1.0, output).at(1.1, bad).at(1.2, ASK).run(4.0)
     tool_turns = [c.arg for c in engine.ops("prefill") if c.arg.get("role") == "tool"]
-    assert tool_turns == [{"turn": True, "role": "tool", "content": "7 C"}]
+    assert tool_turns == [{"turn": True, "role": "tool", "content": "7 C", "extend": False}]
     (err,) = sc.errors()
     assert (err["param"], err["event_id"]) == ("item.call_id", "ev_x")
     out = [e for e in sc.of(E.ItemAdded) if isinstance(e.item, E.FunctionOutput)]
@@ -136,3 +136,23 @@ def test_the_user_is_heard_while_a_call_is_pending():
     assert sc.of(E.ResponseEnded)[0].calls[0].status == "completed"
     units = [c for c in engine.ops("append_unit") if c.t > 1.0]
     assert units and len(sc.of(E.ResponseStarted)) == 2  # heard, and answered
+
+
+def test_a_result_sent_while_a_reply_is_made_goes_in_after_it():
+    # an async tool's result arriving during the next (spoken) reply: acknowledged at once,
+    # prefilled once that reply is over, so the context keeps the order the client saw
+    engine = FakeEngine([Reply(call('{"city": "Oslo"}')), speech(3.0, cost_s=0.4), speech(1.0)])
+
+    def output(sc: Scenario) -> dict:
+        c = sc.of(E.CallEnded)[0].call
+        return {
+            "type": "conversation.item.create",
+            "item": {"type": "function_call_output", "call_id": c.call_id, "output": "late"},
+        }
+
+    sc = Scenario(engine).at(0.05, TOOLS).at(0.1, ASK).at(1.0, ASK).at(1.5, output).run(6.0)
+    added = next(e for e in sc.of(E.ItemAdded) if isinstance(e.item, E.FunctionOutput))
+    second = sc.of(E.ResponseEnded)[1]
+    assert sc.when(added) < sc.when(second)  # acknowledged while the reply runs
+    (turn,) = [c for c in engine.ops("prefill") if c.arg.get("role") == "tool"]
+    assert turn.t >= sc.when(second) and second.outcome.status == "completed"  # the reply was not cut
