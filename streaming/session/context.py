@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from omni.tools.prompt import tools_section
+from omni.tools.prompt import tools_section, tools_turn_text
 
 from .state import ConnectionState, Turn
 
@@ -42,6 +42,16 @@ class Context:
         limit = None if msg["role"] == "system" else self.max_item_tokens  # the tools: as the system turn
         await self.engine.prefill({**msg, "extend": extend}, limit)
         self.state.assistant_last = msg["role"] == "assistant"
+
+    async def show_tools(self, spec) -> None:
+        """Before a reply: the context lists the reply's tools (omni.tools.spec.ToolSpec) — a later
+        system turn when they differ from those the model was last shown."""
+        await self.before_input()  # the system turn first: it may list them already
+        st = self.state
+        if spec is None or not spec.callable() or spec.tools == st.tools_shown:
+            return
+        await self.add_turn({"turn": True, "role": "system", "content": tools_turn_text(spec.tools)})
+        st.tools_shown = spec.tools
 
     async def add_unit(self, unit, turn: Turn) -> None:
         """One 1-s unit of `turn` (which counted it already); its prefill cost is the turn's."""

@@ -85,7 +85,7 @@ class Conversation:
         )
         self.playout = playout
         self.cuts = Cuts(self.state, self.responder, playout, self.items, self.send)
-        self.tools = ToolItems(self.context, self.send)
+        self.tools = ToolItems()
         self.responder.on_call = self.tools.known  # a result may answer a call once it is announced
         self.session_id = session_id or new_id("sess")
 
@@ -317,8 +317,7 @@ class Conversation:
     async def _respond(self, params) -> None:
         """A reply with the session's settings, overridden by `params` (a config.ResponseParams)."""
         spec = reply_tools(self.config, params)
-        await self.context.before_input()
-        await self.tools.show(spec)  # the model is shown the reply's tools if they changed
+        await self.context.show_tools(spec)  # the system turn, a rollback, the reply's tools if they changed
         st = self.state
         opts = reply_options(self.settings, self.config, params, spec)
         turn, st.last_turn = st.last_turn, None

@@ -3,9 +3,9 @@ items a client adds around them (its results, its own calls, assistant messages)
 
 Owns `ReplyCalls` (one response's calls: ids, output indices, the event order stock clients need,
 docs/protocol.md "Function calling") and `ToolItems` (the connection's known calls, so a result
-must answer one; the items the client creates, prefilled as the model's template writes them;
-the tool list the model was last shown). Does not own: the grammar and the call tokens (omni.tools),
-the wire (gateway/outbound.py).
+must answer one; the items the client creates, as turns the model's template writes). Does not
+own: what the model was shown (context.py), the grammar and the call tokens (omni.tools), the
+wire (gateway/outbound.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from omni.tools.prompt import tools_turn_text
 from omni.tools.spec import ToolSpec
 
 from ..errors import ProtocolError
@@ -94,8 +93,7 @@ def reply_tools(config, params) -> ToolSpec | None:
 class ToolItems:
     """The connection's calls and the items a client adds around them (owner task only)."""
 
-    def __init__(self, context, send) -> None:
-        self.context, self.send = context, send
+    def __init__(self) -> None:
         # call_id -> the call; the reply task notes its calls here as it announces them
         self.calls: OrderedDict[str, E.FunctionCall] = OrderedDict()
 
@@ -142,13 +140,3 @@ class ToolItems:
             for p in item.content
         )
         return E.Item(item_id, "assistant", parts), {"turn": True, "role": "assistant", "content": text}
-
-    async def show(self, spec: ToolSpec | None) -> None:
-        """Before a reply: the model's context lists the reply's tools (a later system turn when
-        they differ from those it was last shown)."""
-        st = self.context.state
-        await self.context.before_input()  # the system turn first: it may list them already
-        if spec is None or not spec.callable() or spec.tools == st.tools_shown:
-            return
-        await self.context.add_turn({"turn": True, "role": "system", "content": tools_turn_text(spec.tools)})
-        st.tools_shown = spec.tools
