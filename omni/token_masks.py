@@ -28,6 +28,7 @@ class TokenMask(Protocol):
 class RowMasks:
     rows: list[int]  # the rows that have a mask, in order
     bits: torch.Tensor  # int32 [len(rows), ceil(V/32)] on the logits' device
+    index: torch.Tensor | None  # `rows` on the device (None: every row has a mask)
 
 
 def words(vocab: int) -> int:
@@ -46,7 +47,11 @@ def gather(masks: Sequence[TokenMask | None], vocab: int, device: torch.device) 
         mask = masks[b]
         assert mask is not None
         mask.fill(view[j])
-    return RowMasks(rows, host.to(device, non_blocking=pin))
+    index = None
+    if len(rows) < len(masks):  # built on the host and sent as the bits are: no blocking copy
+        index = torch.tensor(rows, dtype=torch.long).pin_memory() if pin else torch.tensor(rows, dtype=torch.long)
+        index = index.to(device, non_blocking=pin)
+    return RowMasks(rows, host.to(device, non_blocking=pin), index)
 
 
 _BITS: dict[torch.device, torch.Tensor] = {}
@@ -57,9 +62,14 @@ def blocked(bits: torch.Tensor, vocab: int) -> torch.Tensor:
     if bits.device.type == "cpu":  # numpy's unpackbits: ~20 us a row at 151k tokens
         b = np.unpackbits(bits.numpy().view(np.uint8), axis=1, bitorder="little")[:, :vocab]
         return torch.from_numpy(b.view(np.bool_)).logical_not()
+    return blocked_on_device(bits, vocab)
+
+
+def blocked_on_device(bits: torch.Tensor, vocab: int) -> torch.Tensor:
+    """`blocked` with torch ops only, where the bits are (a GPU)."""
     one = _BITS.get(bits.device)
-    if one is None:
-        one = _BITS[bits.device] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=bits.device)
+    if one is None:  # once per device
+        one = _BITS[bits.device] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8).to(bits.device)
     b8 = bits.view(torch.uint8)  # little-endian: byte k holds tokens 8k..8k+7, lowest bit first
     return (b8[:, :, None] & one).eq(0).reshape(bits.shape[0], -1)[:, :vocab]
 
@@ -67,7 +77,6 @@ def blocked(bits: torch.Tensor, vocab: int) -> torch.Tensor:
 def apply_(scores: torch.Tensor, m: RowMasks) -> torch.Tensor:
     """scores [B, V], the masked rows' disallowed tokens set to -inf in place; returns scores."""
     block = blocked(m.bits, scores.shape[1])
-    if len(m.rows) == scores.shape[0]:
+    if m.index is None:
         return scores.masked_fill_(block, float("-inf"))
-    rows = torch.tensor(m.rows, device=scores.device)
-    return scores.index_put_((rows,), scores[rows].masked_fill_(block, float("-inf")))
+    return scores.index_put_((m.index,), scores[m.index].masked_fill_(block, float("-inf")))

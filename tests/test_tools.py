@@ -138,6 +138,8 @@ def test_masks_apply_row_wise_and_never_draw_a_masked_token():
     masked = token_masks.apply_(logits.clone(), bits)
     assert set(torch.isfinite(masked[0]).nonzero()[:, 0].tolist()) == allowed[0]
     assert torch.equal(masked[1], logits[1])
+    words = torch.randint(-(2**31), 2**31 - 1, (3, 5), dtype=torch.int32)  # the GPU's unpacking, on the CPU
+    assert torch.equal(token_masks.blocked(words, 150), token_masks.blocked_on_device(words, 150))
     both = token_masks.gather([M(allowed[0]), M({7})], V, torch.device("cpu"))
     assert both is not None and torch.isfinite(token_masks.apply_(logits.clone(), both)).sum(-1).tolist() == [3, 1]
     for seed in range(20):
