@@ -1,7 +1,8 @@
 """The raw `openai` SDK's realtime client with function tools against a live `omni serve` on the
 tiny model: every tool_choice (named, required, auto, none; per session and per response), a call
 answered with a function_call_output and then spoken about, text mode, retrieve and delete of a
-call item, and the errors a bad schema or an unknown call_id get. Every event validates against
+call item, a saved context restored (assistant message, the client's own call and its output),
+and the errors a bad schema or an unknown call_id get. Every event validates against
 the SDK's own types; every call parses and matches its schema."""
 
 from __future__ import annotations
@@ -117,7 +118,31 @@ async def test_every_tool_choice_round_trip(live_server):
         await c.conn.conversation.item.delete(item_id=call["id"])
         assert (await c.next("conversation.item.deleted", since))["item_id"] == call["id"]
 
-        # 6. errors name the param and echo the event_id; the session is unchanged after them
+        # 6. a saved context restored, as Pipecat does: an assistant message, the client's own call
+        # item (it joins that assistant turn) and its output; then a spoken answer
+        since = c.mark()
+        restored = [
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me look."}]},
+            {
+                "type": "function_call",
+                "call_id": "call_saved",
+                "name": "get_weather",
+                "arguments": '{"city": "Oslo", "days": 2}',
+            },
+            {"type": "function_call_output", "call_id": "call_saved", "output": "snow"},
+        ]
+        for item in restored:
+            await c.conn.conversation.item.create(item=item)
+        for item in restored:
+            added = await c.next("conversation.item.added", since)
+            since = c.events.index(added) + 1
+            assert added["item"]["type"] == item["type"]
+        response, events = await c.respond(tool_choice="none")
+        assert response["output"][0]["type"] == "message" and [
+            e for e in events if e["type"] == "response.output_audio.delta"
+        ]
+
+        # 7. errors name the param and echo the event_id; the session is unchanged after them
         since = c.mark()
         await c.conn.send(
             {
