@@ -8,8 +8,11 @@ once, ~1 s on the 151k vocabulary), compiled grammars (cached per tool spec) and
 reply's matcher, which is the row's token mask in a batched draw (omni.token_masks.TokenMask).
 
 Why llguidance: no dependencies (xgrammar pulls torch, transformers and triton), ~1 ms to compile
-a schema (tools arrive per session at run time), and special tokens in its grammars. Measured on
-the 151k vocabulary by bench/tools.py.
+a schema (tools arrive per session at run time), and special tokens in its grammars. Measured once
+against xgrammar 0.2.9 on the 151k vocabulary (random walks, this 2-core CPU): compile 1.1 vs
+23-27 ms; masks with unbounded strings median/mean 10/23 vs 48/45 µs, with maxLength-bounded
+strings 51/162 vs 6/13 µs (llguidance's precomputed slices cover unbounded strings only).
+bench/tools.py measures llguidance as the engine uses it.
 """
 
 from __future__ import annotations
