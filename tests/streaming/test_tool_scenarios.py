@@ -156,3 +156,17 @@ def test_a_result_sent_while_a_reply_is_made_goes_in_after_it():
     assert sc.when(added) < sc.when(second)  # acknowledged while the reply runs
     (turn,) = [c for c in engine.ops("prefill") if c.arg.get("role") == "tool"]
     assert turn.t >= sc.when(second) and second.outcome.status == "completed"  # the reply was not cut
+
+
+def test_tools_changed_mid_session_are_shown_before_the_next_reply():
+    clock = {**WEATHER, "name": "get_time", "parameters": {"type": "object", "properties": {}}}
+    change = {"type": "session.update", "session": {"type": "realtime", "tools": [clock]}}
+    engine = FakeEngine([speech(0.5), speech(0.5), speech(0.5)])
+    sc = Scenario(engine).at(0.05, TOOLS).at(0.1, ASK).at(1.5, change).at(1.6, ASK).at(3.0, ASK).run(5.0)
+    (system,) = [c for c in engine.ops("set_system")]
+    turns = [c for c in engine.ops("prefill") if c.arg.get("role") == "system"]
+    assert len(turns) == 1 and '"name": "get_time"' in turns[0].arg["content"]  # once: then it is shown
+    first, second, third = [c.arg.tools for c in engine.ops("start_reply")]
+    assert [t.name for t in first.tools] == ["get_weather"] and [t.name for t in second.tools] == ["get_time"]
+    assert third == second and system.t < turns[0].t < engine.ops("start_reply")[1].t
+    assert not sc.errors()
