@@ -19,9 +19,11 @@
   With `--transcribe` every level runs twice, back to back: as above, then with user transcripts
   on (`audio.input.transcription`); the second adds `transcript_ms_p50/p95` (turn end ->
   `...input_audio_transcription.completed`) and its own first-audio p95, to compare within one run.
+  With `--tools` likewise, the second with function tools defined (`tool_choice: auto`: the model
+  may call, the random tiny one never does), so the cost of tools defined but unused shows.
 
-    python bench/gateway.py [--levels 1,2,4,8,12,16] [--turns vad|manual] [--transcribe] [--port 8790]
-                            [--config bench/gateway-server.toml]
+    python bench/gateway.py [--levels 1,2,4,8,12,16] [--turns vad|manual] [--transcribe] [--tools]
+                            [--port 8790] [--config bench/gateway-server.toml]
 """
 
 from __future__ import annotations
@@ -106,12 +108,33 @@ async def overhead_per_unit(messages: list[str], audio_s: float) -> float:
     return 1000.0 * loop_cpu / audio_s
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather forecast for a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
+            "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        },
+        "required": ["city", "days"],
+    },
+}
+
+
 async def one_session(
-    url: str, messages: list[str], realtime: bool, together: asyncio.Barrier | None = None, transcribe: bool = False
+    url: str,
+    messages: list[str],
+    realtime: bool,
+    together: asyncio.Barrier | None = None,
+    transcribe: bool = False,
+    tool_choice: str | None = None,
 ) -> dict:
     """One user turn. `together`: manual turns (no VAD), every session's commit + response.create
     sent at the same moment once all have streamed their audio (the issue's worst case); the turn
-    end is then that moment."""
+    end is then that moment. `tool_choice`: a function tool defined, with this choice (`required`:
+    the reply is a call, `eos_to_args_ms` is when its arguments are done)."""
     import websockets
 
     out = {"eos_to_audio_ms": None, "stop_lag_s": None, "audio_rate": None, "ok": False, "max_gap_ms": None}
@@ -123,6 +146,8 @@ async def one_session(
             session["audio"] = {"input": {"turn_detection": None}}
         if transcribe:
             session.setdefault("audio", {}).setdefault("input", {})["transcription"] = {"model": "minicpm-o-2.6"}
+        if tool_choice is not None:
+            session.update(tools=[WEATHER_TOOL], tool_choice=tool_choice)
         await ws.send(json.dumps({"type": "session.update", "session": session}))
         t_start = time.perf_counter()
         n = 0
@@ -159,6 +184,8 @@ async def one_session(
                     t_last = now
                     arrivals.append((now, audio_samples))
                     audio_samples += len(base64.b64decode(ev["delta"])) // 2
+                elif ev["type"] == "response.function_call_arguments.done" and t_stop:
+                    out.setdefault("eos_to_args_ms", 1000 * (now - t_stop))
                 elif ev["type"] == "response.done":  # the tiny model never draws EOS: capped = fine
                     out["ok"] = ev["response"]["status"] in ("completed", "incomplete")
                 elif ev["type"] == "response.omni.timings":  # right after response.done
@@ -202,11 +229,16 @@ def pct(xs, q):
     return round(xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))], 1) if xs else None
 
 
-async def level(url: str, messages: list[str], n: int, turns: str, transcribe: bool) -> dict:
+async def level(
+    url: str, messages: list[str], n: int, turns: str, transcribe: bool, tool_choice: str | None = None
+) -> dict:
     """n sessions at once, each one turn in real time: held?, first audio, underruns."""
     together = asyncio.Barrier(n) if turns == "manual" else None
     runs = await asyncio.gather(
-        *[one_session(url, messages, realtime=True, together=together, transcribe=transcribe) for _ in range(n)]
+        *[
+            one_session(url, messages, realtime=True, together=together, transcribe=transcribe, tool_choice=tool_choice)
+            for _ in range(n)
+        ]
     )
     held = all(
         r["ok"]
@@ -229,6 +261,9 @@ async def level(url: str, messages: list[str], n: int, turns: str, transcribe: b
         point["transcript_ms_p50"] = pct([r.get("transcript_ms") for r in runs], 0.5)
         point["transcript_ms_p95"] = pct([r.get("transcript_ms") for r in runs], 0.95)
         point["transcripts"] = sum(r.get("transcript_ms") is not None for r in runs)
+    if tool_choice == "required":
+        point["eos_to_args_done_ms_p50"] = pct([r.get("eos_to_args_ms") for r in runs], 0.5)
+        point["eos_to_args_done_ms_p95"] = pct([r.get("eos_to_args_ms") for r in runs], 0.95)
     return point
 
 
@@ -250,6 +285,7 @@ async def main() -> None:
     ap.add_argument(
         "--transcribe", action="store_true", help="run every level again with user transcripts on, to compare"
     )
+    ap.add_argument("--tools", action="store_true", help="run every level again with tools defined (auto), to compare")
     a = ap.parse_args()
     pcm = utterance_pcm16_24k()
     messages = appends(pcm)
@@ -279,6 +315,8 @@ async def main() -> None:
                 knee = n
             if a.transcribe:
                 point["with_transcripts"] = await level(url, messages, n, a.turns, transcribe=True)
+            if a.tools:
+                point["with_tools"] = await level(url, messages, n, a.turns, transcribe=False, tool_choice="auto")
             curve.append(point)
         result["concurrency"] = curve
         result["knee_sessions"] = knee

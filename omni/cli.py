@@ -53,6 +53,13 @@ def _cmd_chat(a) -> int:
     if family.prompt == "qwen3":
         return cli_v45.chat(a, lambda: _load(a, ckpt))
     ref = read_voice_clip(a.voice) if a.voice else None  # checked before the model loads
+    if a.tools:
+        from .tools.spec import choice_of, load_tools
+
+        if ref is not None:
+            raise ValueError("--tools and --voice cannot be combined (a tools turn speaks in the model's voice)")
+        a.tools_list = load_tools(a.tools)  # also checked before the model loads
+        choice_of(a.tools_list, a.tool_choice)
     m = _load(a, ckpt)
     content: list = []
     for p in a.image or []:
@@ -64,6 +71,8 @@ def _cmd_chat(a) -> int:
     if not content:
         content = ["Hello!"]
     sampling = SamplingParams() if a.sample else GREEDY
+    if a.tools:
+        return _chat_tools(a, m, content, sampling)
     msgs = [{"role": "user", "content": content}]
     if ref is not None:
         msgs = with_voice(msgs, ref)
@@ -76,6 +85,46 @@ def _cmd_chat(a) -> int:
         assert res.wav_24k is not None  # generate_audio was on
         sf.write(a.out_wav, np.asarray(res.wav_24k, dtype=np.float32), 24000)
         print(f"wrote {a.out_wav} ({len(res.wav_24k) / 24000:.2f} s at 24 kHz)", file=sys.stderr)
+    return 0
+
+
+def _chat_tools(a, m, content: list, sampling) -> int:
+    """One turn with function tools, through the streaming session (the server's path)."""
+    import time
+    import numpy as np
+    import soundfile as sf
+    from .session.engine import GenerateOptions, Session
+    from .tools.calls import CallPiece
+    from .tools.prompt import tools_section
+    from .tools.spec import choice_of
+
+    spec = choice_of(a.tools_list, a.tool_choice)
+    s = Session(m, seed=a.seed)
+    t = time.perf_counter()
+    s.set_system("audio_assistant", None, None, tools_section(spec.tools))
+    s.prefill({"role": "user", "content": content})
+    opts = GenerateOptions(
+        sampling=sampling, max_new_tokens=a.max_new_tokens, generate_audio=bool(a.out_wav), tools=spec
+    )
+    text, wavs, calls = "", [], {}
+    for out in s.generate(opts):
+        if isinstance(out, CallPiece):
+            c = calls.setdefault(out.index, {"name": out.name, "arguments": "", "done": False})
+            c["arguments"] += out.delta
+            c["done"] = c["done"] or out.done
+        else:
+            text, wavs = text + out[0], wavs + [out[1]]
+    result = {
+        "text": text,
+        "calls": [{"name": c["name"], "arguments": c["arguments"]} for c in calls.values() if c["done"]],
+        "end": s.last_reply_end,
+        "seconds": round(time.perf_counter() - t, 3),
+    }
+    print(json.dumps(result, ensure_ascii=False))
+    if a.out_wav:
+        wav = np.concatenate(wavs) if wavs else np.zeros(0, np.float32)
+        sf.write(a.out_wav, wav, 24000)
+        print(f"wrote {a.out_wav} ({len(wav) / 24000:.2f} s at 24 kHz)", file=sys.stderr)
     return 0
 
 
@@ -149,6 +198,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         help="clone this speaker's voice for the --out-wav speech: a 1-30 s clip soundfile reads "
         "(WAV, FLAC, OGG; any rate, resampled to 16 kHz), put in an audio_assistant system "
         "prompt (default: no system prompt, the model's own voice)",
+    )
+    p.add_argument(
+        "--tools",
+        metavar="FILE",
+        help="function tools (a JSON list, realtime or chat shape): the turn runs as the server's "
+        "does, its calls' arguments always valid for their schemas, and prints them",
+    )
+    p.add_argument(
+        "--tool-choice",
+        default="auto",
+        help="with --tools: auto (the model decides), none, required (a call, first thing) or a tool's name",
     )
     p.set_defaults(fn=_cmd_chat)
     return ap, sub

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor, TopKLogitsWarper, TopPLogitsWarper
 
+from . import token_masks
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -52,12 +54,22 @@ def choose(
     return choose_rows(logits[None], [seen_ids.tolist()], [params], [generator])[0]
 
 
-def choose_rows(logits: torch.Tensor, seen: list, params: list[SamplingParams], generators: list) -> list[int]:
+def choose_rows(
+    logits: torch.Tensor,
+    seen: list,
+    params: list[SamplingParams],
+    generators: list,
+    allowed: token_masks.RowMasks | None = None,
+) -> list[int]:
     """logits [B, V] -> one next token id per row, each row with its own penalty window, params
-    and generator. Every stage is row-wise (penalty, temperature, top-k, top-p, softmax), so a
-    row's token does not depend on the other rows: batched sessions draw what they would alone."""
+    and generator. Every stage is row-wise (mask, penalty, temperature, top-k, top-p, softmax), so
+    a row's token does not depend on the other rows: batched sessions draw what they would alone.
+    `allowed`: the rows' token masks (omni.token_masks.gather), disallowed tokens never drawn
+    (set to -inf in place: float32 `logits` are changed)."""
     B, V = logits.shape
     scores = logits.float()
+    if allowed is not None:
+        token_masks.apply_(scores, allowed)
     for b in range(B):
         if params[b].repetition_penalty != 1.0 and len(seen[b]):
             scores[b] = repetition_penalty(
@@ -102,7 +114,9 @@ def _candidates(scores: torch.Tensor, top_k: int, top_p: float) -> list[tuple[to
     if not top_k or top_k <= 0 or top_k + TIE_MARGIN >= V:
         return [(p, None) for p in top_k_top_p(scores, top_k, top_p).softmax(-1)]
     vals, ids = scores.topk(top_k + TIE_MARGIN, dim=-1)  # descending
-    keep = vals >= vals[:, top_k - 1 : top_k]  # TopKLogitsWarper: >= the k-th value
+    # TopKLogitsWarper: >= the k-th value; a masked (-inf) token has no weight either way, so a row
+    # with fewer than top_k allowed tokens keeps them all here without the whole-vocabulary path
+    keep = (vals >= vals[:, top_k - 1 : top_k]) & (vals > float("-inf"))
     ids, order = ids.sort(dim=-1)  # back to vocabulary order
     probs = top_k_top_p(torch.where(keep, vals, float("-inf")).gather(-1, order), 0, top_p).softmax(-1)
     out: list[tuple[torch.Tensor, torch.Tensor | None]] = list(zip(probs, ids))

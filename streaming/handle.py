@@ -78,8 +78,11 @@ class EngineHandle:
                 if self.on_step is not None:
                     self.on_step(op, time.perf_counter() - t)
 
-    async def set_system(self, seed: int | None, mode: str, ref: np.ndarray | None, text: str | None) -> None:
-        await self._run("system", seed, mode, ref, text)
+    async def set_system(
+        self, seed: int | None, mode: str, ref: np.ndarray | None, text: str | None, tools: str = ""
+    ) -> None:
+        """`tools`: the `# Tools` section at the system turn's end (omni.tools.prompt)."""
+        await self._run("system", seed, mode, ref, text, tools)
 
     async def prefill(self, msg: dict, max_tokens: int | None = None) -> None:
         """A whole message; one that tokenizes longer than `max_tokens` is item_too_large."""

@@ -7,6 +7,7 @@ subprocess to see its exit status and stderr as a user would.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,48 @@ def test_chat_voice_bad_clip_is_one_clear_line(tmp_path, make, words):
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("omni chat: error: voice clip") and words in lines[0] and str(path) in lines[0]
     assert not (tmp_path / "o.wav").exists()
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The weather forecast.",
+        "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"]},
+    },
+    {"type": "function", "function": {"name": "get_time", "description": "The time now."}},  # the chat shape
+]
+
+
+def test_chat_tools_prints_the_call(tmp_path, embedded_dir, capsys):
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps(TOOLS))
+    assert cli.main(["chat", *TURN, "--tools", str(path), "--tool-choice", "get_weather"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["text"] == "" and out["end"] == "eos"
+    (call,) = out["calls"]
+    assert call["name"] == "get_weather" and json.loads(call["arguments"])["city"] in ("Paris", "Rome")
+    assert cli.main(["chat", *TURN, "--tools", str(path), "--tool-choice", "none"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["calls"] == []
+
+
+@pytest.mark.parametrize(
+    "tools, choice, words",
+    [
+        ([{"type": "function", "name": "bad name"}], "auto", "needs a name"),
+        ([{"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "strin"}}}}], "auto", "strin"),
+        (TOOLS, "get_nothing", "neither auto"),
+        ({"tools": []}, "auto", "non-empty list"),
+    ],
+)
+def test_chat_tools_bad_file_or_choice_is_one_clear_line(tmp_path, capsys, tools, choice, words):
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps(tools))
+    assert cli.main(["chat", "--text", "hi", "--tools", str(path), "--tool-choice", choice]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "loading" not in err, err  # refused before the model loads
+
+
+def test_chat_tools_error_as_a_user_sees_it(tmp_path):
+    p = _run_cli("--text", "hi", "--tools", str(tmp_path / "missing.json"))
+    assert p.returncode == 2 and "does not exist" in p.stderr and "Traceback" not in p.stderr, p.stderr

@@ -27,7 +27,6 @@ import time
 from collections import deque
 from typing import Callable
 
-import numpy as np
 import torch
 
 from ..loader import Omni
@@ -36,7 +35,7 @@ from ..model.pool import KVPool
 from ..model.steps import Executor
 from ..session.engine import Session
 from .isolate import run_isolated
-from .live import Command, Done, Live, answer, ignore
+from .live import Command, Done, Live, answer, ignore, merged
 from .schedule import Pending, pick
 from .slots import EngineFull, SlotCaches, slot_bytes, tts_slot_tokens
 from .stats import EngineStats
@@ -340,15 +339,14 @@ class BatchEngine:
         if w is None or live.commands or live.current is not None:
             return  # a reply_step answers after the commands sent before it
         if live.outputs:
-            text = "".join(t for t, _ in live.outputs)
-            wav = np.concatenate([a for _, a in live.outputs]) if len(live.outputs) > 1 else live.outputs[0][1]
+            piece = merged(live.outputs)
             live.outputs, live.waiter = [], None
             live.reply_deadline_s = float("inf")  # nobody waits: runs ahead only when it costs nothing
             # ...but the next reply_step is on its way, about as urgent: background work must not
             # slip into the gap (before first audio that deadline is already due)
             live.hold_s = w.deadline_s
             self.stats.pieces += 1
-            return answer(w, (text, wav), None)
+            return answer(w, piece, None)
         if not live.replying:
             live.waiter, live.hold_s = None, float("inf")
             if live.reply_error is not None:

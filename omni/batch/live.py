@@ -14,8 +14,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 from ..model.ops import Op, Program
 from ..session.engine import Session
+from ..tools.calls import merge
 
 log = logging.getLogger("omni.batch")
 Done = Callable[[Any, BaseException | None], None]
@@ -69,9 +72,9 @@ class Live:
             s.forget_reply()
             return False
         if cmd.op == "system":
-            seed, mode, ref, text = cmd.args
+            seed, *args = cmd.args  # mode, ref, text[, tools]
             s.seed = seed  # a seed takes effect from the context start
-            program = s.system_program(mode, ref, text)
+            program = s.system_program(*args)
         elif cmd.op == "prefill":
             program = s.prefill_program(*cmd.args)
         else:
@@ -86,6 +89,19 @@ class Live:
             self.program.close()
             self.program, self.pending, self.replying, self.hold_s = None, None, False, float("inf")
             self.outputs = []
+
+
+def merged(outputs: list) -> tuple:
+    """A reply's outputs since the last reply_step as one piece: (text, wav), or (text, wav,
+    calls) when it wrote calls (omni.tools.calls.CallPiece, after its speech)."""
+    speech = [o for o in outputs if isinstance(o, tuple)]
+    calls = tuple(merge([o for o in outputs if not isinstance(o, tuple)]))
+    text = "".join(t for t, _ in speech)
+    if not speech:
+        wav = np.zeros(0, np.float32)
+    else:
+        wav = np.concatenate([a for _, a in speech]) if len(speech) > 1 else speech[0][1]
+    return (text, wav, calls) if calls else (text, wav)
 
 
 def answer(cmd: Command, result, error) -> None:

@@ -18,6 +18,7 @@ import torch
 
 if TYPE_CHECKING:
     from ..sampling import SamplingParams
+    from ..token_masks import TokenMask
     from .audio import AudioEncoderCache
     from .decoder import KVCache
     from .tts_state import TTSState
@@ -40,6 +41,7 @@ class LLMSample:
     params: SamplingParams
     seen: tuple[int, ...]  # ids the repetition penalty sees
     generator: torch.Generator | None
+    mask: TokenMask | None = None  # the tokens this draw may take (omni.token_masks), None: any
 
 
 @dataclass(eq=False)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from .. import token_masks
 from ..sampling import choose_rows
 from .ops import AudioEncode, Decode, LLMForward, LLMOut, Op, VisionEncode
 from .rows import Row, forward_rows, linear
@@ -110,8 +111,11 @@ class Executor:
         if drawn:
             logits = linear(llm.lm_head, last[drawn])
             s = [op.sample for op in ops if op.sample is not None]  # in the order of `drawn`
+            # the rows' masks are computed here, on the CPU, while the device runs the forward
+            allowed = token_masks.gather([x.mask for x in s], logits.shape[1], logits.device)
             for b, tok in zip(
-                drawn, choose_rows(logits, [x.seen for x in s], [x.params for x in s], [x.generator for x in s])
+                drawn,
+                choose_rows(logits, [x.seen for x in s], [x.params for x in s], [x.generator for x in s], allowed),
             ):
                 tokens[b] = tok
         out, start = [], 0

@@ -32,10 +32,12 @@ from ..model.tts import GreedySampler, MultinomialSampler
 from ..model.tts_loop import SpeechParams
 from ..processing import prompt as P
 from ..processing.audio import audio_placeholder
-from ..processing.tokens import fewest_tokens
+from ..tools import turns
+from ..tools.reply import ToolReply
 from .caches import Caches, SoloCaches
 from .llm import LLM_TOKENS_PER_CALL, llm_chunks
 from .prefill import PREFILL_CHUNK_TOKENS, STREAM_MAX_SLICE_NUMS, InputTooLong, PrefillRecord, fragment_mel
+from .prefill import refuse_by_length
 from .reply import GenerateOptions, ReplyRecord, after_first_op, until_done
 from .speech import SpeechOptions, stream_speech
 from .state import ReplyMark, SessionState
@@ -84,10 +86,10 @@ class Session:
 
     # ---- run alone: each program driven at once -----------------------------------------------
     def set_system(
-        self, mode: str = "omni", ref_audio: np.ndarray | None = None, text: str | None = None
+        self, mode: str = "omni", ref_audio: np.ndarray | None = None, text: str | None = None, tools: str = ""
     ) -> PrefillRecord:
         """Start a new conversation with the system prompt of `get_sys_prompt` or a custom text."""
-        return drive(self.system_program(mode, ref_audio, text), self._run)
+        return drive(self.system_program(mode, ref_audio, text, tools), self._run)
 
     def append_unit(self, audio_16k: np.ndarray, frame=None) -> PrefillRecord:
         """One TDM unit (spec §3.5): `<unit>` + frame + audio, or the audio alone."""
@@ -117,7 +119,10 @@ class Session:
         return item
 
     # ---- programs (omni.model.ops): what a batch engine drives ---------------------------------
-    def system_program(self, mode: str = "omni", ref_audio: np.ndarray | None = None, text: str | None = None):
+    def system_program(
+        self, mode: str = "omni", ref_audio: np.ndarray | None = None, text: str | None = None, tools: str = ""
+    ):
+        """`tools`: the template's `# Tools` section (omni.tools.prompt), at the system turn's end."""
         if ref_audio is not None and not 1 <= len(ref_audio) / self.m.pre.sampling_rate <= 30:
             raise ValueError("reference clip must be 1-30 s of 16 kHz audio")
         self.reset()
@@ -125,6 +130,8 @@ class Session:
             msg = P.sys_prompt(mode, ref_audio)
         else:
             msg = {"role": "user", "content": [text] + ([ref_audio] if ref_audio is not None else [])}
+        if tools:
+            msg["content"] = [*msg["content"], tools]
         return self.prefill_program(msg)
 
     def unit_program(self, audio_16k: np.ndarray, frame=None):
@@ -137,13 +144,14 @@ class Session:
         self._close_active()
         self._reply = None  # new input follows the reply: it can no longer be cut or forgotten
         m, st = self.m, self.state
-        if max_tokens is not None:  # its length alone may say so: no tokenizing megabytes first
-            texts = [c for c in msg["content"] if isinstance(c, str)]
-            at_least = sum(fewest_tokens(t, m.tokenizer) for t in texts)
-            if at_least > max_tokens:
-                raise InputTooLong(
-                    f"the item is at least {at_least} tokens long; the limit is {max_tokens} (the server's max_item_tokens)"
-                )
+        if msg.get("turn"):  # a whole turn (omni.tools.turns: assistant item, tool results, tools)
+            text, opens = turns.render(msg, st.new_user_msg, self._turn_prefix())
+            refuse_by_length(m.tokenizer, [text], max_tokens)
+            ids = m.tokenizer.encode(text, add_special_tokens=False)
+            if max_tokens is not None and len(ids) > max_tokens:
+                raise InputTooLong(f"the item is {len(ids)} tokens long; the limit is {max_tokens}")
+            return turns.prefill(self, text, ids, opens, msg["role"])
+        refuse_by_length(m.tokenizer, [c for c in msg["content"] if isinstance(c, str)], max_tokens)
         col = P.collect([msg], omni_input=True)
         role, content = col.texts[0]
         first = not st.started
@@ -238,11 +246,19 @@ class Session:
             self._reply = reply
 
         llm_done: list[bool] = []
-        chunks = until_done(after_first_op(llm_chunks(m, st, ids, max_new_tokens, o.sampling, trace), begin), llm_done)
         self.last_reply_end = None
+        tools = ToolReply(m, st, o.tools, o.sampling) if o.tools is not None else None
+        if tools is not None and tools.forced:  # a forced call is the whole reply: no text, no speech
+            yield from after_first_op(tools.calls(ids, max_new_tokens), begin)
+            self.last_reply_end = "max_tokens" if tools.cut else "eos"
+            return
+        chunks = until_done(
+            after_first_op(llm_chunks(m, st, ids, max_new_tokens, o.sampling, trace, tools), begin), llm_done
+        )
         if not o.generate_audio:
             while (ch := (yield from pull(chunks))) is not None:
                 yield ch.text, np.zeros(0, np.float32)
+            yield from self._calls(tools, reply, max_new_tokens)
             self.last_reply_end = "eos" if st.llm_generate_completed else "max_tokens"
             return
         sampler = MultinomialSampler(st.generator) if o.sampling.do_sample else GreedySampler()
@@ -264,6 +280,7 @@ class Session:
                 trace[f"yield.{n}.wav"], trace[f"yield.{n}.text"] = piece.wav.detach().cpu(), piece.text
                 trace["_yields"] = n + 1
             yield piece.text, piece.wav.detach().float().cpu().numpy()
+        yield from self._calls(tools, reply, max_new_tokens)  # after the speech: it stops at the call
         budget = opts.max_speech_samples
         if st.llm_generate_completed:
             self.last_reply_end = "eos"  # the LLM's terminator
@@ -273,6 +290,12 @@ class Session:
             self.last_reply_end = "max_tokens"
         else:
             self.last_reply_end = "eos"  # the TTS drew its EOS code first
+
+    def _calls(self, tools: ToolReply | None, reply: ReplyRecord, max_new_tokens: int):
+        """Program: the calls the reply's text stopped at (`<tool_call>`), if it did."""
+        if tools is not None and tools.opened is not None:
+            left = max_new_tokens - (self.state.cache_len - reply.prefix_end)
+            yield from tools.calls([tools.opened], max(left, 1))
 
     # ---- a bounded cache -----------------------------------------------------------------------
     def _make_room(self, n: int) -> None:

@@ -14,6 +14,7 @@ import torch
 
 from ..loader import Omni
 from ..processing.audio import log_mel
+from ..processing.tokens import fewest_tokens
 
 STREAM_MAX_SLICE_NUMS = 1  # official streaming_prefill processor call
 PREFILL_CHUNK_TOKENS = 1024  # a prefill's LLM forward in pieces of this many positions (bounded memory)
@@ -21,6 +22,18 @@ PREFILL_CHUNK_TOKENS = 1024  # a prefill's LLM forward in pieces of this many po
 
 class InputTooLong(ValueError):
     """A message longer than the caller's limit, refused before anything is prefilled."""
+
+
+def refuse_by_length(tokenizer, texts: list[str], max_tokens: int | None) -> None:
+    """InputTooLong when `texts`' length alone says they exceed `max_tokens`, before any
+    tokenizing (megabytes of text take seconds to tokenize; this takes milliseconds)."""
+    if max_tokens is None:
+        return
+    at_least = sum(fewest_tokens(t, tokenizer) for t in texts)
+    if at_least > max_tokens:
+        raise InputTooLong(
+            f"the item is at least {at_least} tokens long; the limit is {max_tokens} (the server's max_item_tokens)"
+        )
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Callable
 
 from ..model.ops import Op, Program
 from ..sampling import SamplingParams
+from ..tools.spec import ToolSpec
 from .state import ReplyMark
 
 
@@ -25,6 +26,7 @@ class GenerateOptions:
     low_latency: bool = False  # hand out each decoded chunk at once (holds back the 2048-sample overlap only)
     generate_audio: bool = True
     force_no_stop: bool = False  # official debug flag: the TTS never ends a reply itself
+    tools: ToolSpec | None = None  # function calling (omni.tools); None: none, and no mask
 
 
 @dataclass

@@ -51,6 +51,8 @@ OPENAI_EVENT_TYPES = frozenset(
         "response.output_audio_transcript.done",
         "response.output_text.delta",
         "response.output_text.done",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
     }
 )
 # [ext] events: only for sessions that set `session.omni.events` (a stock client's receive loop
@@ -79,6 +81,32 @@ def item_object(item_id: str, role: str, content: list[dict[str, Any]], status: 
         "status": status,
         "role": role,
         "content": content,
+    }
+
+
+def function_call_object(
+    item_id: str, call_id: str, name: str, arguments: str, status: str = "completed"
+) -> dict[str, Any]:
+    """A GA `function_call` item (`arguments`: the JSON object as text, "" until it streams)."""
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "function_call",
+        "status": status,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+    }
+
+
+def function_call_output_object(item_id: str, call_id: str, output: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "function_call_output",
+        "status": "completed",
+        "call_id": call_id,
+        "output": output,
     }
 
 
@@ -242,6 +270,33 @@ def response_output_text_done(
 ) -> dict[str, Any]:
     return server_event(
         "response.output_text.done", text=text, **_pos(response_id, item_id, output_index, content_index)
+    )
+
+
+def response_function_call_arguments_delta(
+    response_id: str, item_id: str, output_index: int, call_id: str, delta: str
+) -> dict[str, Any]:
+    return server_event(
+        "response.function_call_arguments.delta",
+        response_id=response_id,
+        item_id=item_id,
+        output_index=output_index,
+        call_id=call_id,
+        delta=delta,
+    )
+
+
+def response_function_call_arguments_done(
+    response_id: str, item_id: str, output_index: int, call_id: str, name: str, arguments: str
+) -> dict[str, Any]:
+    return server_event(
+        "response.function_call_arguments.done",
+        response_id=response_id,
+        item_id=item_id,
+        output_index=output_index,
+        call_id=call_id,
+        name=name,
+        arguments=arguments,
     )
 
 

@@ -30,7 +30,11 @@ def part_wire(p: E.Part) -> dict[str, Any]:
     return {"type": p.type}
 
 
-def item_wire(item: E.Item) -> dict[str, Any]:
+def item_wire(item: E.AnyItem) -> dict[str, Any]:
+    if isinstance(item, E.FunctionCall):
+        return W.function_call_object(item.id, item.call_id, item.name, item.arguments, item.status)
+    if isinstance(item, E.FunctionOutput):
+        return W.function_call_output_object(item.id, item.call_id, item.output)
     return W.item_object(item.id, item.role, [part_wire(p) for p in item.parts], status=item.status)
 
 
@@ -70,11 +74,16 @@ class WireEvents:
 
     # ---- a response ----------------------------------------------------------------------
     def _started(self, ev: E.ResponseStarted) -> list[dict[str, Any]]:
+        created = W.response_created(W.response_object(ev.response_id, "in_progress", metadata=ev.metadata))
+        if ev.item is None:
+            return [created]
+        return [created, *self._message(E.MessageStarted(ev.response_id, ev.item, ev.previous_item_id))]
+
+    def _message(self, ev: E.MessageStarted) -> list[dict[str, Any]]:
         if self.wire_audio and ev.item.parts[0].type == "output_audio":
             self.encoders[ev.response_id] = OutputAudioStream(self.config.output_format)
         item = item_wire(ev.item)
         return [
-            W.response_created(W.response_object(ev.response_id, "in_progress", metadata=ev.metadata)),
             W.conversation_item_added(item, ev.previous_item_id),
             W.response_output_item_added(ev.response_id, 0, item),
             W.response_content_part_added(ev.response_id, ev.item.id, 0, 0, item["content"][0]),
@@ -93,7 +102,8 @@ class WireEvents:
         # a G.711 resampler may hold a few ms back: no empty deltas
         return [W.response_output_audio_delta(response_id, item_id, 0, 0, b64)] if b64 else []
 
-    def _ended(self, ev: E.ResponseEnded) -> list[dict[str, Any]]:
+    def _closed(self, ev: E.MessageEnded) -> list[dict[str, Any]]:
+        """The message item's closing events (audio, transcript or text, part, item)."""
         rid, iid = ev.response_id, ev.item.id
         enc = self.encoders.pop(rid, None)
         out = self._delta(rid, iid, enc.flush()) if enc is not None and ev.keep_audio_tail else []
@@ -109,11 +119,42 @@ class WireEvents:
             W.response_content_part_done(rid, iid, 0, 0, item["content"][0]),
             W.response_output_item_done(rid, 0, item),
             W.conversation_item_done(item, None),
-            W.response_done(
-                W.response_object(
-                    rid, ev.outcome.status, [item], status_details=status_details(ev.outcome), metadata=ev.metadata
-                )
-            ),
+        ]
+
+    def _ended(self, ev: E.ResponseEnded) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if ev.item is not None and not ev.closed:
+            out = self._closed(E.MessageEnded(ev.response_id, ev.item, ev.text, ev.spoken, ev.keep_audio_tail))
+        items = ([item_wire(ev.item)] if ev.item is not None else []) + [item_wire(c) for c in ev.calls]
+        obj = W.response_object(
+            ev.response_id, ev.outcome.status, items, status_details=status_details(ev.outcome), metadata=ev.metadata
+        )
+        return out + [W.response_done(obj)]
+
+    # ---- a response's calls (§1.6 of docs/protocol.md's tool section) ------------------
+    def _call_started(self, ev: E.CallStarted) -> list[dict[str, Any]]:
+        item = item_wire(ev.call)
+        return [
+            W.response_output_item_added(ev.response_id, ev.output_index, item),
+            W.conversation_item_added(item, ev.previous_item_id),  # Pipecat learns of a call here only
+        ]
+
+    def _call_arguments(self, ev: E.CallArguments) -> list[dict[str, Any]]:
+        c = ev.call
+        return [W.response_function_call_arguments_delta(ev.response_id, c.id, ev.output_index, c.call_id, ev.delta)]
+
+    def _call_ended(self, ev: E.CallEnded) -> list[dict[str, Any]]:
+        c, item = ev.call, item_wire(ev.call)
+        # Only whole arguments are announced done: Pipecat runs a call on this event.
+        done = c.status == "completed"
+        out = [
+            W.response_function_call_arguments_done(
+                ev.response_id, c.id, ev.output_index, c.call_id, c.name, c.arguments
+            )
+        ]
+        return (out if done else []) + [
+            W.conversation_item_done(item, ev.previous_item_id),
+            W.response_output_item_done(ev.response_id, ev.output_index, item),
         ]
 
 
@@ -130,6 +171,11 @@ _RENDER: dict[type, Callable[[WireEvents, Any], list[dict[str, Any]]]] = {
     E.ItemDeleted: lambda _, ev: [W.conversation_item_deleted(ev.item_id)],
     E.ItemRetrieved: lambda _, ev: [W.conversation_item_retrieved(item_wire(ev.item))],
     E.ResponseStarted: WireEvents._started,
+    E.MessageStarted: WireEvents._message,
+    E.MessageEnded: WireEvents._closed,
+    E.CallStarted: WireEvents._call_started,
+    E.CallArguments: WireEvents._call_arguments,
+    E.CallEnded: WireEvents._call_ended,
     E.ResponseText: WireEvents._text,
     E.ResponseAudio: WireEvents._audio,
     E.ResponseEnded: WireEvents._ended,

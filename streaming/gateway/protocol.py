@@ -41,6 +41,8 @@ from .session_config import (
     parse_tools,
     to_wire,
 )
+from .tool_config import parse_choice
+from .tool_items import ITEM_TYPES, call_item
 from .validate import JSON_NAMES, as_type, b64, bad, get_field, in_range, no_unknown, one_of
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a 30 s PCM16 reference clip is ~1.9 MB as base64
@@ -93,8 +95,13 @@ class ContentPart:
 @dataclass(frozen=True)
 class ConversationItem:
     id: str | None
-    role: str  # user | assistant | system
+    role: str  # user | assistant | system ("" for function_call / function_call_output items)
     content: tuple[ContentPart, ...]
+    type: str = "message"  # message | function_call | function_call_output
+    call_id: str | None = None  # function_call, function_call_output
+    name: str | None = None  # function_call
+    arguments: str | None = None  # function_call: a JSON object as text
+    output: str | None = None  # function_call_output
 
 
 @dataclass(frozen=True)
@@ -186,13 +193,10 @@ def _part(role: str, v: Any, p: str) -> ContentPart:
 
 def _item(v: Any, p: str) -> ConversationItem:
     o = as_type(v, dict, p)
+    kind = one_of(get_field(o, "type", str, p, required=True), ITEM_TYPES, f"{p}.type")
+    if kind != "message":
+        return call_item(kind, o, p)
     no_unknown(o, {"id", "type", "object", "role", "content", "status"}, p)
-    if get_field(o, "type", str, p, required=True) != "message":
-        raise bad(
-            "invalid_value",
-            f"Invalid value for '{p}.type': only 'message' items are supported (this model has no function calling).",
-            f"{p}.type",
-        )
     role = one_of(get_field(o, "role", str, p, required=True), tuple(_PART_TYPES), f"{p}.role")
     parts = get_field(o, "content", list, p, required=True)
     if not parts:
@@ -223,12 +227,14 @@ def _response_params(o: Mapping[str, Any]) -> ResponseParams:
             "metadata",
             "tools",
             "tool_choice",
+            "parallel_tool_calls",
             "temperature",
         },
         p,
     )
-    if o.get("tools"):
-        parse_tools(None, o["tools"], f"{p}.tools")
+    tools = parse_tools(None, o["tools"], f"{p}.tools")["tools"] if o.get("tools") is not None else None
+    choice = parse_choice(o["tool_choice"], f"{p}.tool_choice") if o.get("tool_choice") is not None else None
+    parallel = get_field(o, "parallel_tool_calls", bool, p)
     mods = next(
         (parse_modalities(o[k], f"{p}.{k}") for k in ("output_modalities", "modalities") if o.get(k) is not None), None
     )
@@ -245,7 +251,7 @@ def _response_params(o: Mapping[str, Any]) -> ResponseParams:
     temp = get_field(o, "temperature", float, p)
     if temp is not None:
         in_range(temp, 0.05, 2.0, f"{p}.temperature")
-    return ResponseParams(mods, tok, temp, get_field(o, "metadata", dict, p))
+    return ResponseParams(mods, tok, temp, get_field(o, "metadata", dict, p), tools, choice, parallel)
 
 
 def _keys(o: Mapping[str, Any], *names: str) -> Mapping[str, Any]:

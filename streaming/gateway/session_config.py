@@ -21,6 +21,8 @@ from ..session.config import (
     SessionConfig,
     Transcription,
 )
+from .tool_config import check_choice, choice_wire, parse_choice, tools_wire
+from .tool_config import parse_tools as _parse_tools
 from .validate import as_type, b64, bad, get_field, in_range, no_unknown, one_of
 
 MAX_INSTRUCTIONS_CHARS = 32_000
@@ -185,9 +187,12 @@ def _omni(cur: OmniOptions, v: Any, p: str) -> OmniOptions:
 
 
 def parse_tools(c: SessionConfig | None, v: Any, p: str) -> dict[str, Any]:
-    if as_type(v, list, p):
-        raise bad("invalid_value", f"'{p}': function tools are not supported by this model.", p)
-    return {}
+    return {"tools": _parse_tools(v, p)}
+
+
+def _tool_choice(c: SessionConfig, v: Any, p: str) -> dict[str, Any]:
+    choice, name = parse_choice(v, p)
+    return {"tool_choice": choice, "tool_name": name}
 
 
 def _session_type(c: SessionConfig, v: Any, p: str) -> dict[str, Any]:
@@ -264,7 +269,8 @@ _SESSION = _table(
         "temperature": _temperature,
         "prompt": _unsupported("stored prompts live on OpenAI's platform; send `instructions`"),
         "truncation": _unsupported("the context slides out its oldest turns (max_context_tokens)", ("auto",)),
-        "tool_choice": _unsupported("this model has no tools", ("auto", "none")),
+        "tool_choice": _tool_choice,
+        "parallel_tool_calls": lambda c, v, p: {"parallel_tool_calls": as_type(v, bool, p)},
         # beta aliases: the top-level session fields that preceded the GA `audio` object
         "modalities": _to("output_modalities", parse_modalities),
         "max_response_output_tokens": _to("max_output_tokens", parse_max_tokens),
@@ -288,7 +294,9 @@ def apply_update(config: SessionConfig, session: Mapping[str, Any]) -> SessionCo
     `omni_reference_audio: null` returns to the default voice. Raises ProtocolError naming the
     offending `session.…` param.
     """
-    return dataclasses.replace(config, **_SESSION(config, session, "session"))
+    new = dataclasses.replace(config, **_SESSION(config, session, "session"))
+    check_choice(new.tool_choice, new.tool_name, new.tools, "session.tool_choice")
+    return new
 
 
 def _format_wire(f: AudioFormat) -> dict[str, Any]:
@@ -340,8 +348,8 @@ def to_wire(config: SessionConfig, session_id: str | None = None, model: str | N
                 else {"format": ref.format, "rate": ref.rate_hz, "size_bytes": len(ref.data)},
             },
         },
-        "tools": [],
-        "tool_choice": "auto",
+        "tools": tools_wire(config.tools),
+        "tool_choice": choice_wire(config.tool_choice, config.tool_name),
         "omni": dataclasses.asdict(config.omni),
     }
     if session_id is not None:

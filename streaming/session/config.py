@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from omni.tools.spec import Tool
+
 PCM_RATE_HZ = 24_000  # the only `audio/pcm` rate OpenAI Realtime defines
 G711_RATE_HZ = 8_000
 
@@ -82,6 +84,10 @@ class SessionConfig:
     omni: OmniOptions = OmniOptions()
     transcription: Transcription | None = None
     temperature: float | None = None  # the LLM's sampling temperature (None: the official 0.7)
+    tools: tuple[Tool, ...] = ()  # function tools (omni.tools)
+    tool_choice: str = "auto"  # auto | none | required | function (a named one: tool_name)
+    tool_name: str | None = None
+    parallel_tool_calls: bool = True
 
 
 @dataclass(frozen=True)
@@ -92,3 +98,6 @@ class ResponseParams:
     max_output_tokens: int | str | None = None  # "inf": no cap but the server's
     temperature: float | None = None  # the LLM's sampling temperature for this reply
     metadata: Mapping[str, Any] | None = None  # echoed on the response object
+    tools: tuple[Tool, ...] | None = None  # this response's tools instead of the session's
+    tool_choice: tuple[str, str | None] | None = None  # (choice, name), as SessionConfig's
+    parallel_tool_calls: bool | None = None

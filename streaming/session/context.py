@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+from omni.tools.prompt import tools_section, tools_turn_text
+
 from .state import ConnectionState, Turn
 
 
@@ -18,6 +20,7 @@ class Context:
     async def before_input(self) -> None:
         """The system prompt if it changed, then the cut of an interrupted reply."""
         await self._ensure_system()
+        self.state.assistant_last = False
         rollback = self.state.context_grows()
         if rollback is None:
             return
@@ -30,6 +33,25 @@ class Context:
         """A user message (text, 16 kHz audio, images, in order)."""
         await self.before_input()
         await self.engine.prefill({"role": "user", "content": content}, self.max_item_tokens)
+
+    async def add_turn(self, msg: dict) -> None:
+        """A whole turn (omni.tools.turns: an assistant item, a tool result, the tools in force);
+        a call item joins the assistant turn the context ends in."""
+        extend = msg["role"] == "assistant" and not msg.get("content") and self.state.assistant_last
+        await self.before_input()
+        limit = None if msg["role"] == "system" else self.max_item_tokens  # the tools: as the system turn
+        await self.engine.prefill({**msg, "extend": extend}, limit)
+        self.state.assistant_last = msg["role"] == "assistant"
+
+    async def show_tools(self, spec) -> None:
+        """Before a reply: the context lists the reply's tools (omni.tools.spec.ToolSpec) — a later
+        system turn when they differ from those the model was last shown."""
+        await self.before_input()  # the system turn first: it may list them already
+        st = self.state
+        if spec is None or not spec.callable() or spec.tools == st.tools_shown:
+            return
+        await self.add_turn({"turn": True, "role": "system", "content": tools_turn_text(spec.tools)})
+        st.tools_shown = spec.tools
 
     async def add_unit(self, unit, turn: Turn) -> None:
         """One 1-s unit of `turn` (which counted it already); its prefill cost is the turn's."""
@@ -49,6 +71,6 @@ class Context:
         c = st.config
         ref = st.ref_16k if c.reference_audio is not None else None
         mode = "audio_assistant"  # default voice without a clip, cloned voice with one
-        await self.engine.set_system(
-            c.omni.seed, mode, ref, c.instructions or None
-        )  # a seed applies from a context start
+        tools = tools_section(c.tools) if c.tools else ""  # the template's # Tools, in the system turn
+        await self.engine.set_system(c.omni.seed, mode, ref, c.instructions or None, tools)  # a seed: from a start
+        st.tools_shown = c.tools

@@ -27,6 +27,7 @@ from .listen import Listener
 from .respond import Emit, Responder, reply_options
 from .state import ConnectionState, Phase, Turn
 from .tasks import Spawn, plain_task
+from .tools import ToolItems, reply_tools
 from .transcribe import Transcriber
 
 # Work the conversation asks its owner task to run after what is queued (gateway/mailbox.py)
@@ -84,6 +85,8 @@ class Conversation:
         )
         self.playout = playout
         self.cuts = Cuts(self.state, self.responder, playout, self.items, self.send)
+        self.tools = ToolItems()
+        self.responder.on_call = self.tools.known  # a result may answer a call once it is announced
         self.session_id = session_id or new_id("sess")
 
     @property
@@ -173,29 +176,37 @@ class Conversation:
 
     async def _on_conversation_item_create(self, ev) -> None:
         item = ev.item
-        if item.role == "assistant":
-            raise ProtocolError(
-                "unsupported_item",
-                "assistant items cannot be added to a MiniCPM-o context; send user or system items",
-                "item.role",
-                ev.event_id,
+        if item.type != "message" or item.role == "assistant":  # tools.py: results, calls, assistant text
+            added, turn = self.tools.create(ev)
+            if self.responder.current is not None or self.state.pending_units:
+                self.state.pending_units.append(turn)  # after the reply (it may be making the call)
+            else:
+                await self.context.add_turn(turn)
+        else:
+            if item.role == "system":
+                text = "\n".join(p.text or "" for p in item.content)
+                self.state.config = SessionConfig(**{**self.config.__dict__, "instructions": text})
+                self.state.system_dirty = True
+            else:  # ev.content: decoded by the gateway
+                await self.context.add_item(list(ev.content))
+            added = E.Item(
+                item.id or new_id("item"), item.role, tuple(E.Part(p.type, text=p.text) for p in item.content)
             )
-        if item.role == "system":
-            text = "\n".join(p.text or "" for p in item.content)
-            self.state.config = SessionConfig(**{**self.config.__dict__, "instructions": text})
-            self.state.system_dirty = True
-        else:  # ev.content: decoded by the gateway
-            await self.context.add_item(list(ev.content))
-        item_id = item.id or new_id("item")
-        added = E.Item(item_id, item.role, tuple(E.Part(p.type, text=p.text) for p in item.content))
         await self.send(E.ItemAdded(added, self.state.last_item_id))
         await self.send(E.ItemDone(added, self.state.last_item_id))
-        self.state.last_item_id = item_id
+        self.state.last_item_id = added.id
 
     async def _on_conversation_item_truncate(self, ev) -> None:
         await self.cuts.truncate(ev)
 
     async def _on_conversation_item_delete(self, ev) -> None:
+        if isinstance(self.items.get(ev.item_id), (E.FunctionCall, E.FunctionOutput)):
+            # Out of the item list (a result can no longer answer the call); the model's context
+            # keeps what it heard, as it does for any older item.
+            self.tools.forget(ev.item_id)
+            self.items.drop(ev.item_id)
+            await self.send(E.ItemDeleted(ev.item_id))
+            return
         await self.cuts.delete(ev)
 
     async def _on_conversation_item_retrieve(self, ev) -> None:
@@ -223,7 +234,11 @@ class Conversation:
             if unit is not None:
                 await self._prefill_unit(unit)
             await self._end_turn(create_response=False)
-        await self._respond(ev.response)
+        try:
+            await self._respond(ev.response)
+        except ProtocolError as e:  # a tool_choice the tools cannot meet
+            e.event_id = ev.event_id
+            raise
 
     async def _on_response_cancel(self, ev) -> None:
         await self.cuts.cancel(ev)
@@ -301,9 +316,10 @@ class Conversation:
     # ---- replies and barge-in -----------------------------------------------------------------
     async def _respond(self, params) -> None:
         """A reply with the session's settings, overridden by `params` (a config.ResponseParams)."""
-        await self.context.before_input()
+        spec = reply_tools(self.config, params)
+        await self.context.show_tools(spec)  # the system turn, a rollback, the reply's tools if they changed
         st = self.state
-        opts = reply_options(self.settings, self.config, params)
+        opts = reply_options(self.settings, self.config, params, spec)
         turn, st.last_turn = st.last_turn, None
         timings = {}
         if turn is not None and turn.prefill_ms:
@@ -324,17 +340,25 @@ class Conversation:
         )
 
     async def _reply_over(self, r) -> None:
-        self.state.reply_over(r)
+        st = self.state
+        st.reply_over(r)
+        if st.last_item_id == r.item_id:  # a reply with calls, or none at all: what the next item follows
+            st.last_item_id = r.last_item_id or r.previous_item_id
+            st.assistant_last = r.status == "completed"
         await self._hear_pending()
 
     async def _hear_pending(self) -> None:
-        """The units heard while the reply was made, one per posted step, so the microphone's
-        audio (and a barge-in) is handled between them."""
+        """The units heard (and tool items added) while the reply was made, one per posted step,
+        in order, so the microphone's audio (and a barge-in) is handled between them."""
         pending = self.state.pending_units
         if not pending or self.engine.closed or self.responder.current is not None:
             return  # none, gone, or a new reply: heard after that one
-        unit, turn = pending.pop(0)
-        await self.context.add_unit(unit, turn)
+        entry = pending.pop(0)
+        if isinstance(entry, dict):  # a client's tool item (tools.py)
+            await self.context.add_turn(entry)
+        else:
+            unit, turn = entry
+            await self.context.add_unit(unit, turn)
         if pending:
             self.post(self._hear_pending, "heard during the reply")
 

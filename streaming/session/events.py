@@ -39,6 +39,32 @@ class Item:
 
 
 @dataclass(frozen=True)
+class FunctionCall:
+    """A `function_call` item: the model's (or one the client added), `arguments` a JSON object
+    as text (partial while `in_progress`)."""
+
+    id: str
+    call_id: str
+    name: str
+    arguments: str = ""
+    status: str = "completed"  # "in_progress" | "completed" | "incomplete"
+    role = None  # not a message: truncate and the like never take it
+
+
+@dataclass(frozen=True)
+class FunctionOutput:
+    """A `function_call_output` item: the client's result of a call."""
+
+    id: str
+    call_id: str
+    output: str
+    role = None
+
+
+AnyItem = Item | FunctionCall | FunctionOutput
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How a response ended: status completed / incomplete / cancelled / failed, and why."""
 
@@ -85,13 +111,13 @@ class InputCleared:
 # ---- the conversation's items ------------------------------------------------------------
 @dataclass(frozen=True)
 class ItemAdded:
-    item: Item
+    item: AnyItem
     previous_item_id: str | None
 
 
 @dataclass(frozen=True)
 class ItemDone:
-    item: Item
+    item: AnyItem
     previous_item_id: str | None
 
 
@@ -109,16 +135,66 @@ class ItemDeleted:
 
 @dataclass(frozen=True)
 class ItemRetrieved:
-    item: Item
+    item: AnyItem
 
 
 # ---- a response --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ResponseStarted:
     response_id: str
-    item: Item  # its (in-progress) output item
+    item: Item | None  # its (in-progress) message item; None: it has none yet (tools)
     previous_item_id: str | None
     metadata: dict | None = None
+
+
+@dataclass(frozen=True)
+class MessageStarted:
+    """The response's message item opens late: a reply that may call tools opens it with its
+    first text or audio (a reply that only calls has none)."""
+
+    response_id: str
+    item: Item
+    previous_item_id: str | None
+
+
+@dataclass(frozen=True)
+class MessageEnded:
+    """The response's message item closes before its calls (the speech stopped at the call)."""
+
+    response_id: str
+    item: Item
+    text: str
+    spoken: bool
+    keep_audio_tail: bool = True
+
+
+@dataclass(frozen=True)
+class CallStarted:
+    """A call of the response begins (its name known, its arguments empty): output item
+    `output_index`, added to the conversation after `previous_item_id`."""
+
+    response_id: str
+    output_index: int
+    call: FunctionCall
+    previous_item_id: str | None
+
+
+@dataclass(frozen=True)
+class CallArguments:
+    response_id: str
+    output_index: int
+    call: FunctionCall  # as it is now
+    delta: str
+
+
+@dataclass(frozen=True)
+class CallEnded:
+    """The call is whole (completed) or was cut (incomplete: cancelled, or the token cap)."""
+
+    response_id: str
+    output_index: int
+    call: FunctionCall
+    previous_item_id: str | None
 
 
 @dataclass(frozen=True)
@@ -147,12 +223,14 @@ class ResponseEnded:
     `keep_audio_tail`: audio held back by an encoder still goes out (not when cancelled)."""
 
     response_id: str
-    item: Item
+    item: Item | None  # its message item (None: it had none)
     text: str
     spoken: bool
     outcome: Outcome
     metadata: dict | None = None
     keep_audio_tail: bool = True
+    calls: tuple[FunctionCall, ...] = ()  # after the message in the response's output, each ended
+    closed: bool = False  # the message item was closed already (MessageEnded)
 
 
 @dataclass(frozen=True)

@@ -8,23 +8,29 @@ from collections import OrderedDict
 from . import events as E
 
 MAX_ITEMS_KEPT = 256  # items `conversation.item.retrieve` can fetch (the latest ones)
+_ITEM_EVENTS = (E.ItemAdded, E.ItemDone, E.ResponseStarted, E.MessageStarted, E.MessageEnded, E.ResponseEnded)
 
 
 class ItemLog:
     def __init__(self) -> None:
-        self._items: OrderedDict[str, E.Item] = OrderedDict()
+        self._items: OrderedDict[str, E.AnyItem] = OrderedDict()
 
     def saw(self, ev: object) -> None:
         """Note what a session event says about items (call it with every event sent)."""
-        if isinstance(ev, (E.ItemAdded, E.ItemDone, E.ResponseStarted, E.ResponseEnded)):
-            self._items[ev.item.id] = ev.item  # frozen: a later transcript makes a new one
-            self._items.move_to_end(ev.item.id)
-            while len(self._items) > MAX_ITEMS_KEPT:
-                self._items.popitem(last=False)
-        elif isinstance(ev, E.TranscriptDone) and (item := self._items.get(ev.item_id)) is not None:
+        if isinstance(ev, _ITEM_EVENTS) and ev.item is not None:
+            self._keep(ev.item)  # frozen: a later transcript makes a new one
+        elif isinstance(ev, (E.CallStarted, E.CallEnded)):
+            self._keep(ev.call)
+        elif isinstance(ev, E.TranscriptDone) and isinstance(item := self._items.get(ev.item_id), E.Item):
             self._items[ev.item_id] = item.with_transcript(ev.transcript)
 
-    def get(self, item_id: str) -> E.Item | None:
+    def _keep(self, item: E.AnyItem) -> None:
+        self._items[item.id] = item
+        self._items.move_to_end(item.id)
+        while len(self._items) > MAX_ITEMS_KEPT:
+            self._items.popitem(last=False)
+
+    def get(self, item_id: str) -> E.AnyItem | None:
         return self._items.get(item_id)
 
     def drop(self, item_id: str) -> None:

@@ -22,6 +22,7 @@ from omni.session.engine import GenerateOptions
 from ..ids import new_id
 from . import events as E
 from .tasks import Spawn, plain_task
+from .tools import ReplyCalls
 
 Emit = Callable[[object], Awaitable[None]]  # the connection's sink of session events (events.py)
 MODEL_OUTPUT_RATE_HZ = 24_000  # the speech head's rate (Vocos)
@@ -29,9 +30,9 @@ FIRST_AUDIO_TARGET_S = 0.2  # scheduling deadline of a reply's steps until its f
 PLAYOUT_MARGIN_S = 0.3  # serve a reply step this long before its listener would starve
 
 
-def reply_options(settings, config, params) -> GenerateOptions:
+def reply_options(settings, config, params, tools=None) -> GenerateOptions:
     """A reply's generation options: the session's `config` overridden by the response's
-    `params` (config.ResponseParams), within the server's `settings` caps."""
+    `params` (config.ResponseParams), within the server's `settings` caps; `tools` its ToolSpec."""
     limit = settings.max_reply_tokens
     cap = config.max_output_tokens if params.max_output_tokens is None else params.max_output_tokens
     if isinstance(cap, int):
@@ -45,6 +46,7 @@ def reply_options(settings, config, params) -> GenerateOptions:
         generate_audio=speak,
         max_speech_s=settings.max_speech_s,
         low_latency=True,
+        tools=tools,
     )
 
 
@@ -68,6 +70,16 @@ class Response:
     stopped: bool = False  # barge-in, cancel or truncate stopped it: no longer audible
     cut_live: bool = False  # a truncate cancelled it mid-generation (see response.cancel)
     previous_item_id: str | None = None  # the conversation item it follows
+    has_message: bool = True  # its message item was announced (with tools: at its first output)
+    message_closed: bool = False  # ... and closed before its calls
+    calls: ReplyCalls | None = None  # its function calls (a reply that may call tools)
+
+    @property
+    def last_item_id(self) -> str | None:
+        """Its last output item (a call, the message), or None if it has none."""
+        if self.calls is not None and self.calls.ended:
+            return self.calls.ended[-1].id
+        return self.item_id if self.has_message else None
 
     @property
     def audio_ms(self) -> float:
@@ -99,6 +111,7 @@ class Responder:
         self.metrics = metrics
         self.current: Response | None = None
         self.history: list[dict] = []  # timings of every finished response (for the session log)
+        self.on_call: Callable[[E.FunctionCall], None] | None = None  # each call as it is announced
 
     async def start(
         self,
@@ -111,7 +124,9 @@ class Responder:
     ) -> Response | None:
         """Start a reply with `GenerateOptions` `opts` on the conversation's engine; None (and
         nothing sent) when the connection is closing. Its task exists before `response.created`
-        is sent and waits for it, so no response is ever current without a task."""
+        is sent and waits for it, so no response is ever current without a task. A reply that
+        may call tools announces its message item with its first text or audio (none if it only
+        calls, as OpenAI does)."""
         r = Response(
             new_id("resp"),
             new_id("item"),
@@ -123,10 +138,14 @@ class Responder:
         r.task = self.spawn(self._run(r, opts), f"response {r.id}")
         if r.task is None:
             return None
+        tools = getattr(opts, "tools", None)
+        if tools is not None and tools.callable():
+            r.has_message, r.calls = False, ReplyCalls(self.send, r.id, self.on_call)
         self.current = r
         r.timings_ms.update(extra_timings or {})
         self.playout.start(r.id)
-        await self.send(E.ResponseStarted(r.id, r.item("in_progress"), previous_item_id, r.metadata))
+        item = r.item("in_progress") if r.has_message else None
+        await self.send(E.ResponseStarted(r.id, item, previous_item_id, r.metadata))
         r.announced.set()
         return r
 
@@ -159,9 +178,12 @@ class Responder:
             return r.t_trigger_s + FIRST_AUDIO_TARGET_S
         return r.t_first_audio_s + r.audio_ms / 1000.0 - PLAYOUT_MARGIN_S
 
-    async def _emit(self, r: Response, text: str, wav: np.ndarray) -> None:
+    async def _emit(self, r: Response, text: str, wav: np.ndarray, calls: tuple = ()) -> None:
         now_ms = lambda: 1000.0 * (self.clock_s() - r.t_trigger_s)
         r.first_output.set()
+        if (text or len(wav)) and not r.has_message:
+            r.has_message = True
+            await self.send(E.MessageStarted(r.id, r.item("in_progress"), r.previous_item_id))
         if text:
             r.timings_ms.setdefault("first_text_ms", now_ms())
             r.transcript.append(text)
@@ -177,6 +199,14 @@ class Responder:
             r.audio_samples += len(wav)
             self.playout.write(r.id, wav)
             await self.send(E.ResponseAudio(r.id, r.item_id, wav))
+        if calls and r.calls is not None:
+            r.timings_ms.setdefault("first_call_ms", now_ms())
+            if r.has_message and not r.message_closed:  # the speech stopped at the call: its item closes first
+                r.message_closed = True
+                await self.send(E.MessageEnded(r.id, r.item("completed"), "".join(r.transcript), r.speak))
+            await r.calls.feed(calls, 1 if r.has_message else 0, r.item_id if r.has_message else r.previous_item_id)
+            if not r.calls.open:
+                r.timings_ms["calls_done_ms"] = now_ms()
 
     async def finish(self, r: Response, status: str, reason: str | None = None) -> None:
         """Close `r`: the done events, then `response.done`; idempotent."""
@@ -188,16 +218,22 @@ class Responder:
             self.playout.stop(r.id)
         r.timings_ms["total_ms"] = 1000.0 * (self.clock_s() - r.t_trigger_s)
         r.timings_ms["audio_ms"] = r.audio_ms
-        item_status = "completed" if status == "completed" else "incomplete"
+        item_status = "completed" if status == "completed" or r.message_closed else "incomplete"
+        calls: tuple = ()
+        if r.calls is not None:  # calls still streaming end incomplete: no client runs them
+            await r.calls.cut(r.item_id if r.has_message else r.previous_item_id)
+            calls = tuple(r.calls.ended)
         await self.send(
             E.ResponseEnded(
                 r.id,
-                r.item(item_status),
+                r.item(item_status) if r.has_message else None,
                 "".join(r.transcript),
                 r.speak,
                 E.Outcome(status, reason),
                 r.metadata,
                 keep_audio_tail=status != "cancelled",
+                calls=calls,
+                closed=r.message_closed,
             )
         )
         await self.send(E.ResponseTimings(r.id, {k: round(v, 1) for k, v in r.timings_ms.items()}))

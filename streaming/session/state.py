@@ -79,6 +79,8 @@ class ConnectionState:
     last_item_id: str | None = None  # the newest item: what the next one follows
     turn_end_s: float | None = None  # when VAD decided the user stopped
     system_dirty: bool = True  # the system prompt changed: set it before the next prefill
+    tools_shown: tuple = ()  # the tools the model's context lists (omni.tools.spec.Tool)
+    assistant_last: bool = False  # the context ends in an assistant turn (a call item may join it)
     ref_16k: np.ndarray | None = field(default=None, repr=False)  # the voice clip, decoded
     # (unit, its turn) heard while a reply was generated, without barge-in: heard after it
     pending_units: list = field(default_factory=list, repr=False)

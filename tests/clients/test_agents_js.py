@@ -1,5 +1,6 @@
 """The OpenAI Agents JS SDK's RealtimeSession (@openai/agents-realtime, websocket transport, unchanged)
-holds one conversation with a live `omni serve`: tests/clients/node/drive.mjs, run under node."""
+holds one conversation with a live `omni serve`: tests/clients/node/drive.mjs, run under node (turns,
+barge-in, cancels, a text item, and a `tool()` round trip)."""
 
 from __future__ import annotations
 
@@ -49,5 +50,6 @@ def test_agents_js_session(live_server, speech_16k, tmp_path):
     assert result["errors"] == [], f"error events from the session:\n{detail}"
     assert result["rejected_server_events"] == [], f"server events the SDK's schemas reject:\n{detail}"
     assert result["failure"] is None, f"{result['failure']}\n{detail}"
-    assert result["replies"] >= 7 and result["replies_with_audio"] == result["replies"], detail
+    assert result["replies"] >= 8 and result["replies_with_audio"] == result["replies"], detail
+    assert len(result["tool_runs"]) == 1, detail  # the function tool's one forced call, run by the SDK
     assert result["ok"] and p.returncode == 0, f"rc {p.returncode}\n{detail}\nstderr: {p.stderr}"

@@ -8,12 +8,18 @@ import asyncio
 import contextlib
 from collections import defaultdict
 
+import json
+from typing import Annotated, Literal
+
 import numpy as np
 import pydantic
 import pytest
+from pydantic import Field
 
 from clientaudio import frames, pcm16_24k
+from tooltest import checked_calls
 
+from agents import function_tool
 from agents.realtime import RealtimeAgent, RealtimeRunner, RealtimeSession
 from agents.realtime.model_inputs import RealtimeModelSendRawMessage
 
@@ -45,6 +51,8 @@ class Client:
                     self.log.append({"type": "audio", "response_id": ev.audio.response_id})
                 elif ev.type == "raw_model_event" and ev.data.type == "raw_server_event":
                     self.log.append(ev.data.data)
+                elif ev.type in ("tool_start", "tool_end"):
+                    self.log.append({"type": ev.type, "tool": ev.tool.name, "output": getattr(ev, "output", None)})
                 else:
                     continue
                 await self._notify()
@@ -114,9 +122,9 @@ class Client:
 
 
 @contextlib.asynccontextmanager
-async def connect(live_server, **settings):
+async def connect(live_server, agent: RealtimeAgent | None = None, **settings):
     """A stock RealtimeRunner session on our server; `settings` are its initial model settings."""
-    runner = RealtimeRunner(RealtimeAgent(name="omni", instructions="Answer briefly."))
+    runner = RealtimeRunner(agent or RealtimeAgent(name="omni", instructions="Answer briefly."))
     config = {
         "url": f"{live_server.ws_base}/realtime?model=minicpm-o-2.6",
         "api_key": "unused",
@@ -214,4 +222,46 @@ async def test_manual_turns_interrupt_cancel_text(live_server, speech_16k):
         response, pcm = await c.reply(since)
         assert response["status"] in ("completed", "incomplete"), response["status_details"]
         assert_speech(pcm, "reply to a text item")
+        c.check()
+
+
+@pytest.mark.asyncio
+async def test_function_tool_round_trip(live_server):
+    # The SDK's own tool loop: an @function_tool on the agent, tool_choice "required" (the random
+    # tiny model never opens a call by itself; the grammar makes the forced one valid). The SDK
+    # runs the tool from the completed call item, sends its output and a response.create; the
+    # tool switches the session to "auto" first, so that answer is spoken, not another call.
+    ran: list[tuple[str, int]] = []
+    box: list[RealtimeSession] = []
+
+    @function_tool
+    async def get_weather(city: Literal["Paris", "Rome", "Oslo"], days: Annotated[int, Field(ge=1, le=7)]) -> str:
+        """The weather forecast for a city."""
+        ran.append((city, days))
+        update = {"type": "session.update", "other_data": {"session": {"type": "realtime", "tool_choice": "auto"}}}
+        await box[0].model.send_event(RealtimeModelSendRawMessage(update))
+        return f"Sunny in {city} for the next {days} days."
+
+    agent = RealtimeAgent(name="omni", instructions="Answer briefly.", tools=[get_weather])
+    async with connect(live_server, agent, turn_detection=None, tool_choice="required") as c:
+        box.append(c.session)
+        since = c.mark()
+        await c.session.send_message("What is the weather in Paris this week?")
+        call_done = await c.wait("response.done", since)
+        (call,) = checked_calls(c.log, call_done["response"]["id"])
+        end = await c.wait("tool_end", since)
+        assert end["tool"] == "get_weather" and ran == [
+            (json.loads(call["arguments"])["city"], json.loads(call["arguments"])["days"])
+        ]
+        answer = c.mark()
+        response, pcm = await c.reply(answer)
+        assert response["status"] in ("completed", "incomplete"), response["status_details"]
+        assert response["output"][0]["type"] == "message"
+        assert_speech(pcm, "the answer after the tool's output")
+        outputs = [
+            e
+            for e in c.log[since:]
+            if e["type"] == "conversation.item.added" and e["item"]["type"] == "function_call_output"
+        ]
+        assert [o["item"]["call_id"] for o in outputs] == [call["call_id"]]
         c.check()

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from typing import Annotated, Literal
 
 import numpy as np
 import pytest
+from pydantic import Field
 
 from clientaudio import frames, pcm16_24k
 
@@ -202,3 +204,45 @@ async def test_livekit_realtime_conversations(live_server, speech_16k):
         finally:
             for c in clients:
                 await c.session.aclose()
+
+
+@pytest.mark.asyncio
+async def test_livekit_function_tool(live_server):
+    # LiveKit's own tool loop on the realtime session: an @function_tool in update_tools,
+    # generate_reply(tool_choice="required") (the random tiny model never opens a call by itself;
+    # the grammar makes the forced one valid), the call from the generation's function stream run
+    # with LiveKit's argument binding, its output added through update_chat_ctx (which waits for
+    # conversation.item.added), then generate_reply(tool_choice="none"): a spoken answer.
+    ran: list[tuple[str, int]] = []
+
+    @llm.function_tool
+    async def get_weather(city: Literal["Paris", "Rome", "Oslo"], days: Annotated[int, Field(ge=1, le=7)]) -> str:
+        """The weather forecast for a city."""
+        ran.append((city, days))
+        return f"Sunny in {city} for the next {days} days."
+
+    async with utils.http_context.open():
+        c = Client(lk_realtime.RealtimeModel(base_url=live_server.ws_base, api_key="unused", turn_detection=None))
+        try:
+            await c.session.update_instructions("You are a helpful voice assistant. Be brief.")
+            await c.session.update_tools([get_weather])
+            ctx = c.session.chat_ctx.copy()
+            ctx.add_message(role="user", content="What is the weather in Paris this week?")
+            await c.session.update_chat_ctx(ctx)
+            gen = await asyncio.wait_for(c.session.generate_reply(tool_choice="required"), TIMEOUT_S)
+            async with asyncio.timeout(TIMEOUT_S):
+                calls = [fc async for fc in gen.function_stream]
+            await finished(gen)
+            assert calls and all(fc.name == "get_weather" for fc in calls), c.report()
+            ctx = c.session.chat_ctx.copy()
+            for fc in calls:
+                args, kwargs = llm.utils.prepare_function_arguments(fnc=get_weather, json_arguments=fc.arguments)
+                out = await get_weather(*args, **kwargs)
+                ctx.items.append(llm.FunctionCallOutput(call_id=fc.call_id, name=fc.name, output=out, is_error=False))
+            await c.session.update_chat_ctx(ctx)
+            assert len(ran) == len(calls) and {i.id for i in ctx.items} <= {i.id for i in c.session.chat_ctx.items}
+            gen = await asyncio.wait_for(c.session.generate_reply(tool_choice="none"), TIMEOUT_S)
+            await spoken_reply(c, gen, "answer after the tool's output")
+            assert not c.errors, c.report()
+        finally:
+            await c.session.aclose()

@@ -11,8 +11,11 @@ import pytest
 
 from loguru import logger
 from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
+    LLMUpdateSettingsFrame,
     BotStoppedSpeakingFrame,
     InputAudioRawFrame,
     InterruptionFrame,
@@ -34,6 +37,7 @@ from pipecat.services.openai.realtime.events import (
     AudioInput,
     SessionProperties,
 )
+from pipecat.services.llm_service import FunctionCallParams
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
 from pipecat.turns.user_start import VADUserTurnStartStrategy
 from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
@@ -67,6 +71,7 @@ class Speaker(FrameProcessor):
     def __init__(self):
         super().__init__()
         self.replies: list[Reply] = []
+        self.ends = 0  # responses over (LLMFullResponseEndFrame), with or without speech
         self._playout: asyncio.Task | None = None
         self._until = 0.0  # loop time at which the audio received so far has been played
 
@@ -103,8 +108,10 @@ class Speaker(FrameProcessor):
         elif isinstance(frame, InterruptionFrame) and self._playout is not None:
             self.replies[-1].interrupted = True
             await self._stop()
-        elif isinstance(frame, LLMFullResponseEndFrame) and self.replies:
-            self.replies[-1].done.set()
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            self.ends += 1
+            if self.replies:
+                self.replies[-1].done.set()
         await self.push_frame(frame, direction)
 
     async def cleanup(self):
@@ -157,7 +164,14 @@ async def barge_in(mic: Mic, speaker: Speaker, speech: bytes) -> Reply:
     pytest.fail("three replies in a row ended before the user was heard over them")
 
 
-async def run_session(live_server, session_properties: SessionProperties, scenario, **user_params) -> Speaker:
+async def run_session(
+    live_server,
+    session_properties: SessionProperties,
+    scenario,
+    context: LLMContext | None = None,
+    setup=None,
+    **user_params,
+) -> Speaker:
     """Runs `scenario(worker, speaker)` with the service between the usual context aggregators in
     a PipelineWorker, and fails at the first error: an ErrorFrame (how the service reports a
     server `error` other than the two it shrugs off; it also ends its receive loop then) or an
@@ -176,7 +190,11 @@ async def run_session(live_server, session_properties: SessionProperties, scenar
         base_url=f"{live_server.ws_base}/realtime",
         settings=OpenAIRealtimeLLMService.Settings(session_properties=session_properties),
     )
-    user, assistant = LLMContextAggregatorPair(LLMContext(), user_params=LLMUserAggregatorParams(**user_params))
+    if setup is not None:
+        setup(llm)
+    user, assistant = LLMContextAggregatorPair(
+        context or LLMContext(), user_params=LLMUserAggregatorParams(**user_params)
+    )
     speaker = Speaker()
     worker = PipelineWorker(
         Pipeline([user, llm, speaker, assistant]),
@@ -264,3 +282,49 @@ async def test_local_turns_cancel_and_text(live_server, speech_16k):
         live_server, manual, scenario, vad_analyzer=SileroVADAnalyzer(), user_turn_strategies=turns
     )
     assert all(r.spoke() for r in speaker.replies), [len(r.audio) for r in speaker.replies]
+
+
+async def test_register_function_round_trip(live_server):
+    """Pipecat's own tool loop: a FunctionSchema in the context, a handler registered with
+    register_function, tool_choice "required" (the random tiny model never opens a call by
+    itself; the grammar makes the forced one valid). Pipecat learns of the call from
+    conversation.item.added, runs it on arguments.done and sends its output and a response.create;
+    the handler first sets the session to "auto" (an LLMUpdateSettingsFrame queued to the
+    service, so its session.update goes first), so the answer is spoken, not another call."""
+    ran: list[dict] = []
+    audio = AudioConfiguration(input=AudioInput(turn_detection=False))
+
+    async def get_weather(params: FunctionCallParams):
+        ran.append(dict(params.arguments))
+        auto = SessionProperties(audio=audio, tool_choice="auto")
+        await params.llm.queue_frame(
+            LLMUpdateSettingsFrame(delta=OpenAIRealtimeLLMService.Settings(session_properties=auto))
+        )
+        await params.result_callback({"forecast": "sunny"})
+
+    weather = FunctionSchema(
+        name="get_weather",
+        description="The weather forecast for a city.",
+        properties={
+            "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
+            "days": {"type": "integer", "minimum": 1, "maximum": 7},
+        },
+        required=["city", "days"],
+    )
+
+    async def scenario(worker, speaker):
+        await worker.queue_frame(
+            LLMMessagesAppendFrame([{"role": "user", "content": "What is the weather in Paris?"}], run_llm=True)
+        )
+        answer = await nth_reply(speaker, 0)  # opened by its first audio: the call's response has none
+        await answer.done.wait()
+
+    speaker = await run_session(
+        live_server,
+        SessionProperties(audio=audio, tool_choice="required"),
+        scenario,
+        context=LLMContext(tools=ToolsSchema(standard_tools=[weather])),
+        setup=lambda llm: llm.register_function("get_weather", get_weather),
+    )
+    assert len(ran) == 1 and ran[0]["city"] in ("Paris", "Rome", "Oslo") and 1 <= ran[0]["days"] <= 7, ran
+    assert speaker.ends == 2 and speaker.replies[0].spoke(), "one call, then an answer in speech"

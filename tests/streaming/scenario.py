@@ -59,6 +59,7 @@ class Step:
     text: str = ""
     audio_ms: float = 0.0
     cost_s: float = 0.1
+    calls: tuple = ()  # omni.tools.calls.CallPiece: the reply's calls (after its speech)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ class FakeEngine:
             if step is None:
                 return None, self._end
             await asyncio.sleep(step.cost_s)
-            return step.text, np.full(round(step.audio_ms * 24), REPLY_LEVEL, np.float32)
+            wav = np.full(round(step.audio_ms * 24), REPLY_LEVEL, np.float32)
+            return (step.text, wav, step.calls) if step.calls else (step.text, wav)
         self._record(METHOD[op], _arg(op, args))
         if op == "generate":
             assert self.replies, "the scenario scripted no more replies"

@@ -204,9 +204,15 @@ BAD = [  # (raw, code, param, words in the message)
     ({"type": "conversation.item.delete", "item_id": True}, "invalid_type", "item_id", "boolean"),
     (
         {"type": "conversation.item.create", "item": {"type": "function_call"}},
+        "missing_required_parameter",
+        "item.call_id",
+        "call_id",
+    ),
+    (
+        {"type": "conversation.item.create", "item": {"type": "mcp_call"}},
         "invalid_value",
         "item.type",
-        "function calling",
+        "function_call_output",
     ),
     (
         {
@@ -316,9 +322,9 @@ BAD = [  # (raw, code, param, words in the message)
     ),
     (
         {"type": "session.update", "session": {"tools": [{"type": "function"}]}},
-        "invalid_value",
-        "session.tools",
-        "not supported",
+        "missing_required_parameter",
+        "session.tools[0].name",
+        "name",
     ),
 ]
 
@@ -368,6 +374,9 @@ SAMPLE_ARGS = {
     "text": "t",
     "audio_s": 1.5,
     "timings_ms": {"first_audio_ms": 1.0},
+    "call_id": "call_1",
+    "name": "get_weather",
+    "arguments": '{"city": "Paris"}',
 }
 
 
@@ -379,7 +388,17 @@ def test_every_server_builder_makes_a_valid_openai_event() -> None:
         if (
             fn.__module__ != V.__name__
             or name.startswith("_")
-            or name in ("server_event", "item_object", "response_object", "new_id", "for_client", "content_part")
+            or name
+            in (
+                "server_event",
+                "item_object",
+                "function_call_object",
+                "function_call_output_object",
+                "response_object",
+                "new_id",
+                "for_client",
+                "content_part",
+            )
         ):
             continue
         event = fn(**{k: SAMPLE_ARGS[k] for k in inspect.signature(fn).parameters})

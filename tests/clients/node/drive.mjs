@@ -7,7 +7,8 @@
 //   (or OMNI_REALTIME_URL / OMNI_SPEECH_PCM): the speech as raw PCM16 LE, 24 kHz, mono.
 import { readFileSync } from 'node:fs';
 
-import { RealtimeAgent, RealtimeSession } from '@openai/agents-realtime';
+import { RealtimeAgent, RealtimeSession, tool } from '@openai/agents-realtime';
+import { z } from 'zod';
 // The SDK's own server-event schemas: an event of a type it knows that fails them is dropped by
 // the SDK without a word (it is treated as an unknown event), so the driver checks each one.
 import { realtimeServerEventSchema } from './node_modules/@openai/agents-realtime/dist/openaiRealtimeEvents.mjs';
@@ -130,7 +131,23 @@ async function step(name, fn) {
   }
 }
 
-const session = new RealtimeSession(new RealtimeAgent({ name: 'omni', instructions: 'Answer briefly.' }), {
+const toolRuns = []; // what the function tool was called with
+const MANUAL = { audio: { input: { turnDetection: null } } };
+// A function tool, the SDK's way (a zod schema); its call is forced in step 6 (the random tiny
+// model never opens one by itself), and it sets the session back to "auto" so the answer to its
+// output is spoken. Until then tool_choice is the SDK's default, "auto", and it is never called.
+const getWeather = tool({
+  name: 'get_weather',
+  description: 'The weather forecast for a city.',
+  parameters: z.object({ city: z.enum(['Paris', 'Rome', 'Oslo']), days: z.number().int().min(1).max(7) }),
+  execute: async ({ city, days }) => {
+    toolRuns.push({ city, days });
+    transport.updateSessionConfig({ ...MANUAL, toolChoice: 'auto' });
+    return `Sunny in ${city} for the next ${days} days.`;
+  },
+});
+
+const session = new RealtimeSession(new RealtimeAgent({ name: 'omni', instructions: 'Answer briefly.', tools: [getWeather] }), {
   transport: 'websocket',
   model: 'minicpm-o-2.6',
 });
@@ -284,6 +301,31 @@ async function run() {
     expectSpeech(r, 'reply to a text item');
     return { reply: r };
   });
+
+  // 6. A function tool round trip: tool_choice "required" (one call), the SDK runs the tool from
+  // the completed call item, sends its output and a response.create; the answer is spoken.
+  await step('function_tool', async () => {
+    const since = mark();
+    transport.updateSessionConfig({ ...MANUAL, toolChoice: 'required', parallelToolCalls: false });
+    await waitFor((e) => e.type === 'session.updated' && e.session?.tool_choice === 'required', since,
+      'session.updated with tool_choice required');
+    const asked = mark();
+    session.sendMessage('What is the weather in Paris this week?');
+    const call = await waitFor((e) => e.type === 'response.output_item.done' && e.item?.type === 'function_call',
+      asked, 'a function_call item done');
+    expect(call.item.status === 'completed', `call item ${call.item.status}`);
+    const args = JSON.parse(call.item.arguments);
+    expect(['Paris', 'Rome', 'Oslo'].includes(args.city) && args.days >= 1 && args.days <= 7,
+      `arguments outside the schema: ${call.item.arguments}`);
+    await waitFor((e) => e.type === 'conversation.item.added' && e.item?.type === 'function_call_output' &&
+      e.item.call_id === call.item.call_id, asked, 'the function_call_output');
+    const answer = await waitFor((e) => e.type === 'response.done' && e.response.id !== call.response_id &&
+      (e.response.output ?? []).some((o) => o.type === 'message'), asked, 'the answer');
+    const a = audio.get(answer.response.id) ?? { bytes: 0, peak: 0 };
+    expect(a.peak > 0, 'the answer after the tool output is not spoken');
+    expect(toolRuns.length === 1 && toolRuns[0].city === args.city, `tool runs: ${JSON.stringify(toolRuns)}`);
+    return { call: call.item, answer: answer.response.id };
+  });
   await sleep(300); // late events (a retrieve's answer, an error) still count
 }
 
@@ -293,13 +335,15 @@ function finish(fail) {
   finished = true;
   clearTimeout(overall);
   failure = failure ?? fail ?? null;
-  const done = log.filter((e) => e.type === 'response.done').map((e) => e.response);
+  // replies: the responses with a message (a call-only response has no speech by design)
+  const done = log.filter((e) => e.type === 'response.done' && (e.response.output ?? []).some((o) => o.type === 'message'))
+    .map((e) => e.response);
   const withAudio = done.filter((r) => (audio.get(r.id)?.peak ?? 0) > 0);
   const ok = !failure && errors.length === 0 && rejected.length === 0 && done.length > 0 &&
     withAudio.length === done.length;
   const out = {
     ok, errors, rejected_server_events: rejected, replies: done.length, replies_with_audio: withAudio.length,
-    lost_races: lostRaces, failure, steps, sdk: `@openai/agents-realtime@${SDK_VERSION}`, node: process.version,
+    tool_runs: toolRuns, lost_races: lostRaces, failure, steps, sdk: `@openai/agents-realtime@${SDK_VERSION}`, node: process.version,
     server_event_types: ok ? undefined : types().slice(-40),
     client_events_sent: [...new Set(sent.map((s) => s.type))],
   };
