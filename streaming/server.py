@@ -20,7 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .gateway.origin import host_allowed, origin_allowed
-from .lanes import checkpoint_dir, load_model  # noqa: F401 - where tests and benches look for them
+from .engines.lanes import checkpoint_dir, load_model  # noqa: F401 - where tests and benches look for them
 from .settings import ServerSettings, load_settings
 
 log = logging.getLogger("omni.server")
@@ -38,7 +38,7 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None, plan=
     from .metrics import Metrics
     from .session.manager import SessionManager
     from .turn.vad import SileroVAD
-    from .worker import EngineSpec, EngineWorker
+    from .engines.worker import EngineSpec, EngineWorker
 
     app = web.Application(
         middlewares=[_origin_middleware, _auth_middleware], client_max_size=settings.max_message_bytes
@@ -270,7 +270,7 @@ def serve(args) -> int:
             "Load a real checkpoint with --model DIR.",
             file=sys.stderr,
         )
-    from .lanes import NoRoom, make_worker, plan_for
+    from .engines.lanes import NoRoom, make_worker, plan_for
 
     try:
         plan = plan_for(settings, checkpoint_dir(settings))

@@ -19,7 +19,7 @@ import numpy as np
 from omni.model.pool import ContextFull
 from omni.session.engine import GenerateOptions, InputTooLong
 
-from .errors import MediaError
+from ..errors import MediaError
 
 # call(command, *args, deadline_s=...) -> awaitable result, run by the engine that holds the session.
 Call = Callable[..., Awaitable]
