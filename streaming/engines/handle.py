@@ -35,6 +35,8 @@ class EngineHandle:
         self.where = where  # the engine holding the session (a lane or replica name)
         self._lock = asyncio.Lock()
         self.last_reply_end: str | None = None  # "eos" | "max_tokens" | "max_speech" once a reply ended
+        # (context tokens before the reply, tokens sampled so far) as of the latest reply step
+        self.reply_usage: tuple[int, int] | None = None
         self.closed = False
         self.on_step: Callable[[str, float], None] | None = None  # (command, seconds) of each one run
         self.lost = asyncio.Event()  # the engine lost the session (its process died)
@@ -96,17 +98,20 @@ class EngineHandle:
         await self._run("forget")
 
     async def start_reply(self, opts: GenerateOptions) -> None:
-        self.last_reply_end = None
+        self.last_reply_end, self.reply_usage = None, None
         await self._run("generate", opts)
 
     async def reply_step(self, deadline_s: float | None = None) -> tuple[str, np.ndarray] | None:
         """Every piece of the reply produced since the last call, merged (waiting for one if there
-        is none yet); None once the reply is over. `deadline_s`: when the listener runs out of audio."""
+        is none yet); None once the reply is over. `deadline_s`: when the listener runs out of audio.
+        The engine's answer may carry the reply's token counts third (`reply_usage`)."""
         item = await self._run("reply_step", deadline_s=deadline_s)
+        if len(item) > 2 and item[2] is not None:
+            self.reply_usage = tuple(item[2])
         if item[0] is None:
             self.last_reply_end = item[1]
             return None
-        return item
+        return item[0], item[1]
 
     def close(self) -> None:
         """Free the session on its engine (after its last command); idempotent."""
