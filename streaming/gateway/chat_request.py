@@ -173,6 +173,8 @@ def _speech(req: dict, stream: bool) -> Speech | None:
             "audio.voice",
         )
     voice = get_field(audio, "voice", str, "audio", required=True)
+    if not 0 < len(voice) <= 64:
+        raise bad("invalid_value", "'audio.voice' must be 1 to 64 characters.", "audio.voice")
     fmt = one_of(get_field(audio, "format", str, "audio", required=True), OUTPUT_AUDIO_FORMATS, "audio.format")
     if stream and fmt != "pcm16":
         raise bad(

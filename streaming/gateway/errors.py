@@ -76,7 +76,7 @@ def to_error_event(exc: BaseException, event_id: str | None = None) -> dict[str,
 
 
 HTTP_STATUS = ((ProtocolError, 400), (MediaError, 400), (AuthError, 401), (CapacityError, 503), (ModelError, 500))
-STATUS_BY_CODE = {"request_too_large": 413, "model_not_found": 404}
+STATUS_BY_CODE = {"request_too_large": 413, "model_not_found": 404, "unsupported_model": 501}
 
 
 def http_error(exc: BaseException) -> tuple[int, dict[str, Any]]:

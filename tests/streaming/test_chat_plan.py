@@ -1,7 +1,8 @@
 """The chat layer without a server: stop strings and thinking over streamed text (one step's shapes,
 chunked == whole, earlier output never changes), the o-2.6 engine plan run on a real session
 (the context it builds reads as the TTS template renders the conversation), and the V-4.5 plan
-through the official prompt builder (thinking switch, the card's video packs)."""
+through the official prompt builder (thinking switch, the card's video packs), and a thinking
+reply's pieces on the wire (`reasoning_content`)."""
 
 from __future__ import annotations
 
@@ -183,3 +184,61 @@ def test_v45_plan_builds_the_official_prompt_with_thinking_and_a_video(tiny_v45)
 def test_v45_plan_refuses_audio_speech_and_mixed_media(req):
     with pytest.raises(ProtocolError):
         v45.plan(req, 16)
+
+
+def test_reasoning_goes_to_reasoning_content_and_the_wire_types_hold():
+    """A thinking reply's pieces (V-4.5's, once its sessions run) on the wire: the reasoning never in
+    `content`; every object validates against the SDK's chat types."""
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    from streaming.chat.complete import Outcome, Piece
+    from streaming.chat.request import ChatRequest, Message, Text
+    from streaming.gateway.chat_completions import _Reply
+
+    req = ChatRequest((Message("user", (Text("why?"),)),), thinking=True, stream=True, include_usage=True)
+    reply = _Reply("tiny", req)
+    pieces = [Piece(reasoning="Because "), Piece(reasoning="so.", text=""), Piece(text="Yes.")]
+    chunks = [reply.chunk(reply.first_delta())] + [reply.chunk(d) for p in pieces for d in reply.deltas(p)]
+    for p in pieces:
+        reply.add(p)
+    outcome = Outcome("stop", 5, 4)
+    chunks += [reply.chunk({}, "stop"), reply.chunk(None, usage=reply.usage(outcome))]
+    parsed = [ChatCompletionChunk.model_validate(c) for c in chunks]
+    deltas = [c.choices[0].delta for c in parsed if c.choices]
+    assert "".join(d.model_extra.get("reasoning_content", "") for d in deltas) == "Because so."
+    assert "".join(d.content or "" for d in deltas) == "Yes."
+    whole = ChatCompletion.model_validate(reply.whole(outcome))
+    assert (
+        whole.choices[0].message.content == "Yes."
+        and whole.choices[0].message.model_extra["reasoning_content"] == "Because so."
+    )
+    assert whole.usage is not None and whole.usage.total_tokens == 9
+
+
+@pytest.mark.parametrize(
+    "fields, thinking",
+    [
+        ({}, False),
+        ({"reasoning_effort": "minimal"}, False),
+        ({"reasoning_effort": "high"}, True),
+        ({"chat_template_kwargs": {"enable_thinking": True}}, True),
+        (
+            {"reasoning_effort": "high", "chat_template_kwargs": {"enable_thinking": False}},
+            False,
+        ),  # the template's wins
+    ],
+)
+def test_thinking_switches_parse(fields, thinking):
+    from streaming.gateway.chat_request import parse_request
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+    assert parse_request(body, 1 << 20).thinking is thinking
+
+
+def test_unknown_template_switches_are_refused():
+    from streaming.gateway.chat_request import parse_request
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "chat_template_kwargs": {"tools": []}}
+    with pytest.raises(ProtocolError) as e:
+        parse_request(body, 1 << 20)
+    assert e.value.param == "chat_template_kwargs.tools"
