@@ -1,6 +1,6 @@
 """Chat Completions figures (one JSON line), tiny model on this CPU by default.
 
-* `levels`: a short image question (a 320x240 JPEG and one sentence, 8 reply tokens, streamed)
+* `levels`: a short image question (a 320x240 camera-like JPEG and one sentence, 8 reply tokens, streamed)
   at concurrency 1, 8 and 32, two ways on the same model processes, A B A B: `direct`, the
   engine work itself (an `EngineHandle` per request: system prompt, the prefill of the decoded
   image and text, the reply's steps), and `api`, the same request through `POST
@@ -39,10 +39,20 @@ MAX_TOKENS = 8
 
 
 def jpeg(seed: int = 0) -> bytes:
+    """A camera-like 320x240 frame (about 13 KB): smooth gradients, sensor noise, a few shapes.
+    Pure noise would cost several times a real frame to decode."""
+    from PIL import ImageDraw
+
     rng = np.random.default_rng(seed)
-    img = Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    y, x = np.mgrid[0:240, 0:320]
+    rgb = np.stack([x * 255 // 320, y * 255 // 240, (x + y) * 255 // 560], -1) + rng.normal(0, 6, (240, 320, 3))
+    img = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(6):
+        x0, y0, w, h = rng.integers(0, 280), rng.integers(0, 200), rng.integers(20, 80), rng.integers(20, 80)
+        draw.ellipse([x0, y0, x0 + w, y0 + h], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
     buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=80)
+    img.save(buf, "JPEG", quality=85)
     return buf.getvalue()
 
 
@@ -61,6 +71,7 @@ def pct(xs, q):
 async def direct_one(worker, settings, image) -> float | None:
     """The engine work of one request, as streaming/chat/o26.py plans it: ms to the first text."""
     from streaming.chat import o26
+    from streaming.chat.complete import FIRST_STEP_SLACK_S, STEP_SLACK_S
     from streaming.chat.request import ChatRequest, Image as ImagePart, Message, Text
 
     t0 = time.perf_counter()
@@ -71,12 +82,14 @@ async def direct_one(worker, settings, image) -> float | None:
     plan = o26.plan(req, settings.max_reply_tokens, settings.max_speech_s)
     h = worker.open_session(settings.max_context_tokens)
     first = None
+    deadline_s = time.monotonic() + FIRST_STEP_SLACK_S  # the deadlines chat.complete gives its commands
     try:
-        await h.set_system(plan.seed, plan.mode, plan.reference_16k, plan.instructions)
+        await h.set_system(plan.seed, plan.mode, plan.reference_16k, plan.instructions, deadline_s=deadline_s)
         for msg in plan.prefills:
-            await h.prefill(msg, settings.max_item_tokens)
-        await h.start_reply(plan.options)
-        while (item := await h.reply_step(time.monotonic() + 0.2)) is not None:
+            await h.prefill(msg, settings.max_item_tokens, deadline_s=deadline_s)
+        await h.start_reply(plan.options, deadline_s=deadline_s)
+        while (item := await h.reply_step(max(deadline_s, time.monotonic()))) is not None:
+            deadline_s = time.monotonic() + STEP_SLACK_S
             if first is None and item[0]:
                 first = 1000 * (time.perf_counter() - t0)
     finally:
@@ -173,7 +186,7 @@ async def levels(levels_c: list[int], rounds: int) -> list[dict]:
         for way in ways.values():  # warm up: both paths, every lane
             await way(2, 4)
         for c in levels_c:
-            n = max(16, 2 * c)
+            n = max(32, 4 * c)
             got: dict = {k: {"rps": [], "firsts": [], "cpu_ms": []} for k in ways}
             for _ in range(rounds):
                 for k, way in ways.items():
@@ -247,7 +260,7 @@ async def mixed(port: int, sessions: int = 8, chats: int = 8) -> dict:
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--levels", default="1,8,32")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-mixed", action="store_true")
     ap.add_argument("--port", type=int, default=8791)
     ap.add_argument("--client", help=argparse.SUPPRESS)  # the API's client process (api_level)

@@ -26,8 +26,12 @@ from .request import ChatRequest
 from .stops import StopScanner
 
 log = logging.getLogger("omni.chat")
-FIRST_STEP_SLACK_S = 0.2  # the first piece is as urgent as a realtime reply's first audio
-STEP_SLACK_S = 1.0  # later pieces: a reader, not a loudspeaker; realtime steps due sooner go first
+# Deadlines for the engines' earliest-deadline-first order: a request is due this long after it
+# starts (its system prompt, prefills, first piece), so a realtime session's work due sooner (a unit,
+# a reply step before its listener runs dry) goes first; later pieces are for a reader, not a
+# loudspeaker. An op only gets more urgent as it waits: nothing starves.
+FIRST_STEP_SLACK_S = 0.5
+STEP_SLACK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -98,15 +102,15 @@ class Completion:
             self.metrics.session_ended()
 
     async def pieces(self) -> AsyncIterator[Piece]:
-        h, p, t0 = self.handle, self.plan, self.clock_s()
+        h, p = self.handle, self.plan
         assert h is not None, "pieces() inside `async with`"
-        await h.set_system(p.seed, p.mode, p.reference_16k, p.instructions)
+        deadline_s = self.clock_s() + FIRST_STEP_SLACK_S
+        await h.set_system(p.seed, p.mode, p.reference_16k, p.instructions, deadline_s=deadline_s)
         for msg in p.prefills:
             self._check()
-            await h.prefill(msg, self.settings.max_item_tokens)
-        await h.start_reply(p.options)
+            await h.prefill(msg, self.settings.max_item_tokens, deadline_s=deadline_s)
+        await h.start_reply(p.options, deadline_s=deadline_s)
         stops = StopScanner(self.req.stop)
-        deadline_s = t0 + FIRST_STEP_SLACK_S
         while True:
             self._check()
             item = await h.reply_step(max(deadline_s, self.clock_s()))

@@ -80,12 +80,15 @@ class EngineHandle:
                 if self.on_step is not None:
                     self.on_step(op, time.perf_counter() - t)
 
-    async def set_system(self, seed: int | None, mode: str, ref: np.ndarray | None, text: str | None) -> None:
-        await self._run("system", seed, mode, ref, text)
+    async def set_system(
+        self, seed: int | None, mode: str, ref: np.ndarray | None, text: str | None, deadline_s: float | None = None
+    ) -> None:
+        """`deadline_s` (here and for `prefill`, `start_reply`): when it is due; None: now."""
+        await self._run("system", seed, mode, ref, text, deadline_s=deadline_s)
 
-    async def prefill(self, msg: dict, max_tokens: int | None = None) -> None:
+    async def prefill(self, msg: dict, max_tokens: int | None = None, deadline_s: float | None = None) -> None:
         """A whole message; one that tokenizes longer than `max_tokens` is item_too_large."""
-        await self._run("prefill", msg, max_tokens)
+        await self._run("prefill", msg, max_tokens, deadline_s=deadline_s)
 
     async def append_unit(self, audio_16k: np.ndarray, frame=None) -> None:
         await self._run("unit", audio_16k, frame)
@@ -97,9 +100,9 @@ class EngineHandle:
         """Take the latest reply out of the context (it was deleted before anything followed it)."""
         await self._run("forget")
 
-    async def start_reply(self, opts: GenerateOptions) -> None:
+    async def start_reply(self, opts: GenerateOptions, deadline_s: float | None = None) -> None:
         self.last_reply_end, self.reply_usage = None, None
-        await self._run("generate", opts)
+        await self._run("generate", opts, deadline_s=deadline_s)
 
     async def reply_step(self, deadline_s: float | None = None) -> tuple[str, np.ndarray] | None:
         """Every piece of the reply produced since the last call, merged (waiting for one if there

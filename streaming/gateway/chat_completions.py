@@ -112,8 +112,11 @@ async def _stream(request: web.Request, c: Completion, reply: "_Reply") -> web.S
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
 
+    def event(obj) -> bytes:
+        return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
+
     async def send(obj) -> None:
-        await resp.write(b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n")
+        await resp.write(event(obj))
 
     try:
         await send(reply.chunk(reply.first_delta()))
@@ -131,11 +134,10 @@ async def _stream(request: web.Request, c: Completion, reply: "_Reply") -> web.S
             return resp
         outcome = c.outcome
         assert outcome is not None, "pieces() ran to its end"
-        await send(reply.chunk({}, outcome.finish_reason))
+        end = [reply.chunk({}, outcome.finish_reason)]
         if reply.req.include_usage:
-            await send(reply.chunk(None, usage=reply.usage(outcome)))
-        await send(b"[DONE]")
-        await resp.write_eof()
+            end.append(reply.chunk(None, usage=reply.usage(outcome)))
+        await resp.write_eof(b"".join(event(e) for e in [*end, b"[DONE]"]))  # one write: the stream's end
     except (ConnectionError, ClientGone):  # the client went away: `async with` frees the slot
         pass
     return resp
