@@ -111,6 +111,10 @@ async def test_audio_in_and_speech_out_streamed_and_whole(server, speech_16k):
             transcript.append(a.transcript or "")
     assert "".join(transcript) == m.audio.transcript
     assert np.array_equal(np.frombuffer(bytes(audio), "<i2"), pcm)  # the same seed: the same speech
+    clone = {"voice": "alloy", "format": "wav", "omni_reference_audio": {"format": "wav", "data": wav_b64(speech_16k)}}
+    cloned = await c.chat.completions.create(model="m", messages=msgs, seed=2, modalities=["audio"], audio=clone)
+    other, _ = sf.read(io.BytesIO(base64.b64decode(cloned.choices[0].message.audio.data)), dtype="int16")
+    assert len(other) > 2400 and not np.array_equal(other[: len(pcm)], pcm[: len(other)])  # another voice
     mp3 = [
         {
             "role": "user",
@@ -192,6 +196,19 @@ BAD = [  # (what is wrong, the body's fields over a good request, status, code)
         "unsupported_value",
     ),
     ("mp3 out", {"modalities": ["audio"], "audio": {"voice": "alloy", "format": "mp3"}}, 400, "invalid_value"),
+    (
+        "short voice clip",
+        {
+            "modalities": ["audio"],
+            "audio": {
+                "voice": "a",
+                "format": "wav",
+                "omni_reference_audio": {"format": "pcm16", "rate": 16000, "data": "AAAA"},
+            },
+        },
+        400,
+        "invalid_reference_audio",
+    ),
     ("no model", {"model": None}, 400, "missing_required_parameter"),
 ]
 
