@@ -346,13 +346,14 @@ class BatchEngine:
             # slip into the gap (before first audio that deadline is already due)
             live.hold_s = w.deadline_s
             self.stats.pieces += 1
-            return answer(w, piece, None)
+            calls = piece[2] if len(piece) > 2 else ()
+            return answer(w, (piece[0], piece[1], calls, live.session.reply_usage), None)
         if not live.replying:
             live.waiter, live.hold_s = None, float("inf")
             if live.reply_error is not None:
                 error, live.reply_error = live.reply_error, None
                 return answer(w, None, error)
-            return answer(w, (None, live.session.last_reply_end), None)
+            return answer(w, (None, live.session.last_reply_end, live.session.reply_usage), None)
 
     # ---- batches ------------------------------------------------------------------------------
     def _execute(self, batch: list[tuple[Live, Op]]) -> None:
