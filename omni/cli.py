@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def _cmd_keys(a) -> int:
@@ -31,9 +30,11 @@ def _load(a):
     from .embedded import embedded_checkpoint
     from .loader import load
 
-    ckpt = Path(a.model) if a.model else embedded_checkpoint()
+    from .hub import resolve
+
+    ckpt = resolve(a.model, a.revision) if a.model else embedded_checkpoint()
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[a.dtype]
-    return load(ckpt, dtype=dtype, device=a.device)
+    return load(ckpt, dtype=dtype, device=a.device, quantize=a.quantize)
 
 
 def _cmd_chat(a) -> int:
@@ -79,7 +80,16 @@ def _read_16k(path: str):
 
 
 def _model_args(p):
-    p.add_argument("--model", help="checkpoint directory (default: the embedded tiny model)")
+    p.add_argument(
+        "--model", help="checkpoint folder, or hub id like openbmb/MiniCPM-o-2_6 (default: the embedded tiny model)"
+    )
+    p.add_argument("--revision", help="hub ids: branch, tag or commit (default: main)")
+    p.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        help="quantize the LLM's linears of a bf16/fp32 checkpoint while loading (int4: 8-12 GB GPUs; int8: "
+        "12-16 GB GPUs and CPUs)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the real model")
     p.add_argument(
         "--dtype",

@@ -88,7 +88,7 @@ class WeightPlan:
             parts["qw"] = quantize(tensor.to(self.device), self.mode or "")  # type: ignore[assignment]
         else:
             parts[leaf] = tensor
-        want = {"qw"} if self.gptq is None else set(gptq.PARTS)
+        want: set[str] = {"qw"} if self.gptq is None else set(gptq.PARTS)
         if module in self._has_bias:
             want.add("bias")
         if want <= parts.keys():
@@ -101,7 +101,9 @@ class WeightPlan:
         if not fits_kernel(kernel, qw):
             kernel = FALLBACK
         parent, _, name = module.rpartition(".")
-        setattr(net.get_submodule(parent), name, QuantLinear.build(qw, parts.get("bias"), kernel, self.dtype, self.device))
+        setattr(
+            net.get_submodule(parent), name, QuantLinear.build(qw, parts.get("bias"), kernel, self.dtype, self.device)
+        )
 
     def finish(self, net: nn.Module) -> dict:
         """Check every quantized module was built; log the one line; -> `weights_info`."""
@@ -109,7 +111,13 @@ class WeightPlan:
         info = weights_info(net, self.dtype, self.mode, self.gptq)
         if self.mode:
             n = len(self.modules)
-            log.info("LLM linears: %s, kernel %s, %s activations (%d linears)", info["quantization"], info["kernel"], info["dtype"], n)
+            log.info(
+                "LLM linears: %s, kernel %s, %s activations (%d linears)",
+                info["quantization"],
+                info["kernel"],
+                info["dtype"],
+                n,
+            )
         return info
 
 

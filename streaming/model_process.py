@@ -25,7 +25,7 @@ def _portable(e: BaseException) -> BaseException:
         return ModelProcessError(f"{type(e).__name__}: {e}")
 
 
-def main(conn, checkpoint: str, dtype: str, device: str, spec: EngineSpec) -> None:
+def main(conn, checkpoint: str, dtype: str, device: str, spec: EngineSpec, quantize: str | None = None) -> None:
     """A model process: load, build the engine, answer (rid, sid, command, args, deadline) requests."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     import torch
@@ -33,7 +33,7 @@ def main(conn, checkpoint: str, dtype: str, device: str, spec: EngineSpec) -> No
 
     torch.set_num_threads(1)
     try:
-        omni = load(checkpoint, dtype=getattr(torch, dtype), device=device, progress=False)
+        omni = load(checkpoint, dtype=getattr(torch, dtype), device=device, progress=False, quantize=quantize)
         engine = spec.engine(omni)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send((False, _portable(e)))

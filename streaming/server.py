@@ -10,6 +10,7 @@ handling (gateway/), conversations (session/).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import ssl
@@ -50,7 +51,8 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None) -> we
     app["conversations"] = set()
     app["metrics"] = Metrics()
     # the checkpoint's folder name only: /healthz is open, and a path says too much about the host
-    app["model_name"] = "embedded-tiny" if embedded else Path(settings.model or "").name
+    app["model_name"] = "embedded-tiny" if embedded else _model_name(settings.model or "")
+    app["weights"] = omni.weights if omni is not None and omni.weights else weights_of(settings)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -85,6 +87,7 @@ async def healthz(request: web.Request) -> web.Response:
             "status": "ok",
             "model": app["model_name"],
             "embedded_demo_model": app["embedded"],
+            "weights": app["weights"],
             "sessions": app["manager"].in_use,
             "max_sessions": app["manager"].max_sessions,
             "worker": {
@@ -96,9 +99,16 @@ async def healthz(request: web.Request) -> web.Response:
             },
             "auth_required": s.api_key is not None,
             "tls": s.tls,
-            "load_model_hint": "omni serve --model /path/to/MiniCPM-o-2_6 --device cuda --dtype bfloat16",
+            "load_model_hint": "omni serve --model openbmb/MiniCPM-o-2_6 --device cuda --dtype bfloat16 "
+            "(8-16 GB GPUs: --model openbmb/MiniCPM-o-2_6-int4, or --quantize int8|int4)",
         }
     )
+
+
+def _model_name(model: str) -> str:
+    from omni.hub import is_hub_id
+
+    return model if is_hub_id(model) and not Path(model).is_dir() else Path(model).name
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -227,10 +237,18 @@ def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
 
 
 def checkpoint_dir(settings: ServerSettings) -> Path:
-    """--model, or the embedded tiny model (built once into the cache)."""
+    """--model (a folder, or a hub id fetched into the Hugging Face cache), or the embedded tiny
+    model (built once into the cache)."""
     from omni.embedded import embedded_checkpoint
 
-    return Path(settings.model) if settings.model else embedded_checkpoint()
+    return _resolved(settings.model, settings.revision) if settings.model else embedded_checkpoint()
+
+
+@functools.lru_cache(maxsize=8)
+def _resolved(model: str, revision: str | None) -> Path:
+    from omni.hub import resolve
+
+    return resolve(model, revision)  # once per process: a hub id is looked up (or fetched) once
 
 
 def load_model(settings: ServerSettings):
@@ -238,7 +256,21 @@ def load_model(settings: ServerSettings):
     from omni.loader import load
 
     ckpt = checkpoint_dir(settings)
-    return load(ckpt, dtype=getattr(torch, settings.dtype), device=settings.device), settings.model is None
+    omni = load(ckpt, dtype=getattr(torch, settings.dtype), device=settings.device, quantize=settings.quantize)
+    return omni, settings.model is None
+
+
+def weights_of(settings: ServerSettings) -> dict:
+    """What the engines run ({"dtype", "quantization", "kernel"}), from the checkpoint's config and
+    the settings, as each engine's load decides it (omni.quantized.describe)."""
+    import json
+
+    import torch
+    from omni.quantized import describe
+
+    ckpt = checkpoint_dir(settings)
+    raw = json.loads((ckpt / "config.json").read_text())
+    return describe(ckpt, raw, getattr(torch, settings.dtype), settings.device, settings.quantize)
 
 
 def make_worker(settings: ServerSettings):
@@ -261,12 +293,18 @@ def make_worker(settings: ServerSettings):
             settings.ray_lease_s,
             settings.ray_max_restarts,
             settings.model_step_timeout_s,
+            settings.quantize,
         )
     if settings.worker_kind == "processes":
         from .procs import ProcessWorker
 
         return ProcessWorker(
-            str(checkpoint_dir(settings)), spec, settings.dtype, settings.device, settings.model_step_timeout_s
+            str(checkpoint_dir(settings)),
+            spec,
+            settings.dtype,
+            settings.device,
+            settings.model_step_timeout_s,
+            settings.quantize,
         )
     return EngineWorker(load_model(settings)[0], spec)
 
@@ -287,6 +325,8 @@ def serve(args) -> int:
             "host",
             "port",
             "model",
+            "revision",
+            "quantize",
             "device",
             "dtype",
             "api_key",
@@ -305,12 +345,14 @@ def serve(args) -> int:
     if embedded:
         print(
             "serving the EMBEDDED DEMO MODEL (tiny, random weights: replies are noise by design). "
-            "Load a real checkpoint with --model DIR.",
+            "Load a real checkpoint with --model DIR or a hub id (openbmb/MiniCPM-o-2_6).",
             file=sys.stderr,
         )
     worker = make_worker(settings)
+    w = weights_of(settings)
     print(
-        f"omni: model ready ({settings.lanes} lane(s), {settings.worker_kind}, room for "
+        f"omni: model ready ({w['dtype']} weights, quantization {w['quantization']}, kernel {w['kernel']}; "
+        f"{settings.lanes} lane(s), {settings.worker_kind}, room for "
         f"{min(settings.max_sessions, worker.capacity)} session(s), batches of up to {settings.max_batch})",
         file=sys.stderr,
     )

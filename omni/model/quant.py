@@ -176,6 +176,12 @@ class QuantLinear(nn.Module):
     (two values a byte, low nibble first), `scale` and `zero` [K/g, N].
     """
 
+    packed: torch.Tensor
+    scale_zero: torch.Tensor
+    q: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+
     def __init__(self, in_features: int, out_features: int, bits: int, group: int, kernel: str, dtype: torch.dtype):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -184,16 +190,18 @@ class QuantLinear(nn.Module):
         self.bias: torch.Tensor | None = None
 
     @classmethod
-    def build(
-        cls, qw: QuantWeight, bias: torch.Tensor | None, kernel: str, dtype: torch.dtype, device
-    ) -> QuantLinear:
+    def build(cls, qw: QuantWeight, bias: torch.Tensor | None, kernel: str, dtype: torch.dtype, device) -> QuantLinear:
         """`qw` packed for `kernel` on `device` (`fits_kernel` checked by the caller); `dtype`: the
         model's activations, which the fallback computes in (the kernels use bf16)."""
         device = torch.device(device)
         N, K = qw.shape
         if kernel.startswith("int4pack"):
             qw = qw.regrouped(_kernel_group(qw) or qw.group)
-        compute = torch.bfloat16 if kernel.startswith("int4pack") or (kernel == "int8pack" and device.type == "cpu") else dtype
+        compute = (
+            torch.bfloat16
+            if kernel.startswith("int4pack") or (kernel == "int8pack" and device.type == "cpu")
+            else dtype
+        )
         m = cls(K, N, qw.bits, qw.group, kernel, compute)
         if kernel.startswith("int4pack"):
             assert qw.zero is not None
