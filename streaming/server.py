@@ -351,9 +351,9 @@ def serve(args) -> int:
     worker = make_worker(settings)
     w = weights_of(settings)
     print(
-        f"omni: model ready ({w['dtype']} weights, quantization {w['quantization']}, kernel {w['kernel']}; "
-        f"{settings.lanes} lane(s), {settings.worker_kind}, room for "
-        f"{min(settings.max_sessions, worker.capacity)} session(s), batches of up to {settings.max_batch})",
+        f"omni: model ready ({settings.lanes} lane(s), {settings.worker_kind}, room for "
+        f"{min(settings.max_sessions, worker.capacity)} session(s), batches of up to {settings.max_batch}); "
+        f"weights {w['dtype']}, quantization {w['quantization']}, kernel {w['kernel']}",
         file=sys.stderr,
     )
     app = build_app(settings, None, embedded, worker)  # the worker holds the model

@@ -37,7 +37,10 @@ LLM_LINEARS = (
 MODES = ("int8", "int4")
 INT4_GROUP = 128  # --quantize int4: the usual group; divides every Qwen2 and tiny-config dim
 KERNEL_GROUPS = (256, 128, 64, 32)  # tinygemm's group sizes
-INT8_KERNEL_MAX_ROWS = 16  # beyond this many rows int8pack loses to one dequantized GEMM (CPU and CUDA)
+# CUDA: beyond this many rows int8pack (a warp per output) loses to one dequantized cuBLAS GEMM. On a
+# CPU int8pack runs every size: it keeps each row's result independent of the batch (batched ==
+# alone to the bit; a dequantized bf16 GEMM rounds differently) and costs about as much at prefill.
+INT8_KERNEL_MAX_ROWS = 16
 FALLBACK = "dequant"
 
 
@@ -237,7 +240,7 @@ class QuantLinear(nn.Module):
             return torch._weight_int4pack_mm(x.to(torch.bfloat16), self.packed, self.group, self.scale_zero)
         if self.bits == 8:
             xc = x.to(self.dtype)
-            if k == "int8pack" and x.shape[0] <= INT8_KERNEL_MAX_ROWS:  # a shape, not a value: graph-safe
+            if k == "int8pack" and (x.device.type == "cpu" or x.shape[0] <= INT8_KERNEL_MAX_ROWS):  # shapes: graph-safe
                 return torch._weight_int8pack_mm(xc, self.q, self.scale)
             return F.linear(xc, self.q.to(self.dtype)) * self.scale
         return F.linear(x, self.weight_float(x.dtype))
