@@ -17,6 +17,7 @@ worker did), all N sessions do the same thing at the same moment (the worst case
     python bench/engine.py [--levels 1,4,16,32] [--model DIR]
     python bench/engine.py --full-random --layers 2 [--levels 1,16] [--skip-speech]
     python bench/engine.py --full-random --device cuda --dtype bfloat16 --levels 1,8,16,32 [--no-cuda-graphs]
+    python bench/engine.py --full-random --device cuda --dtype bfloat16 --quantize int4 --levels 1,4
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ def main() -> None:
     ap.add_argument("--alone-levels", help="levels with the max_batch=1 comparison (default: all)")
     ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--quantize", choices=["int8", "int4"], help="the LLM's linears quantized (omni.quantized)")
     a = ap.parse_args()
     from omni.embedded import embedded_checkpoint
     from omni.loader import load
@@ -195,9 +197,9 @@ def main() -> None:
     if a.full_random:
         from fullrand import full_random
 
-        m, name = full_random(a.device, dtype, a.layers), f"full-random(layers={a.layers or 'all'})"
+        m, name = full_random(a.device, dtype, a.layers, a.quantize), f"full-random(layers={a.layers or 'all'})"
     else:
-        m = load(a.model or embedded_checkpoint(), dtype=dtype, device=a.device, progress=False)
+        m = load(a.model or embedded_checkpoint(), dtype=dtype, device=a.device, progress=False, quantize=a.quantize)
         name = str(a.model or "embedded-tiny")
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     out = {
@@ -205,6 +207,7 @@ def main() -> None:
         "model": name,
         "device": a.device,
         "dtype": a.dtype,
+        "weights": m.weights,
         "build_s": round(time.perf_counter() - t0, 1),
         "torch_threads": torch.get_num_threads(),
         "max_batch": a.max_batch,

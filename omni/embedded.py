@@ -90,10 +90,13 @@ def build_weights(ckpt: Path, model_cfg: dict, seed: int) -> None:
     torch.save(vocos_state, str(ckpt / "assets" / "Vocos.pt"))
 
 
-def write_sharded(ckpt: Path, model_cfg: dict, shard_bytes: int = 4 << 30, dtype=torch.bfloat16) -> int:
-    """A checkpoint in the official layout with every weight zero (config.json, shards of about
-    `shard_bytes` + model.safetensors.index.json), written shard by shard so writing takes one
-    shard of memory; for memory and load-time measurements of any config. Returns the bytes."""
+def write_sharded(
+    ckpt: Path, model_cfg: dict, shard_bytes: int = 4 << 30, dtype=torch.bfloat16, random: bool = False
+) -> int:
+    """A checkpoint in the official layout with every weight zero (`random`: N(0, 0.02), norms 1)
+    (config.json, shards of about `shard_bytes` + model.safetensors.index.json), written shard by
+    shard so writing takes one shard of memory; for memory, load-time and speed measurements of any
+    config. Returns the bytes."""
     from .config import OmniConfig
     from .loader import expected_shapes
 
@@ -113,13 +116,21 @@ def write_sharded(ckpt: Path, model_cfg: dict, shard_bytes: int = 4 << 30, dtype
     for i, keys in enumerate(shards):
         name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         save_file(
-            {k: torch.zeros(shape, dtype=dtype) for k, shape, _ in keys}, str(ckpt / name), metadata={"format": "pt"}
+            {k: _fill(k, shape, dtype, random) for k, shape, _ in keys}, str(ckpt / name), metadata={"format": "pt"}
         )
         weight_map.update({k: name for k, _, _ in keys})
     (ckpt / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
     )
     return total
+
+
+def _fill(key: str, shape, dtype, random: bool) -> torch.Tensor:
+    if not random:
+        return torch.zeros(shape, dtype=dtype)
+    if len(shape) == 1 and ("norm" in key or "ln" in key):
+        return torch.ones(shape, dtype=dtype)
+    return torch.empty(shape, dtype=dtype).normal_(0.0, 0.02)
 
 
 def draw(key: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:

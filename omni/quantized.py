@@ -121,6 +121,21 @@ class WeightPlan:
         return info
 
 
+def quantize_modules(net: nn.Module, mode: str, dtype: torch.dtype, device, kernel: str | None = None) -> dict:
+    """Quantize the LLM linears of a float model already built (benches with random weights),
+    one module at a time: its float weight is dropped as its QuantLinear is installed."""
+    layers = len(net.get_submodule("llm.model.layers"))
+    plan = WeightPlan(mode, dtype, torch.device(device), gptq.quantized_modules(layers), None, kernel)
+    plan._has_bias = {m for m in plan.modules if net.get_submodule(m).bias is not None}
+    for m in plan.modules:
+        lin = net.get_submodule(m)
+        plan.take(net, f"{m}.weight", lin.weight.detach())
+        if lin.bias is not None:
+            plan.take(net, f"{m}.bias", lin.bias.detach())
+        del lin
+    return plan.finish(net)
+
+
 def weights_info(net: nn.Module, dtype: torch.dtype, mode: str | None, g: gptq.GPTQConfig | None) -> dict:
     """{"dtype", "quantization", "kernel"}: what a loaded model runs."""
     from .model.quant import quantized_linears

@@ -30,7 +30,7 @@ def test_every_cpu_kernel_equals_the_dequantized_weight(bits):
     dense = qw.dequantize()
     for kernel in CPU_KERNELS[bits]:
         m = QuantLinear.build(qw, b, kernel, torch.float32, "cpu")
-        for rows in (1, 5, 2 * Q.INT8_KERNEL_MAX_ROWS):  # decode, a small batch, prefill (int8: dequantized GEMM)
+        for rows in (1, 5, 40):  # decode, a small batch, prefill (int8: one dequantized GEMM)
             x = torch.randn(2, rows, 256, generator=g)
             y = m(x)
             assert y.shape == (2, rows, 64) and y.dtype == torch.float32

@@ -37,10 +37,12 @@ LLM_LINEARS = (
 MODES = ("int8", "int4")
 INT4_GROUP = 128  # --quantize int4: the usual group; divides every Qwen2 and tiny-config dim
 KERNEL_GROUPS = (256, 128, 64, 32)  # tinygemm's group sizes
-# CUDA: beyond this many rows int8pack (a warp per output) loses to one dequantized cuBLAS GEMM. On a
-# CPU int8pack runs every size: it keeps each row's result independent of the batch (batched ==
-# alone to the bit; a dequantized bf16 GEMM rounds differently) and costs about as much at prefill.
-INT8_KERNEL_MAX_ROWS = 16
+# Beyond this many rows int8pack loses to converting the weight to bf16 for one dense GEMM: its cost
+# grows with every row (CUDA: a warp per output; CPU, 1 thread, 18944x3584: 11 ms at 1 row, 73 at
+# 16, 500 at 128, where bf16 takes 21, 37, 132). The CPU int4 kernel grows the same way (8, 47,
+# 310 ms) but has no cheap dequantized form, so it runs every size: quantized CPU weights speed up
+# one session's decode and cost time in batches and prefill.
+INT8_KERNEL_MAX_ROWS = {"cpu": 8, "cuda": 16}
 FALLBACK = "dequant"
 
 
@@ -240,7 +242,7 @@ class QuantLinear(nn.Module):
             return torch._weight_int4pack_mm(x.to(torch.bfloat16), self.packed, self.group, self.scale_zero)
         if self.bits == 8:
             xc = x.to(self.dtype)
-            if k == "int8pack" and (x.device.type == "cpu" or x.shape[0] <= INT8_KERNEL_MAX_ROWS):  # shapes: graph-safe
+            if k == "int8pack" and x.shape[0] <= INT8_KERNEL_MAX_ROWS.get(x.device.type, 16):  # a shape: graph-safe
                 return torch._weight_int8pack_mm(xc, self.q, self.scale)
             return F.linear(xc, self.q.to(self.dtype)) * self.scale
         return F.linear(x, self.weight_float(x.dtype))
