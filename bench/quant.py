@@ -80,45 +80,98 @@ def child(a) -> dict:
         levels[str(n)] = {"unit_ms": r["unit_ms"], "llm_decode_tok_s": r["llm_decode_tok_s"]}
     out["unit_ms"] = levels["1"]["unit_ms"]
     out["llm_decode_tok_s"] = {k: v["llm_decode_tok_s"] for k, v in levels.items()}
-    out["step_ms"], out["full_decode_tok_s_est"] = step_split(m, a, sync)
+    with torch.inference_mode():  # a fixed float GEMM: how busy the machine was during this mode
+        x = m.net.llm.embed(torch.zeros(1, dtype=torch.long, device=a.device))
+        out["control_lm_head_ms"] = round(timed(lambda: m.net.llm.lm_head(x), a.repeats, sync), 1)
     return out
 
 
-def step_split(m, a, sync) -> tuple[dict, dict]:
-    """Decode steps of B rows on a pool: decoder layers and lm head timed apart (best of N)."""
-    import torch
+def timed(fn, repeats: int, sync) -> float:
+    """Best of `repeats` runs of fn, in ms (after one warm-up)."""
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return 1000 * best
 
+
+def steps_child(a) -> dict:
+    """The LLM decode step of B rows for every mode in one process, interleaved (a busy machine
+    slows each mode alike): the --layers decoder layers per mode, the lm head (float in every
+    mode) once, and from them `full_decode_tok_s_est` = B / (28 layers + lm head)."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    sys.path.insert(0, str(BENCH))
+    from fullrand import full_config
+
+    from omni.config import OmniConfig
+    from omni.model.decoder import CausalLM
     from omni.model.pool import KVPool, SlotCache
     from omni.model.rows import Row, decode_forward, decode_plan, linear
+    from omni.quantized import quantize_modules
 
-    c, llm = m.config, m.net.llm
-    steps, est = {}, {}
-    for B in (1, 16):
-        pool = KVPool(c.num_hidden_layers, B, c.num_key_value_heads, c.hidden_size // c.num_attention_heads, 512, m.dtype, a.device)  # fmt: skip
-        caches = [SlotCache(pool, i).reset() for i in range(B)]
-        with torch.inference_mode():
-            for cc in caches:  # a 256-position context each
-                llm.model(llm.embed(torch.randint(0, 1000, (1, 256), device=a.device)), cache=cc)
-            x = llm.embed(torch.randint(0, 1000, (B,), device=a.device))
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
+    cfg = OmniConfig.from_dict(full_config(a.layers))
+
+    class Net(nn.Module):  # the `llm.` prefix quantize_modules expects
+        def __init__(self, llm):
+            super().__init__()
+            self.llm = llm
+
+    with torch.device("meta"):
+        base = Net(CausalLM(cfg))
+    base = base.to(torch.bfloat16).to_empty(device=a.device)
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            p.fill_(1.0) if "norm" in name else p.normal_(0.0, 0.02)
+    base.llm.model.init_buffers()
+    c, head = cfg, base.llm.lm_head
+    nets = {}
+    for mode in a.modes.split(","):
+        if mode == "bf16":
+            nets[mode] = base
+            continue
+        with torch.device("meta"):
+            net = Net(CausalLM(cfg))
+        model = net.llm.model  # shares the embeddings, norm and head; the layers are its own
+        model.embed_tokens, model.norm, net.llm.lm_head = base.llm.model.embed_tokens, base.llm.model.norm, head
+        model.layers = copy.deepcopy(base.llm.model.layers)
+        model.init_buffers()
+        quantize_modules(net, mode, torch.bfloat16, a.device)
+        nets[mode] = net
+    layers_ms: dict = {m: {} for m in nets}
+    head_ms: dict = {}
+    with torch.inference_mode():
+        for B in (1, 16):
+            pool = KVPool(c.num_hidden_layers, B, c.num_key_value_heads, c.hidden_size // c.num_attention_heads, 512, torch.bfloat16, a.device)  # fmt: skip
+            caches = [SlotCache(pool, i).reset() for i in range(B)]
+            for cc in caches:  # a 256-position context each (the float model's keys serve every mode)
+                base.llm.model(base.llm.embed(torch.randint(0, 1000, (1, 256), device=a.device)), cache=cc)
+            x = base.llm.embed(torch.randint(0, 1000, (B,), device=a.device))
             d = decode_plan([Row(cc, 1, 256) for cc in caches], a.device)
-
-            def timed(fn) -> float:
-                fn()
-                sync()
-                best = float("inf")
-                for _ in range(a.repeats):
-                    t = time.perf_counter()
-                    fn()
-                    sync()
-                    best = min(best, time.perf_counter() - t)
-                return 1000 * best
-
-            layers_ms = timed(lambda x=x, d=d: decode_forward(llm.model, x, d))
-            head_ms = timed(lambda x=x: linear(llm.lm_head, x))
-        steps[str(B)] = {"layers_ms": round(layers_ms, 1), "lm_head_ms": round(head_ms, 1)}
-        full_ms = layers_ms * FULL_LAYERS / c.num_hidden_layers + head_ms
-        est[str(B)] = round(1000 * B / full_ms, 2)
-    return steps, est
+            best = {m: float("inf") for m in nets}
+            for _ in range(a.repeats):  # interleaved: each round times every mode once
+                for m, net in nets.items():
+                    best[m] = min(
+                        best[m], timed(lambda net=net, x=x, d=d: decode_forward(net.llm.model, x, d), 1, sync)
+                    )
+            for m in nets:
+                layers_ms[m][str(B)] = round(best[m], 1)
+            head_ms[str(B)] = round(timed(lambda x=x: linear(head, x), a.repeats, sync), 1)
+    est = {
+        m: {B: round(1000 * int(B) / (ms * FULL_LAYERS / c.num_hidden_layers + head_ms[B]), 2) for B, ms in per.items()}
+        for m, per in layers_ms.items()
+    }
+    return {"layers_ms": layers_ms, "lm_head_ms": head_ms, "full_decode_tok_s_est": est}
 
 
 def main() -> None:
@@ -140,7 +193,7 @@ def main() -> None:
     # what bench/engine.py's run_level reads
     a.slot_tokens, a.skip_speech, a.no_cuda_graphs, a.speech_s = 1024, True, False, 1.0
     if a.child:
-        print(json.dumps(child(a)))
+        print(json.dumps(steps_child(a) if a.child == "steps" else child(a)))
         return
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(BENCH))
@@ -166,10 +219,21 @@ def main() -> None:
                 continue
             out["modes"][mode] = json.loads(p.stdout.strip().splitlines()[-1])
             print(json.dumps({mode: out["modes"][mode]}), file=sys.stderr)
+        steps = [sys.executable, __file__, "--child", "steps", "--modes", a.modes, "--layers", str(a.layers),
+                 "--device", a.device, "--repeats", str(a.repeats), "--threads", str(a.threads)]  # fmt: skip
+        p = subprocess.run(steps, cwd=REPO, capture_output=True, text=True)
+        if p.returncode == 0:
+            out["decode_step"] = json.loads(p.stdout.strip().splitlines()[-1])
+        else:
+            out["decode_step"] = {"error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]}
     finally:
         if not a.dir:
             shutil.rmtree(ck, ignore_errors=True)
     out["ratios"] = ratios(out["modes"])
+    est = out.get("decode_step", {}).get("full_decode_tok_s_est", {})
+    for mode, per in est.items():
+        if mode != "bf16" and "bf16" in est and mode in out["ratios"]:
+            out["ratios"][mode].update({f"full_decode_est_{B}": round(v / est["bf16"][B], 2) for B, v in per.items()})
     print(json.dumps(out))
 
 
@@ -186,7 +250,6 @@ def ratios(modes: dict) -> dict:
             "llm_layers": round(m["llm_layers_gb"] / base["llm_layers_gb"], 3),
             "unit_ms": round(m["unit_ms"] / base["unit_ms"], 2),
             **{f"decode_tok_s_{k}": round(v / base["llm_decode_tok_s"][k], 2) for k, v in m["llm_decode_tok_s"].items()},
-            **{f"full_decode_est_{k}": round(v / base["full_decode_tok_s_est"][k], 2) for k, v in m["full_decode_tok_s_est"].items()},
         }  # fmt: skip
     return r
 

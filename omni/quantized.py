@@ -56,11 +56,8 @@ class WeightPlan:
         modules = gptq.quantized_modules(num_layers) if mode else []
         return cls(mode, dtype, torch.device(device), modules, g, kernel)
 
-    @property
-    def bits(self) -> int:
-        return 8 if self.mode == "int8" else 4
-
     def expected(self, float_shapes: dict) -> dict:
+        """The key -> shape map the checkpoint must hold (and which quantized modules have a bias)."""
         self._has_bias = {m for m in self.modules if f"{m}.bias" in float_shapes}
         if self.gptq is None:
             return float_shapes

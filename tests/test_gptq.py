@@ -146,3 +146,21 @@ def test_wrong_key_sets_get_one_error_listing_every_key(official, tmp_path):
     save_file(sd, str(ck / "model.safetensors"))
     with pytest.raises(CheckpointError, match=rf"wrong dtype {MODULE}.qzeros: checkpoint I64, want I32"):
         load(ck, progress=False)
+
+
+def test_a_module_split_across_shards_loads_like_one_file(official, tmp_path):
+    """A sharded GPTQ checkpoint (V-4.5-GPTQ's layout) with one module's tensors in two shards."""
+    import shutil
+
+    ck = shutil.copytree(official[0], tmp_path / "ck")
+    sd = load_file(str(ck / "model.safetensors"))
+    (ck / "model.safetensors").unlink()
+    first = {k for k in sd if k < MODULE or k == f"{MODULE}.qweight"}
+    shards = {"model-00001-of-00002.safetensors": first, "model-00002-of-00002.safetensors": set(sd) - first}
+    for name, keys in shards.items():
+        save_file({k: sd[k] for k in keys}, str(ck / name))
+    index = {"metadata": {}, "weight_map": {k: name for name, keys in shards.items() for k in keys}}
+    (ck / "model.safetensors.index.json").write_text(json.dumps(index))
+    a, b = load(official[0], progress=False), load(ck, progress=False)
+    sa, sb = a.net.state_dict(), b.net.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

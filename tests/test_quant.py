@@ -6,6 +6,7 @@ under int8 and int4, and the golden streaming session under both with its diverg
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -183,7 +184,9 @@ def test_golden_streaming_session_under_quantization_diverges_only_as_stated(tin
     for name in (n for n in rows if n.startswith("llm_kv_after_prefill")):
         assert rows[name].max_abs_err <= kv_tol * float(want[name].abs().max()), rows[name]
     assert rows["llm_chunk.0.new_ids"].passed  # the reply's first chunk of tokens is still the float one's
-    assert rows["num_yields"].detail.startswith("got ") or rows["num_yields"].passed  # it ran to its end
+    yields = rows["num_yields"]  # the reply ran to its end with speech, however long the tokens made it
+    got = re.match(r"got (\d+) want", yields.detail)
+    assert yields.passed or (got is not None and int(got.group(1)) >= 1), yields
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
