@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -121,11 +122,12 @@ class WeightPlan:
 def quantize_modules(net: nn.Module, mode: str, dtype: torch.dtype, device, kernel: str | None = None) -> dict:
     """Quantize the LLM linears of a float model already built (benches with random weights),
     one module at a time: its float weight is dropped as its QuantLinear is installed."""
-    layers = len(net.get_submodule("llm.model.layers"))
+    layers = len(cast(nn.ModuleList, net.get_submodule("llm.model.layers")))
     plan = WeightPlan(mode, dtype, torch.device(device), gptq.quantized_modules(layers), None, kernel)
-    plan._has_bias = {m for m in plan.modules if net.get_submodule(m).bias is not None}
+    linears = {m: cast(nn.Linear, net.get_submodule(m)) for m in plan.modules}
+    plan._has_bias = {m for m, lin in linears.items() if lin.bias is not None}
     for m in plan.modules:
-        lin = net.get_submodule(m)
+        lin = linears.pop(m)
         plan.take(net, f"{m}.weight", lin.weight.detach())
         if lin.bias is not None:
             plan.take(net, f"{m}.bias", lin.bias.detach())
