@@ -146,7 +146,9 @@ def _load_net(ckpt: Path, cfg: OmniConfig, dtype, device, progress, quantize, ke
                 name = _renamed(k)
                 t = s.get_tensor(k)
                 if not plan.take(net, name, t):  # quantized linears' tensors are the plan's
-                    shard[name] = t.to(_load_dtype(name, dtype))
+                    # a tensor read from a shard keeps the whole file mapped; a quantized load
+                    # copies the float ones so each shard's mapping goes when the next is read
+                    shard[name] = t.to(_load_dtype(name, dtype), copy=plan.mode is not None)
                 del t
             net.load_state_dict(shard, strict=False, assign=True)  # verify_keys made the key set exact
             del shard

@@ -83,9 +83,9 @@ class WeightPlan:
         parts = self._parts.setdefault(module, {})
         leaf = key.rpartition(".")[2]
         if leaf == "weight":  # --quantize: round now, drop the float weight
-            parts["qw"] = quantize(tensor.to(self.device), self.mode or "")  # type: ignore[assignment]
-        else:
-            parts[leaf] = tensor
+            parts["qw"] = quantize(tensor.to(self.device), self.mode or "")
+        else:  # a copy: a tensor read from a shard keeps the whole file mapped
+            parts[leaf] = tensor.clone()
         want: set[str] = {"qw"} if self.gptq is None else set(gptq.PARTS)
         if module in self._has_bias:
             want.add("bias")
