@@ -18,6 +18,7 @@ worker did), all N sessions do the same thing at the same moment (the worst case
     python bench/engine.py --full-random --layers 2 [--levels 1,16] [--skip-speech]
     python bench/engine.py --full-random --device cuda --dtype bfloat16 --levels 1,8,16,32 [--no-cuda-graphs]
     python bench/engine.py --thread-compare [--rounds 5]   # one session: engine thread / calling thread
+    python bench/engine.py --full-random --device cuda --dtype bfloat16 --quantize int4 --levels 1,4
 """
 
 from __future__ import annotations
@@ -278,6 +279,7 @@ def main() -> None:
     ap.add_argument("--thread-compare", action="store_true", help="one session: engine thread vs calling thread")
     ap.add_argument("--rounds", type=int, default=5, help="--thread-compare: processes per mode and thread count")
     ap.add_argument("--thread-child", choices=["calling", "engine"], help=argparse.SUPPRESS)
+    ap.add_argument("--quantize", choices=["int8", "int4"], help="the LLM's linears quantized (omni.quantized)")
     a = ap.parse_args()
     if a.thread_compare:
         print(json.dumps(thread_compare(a.rounds)))
@@ -294,9 +296,9 @@ def main() -> None:
     if a.full_random:
         from fullrand import full_random
 
-        m, name = full_random(a.device, dtype, a.layers), f"full-random(layers={a.layers or 'all'})"
+        m, name = full_random(a.device, dtype, a.layers, a.quantize), f"full-random(layers={a.layers or 'all'})"
     else:
-        m = load(a.model or embedded_checkpoint(), dtype=dtype, device=a.device, progress=False)
+        m = load(a.model or embedded_checkpoint(), dtype=dtype, device=a.device, progress=False, quantize=a.quantize)
         name = str(a.model or "embedded-tiny")
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     out = {
@@ -304,6 +306,7 @@ def main() -> None:
         "model": name,
         "device": a.device,
         "dtype": a.dtype,
+        "weights": m.weights,
         "build_s": round(time.perf_counter() - t0, 1),
         "torch_threads": torch.get_num_threads(),
         "max_batch": a.max_batch,

@@ -127,6 +127,7 @@ async def test_healthz_names_the_checkpoint_folder_not_its_path(tiny_omni):
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz") as r:
             body = await r.text()
         assert json.loads(body)["model"] == "MiniCPM-o-2_6" and "alice" not in body
+        assert json.loads(body)["weights"] == {"dtype": "float32", "quantization": "none", "kernel": "dense"}
     finally:
         await runner.cleanup()
 
