@@ -70,5 +70,6 @@ def test_the_loader_refuses_a_checkpoint_of_the_other_family(tmp_path):
 
     raw = json.loads((Path(__file__).resolve().parent / "assets" / "golden" / "tiny-v45-a" / "config.json").read_text())
     save_file({"llm.model.layers.0.self_attn.q_proj.bias": torch.zeros(128)}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(raw))  # a checkpoint folder has its config
     with pytest.raises(CheckpointError, match="unexpected  llm.model.layers.0.self_attn.q_proj.bias"):
         load_net(tmp_path, read_config(raw), torch.float32, "cpu", progress=False)
