@@ -38,6 +38,7 @@ from .caches import Caches, SoloCaches
 from .llm import LLM_TOKENS_PER_CALL, llm_chunks
 from .prefill import PREFILL_CHUNK_TOKENS, STREAM_MAX_SLICE_NUMS, InputTooLong, PrefillRecord, fragment_mel
 from .prefill import refuse_by_length
+from .whole_turns import prefill_turn
 from .reply import GenerateOptions, ReplyRecord, after_first_op, until_done
 from .speech import SpeechOptions, stream_speech
 from .state import ReplyMark, SessionState
@@ -150,7 +151,7 @@ class Session:
             ids = m.tokenizer.encode(text, add_special_tokens=False)
             if max_tokens is not None and len(ids) > max_tokens:
                 raise InputTooLong(f"the item is {len(ids)} tokens long; the limit is {max_tokens}")
-            return turns.prefill(self, text, ids, opens, msg["role"])
+            return prefill_turn(self, text, ids, opens, msg["role"])
         refuse_by_length(m.tokenizer, [c for c in msg["content"] if isinstance(c, str)], max_tokens)
         col = P.collect([msg], omni_input=True)
         role, content = col.texts[0]

@@ -14,17 +14,8 @@ call it answers. Messages: {"turn": True, "role": "assistant", "content": text, 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-import torch
-
-from ..model.ops import LLMForward
 from ..processing import prompt as PP
-from ..session.prefill import PrefillRecord
 from . import prompt as P
-
-if TYPE_CHECKING:
-    from ..session.engine import Session
 
 ROLES = ("assistant", "tool", "system")
 
@@ -45,24 +36,3 @@ def render(msg: dict, new_user_msg: bool, turn_prefix: str) -> tuple[str, bool]:
     if role == "system":
         return f"{close}<|im_start|>system\n{content}", False
     return close + "<|im_start|>assistant" + (f"\n{content}" if content else ("" if calls else "\n")) + calls, False
-
-
-def prefill(s: Session, text: str, ids: list[int], opens_user: bool, role: str):
-    """Program: `ids` (the rendered turn) into the session's context, checked for room first."""
-    st = s.state
-    s._make_room(len(ids))  # before any state changes: a refusal leaves the session as it was
-    if opens_user:
-        st.new_user_msg = False
-    else:  # closed by what comes next, as a completed reply is
-        st.new_user_msg, st.llm_generated, st.llm_generate_completed = True, True, True
-        st.audio_cache.clear()
-    start = st.cache_len
-    try:
-        for i in range(0, len(ids), s.prefill_chunk_tokens):
-            out = yield LLMForward(st.llm_cache, ids=ids[i : i + s.prefill_chunk_tokens])
-    except BaseException:
-        st.crop(start)
-        raise
-    st.record("user" if role == "tool" else role, start)
-    input_ids = torch.tensor([ids])
-    return PrefillRecord(text, input_ids, [], [], None, [], None, torch.empty(0), out.hidden, (start, st.cache_len))
