@@ -12,7 +12,7 @@ re-rendered as the template renders it (v45_text.render_run) once the next input
 form applies (the messages after the last user turn, v45_turns.Run). Barge-in keeps the text
 the client was given (`cut_reply`). The sliding window drops the oldest complete turns (as o-2.6) and, within a long camera turn, its oldest packs.
 Does not own: exact tokenisation (v45_text), the open parts' records (v45_turns), the token loop
-(v45_reply), scheduling (omni.batch).
+(v45_reply), what slides out of a full context (v45_window), scheduling (omni.batch).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from PIL import Image
 from ..family import UnsupportedInput
 from ..loader import Omni
 from ..model.ops import LLMForward, LLMSample, VisionEncode, drive, stream
-from ..model.pool import ContextFull, SlotCache
 from ..model.steps import Executor
 from ..processing import packs
 from ..processing.prompt import bounds
@@ -36,6 +35,7 @@ from .state import SessionState
 from .v45_reply import FAST_PREFIX, THINK_PREFIX, ReplyOptions, V45Reply, decode
 from .v45_text import Tail, render_run
 from .v45_turns import DEFAULT_PACK_FRAMES, Clip, Run, Turn, check_frame
+from .v45_window import BoundedContext
 
 __all__ = ["DEFAULT_PACK_FRAMES", "ReplyOptions", "V45Session"]
 
@@ -43,7 +43,7 @@ DEFAULT_OPTIONS = ReplyOptions()  # frozen: one shared default
 USER_OPEN, ASSISTANT_OPEN, CLOSE = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>\n"
 
 
-class V45Session:
+class V45Session(BoundedContext):
     prefill_chunk_tokens = PREFILL_CHUNK_TOKENS
 
     def __init__(
@@ -347,66 +347,6 @@ class V45Session:
         st.record(kind, keep)
         tail.commit(m.tokenizer, plan)
         return out, keep, plan.ids
-
-    # ---- a bounded context ---------------------------------------------------------------------
-    def _make_room(self, n: int, slide_packs: bool, reserve: bool) -> None:
-        """Room for `n` more positions: a slot keeps a reply's reserve free (oldest turns slide out
-        even mid-turn); a pack also keeps the context within `max_cache_tokens`, sliding out the
-        camera turn's own oldest packs after every complete turn. Else `ContextFull`."""
-        st, cache = self.state, self.state.llm_cache
-        slot = cache if isinstance(cache, SlotCache) else None
-        cap = slot.capacity - (self.reply_reserve_tokens if reserve else 0) if slot is not None else None
-        limits = [x for x in (cap, self.max_cache_tokens if slide_packs else None) if x is not None]
-        if not limits or st.cache_len + n <= min(limits):
-            return
-        limit = min(limits)
-        self._drop_turns(max(limit - n, 0))
-        while slide_packs and self.turn is not None and self.turn.packs and st.cache_len + n > limit:
-            a, b = self.turn.packs.pop(0)
-            st.drop(a, b, self.m.net.llm.model.inv_freq)
-            self._shift(a, b)
-        if slot is not None and cap is not None and st.cache_len + n > cap:
-            raise ContextFull(
-                f"the conversation context is full: {n} more positions (plus {self.reply_reserve_tokens} kept for "
-                f"the reply) do not fit in the {slot.capacity}-position context of this session, which holds "
-                f"{st.cache_len}; ask sooner or start a new conversation"
-            )
-
-    def _reply_room(self, prefix: int, max_new_tokens: int) -> int:
-        """max_new_tokens, cut to what fits in a bounded cache (the last token is never fed)."""
-        cache = self.state.llm_cache
-        if not isinstance(cache, SlotCache):
-            return max_new_tokens
-        if prefix + max_new_tokens > cache.free:
-            self._drop_turns(max(cache.capacity - prefix - max_new_tokens, 0))
-        fits = cache.free - prefix + 1
-        if fits < 1:
-            raise ContextFull(
-                f"the conversation context is full ({cache.seq_len} of {cache.capacity} positions): no room "
-                "for a reply; start a new conversation"
-            )
-        return min(max_new_tokens, fits)
-
-    def _slide_window(self, n: int) -> None:
-        """Before a new user turn (`n` positions of the run before it still to come): drop the
-        oldest complete turns while over budget."""
-        if self.max_cache_tokens is not None and self.state.cache_len + n > self.max_cache_tokens:
-            self._drop_turns(self.max_cache_tokens - n)
-
-    def _drop_turns(self, budget: int) -> None:
-        st = self.state
-        if len(st.turn_starts) < 2:
-            return
-        a = st.turn_starts[0]
-        dropped = st.drop_oldest_turns(budget, self.m.net.llm.model.inv_freq)
-        if dropped:
-            self._shift(a, a + dropped)
-
-    def _shift(self, a: int, b: int) -> None:
-        """Cache positions [a, b) were dropped: every position this session keeps moves with them."""
-        for holder in (self.tail, self.turn, self.run, self._reply):
-            if holder is not None:
-                holder.shift(a, b)
 
     def _close_active(self) -> None:
         if self._active is not None:
