@@ -286,6 +286,7 @@ def main() -> None:
     ap.add_argument("--target-pack", type=int, default=2)
     ap.add_argument("--target-s", type=float, default=30.0, help="v45: the real-time run's length (0: skip)")
     ap.add_argument("--question-every-s", type=float, default=1.5)
+    ap.add_argument("--v45-rounds", dest="rounds_v45", type=int, default=3, help="v45: decode runs per mode")
     a = ap.parse_args()
     if a.family == "v45":
         from engine_v45 import main_v45

@@ -5,12 +5,14 @@
 * `first_text_ms`: N sessions with frames in context each ask a question at the same moment: the
   time to the first non-empty text piece of each reply (p50 / p95);
 * `decode`: replies of --tokens tokens at each --levels (default 1, 16): one-token forwards per
-  second, batched and every op alone (max_batch 1), and the ratio;
+  second, batched and every op alone (max_batch 1), medians of --v45-rounds alternating runs, and
+  the ratio (at one session both run the same batches: their ratio shows the noise);
 * `target`: real time, the engine on its own thread as in the service: --target-sessions sessions
   each capture --target-fps frames per second (packs of --target-pack) for --target-s seconds,
   and one of them asks a question every --question-every-s (its frames wait while it replies, as
-  a gateway holds them): frames taken per second per session (the slowest), the lag from a
-  frame's capture to its command's end (p95: a pack's last frame waits for the pack's prefill), the first text after each question (p50 / p95, held
+  a gateway holds them): frames taken per second per session (captured frames over the time until the
+  last was taken; the slowest session and the median), the lag from a frame's capture to its
+  command's end (p95: a pack's last frame waits for the pack's prefill), the first text after each question (p50 / p95, held
   when p95 <= 500 ms), and the machine's load average, which other work on it shares.
 
     python bench/engine.py --family v45 [--model DIR] [--levels 1,16] [--target-pack 2] [--threads 1]
@@ -221,13 +223,18 @@ def target(m, a, frames) -> dict:
             k += 1
         time.sleep(max(0.0, min(t_k + 1 / fps, next_q) - time.perf_counter()) / 2)
     end = time.perf_counter()
-    while e.queue_depth or any(held.values()):  # what was captured is prefilled
+    deadline = time.perf_counter() + 60
+    while time.perf_counter() < deadline:  # every frame captured is taken (a reply's held ones after it)
+        with lock:
+            if sum(len(v) for v in done_at.values()) >= k * n and not held:
+                break
         time.sleep(0.01)
-    time.sleep(0.2)
     e.stop()
     thread.join(10)
-    # frames taken by the capture's end (a frame waiting for its pack counts: at most pack - 1)
-    per_session = [sum(t <= end for t in done_at.get(sid, [])) / (end - t0) for sid in sids]
+    # the frames captured over the time until the last of them was taken: the capture rate when
+    # the engine keeps up (a frame held through a reply is taken after it: the rate dips for the
+    # session that replies last), less when a backlog grows
+    per_session = [len(done_at.get(sid, [])) / (max(done_at.get(sid, [end])) - t0) for sid in sids]
     p95 = percentile(firsts, 0.95)
     return {
         "sessions": n,
@@ -279,8 +286,12 @@ def main_v45(a) -> dict:
         "first_text_ms": {str(n): first_text(m, n, a, frames) for n in ingest_levels},
         "decode": {},
     }
-    for n in levels:
-        b, s = decode(m, n, a.max_batch, a), decode(m, n, 1, a)
+    for n in levels:  # alternating rounds, medians: a shared machine's load drifts within seconds
+        runs: dict[str, list[float]] = {"batched": [], "alone": []}
+        for _ in range(a.rounds_v45):
+            runs["batched"].append(decode(m, n, a.max_batch, a))
+            runs["alone"].append(decode(m, n, 1, a))
+        b, s = statistics.median(runs["batched"]), statistics.median(runs["alone"])
         out["decode"][str(n)] = {"batched_tok_s": b, "alone_tok_s": s, "ratio": round(b / s, 2)}
     if a.target_s > 0:
         out["target"] = target(m, a, frames)
