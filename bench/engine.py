@@ -205,7 +205,7 @@ def thread_child(mode: str) -> None:
 
     from streaming.server import load_model
     from streaming.settings import ServerSettings
-    from streaming.worker import EngineSpec, EngineWorker
+    from streaming.engines.worker import EngineSpec, EngineWorker
 
     settings = ServerSettings(model_lanes=1, worker="threads")
     omni, _ = load_model(settings)

@@ -74,7 +74,7 @@ async def overhead_per_unit(messages: list[str], audio_s: float) -> float:
     from streaming.session.conversation import Conversation
     from streaming.settings import ServerSettings
     from streaming.turn.vad import SileroVAD
-    from streaming.worker import EngineSpec, EngineWorker
+    from streaming.engines.worker import EngineSpec, EngineWorker
 
     settings = ServerSettings(max_reply_tokens=3, max_speech_s=0.5, max_sessions=1, model_lanes=1)
     omni, _ = load_model(settings)

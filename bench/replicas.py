@@ -84,10 +84,10 @@ def main() -> None:
     ap.add_argument("--skip-gateway", action="store_true")
     a = ap.parse_args()
     sys.path.insert(0, str(REPO))
-    from streaming.rayworker import RayWorker
+    from streaming.engines.rayworker import RayWorker
     from streaming.server import checkpoint_dir, load_model
     from streaming.settings import ServerSettings
-    from streaming.worker import EngineSpec, EngineWorker
+    from streaming.engines.worker import EngineSpec, EngineWorker
 
     settings = ServerSettings(model_lanes=2)
     spec = EngineSpec.from_settings(settings)

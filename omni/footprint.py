@@ -3,7 +3,7 @@
 Owns: the bytes of one loaded copy of the weights (from the safetensors headers, in the dtype each
 tensor is loaded in, the vocoder included) and the LLM's KV bytes per token (from config.json).
 The service sizes its model processes and KV pools from these before it loads anything
-(streaming/lanes.py). Does not own: loading, the pools themselves.
+(streaming/engines/lanes.py). Does not own: loading, the pools themselves.
 """
 
 from __future__ import annotations

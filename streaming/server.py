@@ -15,18 +15,20 @@ import logging
 import signal
 import ssl
 import sys
+import time
 from pathlib import Path
 
 from aiohttp import web
 
 from .gateway.origin import host_allowed, origin_allowed
-from .lanes import checkpoint_dir, load_model  # noqa: F401 - where tests and benches look for them
+from .engines.lanes import checkpoint_dir, load_model  # noqa: F401 - where tests and benches look for them
 from .settings import ServerSettings, load_settings
 
 log = logging.getLogger("omni.server")
 REPO = Path(__file__).resolve().parent.parent
 WEB_CLIENT = REPO / "web_client"
 REALTIME_ROUTES = ("/v1/realtime", "/v1/realtime/calls")  # what a page could drive a session through
+GUARDED_ROUTES = REALTIME_ROUTES + ("/v1/chat/completions", "/v1/models")  # pages of other origins: refused
 SHUTDOWN_CLOSE_S = 3.0  # sessions get this long to close themselves at shutdown, then they are cut
 WORKER_CLOSE_S = 4.0  # then the model processes this long to stop, then they are killed
 
@@ -34,11 +36,13 @@ WORKER_CLOSE_S = 4.0  # then the model processes this long to stop, then they ar
 def build_app(settings: ServerSettings, omni, embedded: bool, worker=None, plan=None) -> web.Application:
     """`worker`: a running worker the caller owns (and closes); default: lane threads on `omni`,
     owned and closed by the app. `plan`: the lanes.LanePlan it was built by (shown in /healthz)."""
+    from .engines.lanes import model_family
+    from .gateway.chat_completions import register as register_chat
     from .gateway.ws import realtime_ws
     from .metrics import Metrics
     from .session.manager import SessionManager
     from .turn.vad import SileroVAD
-    from .worker import EngineSpec, EngineWorker
+    from .engines.worker import EngineSpec, EngineWorker
 
     app = web.Application(
         middlewares=[_origin_middleware, _auth_middleware], client_max_size=settings.max_message_bytes
@@ -58,6 +62,8 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None, plan=
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/realtime", realtime_ws)
+    app["family"], app["started_at"] = model_family(settings, omni), int(time.time())
+    register_chat(app)  # POST /v1/chat/completions, GET /v1/models: the same engines and admission
     try:
         from .gateway.media import use_loopback_ice
         from .gateway.webrtc import post_call
@@ -87,6 +93,7 @@ async def healthz(request: web.Request) -> web.Response:
         {
             "status": "ok",
             "model": app["model_name"],
+            "family": app["family"].key,
             "embedded_demo_model": app["embedded"],
             "sessions": app["manager"].in_use,
             "max_sessions": app["manager"].max_sessions,
@@ -133,7 +140,7 @@ async def _origin_middleware(request: web.Request, handler):
             "host_not_allowed",
             "this server is bound to loopback and answers only localhost, 127.0.0.1 or [::1] as the Host",
         )
-    if request.path in REALTIME_ROUTES and not origin_allowed(
+    if request.path in GUARDED_ROUTES and not origin_allowed(
         request.headers.get("Origin"), request.headers.get("Host"), "https" if s.tls else "http", s.host, s.origins
     ):
         return _refuse(
@@ -270,7 +277,7 @@ def serve(args) -> int:
             "Load a real checkpoint with --model DIR.",
             file=sys.stderr,
         )
-    from .lanes import NoRoom, make_worker, plan_for
+    from .engines.lanes import NoRoom, make_worker, plan_for
 
     try:
         plan = plan_for(settings, checkpoint_dir(settings))

@@ -76,6 +76,11 @@ def _in(module: str, layer: str) -> bool:
         ("streaming.turn", "streaming.gateway"),
         ("streaming.errors", "streaming.gateway"),  # the error taxonomy sits below every layer
         ("streaming.errors", "streaming.session"),
+        ("streaming.chat", "streaming.gateway"),  # chat requests, like sessions, know no wire format
+        ("streaming.chat", "streaming.session"),
+        ("streaming.engines", "streaming.gateway"),  # the engine owners sit below both of their clients
+        ("streaming.engines", "streaming.session"),
+        ("streaming.engines", "streaming.chat"),
     ],
 )
 def test_imports_go_down_the_flow(low, high):

@@ -253,7 +253,7 @@ def run_engine(tiny, sessions: dict[int, list], slot_tokens: int = 2048, max_bat
 def _reply(pieces, end):
     text = "".join(p[0] for p in pieces)
     wav = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, np.float32)
-    calls = calls_of([c for p in pieces if len(p) == 3 for c in p[2]])
+    calls = calls_of([c for p in pieces if len(p) >= 3 for c in p[2]])
     return text, wav, calls, end
 
 

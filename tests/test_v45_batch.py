@@ -191,6 +191,8 @@ async def _converse(h, image) -> str:
     text = ""
     while (item := await h.reply_step()) is not None:
         text += item[0]
+    prompt, sampled = h.reply_usage or (0, 0)  # usage crosses too: the prompt and the ids drawn
+    assert prompt > 2 * 16 and 1 <= sampled <= 8  # two packs of 16 tokens, at least
     await h.cut_reply(2)
     with pytest.raises(UnsupportedInput, match="MiniCPM-V 4.5 has no audio input"):
         await h.append_unit(np.zeros(16000, np.float32))
@@ -201,9 +203,9 @@ async def _converse(h, image) -> str:
 async def test_engine_owners_hold_v45_conversations(tiny_v45, golden_v45_dir):
     """Threads and model processes: the same seeded conversation gives the same reply."""
     from omni.golden.harness import GoldenDir
-    from streaming.procs import ProcessWorker
+    from streaming.engines.procs import ProcessWorker
     from streaming.settings import ServerSettings
-    from streaming.worker import EngineSpec, EngineWorker
+    from streaming.engines.worker import EngineSpec, EngineWorker
 
     spec = EngineSpec.from_settings(ServerSettings(model_lanes=1, max_sessions=2))
     image = frames(golden_v45_dir, 1)[0]

@@ -343,20 +343,20 @@ class BatchEngine:
         if w is None or live.commands or live.current is not None:
             return  # a reply_step answers after the commands sent before it
         if live.outputs:
-            piece = merged(live.outputs)
+            text, wav, calls = merged(live.outputs)
             live.outputs, live.waiter = [], None
             live.reply_deadline_s = float("inf")  # nobody waits: runs ahead only when it costs nothing
             # ...but the next reply_step is on its way, about as urgent: background work must not
             # slip into the gap (before first audio that deadline is already due)
             live.hold_s = w.deadline_s
             self.stats.pieces += 1
-            return answer(w, piece, None)
+            return answer(w, (text, wav, calls, live.session.reply_usage), None)
         if not live.replying:
             live.waiter, live.hold_s = None, float("inf")
             if live.reply_error is not None:
                 error, live.reply_error = live.reply_error, None
                 return answer(w, None, error)
-            return answer(w, (None, live.session.last_reply_end), None)
+            return answer(w, (None, live.session.last_reply_end, live.session.reply_usage), None)
 
     # ---- batches ------------------------------------------------------------------------------
     def _execute(self, batch: list[tuple[Live, Op]]) -> None:

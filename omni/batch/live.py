@@ -96,9 +96,9 @@ class Live:
             self.outputs = []
 
 
-def merged(outputs: list) -> tuple:
-    """A reply's outputs since the last reply_step as one piece: (text, wav), or (text, wav,
-    calls) when it wrote calls (omni.tools.calls.CallPiece, after its speech)."""
+def merged(outputs: list) -> tuple[str, np.ndarray, tuple]:
+    """A reply's outputs since the last reply_step as one piece: (text, wav, calls), the calls
+    it wrote (omni.tools.calls.CallPiece, after its speech) or ()."""
     speech = [o for o in outputs if isinstance(o, tuple)]
     calls = tuple(merge([o for o in outputs if not isinstance(o, tuple)]))
     text = "".join(t for t, _ in speech)
@@ -106,7 +106,7 @@ def merged(outputs: list) -> tuple:
         wav = np.zeros(0, np.float32)
     else:
         wav = np.concatenate([a for _, a in speech]) if len(speech) > 1 else speech[0][1]
-    return (text, wav, calls) if calls else (text, wav)
+    return text, wav, calls
 
 
 def answer(cmd: Command, result, error) -> None:

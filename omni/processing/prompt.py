@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .tokens import MARK_AUDIO, MARK_IMAGE
+from .tokens import MARK_AUDIO, MARK_IMAGE, MEDIA_TOKENS
 
 ASSISTANT_TTS_PREFIX = "<|im_start|>assistant\n<|spk_bos|><|spk|><|spk_eos|><|tts_bos|>"
 GENERATE_PREFIX = "<|im_end|>\n" + ASSISTANT_TTS_PREFIX  # streaming_generate input
@@ -93,6 +93,21 @@ def collect(msgs: Sequence[dict], omni_input: bool) -> Collected:
 def tts_template(texts: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
     out = "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in texts)
     return out + (ASSISTANT_TTS_PREFIX if add_generation_prompt else "")
+
+
+def plain_text(text: str) -> str:
+    """Text from a client with the media tokens taken out (spec §3.4 bounds pair them up: a stray
+    one in a message would leave its media unbalanced)."""
+    for t in (MARK_IMAGE, MARK_AUDIO, *MEDIA_TOKENS):
+        text = text.replace(t, "")
+    return text
+
+
+def history_reply(text: str, user_open: bool) -> str:
+    """An earlier assistant turn given as text (chat history), prefilled raw (spec §4.2 appends a
+    non-user fragment as it is) so the context reads as if the model had said it: the spec §3.4
+    assistant output in the TTS template, closing the user turn first when one is `user_open`."""
+    return ("<|im_end|>\n" if user_open else "") + ASSISTANT_TTS_PREFIX + text + "<|tts_eos|><|im_end|>\n"
 
 
 def expand_markers(text: str, image_placeholders: Sequence[str], audio_placeholders: Sequence[str]) -> str:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 MARK_IMAGE = "(<image>./</image>)"
 MARK_AUDIO = "(<audio>./</audio>)"
 TERMINATORS = ("<|im_end|>", "<|endoftext|>")
+# The tokens that bound a media item's embeddings: in plain text they would mark media that is not there.
+MEDIA_TOKENS = ("<image>", "</image>", "<slice>", "</slice>", "<|audio_start|>", "<|audio_end|>")
 
 
 @dataclass(frozen=True)

@@ -331,6 +331,13 @@ class Session:
             )
         return min(max_new_tokens, fits)
 
+    @property
+    def reply_usage(self) -> tuple[int, int] | None:
+        """(context tokens before the reply's first sample, tokens sampled so far) of the latest
+        reply, None before one starts: every sampled token but the newest is in the cache."""
+        r = self._reply
+        return None if r is None else (r.prefix_end, max(0, self.state.cache_len - r.prefix_end + 1))
+
     # ---- barge-in -----------------------------------------------------------------------------
     @property
     def sample_rate_hz(self) -> int:

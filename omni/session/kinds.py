@@ -25,6 +25,9 @@ class EngineSession(Protocol):
     seed: int | None
     last_reply_end: str | None
 
+    @property
+    def reply_usage(self) -> tuple[int, int] | None: ...
+
     def system_program(self, *args: Any) -> Any: ...
 
     def prefill_program(self, msg: dict, max_tokens: int | None = None) -> Any: ...

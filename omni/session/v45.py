@@ -229,12 +229,19 @@ class V45Session(BoundedContext):
             prefix, "reply", sample=LLMSample(params, (), st.generator), reserve=False, on_room=room_made
         )
         assert out is not None, "the prefix is never empty: its forward draws the first token"
-        reply = V45Reply(undo[0])
+        reply = V45Reply(undo[0], st.cache_len)
         self._reply, self.run, self.turn, self.clip, self.last_reply_end = reply, run, None, Clip(), None
         if o.thinking:  # the official stream starts with the prompt's open think block
             reply.text.append(THINK_PREFIX)
             yield THINK_PREFIX, np.zeros(0, np.float32)
         self.last_reply_end = yield from decode(m, st, out, params, max_new_tokens, reply)
+
+    @property
+    def reply_usage(self) -> tuple[int, int] | None:
+        """(context tokens before the reply's first sample, tokens sampled so far) of the latest
+        reply, None before one starts or once input followed it."""
+        r = self._reply
+        return None if r is None else (r.prompt_tokens, len(r.ids))
 
     # ---- after a reply ------------------------------------------------------------------------
     def interrupt_ms(self, played_ms: float) -> int:

@@ -62,6 +62,7 @@ class V45Reply:
     after the last user turn, omni.session.v45_turns.Run)."""
 
     undo: tuple  # (cache length, turn, tail, clip, run) before its prefix: what `forget` restores
+    prompt_tokens: int = 0  # the context before its first sample (usage)
     text: list[str] = field(default_factory=list)  # every delta produced, in order
     ids: list[int] = field(default_factory=list)  # every id drawn, the terminator included
 

@@ -30,6 +30,7 @@ IMAGE_FORMATS = ("JPEG", "PNG", "WEBP")
 MAX_ASPECT = 100
 MIN_REFERENCE_S = 1.0  # shorter clips give the speaker encoder too little to go on
 MAX_REFERENCE_S = 30.0
+MIN_AUDIO_S = 0.1  # an input clip this short says nothing (OpenAI's smallest commit)
 
 # ---------------------------------------------------------------- G.711 (ITU-T G.711 tables)
 _ULAW_BIAS = 0x84  # 132: added before the segment search so segment 0 starts at 0
@@ -246,6 +247,37 @@ def decode_image(data: str | bytes, max_pixels: int) -> Image.Image:
         raise MediaError("invalid_image", f"Image could not be decoded ({type(e).__name__}: {e}).") from None
     # Phone photos store rotation in EXIF; the model should see them upright.
     return ImageOps.exif_transpose(img).convert("RGB")
+
+
+# ---------------------------------------------------------------- audio files (Chat Completions)
+def decode_audio_file(data: bytes, fmt: str, max_s: float) -> np.ndarray:
+    """A WAV or MP3 file (`fmt`, as the client says) -> float32 mono at 16 kHz; its length is
+    read from the header and checked against `max_s` before anything is decoded."""
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            if f.format.lower() != fmt.lower():  # "WAV", "MP3"
+                raise MediaError("invalid_audio_format", f"The audio is {f.format}, not {fmt} as its format says.")
+            seconds = f.frames / f.samplerate
+            if seconds > max_s:
+                raise MediaError("audio_too_long", f"The audio is {seconds:.1f} s long; {max_s:.1f} s are left for it.")
+            x = f.read(dtype="float32", always_2d=True)
+            rate = f.samplerate
+    except MediaError:
+        raise
+    except Exception as e:  # soundfile raises LibsndfileError, RuntimeError, TypeError
+        raise MediaError("invalid_audio", f"The audio is not a readable {fmt} file ({e}).") from None
+    if len(x) < MIN_AUDIO_S * rate:
+        raise MediaError(
+            "invalid_audio", f"The audio is {len(x) / rate:.3f} s long; it must be {MIN_AUDIO_S} s or more."
+        )
+    return resample(x.mean(axis=1), rate, MODEL_INPUT_RATE_HZ)
+
+
+def wav_bytes(pcm16: np.ndarray, rate_hz: int = MODEL_OUTPUT_RATE_HZ) -> bytes:
+    """int16 mono samples -> a WAV file (PCM16)."""
+    buf = io.BytesIO()
+    sf.write(buf, pcm16, rate_hz, subtype="PCM_16", format="WAV")
+    return buf.getvalue()
 
 
 # ---------------------------------------------------------------- voice-clone reference

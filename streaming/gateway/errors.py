@@ -1,7 +1,8 @@
-"""The one place that turns any exception into wire form: an `error` server event.
+"""The one place that turns any exception into wire form: an `error` server event, or an HTTP error.
 
 Owns: `error_object` (exception -> OpenAI error object; unexpected ones logged once, with a
-reference instead of details) and `to_error_event`. The typed errors and close codes themselves
+reference instead of details), `to_error_event` and `http_error` (status and body for the HTTP
+routes: 4xx for what the client sent, 503 when full, 500 only for the server's own failures). The typed errors and close codes themselves
 are in streaming/errors.py, below the layers that raise them; re-exported here for the gateway.
 
 The error object follows the OpenAI Realtime shape:
@@ -72,3 +73,17 @@ def to_error_event(exc: BaseException, event_id: str | None = None) -> dict[str,
     if obj["event_id"] is None:
         obj["event_id"] = event_id
     return error(obj)
+
+
+HTTP_STATUS = ((ProtocolError, 400), (MediaError, 400), (AuthError, 401), (CapacityError, 503), (ModelError, 500))
+STATUS_BY_CODE = {"request_too_large": 413, "model_not_found": 404, "unsupported_model": 501}
+
+
+def http_error(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """(status, body) of `exc` for an HTTP route, in OpenAI's shape: `{"error": {message, type,
+    param, code}}`."""
+    e = leaf(exc)
+    obj = error_object(e)
+    obj.pop("event_id")
+    status = STATUS_BY_CODE.get(obj["code"]) or next((s for t, s in HTTP_STATUS if isinstance(e, t)), 500)
+    return status, {"error": obj}

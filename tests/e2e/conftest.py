@@ -122,10 +122,10 @@ class Server:
 
 @pytest.fixture(scope="session")
 def model_worker(tiny_model):
-    from streaming.procs import ProcessWorker
+    from streaming.engines.procs import ProcessWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
-    from streaming.worker import EngineSpec
+    from streaming.engines.worker import EngineSpec
 
     w = ProcessWorker(checkpoint_dir(ServerSettings()), EngineSpec.from_settings(ServerSettings(model_lanes=2)))
     yield w

@@ -34,7 +34,7 @@ def hold_reply_until_cancelled(server, audio_items: int = 14) -> None:
     real = respond_mod.GenerateOptions
     respond_mod.GenerateOptions = lambda **kw: dataclasses.replace(real(**kw), force_no_stop=True)
     server.undo.append(lambda: setattr(respond_mod, "GenerateOptions", real))
-    from streaming.handle import EngineHandle
+    from streaming.engines.handle import EngineHandle
 
     step, held = EngineHandle.reply_step, [0]
 

@@ -32,10 +32,10 @@ def speech_16k() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def proc_worker():
-    from streaming.procs import ProcessWorker
+    from streaming.engines.procs import ProcessWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
-    from streaming.worker import EngineSpec
+    from streaming.engines.worker import EngineSpec
 
     w = ProcessWorker(checkpoint_dir(ServerSettings()), EngineSpec.from_settings(ServerSettings(model_lanes=2)))
     yield w

@@ -29,7 +29,7 @@ import virtual_time
 from streaming.gateway.boundary import Supervisor
 from streaming.gateway.inbound import Inbound
 from streaming.gateway.mailbox import Mailbox
-from streaming.handle import EngineHandle
+from streaming.engines.handle import EngineHandle
 from streaming.playout import ClockPlayout, QueuePlayout
 from streaming.session.conversation import Conversation
 from streaming.settings import ServerSettings

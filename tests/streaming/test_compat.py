@@ -241,7 +241,7 @@ async def test_transcripts_that_cannot_run_end_in_failed_events(tiny_omni):
     from streaming.gateway.outbound import WireEvents
     from streaming.session.transcribe import MAX_QUEUED, OPEN_WAIT_S, Transcriber
     from streaming.settings import ServerSettings
-    from streaming.worker import EngineSpec, EngineWorker
+    from streaming.engines.worker import EngineSpec, EngineWorker
 
     w = EngineWorker(tiny_omni, EngineSpec.from_settings(ServerSettings(max_sessions=1, model_lanes=1)))
     taken = w.open_session(None, background=True)  # the one background slot

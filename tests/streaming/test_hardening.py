@@ -188,10 +188,10 @@ async def test_kill_9_of_a_model_process_mid_reply_closes_its_sessions_at_once(t
     import time
 
     from rtclient import chunks_b64, utterance_24k_pcm16
-    from streaming.procs import ProcessWorker
+    from streaming.engines.procs import ProcessWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
-    from streaming.worker import EngineSpec
+    from streaming.engines.worker import EngineSpec
 
     w = ProcessWorker(checkpoint_dir(ServerSettings()), EngineSpec.from_settings(ServerSettings(model_lanes=2)))
     srv = await start_server(tiny_omni, worker=w)

@@ -1,4 +1,4 @@
-"""Model processes sized by memory (streaming/lanes.py): the plan from a checkpoint's size and a
+"""Model processes sized by memory (streaming/engines/lanes.py): the plan from a checkpoint's size and a
 stated memory budget, on a full-size checkpoint in the official layout (sparse files: headers
 and holes, no disk) and through `omni serve` on the embedded model."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rtclient import free_port, omni_serve
-from streaming.lanes import GB, PROCESS_BASE_BYTES, NoRoom, plan_for, plan_lanes
+from streaming.engines.lanes import GB, PROCESS_BASE_BYTES, NoRoom, plan_for, plan_lanes
 from streaming.settings import ServerSettings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """Model processes never outlive their gateway: `omni serve` killed with -9 or sent SIGTERM while
 its model processes are still loading, or killed with -9 while serving, leaves no process behind
-within a few seconds (streaming/model_process.exit_with_parent)."""
+within a few seconds (streaming/engines/model_process.exit_with_parent)."""
 
 from __future__ import annotations
 

@@ -25,10 +25,10 @@ LEASE_S = 2.0
 
 
 def _worker(max_sessions: int = 4):
-    from streaming.rayworker import RayWorker
+    from streaming.engines.rayworker import RayWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
-    from streaming.worker import EngineSpec
+    from streaming.engines.worker import EngineSpec
 
     spec = EngineSpec.from_settings(ServerSettings(max_sessions=max_sessions, model_lanes=2))
     return RayWorker(checkpoint_dir(ServerSettings()), spec, replicas=2, lease_s=LEASE_S)

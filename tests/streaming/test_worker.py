@@ -10,9 +10,9 @@ import pytest
 
 from omni.sampling import SamplingParams
 from omni.session.engine import GenerateOptions
-from streaming.handle import EngineHandle
+from streaming.engines.handle import EngineHandle
 from streaming.settings import ServerSettings
-from streaming.worker import EngineSpec, EngineWorker
+from streaming.engines.worker import EngineSpec, EngineWorker
 
 
 @pytest.mark.asyncio
@@ -115,7 +115,7 @@ async def test_process_errors_keep_their_type_and_closed_sessions_are_freed(proc
 @pytest.mark.asyncio
 async def test_a_killed_model_process_is_reported_and_replaced():
     from streaming.errors import ModelError, close_code
-    from streaming.procs import ProcessWorker
+    from streaming.engines.procs import ProcessWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
 
@@ -141,7 +141,7 @@ async def test_a_hung_model_process_is_killed_after_the_step_timeout():
     import os
     import signal
     from streaming.errors import ModelError
-    from streaming.procs import ProcessWorker
+    from streaming.engines.procs import ProcessWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
 

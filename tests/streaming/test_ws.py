@@ -149,7 +149,7 @@ async def test_sessions_beyond_what_the_kv_pools_hold_are_refused(tiny_omni):
     import aiohttp
     from omni.batch.engine import slot_bytes
     from streaming.settings import ServerSettings
-    from streaming.worker import EngineSpec
+    from streaming.engines.worker import EngineSpec
 
     per = slot_bytes(tiny_omni, EngineSpec.from_settings(ServerSettings()).slot_tokens)
     # 3.5 slots of memory: 2 sessions and the background slot (user transcripts)
@@ -328,10 +328,10 @@ async def test_a_dead_model_process_closes_its_sessions_and_the_server_goes_on(t
     """Forced fault: the model process under a live conversation is killed. The client gets an
     `error` (model_process_died) and close 1011; the process is replaced and a new connection holds
     a full voice turn."""
-    from streaming.procs import ProcessWorker
+    from streaming.engines.procs import ProcessWorker
     from streaming.server import checkpoint_dir
     from streaming.settings import ServerSettings
-    from streaming.worker import EngineSpec
+    from streaming.engines.worker import EngineSpec
 
     worker = ProcessWorker(checkpoint_dir(ServerSettings()), EngineSpec.from_settings(ServerSettings(model_lanes=1)))
     srv = await start_server(tiny_omni, worker=worker)

@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 
-from .errors import ModelError
+from ..errors import ModelError
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 ORPHAN_POLL_S = 0.5

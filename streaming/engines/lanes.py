@@ -212,3 +212,12 @@ def checkpoint_dir(settings) -> Path:
             "the realtime service runs MiniCPM-o 2.6"
         )
     return path
+
+
+def model_family(settings, omni=None):
+    """The loaded model's `omni.family.Family`: the bundle's own, or read from the checkpoint's
+    config.json when the model lives in model processes or replicas."""
+    from omni.embedded import resolve_model
+    from omni.family import family_of_dir
+
+    return omni.family if omni is not None else family_of_dir(resolve_model(settings.model))

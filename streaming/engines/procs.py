@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 
-from .errors import ModelError
+from ..errors import ModelError
 from .handle import EngineHandle
 from . import model_process
 from .model_process import ModelProcessError

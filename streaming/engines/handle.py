@@ -19,7 +19,7 @@ import numpy as np
 from omni.model.pool import ContextFull
 from omni.session.engine import GenerateOptions, InputTooLong
 
-from .errors import MediaError
+from ..errors import MediaError
 
 # call(command, *args, deadline_s=...) -> awaitable result, run by the engine that holds the session.
 Call = Callable[..., Awaitable]
@@ -35,6 +35,8 @@ class EngineHandle:
         self.where = where  # the engine holding the session (a lane or replica name)
         self._lock = asyncio.Lock()
         self.last_reply_end: str | None = None  # "eos" | "max_tokens" | "max_speech" once a reply ended
+        # (context tokens before the reply, tokens sampled so far) as of the latest reply step
+        self.reply_usage: tuple[int, int] | None = None
         self.closed = False
         self.on_step: Callable[[str, float], None] | None = None  # (command, seconds) of each one run
         self.lost = asyncio.Event()  # the engine lost the session (its process died)
@@ -79,14 +81,21 @@ class EngineHandle:
                     self.on_step(op, time.perf_counter() - t)
 
     async def set_system(
-        self, seed: int | None, mode: str, ref: np.ndarray | None, text: str | None, tools: str = ""
+        self,
+        seed: int | None,
+        mode: str,
+        ref: np.ndarray | None,
+        text: str | None,
+        tools: str = "",
+        deadline_s: float | None = None,
     ) -> None:
-        """`tools`: the `# Tools` section at the system turn's end (omni.tools.prompt)."""
-        await self._run("system", seed, mode, ref, text, tools)
+        """`tools`: the `# Tools` section at the system turn's end (omni.tools.prompt);
+        `deadline_s` (here and for `prefill`, `start_reply`): when it is due; None: now."""
+        await self._run("system", seed, mode, ref, text, tools, deadline_s=deadline_s)
 
-    async def prefill(self, msg: dict, max_tokens: int | None = None) -> None:
+    async def prefill(self, msg: dict, max_tokens: int | None = None, deadline_s: float | None = None) -> None:
         """A whole message; one that tokenizes longer than `max_tokens` is item_too_large."""
-        await self._run("prefill", msg, max_tokens)
+        await self._run("prefill", msg, max_tokens, deadline_s=deadline_s)
 
     async def append_unit(self, audio_16k: np.ndarray, frame=None) -> None:
         await self._run("unit", audio_16k, frame)
@@ -106,18 +115,26 @@ class EngineHandle:
         """Take the latest reply out of the context (it was deleted before anything followed it)."""
         await self._run("forget")
 
-    async def start_reply(self, opts: GenerateOptions) -> None:
-        self.last_reply_end = None
-        await self._run("generate", opts)
+    async def start_reply(self, opts: GenerateOptions, deadline_s: float | None = None) -> None:
+        self.last_reply_end, self.reply_usage = None, None
+        await self._run("generate", opts, deadline_s=deadline_s)
 
-    async def reply_step(self, deadline_s: float | None = None) -> tuple[str, np.ndarray] | None:
+    async def reply_step(self, deadline_s: float | None = None) -> tuple | None:
         """Every piece of the reply produced since the last call, merged (waiting for one if there
-        is none yet); None once the reply is over. `deadline_s`: when the listener runs out of audio."""
+        is none yet): (text, wav), or (text, wav, calls) when it wrote tool calls; None once the
+        reply is over. `deadline_s`: when the listener runs out of audio. The engine answers
+        (text, wav, calls, usage) or (None, end, usage): the reply's token counts (`reply_usage`)."""
         item = await self._run("reply_step", deadline_s=deadline_s)
         if item[0] is None:
             self.last_reply_end = item[1]
+            if len(item) > 2 and item[2] is not None:
+                self.reply_usage = tuple(item[2])
             return None
-        return item
+        text, wav, *rest = item
+        calls = rest[0] if rest else ()
+        if len(rest) > 1 and rest[1] is not None:
+            self.reply_usage = tuple(rest[1])
+        return (text, wav, calls) if calls else (text, wav)
 
     def close(self) -> None:
         """Free the session on its engine (after its last command); idempotent."""

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 
-from .errors import ModelError
+from ..errors import ModelError
 from .handle import EngineHandle
 from .ray_replica import replica_class, replica_name
 from .worker import PROBE_TIMEOUT_S, EngineSpec, full_error, probe

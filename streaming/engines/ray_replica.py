@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 
-from .errors import ModelError
+from ..errors import ModelError
 from .worker import EngineSpec
 
 log = logging.getLogger("omni.ray")

@@ -24,7 +24,7 @@ import torch
 
 from omni.batch.engine import BatchEngine, EngineFull, slot_bytes
 
-from .errors import CapacityError
+from ..errors import CapacityError
 from .handle import EngineHandle
 
 log = logging.getLogger("omni.worker")
