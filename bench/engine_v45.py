@@ -166,7 +166,13 @@ def target(m, a, frames) -> dict:
         )
 
     errors: list = []
-    thread = threading.Thread(target=e.run_forever, name="omni-engine", daemon=True)
+    threads = torch.get_num_threads()
+
+    def serve() -> None:  # the engine thread's own OpenMP team, this size (as streaming/engines/worker.py)
+        torch.set_num_threads(threads)
+        e.run_forever()
+
+    thread = threading.Thread(target=serve, name="omni-engine", daemon=True)
     thread.start()
     sids = [e.open() for _ in range(n)]
     for i, sid in enumerate(sids):
