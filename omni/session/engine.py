@@ -34,6 +34,7 @@ from ..processing import prompt as P
 from ..processing.audio import audio_placeholder
 from ..tools import turns
 from ..tools.reply import ToolReply
+from .bargein import BargeIn
 from .caches import Caches, SoloCaches
 from .llm import LLM_TOKENS_PER_CALL, llm_chunks
 from .prefill import PREFILL_CHUNK_TOKENS, STREAM_MAX_SLICE_NUMS, InputTooLong, PrefillRecord, fragment_mel
@@ -45,12 +46,11 @@ from .state import ReplyMark, SessionState
 
 __all__ = ["GenerateOptions", "InputTooLong", "PrefillRecord", "Session", "SoloCaches"]
 
-MS_PER_S = 1000
 DEFAULT_OPTIONS = GenerateOptions()  # frozen: one shared default
 Reply = Generator[tuple[str, np.ndarray], None, None]  # (text delta, 24-kHz float32 audio) pieces
 
 
-class Session:
+class Session(BargeIn):
     prefill_chunk_tokens = PREFILL_CHUNK_TOKENS
 
     def __init__(
@@ -337,56 +337,6 @@ class Session:
         reply, None before one starts: every sampled token but the newest is in the cache."""
         r = self._reply
         return None if r is None else (r.prefix_end, max(0, self.state.cache_len - r.prefix_end + 1))
-
-    # ---- barge-in -----------------------------------------------------------------------------
-    @property
-    def sample_rate_hz(self) -> int:
-        assert self.m.vocos is not None, "the vocoder's rate: a checkpoint without the TTS has none"
-        return self.m.vocos.dims.sample_rate_hz
-
-    @property
-    def reply_audio_ms(self) -> float:
-        """Audio handed out so far in the current reply, in ms at 24 kHz (0 when there is none).
-
-        A gateway can check a client's `audio_end_ms` against it before `interrupt_ms`."""
-        reply = self._reply
-        return 0.0 if reply is None else reply.samples * MS_PER_S / self.sample_rate_hz
-
-    def interrupt_ms(self, played_ms: float) -> int:
-        """`interrupt` with the playback position in milliseconds of reply audio actually played."""
-        if played_ms < 0:
-            raise ValueError(f"played_ms {played_ms} < 0")
-        return self.interrupt(int(played_ms * self.sample_rate_hz // MS_PER_S))
-
-    def interrupt(self, played_samples: int) -> int:
-        """Stop the reply; keep in the LLM cache only the reply text whose audio was fully played.
-
-        Returns the new cache length. The next user prefill opens with the interrupted-turn prefix.
-        """
-        self._close_active()
-        st, reply = self.state, self._reply
-        if reply is None:
-            return st.cache_len
-        keep = reply.played_cache_len(played_samples)
-        if keep < st.cache_len:
-            st.crop(keep)
-        st.llm_generate_completed = False
-        st.new_user_msg = True
-        self._reply = None
-        return st.cache_len
-
-    def forget_reply(self) -> int:
-        """Stop the reply and take it out of the context: the session is as it was before the
-        reply began (its user turn still open), except that the user-audio encoder cache starts
-        afresh. Returns the new cache length. No reply: nothing changes."""
-        self._close_active()
-        st, reply = self.state, self._reply
-        if reply is None:
-            return st.cache_len
-        st.new_user_msg, st.llm_generated, st.llm_generate_completed = reply.flags_before
-        st.crop(reply.prefix_end - reply.prefix_len)  # prefix_end moves with a slide
-        self._reply = None
-        return st.cache_len
 
     def _slide_window(self) -> None:
         """Drop the oldest complete turns while the cache is over budget (never mid-turn)."""
