@@ -19,6 +19,7 @@ worker did), all N sessions do the same thing at the same moment (the worst case
     python bench/engine.py --full-random --device cuda --dtype bfloat16 --levels 1,8,16,32 [--no-cuda-graphs]
     python bench/engine.py --thread-compare [--rounds 5]   # one session: engine thread / calling thread
     python bench/engine.py --family v45 [--target-pack 2]    # MiniCPM-V 4.5: bench/engine_v45.py
+    python bench/engine.py --full-random --device cuda --dtype bfloat16 --quantize int4 --levels 1,4
 """
 
 from __future__ import annotations
@@ -287,6 +288,7 @@ def main() -> None:
     ap.add_argument("--target-s", type=float, default=30.0, help="v45: the real-time run's length (0: skip)")
     ap.add_argument("--question-every-s", type=float, default=1.5)
     ap.add_argument("--v45-rounds", dest="rounds_v45", type=int, default=3, help="v45: decode runs per mode")
+    ap.add_argument("--quantize", choices=["int8", "int4"], help="the LLM's linears quantized (omni.quantized)")
     a = ap.parse_args()
     if a.family == "v45":
         from engine_v45 import main_v45
@@ -308,9 +310,9 @@ def main() -> None:
     if a.full_random:
         from fullrand import full_random
 
-        m, name = full_random(a.device, dtype, a.layers), f"full-random(layers={a.layers or 'all'})"
+        m, name = full_random(a.device, dtype, a.layers, a.quantize), f"full-random(layers={a.layers or 'all'})"
     else:
-        m = load(a.model or embedded_checkpoint(), dtype=dtype, device=a.device, progress=False)
+        m = load(a.model or embedded_checkpoint(), dtype=dtype, device=a.device, progress=False, quantize=a.quantize)
         name = str(a.model or "embedded-tiny")
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
     out = {
@@ -318,6 +320,7 @@ def main() -> None:
         "model": name,
         "device": a.device,
         "dtype": a.dtype,
+        "weights": m.weights,
         "build_s": round(time.perf_counter() - t0, 1),
         "torch_threads": torch.get_num_threads(),
         "max_batch": a.max_batch,

@@ -270,7 +270,7 @@ def main_v45(a) -> dict:
     torch.set_num_threads(a.threads or 1)
     t0 = time.perf_counter()
     path = resolve_model(a.model or "embedded:minicpmv-4_5")
-    m = load(path, dtype=getattr(torch, a.dtype), device=a.device, progress=False)
+    m = load(path, dtype=getattr(torch, a.dtype), device=a.device, progress=False, quantize=a.quantize)
     if m.family.key != "v-4.5":
         raise SystemExit(f"--family v45 needs a MiniCPM-V 4.5 checkpoint, got {m.family.title}")
     frames = camera(12)
@@ -281,6 +281,7 @@ def main_v45(a) -> dict:
         "model": a.model or "embedded:minicpmv-4_5",
         "device": a.device,
         "dtype": a.dtype,
+        "quantize": a.quantize,
         "build_s": round(time.perf_counter() - t0, 1),
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),

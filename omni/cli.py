@@ -31,9 +31,9 @@ def _load(a, ckpt: Path | None = None):
     from .embedded import resolve_model
     from .loader import load
 
-    ckpt = ckpt or resolve_model(a.model)
+    ckpt = ckpt or resolve_model(a.model, getattr(a, "revision", None))
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[a.dtype]
-    return load(ckpt, dtype=dtype, device=a.device)
+    return load(ckpt, dtype=dtype, device=a.device, quantize=a.quantize)
 
 
 def _cmd_chat(a) -> int:
@@ -138,8 +138,15 @@ def _read_16k(path: str):
 def _model_args(p):
     p.add_argument(
         "--model",
-        help="checkpoint directory (MiniCPM-o 2.6 or MiniCPM-V 4.5 layout), or embedded:minicpmo-2_6 / "
-        "embedded:minicpmv-4_5 (default: the embedded tiny MiniCPM-o 2.6)",
+        help="checkpoint folder (MiniCPM-o 2.6 or MiniCPM-V 4.5 layout), hub id like openbmb/MiniCPM-o-2_6, or "
+        "embedded:minicpmo-2_6 / embedded:minicpmv-4_5 (default: the embedded tiny MiniCPM-o 2.6)",
+    )
+    p.add_argument("--revision", help="hub ids: branch, tag or commit (default: main)")
+    p.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        help="quantize the LLM's linears of a bf16/fp32 checkpoint while loading (int4: 8-12 GB GPUs; int8: "
+        "12-16 GB GPUs and CPUs)",
     )
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the real model")
     p.add_argument(

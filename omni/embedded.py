@@ -44,14 +44,17 @@ def read_model_config(path: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def resolve_model(model: str | Path | None) -> Path:
+def resolve_model(model: str | Path | None, revision: str | None = None) -> Path:
     """A `--model` value -> a checkpoint directory: None is the default embedded model,
-    `embedded:NAME` one of `EMBEDDED` (built once), anything else a directory path."""
+    `embedded:NAME` one of `EMBEDDED` (built once), anything else a folder or a hub id
+    (omni/hub.py: a local folder wins; `revision` is for hub ids)."""
     if model is None:
         return embedded_checkpoint()
     name = str(model)
     if not name.startswith(PREFIX):
-        return Path(name)
+        from .hub import resolve
+
+        return resolve(name, revision)
     toml = EMBEDDED.get(name[len(PREFIX) :])
     if toml is None:
         raise ValueError(f"no embedded model {name!r}; there are {', '.join(PREFIX + k for k in EMBEDDED)}")
@@ -148,7 +151,7 @@ def write_sharded(
     for name in sorted(set(weight_map.values())):
         keys = sorted(k for k, v in weight_map.items() if v == name)
         if random:
-            tensors = {k: torch.randn(shapes[k], generator=g, dtype=dtype) * 0.02 for k in keys}
+            tensors = {k: _fill(k, shapes[k], dtype, g) for k in keys}
             save_file(tensors, str(ckpt / name), metadata={"format": "pt"})
         else:
             entries = [(k, shapes[k], size * numel[k]) for k in keys]
@@ -175,6 +178,13 @@ def _write_zero_shard(path: Path, keys: list[tuple[str, tuple[int, ...], int]], 
     with open(path, "wb") as f:
         f.write(len(text).to_bytes(8, "little") + text)
         f.truncate(8 + len(text) + offset)
+
+
+def _fill(key: str, shape, dtype, g: torch.Generator) -> torch.Tensor:
+    """A random weight for speed measurements: N(0, 0.02), norms 1 (a model that runs sensibly)."""
+    if len(shape) == 1 and ("norm" in key or "ln" in key):
+        return torch.ones(shape, dtype=dtype)
+    return torch.randn(shape, generator=g, dtype=dtype) * 0.02
 
 
 def draw(key: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:

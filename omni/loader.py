@@ -5,8 +5,9 @@ family from config.json, omni.family; config.json, sharded
 safetensors + index or one model.safetensors, tokenizer and preprocessor files, assets/Vocos.pt,
 assets/chattts_tokenizer), checking every key and shape *before* allocating, and loading the shards
 one at a time into a model built on the meta device, each tensor assigned in its final dtype
-(peak memory near one copy of the weights in that dtype).
-Does not own: model math, sessions.
+(peak memory near one copy of the weights in that dtype). Quantized LLM linears (the official GPTQ
+checkpoint, or `quantize` int8/int4 of a float one) are built by omni.quantized as their tensors
+are read. Does not own: model math, sessions, hub ids (omni.hub).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Omni:
     device: torch.device
     dtype: torch.dtype
     family: Family = O26
+    weights: dict | None = None  # {"dtype", "quantization", "kernel"} (omni.quantized.weights_info)
 
 
 def expected_shapes(cfg: OmniConfig) -> dict[str, tuple[int, ...]]:
@@ -85,6 +87,16 @@ def checkpoint_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def checkpoint_dtypes(files: list[Path]) -> dict[str, str]:
+    """Key -> safetensors dtype name ("BF16", "I32") from the headers only."""
+    dtypes = {}
+    for f in files:
+        with safe_open(str(f), "pt") as s:
+            for k in s.keys():
+                dtypes[_renamed(k)] = s.get_slice(k).get_dtype()
+    return dtypes
+
+
 def verify_keys(expected: dict, found: dict) -> None:
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
@@ -100,13 +112,33 @@ def verify_keys(expected: dict, found: dict) -> None:
         raise CheckpointError("\n".join(lines))
 
 
-def load_net(ckpt: Path, cfg: OmniConfig, dtype: torch.dtype, device, progress: bool = True) -> MiniCPMO:
+def load_net(
+    ckpt: Path,
+    cfg: OmniConfig,
+    dtype: torch.dtype,
+    device,
+    progress: bool = True,
+    quantize: str | None = None,
+    kernel: str | None = None,
+) -> MiniCPMO:
     """Build on the meta device and assign each checkpoint tensor, converted once to its final
     dtype on `device`, in place of its meta parameter: nothing is allocated before its weights
     arrive, so peak memory is one copy in the target dtype plus one tensor (a full preallocation
-    in float32 first would double a bf16 model)."""
+    in float32 first would double a bf16 model). `quantize` int8/int4: the LLM linears are rounded
+    as they are read; a GPTQ checkpoint's are unpacked; `kernel` forces their kernel (tests)."""
+    return _load_net(ckpt, cfg, dtype, device, progress, quantize, kernel)[0]
+
+
+def _load_net(ckpt: Path, cfg: OmniConfig, dtype, device, progress, quantize, kernel) -> tuple[MiniCPMO, dict]:
+    from .quantized import WeightPlan
+
     files = shard_files(ckpt)
-    verify_keys(expected_shapes(cfg), checkpoint_shapes(files))
+    raw = json.loads((ckpt / "config.json").read_text())
+    plan = WeightPlan.of(ckpt, raw, cfg.num_hidden_layers, dtype, device, quantize, kernel)
+    verify_keys(plan.expected(expected_shapes(cfg)), checkpoint_shapes(files))
+    bad_dtypes = plan.dtype_problems(checkpoint_dtypes(files))
+    if bad_dtypes:
+        raise CheckpointError("\n".join([f"{len(bad_dtypes)} GPTQ tensors of the wrong dtype:", *bad_dtypes]))
     with torch.device("meta"):
         net = family_for(cfg).build(cfg)
     bar = _progress(files, progress)
@@ -115,15 +147,21 @@ def load_net(ckpt: Path, cfg: OmniConfig, dtype: torch.dtype, device, progress: 
             shard = {}
             for k in s.keys():
                 name = _renamed(k)
-                shard[name] = s.get_tensor(k).to(_load_dtype(name, dtype))
+                t = s.get_tensor(k)
+                if not plan.take(net, name, t):  # quantized linears' tensors are the plan's
+                    # a tensor read from a shard keeps the whole file mapped; a quantized load
+                    # copies the float ones so each shard's mapping goes when the next is read
+                    shard[name] = t.to(_load_dtype(name, dtype), copy=plan.mode is not None)
+                del t
             net.load_state_dict(shard, strict=False, assign=True)  # verify_keys made the key set exact
             del shard
+    weights = plan.finish(net)
     net.init_buffers()  # the non-persistent buffers (rotary tables, sin-cos grid) are computed
     missing = [n for n, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
     assert not missing, f"left on the meta device: {missing[:5]}"
     for p in net.parameters():
         p.requires_grad_(False)
-    return net.eval()
+    return net.eval(), weights
 
 
 def _renamed(key: str) -> str:
@@ -162,9 +200,16 @@ def load_vocos(ckpt: Path, device) -> Vocos:
 
 
 def load(
-    ckpt: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", progress: bool = True
+    ckpt: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    quantize: str | None = None,
+    kernel: str | None = None,
 ) -> Omni:
-    """Load a checkpoint directory laid out like `openbmb/MiniCPM-o-2_6` or `openbmb/MiniCPM-V-4_5`."""
+    """Load a checkpoint directory laid out like `openbmb/MiniCPM-o-2_6` (or its GPTQ int4 sibling)
+    or `openbmb/MiniCPM-V-4_5`; `quantize` "int8"/"int4" quantizes the LLM's linears of a float
+    checkpoint while it loads."""
     from .processing.image import ImageProcessor
     from .processing.tokens import load_tokenizer, load_tts_tokenizer, special_ids
 
@@ -179,7 +224,7 @@ def load(
     pre = PreprocessorConfig.from_file(pre_path) if pre_path.is_file() else PreprocessorConfig()
     if pre.image_feature_size != cfg.query_num:
         raise CheckpointError(f"preprocessor image_feature_size {pre.image_feature_size} != query_num {cfg.query_num}")
-    net = load_net(ckpt, cfg, dtype, device, progress)
+    net, weights = _load_net(ckpt, cfg, dtype, device, progress, quantize, kernel)
     tok = load_tokenizer(ckpt)
     vocos = load_vocos(ckpt, device) if cfg.init_tts else None
     tts_tok = load_tts_tokenizer(ckpt) if cfg.init_tts else None
@@ -196,4 +241,5 @@ def load(
         device=device,
         dtype=dtype,
         family=family,
+        weights=weights,
     )

@@ -25,7 +25,15 @@ def main(argv=None) -> int:
         "(shown in brackets, as in configs/server.toml).",
     )
     p.add_argument("--config", help="server settings TOML (configs/server.toml documents every key)")
-    p.add_argument("--model", help="checkpoint directory [the embedded tiny demo model]")
+    p.add_argument(
+        "--model", help="checkpoint folder, or hub id like openbmb/MiniCPM-o-2_6 [the embedded tiny demo model]"
+    )
+    p.add_argument("--revision", help="hub ids: branch, tag or commit [main]")
+    p.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        help="quantize the LLM's linears of a bf16/fp32 checkpoint at load [off]",
+    )
     p.add_argument("--device", help="cpu or cuda [cpu]")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights' dtype [float32]")
     p.add_argument("--host", help="address to bind; 0.0.0.0 serves the LAN (set --api-key) [127.0.0.1]")

@@ -21,7 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .gateway.origin import host_allowed, origin_allowed
-from .engines.lanes import checkpoint_dir, load_model  # noqa: F401 - where tests and benches look for them
+from .engines.lanes import checkpoint_dir, load_model, weights_of  # noqa: F401 - tests and benches import these here
 from .settings import ServerSettings, load_settings
 
 log = logging.getLogger("omni.server")
@@ -57,7 +57,8 @@ def build_app(settings: ServerSettings, omni, embedded: bool, worker=None, plan=
     app["conversations"] = set()
     app["metrics"] = Metrics()
     # the checkpoint's folder name only: /healthz is open, and a path says too much about the host
-    app["model_name"] = "embedded-tiny" if embedded else Path(settings.model or "").name
+    app["model_name"] = "embedded-tiny" if embedded else _model_name(settings.model or "")
+    app["weights"] = omni.weights if omni is not None and omni.weights else weights_of(settings)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -95,6 +96,7 @@ async def healthz(request: web.Request) -> web.Response:
             "model": app["model_name"],
             "family": app["family"].key,
             "embedded_demo_model": app["embedded"],
+            "weights": app["weights"],
             "sessions": app["manager"].in_use,
             "max_sessions": app["manager"].max_sessions,
             "worker": {
@@ -107,9 +109,16 @@ async def healthz(request: web.Request) -> web.Response:
             },
             "auth_required": s.api_key is not None,
             "tls": s.tls,
-            "load_model_hint": "omni serve --model /path/to/MiniCPM-o-2_6 --device cuda --dtype bfloat16",
+            "load_model_hint": "omni serve --model openbmb/MiniCPM-o-2_6 --device cuda --dtype bfloat16 "
+            "(8-16 GB GPUs: --model openbmb/MiniCPM-o-2_6-int4, or --quantize int8|int4)",
         }
     )
+
+
+def _model_name(model: str) -> str:
+    from omni.hub import is_hub_id
+
+    return model if is_hub_id(model) and not Path(model).is_dir() else Path(model).name
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -255,6 +264,8 @@ def serve(args) -> int:
             "host",
             "port",
             "model",
+            "revision",
+            "quantize",
             "device",
             "dtype",
             "api_key",
@@ -274,7 +285,7 @@ def serve(args) -> int:
     if embedded:
         print(
             "serving the EMBEDDED DEMO MODEL (tiny, random weights: replies are noise by design). "
-            "Load a real checkpoint with --model DIR.",
+            "Load a real checkpoint with --model DIR or a hub id (openbmb/MiniCPM-o-2_6).",
             file=sys.stderr,
         )
     from .engines.lanes import NoRoom, make_worker, plan_for
@@ -294,9 +305,11 @@ def serve(args) -> int:
         print("omni: stopped while loading the model (SIGTERM)", file=sys.stderr)
         return 143
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    w = weights_of(settings)
     print(
         f"omni: model ready ({worker.lanes} lane(s), {worker.kind}, room for "
-        f"{min(settings.max_sessions, worker.capacity)} session(s), batches of up to {settings.max_batch})",
+        f"{min(settings.max_sessions, worker.capacity)} session(s), batches of up to {settings.max_batch}); "
+        f"weights {w['dtype']}, quantization {w['quantization']}, kernel {w['kernel']}",
         file=sys.stderr,
     )
     app = build_app(settings, None, embedded, worker, plan)  # the worker holds the model

@@ -19,6 +19,7 @@ from typing import Any
 
 DTYPES = ("bfloat16", "float16", "float32")
 WORKERS = ("auto", "processes", "threads", "ray")
+QUANTIZE = ("int8", "int4")
 
 
 class SettingsError(ValueError):
@@ -31,7 +32,9 @@ class ServerSettings:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    model: str | None = None  # checkpoint directory; None = the embedded tiny model
+    model: str | None = None  # checkpoint folder or hub id (org/name); None = the embedded tiny model
+    revision: str | None = None  # hub ids: a branch, tag or commit; None = main
+    quantize: str | None = None  # "int8" or "int4": quantize the LLM's linears of a bf16/fp32 checkpoint at load
     device: str = "cpu"  # matches `omni chat`; the real model wants "cuda" + "bfloat16"
     dtype: str = "float32"
     max_sessions: int = 16  # sessions share one model; the worker interleaves their steps
@@ -75,6 +78,7 @@ class ServerSettings:
         checks = [
             (0 <= self.port <= 65_535, "port must be 0..65535"),
             (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}"),
+            (self.quantize in (None, *QUANTIZE), f"quantize must be one of {', '.join(QUANTIZE)} (or unset)"),
             (self.max_sessions >= 1, "max_sessions must be at least 1"),
             (self.idle_timeout_s > 0, "idle_timeout_s must be positive"),
             (self.header_timeout_s > 0, "header_timeout_s must be positive"),

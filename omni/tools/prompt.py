@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from ..processing.prompt import plain_text
 from .spec import Tool
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"  # single tokens of the vocabulary
@@ -29,8 +30,9 @@ CALL_SUFFIX = "}\n"
 
 def tools_json(tools: Sequence[Tool]) -> str:
     """One line per tool, as the template's `tool | tojson` (transformers' tojson: json.dumps,
-    key order kept, non-ASCII as is)."""
-    return "".join("\n" + json.dumps(t.chat_shape(), ensure_ascii=False) for t in tools)
+    key order kept, non-ASCII as is), without the model's media tokens (they would mark media that
+    is not there; none holds a quote or a backslash, so the JSON stays whole)."""
+    return "".join("\n" + plain_text(json.dumps(t.chat_shape(), ensure_ascii=False)) for t in tools)
 
 
 def tools_section(tools: Sequence[Tool]) -> str:

@@ -23,14 +23,14 @@ ROLES = ("assistant", "tool", "system")
 def render(msg: dict, new_user_msg: bool, turn_prefix: str) -> tuple[str, bool]:
     """(the text to prefill, whether it leaves a user turn open) for a turn `msg` on a context
     whose latest turn is a user turn (not `new_user_msg`) or ends as `turn_prefix` says."""
-    role, content = msg["role"], msg.get("content") or ""
+    role, content = msg["role"], PP.plain_text(msg.get("content") or "")  # media tokens would mark absent media
     if role not in ROLES:
         raise ValueError(f"unknown turn role {role!r}; expected one of {ROLES}")
     if role == "tool":
         body = P.response_text(content)
         return (turn_prefix + body if new_user_msg else "\n" + body), True
     close = turn_prefix[: len(turn_prefix) - len(PP.USER_OPEN)] if new_user_msg else "<|im_end|>\n"
-    calls = "".join(P.call_text(name, args) for name, args in msg.get("calls", ()))
+    calls = "".join(P.call_text(name, PP.plain_text(args)) for name, args in msg.get("calls", ()))
     if role == "assistant" and msg.get("extend") and new_user_msg:  # calls of the assistant turn just before
         return calls, False
     if role == "system":

@@ -4,9 +4,10 @@ Owns one request's run: the plan for the loaded model's family (checked before a
 taken), a session lease from the same `SessionManager` that admits realtime sessions and an
 engine session opened by the same worker (`EngineHandle`), so requests and realtime sessions
 share the slots and the same `server_busy` refusal; the commands in order; the reply's pieces
-with stop strings held back (`StopScanner`); why it ended and its token counts. The lease and the
-engine slot are freed however the run ends: the reply over, a stop string, the client gone
-(`gone()` is checked between steps; a cancelled task ends it at once), an engine error.
+with stop strings held back (`StopScanner`) and its tool calls; why it ended (`tool_calls` once
+every call it began is whole) and its token counts. The lease and the engine slot are freed
+however the run ends: the reply over, a stop string, the client gone (`gone()` is checked
+between steps; a cancelled task ends it at once), an engine error.
 Does not own: the wire (gateway/chat_completions.py), prompts (o26.py, v45.py).
 """
 
@@ -19,6 +20,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from omni.tools.calls import CallPiece
 
 from ..errors import ModelError
 from . import o26, v45
@@ -39,11 +42,12 @@ class Piece:
     text: str = ""
     audio_24k: np.ndarray | None = None  # float32, with `speech`
     reasoning: str = ""  # thinking text (MiniCPM-V 4.5), never in `text`
+    calls: tuple[CallPiece, ...] = ()  # the reply's tool calls (omni.tools.calls), after its text
 
 
 @dataclass(frozen=True)
 class Outcome:
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "tool_calls"
     prompt_tokens: int
     completion_tokens: int
 
@@ -105,27 +109,35 @@ class Completion:
         h, p = self.handle, self.plan
         assert h is not None, "pieces() inside `async with`"
         deadline_s = self.clock_s() + FIRST_STEP_SLACK_S
-        await h.set_system(p.seed, p.mode, p.reference_16k, p.instructions, deadline_s=deadline_s)
+        await h.set_system(p.seed, p.mode, p.reference_16k, p.instructions, p.tools, deadline_s=deadline_s)
         for msg in p.prefills:
             self._check()
             await h.prefill(msg, self.settings.max_item_tokens, deadline_s=deadline_s)
         await h.start_reply(p.options, deadline_s=deadline_s)
         stops = StopScanner(self.req.stop)
+        started, done = set(), set()  # indices of the calls begun and written whole
         while True:
             self._check()
             item = await h.reply_step(max(deadline_s, self.clock_s()))
             deadline_s = self.clock_s() + STEP_SLACK_S
             if item is None:
                 break
-            text, wav = item
+            text, wav, *more = item
             out = stops.push(text)
-            if out or (len(wav) and not stops.stopped):
-                yield Piece(out, wav if len(wav) and not stops.stopped else None)
+            calls = more[0] if more and not stops.stopped else ()
+            if calls:  # the text ended at the call: what it held back is no stop string
+                out += stops.flush()
+                started.update(c.index for c in calls)
+                done.update(c.index for c in calls if c.done)
+            if out or calls or (len(wav) and not stops.stopped):
+                yield Piece(out, wav if len(wav) and not stops.stopped else None, calls=calls)
             if stops.stopped:
                 break
         if rest := stops.flush():
             yield Piece(rest)
         end = "stop" if stops.stopped or h.last_reply_end == "eos" else "length"
+        if started and not stops.stopped:  # calls: all whole, or one cut by the token cap
+            end = "tool_calls" if started == done and h.last_reply_end == "eos" else "length"
         prompt, completion = h.reply_usage or (0, 0)
         self.outcome = Outcome(end, prompt, completion)
 

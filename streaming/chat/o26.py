@@ -7,7 +7,9 @@ order, then the reply's `GenerateOptions`. User messages open a user turn (a fol
 continues it after a newline); their audio goes in 1-s pieces, as the realtime listener feeds
 units (the streaming encoder then sees what the offline chunk mask shows it); video frames are
 images. An earlier assistant message is prefilled as the TTS template renders a finished reply
-(`prompt.history_reply`). Pure: checks and refusals happen here, before a slot is taken.
+(`prompt.history_reply`), one with calls and the tools' results as the official template writes
+them (omni.tools.turns); the tools are listed at the system turn's end and the reply may call
+them (`GenerateOptions.tools`). Pure: checks and refusals happen here, before a slot is taken.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from omni.processing.prompt import history_reply, plain_text
 from omni.sampling import SamplingParams
 from omni.session.engine import GenerateOptions
+from omni.tools.prompt import tools_section
 
 from ..errors import ProtocolError
 from .request import Audio, ChatRequest, Frames, Image, Message, Sampling, Text
@@ -37,6 +40,7 @@ class EnginePlan:
     instructions: str | None  # None: the mode's own system prompt
     prefills: tuple[dict, ...]  # EngineHandle.prefill messages, in order
     options: GenerateOptions
+    tools: str = ""  # the template's `# Tools` section at the system turn's end ("" without tools)
 
 
 def plan(req: ChatRequest, max_reply_tokens: int, max_speech_s: float) -> EnginePlan:
@@ -49,19 +53,26 @@ def plan(req: ChatRequest, max_reply_tokens: int, max_speech_s: float) -> Engine
         )
     system = [m for m in req.messages if m.role == "system"]
     turns = [m for m in req.messages if m.role != "system"]
-    if not turns or turns[-1].role != "user":
+    if not turns or turns[-1].role not in ("user", "tool"):
         raise ProtocolError(
             "invalid_value",
-            f"the last message must be the user's: {TITLE} answers a user turn",
+            f"the last message must be the user's or a tool's result: {TITLE} answers a user turn",
             f"messages[{len(req.messages) - 1}].role" if req.messages else "messages",
         )
     instructions = plain_text("\n".join(m.text for m in system)) or None
     prefills: list[dict] = []
     user_open = False
     for m in turns:
-        if m.role == "assistant":
+        if m.role == "assistant" and m.calls:  # a turn with calls, as the template writes it (omni.tools.turns)
+            calls = [(c.name, c.arguments) for c in m.calls]
+            prefills.append({"turn": True, "role": "assistant", "content": m.text, "calls": calls})
+            user_open = False
+        elif m.role == "assistant":
             prefills.append({"role": "assistant", "content": [history_reply(plain_text(m.text), user_open)]})
             user_open = False
+        elif m.role == "tool":  # a result: `<tool_response>` in a user turn (several in one)
+            prefills.append({"turn": True, "role": "tool", "content": m.text})
+            user_open = True
         else:
             prefills += _user(m, continues=user_open)
             user_open = True
@@ -73,9 +84,11 @@ def plan(req: ChatRequest, max_reply_tokens: int, max_speech_s: float) -> Engine
         generate_audio=speech is not None,
         max_speech_s=max_speech_s,
         low_latency=True,
+        tools=req.tools,
     )
     ref = speech.reference_16k if speech is not None else None
-    return EnginePlan(req.sampling.seed, "audio_assistant", ref, instructions, tuple(prefills), options)
+    tools = tools_section(req.tools.tools) if req.tools is not None else ""
+    return EnginePlan(req.sampling.seed, "audio_assistant", ref, instructions, tuple(prefills), options, tools)
 
 
 def _user(m: Message, continues: bool) -> list[dict]:

@@ -2,7 +2,8 @@
 
 Owns the vocabulary between the gateway (gateway/chat_request.py parses OpenAI's JSON into these)
 and the request's run (complete.py): messages of parts (text, a still image, 16-kHz audio, video
-frames with their times), the sampling knobs, the output wanted (text, or speech with a voice),
+frames with their times), earlier calls and their results, the tools the reply may call
+(omni.tools.spec.ToolSpec), the sampling knobs, the output wanted (text, or speech with a voice),
 the family-specific switches (thinking on MiniCPM-V 4.5). No wire format: no JSON, base64 or
 data URLs here.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from omni.tools.spec import ToolSpec
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,20 @@ Part = Text | Image | Audio | Frames
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A call of an earlier assistant message, as the client sends it back."""
+
+    id: str
+    name: str
+    arguments: str  # a JSON object, as text
+
+
+@dataclass(frozen=True)
 class Message:
-    role: str  # "system" (OpenAI's "developer" too) | "user" | "assistant"
+    role: str  # "system" (OpenAI's "developer" too) | "user" | "assistant" | "tool" (a call's result)
     parts: tuple[Part, ...]
+    calls: tuple[ToolCall, ...] = ()  # an assistant message's calls
+    call_id: str | None = None  # a tool message: the call it answers
 
     @property
     def text(self) -> str:
@@ -81,6 +95,7 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     speech: Speech | None = None  # None: text only
     thinking: bool = False  # MiniCPM-V 4.5's thinking mode (reasoning_effort, enable_thinking)
+    tools: ToolSpec | None = None  # the tools the reply may call, and how (tool_choice); None: no tools
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
     ignored: tuple[str, ...] = field(default=())  # accepted fields that change nothing (logged)

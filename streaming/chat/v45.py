@@ -1,10 +1,10 @@
 """A chat request on MiniCPM-V 4.5: what the model would be asked, and its thinking split off.
 
 Owns, for the family's text-only, thinking-capable model: the request's refusals (audio in or out,
-mixing a video with still images, a pack of frames of two sizes), its arguments to the official
-`chat()` prompt (`omni.chat_v45.prepare`: messages of text and images, the system prompt, the
-thinking switch, the video's packs by the model card's recipe, the card's video call of one slice
-and no image ids, the sampling preset), and `ThinkSplitter`, which streams a thinking reply's text
+function tools, mixing a video with still images, a pack of frames of two sizes), its arguments
+to the official `chat()` prompt (`omni.chat_v45.prepare`: messages of text and images, the system
+prompt, the thinking switch, the video's packs by the model card's recipe, the card's video call
+of one slice and no image ids, the sampling preset), and `ThinkSplitter`, which streams a thinking reply's text
 into `reasoning_content` and `content` at `</think>`. Pure: the batch engine's V-4.5 sessions
 (docs/v45-sessions.md) will run this plan; until then `complete.plan_for` refuses after it.
 """
@@ -58,6 +58,12 @@ def plan(req: ChatRequest, max_reply_tokens: int) -> V45Plan:
     if req.speech is not None:
         raise ProtocolError(
             "unsupported_modality", f"{TITLE} answers in text only: send modalities ['text'] and no audio", "modalities"
+        )
+    if req.tools is not None or any(m.calls or m.role == "tool" for m in req.messages):
+        raise ProtocolError(
+            "unsupported_parameter",
+            f"{TITLE} runs no function tools here: leave out tools, tool calls and tool messages",
+            "tools" if req.tools is not None else "messages",
         )
     system = plain_text("\n".join(m.text for m in req.messages if m.role == "system"))
     turns = [m for m in req.messages if m.role != "system"]

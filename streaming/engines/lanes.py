@@ -12,6 +12,7 @@ model loaded where the engines run); does not own the engines themselves (worker
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -81,6 +82,7 @@ def plan_lanes(settings, weights: int, kv_per_slot: int, available: int, cores: 
             f"the model needs {_size(need_one)} ({settings.dtype} weights {_size(weights)} and the KV of one "
             f"session) but {avail} of memory is available: "
             + ("load it with --dtype bfloat16, " if settings.dtype == "float32" else "")
+            + ("quantize it (--quantize int4), " if not settings.quantize else "")
             + "free memory, or use a machine with more"
         )
     fit = int(available // per_process)
@@ -126,7 +128,7 @@ def plan_for(settings, checkpoint: str | Path) -> LanePlan:
     from .worker import EngineSpec
 
     dtype = getattr(torch, settings.dtype)
-    weights = weight_bytes(checkpoint, dtype)
+    weights = weight_bytes(checkpoint, dtype, settings.quantize)
     kv_slot = kv_bytes_per_token(checkpoint, dtype) * EngineSpec.from_settings(settings).slot_tokens
     budget = int(settings.memory_gb * GB) if settings.memory_gb else available_bytes()
     return plan_lanes(settings, weights, kv_slot, budget, os.cpu_count() or 1)
@@ -148,7 +150,9 @@ def load_model(settings):
 
     def run() -> None:
         try:
-            box["omni"] = load(ckpt, dtype=getattr(torch, settings.dtype), device=settings.device)
+            box["omni"] = load(
+                ckpt, dtype=getattr(torch, settings.dtype), device=settings.device, quantize=settings.quantize
+            )
         except BaseException as e:  # noqa: BLE001 - raised again on the caller's thread
             box["error"] = e
 
@@ -181,13 +185,19 @@ def make_worker(settings, plan: LanePlan):
             settings.ray_lease_s,
             settings.ray_max_restarts,
             settings.model_step_timeout_s,
+            settings.quantize,
         )
     spec = dataclasses.replace(spec, lanes=plan.lanes, kv_cache_gb=plan.kv_cache_gb)
     if plan.kind == "processes":
         from .procs import ProcessWorker
 
         return ProcessWorker(
-            str(checkpoint_dir(settings)), spec, settings.dtype, settings.device, settings.model_step_timeout_s
+            str(checkpoint_dir(settings)),
+            spec,
+            settings.dtype,
+            settings.device,
+            settings.model_step_timeout_s,
+            settings.quantize,
         )
     return EngineWorker(load_model(settings)[0], spec)
 
@@ -199,12 +209,12 @@ def _gpus() -> int:
 
 
 def checkpoint_dir(settings) -> Path:
-    """--model (a directory or embedded:NAME), or the embedded tiny model (built once into the
-    cache). The sessions speak: a text-only family (MiniCPM-V 4.5) is refused here, in one line."""
-    from omni.embedded import resolve_model
+    """--model (a folder, embedded:NAME, or a hub id fetched into the Hugging Face cache), or the
+    embedded tiny model (built once into the cache). The sessions speak: a text-only family
+    (MiniCPM-V 4.5) is refused here, in one line."""
     from omni.family import family_of_dir
 
-    path = resolve_model(settings.model)
+    path = _resolved(settings.model, settings.revision)
     family = family_of_dir(path)
     if "speech" not in family.heads:
         raise ValueError(
@@ -217,7 +227,26 @@ def checkpoint_dir(settings) -> Path:
 def model_family(settings, omni=None):
     """The loaded model's `omni.family.Family`: the bundle's own, or read from the checkpoint's
     config.json when the model lives in model processes or replicas."""
-    from omni.embedded import resolve_model
     from omni.family import family_of_dir
 
-    return omni.family if omni is not None else family_of_dir(resolve_model(settings.model))
+    return omni.family if omni is not None else family_of_dir(_resolved(settings.model, settings.revision))
+
+
+@functools.lru_cache(maxsize=8)
+def _resolved(model: str | None, revision: str | None) -> Path:
+    from omni.embedded import resolve_model
+
+    return resolve_model(model, revision)  # once per process: a hub id is looked up (or fetched) once
+
+
+def weights_of(settings) -> dict:
+    """What the engines run ({"dtype", "quantization", "kernel"}), from the checkpoint's config and
+    the settings, as each engine's load decides it (omni.quantized.describe)."""
+    import json
+
+    import torch
+    from omni.quantized import describe
+
+    ckpt = checkpoint_dir(settings)
+    raw = json.loads((ckpt / "config.json").read_text())
+    return describe(ckpt, raw, getattr(torch, settings.dtype), settings.device, settings.quantize)

@@ -50,7 +50,9 @@ def exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="omni-orphan-watch", daemon=True).start()
 
 
-def main(conn, parent_pid: int, checkpoint: str, dtype: str, device: str, spec_fields: dict) -> None:
+def main(
+    conn, parent_pid: int, checkpoint: str, dtype: str, device: str, spec_fields: dict, quantize: str | None = None
+) -> None:
     """A model process: load, build the engine, answer (rid, sid, command, args, deadline) requests.
     Its arguments are plain data, and this module imports nothing heavy at the top: the process
     watches its parent before torch is imported (seconds) and the checkpoint loaded (minutes)."""
@@ -64,7 +66,7 @@ def main(conn, parent_pid: int, checkpoint: str, dtype: str, device: str, spec_f
     spec = EngineSpec(**spec_fields)
     torch.set_num_threads(1)
     try:
-        omni = load(checkpoint, dtype=getattr(torch, dtype), device=device, progress=False)
+        omni = load(checkpoint, dtype=getattr(torch, dtype), device=device, progress=False, quantize=quantize)
         engine = spec.engine(omni)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send((False, _portable(e)))

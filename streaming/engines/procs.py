@@ -86,7 +86,7 @@ class _Lane:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
             target=model_process.main,
-            args=(child, os.getpid(), *self.spec[:3], dataclasses.asdict(self.spec[3])),
+            args=(child, os.getpid(), *self.spec[:3], dataclasses.asdict(self.spec[3]), self.spec[4]),
             name=f"omni-model-{self.index}",
             daemon=True,
         )
@@ -204,10 +204,12 @@ class ProcessWorker:
         dtype: str = "float32",
         device: str = "cpu",
         step_timeout_s: float = 60.0,
+        quantize: str | None = None,
     ):
         """`step_timeout_s`: a process silent this long with commands outstanding is killed and replaced."""
         self.spec = spec
-        self._lanes = [_Lane(i, (str(checkpoint), dtype, device, spec), step_timeout_s) for i in range(spec.lanes)]
+        load_args = (str(checkpoint), dtype, device, spec, quantize)
+        self._lanes = [_Lane(i, load_args, step_timeout_s) for i in range(spec.lanes)]
         self._ids = itertools.count()
         self._rids = itertools.count()
         for lane in self._lanes:  # all load at once

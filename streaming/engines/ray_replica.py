@@ -23,14 +23,23 @@ def replica_name(i: int) -> str:
 class _ReplicaImpl:
     """The actor's body (`Replica` is this class under `ray.remote`, made when ray is imported)."""
 
-    def __init__(self, index: int, checkpoint: str, dtype: str, device: str, spec: EngineSpec, lease_s: float):
+    def __init__(
+        self,
+        index: int,
+        checkpoint: str,
+        dtype: str,
+        device: str,
+        spec: EngineSpec,
+        lease_s: float,
+        quantize: str | None = None,
+    ):
         import torch
 
         from omni.loader import load
 
         if device.startswith("cpu"):
             torch.set_num_threads(1)  # one core per replica (num_cpus=1): no oversubscription
-        omni = load(checkpoint, dtype=getattr(torch, dtype), device=device, progress=False)
+        omni = load(checkpoint, dtype=getattr(torch, dtype), device=device, progress=False, quantize=quantize)
         self.index, self.lease_s = index, lease_s
         self.incarnation = uuid.uuid4().hex[:12]
         self.engine = spec.engine(omni)

@@ -74,6 +74,7 @@ class RayWorker:
         lease_s: float = 10.0,
         max_restarts: int = 5,
         step_timeout_s: float = 60.0,
+        quantize: str | None = None,
     ):
         import ray
 
@@ -101,7 +102,10 @@ class RayWorker:
         cls = replica_class()
         self._remotes = [
             _Remote(
-                i, cls.options(name=replica_name(i), **options).remote(i, str(checkpoint), dtype, device, spec, lease_s)
+                i,
+                cls.options(name=replica_name(i), **options).remote(
+                    i, str(checkpoint), dtype, device, spec, lease_s, quantize
+                ),
             )
             for i in range(replicas)
         ]

@@ -4,9 +4,10 @@ Owns the HTTP side of a chat request: reading the body (the server's max_message
 beyond), parsing it (chat_request.py; large bodies on a thread so media decoding never stalls the
 event loop), the answer as one `chat.completion` object or as Server-Sent Events
 (`chat.completion.chunk`s, a usage chunk with `stream_options.include_usage`, `data: [DONE]`),
-reply audio as `delta.audio` chunks of PCM16 with their transcript or one WAV/PCM16 file, and
-thinking text as `reasoning_content`. Errors before the first byte are JSON in OpenAI's shape
-(errors.http_error, the one place that makes them); after it, an SSE `error` event ends the stream.
+reply audio as `delta.audio` chunks of PCM16 with their transcript or one WAV/PCM16 file,
+thinking text as `reasoning_content`, and tool calls (chat_tools.ChatCalls). Errors before the
+first byte are JSON in OpenAI's shape (errors.http_error, the one place that makes them); after
+it, an SSE `error` event ends the stream.
 Auth and origin checks are the server's middlewares, as for the realtime routes.
 """
 
@@ -25,6 +26,7 @@ from ..chat.complete import ClientGone, Completion
 from ..errors import ProtocolError
 from ..ids import new_id
 from .chat_request import parse_request
+from .chat_tools import ChatCalls
 from .codecs import MODEL_OUTPUT_RATE_HZ, OutputAudioStream, float_to_pcm16, wav_bytes
 from .errors import http_error
 
@@ -154,12 +156,14 @@ class _Reply:
         self.reasoning: list[str] = []
         self.wavs: list[np.ndarray] = []
         self.encoder = OutputAudioStream("audio/pcm") if req.speech is not None else None
+        self.calls = ChatCalls()
 
     def add(self, piece) -> None:
         self.text.append(piece.text)
         self.reasoning.append(piece.reasoning)
         if piece.audio_24k is not None:
             self.wavs.append(piece.audio_24k)
+        self.calls.deltas(piece.calls)
 
     def first_delta(self) -> dict:
         return {"role": "assistant"} if self.req.speech is not None else {"role": "assistant", "content": ""}
@@ -171,7 +175,7 @@ class _Reply:
         if self.encoder is None:
             if piece.text:
                 out.append({"content": piece.text})
-            return out
+            return out + self.calls.deltas(piece.calls)
         audio: dict = {"id": self.audio_id}
         if piece.text:
             audio["transcript"] = piece.text
@@ -180,7 +184,7 @@ class _Reply:
         if len(audio) > 1:
             audio["expires_at"] = self.created + AUDIO_EXPIRES_S
             out.append({"audio": audio})
-        return out
+        return out + self.calls.deltas(piece.calls)
 
     def audio_tail(self) -> dict | None:
         data = self.encoder.flush() if self.encoder is not None else ""
@@ -203,11 +207,14 @@ class _Reply:
 
     def whole(self, outcome) -> dict:
         text = "".join(self.text)
-        message: dict = {"role": "assistant", "content": text, "refusal": None}
+        calls = self.calls.whole()
+        message: dict = {"role": "assistant", "content": text if text or not calls else None, "refusal": None}
         if reasoning := "".join(self.reasoning):
             message["reasoning_content"] = reasoning
+        if calls:
+            message["tool_calls"] = calls
         speech = self.req.speech
-        if speech is not None:
+        if speech is not None and (self.wavs or text or not calls):  # a forced call alone has no audio
             wav = np.concatenate(self.wavs) if self.wavs else np.zeros(0, np.float32)
             pcm = float_to_pcm16(wav)
             data = wav_bytes(pcm, MODEL_OUTPUT_RATE_HZ) if speech.format == "wav" else pcm.astype("<i2").tobytes()

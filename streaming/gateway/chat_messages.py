@@ -1,9 +1,10 @@
 """Chat Completions `messages` on the wire -> chat.request.Message values, media decoded.
 
 Owns the content parts OpenAI's Chat Completions sends (text, `image_url` data URLs,
-`input_audio` wav/mp3 base64, assistant `refusal`) and the [ext] `video_frames` part (data-URL
-frames with `timestamps_s` or `fps`, optional `packing`), each checked where it stands (the error's
-`param` is its path) and within one request's media budget: how many stills and frames, how many
+`input_audio` wav/mp3 base64, assistant `refusal`; an assistant's `tool_calls` and `tool`
+messages are chat_tools.py's) and the [ext] `video_frames` part (data-URL frames with
+`timestamps_s` or `fps`, optional `packing`), each checked where it stands (the error's `param`
+is its path) and within one request's media budget: how many stills and frames, how many
 pixels decoded, how many seconds of audio. Remote URLs are refused: the server fetches nothing.
 Does not own: what a family accepts (chat/o26.py, chat/v45.py), the other request fields
 (chat_request.py).
@@ -16,6 +17,7 @@ from typing import Any
 
 from ..chat.request import Audio, Frames, Image, Message, Part, Text
 from ..errors import MediaError
+from .chat_tools import assistant_calls, check_answers, tool_message
 from .codecs import decode_audio_file, decode_image
 from .validate import as_type, b64, bad, get_field, no_unknown, one_of
 
@@ -58,21 +60,28 @@ def parse_messages(v: Any, budget: Budget) -> tuple[Message, ...]:
         raise bad("invalid_value", "Invalid value for 'messages': at least one message is required.", "messages")
     if len(items) > MAX_MESSAGES:
         raise bad("invalid_value", f"'messages' holds {len(items)} messages; the limit is {MAX_MESSAGES}.", "messages")
-    return tuple(_message(m, f"messages[{i}]", budget) for i, m in enumerate(items))
+    messages = tuple(_message(m, f"messages[{i}]", budget) for i, m in enumerate(items))
+    check_answers(messages)
+    return messages
 
 
 def _message(v: Any, p: str, budget: Budget) -> Message:
     m = as_type(v, dict, p)
     role = one_of(get_field(m, "role", str, p, required=True), ROLES, f"{p}.role")
-    if role in ("tool", "function"):
+    if role == "function":
         raise bad(
             "unsupported_value",
-            f"'{p}.role' {role!r}: tool results need tools, which this server does not take yet.",
+            f"'{p}.role' 'function' (the deprecated functions API): send results as 'tool' messages.",
             f"{p}.role",
         )
+    if role == "tool":
+        return tool_message(m, p)
     no_unknown(m, {"role", "content", "name", "refusal", "tool_calls", "audio", "reasoning_content"}, p)
+    calls = ()
     if m.get("tool_calls"):
-        raise bad("unsupported_value", f"'{p}.tool_calls': tools are not supported yet.", f"{p}.tool_calls")
+        if role != "assistant":
+            raise bad("invalid_value", f"'{p}.tool_calls': only assistant messages hold calls.", f"{p}.tool_calls")
+        calls = assistant_calls(m["tool_calls"], f"{p}.tool_calls")
     if m.get("audio") is not None:
         raise bad(
             "unsupported_value",
@@ -84,11 +93,11 @@ def _message(v: Any, p: str, budget: Budget) -> Message:
     if content is None:
         if role != "assistant":
             raise bad("missing_required_parameter", f"Missing required parameter: '{p}.content'.", f"{p}.content")
-        return Message(role, ())
+        return Message(role, (), calls)
     if isinstance(content, str):
-        return Message(role, (Text(content),))
+        return Message(role, (Text(content),), calls)
     parts = as_type(content, list, f"{p}.content")
-    return Message(role, tuple(_part(x, role, f"{p}.content[{j}]", budget) for j, x in enumerate(parts)))
+    return Message(role, tuple(_part(x, role, f"{p}.content[{j}]", budget) for j, x in enumerate(parts)), calls)
 
 
 def _part(v: Any, role: str, p: str, budget: Budget) -> Part:

@@ -3,9 +3,10 @@
 Owns the request's fields: which are honoured (sampling, token caps, stop, seed, streaming and
 its usage chunk, audio out with a voice and format, thinking on MiniCPM-V 4.5 as
 `reasoning_effort` or vLLM's `chat_template_kwargs.enable_thinking`, vLLM's `top_k` and
-`repetition_penalty`), which are accepted and change nothing (`ignored`: metadata for OpenAI's
-own services), and which are refused by name (n > 1, tools until function calling lands, log
-probabilities, penalties and biases this model's sampler does not have, structured output).
+`repetition_penalty`, function tools: chat_tools.py), which are accepted and change nothing
+(`ignored`: metadata for OpenAI's own services), and which are refused by name (n > 1, the
+deprecated functions API, log probabilities, penalties and biases this model's sampler does not
+have, structured output).
 Unknown fields are refused, as OpenAI does, so a typo never passes silently. Messages and media:
 chat_messages.py. Does not own: what each family accepts (chat/).
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from ..chat.request import ChatRequest, Sampling, Speech
 from .chat_messages import Budget, parse_messages
+from .chat_tools import tool_spec
 from .codecs import read_wav_any
 from .validate import as_type, b64, bad, get_field, in_range, no_unknown, one_of
 
@@ -29,12 +31,10 @@ IGNORED = (
     "prompt_cache_retention",
     "prompt_cache_options",
     "verbosity",
-    "parallel_tool_calls",
 )
 REFUSED = {  # field -> why (sent only when the value asks for something; null, 0 or empty pass)
-    "tools": "tools are not supported yet (function calling is on its way)",
-    "functions": "functions are not supported yet (function calling is on its way)",
-    "function_call": "functions are not supported yet (function calling is on its way)",
+    "functions": "the deprecated functions API is not supported: send 'tools' and 'tool_choice'",
+    "function_call": "the deprecated functions API is not supported: send 'tools' and 'tool_choice'",
     "logprobs": "log probabilities are not returned by this server",
     "top_logprobs": "log probabilities are not returned by this server",
     "frequency_penalty": "the model's sampler has no frequency penalty (use repetition_penalty)",
@@ -61,7 +61,9 @@ HONOURED = (
     "audio",
     "reasoning_effort",
     "chat_template_kwargs",
+    "tools",
     "tool_choice",
+    "parallel_tool_calls",
     "response_format",
 )
 MAX_STOPS = 4  # as OpenAI
@@ -82,9 +84,6 @@ def parse_request(body: Any, max_image_pixels: int) -> ChatRequest:
     n = get_field(req, "n", int, "")
     if n is not None and n != 1:
         raise bad("unsupported_value", f"'n' is {n}: this server returns one choice (n = 1) only.", "n")
-    tool_choice = req.get("tool_choice")
-    if tool_choice not in (None, "none", "auto"):
-        raise bad("unsupported_parameter", "'tool_choice': tools are not supported yet.", "tool_choice")
     fmt = get_field(req, "response_format", dict, "")
     if fmt is not None and fmt.get("type") != "text":
         raise bad(
@@ -103,6 +102,7 @@ def parse_request(body: Any, max_image_pixels: int) -> ChatRequest:
         stop=_stops(req.get("stop")),
         speech=speech,
         thinking=_thinking(req),
+        tools=tool_spec(req),
         stream=stream,
         include_usage=stream and include_usage,
         ignored=tuple(k for k in IGNORED if req.get(k) is not None),

@@ -8,6 +8,8 @@ and to know the current format; never changes the session itself.
 
 from __future__ import annotations
 
+from omni.processing.prompt import plain_text
+
 from ..session import commands as C
 from .codecs import InputAudioStream, decode_image, decode_input_audio, read_wav_any
 from .session_config import apply_update
@@ -50,7 +52,7 @@ class Inbound:
             fmt = self.conv.config.input_format
             for p in ev.item.content:
                 if p.type == "input_text":
-                    content.append(p.text or "")
+                    content.append(plain_text(p.text or ""))  # media tokens would mark absent media
                 elif p.type == "input_audio" and p.audio:
                     content.append(decode_input_audio(p.audio, fmt))
                 elif p.type == "input_image":

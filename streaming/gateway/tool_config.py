@@ -32,7 +32,8 @@ def parse_tools(v: Any, p: str) -> tuple[Tool, ...]:
     seen: set[str] = set()
     for i, t in enumerate(tools):
         if t.name in seen:
-            raise bad("invalid_value", f"Duplicate function name '{t.name}' in '{p}'.", f"{p}[{i}].name")
+            where = f"{p}[{i}].function" if items[i].get("function") is not None else f"{p}[{i}]"  # nested or flat
+            raise bad("invalid_value", f"Duplicate function name '{t.name}' in '{p}'.", f"{where}.name")
         seen.add(t.name)
     size = sum(len(t.name) + len(t.description or "") + len(t.parameters or "") for t in tools)
     if size > MAX_TOOLS_CHARS:

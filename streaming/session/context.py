@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from omni.processing.prompt import plain_text
 from omni.tools.prompt import tools_section, tools_turn_text
 
 from .state import ConnectionState, Turn
@@ -72,5 +73,6 @@ class Context:
         ref = st.ref_16k if c.reference_audio is not None else None
         mode = "audio_assistant"  # default voice without a clip, cloned voice with one
         tools = tools_section(c.tools) if c.tools else ""  # the template's # Tools, in the system turn
-        await self.engine.set_system(c.omni.seed, mode, ref, c.instructions or None, tools)  # a seed: from a start
+        text = plain_text(c.instructions or "") or None  # media tokens would mark absent media
+        await self.engine.set_system(c.omni.seed, mode, ref, text, tools)  # a seed: from a start
         st.tools_shown = c.tools

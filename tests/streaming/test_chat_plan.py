@@ -1,17 +1,21 @@
 """The chat layer without a server: stop strings and thinking over streamed text (one step's shapes,
 chunked == whole, earlier output never changes), the o-2.6 engine plan run on a real session
-(the context it builds reads as the TTS template renders the conversation), and the V-4.5 plan
+(the context it builds reads as the TTS template renders the conversation, its calls and tool
+results as the official template writes them), and the V-4.5 plan
 through the official prompt builder (thinking switch, the card's video packs), and a thinking
 reply's pieces on the wire (`reasoning_content`)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from omni.tools.spec import Tool, ToolSpec
 from streaming.chat import o26, v45
-from streaming.chat.request import Audio, ChatRequest, Frames, Image, Message, Sampling, Speech, Text
+from streaming.chat.request import Audio, ChatRequest, Frames, Image, Message, Sampling, Speech, Text, ToolCall
 from streaming.chat.stops import StopScanner
 from streaming.chat.v45 import ThinkSplitter
 from streaming.errors import ProtocolError
@@ -114,6 +118,42 @@ def test_o26_plan_prefills_the_conversation_as_the_tts_template_renders_it(tiny_
     assert s.reply_usage is not None and s.reply_usage[1] >= 1 and isinstance(reply, str)
 
 
+def test_o26_plan_prefills_calls_and_results_as_the_official_template_writes_them(tiny_omni):
+    from omni.session.engine import Session
+    from omni.tools.prompt import tools_section
+
+    weather = Tool("get_weather", "The <image> forecast.", json.dumps({"type": "object", "properties": {}}))
+    calls = (ToolCall("c1", "get_weather", '{"city": "Paris"}'), ToolCall("c2", "get_weather", '{"city": "Rome"}'))
+    spec = ToolSpec((weather,), "auto")
+    req = _req(
+        Message("system", (Text("Be brief."),)),
+        Message("user", (Text("Weather?"),)),
+        Message("assistant", (Text("Let me see."),), calls),
+        Message("tool", (Text("sunny"),), call_id="c1"),
+        Message("tool", (Text("rain"),), call_id="c2"),
+        tools=spec,
+    )
+    plan = o26.plan(req, max_reply_tokens=16, max_speech_s=5.0)
+    assert plan.options.tools == spec and plan.tools == tools_section((weather,)) and "<image>" not in plan.tools
+    s = Session(tiny_omni, seed=1)
+    assert s.set_system(plan.mode, None, plan.instructions, plan.tools).text.endswith(plan.tools + "<|im_end|>\n")
+    texts = "".join(s.prefill(m).text for m in plan.prefills)
+    wire_calls = [
+        {"type": "function", "function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in calls
+    ]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "Let me see.", "tool_calls": wire_calls},
+        {"role": "tool", "content": "sunny"},
+        {"role": "tool", "content": "rain"},
+    ]
+    want = tiny_omni.tokenizer.apply_chat_template(messages, tools=[weather.chat_shape()], tokenize=False)
+    assert texts.startswith("<|im_start|>user\nWeather?") and want.endswith(texts + "<|im_end|>\n")
+    reply = list(s.generate(plan.options))  # the reply follows the results
+    assert s.reply_usage is not None and reply
+
+
 @pytest.mark.parametrize(
     "req, code",
     [
@@ -179,9 +219,10 @@ def test_v45_plan_builds_the_official_prompt_with_thinking_and_a_video(tiny_v45)
         _req(Message("user", (Image(PILImage.new("RGB", (8, 8))), _frames(2, 1.0)))),
         _req(Message("user", (_frames(2, 1.0, size=(8, 8)), _frames(2, 1.0, size=(8, 8))))),
         _req(Message("user", (Frames((PILImage.new("RGB", (8, 8)), PILImage.new("RGB", (9, 8))), (0.0, 1.0), 2),))),
+        _req(Message("user", (Text("hi"),)), tools=ToolSpec((Tool("f"),), "auto")),
     ],
 )
-def test_v45_plan_refuses_audio_speech_and_mixed_media(req):
+def test_v45_plan_refuses_audio_speech_tools_and_mixed_media(req):
     with pytest.raises(ProtocolError):
         v45.plan(req, 16)
 

@@ -112,6 +112,33 @@ async def test_deep_json_and_oversized_items_are_clear_errors_and_the_session_go
 
 
 @pytest.mark.asyncio
+async def test_media_tokens_in_any_text_are_only_text(server):
+    """The model's media tokens in a user item, an assistant item, a call, its result, the
+    instructions or a tool's description would mark media that is not there: they are taken out,
+    and every item is added and the reply made (they were an internal_error)."""
+    odd = "see <image> and </slice> or (<audio>./</audio>) <|audio_start|> <slice>"
+    tool = {"type": "function", "name": "f", "description": odd}
+    items = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": odd}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": odd}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": json.dumps({"a": odd})},
+        {"type": "function_call_output", "call_id": "c1", "output": odd},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": odd}]},
+    ]
+    async with websockets.connect(server.ws_url) as ws:
+        await recv_until(ws, lambda e: e["type"] == "session.created")
+        session = {"instructions": odd, "tools": [tool], "tool_choice": "none"}
+        await ws.send(json.dumps({"type": "session.update", "session": session}))
+        await recv_until(ws, lambda e: e["type"] == "session.updated")
+        for item in items:
+            await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+        await ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
+        events = await recv_until(ws, lambda e: e["type"] in ("response.done", "error"))
+    assert events[-1]["type"] == "response.done", events[-1]
+    assert sum(e["type"] == "conversation.item.done" for e in events) >= len(items)
+
+
+@pytest.mark.asyncio
 async def test_healthz_names_the_checkpoint_folder_not_its_path(tiny_omni):
     from aiohttp import web
     from streaming.server import build_app
@@ -127,6 +154,7 @@ async def test_healthz_names_the_checkpoint_folder_not_its_path(tiny_omni):
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz") as r:
             body = await r.text()
         assert json.loads(body)["model"] == "MiniCPM-o-2_6" and "alice" not in body
+        assert json.loads(body)["weights"] == {"dtype": "float32", "quantization": "none", "kernel": "dense"}
     finally:
         await runner.cleanup()
 

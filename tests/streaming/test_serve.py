@@ -41,6 +41,7 @@ async def test_omni_serve_starts_answers_and_stops_with_its_model_processes():
     p, lines = omni_serve("--port", str(port))
     try:
         assert any(f"model ready ({lanes} lane(s), processes, room for 16 session(s)" in ln for ln in lines), lines
+        assert any("weights float32, quantization none, kernel dense" in ln for ln in lines), lines
         health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10))
         plan = health["worker"].pop("plan")
         assert (
