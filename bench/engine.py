@@ -18,6 +18,7 @@ worker did), all N sessions do the same thing at the same moment (the worst case
     python bench/engine.py --full-random --layers 2 [--levels 1,16] [--skip-speech]
     python bench/engine.py --full-random --device cuda --dtype bfloat16 --levels 1,8,16,32 [--no-cuda-graphs]
     python bench/engine.py --thread-compare [--rounds 5]   # one session: engine thread / calling thread
+    python bench/engine.py --family v45 [--target-pack 2]    # MiniCPM-V 4.5: bench/engine_v45.py
     python bench/engine.py --full-random --device cuda --dtype bfloat16 --quantize int4 --levels 1,4
 """
 
@@ -279,8 +280,21 @@ def main() -> None:
     ap.add_argument("--thread-compare", action="store_true", help="one session: engine thread vs calling thread")
     ap.add_argument("--rounds", type=int, default=5, help="--thread-compare: processes per mode and thread count")
     ap.add_argument("--thread-child", choices=["calling", "engine"], help=argparse.SUPPRESS)
+    ap.add_argument("--family", choices=["o26", "v45"], default="o26", help="v45: bench/engine_v45.py's figures")
+    ap.add_argument("--frames", type=int, default=12, help="v45: frames per session per ingest level")
+    ap.add_argument("--target-sessions", type=int, default=9, help="v45: sessions in the real-time target run")
+    ap.add_argument("--target-fps", type=float, default=6.0)
+    ap.add_argument("--target-pack", type=int, default=2)
+    ap.add_argument("--target-s", type=float, default=30.0, help="v45: the real-time run's length (0: skip)")
+    ap.add_argument("--question-every-s", type=float, default=1.5)
+    ap.add_argument("--v45-rounds", dest="rounds_v45", type=int, default=3, help="v45: decode runs per mode")
     ap.add_argument("--quantize", choices=["int8", "int4"], help="the LLM's linears quantized (omni.quantized)")
     a = ap.parse_args()
+    if a.family == "v45":
+        from engine_v45 import main_v45
+
+        print(json.dumps(main_v45(a)))
+        return
     if a.thread_compare:
         print(json.dumps(thread_compare(a.rounds)))
         return

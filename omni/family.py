@@ -38,6 +38,7 @@ class Family:
     decoder: Flavour  # the LLM: Qwen2 (biases) or Qwen3 (q/k norm, no biases)
     processor: str  # "images": a frame is an image; "packs": video packs of 1-6 frames (omni.processing.packs)
     prompt: str  # "minicpmo": chat + TTS templates (omni.processing.prompt); "qwen3": thinking switch (v45_prompt)
+    session: str  # the realtime session class (omni.session.kinds): "streaming" (o-2.6's API), "packs" (V-4.5)
     absent_tokens: tuple[str, ...] = ()  # omni.processing.tokens.SpecialIds fields its vocabulary lacks
 
     def config(self, raw: dict[str, Any]) -> OmniConfig:
@@ -76,6 +77,7 @@ O26 = Family(
     decoder=QWEN2,
     processor="images",
     prompt="minicpmo",
+    session="streaming",
 )
 V45 = Family(
     key="v-4.5",
@@ -88,6 +90,7 @@ V45 = Family(
     decoder=QWEN3,
     processor="packs",
     prompt="qwen3",
+    session="packs",
     absent_tokens=("audio_start", "audio_end", "spk_bos", "spk", "spk_eos", "tts_bos", "tts_eos"),
 )
 FAMILIES = (O26, V45)

@@ -1,9 +1,10 @@
 """`BatchEngine`: one per device; every session on it is a program, and their ops run in batches.
 
-Owns: the sessions of one device (each an `omni.session.engine.Session` whose LLM cache and TTS
-state live in a slot of two preallocated `KVPool`s), their command queues, the programs they run
-(a command's: system / prefill / unit; or the reply), the outputs a reply produced that nobody
-took yet, and the tick loop. Each tick applies the commands that arrived (sessions join and leave
+Owns: the sessions of one device (each of the class its model family names, omni.session.kinds:
+o-2.6's `Session`, V-4.5's `V45Session`; its LLM cache and TTS state live in a slot of two
+preallocated `KVPool`s, the TTS pool only when the family speaks), their command queues, the
+programs they run (a command's: system / prefill / unit / frame; or the reply), the outputs a
+reply produced that nobody took yet, and the tick loop. Each tick applies the commands that arrived (sessions join and leave
 only here, between batches), advances every program to its next op, picks one batch (`schedule.pick`:
 earliest deadline first, one kind) and executes it (`steps.Executor`), one packed forward for all.
 Does not own: model math, session logic (the programs), threads or asyncio (the caller runs
@@ -33,7 +34,7 @@ from ..loader import Omni
 from ..model.ops import LLMForward, Op
 from ..model.pool import KVPool
 from ..model.steps import Executor
-from ..session.engine import Session
+from ..session.kinds import session_class
 from .isolate import run_isolated
 from .live import Command, Done, Live, answer, ignore, merged
 from .schedule import Pending, pick
@@ -43,8 +44,12 @@ from .stats import EngineStats
 __all__ = ["COMMANDS", "BatchEngine", "EngineFull", "EngineStats", "SlotCaches", "slot_bytes", "tts_slot_tokens"]
 
 log = logging.getLogger("omni.batch")
-# open/close: use the methods; probe: one real LLM step on a scratch cache (readiness), any session id
-COMMANDS = ("open", "close", "system", "prefill", "unit", "rollback", "forget", "generate", "reply_step", "probe")
+# open/close: use the methods; probe: one real LLM step on a scratch cache (readiness), any session id;
+# frame (a camera frame) and cut (a reply cut to the text delivered): MiniCPM-V 4.5 (omni.session.v45)
+COMMANDS = (
+    *("open", "close", "system", "prefill", "unit", "frame", "rollback", "cut", "forget", "generate"),
+    *("reply_step", "probe"),
+)
 
 
 HOLD_POLL_S = 0.005  # an engine holding background work for a reply step on its way looks again this soon
@@ -69,30 +74,28 @@ class BatchEngine:
         `background_slots`: pool slots over `slots` for background sessions (at most that many
         at once), so transcripts run when every conversation slot is in use."""
         assert slots >= 1 and max_batch >= 1, (slots, max_batch)
-        c, t = omni.config, omni.net.tts.cfg
+        c, tts = omni.config, getattr(omni.net, "tts", None)  # no TTS: a text-only family (V-4.5)
         self.omni, self.slots, self.slot_tokens, self.max_batch = omni, slots, slot_tokens, max_batch
         self.background_slots = background_slots
         self.reply_reserve_tokens, self.clock_s = reply_reserve_tokens, clock_s
+        self.session_class = session_class(omni.family)
         dev = omni.device
         total = slots + background_slots
         self.llm_pool = KVPool(
-            c.num_hidden_layers,
-            total,
-            c.num_key_value_heads,
-            c.hidden_size // c.num_attention_heads,
-            slot_tokens,
-            omni.dtype,
-            dev,
+            c.num_hidden_layers, total, c.num_key_value_heads, c.head_dim, slot_tokens, omni.dtype, dev
         )
-        self.tts_pool = KVPool(
-            t.num_hidden_layers,
-            total,
-            t.num_attention_heads,
-            t.hidden_size // t.num_attention_heads,
-            tts_slot_tokens(omni.net.tts),
-            omni.net.tts.emb_text.weight.dtype,
-            dev,
-        )
+        self.tts_pool = None
+        if tts is not None:
+            t = tts.cfg
+            self.tts_pool = KVPool(
+                t.num_hidden_layers,
+                total,
+                t.num_attention_heads,
+                t.hidden_size // t.num_attention_heads,
+                tts_slot_tokens(tts),
+                tts.emb_text.weight.dtype,
+                dev,
+            )
         self.executor = Executor.of(omni, cuda_graphs)
         self._free = list(range(total))
         self._slot_of: dict[int, int] = {}  # sid -> slot, for open/close on any thread
@@ -246,10 +249,11 @@ class BatchEngine:
             return answer(cmd, self._probe(), None)
         if cmd.op == "open":
             slot, max_cache_tokens, background = cmd.args
-            self.llm_pool.reset_slot(slot)  # never uninitialised memory under a mask
-            self.tts_pool.reset_slot(slot)
-            caches = SlotCaches(self.omni.net.tts, self.llm_pool, self.tts_pool, slot)
-            session = Session(self.omni, None, max_cache_tokens, caches, self.reply_reserve_tokens)
+            for pool in (self.llm_pool, self.tts_pool):
+                if pool is not None:
+                    pool.reset_slot(slot)  # never uninitialised memory under a mask
+            caches = SlotCaches(getattr(self.omni.net, "tts", None), self.llm_pool, self.tts_pool, slot)
+            session = self.session_class(self.omni, None, max_cache_tokens, caches, self.reply_reserve_tokens)
             self._sessions[cmd.sid] = Live(cmd.sid, slot, session, background=background)
             return answer(cmd, None, None)
         live = self._sessions.get(cmd.sid)

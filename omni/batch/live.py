@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..model.ops import Op, Program
-from ..session.engine import Session
+from ..session.kinds import EngineSession, command
 from ..tools.calls import merge
 
 log = logging.getLogger("omni.batch")
@@ -39,7 +39,7 @@ class Live:
 
     sid: int
     slot: int
-    session: Session
+    session: EngineSession  # of the class the model's family names (omni.session.kinds)
     background: bool = False  # its ops yield to every other session's (transcripts)
     commands: deque[Command] = field(default_factory=deque)
     current: Command | None = None  # the command whose program runs
@@ -71,12 +71,17 @@ class Live:
         if cmd.op == "forget":
             s.forget_reply()
             return False
+        if cmd.op == "cut":  # V-4.5: the reply keeps the text delivered
+            command(s, "cut")(*cmd.args)
+            return False
         if cmd.op == "system":
             seed, *args = cmd.args  # mode, ref, text[, tools]
             s.seed = seed  # a seed takes effect from the context start
             program = s.system_program(*args)
         elif cmd.op == "prefill":
             program = s.prefill_program(*cmd.args)
+        elif cmd.op == "frame":  # V-4.5: a camera frame, prefilled with its pack
+            program = command(s, "frame")(*cmd.args)
         else:
             program = s.unit_program(*cmd.args)
         self.current, self.program, self.replying = cmd, program, False

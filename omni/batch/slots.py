@@ -29,28 +29,31 @@ def tts_slot_tokens(tts: ConditionalChatTTS) -> int:
 
 
 def slot_bytes(omni: Omni, slot_tokens: int) -> int:
-    """Memory of one session's slots (LLM + TTS pools)."""
-    c, t = omni.config, omni.net.tts.cfg
-    llm = KVPool.slot_bytes(
-        c.num_hidden_layers, c.num_key_value_heads, c.hidden_size // c.num_attention_heads, slot_tokens, omni.dtype
-    )
-    tts = KVPool.slot_bytes(
+    """Memory of one session's slots (LLM pool, and the TTS pool when the family speaks)."""
+    c, tts = omni.config, getattr(omni.net, "tts", None)
+    llm = KVPool.slot_bytes(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, slot_tokens, omni.dtype)
+    if tts is None:  # a text-only family (MiniCPM-V 4.5): no TTS slot
+        return llm
+    t = tts.cfg
+    return llm + KVPool.slot_bytes(
         t.num_hidden_layers,
         t.num_attention_heads,
         t.hidden_size // t.num_attention_heads,
-        tts_slot_tokens(omni.net.tts),
+        tts_slot_tokens(tts),
         torch.float32,
     )
-    return llm + tts
 
 
 class SlotCaches:
-    """A session's caches in the engine's pools: its slot, reset whenever asked for a fresh one."""
+    """A session's caches in the engine's pools: its slot, reset whenever asked for a fresh one.
+    Without a TTS (`tts` None, no TTS pool) asking for a TTS state is refused."""
 
-    def __init__(self, tts: ConditionalChatTTS, llm_pool: KVPool, tts_pool: KVPool, slot: int):
+    def __init__(self, tts: ConditionalChatTTS | None, llm_pool: KVPool, tts_pool: KVPool | None, slot: int):
         self.tts = tts
         self._llm = SlotCache(llm_pool, slot)
-        self._tts = TTSSlotCache(tts_pool, slot, tts.condition_length - 1)
+        self._tts = None
+        if tts is not None and tts_pool is not None:
+            self._tts = TTSSlotCache(tts_pool, slot, tts.condition_length - 1)
 
     def llm(self) -> SlotCache:
         """The LLM slot, empty; it was zeroed when the session opened (stale keys after are finite)."""
@@ -58,4 +61,6 @@ class SlotCaches:
         return self._llm
 
     def tts_state(self, text_mask: torch.Tensor | None = None) -> TTSState:
+        if self.tts is None or self._tts is None:
+            raise RuntimeError("this engine's model has no TTS: no speech state")
         return self.tts.new_state(text_mask, cache=self._tts.reset())

@@ -109,11 +109,18 @@ class Decode(Op):
 
 @dataclass(eq=False)
 class VisionEncode(Op):
-    """Image slices as patch strips + tgt_sizes [n, 2] -> resampled features [n, query_num, H]."""
+    """Image slices as patch strips + tgt_sizes [n, 2] -> resampled features [n, query_num, H];
+    with `temporal_ids` (MiniCPM-V 4.5 video packs: one id list per output, covering the strips in
+    order) -> [len(temporal_ids), query_num, H]."""
 
     kind: ClassVar[str] = "vision"
     strips: list
     tgt_sizes: torch.Tensor
+    temporal_ids: list[list[int]] | None = None
+
+    @property
+    def outputs(self) -> int:
+        return len(self.strips) if self.temporal_ids is None else len(self.temporal_ids)
 
 
 @dataclass(eq=False)

@@ -53,7 +53,9 @@ class Executor:
         if cuda_graphs:
             from .graphs import DecodeGraphs
 
-            self.graphs = {"llm": DecodeGraphs(self._net().llm.model), "tts": DecodeGraphs(self._tts_model().model)}
+            self.graphs = {"llm": DecodeGraphs(self._net().llm.model)}
+            if self.tts is not None:  # a family without speech (MiniCPM-V 4.5) has no TTS step
+                self.graphs["tts"] = DecodeGraphs(self.tts.model)
         self._kinds: dict[str, Callable[[list], list]] = {
             "llm": self._llm,
             "tts": self._tts,
@@ -155,8 +157,12 @@ class Executor:
         ]
         for group in groups:
             strips = [s for b in group for s in ops[b].strips]
-            feats = net.vision_features(strips, torch.cat([ops[b].tgt_sizes for b in group], 0))
-            for b, f in zip(group, feats.split([len(ops[b].strips) for b in group])):
+            # Packs (V-4.5) of several sessions share one resampler call (padding keys are masked);
+            # a still beside them is a group of one with id -1 (bit-identical to the 2-D path).
+            packed = any(ops[b].temporal_ids is not None for b in group)
+            ids = [t for b in group for t in (ops[b].temporal_ids or [[-1]] * len(ops[b].strips))] if packed else None
+            feats = net.vision_features(strips, torch.cat([ops[b].tgt_sizes for b in group], 0), ids)
+            for b, f in zip(group, feats.split([ops[b].outputs for b in group])):
                 out[b] = f
         return out
 

@@ -100,6 +100,14 @@ class EngineHandle:
     async def append_unit(self, audio_16k: np.ndarray, frame=None) -> None:
         await self._run("unit", audio_16k, frame)
 
+    async def append_frame(self, image, t_s: float, pack_frames: int, origin_s: float | None = None) -> None:
+        """MiniCPM-V 4.5: a camera frame captured at `t_s` s, prefilled with its pack (omni.session.v45)."""
+        await self._run("frame", image, t_s, pack_frames, origin_s)
+
+    async def cut_reply(self, chars: int | None) -> None:
+        """MiniCPM-V 4.5: the latest reply keeps its first `chars` characters (those delivered)."""
+        await self._run("cut", chars)
+
     async def interrupt_ms(self, heard_ms: float) -> None:
         await self._run("rollback", heard_ms)
 
