@@ -201,15 +201,18 @@ def _one_session(call) -> dict:
 
 def thread_child(mode: str) -> None:
     """One process, one mode: the model loaded as `omni serve` loads it for the threads worker,
-    then one session ticked on this (the loading) thread, or on the worker's engine thread."""
+    then one session ticked on this (the loading) thread (calling), or on the worker's engine
+    thread (engine); `engine-2pools`: the model loaded on this thread itself, as before the fix,
+    so this thread and the engine thread each make an OpenMP pool (the cause, for comparison)."""
     import threading
 
-    from streaming.server import load_model
+    from omni.loader import load
+    from streaming.server import checkpoint_dir, load_model
     from streaming.settings import ServerSettings
     from streaming.engines.worker import EngineSpec, EngineWorker
 
     settings = ServerSettings(model_lanes=1, worker="threads")
-    omni, _ = load_model(settings)
+    omni = load(checkpoint_dir(settings), progress=False) if mode == "engine-2pools" else load_model(settings)[0]
     if mode == "calling":
         from omni.batch.engine import BatchEngine
 
@@ -235,13 +238,14 @@ def thread_child(mode: str) -> None:
 
 def thread_compare(rounds: int) -> dict:
     """Engine thread vs calling thread, one session, each in its own process (a process's thread
-    pools are the point), A B A B, at 1, 2 and all cores; ratios engine / calling (1 = as fast)."""
+    pools are the point), in turn, at 1, 2 and all cores; ratios engine / calling (1 = as fast),
+    and the same for the engine thread beside a second pool (`ratio_2pools`: the cause)."""
     import os
     import subprocess
 
     out = {}
     for n in dict.fromkeys([1, 2, os.cpu_count() or 1]):
-        runs: dict[str, list[dict]] = {"calling": [], "engine": []}
+        runs: dict[str, list[dict]] = {"calling": [], "engine": [], "engine-2pools": []}
         for _ in range(rounds):
             for mode in runs:
                 p = subprocess.run(
@@ -255,7 +259,8 @@ def thread_compare(rounds: int) -> dict:
             m: {k: statistics.median(r[k] for r in rs) for k in ("unit_ms", "first_audio_ms", "rtf")}
             for m, rs in runs.items()
         }
-        out[str(n)] = {**med, "ratio": {k: round(med["engine"][k] / med["calling"][k], 3) for k in med["engine"]}}
+        ratio = {m: {k: round(med[m][k] / med["calling"][k], 3) for k in med[m]} for m in ("engine", "engine-2pools")}
+        out[str(n)] = {**med, "ratio": ratio["engine"], "ratio_2pools": ratio["engine-2pools"]}
     return {"bench": "engine_thread", "rounds": rounds, "threads": out}
 
 
@@ -279,7 +284,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--thread-compare", action="store_true", help="one session: engine thread vs calling thread")
     ap.add_argument("--rounds", type=int, default=5, help="--thread-compare: processes per mode and thread count")
-    ap.add_argument("--thread-child", choices=["calling", "engine"], help=argparse.SUPPRESS)
+    ap.add_argument("--thread-child", choices=["calling", "engine", "engine-2pools"], help=argparse.SUPPRESS)
     ap.add_argument("--family", choices=["o26", "v45"], default="o26", help="v45: bench/engine_v45.py's figures")
     ap.add_argument("--frames", type=int, default=12, help="v45: frames per session per ingest level")
     ap.add_argument("--target-sessions", type=int, default=9, help="v45: sessions in the real-time target run")
