@@ -13,13 +13,15 @@ import { Prefs } from "./prefs.js";
 import { CallRecorder, save } from "./export.js";
 import { DevicePicker } from "./devices.js";
 import { Background } from "./background.js";
+import { Family } from "./family.js";
+import { Reader } from "./speak.js";
 
 const { KEY_STORE, TLS_HINT } = errors;
 const TURNS_KEPT = 200;   // metrics.turns / truncates: enough for any test, bounded for a long call
 // Browser handles (audio graph, media, transport): resources, not call state, which is `state`.
 const io = { ctx: null, player: null, analyser: null, micAnalyser: null, transport: null, mic: null, cam: null };
 const metrics = { turns: [], outRmsMax: 0, transport: null, truncates: [], events: {} };
-let state = initialState(), health = null;
+let state = initialState(), health = null, family = new Family(null);   // the family: from /healthz
 const radio = (name) => document.querySelector(`input[name="${name}"]:checked`).value;
 const videoMode = () => radio("mode") === "video";
 const apiKey = () => localStorage.getItem(KEY_STORE) || ui.el("api-key").value || "";
@@ -63,7 +65,7 @@ const OUT = {                                        // effect `send` -> the wir
 function run(fx) {
   switch (fx.do) {
     case "open": openCall(fx.attempt); break;
-    case "teardown": release(); break;
+    case "teardown": release(); reader.stop(); break;
     case "clearError": ui.clearError(); break;
     case "send": send(OUT[fx.msg](fx)); break;
     case "truncate":
@@ -76,8 +78,8 @@ function run(fx) {
       break;
     case "mute": io.transport?.setMuted(fx.on); break;
     case "wake": setTimeout(() => dispatch({ type: "tick", now: performance.now() }), fx.inMs + 1); break;
-    case "meta": ui.assistantMeta(fx.id, fx.text, fx.cut); break;
-    case "text": ui.assistantText(fx.id, fx.delta); break;
+    case "meta": ui.assistantMeta(fx.id, fx.text, fx.cut); if (fx.cut) reader.done(fx.id, true); break;
+    case "text": ui.assistantText(fx.id, fx.delta); reader.text(fx.id, fx.delta); break;
     case "userTurn": ui.userTurn(fx.itemId, fx.durationMs); break;
     case "userText": ui.userText(fx.itemId, fx.text, fx.append); break;
     case "firstAudio":
@@ -85,7 +87,8 @@ function run(fx) {
       ui.latencyBar(fx.ms);
       turnOf(fx.id).pageMs = fx.ms;
       break;
-    case "turnStatus": turnOf(fx.id).status = fx.status; break;
+    case "turnStatus": turnOf(fx.id).status = fx.status; reader.done(fx.id, fx.status === "cancelled"); break;
+    case "videoStats": metrics.videoStats = fx.stats; ui.setStat("st-frames", Family.statsText(fx.stats)); break;
     case "timings": timings(fx.id, fx.timings); break;
     case "error":
       if (fx.lost) errors.callLost(fx.lost, health);
@@ -153,13 +156,14 @@ async function openCall(attempt) {
   const hold = (k, v) => { own[k] = v; if (state.attempt !== attempt) throw STALE; io[k] = v; return v; };
   const key = apiKey();
   try {
+    await healthRead;                             // the family decides what the call opens
     await ensurePlayer();
     recorder.clear();                             // the download is of the latest call
     await recorder.attach(io.ctx, io.analyser);
     await openMedia(hold);
     const rtcError = await connect(attempt, key, hold);
     metrics.transport = io.transport.kind;
-    dispatch({ type: "connected", attempt, transport: io.transport.kind, rtcFailed: !!rtcError,
+    dispatch({ type: "connected", attempt, transport: io.transport.kind, rtcFailed: !!rtcError, audio: family.audio,
       at: new Date().toISOString(), now: performance.now() });
     if (io.transport?.kind === "webrtc") readPair(io.transport, 20);
   } catch (e) {
@@ -178,18 +182,19 @@ function readPair(t, triesLeft) {
 }
 
 async function openMedia(hold) {
-  try { hold("mic", await devices.open("audioinput")); }
+  try { hold("mic", family.audio ? await devices.open("audioinput") : null); }   // V-4.5 hears no audio
   catch (e) {
     if (e === STALE) throw e;
     throw new Error(e.name === "NotAllowedError" ? "Microphone access was denied. Allow the microphone for this site (address bar → site settings) and press Start again."
       : e.name === "NotFoundError" ? "No microphone found." : "Microphone error: " + e.message);
   }
   hold("cam", null);
-  if (videoMode()) {
+  if (videoMode() || !family.audio) {              // camera + text: the camera is its whole input
+    const alone = family.audio ? "voice only" : "text only";
     let cam = null;
     try { cam = await devices.open("videoinput"); }
     catch (e) {
-      ui.showError(e.name === "NotAllowedError" ? "Camera access was denied: continuing with voice only." : "Camera unavailable (" + e.message + "): voice only.");
+      ui.showError(e.name === "NotAllowedError" ? `Camera access was denied: continuing with ${alone}.` : `Camera unavailable (${e.message}): ${alone}.`);
     }
     if (cam) hold("cam", cam);
   }
@@ -211,6 +216,7 @@ async function connect(attempt, key, hold) {
     try {
       await t.open({ key, micStream: io.mic, camStream: io.cam });
       hold("transport", t);                        // still this attempt's
+      if (!io.mic) return null;                    // no audio either way (MiniCPM-V 4.5)
       io.ctx.createMediaStreamSource(t.outputStream()).connect(io.analyser);   // meter + latency; <audio> plays it
       io.micAnalyser = io.ctx.createAnalyser();     // the mic meter (WebSocket: the mic worklet's level)
       io.micAnalyser.fftSize = 1024;
@@ -225,7 +231,8 @@ async function connect(attempt, key, hold) {
   const t = hold("transport", new WsTransport(handlers));
   await t.open({ key });
   hold("transport", t);
-  await t.startMedia({ ctx: io.ctx, micStream: io.mic, videoEl: ui.el("preview"), video: !!io.cam });
+  await t.startMedia({ ctx: io.ctx, micStream: io.mic, videoEl: ui.el("preview"), video: !!io.cam,
+    fps: family.framesPerS(prefs.current()), stamped: family.stampsFrames });
   hold("transport", t);
   return rtcError;
 }
@@ -312,7 +319,8 @@ const voice = new VoicePicker(ui.el("voice"), {
   onChange: () => dispatch({ type: "settings" }),
   onError: (msg) => ui.showError(msg),
 });
-const prefs = new Prefs(() => dispatch({ type: "settings" }));
+const prefs = new Prefs((p) => { io.transport?.setFrameRate(family.framesPerS(p)); dispatch({ type: "settings" }); });
+const reader = new Reader({ enabled: () => !family.audio && !!prefs.current().readAloud });
 const recorder = new CallRecorder();
 const devices = new DevicePicker({
   onSpeaker: setSpeaker,
@@ -326,7 +334,7 @@ function setSpeaker(id) {
   ui.el("remote-audio").setSinkId?.(id).catch((e) => ui.showError("Could not use that speaker: " + e.message));
   io.ctx?.setSinkId?.(id).catch(() => {});
 }
-function sessionUpdate() { return P.sessionUpdate({ video: !!io.cam, voice: voice.current(), prefs: prefs.current() }); }
+function sessionUpdate() { return family.session({ video: !!io.cam, voice: voice.current(), prefs: prefs.current() }); }
 
 window.omni = Object.freeze({
   get state() { return state; },
@@ -335,7 +343,7 @@ window.omni = Object.freeze({
   reply: (id) => replyOf(state, id),
   metrics, devices, voice, prefs, recorder,
   get mic() { return io.mic; }, get cam() { return io.cam; }, get transport() { return io.transport; }, get ctx() { return io.ctx; },
-  get health() { return health; }, get callStarted() { return state.callStarted; }, get session() { return state.session; },
+  get health() { return health; }, get family() { return family.key; }, get callStarted() { return state.callStarted; }, get session() { return state.session; },
 });
 
 ui.el("flip").addEventListener("click", flipCamera);
@@ -360,7 +368,7 @@ ui.el("text-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const typed = state.typed;
   dispatch({ type: "text", text: ui.el("text-input").value, now: performance.now() });
-  if (state.typed !== typed) ui.el("text-input").value = "";   // sent
+  if (state.typed !== typed) { ui.el("text-input").value = ""; reader.stop(); }   // sent: a new question
 });
 // Keys: Space interrupts, M mutes, Escape dismisses an error; not while typing in a field.
 document.addEventListener("keydown", (e) => {
@@ -371,7 +379,7 @@ document.addEventListener("keydown", (e) => {
 });
 render(state, null);
 
-(async function init() {
+const healthRead = (async function init() {
   const local = ["localhost", "127.0.0.1", "[::1]"].includes(location.hostname);
   if (!window.isSecureContext && !local) {
     ui.showError(["Microphone and camera need HTTPS when the page is not on this computer. Start the server with ",
@@ -379,7 +387,9 @@ render(state, null);
   }
   try {
     health = await (await fetch("/healthz")).json();
-    if (health.embedded_demo_model) ui.demoBanner(health.load_model_hint);
+    family = new Family(health.family);
+    family.apply();
+    if (health.embedded_demo_model) ui.demoBanner(family.hint ?? health.load_model_hint, family.title);
     if (health.auth_required) ui.askForKey(localStorage.getItem(KEY_STORE) || "");
     if (health.max_sessions && health.sessions >= health.max_sessions) {
       ui.showError("The server is full right now (all sessions in use).");

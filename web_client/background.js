@@ -44,10 +44,11 @@ export class Background {
     }
   }
 
-  /** Whether playback and capture run: a running context and a live, unmuted microphone. */
+  /** Whether playback and capture run: a running context and a live, unmuted microphone (a call
+   * without one, MiniCPM-V 4.5's camera + text, needs only the context). */
   running() {
-    const ctx = this.media.ctx(), mic = this.media.mic()?.getAudioTracks()[0];
-    return ctx?.state === "running" && !!mic && mic.readyState === "live" && !mic.muted;
+    const ctx = this.media.ctx(), stream = this.media.mic(), mic = stream?.getAudioTracks()[0];
+    return ctx?.state === "running" && (!stream || (!!mic && mic.readyState === "live" && !mic.muted));
   }
 
   /** Restart what the background stopped; outside a tap this may fail, and a tap is asked for. */

@@ -24,6 +24,7 @@ export const S = Object.freeze({                // server -> client types the pa
   TRANSCRIPT_DELTA: "response.output_audio_transcript.delta",
   TRANSCRIPT_DONE: "response.output_audio_transcript.done",
   TEXT_DELTA: "response.output_text.delta",
+  VIDEO_STATS: "omni.video.stats",
   ERROR: "error",
 });
 
@@ -54,8 +55,20 @@ export function sessionUpdate({ video = true, voice = null, prefs = {} } = {}) {
   return ev("session.update", { session });
 }
 
+/** session.update for a model that sees and reads but neither hears nor speaks (MiniCPM-V 4.5):
+ * text replies only and no audio section at all (the server refuses audio fields for it);
+ * `fps`: the camera frames a second that reach the model (1-6). */
+export function visionSessionUpdate({ video = true, fps = 2, prefs = {} } = {}) {
+  const session = { type: "realtime", omni: { video, events: true, seed: prefs.seed ?? null, video_fps: fps },
+    instructions: prefs.instructions ?? "", output_modalities: ["text"] };
+  if (prefs.temperature != null) session.temperature = prefs.temperature;
+  return ev("session.update", { session });
+}
+
 export const audioAppend = (b64) => ev("input_audio_buffer.append", { audio: b64 });
-export const imageAppend = (dataUrl) => ev("input_image_buffer.append", { image: dataUrl });
+/** A camera frame; `capturedMs` (performance.now() at capture) only where the server packs frames by time. */
+export const imageAppend = (dataUrl, capturedMs) =>
+  ev("input_image_buffer.append", capturedMs == null ? { image: dataUrl } : { image: dataUrl, captured_ms: Math.round(capturedMs) });
 /** A typed message: a user item, then a reply to it (answered with speech, as a spoken turn). */
 export const textItem = (text) => ev("conversation.item.create",
   { item: { type: "message", role: "user", content: [{ type: "input_text", text }] } });
@@ -78,6 +91,12 @@ export function parse(data) {
 export function timingsOf(timingsEvent) {
   const t = timingsEvent?.timings;
   return t && typeof t === "object" ? t : {};
+}
+
+/** {fps, frames_total, packs_total} of the [ext] `omni.video.stats` event: the frames reaching the model. */
+export function videoStatsOf(statsEvent) {
+  const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : 0);
+  return { fps: num(statsEvent?.fps), frames_total: num(statsEvent?.frames_total), packs_total: num(statsEvent?.packs_total) };
 }
 
 /** {type, code, message} of an error event. */

@@ -19,8 +19,11 @@
 // `paused`: the badge says so, what was being heard is cut (the user did not hear it), the mic
 // sends silence, and the silence watchdog waits; `resume` undoes it, `blocked` asks for a tap.
 //
+// A call without audio (`connected` with `audio: false`: MiniCPM-V 4.5 sees and reads, it neither
+// hears nor speaks) has typed turns and text replies only: nothing to truncate on a barge-in.
+//
 // Events: {type:"start"|"reconnect"|"hangup"|"dismiss"|"mute"|"settings"}, {type:"interrupt"},
-// {type:"text", text, now}, {type:"connected", attempt, transport, rtcFailed, at, now},
+// {type:"text", text, now}, {type:"connected", attempt, transport, rtcFailed, audio?, at, now},
 // {type:"failed", attempt, error}, {type:"lost", attempt, info}, {type:"tick", now},
 // {type:"server", attempt, event, samples?, now}, {type:"player", msg, now},
 // {type:"suspend", reason, now}, {type:"resume", now}, {type:"blocked"}.
@@ -38,7 +41,7 @@ export const PLAYOUT_MARGIN_MS = 250, TIMINGS_WAIT_MS = 1000;
 
 export function initialState() {
   return {
-    phase: "idle", attempt: 0, transport: null, link: null, muted: false, session: null, callStarted: null,
+    phase: "idle", attempt: 0, transport: null, audio: true, link: null, muted: false, session: null, callStarted: null,
     current: null, audible: null, responses: {}, retired: [],
     speech: null, lastStop: null, lastHeard: 0, audibleUntil: null, paused: null, typed: 0, effects: [],
   };
@@ -104,10 +107,11 @@ function drop(s, id, truncate, fx) {
 /** Stop what the user hears now (barge-in or Interrupt); `cancel` also sends response.cancel. */
 function bargeIn(s, cancel, fx) {
   const ws = s.transport === "websocket";          // on WebRTC the server knows what was played
+  const truncate = ws && s.audio;                  // a text-only call has no audio to say was heard
   // WebRTC: a reply that finished generating still plays from the server's queue, so cancel it too.
   const live = s.current || (!ws ? s.audible : null);
   if (cancel && live) fx.push({ do: "send", msg: "cancel", id: live });
-  for (const id of heardOrComing(s)) s = drop(s, id, ws, fx);
+  for (const id of heardOrComing(s)) s = drop(s, id, truncate, fx);
   s = { ...s, audible: null, current: null, audibleUntil: null };
   return s.transport ? { ...s, phase: "listening" } : s;   // the audio stopped now, whatever the server says later
 }
@@ -133,7 +137,7 @@ function connected(s, ev, fx) {
   const link = ev.transport === "webrtc" ? "WebRTC" : "WebSocket" + (ev.rtcFailed ? " (WebRTC failed)" : "");
   fx.push({ do: "send", msg: "session" });
   if (s.muted || s.paused) fx.push({ do: "mute", on: true });
-  return { ...s, phase: s.phase === "connecting" ? "listening" : s.phase, transport: ev.transport, link,
+  return { ...s, phase: s.phase === "connecting" ? "listening" : s.phase, transport: ev.transport, audio: ev.audio !== false, link,
     lastHeard: ev.now, callStarted: ev.at };
 }
 
@@ -252,6 +256,7 @@ function onServer(s, ev, fx) {
       return setReply(s, id, { received: r.received + (ev.samples?.length ?? 0), audio: "queued" });
     case P.S.TRANSCRIPT_DELTA: fx.push({ do: "text", id, delta: e.delta }); return r ? heard(s, r, ev.now, fx) : s;
     case P.S.TEXT_DELTA: fx.push({ do: "text", id, delta: e.delta }); return s;
+    case P.S.VIDEO_STATS: fx.push({ do: "videoStats", stats: P.videoStatsOf(e) }); return s;
     case P.S.RESPONSE_DONE: return responseDone(s, e, fx);
     case P.S.RESPONSE_TIMINGS: return timings(s, r, P.timingsOf(e), ev.now, fx);
     case P.S.USER_TRANSCRIPT_DELTA: fx.push({ do: "userText", itemId: e.item_id, text: e.delta, append: true }); return s;

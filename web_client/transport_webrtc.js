@@ -33,11 +33,12 @@ export class WebRtcTransport {
     this.pc = null; this.dc = null; this.remoteStream = null; this.closedByUs = false;
   }
 
-  /** Negotiate with the given local tracks; resolves on session.created over the data channel. */
+  /** Negotiate with the given local tracks; resolves on session.created over the data channel.
+   * No `micStream`: a call without audio (MiniCPM-V 4.5): camera and events only. */
   async open({ key, micStream, camStream }) {
     const pc = new RTCPeerConnection({ iceServers: [] });
     this.pc = pc;
-    for (const t of micStream.getAudioTracks()) this.audioSender = pc.addTrack(t, micStream);
+    for (const t of micStream?.getAudioTracks() ?? []) this.audioSender = pc.addTrack(t, micStream);
     if (camStream) for (const t of camStream.getVideoTracks()) this.videoSender = pc.addTrack(t, camStream);
     else this.videoSender = pc.addTransceiver("video", { direction: "sendonly" }).sender;   // m-line for later
     pc.ontrack = (e) => {
@@ -104,6 +105,9 @@ export class WebRtcTransport {
 
   /** A MediaStream of the reply audio, for the level meter / latency analyser. */
   outputStream() { return this.remoteStream; }
+
+  /** The server samples the video track at the session's `video_fps`: nothing to pace here. */
+  setFrameRate() {}
 
   setVideo(on, camStream) {
     const track = on && camStream ? camStream.getVideoTracks()[0] : null;

@@ -1,5 +1,6 @@
 // WebSocket transport: JSON events on /v1/realtime; mic audio as 24 kHz PCM16 appends (mic
-// worklet), camera frames as JPEG `input_image_buffer.append` once per 1-s unit, reply audio as
+// worklet), camera frames as JPEG `input_image_buffer.append` (o-2.6: once per 1-s unit; V-4.5:
+// at the chosen frame rate, each with its capture time), reply audio as
 // `response.output_audio.delta` (played by the app through the player worklet).
 import * as P from "./protocol.js";
 
@@ -12,6 +13,7 @@ export class WsTransport {
     this.kind = "websocket";
     this.onEvent = onEvent; this.onClose = onClose; this.onLevel = onLevel || (() => {});
     this.ws = null; this.mic = null; this.frameTimer = null; this.closedByUs = false;
+    this.videoEl = null; this.fps = 1; this.stamped = false;
   }
 
   /** Open the socket and wait for session.created. Rejects with a TransportError. */
@@ -49,8 +51,12 @@ export class WsTransport {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(event));
   }
 
-  /** Start sending the microphone (and camera frames when `video` is given). */
-  async startMedia({ ctx, micStream, videoEl, video }) {
+  /** Start sending the microphone (none: a call without audio) and camera frames when `video`:
+   * `fps` a second, with `captured_ms` when `stamped`. */
+  async startMedia({ ctx, micStream, videoEl, video, fps = 1, stamped = false }) {
+    this.fps = fps; this.stamped = stamped;
+    if (video && videoEl) this.startFrames(videoEl);
+    if (!micStream) return;
     await ctx.audioWorklet.addModule("mic-worklet.js");
     const src = ctx.createMediaStreamSource(micStream);
     this.mic = new AudioWorkletNode(ctx, "omni-mic", { numberOfInputs: 1, numberOfOutputs: 0 });
@@ -60,25 +66,33 @@ export class WsTransport {
     };
     src.connect(this.mic);
     this.micSrc = src;
-    if (video && videoEl) this.startFrames(videoEl);
   }
 
   startFrames(videoEl) {
     const canvas = document.createElement("canvas");
+    this.videoEl = videoEl;
     this.frameTimer = setInterval(() => {
       if (!videoEl.videoWidth) return;
       const scale = Math.min(1, 640 / videoEl.videoWidth);
       canvas.width = Math.round(videoEl.videoWidth * scale);
       canvas.height = Math.round(videoEl.videoHeight * scale);
+      const capturedMs = performance.now();
       canvas.getContext("2d").drawImage(videoEl, 0, 0, canvas.width, canvas.height);
-      this.send(P.imageAppend(canvas.toDataURL("image/jpeg", 0.7)));
+      this.send(P.imageAppend(canvas.toDataURL("image/jpeg", 0.7), this.stamped ? capturedMs : undefined));
       this.framesSent = (this.framesSent || 0) + 1;
-    }, 1000);                                   // the model's 1-s unit
+    }, 1000 / this.fps);                        // o-2.6: the model's 1-s unit
   }
 
   setVideo(on, videoEl) {
     clearInterval(this.frameTimer); this.frameTimer = null;
     if (on && videoEl) this.startFrames(videoEl);
+  }
+
+  /** A new frame rate during the call (the frames already running are re-paced). */
+  setFrameRate(fps) {
+    if (fps === this.fps) return;
+    this.fps = fps;
+    if (this.frameTimer) this.setVideo(true, this.videoEl);
   }
 
   setMuted(on) { this.mic?.port.postMessage({ cmd: "mute", on }); }

@@ -7,6 +7,9 @@ const STATE_TITLE = { paused: "The page was in the background: the microphone se
 
 export const el = $;
 
+/** A family's own words for some states (MiniCPM-V 4.5 watches, it does not listen). */
+export function relabelStates(labels) { Object.assign(STATE_TEXT, labels); setState($("state").dataset.state); }
+
 export function setState(state) {
   const s = $("state");
   s.className = "state " + state;
@@ -81,11 +84,11 @@ export function setStat(id, text) { $(id).textContent = text; }
 export function setLevel(id, v) { $(id).value = Math.min(1, v); }
 
 // ---- banner and errors ---------------------------------------------------------------------
-export function demoBanner(hint) {
+export function demoBanner(hint, title = "MiniCPM-o 2.6") {
   const b = $("banner");
   b.innerHTML = "";
   b.append("Demo model: this server runs the tiny embedded model, whose replies are noise by design. " +
-    "To talk to MiniCPM-o 2.6, start it with ");
+    `To talk to ${title}, start it with `);
   const c = document.createElement("code");
   c.textContent = hint;
   b.append(c);
