@@ -146,6 +146,35 @@ def server_factory(tiny_model, model_worker):
         s.stop()
 
 
+V45_MODEL = "embedded:minicpmv-4_5"  # the tiny MiniCPM-V 4.5: camera + text, no audio
+
+
+@pytest.fixture(scope="session")
+def tiny_v45_model(netns):
+    from streaming.server import load_model
+    from streaming.settings import ServerSettings
+
+    omni, _ = load_model(ServerSettings(model=V45_MODEL))
+    assert omni.family.key == "v-4.5"
+    return omni
+
+
+@pytest.fixture
+def v45_server_factory(tiny_v45_model):
+    """A server running the tiny MiniCPM-V 4.5 on the app's own engine thread (`omni serve
+    --model embedded:minicpmv-4_5` on one lane)."""
+    servers = []
+
+    def make(**overrides) -> Server:
+        s = Server(tiny_v45_model, None, model=V45_MODEL, **overrides)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
 @pytest.fixture(scope="module")  # module: its event loop must be gone before asyncio tests run
 def playwright_instance(netns):
     if not Path(CHROMIUM).exists():

@@ -1,0 +1,164 @@
+"""Browser E2E: the page on a MiniCPM-V 4.5 server (the tiny `embedded:minicpmv-4_5`). It reads the
+family from /healthz and becomes camera + text: the microphone off and the page saying why, the
+text box the input, replies streamed as text, a frame-rate setting whose effect the server reports
+(omni.video.stats), replies read aloud only when asked; it never sends an audio event (the server
+refuses them for this family). The o-2.6 page keeps its voice controls and shows none of this."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from e2e_helpers import metrics, open_page
+
+# What the page sends and asks the browser for, recorded before its own scripts run: the events
+# on either transport (frames reduced to their capture time), the media it opens, and what it
+# asks speechSynthesis to say (recorded, not spoken: a headless browser has no voices).
+SPY_JS = """(() => {
+  const spy = window.__spy = { sent: [], media: [], spoken: [] };
+  const record = (data) => {
+    try {
+      const e = JSON.parse(data);
+      spy.sent.push(e.type === "input_image_buffer.append" ? { type: e.type, captured_ms: e.captured_ms } : e);
+    } catch { /* not JSON */ }
+  };
+  for (const C of [WebSocket, RTCDataChannel]) {
+    const send = C.prototype.send;
+    C.prototype.send = function (data) { record(data); return send.call(this, data); };
+  }
+  const gum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  navigator.mediaDevices.getUserMedia = (c) => { spy.media.push(Object.keys(c).filter((k) => c[k])); return gum(c); };
+  speechSynthesis.speak = (u) => { spy.spoken.push(u.text); };
+})()"""
+AUDIO_EVENTS = re.compile(r"^(input_audio_buffer\.|conversation\.item\.truncate$)")
+
+
+def open_v45(browser, server, transport: str):
+    """The page with the spy, and the console errors it logs (a list the test checks at its end)."""
+    page = open_page(browser, server, transport, init_script=SPY_JS)
+    errors: list[str] = []
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    page.wait_for_function("window.omni.family === 'v-4.5'")
+    return page, errors
+
+
+def sent(page) -> list[dict]:
+    return page.evaluate("window.__spy.sent")
+
+
+def ask(page, question: str, done_before: int) -> str:
+    """Type a question, wait for its reply to finish; the reply's text as the page shows it."""
+    page.fill("#text-input", question)
+    page.press("#text-input", "Enter")
+    assert page.input_value("#text-input") == ""
+    assert page.locator(".transcript li.user .text").last.inner_text() == question
+    page.wait_for_function(f"(window.omni.metrics.events['response.done'] || 0) > {done_before}", timeout=60_000)
+    return page.locator(".transcript li.assistant .text").last.inner_text()
+
+
+def check_no_audio_sent(page) -> None:
+    events = sent(page)
+    audio = [e["type"] for e in events if AUDIO_EVENTS.match(e["type"])]
+    assert not audio, audio
+    updates = [e["session"] for e in events if e["type"] == "session.update"]
+    assert updates and all("audio" not in s and s["output_modalities"] == ["text"] for s in updates), updates
+    assert page.evaluate("window.__spy.media") == [["video"]]  # the camera only, never the microphone
+    assert page.evaluate("window.omni.metrics.events.error") is None, metrics(page)["events"]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "webrtc"])
+def test_v45_page_is_camera_and_text_and_streams_typed_replies(v45_server_factory, browser_factory, transport):
+    server = v45_server_factory(max_reply_tokens=40)
+    page, errors = open_v45(
+        browser_factory("one_turn.wav"), server, "websocket" if transport == "websocket" else "auto"
+    )
+    # the mode before any call: the mic off and why, the voice controls gone, the frame rate offered
+    assert page.get_attribute("body", "data-family") == "v-4.5"
+    assert page.is_visible("#mic-off")
+    assert "MiniCPM-V 4.5 hears no audio" in page.inner_text("#mic-off"), page.inner_text("#mic-off")
+    for hidden in (
+        "#mute",
+        "#mic-level",
+        "#mode-settings",
+        "#voice",
+        "#set-vad-threshold",
+        "#set-text-only",
+        "#dl-audio",
+    ):
+        assert not page.is_visible(hidden), hidden
+    assert page.is_visible("#set-video-fps") and page.input_value("#set-video-fps") == "2"
+    assert page.is_visible("#set-read-aloud") and not page.is_checked("#set-read-aloud")  # off by default
+    assert "MiniCPM-V 4.5" in page.inner_text("#banner")
+    assert page.get_attribute("#text-input", "placeholder").startswith("Ask about what the camera sees")
+
+    page.click("#start")
+    page.wait_for_function(f"window.omni.metrics.transport === '{transport}'", timeout=20_000)
+    session = page.evaluate("window.omni.session")
+    assert session["output_modalities"] == ["text"] and session["omni"]["video_fps"] == 2, session
+    assert page.evaluate("window.omni.mic") is None and page.evaluate("!!window.omni.cam")
+    assert page.inner_text("#state") == "watching"
+
+    reply = ask(page, "What do you see?", 0)
+    m = metrics(page)
+    assert reply.strip(), "no reply text on the page"
+    assert m["events"].get("response.output_text.delta", 0) >= 2, m["events"]  # streamed, piece by piece
+    assert "response.output_audio.delta" not in m["events"]
+    assert page.locator(".transcript li.assistant .meta").last.inner_text() in ("", "incomplete")
+    page.wait_for_function("document.querySelector('#state').dataset.state === 'listening'", timeout=5_000)
+    assert page.evaluate("window.__spy.spoken") == []  # not read aloud unless asked
+
+    # read aloud on: the browser's speech synthesis is asked to say the whole reply, sentence by sentence
+    page.check("#set-read-aloud")
+    reply = ask(page, "And now?", 1)
+    spoken = page.evaluate("window.__spy.spoken")
+    assert spoken and " ".join(" ".join(spoken).split()) == " ".join(reply.split()), (spoken, reply)
+
+    check_no_audio_sent(page)
+    if transport == "websocket":  # over WebRTC the frames are the video track
+        stamps = [e["captured_ms"] for e in sent(page) if e["type"] == "input_image_buffer.append"]
+        assert stamps and all(isinstance(t, int) for t in stamps) and stamps == sorted(stamps), stamps[:20]
+    assert not page.is_visible("#error"), page.inner_text("#error-text")
+    assert not errors, errors
+
+
+def wait_stats(page, test: str, timeout_ms: int = 20_000) -> dict:
+    """Until the latest omni.video.stats passes `test` (JS on `st`); then that report."""
+    page.wait_for_function(
+        f"(() => {{ const st = window.omni.metrics.videoStats; return !!st && ({test}); }})()", timeout=timeout_ms
+    )
+    return metrics(page)["videoStats"]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "webrtc"])
+def test_v45_frame_rate_setting_changes_what_reaches_the_model(v45_server_factory, browser_factory, transport):
+    server = v45_server_factory()
+    page, errors = open_v45(
+        browser_factory("one_turn.wav"), server, "websocket" if transport == "websocket" else "auto"
+    )
+    page.select_option("#set-video-fps", "1")
+    page.click("#start")
+    page.wait_for_function(f"window.omni.metrics.transport === '{transport}'", timeout=20_000)
+    assert page.evaluate("window.omni.session.omni.video_fps") == 1
+    slow = wait_stats(page, "st.frames_total >= 3")
+    assert 0 < slow["fps"] <= 1.5, slow
+    assert re.fullmatch(r"[\d.]+ fps reach the model \(\d+ frames in \d+ packs\)", page.inner_text("#st-frames"))
+
+    page.select_option("#set-video-fps", "5")  # applied at once, during the call
+    page.wait_for_function("window.omni.session.omni.video_fps === 5", timeout=10_000)
+    fast = wait_stats(page, f"st.fps >= 3.5 && st.frames_total > {slow['frames_total']}")
+    assert fast["fps"] <= 5.5 and fast["packs_total"] >= slow["packs_total"], (slow, fast)
+    assert f"{round(fast['fps'] * 10) / 10:g} fps reach the model" in page.inner_text("#st-frames")
+    assert page.evaluate("localStorage.getItem('omni.settings')").count('"videoFps":5') == 1  # kept for next time
+    check_no_audio_sent(page)
+    assert not errors, errors
+
+
+def test_o26_page_keeps_its_voice_controls_and_shows_no_camera_text_mode(server_factory, browser_factory):
+    server = server_factory(max_reply_tokens=40)
+    page = open_page(browser_factory("one_turn.wav"), server, "websocket")
+    page.wait_for_function("window.omni.family === 'o-2.6'")
+    for shown in ("#mute", "#mic-level", "#mode-settings", "#voice", "#set-vad-threshold", "#dl-audio", "#st-page"):
+        assert page.is_visible(shown), shown
+    for hidden in ("#mic-off", "#set-video-fps", "#set-read-aloud", "#st-frames"):
+        assert not page.is_visible(hidden), hidden
+    assert "MiniCPM-o 2.6" in page.inner_text("#banner")
