@@ -119,6 +119,7 @@ def test_v45_page_is_camera_and_text_and_streams_typed_replies(v45_server_factor
         assert stamps and all(isinstance(t, int) for t in stamps) and stamps == sorted(stamps), stamps[:20]
     assert not page.is_visible("#error"), page.inner_text("#error-text")
     assert not errors, errors
+    print(f"\n[v-4.5 {transport}] {m['events']['response.output_text.delta']} text deltas; reply {reply[:60]!r}")
 
 
 def wait_stats(page, test: str, timeout_ms: int = 20_000) -> dict:
@@ -151,6 +152,7 @@ def test_v45_frame_rate_setting_changes_what_reaches_the_model(v45_server_factor
     assert page.evaluate("localStorage.getItem('omni.settings')").count('"videoFps":5') == 1  # kept for next time
     check_no_audio_sent(page)
     assert not errors, errors
+    print(f"\n[v-4.5 {transport}] 1 fps setting: {slow}; 5 fps setting: {fast}")
 
 
 def test_o26_page_keeps_its_voice_controls_and_shows_no_camera_text_mode(server_factory, browser_factory):
