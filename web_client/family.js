@@ -42,7 +42,7 @@ export class Family {
     if (this.hears) return;
     ui.relabelStates(this.labels);
     const input = ui.el("text-input");
-    input.placeholder = "Ask about what the camera sees (Enter to send)";
+    input.placeholder = "Ask about the camera (Enter to send)";
     input.setAttribute("aria-label", "Type a question");
     ui.el("mic-off-text").textContent = `Microphone off: ${this.title} hears no audio. ` +
       "It sees your camera: type your question, and the reply comes as text.";
@@ -63,6 +63,7 @@ export class Family {
   /** "N fps reach the model" from omni.video.stats {fps, frames_total, packs_total}. */
   static statsText(st) {
     const fps = Math.round(st.fps * 10) / 10;
-    return `${fps} fps reach the model (${st.frames_total} frames in ${st.packs_total} packs)`;
+    const n = (k, one) => `${k} ${one}${k === 1 ? "" : "s"}`;
+    return `${fps} fps reach the model (${n(st.frames_total, "frame")} in ${n(st.packs_total, "pack")})`;
   }
 }

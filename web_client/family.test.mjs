@@ -59,6 +59,7 @@ test("omni.video.stats: the figures, and the line the page shows", () => {
   const st = P.videoStatsOf({ type: "omni.video.stats", fps: 2.96, frames_total: 31, packs_total: 10 });
   assert.deepEqual(st, { fps: 2.96, frames_total: 31, packs_total: 10 });
   assert.equal(Family.statsText(st), "3 fps reach the model (31 frames in 10 packs)");
+  assert.equal(Family.statsText({ fps: 1, frames_total: 1, packs_total: 1 }), "1 fps reach the model (1 frame in 1 pack)");
   assert.deepEqual(P.videoStatsOf({ type: "omni.video.stats", fps: "x" }), { fps: 0, frames_total: 0, packs_total: 0 });
 });
 

@@ -64,7 +64,7 @@ IPAD_SIZES = {"768x1024": (768, 1024), "834x1194": (834, 1194), "1024x768": (102
 MIN_TARGET_PX = 44  # Apple's minimum touch target
 MIN_TEXT_BOX_PX = 260  # the placeholder "Type a message (Enter to send)" and a sentence's worth of words
 IN_VIEW = ("#start", "#mute", "#interrupt", "#hangup", "#state", "#transcript", "#text-input", "#send-text")
-LAYOUT_JS = """(() => {
+_LAYOUT_JS = """(() => {
   document.activeElement?.blur();                           // nothing focused scrolls itself into view
   window.scrollTo(0, 0);
   const box = (el) => { const r = el.getBoundingClientRect(); return { x: r.x, y: r.y, w: r.width, h: r.height }; };
@@ -81,7 +81,15 @@ LAYOUT_JS = """(() => {
     .map((b) => Math.round(b.getBoundingClientRect().y)));
   return { overflow: document.documentElement.scrollWidth - innerWidth, inView, small, controlRows: rows.size,
     textBox: box(document.querySelector("#text-input")).w, scrollY };
-})()""" % (list(IN_VIEW), MIN_TARGET_PX, MIN_TARGET_PX)
+})()"""
+
+
+def layout_js(in_view=IN_VIEW) -> str:
+    """LAYOUT_JS measuring `in_view` (what must be on screen without scrolling)."""
+    return _LAYOUT_JS % (list(in_view), MIN_TARGET_PX, MIN_TARGET_PX)
+
+
+LAYOUT_JS = layout_js()
 
 
 # A long conversation: the transcript at its tallest, as after a few minutes of a call (test-only

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from e2e_helpers import metrics, open_page
+from e2e_helpers import IPAD_SIZES, LONG_CONVERSATION_JS, check_layout, layout_js, metrics, open_page
 
 # What the page sends and asks the browser for, recorded before its own scripts run: the events
 # on either transport (frames reduced to their capture time), the media it opens, and what it
@@ -89,7 +89,7 @@ def test_v45_page_is_camera_and_text_and_streams_typed_replies(v45_server_factor
     assert page.is_visible("#set-video-fps") and page.input_value("#set-video-fps") == "2"
     assert page.is_visible("#set-read-aloud") and not page.is_checked("#set-read-aloud")  # off by default
     assert "MiniCPM-V 4.5" in page.inner_text("#banner")
-    assert page.get_attribute("#text-input", "placeholder").startswith("Ask about what the camera sees")
+    assert page.get_attribute("#text-input", "placeholder").startswith("Ask about the camera")
 
     page.click("#start")
     page.wait_for_function(f"window.omni.metrics.transport === '{transport}'", timeout=20_000)
@@ -142,7 +142,7 @@ def test_v45_frame_rate_setting_changes_what_reaches_the_model(v45_server_factor
     assert page.evaluate("window.omni.session.omni.video_fps") == 1
     slow = wait_stats(page, "st.frames_total >= 3")
     assert 0 < slow["fps"] <= 1.5, slow
-    assert re.fullmatch(r"[\d.]+ fps reach the model \(\d+ frames in \d+ packs\)", page.inner_text("#st-frames"))
+    assert re.fullmatch(r"[\d.]+ fps reach the model \(\d+ frames? in \d+ packs?\)", page.inner_text("#st-frames"))
 
     page.select_option("#set-video-fps", "5")  # applied at once, during the call
     page.wait_for_function("window.omni.session.omni.video_fps === 5", timeout=10_000)
@@ -164,3 +164,28 @@ def test_o26_page_keeps_its_voice_controls_and_shows_no_camera_text_mode(server_
     for hidden in ("#mic-off", "#set-video-fps", "#set-read-aloud", "#st-frames"):
         assert not page.is_visible(hidden), hidden
     assert "MiniCPM-o 2.6" in page.inner_text("#banner")
+
+
+# camera + text: no Mute; the microphone-off line is in view with the call's controls
+V45_IN_VIEW = ("#start", "#interrupt", "#hangup", "#state", "#mic-off", "#transcript", "#text-input", "#send-text")
+SIZES = {
+    "desktop-1280x800": (1280, 800),
+    **{f"ipad-{k}": v for k, v in IPAD_SIZES.items()},
+    "phone-390x844": (390, 844),
+}
+
+
+def test_v45_layout_desktop_ipad_phone(v45_server_factory, browser_factory, shots_dir):
+    server = v45_server_factory(max_reply_tokens=40)
+    page, errors = open_v45(browser_factory("one_turn.wav"), server, "websocket")
+    page.click("#start")
+    page.wait_for_function("window.omni.metrics.transport === 'websocket'", timeout=20_000)
+    ask(page, "What do you see?", 0)
+    page.evaluate(LONG_CONVERSATION_JS)  # the transcript at its tallest
+    for name, (w, h) in SIZES.items():
+        page.set_viewport_size({"width": w, "height": h})
+        page.wait_for_timeout(150)
+        facts = page.evaluate(layout_js(V45_IN_VIEW))
+        page.screenshot(path=str(shots_dir / f"v45-{name}.png"))
+        check_layout(facts, f"v-4.5 {name}", w, h, one_row=not name.startswith("phone"))
+    assert not errors, errors
