@@ -15,6 +15,7 @@ import { DevicePicker } from "./devices.js";
 import { Background } from "./background.js";
 import { Family } from "./family.js";
 import { Reader } from "./speak.js";
+import { startMeters } from "./meters.js";
 
 const { KEY_STORE, TLS_HINT } = errors;
 const TURNS_KEPT = 200;   // metrics.turns / truncates: enough for any test, bounded for a long call
@@ -80,6 +81,7 @@ function run(fx) {
     case "wake": setTimeout(() => dispatch({ type: "tick", now: performance.now() }), fx.inMs + 1); break;
     case "meta": ui.assistantMeta(fx.id, fx.text, fx.cut); if (fx.cut) reader.done(fx.id, true); break;
     case "text": ui.assistantText(fx.id, fx.delta); reader.text(fx.id, fx.delta); break;
+    case "reasoning": ui.assistantReasoning(fx.id, fx.delta); break;
     case "userTurn": ui.userTurn(fx.itemId, fx.durationMs); break;
     case "userText": ui.userText(fx.itemId, fx.text, fx.append); break;
     case "firstAudio":
@@ -296,22 +298,7 @@ async function flipCamera() {
 
 // ---- clocks: the silence watchdog and the meters ----------------------------------------------
 setInterval(() => dispatch({ type: "tick", now: performance.now() }), 500);
-
-function rmsOf(analyser) {
-  const buf = new Float32Array(analyser.fftSize);
-  analyser.getFloatTimeDomainData(buf);
-  let s = 0;
-  for (const x of buf) s += x * x;
-  return Math.sqrt(s / buf.length);
-}
-
-setInterval(() => {                                // the meters only: "speaking" comes from events (state.js)
-  if (!io.analyser) return;
-  if (io.micAnalyser) ui.setLevel("mic-level", state.muted ? 0 : rmsOf(io.micAnalyser) * 4);
-  const rms = rmsOf(io.analyser);
-  metrics.outRmsMax = Math.max(metrics.outRmsMax, rms);
-  ui.setLevel("out-level", rms * 4);
-}, 10);
+startMeters({ io, muted: () => state.muted, metrics });
 
 // ---- wiring -------------------------------------------------------------------------------
 const voice = new VoicePicker(ui.el("voice"), {

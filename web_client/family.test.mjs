@@ -23,12 +23,15 @@ test("V-4.5's session.update: text out, the frame rate, no audio section at all"
   const prefs = { instructions: "be brief", temperature: 0.3, seed: 7, videoFps: 5, vadThreshold: 0.2, textOnly: false };
   const ev = new Family("v-4.5").session({ video: true, voice: { kind: "default" }, prefs });
   assert.equal(ev.type, "session.update");
-  assert.deepEqual(ev.session, { type: "realtime", omni: { video: true, events: true, seed: 7, video_fps: 5 },
+  assert.deepEqual(ev.session, { type: "realtime", omni: { video: true, events: true, seed: 7, video_fps: 5, thinking: false },
     instructions: "be brief", output_modalities: ["text"], temperature: 0.3 });
+  const thinking = new Family("v-4.5").session({ video: false, voice: null, prefs: { thinking: true } }).session;
+  assert.deepEqual(thinking.omni, { video: false, events: true, seed: null, video_fps: FPS_DEFAULT, thinking: true });
+  assert.equal(thinking.temperature, undefined);                       // blank: the model card's preset
 });
 
 test("o-2.6's session.update is the voice page's, with no V-4.5 fields", () => {
-  const prefs = { instructions: "", temperature: null, seed: null, videoFps: 6, readAloud: true, vadThreshold: 0.4 };
+  const prefs = { instructions: "", temperature: null, seed: null, videoFps: 6, readAloud: true, thinking: true, vadThreshold: 0.4 };
   const voice = { kind: "default" };
   const ev = new Family("o-2.6").session({ video: false, voice, prefs });
   assert.deepEqual(strip(ev), strip(P.sessionUpdate({ video: false, voice, prefs })));
@@ -105,6 +108,18 @@ test("a call with audio (the default) still truncates what was heard", () => {
   p.server({ type: "response.output_audio.delta", response_id: "r1", item_id: "item_r1", delta: "" });
   p.send({ type: "interrupt" });
   assert.equal(replyOf(p.s, "r1").truncate, true);
+});
+
+test("a thinking reply: its reasoning is a reasoning effect, apart from the text", () => {
+  const p = call(false);
+  p.send({ type: "text", text: "why?" });
+  p.server({ type: "response.created", response: { id: "r1" } });
+  assert.deepEqual(p.server({ type: "response.reasoning_text.delta", response_id: "r1", item_id: "i1", delta: "Hmm" }),
+    [{ do: "reasoning", id: "r1", delta: "Hmm" }]);
+  assert.deepEqual(p.server({ type: "response.output_text.delta", response_id: "r1", item_id: "i1", delta: "So." }),
+    [{ do: "text", id: "r1", delta: "So." }]);
+  p.send({ type: "interrupt" });
+  assert.deepEqual(p.server({ type: "response.reasoning_text.delta", response_id: "r1", delta: "late" }), []);  // cut: dropped
 });
 
 test("omni.video.stats becomes a videoStats effect; the phase is untouched", () => {

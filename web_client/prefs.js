@@ -6,7 +6,7 @@ const FIELDS = {                        // pref -> [element id, kind]
   instructions: ["set-instructions", "text"], temperature: ["set-temperature", "number"],
   vadThreshold: ["set-vad-threshold", "number"], vadSilenceMs: ["set-vad-silence", "int"],
   textOnly: ["set-text-only", "bool"], seed: ["set-seed", "int"],
-  videoFps: ["set-video-fps", "int"], readAloud: ["set-read-aloud", "bool"],   // MiniCPM-V 4.5 (family.js)
+  videoFps: ["set-video-fps", "int"], readAloud: ["set-read-aloud", "bool"], thinking: ["set-thinking", "bool"],   // V-4.5
 };
 const $ = (id) => document.getElementById(id);
 

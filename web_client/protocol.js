@@ -24,6 +24,7 @@ export const S = Object.freeze({                // server -> client types the pa
   TRANSCRIPT_DELTA: "response.output_audio_transcript.delta",
   TRANSCRIPT_DONE: "response.output_audio_transcript.done",
   TEXT_DELTA: "response.output_text.delta",
+  REASONING_DELTA: "response.reasoning_text.delta",
   VIDEO_STATS: "omni.video.stats",
   ERROR: "error",
 });
@@ -57,9 +58,11 @@ export function sessionUpdate({ video = true, voice = null, prefs = {} } = {}) {
 
 /** session.update for a model that sees and reads but neither hears nor speaks (MiniCPM-V 4.5):
  * text replies only and no audio section at all (the server refuses audio fields for it);
- * `fps`: the camera frames a second that reach the model (1-6). */
+ * `fps`: the camera frames a second that reach the model (1-6); prefs.thinking: replies think
+ * first (the reasoning comes as [ext] response.reasoning_text events, never in the text). */
 export function visionSessionUpdate({ video = true, fps = 2, prefs = {} } = {}) {
-  const session = { type: "realtime", omni: { video, events: true, seed: prefs.seed ?? null, video_fps: fps },
+  const session = { type: "realtime",
+    omni: { video, events: true, seed: prefs.seed ?? null, video_fps: fps, thinking: !!prefs.thinking },
     instructions: prefs.instructions ?? "", output_modalities: ["text"] };
   if (prefs.temperature != null) session.temperature = prefs.temperature;
   return ev("session.update", { session });

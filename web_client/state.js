@@ -256,6 +256,7 @@ function onServer(s, ev, fx) {
       return setReply(s, id, { received: r.received + (ev.samples?.length ?? 0), audio: "queued" });
     case P.S.TRANSCRIPT_DELTA: fx.push({ do: "text", id, delta: e.delta }); return r ? heard(s, r, ev.now, fx) : s;
     case P.S.TEXT_DELTA: fx.push({ do: "text", id, delta: e.delta }); return s;
+    case P.S.REASONING_DELTA: fx.push({ do: "reasoning", id, delta: e.delta }); return s;
     case P.S.VIDEO_STATS: fx.push({ do: "videoStats", stats: P.videoStatsOf(e) }); return s;
     case P.S.RESPONSE_DONE: return responseDone(s, e, fx);
     case P.S.RESPONSE_TIMINGS: return timings(s, r, P.timingsOf(e), ev.now, fx);

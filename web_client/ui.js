@@ -72,6 +72,20 @@ export function assistantText(responseId, delta) {
   scroll();
 }
 
+/** A thinking reply's reasoning (MiniCPM-V 4.5), folded away above its text. */
+export function assistantReasoning(responseId, delta) {
+  const li = bubble(responseId, "assistant");
+  let box = li.querySelector(".reasoning");
+  if (!box) {
+    box = document.createElement("details");
+    box.className = "reasoning";
+    box.innerHTML = "<summary>thinking</summary><span></span>";
+    li.prepend(box);
+  }
+  box.querySelector("span").textContent += delta;
+  scroll();
+}
+
 export function assistantMeta(responseId, text, cancelled = false) {
   const li = bubble(responseId, "assistant");
   li.querySelector(".meta").textContent = text;

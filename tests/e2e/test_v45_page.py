@@ -155,13 +155,38 @@ def test_v45_frame_rate_setting_changes_what_reaches_the_model(v45_server_factor
     print(f"\n[v-4.5 {transport}] 1 fps setting: {slow}; 5 fps setting: {fast}")
 
 
+def test_v45_thinking_shows_the_reasoning_folded_apart_from_the_reply(v45_server_factory, browser_factory):
+    server = v45_server_factory(max_reply_tokens=24)
+    page, errors = open_v45(browser_factory("one_turn.wav"), server, "websocket")
+    assert not page.is_checked("#set-thinking")  # off by default
+    page.check("#set-thinking")
+    page.click("#start")
+    page.wait_for_function("window.omni.metrics.transport === 'websocket'", timeout=20_000)
+    assert page.evaluate("window.omni.session.omni.thinking") is True
+    ask(page, "Why is the sky blue?", 0)
+    m = metrics(page)
+    assert m["events"].get("response.reasoning_text.delta", 0) > 0, m["events"]
+    bubble = page.locator(".transcript li.assistant").last
+    reasoning = bubble.locator(".reasoning span").text_content()  # folded: not rendered
+    assert reasoning.strip(), "no reasoning shown"
+    assert not bubble.locator(".reasoning").evaluate("d => d.open")  # folded until asked for
+    done = next(e for e in page.evaluate("window.__spy.sent") if e["type"] == "session.update")
+    assert done["session"]["omni"]["thinking"] is True
+    check_no_audio_sent(page)
+    assert not errors, errors
+    print(
+        f"\n[v-4.5 thinking] {m['events']['response.reasoning_text.delta']} reasoning deltas, "
+        f"{m['events'].get('response.output_text.delta', 0)} text deltas"
+    )
+
+
 def test_o26_page_keeps_its_voice_controls_and_shows_no_camera_text_mode(server_factory, browser_factory):
     server = server_factory(max_reply_tokens=40)
     page = open_page(browser_factory("one_turn.wav"), server, "websocket")
     page.wait_for_function("window.omni.family === 'o-2.6'")
     for shown in ("#mute", "#mic-level", "#mode-settings", "#voice", "#set-vad-threshold", "#dl-audio", "#st-page"):
         assert page.is_visible(shown), shown
-    for hidden in ("#mic-off", "#set-video-fps", "#set-read-aloud", "#st-frames"):
+    for hidden in ("#mic-off", "#set-video-fps", "#set-read-aloud", "#set-thinking", "#st-frames"):
         assert not page.is_visible(hidden), hidden
     assert "MiniCPM-o 2.6" in page.inner_text("#banner")
 
