@@ -6,6 +6,7 @@ refuses them for this family). The o-2.6 page keeps its voice controls and shows
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -178,6 +179,55 @@ def test_v45_thinking_shows_the_reasoning_folded_apart_from_the_reply(v45_server
         f"\n[v-4.5 thinking] {m['events']['response.reasoning_text.delta']} reasoning deltas, "
         f"{m['events'].get('response.output_text.delta', 0)} text deltas"
     )
+
+
+def hold_first_reply_until_cancelled(server) -> None:
+    """Forced fault: once the first reply has streamed a piece, its next step (a piece or its end)
+    waits for that reply's cancel, so the random tiny model cannot end it before the user cuts in."""
+    from streaming.engines.handle import EngineHandle
+
+    step, held = EngineHandle.reply_step, {"pieces": 0, "released": False}
+
+    async def gated(self, *args, **kw):
+        item = await step(self, *args, **kw)
+        if not held["released"]:
+            if held["pieces"]:
+                for _ in range(600):  # at most 30 s
+                    if all(r.closed for r in held["first"]):
+                        break
+                    await asyncio.sleep(0.05)
+                held["released"] = True
+            elif item and item[0]:  # the first piece: of the reply live now
+                held["pieces"] = 1
+                held["first"] = [c.responder.current for c in server.app["conversations"] if c.responder.current]
+        return item
+
+    server.call(lambda: setattr(EngineHandle, "reply_step", gated))
+    server.undo.append(lambda: setattr(EngineHandle, "reply_step", step))
+
+
+def test_v45_a_new_question_cuts_the_reply_being_written(v45_server_factory, browser_factory):
+    """Barge-in by typing: the reply being streamed is cancelled and shown as interrupted, the new
+    question is answered, and nothing about audio (no conversation.item.truncate) is sent."""
+    server = v45_server_factory(max_reply_tokens=40)
+    hold_first_reply_until_cancelled(server)
+    page, errors = open_v45(browser_factory("one_turn.wav"), server, "websocket")
+    page.click("#start")
+    page.wait_for_function("window.omni.metrics.transport === 'websocket'", timeout=20_000)
+    page.fill("#text-input", "Describe everything you see, slowly.")
+    page.press("#text-input", "Enter")
+    page.wait_for_function("window.omni.metrics.events['response.output_text.delta'] > 0", timeout=30_000)
+    page.fill("#text-input", "Stop: what colour is it?")
+    page.press("#text-input", "Enter")
+    page.wait_for_function("(window.omni.metrics.events['response.done'] || 0) >= 2", timeout=60_000)
+    statuses = [t["status"] for t in metrics(page)["turns"]]
+    assert statuses[0] == "cancelled" and statuses[1] in ("completed", "incomplete"), statuses
+    first = page.locator(".transcript li.assistant").first
+    assert "cancelled" in first.get_attribute("class") and first.locator(".meta").inner_text() == "interrupted"
+    cancels = [e for e in sent(page) if e["type"] == "response.cancel"]
+    assert len(cancels) == 1, cancels
+    check_no_audio_sent(page)
+    assert not errors, errors
 
 
 def test_o26_page_keeps_its_voice_controls_and_shows_no_camera_text_mode(server_factory, browser_factory):
