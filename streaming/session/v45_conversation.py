@@ -115,9 +115,14 @@ class V45Conversation:
         """Whether a frame captured at `t_s` reaches the model (`video_fps`); asked before decoding."""
         return self.frames.admit(t_s, self.config.omni.video_fps)
 
-    def push_frame(self, image, t_s: float | None = None) -> None:
-        """A WebRTC camera frame (sampled at `video_fps` by the track reader): on the owner task."""
-        self.post(lambda: self._frame(image, self.clock_s() if t_s is None else t_s), "camera frame")
+    def push_frame(self, image) -> None:
+        """A camera frame without its capture time (taken now), from the owner task."""
+        self.post(lambda: self.add_frame(image, self.clock_s()), "camera frame")
+
+    async def add_frame(self, image, t_s: float) -> None:
+        """A WebRTC camera frame the track reader admitted (`admit_frame`), on the owner task."""
+        if self.config.omni.video:
+            await self._frame(image, t_s)
 
     async def _on_input_image_buffer_append(self, ev) -> None:
         if not self.config.omni.video or ev.image is None:

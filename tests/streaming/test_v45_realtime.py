@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fractions
 import io
 import json
 import time
 
+import av
+import numpy as np
 import pytest
 import pytest_asyncio
 import websockets
+from aiortc.mediastreams import VideoStreamTrack
 from PIL import Image
 
 from rtclient import recv_until, start_server
@@ -347,3 +351,73 @@ async def test_video_stats_report_the_frames_reaching_the_model(v45_server, imag
         last = stats[-1]
         assert 5 <= last["frames_total"] <= 7 and last["packs_total"] == last["frames_total"] // 2
         assert 1.5 <= last["fps"] <= 2.5
+
+
+class TimedCamera(VideoStreamTrack):
+    """10 fps of 320x240 frames whose times are their capture times (90 kHz, as a browser's)."""
+
+    t0: float | None = None
+
+    async def recv(self):
+        await asyncio.sleep(0.1)
+        self.t0 = self.t0 or time.monotonic()
+        frame = av.VideoFrame.from_ndarray(np.full((240, 320, 3), 128, np.uint8), format="rgb24")
+        frame.pts = int((time.monotonic() - self.t0) * 90_000)
+        frame.time_base = fractions.Fraction(1, 90_000)
+        return frame
+
+
+@pytest.mark.asyncio
+async def test_webrtc_camera_frames_reach_the_model_at_video_fps_and_a_typed_turn_is_answered(v45_server):
+    import aiohttp
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(TimedCamera())  # no microphone: a V-4.5 call is camera and events
+    channel = pc.createDataChannel("oai-events")
+    events: asyncio.Queue = asyncio.Queue()
+    channel.on("message", lambda m: events.put_nowait(json.loads(m)))
+
+    async def until(pred, timeout=30.0) -> list[dict]:
+        seen = []
+        async with asyncio.timeout(timeout):
+            while not seen or not pred(seen[-1]):
+                seen.append(await events.get())
+        return seen
+
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                v45_server.http + "/v1/realtime/calls",
+                data=pc.localDescription.sdp,
+                headers={"Content-Type": "application/sdp"},
+            ) as r:
+                assert r.status == 201, await r.text()
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=await r.text(), type="answer"))
+        (created,) = await until(lambda e: True)
+        assert created["session"]["output_modalities"] == ["text"]
+        channel.send(json.dumps({"type": "session.update", "session": {"omni": {"events": True, "video_fps": 2}}}))
+        stats = [e for e in await until(lambda e: e["type"] == "omni.video.stats" and e["frames_total"] >= 5)]
+        call = only_conv(v45_server).call
+        t0 = time.monotonic()
+        await asyncio.sleep(2.0)
+        n0 = call.frames_in
+        await asyncio.sleep(2.0)
+        rate = (call.frames_in - n0) / 2.0  # the camera sends 10 fps: about 2 a second get through
+        assert 1.0 <= rate <= 3.0, rate
+        assert stats[-1]["fps"] <= 3.0 and time.monotonic() - t0 < 10
+        channel.send(
+            json.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": QUESTION}]},
+                }
+            )
+        )
+        channel.send(json.dumps({"type": "response.create"}))
+        seen = await until(lambda e: e["type"] in ("response.done", "error"))
+        assert seen[-1]["type"] == "response.done", seen[-1]
+        assert seen[-1]["response"]["usage"]["input_tokens"] > 2 * 16
+    finally:
+        await pc.close()
