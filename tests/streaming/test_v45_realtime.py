@@ -421,3 +421,78 @@ async def test_webrtc_camera_frames_reach_the_model_at_video_fps_and_a_typed_tur
         assert seen[-1]["response"]["usage"]["input_tokens"] > 2 * 16
     finally:
         await pc.close()
+
+
+@pytest.mark.asyncio
+async def test_omni_serve_runs_a_v45_model_and_its_sessions(images):
+    """The refusal is lifted: `omni serve` on the tiny V-4.5 (model processes on a CPU) answers a
+    camera frame and a typed question."""
+    import urllib.request
+
+    from rtclient import free_port, omni_serve
+
+    port = free_port()
+    p, lines = omni_serve("--port", str(port), "--model", "embedded:minicpmv-4_5")
+    try:
+        assert any("omni: open" in ln for ln in lines), lines
+        health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10))
+        assert health["family"] == "v-4.5"
+        async with websockets.connect(f"ws://127.0.0.1:{port}/v1/realtime") as ws:
+            created = await opened(ws)
+            assert created["model"] == "minicpm-v-4.5"
+            await send(ws, type="input_image_buffer.append", image=png_b64(images[0]))  # arrival time
+            events = await ask(ws)
+            assert events[-1]["type"] == "response.done", events[-1]
+            assert events[-1]["response"]["usage"]["input_tokens"] > 0
+    finally:
+        p.terminate()
+        p.wait(30)
+        p.stderr.close()
+
+
+def test_the_frame_gate_keeps_video_fps_by_capture_time_however_the_camera_jitters():
+    import random
+
+    from streaming.session.v45_frames import FrameGate
+
+    rng = random.Random(0)
+    for camera_fps in (30, 24, 10, 6):
+        for fps in (1, 2, 3, 6):
+            gate, kept = FrameGate(), []
+            for i in range(camera_fps * 20):  # 20 s of camera, +-5 ms of jitter
+                t = i / camera_fps + rng.uniform(-0.005, 0.005)
+                if gate.admit(t, fps):
+                    kept.append(t)
+            want = min(fps, camera_fps) * 20
+            assert abs(len(kept) - want) <= max(2, 0.1 * want), (camera_fps, fps, len(kept))
+            assert all(b > a for a, b in zip(kept, kept[1:]))
+
+
+@pytest.mark.asyncio
+async def test_bad_frames_video_off_and_deleting_the_latest_reply(v45_server, images):
+    async with websockets.connect(v45_server.ws_url) as ws:
+        await opened(ws, seed=1)
+        await send(ws, type="response.create")  # nothing to answer yet
+        (err,) = await recv_until(ws, lambda e: e["type"] == "error")
+        assert err["error"]["code"] == "input_missing"
+        await send(ws, type="input_image_buffer.append", image=png_b64(images[0]), captured_ms=-5)
+        (err,) = await recv_until(ws, lambda e: e["type"] == "error")
+        assert (err["error"]["code"], err["error"]["param"]) == ("invalid_value", "captured_ms")
+        await update(ws, video=False)
+        await send(ws, type="input_image_buffer.append", image=png_b64(images[0]), captured_ms=0)
+        (err,) = await recv_until(ws, lambda e: e["type"] == "error")
+        assert err["error"]["code"] == "video_disabled"
+        await update(ws, video=True)
+        await send(ws, type="input_image_buffer.append", image=png_b64(images[0]), captured_ms=0)
+        first = await ask(ws)
+        usage_1 = first[-1]["response"]["usage"]
+        item_id = first[-1]["response"]["output"][0]["id"]
+        await send(ws, type="conversation.item.delete", item_id=item_id)
+        (deleted,) = await recv_until(ws, lambda e: e["type"] in ("conversation.item.deleted", "error"))
+        assert deleted["type"] == "conversation.item.deleted" and deleted["item_id"] == item_id
+        await send(ws, type="response.create")  # the same question again: the same context as before
+        again = await recv_until(ws, lambda e: e["type"] in ("response.done", "error"))
+        assert again[-1]["response"]["usage"]["input_tokens"] == usage_1["input_tokens"]
+        await send(ws, type="conversation.item.delete", item_id=item_id)  # gone already
+        (err,) = await recv_until(ws, lambda e: e["type"] == "error")
+        assert err["error"]["code"] == "unsupported_operation"
