@@ -496,3 +496,28 @@ async def test_bad_frames_video_off_and_deleting_the_latest_reply(v45_server, im
         await send(ws, type="conversation.item.delete", item_id=item_id)  # gone already
         (err,) = await recv_until(ws, lambda e: e["type"] == "error")
         assert err["error"]["code"] == "unsupported_operation"
+
+
+@pytest.mark.asyncio
+async def test_frames_held_during_a_reply_that_ends_by_itself_follow_it(v45_omni, images):
+    s = await start_server(v45_omni, max_reply_tokens=300)
+    try:
+        async with websockets.connect(s.ws_url) as ws:
+            await opened(ws, seed=2)
+            log = spy_commands(only_conv(s))
+            await send(ws, type="input_image_buffer.append", image=png_b64(images[0]), captured_ms=0)
+            await send(ws, type="response.create")  # about the frame alone
+            await recv_until(ws, lambda e: e["type"] == "response.output_text.delta")
+            for i in range(2):
+                await send(ws, type="input_image_buffer.append", image=png_b64(images[i]), captured_ms=1000 + 500 * i)
+            done = await recv_until(ws, lambda e: e["type"] == "response.done")
+            assert done[-1]["response"]["status"] != "cancelled"
+            async with asyncio.timeout(5):
+                while [op for op, _ in log].count("frame") < 3:
+                    await asyncio.sleep(0.01)
+        ops = [op for op, _ in log]
+        last_step = len(ops) - 1 - ops[::-1].index("reply_step")
+        assert log[last_step + 1 :] == [("frame", 1.0), ("frame", 1.5)]  # after the reply, no other input
+        assert "cut" not in ops
+    finally:
+        await s.runner.cleanup()
