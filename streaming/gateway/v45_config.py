@@ -1,7 +1,6 @@
 """What a session may ask for with each model family: the session object's family rules.
 
-Owns: a MiniCPM-V 4.5 session's starting config (text out, no VAD, no transcription), the
-refusals of what that family has no meaning for (`unsupported_for_model`, naming the param and
+Owns: the refusals of what MiniCPM-V 4.5 has no meaning for (`unsupported_for_model`, naming the param and
 the family: audio output, turn detection, transcription, a voice clip, tools) and of the
 V-4.5-only `session.omni` fields on MiniCPM-o 2.6 (`unsupported_parameter` unless left at their
 defaults). A refused update changes nothing (inbound.py raises before the session sees it).
@@ -9,7 +8,6 @@ defaults). A refused update changes nothing (inbound.py raises before the sessio
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,13 +23,6 @@ O26_TITLE = "MiniCPM-o 2.6"
 
 def unsupported(param: str, what: str) -> ProtocolError:
     return _refused(what, param, None)
-
-
-def initial_config(family: str, config: SessionConfig) -> SessionConfig:
-    """A new session's config for `family` ("o-2.6" | "v-4.5")."""
-    if family != V45:
-        return config
-    return dataclasses.replace(config, output_modalities=("text",), turn_detection=None, transcription=None)
 
 
 def check_update(family: str, new: SessionConfig, session: Mapping[str, Any]) -> None:

@@ -16,7 +16,6 @@ from aiohttp import WSMsgType, web
 from ..playout import ClockPlayout
 from .boundary import Supervisor
 from .errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CapacityError, to_error_event
-from .v45_config import initial_config
 from .v45_inbound import session_classes
 from .lifecycle import heartbeat, session_ended, session_started, watch_engine
 from .mailbox import Mailbox
@@ -66,8 +65,6 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
             metrics=app["metrics"],
             session_id=lease.session_id,
         )
-        if family != "o-2.6":
-            conv.state.config = initial_config(family, conv.config)
         inbound = inbound_class(conv, settings.max_image_pixels, family)  # client events -> decoded session commands
     except CapacityError as e:  # every engine slot is taken (another gateway's sessions)
         manager.release(lease)

@@ -72,6 +72,7 @@ class V45Conversation:
         self.responder = V45Responder(self.send, self.engine, clock_s, spawn=lambda c, n: self.spawn(c, n))
         self.cut_owed: int | None = None  # characters of the latest reply the context keeps (a cut reply)
         self.cuttable = False  # nothing followed the latest reply: it can still be deleted
+        self.heard = False  # a frame or an item reached the model: there is something to answer
         self.session_id = session_id or new_id("sess")
 
     @property
@@ -115,9 +116,14 @@ class V45Conversation:
         """Whether a frame captured at `t_s` reaches the model (`video_fps`); asked before decoding."""
         return self.frames.admit(t_s, self.config.omni.video_fps)
 
-    def push_frame(self, image, t_s: float | None = None) -> None:
-        """A WebRTC camera frame (sampled at `video_fps` by the track reader): on the owner task."""
-        self.post(lambda: self._frame(image, self.clock_s() if t_s is None else t_s), "camera frame")
+    def push_frame(self, image) -> None:
+        """A camera frame without its capture time (taken now), from the owner task."""
+        self.post(lambda: self.add_frame(image, self.clock_s()), "camera frame")
+
+    async def add_frame(self, image, t_s: float) -> None:
+        """A WebRTC camera frame the track reader admitted (`admit_frame`), on the owner task."""
+        if self.config.omni.video:
+            await self._frame(image, t_s)
 
     async def _on_input_image_buffer_append(self, ev) -> None:
         if not self.config.omni.video or ev.image is None:
@@ -145,6 +151,7 @@ class V45Conversation:
         except (ValueError, TypeError) as e:  # out of capture order, a turn over 2 h
             raise MediaError("invalid_frame", str(e), "captured_ms") from None
         now = self.clock_s()
+        self.heard = True
         self.frames.sent(now, pack)
         stats = self.frames.stats_due(now)
         if stats is not None and self.config.omni.events:
@@ -166,6 +173,7 @@ class V45Conversation:
         elif item.role == "user":
             await self._before_input()
             await self.engine.prefill({"role": "user", "content": list(ev.content)}, self.settings.max_item_tokens)
+            self.heard = True
         else:  # an assistant's text: history the client adds
             if self.responder.current is not None:
                 raise ProtocolError(
@@ -177,6 +185,7 @@ class V45Conversation:
             await self._before_input()
             text = "\n".join(p.text or "" for p in item.content)
             await self.engine.prefill({"role": "assistant", "content": [text]}, self.settings.max_item_tokens)
+            self.heard = True
         added = E.Item(item.id or new_id("item"), item.role, tuple(E.Part(p.type, text=p.text) for p in item.content))
         await self.send(E.ItemAdded(added, self.state.last_item_id))
         await self.send(E.ItemDone(added, self.state.last_item_id))
@@ -225,7 +234,14 @@ class V45Conversation:
             raise unsupported("audio output is not available", "response.output_modalities", ev.event_id)
         if p.tools:
             raise unsupported("function calling is not available", "response.tools", ev.event_id)
-        await self._before_input()
+        await self._before_input()  # new instructions start the context afresh: asked after them
+        if not self.heard:
+            raise ProtocolError(
+                "input_missing",
+                "nothing to answer yet: send camera frames (input_image_buffer.append) or a user item first",
+                None,
+                ev.event_id,
+            )
         self.frames.input_followed()  # the reply flushes the open pack
         r = await self.responder.start(self._options(p), self.state.last_item_id, p.metadata)
         if r is None:  # the connection is closing
@@ -276,7 +292,7 @@ class V45Conversation:
             c = self.config
             text = plain_text(c.instructions or "") or None  # media tokens would mark absent media
             await self.engine.set_system(c.omni.seed, "default", None, text, "")
-            self.cut_owed = None  # a new conversation: nothing to cut
+            self.cut_owed, self.heard = None, False  # a new conversation: nothing to cut, nothing heard
             self.frames.open_pack = 0
         if self.cut_owed is not None:
             chars, self.cut_owed = self.cut_owed, None
