@@ -57,6 +57,16 @@ def ask(page, question: str, done_before: int) -> str:
     return page.locator(".transcript li.assistant .text").last.inner_text()
 
 
+def ask_for_text(page, question: str, tries: int = 3) -> str:
+    """`ask` until a reply has text: the random tiny model may end one at its first token."""
+    for _ in range(tries):
+        done = metrics(page)["events"].get("response.done", 0)
+        reply = ask(page, question, done)
+        if reply.strip():
+            return reply
+    pytest.fail(f"{tries} replies without text")
+
+
 def check_no_audio_sent(page) -> None:
     events = sent(page)
     audio = [e["type"] for e in events if AUDIO_EVENTS.match(e["type"])]
@@ -98,10 +108,10 @@ def test_v45_page_is_camera_and_text_and_streams_typed_replies(v45_server_factor
     assert session["output_modalities"] == ["text"] and session["omni"]["video_fps"] == 2, session
     assert page.evaluate("window.omni.mic") is None and page.evaluate("!!window.omni.cam")
     assert page.inner_text("#state") == "watching"
+    wait_stats(page, "st.frames_total >= 2")  # the question is about frames the model has seen
 
-    reply = ask(page, "What do you see?", 0)
+    reply = ask_for_text(page, "What do you see?")
     m = metrics(page)
-    assert reply.strip(), "no reply text on the page"
     assert m["events"].get("response.output_text.delta", 0) >= 2, m["events"]  # streamed, piece by piece
     assert "response.output_audio.delta" not in m["events"]
     assert page.locator(".transcript li.assistant .meta").last.inner_text() in ("", "incomplete")
@@ -110,14 +120,14 @@ def test_v45_page_is_camera_and_text_and_streams_typed_replies(v45_server_factor
 
     # read aloud on: the browser's speech synthesis is asked to say the whole reply, sentence by sentence
     page.check("#set-read-aloud")
-    reply = ask(page, "And now?", 1)
+    reply = ask_for_text(page, "And now?")
     spoken = page.evaluate("window.__spy.spoken")
     assert spoken and " ".join(" ".join(spoken).split()) == " ".join(reply.split()), (spoken, reply)
 
     check_no_audio_sent(page)
     if transport == "websocket":  # over WebRTC the frames are the video track
         stamps = [e["captured_ms"] for e in sent(page) if e["type"] == "input_image_buffer.append"]
-        assert stamps and all(isinstance(t, int) for t in stamps) and stamps == sorted(stamps), stamps[:20]
+        assert len(stamps) >= 2 and all(isinstance(t, int) for t in stamps) and stamps == sorted(stamps), stamps[:20]
     assert not page.is_visible("#error"), page.inner_text("#error-text")
     assert not errors, errors
     print(f"\n[v-4.5 {transport}] {m['events']['response.output_text.delta']} text deltas; reply {reply[:60]!r}")
@@ -142,13 +152,14 @@ def test_v45_frame_rate_setting_changes_what_reaches_the_model(v45_server_factor
     page.wait_for_function(f"window.omni.metrics.transport === '{transport}'", timeout=20_000)
     assert page.evaluate("window.omni.session.omni.video_fps") == 1
     slow = wait_stats(page, "st.frames_total >= 3")
-    assert 0 < slow["fps"] <= 1.5, slow
+    # the server's fps counts the frames over its last 2 s: a frame more or less is +-0.5 fps
+    assert 0 < slow["fps"] <= 2.0, slow
     assert re.fullmatch(r"[\d.]+ fps reach the model \(\d+ frames? in \d+ packs?\)", page.inner_text("#st-frames"))
 
     page.select_option("#set-video-fps", "5")  # applied at once, during the call
     page.wait_for_function("window.omni.session.omni.video_fps === 5", timeout=10_000)
     fast = wait_stats(page, f"st.fps >= 3.5 && st.frames_total > {slow['frames_total']}")
-    assert fast["fps"] <= 5.5 and fast["packs_total"] >= slow["packs_total"], (slow, fast)
+    assert fast["fps"] <= 6.5 and fast["packs_total"] >= slow["packs_total"], (slow, fast)
     assert f"{round(fast['fps'] * 10) / 10:g} fps reach the model" in page.inner_text("#st-frames")
     assert page.evaluate("localStorage.getItem('omni.settings')").count('"videoFps":5') == 1  # kept for next time
     check_no_audio_sent(page)
@@ -164,8 +175,11 @@ def test_v45_thinking_shows_the_reasoning_folded_apart_from_the_reply(v45_server
     page.click("#start")
     page.wait_for_function("window.omni.metrics.transport === 'websocket'", timeout=20_000)
     assert page.evaluate("window.omni.session.omni.thinking") is True
-    ask(page, "Why is the sky blue?", 0)
-    m = metrics(page)
+    for tries in range(3):  # the random tiny model may close its thinking at once
+        ask(page, "Why is the sky blue?", tries)
+        m = metrics(page)
+        if m["events"].get("response.reasoning_text.delta", 0):
+            break
     assert m["events"].get("response.reasoning_text.delta", 0) > 0, m["events"]
     bubble = page.locator(".transcript li.assistant").last
     reasoning = bubble.locator(".reasoning span").text_content()  # folded: not rendered
