@@ -361,7 +361,7 @@ ui.el("text-form").addEventListener("submit", (e) => {
 document.addEventListener("keydown", (e) => {
   if (e.target.closest?.("input, textarea, select, [contenteditable]") || e.ctrlKey || e.metaKey || e.altKey) return;
   if (e.key === " " && view(state).interruptible) { e.preventDefault(); dispatch({ type: "interrupt" }); }
-  else if ((e.key === "m" || e.key === "M") && view(state).calling) dispatch({ type: "mute" });
+  else if ((e.key === "m" || e.key === "M") && view(state).calling && family.audio) dispatch({ type: "mute" });
   else if (e.key === "Escape") dispatch({ type: "dismiss" });
 });
 render(state, null);
