@@ -79,11 +79,12 @@ def offline(omni, msgs, max_new_tokens, thinking=False, **video) -> tuple[str, s
 
 async def both(c, msgs, **kw) -> tuple[tuple[str, str], Any, list]:
     """(reasoning, content) of a whole reply (checked equal to its stream), the reply, the stream's chunks."""
-    whole = await c.chat.completions.create(model="m", messages=msgs, temperature=0, **kw)
+    kw = {"temperature": 0, **kw}  # greedy unless asked
+    whole = await c.chat.completions.create(model="m", messages=msgs, **kw)
     m = whole.choices[0].message
     got = (m.model_extra.get("reasoning_content") or "", m.content or "")
     stream = await c.chat.completions.create(
-        model="m", messages=msgs, temperature=0, stream=True, stream_options={"include_usage": True}, **kw
+        model="m", messages=msgs, stream=True, stream_options={"include_usage": True}, **kw
     )
     chunks = [ch async for ch in stream]
     deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
@@ -158,6 +159,8 @@ async def test_stop_strings_and_the_token_cap(server, tiny_v45_omni):
     (_, three), capped, _ = await both(c, msgs, max_completion_tokens=3)
     assert text.startswith(three) and capped.usage.completion_tokens == 3
     assert capped.choices[0].finish_reason == "length"
+    (_, sampled), _, _ = await both(c, msgs, max_tokens=16, temperature=1.0, seed=7)  # a seed: streamed == whole
+    assert sampled != text
 
 
 def test_thinking_split_drops_the_open_block_and_stops_only_the_answer():
