@@ -93,7 +93,7 @@ def plan(req: ChatRequest, max_reply_tokens: int) -> V45Plan:
                 video_at = (len(msgs), len(content))
                 content += list(p.frames)
                 videos.append(p)
-        msgs.append({"role": m.role, "content": content})
+        msgs.append({"role": m.role, "content": content or [""]})  # no parts: an empty message, as chat() reads it
     if videos and (stills or len(videos) > 1):
         raise ProtocolError(
             "unsupported_content",

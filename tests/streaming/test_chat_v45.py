@@ -271,3 +271,16 @@ async def test_omni_serve_starts_on_a_v45_checkpoint_and_answers():
         p.wait(10)
         if p.stderr is not None:
             p.stderr.close()
+
+
+async def test_empty_messages_are_empty_turns_as_chat_reads_them(server, tiny_v45_omni):
+    wire = [
+        {"role": "user", "content": []},
+        {"role": "assistant", "content": None},
+        {"role": "user", "content": "Then?"},
+        {"role": "user", "content": [image(picture(5))]},  # consecutive user messages: one turn
+    ]
+    got, _, _ = await both(client(server), wire, max_tokens=6)
+    turns = [{"role": "user", "content": [""]}, {"role": "assistant", "content": [""]}]
+    turns.append({"role": "user", "content": ["Then?", picture(5)]})
+    assert got == offline(tiny_v45_omni, turns, 6)[:2]
