@@ -1,6 +1,6 @@
 """`omni chat` on MiniCPM-V 4.5: the streamed reply equals the official stream's answer (golden),
 a video file is read, packed and answered, flags a family lacks fail in one line naming it, and the
-embedded tiny V-4.5 is deterministic."""
+embedded tiny V-4.5 is deterministic (`omni serve` on it: tests/streaming/test_chat_v45.py)."""
 
 import json
 
@@ -78,11 +78,3 @@ def test_the_embedded_v45_is_deterministic(tmp_path, monkeypatch):
     assert not (dirs[0] / "assets" / "Vocos.pt").exists()
     m = load(dirs[0], progress=False)
     assert m.family.key == "v-4.5" and "enable_thinking" in str(m.tokenizer.chat_template)  # Qwen3 template
-
-
-def test_the_realtime_service_refuses_a_text_only_family_in_one_line(capsys):
-    from streaming.cli import main as omni_main
-
-    assert omni_main(["serve", "--model", "embedded:minicpmv-4_5"]) == 2
-    err = capsys.readouterr().err
-    assert "MiniCPM-V 4.5 is served offline only for now" in err and "Traceback" not in err

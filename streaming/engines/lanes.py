@@ -210,18 +210,8 @@ def _gpus() -> int:
 
 def checkpoint_dir(settings) -> Path:
     """--model (a folder, embedded:NAME, or a hub id fetched into the Hugging Face cache), or the
-    embedded tiny model (built once into the cache). The sessions speak: a text-only family
-    (MiniCPM-V 4.5) is refused here, in one line."""
-    from omni.family import family_of_dir
-
-    path = _resolved(settings.model, settings.revision)
-    family = family_of_dir(path)
-    if "speech" not in family.heads:
-        raise ValueError(
-            f"{family.title} is served offline only for now (omni chat --model {settings.model}); "
-            "the realtime service runs MiniCPM-o 2.6"
-        )
-    return path
+    embedded tiny model (built once into the cache). Either family: `model_family` tells which."""
+    return _resolved(settings.model, settings.revision)
 
 
 def model_family(settings, omni=None):
