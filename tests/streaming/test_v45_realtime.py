@@ -521,3 +521,26 @@ async def test_frames_held_during_a_reply_that_ends_by_itself_follow_it(v45_omni
         assert "cut" not in ops
     finally:
         await s.runner.cleanup()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("seed,pace_s", [(21, 0.0), (22, 0.002)])
+async def test_fuzzed_v45_sessions_never_break(v45_server, caplog, seed, pace_s):
+    """bench/fuzz.py's stream (audio storms included: all refused here) against a V-4.5 server."""
+    import gc
+    import logging
+    import warnings
+
+    from bench.fuzz import BAD_LOG, actions, run
+
+    caplog.set_level(logging.WARNING)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = await run(v45_server.ws_url, actions(seed, 1500), check_every=250, pace_s=pace_s)
+        gc.collect()
+    assert out["stalls"] == [] and out["checks"] >= 4, out
+    assert out["internal_errors"] == 0, out
+    assert out["error_codes"].get("unsupported_for_model", 0) > 10, out
+    bad = [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    bad += [str(w.message) for w in caught if any(b in str(w.message) for b in BAD_LOG)]
+    assert not bad, bad[:5]
