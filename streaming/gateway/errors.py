@@ -32,6 +32,8 @@ from ..errors import (
     close_code,
     leaf,
 )
+from omni.family import UnsupportedInput
+
 from .events import error  # events.py imports nothing from here: no cycle
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,14 @@ def error_object(exc: BaseException) -> dict[str, Any]:
             "message": exc.message,
             "param": exc.param,
             "event_id": exc.event_id,
+        }
+    if isinstance(exc, UnsupportedInput):  # the model's family has no such input or output: the session goes on
+        return {
+            "type": "invalid_request_error",
+            "code": "unsupported_for_model",
+            "message": str(exc),
+            "param": None,
+            "event_id": None,
         }
     # Never put a traceback or internals on the wire; the reference ties the reply to the log line.
     ref = secrets.token_hex(4)
@@ -76,7 +86,12 @@ def to_error_event(exc: BaseException, event_id: str | None = None) -> dict[str,
 
 
 HTTP_STATUS = ((ProtocolError, 400), (MediaError, 400), (AuthError, 401), (CapacityError, 503), (ModelError, 500))
-STATUS_BY_CODE = {"request_too_large": 413, "model_not_found": 404, "unsupported_model": 501}
+STATUS_BY_CODE = {
+    "request_too_large": 413,
+    "model_not_found": 404,
+    "unsupported_model": 501,
+    "unsupported_for_model": 400,
+}
 
 
 def http_error(exc: BaseException) -> tuple[int, dict[str, Any]]:

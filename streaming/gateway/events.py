@@ -57,7 +57,15 @@ OPENAI_EVENT_TYPES = frozenset(
 )
 # [ext] events: only for sessions that set `session.omni.events` (a stock client's receive loop
 # may stop on a type it does not know). The gateway's sender drops them for everyone else.
-EXTENSION_EVENT_TYPES = frozenset({"response.omni.timings", "omni.heartbeat"})
+EXTENSION_EVENT_TYPES = frozenset(
+    {
+        "response.omni.timings",
+        "omni.heartbeat",
+        "response.reasoning_text.delta",  # MiniCPM-V 4.5's thinking (named as in OpenAI's Responses API)
+        "response.reasoning_text.done",
+        "omni.video.stats",
+    }
+)
 SERVER_EVENT_TYPES = OPENAI_EVENT_TYPES | EXTENSION_EVENT_TYPES
 
 
@@ -341,3 +349,17 @@ def response_omni_timings(response_id: str, timings_ms: Mapping[str, float]) -> 
 def omni_heartbeat() -> dict[str, Any]:
     """[ext] Sent every HEARTBEAT_S to an opted-in client: its page can tell a dead server from a quiet one."""
     return server_event("omni.heartbeat")
+
+
+def response_reasoning_text_delta(response_id: str, item_id: str, delta: str) -> dict[str, Any]:
+    """[ext] a thinking reply's reasoning, beside (never in) its output text."""
+    return server_event("response.reasoning_text.delta", **_pos(response_id, item_id, 0, 0), delta=delta)
+
+
+def response_reasoning_text_done(response_id: str, item_id: str, text: str) -> dict[str, Any]:
+    return server_event("response.reasoning_text.done", **_pos(response_id, item_id, 0, 0), text=text)
+
+
+def omni_video_stats(fps: float, frames_total: int, packs_total: int) -> dict[str, Any]:
+    """[ext] camera frames reaching the model (MiniCPM-V 4.5 sessions)."""
+    return server_event("omni.video.stats", fps=fps, frames_total=frames_total, packs_total=packs_total)

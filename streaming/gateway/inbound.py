@@ -13,14 +13,16 @@ from omni.processing.prompt import plain_text
 from ..session import commands as C
 from .codecs import InputAudioStream, decode_image, decode_input_audio, read_wav_any
 from .session_config import apply_update
+from .v45_config import check_update
 
 
 class Inbound:
     """Hand each parsed client event to `conv`, decoded into a session command where it carries
     wire data. `dispatch` (boundary.py) calls `handle` and turns whatever it raises into errors."""
 
-    def __init__(self, conv, max_image_pixels: int) -> None:
-        self.conv, self.max_image_pixels = conv, max_image_pixels
+    def __init__(self, conv, max_image_pixels: int, family: str = "o-2.6") -> None:
+        """`family`: the loaded model's ("o-2.6" | "v-4.5"): what a session update may ask."""
+        self.conv, self.max_image_pixels, self.family = conv, max_image_pixels, family
         self.input = InputAudioStream(conv.config.input_format)
 
     async def handle(self, ev) -> None:
@@ -30,6 +32,7 @@ class Inbound:
     def _update(self, ev) -> C.UpdateSession:
         old = self.conv.config
         new = apply_update(old, ev.session)
+        check_update(self.family, new, ev.session)  # before anything changes: a refusal leaves the session as it was
         ref_16k = None
         if new.reference_audio is not None and new.reference_audio != old.reference_audio:
             ref = new.reference_audio  # decoded now so a bad clip is rejected with the update

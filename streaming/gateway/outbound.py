@@ -20,6 +20,7 @@ from .session_config import to_wire
 
 SendJson = Callable[[dict[str, Any]], Awaitable[None]]
 MODEL = "minicpm-o-2.6"
+MODELS = {"o-2.6": MODEL, "v-4.5": "minicpm-v-4.5"}  # the session object's `model`, by family
 
 
 def part_wire(p: E.Part) -> dict[str, Any]:
@@ -49,8 +50,8 @@ def status_details(o: E.Outcome) -> dict[str, Any] | None:
 class WireEvents:
     """Call it with each session event; it sends the OpenAI events that say the same thing."""
 
-    def __init__(self, send_json: SendJson, wire_audio: bool = True) -> None:
-        self.send_json, self.wire_audio = send_json, wire_audio
+    def __init__(self, send_json: SendJson, wire_audio: bool = True, family: str = "o-2.6") -> None:
+        self.send_json, self.wire_audio, self.family = send_json, wire_audio, family
         self.config = SessionConfig()  # the config last announced (session.created/updated)
         self.encoders: dict[str, OutputAudioStream] = {}
 
@@ -69,7 +70,7 @@ class WireEvents:
     # ---- session and input ---------------------------------------------------------------
     def _session(self, ev: E.SessionStarted | E.SessionChanged) -> list[dict[str, Any]]:
         self.config = ev.config
-        wire = to_wire(ev.config, session_id=ev.session_id, model=MODEL)
+        wire = to_wire(ev.config, session_id=ev.session_id, model=MODELS[self.family], family=self.family)
         return [W.session_created(wire) if isinstance(ev, E.SessionStarted) else W.session_updated(wire)]
 
     # ---- a response ----------------------------------------------------------------------
@@ -127,7 +128,12 @@ class WireEvents:
             out = self._closed(E.MessageEnded(ev.response_id, ev.item, ev.text, ev.spoken, ev.keep_audio_tail))
         items = ([item_wire(ev.item)] if ev.item is not None else []) + [item_wire(c) for c in ev.calls]
         obj = W.response_object(
-            ev.response_id, ev.outcome.status, items, status_details=status_details(ev.outcome), metadata=ev.metadata
+            ev.response_id,
+            ev.outcome.status,
+            items,
+            status_details=status_details(ev.outcome),
+            usage=ev.usage,
+            metadata=ev.metadata,
         )
         return out + [W.response_done(obj)]
 
@@ -179,6 +185,9 @@ _RENDER: dict[type, Callable[[WireEvents, Any], list[dict[str, Any]]]] = {
     E.ResponseText: WireEvents._text,
     E.ResponseAudio: WireEvents._audio,
     E.ResponseEnded: WireEvents._ended,
+    E.ReasoningText: lambda _, ev: [W.response_reasoning_text_delta(ev.response_id, ev.item_id, ev.delta)],
+    E.ReasoningDone: lambda _, ev: [W.response_reasoning_text_done(ev.response_id, ev.item_id, ev.text)],
+    E.VideoStats: lambda _, ev: [W.omni_video_stats(ev.fps, ev.frames_total, ev.packs_total)],
     E.ResponseTimings: lambda _, ev: [W.response_omni_timings(ev.response_id, ev.timings_ms)],
     E.TranscriptText: lambda _, ev: [W.transcription_delta(ev.item_id, ev.delta)],
     E.TranscriptDone: lambda _, ev: [W.transcription_completed(ev.item_id, ev.transcript, ev.audio_s)],

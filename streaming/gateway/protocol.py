@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -82,6 +83,7 @@ class InputImageBufferAppend:
     TYPE: ClassVar[str] = "input_image_buffer.append"
     event_id: str | None
     image: bytes
+    captured_ms: float | None = None  # when the client captured it (any monotonic clock); None: on arrival
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,9 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], str | None], ClientEvent]] = {
     "input_audio_buffer.commit": lambda o, e: _bare(InputAudioBufferCommit, o, e),
     "input_audio_buffer.clear": lambda o, e: _bare(InputAudioBufferClear, o, e),
     "input_image_buffer.append": lambda o, e: InputImageBufferAppend(
-        e, b64(get_field(_keys(o, "image"), "image", str, "", required=True), "image")
+        e,
+        b64(get_field(_keys(o, "image", "captured_ms"), "image", str, "", required=True), "image"),
+        _captured_ms(o),
     ),
     "conversation.item.create": lambda o, e: ConversationItemCreate(
         e,
@@ -297,6 +301,13 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], str | None], ClientEvent]] = {
     ),
     "response.cancel": lambda o, e: ResponseCancel(e, get_field(_keys(o, "response_id"), "response_id", str, "")),
 }
+
+
+def _captured_ms(o: Mapping[str, Any]) -> float | None:
+    t = get_field(o, "captured_ms", float, "")
+    if t is not None and not (math.isfinite(t) and 0 <= t < 1e15):
+        raise bad("invalid_value", "Invalid value for 'captured_ms': a finite time in ms, 0 or more.", "captured_ms")
+    return None if t is None else float(t)
 
 
 def _truncate(o: Mapping[str, Any], eid: str | None) -> ConversationItemTruncate:

@@ -32,6 +32,8 @@ _BETA_FORMATS = {"pcm16": "audio/pcm", "g711_ulaw": "audio/pcmu", "g711_alaw": "
 
 # semantic_vad has no end-of-turn model here: its eagerness becomes the silence that ends a turn
 # (low waits longest, like OpenAI's; auto is medium).
+# session.omni fields only MiniCPM-V 4.5 sessions take: (type, lowest, highest)
+V45_OMNI = {"video_fps": (int, 1, 6), "video_pack_frames": (int, 1, 6), "thinking": (bool, 0, 1)}
 SEMANTIC_SILENCE_MS = {"low": 1200, "medium": 700, "auto": 700, "high": 350}
 
 
@@ -177,14 +179,26 @@ def _voice(v: Any, p: str) -> str:
 
 def _omni(cur: OmniOptions, v: Any, p: str) -> OmniOptions:
     obj = as_type(v, dict, p)
-    no_unknown(obj, {"video", "seed", "events"}, p)
+    no_unknown(obj, {"video", "seed", "events", *V45_OMNI}, p)
     video, events = get_field(obj, "video", bool, p), get_field(obj, "events", bool, p)
     seed = cur.seed
     if "seed" in obj:  # null clears the seed (random sampling again)
         seed = get_field(obj, "seed", int, p)
         if seed is not None:
             in_range(seed, 0, 2**63 - 1, f"{p}.seed")
-    return OmniOptions(cur.video if video is None else video, seed, cur.events if events is None else events)
+    v45: dict[str, Any] = {}
+    for name, (kind, lo, hi) in V45_OMNI.items():  # MiniCPM-V 4.5's (gateway/v45_config.py checks the family)
+        if (val := get_field(obj, name, kind, p)) is not None:
+            if kind is int:
+                in_range(val, lo, hi, f"{p}.{name}")
+            v45[name] = val
+    return dataclasses.replace(
+        cur,
+        video=cur.video if video is None else video,
+        seed=seed,
+        events=cur.events if events is None else events,
+        **v45,
+    )
 
 
 def parse_tools(c: SessionConfig | None, v: Any, p: str) -> dict[str, Any]:
@@ -319,10 +333,13 @@ def _turn_wire(td: ServerVad | None) -> dict[str, Any] | None:
     return {"type": "server_vad", **fields}
 
 
-def to_wire(config: SessionConfig, session_id: str | None = None, model: str | None = None) -> dict[str, Any]:
+def to_wire(
+    config: SessionConfig, session_id: str | None = None, model: str | None = None, family: str = "o-2.6"
+) -> dict[str, Any]:
     """The GA session object for `session.created` / `session.updated`.
 
-    The reference clip itself is not echoed, only its format and size.
+    The reference clip itself is not echoed, only its format and size; `omni`'s MiniCPM-V 4.5
+    fields only on that family's sessions.
     """
     ref, tr = config.reference_audio, config.transcription
     wire: dict[str, Any] = {
@@ -351,7 +368,7 @@ def to_wire(config: SessionConfig, session_id: str | None = None, model: str | N
         },
         "tools": tools_wire(config.tools),
         "tool_choice": choice_wire(config.tool_choice, config.tool_name),
-        "omni": dataclasses.asdict(config.omni),
+        "omni": {k: v for k, v in dataclasses.asdict(config.omni).items() if family == "v-4.5" or k not in V45_OMNI},
     }
     if session_id is not None:
         wire["id"] = session_id

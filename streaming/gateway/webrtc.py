@@ -30,8 +30,9 @@ from .boundary import Supervisor
 from .codecs import MODEL_INPUT_RATE_HZ, StreamResampler
 from .errors import CapacityError, OmniError
 from .fragments import Reassembler
-from .inbound import Inbound
 from .outbound import WireEvents
+from .v45_inbound import session_classes
+from .v45_media import V45CallConversation, v45_reader
 from .lifecycle import heartbeat, session_ended, session_started, watch_engine
 from .mailbox import Mailbox
 from .media import PlayoutTrack, frame_to_mono, loopback_ice, loopback_only
@@ -179,8 +180,10 @@ class Call:
         self.fragments = Reassembler(self.settings.max_message_bytes)  # pieces of messages over 64 KiB
         self.playout = QueuePlayout()
         self.speaker = PlayoutTrack(self.playout)
-        self.wire = WireEvents(self.send, wire_audio=False)  # speech goes on the track, not in events
-        self.conv = CallConversation(
+        family = app["family"].key
+        self.wire = WireEvents(self.send, wire_audio=False, family=family)  # speech goes on the track
+        self.v45 = family == "v-4.5"  # MiniCPM-V 4.5: camera and text (v45_media.py)
+        self.conv = (V45CallConversation if self.v45 else CallConversation)(
             app["worker"],
             self.settings,
             self.wire,
@@ -190,7 +193,7 @@ class Call:
             session_id=lease.session_id,
         )  # first: CapacityError
         self.conv.call = self
-        self.inbound = Inbound(self.conv, self.settings.max_image_pixels)
+        self.inbound = session_classes(family)[1](self.conv, self.settings.max_image_pixels, family)
         # the one task that changes the conversation: data-channel messages, mic and camera, in order
         self.mailbox = Mailbox(
             self.inbound, self.send, self.settings.max_message_bytes, self.fragments, self.conv.state
@@ -222,7 +225,7 @@ class Call:
                 "the offer has no 127.0.0.1 ICE candidate: gather all candidates "
                 "before POSTing (no trickle ICE) and allow loopback",
             )
-        if "\nm=audio" not in offer:
+        if "\nm=audio" not in offer and not self.v45:  # MiniCPM-V 4.5: camera and events only will do
             raise BadOffer("invalid_sdp", "the offer needs an audio m-line (microphone in, speech out)")
         self.offers_data = "\nm=application" in offer
         try:
@@ -268,7 +271,8 @@ class Call:
                     tg.create_task(heartbeat(self.wire)),
                 ]
                 for track in self.tracks_in:
-                    tasks.append(tg.create_task(self._listen(track) if track.kind == "audio" else self._watch(track)))
+                    reader = self._listen if track.kind == "audio" else self._watch
+                    tasks.append(tg.create_task(v45_reader(self, track) if self.v45 else reader(track)))
                 await self._await_connection()
                 await self.ended.wait()
                 supervisor.closing = True  # from here on no reply or transcript starts
@@ -373,7 +377,7 @@ class Call:
             if resampler is None or resampler.in_rate_hz != frame.sample_rate:
                 resampler = StreamResampler(frame.sample_rate, MODEL_INPUT_RATE_HZ)
             samples = resampler.push(frame_to_mono(frame))
-            await self.mailbox.media(partial(self.conv.push_audio_16k, samples))  # bound now, run later
+            await self.mailbox.media(partial(self.conv.push_audio_16k, samples))  # pyright: ignore[reportAttributeAccessIssue] - o-2.6 only
 
     async def _watch(self, track) -> None:
         """Camera: the newest frame at most every FRAME_INTERVAL_S, converted off the loop."""

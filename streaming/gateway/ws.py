@@ -14,10 +14,9 @@ import logging
 from aiohttp import WSMsgType, web
 
 from ..playout import ClockPlayout
-from ..session.conversation import Conversation
 from .boundary import Supervisor
 from .errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, CapacityError, to_error_event
-from .inbound import Inbound
+from .v45_inbound import session_classes
 from .lifecycle import heartbeat, session_ended, session_started, watch_engine
 from .mailbox import Mailbox
 from .outbound import WireEvents
@@ -54,8 +53,10 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
         await queue.put(event)
 
     try:
-        wire = WireEvents(send)  # the session's events -> OpenAI JSON + wire audio
-        conv = Conversation(
+        family = app["family"].key
+        wire = WireEvents(send, family=family)  # the session's events -> OpenAI JSON + wire audio
+        conv_class, inbound_class = session_classes(family)  # MiniCPM-o 2.6 or MiniCPM-V 4.5 sessions
+        conv = conv_class(
             app["worker"],
             settings,
             wire,
@@ -64,7 +65,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
             metrics=app["metrics"],
             session_id=lease.session_id,
         )
-        inbound = Inbound(conv, settings.max_image_pixels)  # client events -> decoded session commands
+        inbound = inbound_class(conv, settings.max_image_pixels, family)  # client events -> decoded session commands
     except CapacityError as e:  # every engine slot is taken (another gateway's sessions)
         manager.release(lease)
         await ws.send_str(json.dumps(to_error_event(e)))

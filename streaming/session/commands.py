@@ -34,11 +34,13 @@ class AppendAudio:
 
 @dataclass(frozen=True)
 class AppendImage:
-    """One camera frame (None: the session has video off, so it was not decoded)."""
+    """One camera frame (None: the session has video off, so it was not decoded), and when it was
+    captured (seconds on the client's clock, or on the server's at arrival: None for o-2.6)."""
 
     TYPE: ClassVar[str] = "input_image_buffer.append"
     event_id: str | None
     image: Any = field(repr=False)  # a PIL RGB image, or None
+    t_s: float | None = None
 
 
 @dataclass(frozen=True)

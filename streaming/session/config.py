@@ -62,11 +62,16 @@ class ReferenceAudio:
 @dataclass(frozen=True)
 class OmniOptions:
     """Extension `session.omni`: camera frames on/off, a sampling seed (None = random), and
-    whether this client takes [ext] event types (`events`; stock clients never see them)."""
+    whether this client takes [ext] event types (`events`; stock clients never see them).
+    MiniCPM-V 4.5 only (o-2.6 keeps the defaults): camera frames a second that reach the model
+    (`video_fps`), frames per pack of 64 tokens (`video_pack_frames`), thinking replies."""
 
     video: bool = True
     seed: int | None = None
     events: bool = False
+    video_fps: int = 2
+    video_pack_frames: int = 3
+    thinking: bool = False
 
 
 @dataclass(frozen=True)

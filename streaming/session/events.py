@@ -231,6 +231,32 @@ class ResponseEnded:
     keep_audio_tail: bool = True
     calls: tuple[FunctionCall, ...] = ()  # after the message in the response's output, each ended
     closed: bool = False  # the message item was closed already (MessageEnded)
+    usage: dict | None = None  # token counts: input_tokens, output_tokens (None: not counted)
+
+
+@dataclass(frozen=True)
+class ReasoningText:
+    """[ext] a piece of a thinking reply's reasoning (MiniCPM-V 4.5), never part of its text."""
+
+    response_id: str
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True)
+class ReasoningDone:
+    response_id: str
+    item_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class VideoStats:
+    """[ext] camera frames reaching the model: a second's rate over the last 2 s, totals."""
+
+    fps: float
+    frames_total: int
+    packs_total: int
 
 
 @dataclass(frozen=True)

@@ -377,6 +377,9 @@ SAMPLE_ARGS = {
     "call_id": "call_1",
     "name": "get_weather",
     "arguments": '{"city": "Paris"}',
+    "fps": 2.0,
+    "frames_total": 4,
+    "packs_total": 1,
 }
 
 
