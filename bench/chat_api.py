@@ -15,7 +15,10 @@
   clients stream the image question back to back: both `held`, the chat requests done, their
   time to first text.
 
-    python bench/chat_api.py [--levels 1,8,32] [--rounds 2] [--no-mixed] [--port 8791]
+`--family v45` runs the levels on the tiny MiniCPM-V 4.5 (`embedded:minicpmv-4_5`; `direct` is its
+engine plan, streaming/chat/run_v45.py); it has no speech, so no `mixed`.
+
+    python bench/chat_api.py [--family o26|v45] [--levels 1,8,32] [--rounds 2] [--no-mixed] [--port 8791]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 QUESTION = "What is in this picture? Answer in one sentence."
 MAX_TOKENS = 8
+MODELS = {"o26": None, "v45": "embedded:minicpmv-4_5"}  # --family: the embedded tiny model of each
 
 
 def jpeg(seed: int = 0) -> bytes:
@@ -69,7 +73,7 @@ def pct(xs, q):
 
 
 async def direct_one(worker, settings, image) -> float | None:
-    """The engine work of one request, as streaming/chat/o26.py plans it: ms to the first text."""
+    """The engine work of one request, as streaming/chat/o26.py (or run_v45.py) plans it: ms to the first text."""
     from streaming.chat import o26
     from streaming.chat.complete import FIRST_STEP_SLACK_S, STEP_SLACK_S
     from streaming.chat.request import ChatRequest, Image as ImagePart, Message, Text
@@ -79,6 +83,8 @@ async def direct_one(worker, settings, image) -> float | None:
         (Message("system", (Text("Be brief."),)), Message("user", (Text(QUESTION), ImagePart(image)))),
         max_tokens=MAX_TOKENS,
     )
+    if settings.model is not None:
+        return await direct_v45(worker, settings, req, t0)
     plan = o26.plan(req, settings.max_reply_tokens, settings.max_speech_s)
     h = worker.open_session(settings.max_context_tokens)
     first = None
@@ -91,6 +97,24 @@ async def direct_one(worker, settings, image) -> float | None:
         while (item := await h.reply_step(max(deadline_s, time.monotonic()))) is not None:
             deadline_s = time.monotonic() + STEP_SLACK_S
             if first is None and item[0]:
+                first = 1000 * (time.perf_counter() - t0)
+    finally:
+        h.close()
+    return first
+
+
+async def direct_v45(worker, settings, req, t0: float) -> float | None:
+    from streaming.chat import run_v45, v45
+    from streaming.chat.complete import FIRST_STEP_SLACK_S, STEP_SLACK_S
+
+    plan, first = v45.plan(req, settings.max_reply_tokens), None
+    h = worker.open_session(settings.max_context_tokens)
+    due_s = time.monotonic() + FIRST_STEP_SLACK_S
+    try:
+        await run_v45.prefill(h, plan, None, settings.max_item_tokens, due_s, lambda: None)
+        split = run_v45.ReplySplit(False, ())
+        async for _, text in run_v45.pieces(h, split, lambda: None, due_s, time.monotonic, STEP_SLACK_S):
+            if first is None and text:
                 first = 1000 * (time.perf_counter() - t0)
     finally:
         h.close()
@@ -157,7 +181,7 @@ async def run_level(one, c: int, n: int) -> dict:
     return {"rps": n / (time.perf_counter() - t0), "firsts": firsts}
 
 
-async def levels(levels_c: list[int], rounds: int) -> list[dict]:
+async def levels(levels_c: list[int], rounds: int, model: str | None = None) -> list[dict]:
 
     from streaming.engines.procs import ProcessWorker
     from streaming.engines.worker import EngineSpec
@@ -166,7 +190,7 @@ async def levels(levels_c: list[int], rounds: int) -> list[dict]:
     from streaming.settings import ServerSettings
     from aiohttp import web
 
-    settings = ServerSettings(max_sessions=max(levels_c), model_lanes=2, max_reply_tokens=MAX_TOKENS)
+    settings = ServerSettings(max_sessions=max(levels_c), model_lanes=2, max_reply_tokens=MAX_TOKENS, model=model)
     worker = ProcessWorker(str(checkpoint_dir(settings)), EngineSpec.from_settings(settings))
     app = build_app(settings, None, True, worker=worker)
     runner = web.AppRunner(app, **runner_options(settings))
@@ -259,6 +283,7 @@ async def mixed(port: int, sessions: int = 8, chats: int = 8) -> dict:
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--family", choices=sorted(MODELS), default="o26")
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-mixed", action="store_true")
@@ -269,9 +294,10 @@ async def main() -> None:
     a = ap.parse_args()
     if a.client:
         return await client_main(a.client, a.concurrency, a.requests)
-    result: dict = {"bench": "chat_api", "model": "embedded-tiny", "device": "cpu", "worker": "processes x2"}
-    result["levels"] = await levels([int(x) for x in a.levels.split(",")], a.rounds)
-    if not a.no_mixed:
+    model = MODELS[a.family]
+    result: dict = {"bench": "chat_api", "model": model or "embedded-tiny", "device": "cpu", "worker": "processes x2"}
+    result["levels"] = await levels([int(x) for x in a.levels.split(",")], a.rounds, model)
+    if not a.no_mixed and model is None:  # realtime speech sessions: o-2.6 only
         result["mixed"] = await mixed(a.port)
     print(json.dumps(result))
 

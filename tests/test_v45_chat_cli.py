@@ -1,6 +1,6 @@
 """`omni chat` on MiniCPM-V 4.5: the streamed reply equals the official stream's answer (golden),
 a video file is read, packed and answered, flags a family lacks fail in one line naming it, and the
-embedded tiny V-4.5 is deterministic."""
+embedded tiny V-4.5 is deterministic (`omni serve` on it: tests/streaming/test_chat_v45.py)."""
 
 import json
 

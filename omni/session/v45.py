@@ -28,7 +28,7 @@ from ..loader import Omni
 from ..model.ops import LLMForward, LLMSample, VisionEncode, drive, stream
 from ..model.steps import Executor
 from ..processing import packs
-from ..processing.prompt import bounds
+from ..processing.prompt import bounds, plain_text
 from .caches import Caches, SoloCaches
 from .prefill import PREFILL_CHUNK_TOKENS, InputTooLong, refuse_by_length
 from .state import SessionState
@@ -272,7 +272,8 @@ class V45Session(BoundedContext):
         if r is not None:
             assert run is not None, "a reply belongs to the run after the last user turn"
             text = "".join(r.text)
-            run.entries.append(("assistant", text if chars is None else text[:chars]))
+            # re-rendered from text: a media token the model wrote would open an image with none in it
+            run.entries.append(("assistant", plain_text(text if chars is None else text[:chars])))
             self._reply = None
 
     def _rewind(self) -> None:

@@ -8,6 +8,7 @@ with stop strings held back (`StopScanner`) and its tool calls; why it ended (`t
 every call it began is whole) and its token counts. The lease and the engine slot are freed
 however the run ends: the reply over, a stop string, the client gone (`gone()` is checked
 between steps; a cancelled task ends it at once), an engine error.
+A MiniCPM-V 4.5 plan runs through run_v45.py (its commands, its reply's thinking split off).
 Does not own: the wire (gateway/chat_completions.py), prompts (o26.py, v45.py).
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 from omni.tools.calls import CallPiece
 
 from ..errors import ModelError
-from . import o26, v45
+from . import o26, run_v45, v45
 from .request import ChatRequest
 from .stops import StopScanner
 
@@ -56,17 +57,12 @@ class ClientGone(Exception):
     """The client went away mid-request: its slot is freed and nothing more is computed."""
 
 
-def plan_for(family: str, req: ChatRequest, settings) -> o26.EnginePlan:
+def plan_for(family: str, req: ChatRequest, settings) -> o26.EnginePlan | v45.V45Plan:
     """The engine plan of `req` for the loaded family ("o-2.6", "v-4.5"); raises the family's refusal."""
     if family == "o-2.6":
         return o26.plan(req, settings.max_reply_tokens, settings.max_speech_s)
     if family == "v-4.5":
-        v45.plan(req, settings.max_reply_tokens)  # the request's own errors first
-        raise ModelError(
-            "unsupported_model",
-            "MiniCPM-V 4.5 runs on the batch engine once its sessions exist (docs/v45-sessions.md); "
-            "until then `omni chat` serves it offline",
-        )
+        return v45.plan(req, settings.max_reply_tokens)
     raise ModelError("unsupported_model", f"no chat completions for the model family {family!r}")
 
 
@@ -109,6 +105,10 @@ class Completion:
         h, p = self.handle, self.plan
         assert h is not None, "pieces() inside `async with`"
         deadline_s = self.clock_s() + FIRST_STEP_SLACK_S
+        if isinstance(p, v45.V45Plan):
+            async for piece in self._v45(p, deadline_s):
+                yield piece
+            return
         await h.set_system(p.seed, p.mode, p.reference_16k, p.instructions, p.tools, deadline_s=deadline_s)
         for msg in p.prefills:
             self._check()
@@ -138,6 +138,18 @@ class Completion:
         end = "stop" if stops.stopped or h.last_reply_end == "eos" else "length"
         if started and not stops.stopped:  # calls: all whole, or one cut by the token cap
             end = "tool_calls" if started == done and h.last_reply_end == "eos" else "length"
+        prompt, completion = h.reply_usage or (0, 0)
+        self.outcome = Outcome(end, prompt, completion)
+
+    async def _v45(self, p: v45.V45Plan, deadline_s: float) -> AsyncIterator[Piece]:
+        """MiniCPM-V 4.5: text only, the thinking split off (run_v45.py)."""
+        h = self.handle
+        assert h is not None, "inside `async with`"
+        await run_v45.prefill(h, p, self.req.sampling.seed, self.settings.max_item_tokens, deadline_s, self._check)
+        split = run_v45.ReplySplit(p.thinking, self.req.stop)
+        async for reasoning, text in run_v45.pieces(h, split, self._check, deadline_s, self.clock_s, STEP_SLACK_S):
+            yield Piece(text, reasoning=reasoning)
+        end = "stop" if split.stopped or h.last_reply_end == "eos" else "length"
         prompt, completion = h.reply_usage or (0, 0)
         self.outcome = Outcome(end, prompt, completion)
 

@@ -4,9 +4,10 @@ Owns, for the family's text-only, thinking-capable model: the request's refusals
 function tools, mixing a video with still images, a pack of frames of two sizes), its arguments
 to the official `chat()` prompt (`omni.chat_v45.prepare`: messages of text and images, the system
 prompt, the thinking switch, the video's packs by the model card's recipe, the card's video call
-of one slice and no image ids, the sampling preset), and `ThinkSplitter`, which streams a thinking reply's text
-into `reasoning_content` and `content` at `</think>`. Pure: the batch engine's V-4.5 sessions
-(docs/v45-sessions.md) will run this plan; until then `complete.plan_for` refuses after it.
+of one slice and no image ids, the sampling preset), and `ThinkSplitter`, which streams a thinking
+reply's text into `reasoning_content` and `content` at `</think>`. Consecutive user messages are
+one user turn (as a session joins them), so the plan is exactly what the engine session runs
+(run_v45.py). Pure: no model, no engine.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from omni.chat_v45 import LLM_DEFAULTS, preset
 from omni.processing import video as VID
 from omni.processing.prompt import plain_text
 from omni.sampling import SamplingParams
+from omni.session.v45_turns import TEMPORAL_IDS
 
 from ..errors import ProtocolError
 from .request import Audio, ChatRequest, Frames, Image, Sampling, Text
@@ -41,6 +43,7 @@ class V45Plan:
     use_image_id: bool | None
     sampling: SamplingParams
     max_new_tokens: int
+    video_at: tuple[int, int] | None = None  # (message, first part) of the video's frames in `msgs`
 
     def prepare_args(self) -> dict:
         return {
@@ -69,9 +72,13 @@ def plan(req: ChatRequest, max_reply_tokens: int) -> V45Plan:
     turns = [m for m in req.messages if m.role != "system"]
     if not turns or turns[0].role != "user" or turns[-1].role != "user":
         raise ProtocolError("invalid_value", f"{TITLE} takes turns that start and end with the user's", "messages")
-    msgs, videos, stills = [], [], 0
+    msgs: list[dict] = []
+    videos, stills, video_at = [], 0, None
     for m in turns:
-        content: list = []
+        if msgs and msgs[-1]["role"] == m.role == "user":  # one user turn, as a session joins them
+            content = msgs.pop()["content"]
+        else:
+            content = []
         for p in m.parts:
             if isinstance(p, Audio):
                 raise ProtocolError(
@@ -83,9 +90,10 @@ def plan(req: ChatRequest, max_reply_tokens: int) -> V45Plan:
                 content.append(p.image)
                 stills += 1
             elif isinstance(p, Frames):
+                video_at = (len(msgs), len(content))
                 content += list(p.frames)
                 videos.append(p)
-        msgs.append({"role": m.role, "content": content})
+        msgs.append({"role": m.role, "content": content or [""]})  # no parts: an empty message, as chat() reads it
     if videos and (stills or len(videos) > 1):
         raise ProtocolError(
             "unsupported_content",
@@ -103,6 +111,7 @@ def plan(req: ChatRequest, max_reply_tokens: int) -> V45Plan:
         False if videos else None,
         sampling(req.sampling, req.thinking),
         max_reply_tokens if req.max_tokens is None else min(req.max_tokens, max_reply_tokens),
+        video_at,
     )
 
 
@@ -114,6 +123,13 @@ def pack_times(video: Frames, packing: int | None = None) -> list[list[int]]:
     if packing is None:
         packing = 1 if n <= VID.MAX_NUM_FRAMES else min(math.ceil(n / VID.MAX_NUM_FRAMES), VID.MAX_NUM_PACKING)
     times = np.asarray(video.times_s, dtype=np.float64)
+    if times.max() / VID.TIME_SCALE_S + 0.5 >= TEMPORAL_IDS:  # (before the grid: it has a point per id)
+        raise ProtocolError(
+            "invalid_value",
+            f"the frames span {times.max():.0f} s; {TITLE} times a video's frames over at most "
+            f"{TEMPORAL_IDS * VID.TIME_SCALE_S:.0f} s (its temporal table)",
+            "messages",
+        )
     scale = np.arange(0, float(times.max()) + VID.TIME_SCALE_S, VID.TIME_SCALE_S)
     ids = np.rint(VID.nearest(times, scale) / VID.TIME_SCALE_S).astype(int).tolist()
     packs = [ids[i : i + packing] for i in range(0, n, packing)]

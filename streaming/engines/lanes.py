@@ -210,8 +210,7 @@ def _gpus() -> int:
 
 def checkpoint_dir(settings) -> Path:
     """--model (a folder, embedded:NAME, or a hub id fetched into the Hugging Face cache), or the
-    embedded tiny model (built once into the cache). Either family is served: its sessions and
-    requests follow the family (`model_family`)."""
+    embedded tiny model (built once into the cache). Either family: `model_family` tells which."""
     return _resolved(settings.model, settings.revision)
 
 

@@ -19,12 +19,14 @@ sessions it held lost their context: each of their commands then fails with `Mod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
 import threading
 import time
 
@@ -36,6 +38,26 @@ from .worker import BACKGROUND_SLOTS, PROBE_TIMEOUT_S, EngineSpec, full_error, p
 
 log = logging.getLogger("omni.procs")
 START_TIMEOUT_S = 600.0  # loading a full checkpoint on CPU takes minutes
+
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """SIGTERM/SIGINT wait until a model process is started: a handler raising (SIGTERM while
+    loading) inside Process.start() would leave the child reading half its arguments (EOFError and
+    a traceback in the log) and no process object to kill. Handlers are the main thread's alone
+    (a signal mask would not do: any thread of the process may take the signal)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # a restart: signals reach the main thread's handlers, not this one
+        return
+    caught: list[int] = []
+    before = {s: signal.signal(s, lambda n, _f: caught.append(n)) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        for n in caught:
+            signal.raise_signal(n)  # to the handler it was meant for, now
 
 
 def _died(code) -> ModelError:
@@ -90,7 +112,8 @@ class _Lane:
             name=f"omni-model-{self.index}",
             daemon=True,
         )
-        self.proc.start()
+        with _stop_signals_held():
+            self.proc.start()
         child.close()
 
     def wait_ready(self) -> None:
@@ -212,9 +235,9 @@ class ProcessWorker:
         self._lanes = [_Lane(i, load_args, step_timeout_s) for i in range(spec.lanes)]
         self._ids = itertools.count()
         self._rids = itertools.count()
-        for lane in self._lanes:  # all load at once
-            lane.start()
         try:
+            for lane in self._lanes:  # all load at once
+                lane.start()
             for lane in self._lanes:
                 lane.wait_ready()
         except BaseException:

@@ -19,7 +19,8 @@ from ..chat.request import ChatRequest, Sampling, Speech
 from .chat_messages import Budget, parse_messages
 from .chat_tools import tool_spec
 from .codecs import read_wav_any
-from .validate import as_type, b64, bad, get_field, in_range, no_unknown, one_of
+from .session_config import reference_audio
+from .validate import as_type, bad, get_field, in_range, no_unknown, one_of
 
 IGNORED = (
     "user",
@@ -185,17 +186,8 @@ def _speech(req: dict, stream: bool) -> Speech | None:
 
 def _reference(v: Any):
     """[ext] `audio.omni_reference_audio`: the realtime session's voice-clone clip, same shape."""
-    if v is None:
-        return None
-    p = "audio.omni_reference_audio"
-    obj = as_type(v, dict, p)
-    no_unknown(obj, {"data", "format", "rate"}, p)
-    fmt = one_of(get_field(obj, "format", str, p, required=True), ("wav", "pcm16"), f"{p}.format")
-    data = b64(get_field(obj, "data", str, p, required=True), f"{p}.data")
-    rate = get_field(obj, "rate", int, p, required=fmt == "pcm16")
-    if rate is not None:
-        in_range(rate, 8_000, 48_000, f"{p}.rate")
-    return read_wav_any(data, rate if fmt == "pcm16" else None)
+    ref = reference_audio(v, "audio.omni_reference_audio")
+    return None if ref is None else read_wav_any(ref.data, ref.rate_hz if ref.format == "pcm16" else None)
 
 
 def _thinking(req: dict) -> bool:

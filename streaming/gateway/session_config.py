@@ -132,7 +132,8 @@ def _temperature(c: "SessionConfig", v: Any, p: str) -> dict[str, Any]:
     return {"temperature": t}
 
 
-def _reference(v: Any, p: str) -> ReferenceAudio | None:
+def reference_audio(v: Any, p: str) -> ReferenceAudio | None:
+    """[ext] `omni_reference_audio` at `p`: the voice-clone clip (realtime sessions, chat completions)."""
     if v is None:
         return None  # back to the model's default voice
     obj = as_type(v, dict, p)
@@ -266,7 +267,7 @@ _AUDIO = _table(
                 "format": _to("output_format", _format),
                 "voice": _to("voice", _voice),
                 "speed": _SPEED,
-                "omni_reference_audio": _to("reference_audio", _reference),
+                "omni_reference_audio": _to("reference_audio", reference_audio),
             }
         ),
     }

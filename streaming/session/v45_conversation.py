@@ -27,10 +27,10 @@ from . import events as E
 from .config import SessionConfig
 from .conversation import Post, run_soon
 from .items import MAX_ITEMS_KEPT, ItemLog
-from .state import ConnectionState
+from .state import ConnectionState, Phase
 from .tasks import Spawn, plain_task
 from .v45_frames import FrameGate
-from .v45_respond import V45Responder
+from .v45_respond import V45Responder, V45Response
 
 TITLE = "MiniCPM-V 4.5"
 
@@ -71,7 +71,8 @@ class V45Conversation:
         self.frames = FrameGate()
         self.responder = V45Responder(self.send, self.engine, clock_s, spawn=lambda c, n: self.spawn(c, n))
         self.cut_owed: int | None = None  # characters of the latest reply the context keeps (a cut reply)
-        self.cuttable = False  # nothing followed the latest reply: it can still be deleted
+        self.latest: V45Response | None = None  # the latest reply: what a delete may take back
+        self.cuttable = False  # nothing followed it: it can still be deleted
         self.heard = False  # a frame or an item reached the model: there is something to answer
         self.session_id = session_id or new_id("sess")
 
@@ -87,7 +88,7 @@ class V45Conversation:
         await self.responder.close()
         self.engine.close()
         self.frames.held.clear()  # frames go now, not when the cyclic GC finds this conversation
-        if self.state.phase.value != "closing":
+        if self.state.phase is not Phase.CLOSING:
             self.state.closing()
 
     async def send(self, ev) -> None:
@@ -183,7 +184,7 @@ class V45Conversation:
                     ev.event_id,
                 )
             await self._before_input()
-            text = "\n".join(p.text or "" for p in item.content)
+            text = plain_text("\n".join(p.text or "" for p in item.content))  # no stray media tokens
             await self.engine.prefill({"role": "assistant", "content": [text]}, self.settings.max_item_tokens)
             self.heard = True
         added = E.Item(item.id or new_id("item"), item.role, tuple(E.Part(p.type, text=p.text) for p in item.content))
@@ -192,7 +193,7 @@ class V45Conversation:
         self.state.last_item_id = added.id
 
     async def _on_conversation_item_delete(self, ev) -> None:
-        r = self.state.reply
+        r = self.latest
         if r is None or ev.item_id != r.item_id or not self.cuttable:
             raise ProtocolError(
                 "unsupported_operation",
@@ -203,8 +204,9 @@ class V45Conversation:
             )
         if self.responder.current is r:
             await self.responder.cancel("client_cancelled")
-        await self.engine.forget_reply()
-        self.cut_owed, self.cuttable, self.state.reply = None, False, None
+        if r.in_engine:  # else it never began: nothing to forget
+            await self.engine.forget_reply()
+        self.cut_owed, self.cuttable, self.latest = None, False, None
         self.state.last_item_id = r.previous_item_id
         self.items.drop(r.item_id)
         await self.send(E.ItemDeleted(r.item_id))
@@ -246,7 +248,7 @@ class V45Conversation:
         r = await self.responder.start(self._options(p), self.state.last_item_id, p.metadata)
         if r is None:  # the connection is closing
             return
-        self.state.reply, self.cuttable, self.state.last_item_id = r, True, r.item_id
+        self.latest, self.cuttable, self.state.last_item_id = r, True, r.item_id
         assert r.task is not None
         r.task.add_done_callback(lambda _t: self.engine.closed or self.post(self._reply_over, f"after {r.id}"))
 
@@ -274,7 +276,7 @@ class V45Conversation:
     async def _cut(self, reason: str) -> None:
         """Barge-in: the live reply ends now; the context keeps the text the client was given."""
         r = await self.responder.cancel(reason)
-        if r is not None:
+        if r is not None and r.in_engine:  # one cancelled before it began left no trace to cut
             self.cut_owed = r.chars
 
     async def _reply_over(self) -> None:

@@ -31,6 +31,7 @@ class V45Response(Response):
     reasoning: list[str] = field(default_factory=list)
     reasoning_done: bool = False
     chars: int = 0  # characters of the reply's text (think block included) the client was given
+    in_engine: bool = False  # its generate command was sent: a cut or forget then applies to it
     usage: dict | None = None
 
 
@@ -78,6 +79,9 @@ class V45Responder:
         split, fresh, produced = ThinkSplitter(opts.thinking), opts.thinking, 0
         try:
             await r.announced.wait()
+            if r.closed:  # cancelled before it began: the engine never hears of it
+                return
+            r.in_engine = True
             await self.engine.start_reply(opts)
             while not r.closed:
                 item = await self.engine.reply_step(None)

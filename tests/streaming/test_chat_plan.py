@@ -228,7 +228,7 @@ def test_v45_plan_refuses_audio_speech_tools_and_mixed_media(req):
 
 
 def test_reasoning_goes_to_reasoning_content_and_the_wire_types_hold():
-    """A thinking reply's pieces (V-4.5's, once its sessions run) on the wire: the reasoning never in
+    """A thinking reply's pieces (V-4.5's) on the wire: the reasoning never in
     `content`; every object validates against the SDK's chat types."""
     from openai.types.chat import ChatCompletion, ChatCompletionChunk
 

@@ -109,3 +109,41 @@ def test_gateway_killed_while_serving_leaves_no_process():
     finally:
         if p.poll() is None:
             p.kill()
+
+
+# A SIGTERM that lands inside Process.start(), after the child exists and before its arguments are
+# written, is forced here (the child is made, then the signal is sent at once): the signal waits
+# until start() is done, so the child never reads half its arguments (EOFError and a traceback in
+# the gateway's log, as CI once saw) and the unwinding kills a fully started process.
+_SIGTERM_INSIDE_START = """
+import os, signal, sys
+import multiprocessing.popen_spawn_posix as posix
+from streaming.engines import procs
+
+class Stop(BaseException):
+    pass
+
+def stop(*_):
+    raise Stop()
+
+signal.signal(signal.SIGTERM, stop)
+spawn = posix.util.spawnv_passfds
+def spawn_then_signal(*a, **k):
+    pid = spawn(*a, **k)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return pid
+posix.util.spawnv_passfds = spawn_then_signal
+lane = procs._Lane(0, ("embedded:none", "float32", "cpu", procs.EngineSpec(1, 1, 64), None), 5.0)
+try:
+    lane.start()
+except Stop:
+    pass
+print("stopped; the process started:", lane.proc._popen is not None and lane.proc._popen.sentinel is not None)
+lane.proc.kill()
+lane.proc.join(5)
+"""
+
+
+def test_sigterm_inside_a_model_process_start_waits_for_it():
+    out = subprocess.run([sys.executable, "-c", _SIGTERM_INSIDE_START], capture_output=True, text=True, timeout=60)
+    assert "the process started: True" in out.stdout and "Traceback" not in out.stderr, (out.stdout, out.stderr)

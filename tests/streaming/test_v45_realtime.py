@@ -521,3 +521,64 @@ async def test_frames_held_during_a_reply_that_ends_by_itself_follow_it(v45_omni
         assert "cut" not in ops
     finally:
         await s.runner.cleanup()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("seed,pace_s", [(21, 0.0), (22, 0.002)])
+async def test_fuzzed_v45_sessions_never_break(v45_server, caplog, seed, pace_s):
+    """bench/fuzz.py's stream (audio storms included: all refused here) against a V-4.5 server."""
+    import gc
+    import logging
+    import warnings
+
+    from bench.fuzz import BAD_LOG, actions, run
+
+    caplog.set_level(logging.WARNING)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = await run(v45_server.ws_url, actions(seed, 1500), check_every=250, pace_s=pace_s)
+        gc.collect()
+    assert out["stalls"] == [] and out["checks"] >= 4, out
+    assert out["internal_errors"] == 0, out
+    assert out["error_codes"].get("unsupported_for_model", 0) > 10, out
+    bad = [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    bad += [str(w.message) for w in caught if any(b in str(w.message) for b in BAD_LOG)]
+    assert not bad, bad[:5]
+
+
+@pytest.mark.asyncio
+async def test_the_openai_sdk_holds_a_typed_conversation_with_v45(v45_server, images):
+    """The official `openai` SDK (its typed events parse everything we send) asks about an image
+    in a typed turn and reads the streamed text and the usage; an audio ask is refused."""
+    openai = pytest.importorskip("openai", reason="the openai SDK is in the test extra")
+    client = openai.AsyncOpenAI(api_key="not-needed-locally", websocket_base_url=f"ws://127.0.0.1:{v45_server.port}/v1")
+    async with client.realtime.connect(model="minicpm-v-4.5") as conn:
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["text"], "instructions": "Brief."})
+        image = "data:image/png;base64," + png_b64(images[1])
+        for _turn in range(2):
+            await conn.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_image", "image_url": image}, {"type": "input_text", "text": QUESTION}],
+                }
+            )
+            await conn.response.create()
+            text = []
+            async with asyncio.timeout(60):
+                async for event in conn:
+                    if event.type == "error":
+                        pytest.fail(f"server error: {event.error}")
+                    if event.type == "response.output_text.delta":
+                        text.append(event.delta)
+                    if event.type == "response.done":
+                        assert event.response.status in ("completed", "incomplete")
+                        assert event.response.usage.output_tokens >= 1
+                        break
+            assert "".join(text) == event.response.output[0].content[0].text
+        await conn.session.update(session={"type": "realtime", "output_modalities": ["audio"]})
+        async with asyncio.timeout(10):
+            async for event in conn:
+                if event.type in ("error", "session.updated"):
+                    break
+        assert event.type == "error" and event.error.code == "unsupported_for_model"
