@@ -34,7 +34,12 @@ class V45Inbound(Inbound):
             return C.AppendImage(ev.event_id, None, t_s)  # refused by the conversation
         if not conv.admit_frame(t_s):
             return None  # faster than video_fps: dropped
-        return C.AppendImage(ev.event_id, decode_image(ev.image, self.max_image_pixels), t_s)
+        try:
+            image = decode_image(ev.image, self.max_image_pixels)
+        except Exception:
+            conv.refund_frame()  # an undecodable frame must not cost the next good one its slot
+            raise
+        return C.AppendImage(ev.event_id, image, t_s)
 
 
 def session_classes(family: str) -> tuple[type, type]:

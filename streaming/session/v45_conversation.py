@@ -13,6 +13,7 @@ steps reaches the engine while a reply runs. Driven by the connection's one task
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 
@@ -31,6 +32,8 @@ from .state import ConnectionState, Phase
 from .tasks import Spawn, plain_task
 from .v45_frames import FrameGate
 from .v45_respond import V45Responder, V45Response
+
+log = logging.getLogger(__name__)
 
 TITLE = "MiniCPM-V 4.5"
 
@@ -117,6 +120,10 @@ class V45Conversation:
         """Whether a frame captured at `t_s` reaches the model (`video_fps`); asked before decoding."""
         return self.frames.admit(t_s, self.config.omni.video_fps)
 
+    def refund_frame(self) -> None:
+        """The frame admitted last was not a picture: the next frame takes its slot."""
+        self.frames.refund()
+
     def push_frame(self, image) -> None:
         """A camera frame without its capture time (taken now), from the owner task."""
         self.post(lambda: self.add_frame(image, self.clock_s()), "camera frame")
@@ -175,6 +182,7 @@ class V45Conversation:
             await self._before_input()
             await self.engine.prefill({"role": "user", "content": list(ev.content)}, self.settings.max_item_tokens)
             self.heard = True
+            self.frames.input_followed()  # the session flushed the open pack before the item
         else:  # an assistant's text: history the client adds
             if self.responder.current is not None:
                 raise ProtocolError(
@@ -187,6 +195,7 @@ class V45Conversation:
             text = plain_text("\n".join(p.text or "" for p in item.content))  # no stray media tokens
             await self.engine.prefill({"role": "assistant", "content": [text]}, self.settings.max_item_tokens)
             self.heard = True
+            self.frames.input_followed()
         added = E.Item(item.id or new_id("item"), item.role, tuple(E.Part(p.type, text=p.text) for p in item.content))
         await self.send(E.ItemAdded(added, self.state.last_item_id))
         await self.send(E.ItemDone(added, self.state.last_item_id))
@@ -300,4 +309,7 @@ class V45Conversation:
             chars, self.cut_owed = self.cut_owed, None
             await self.engine.cut_reply(chars)
         for h in self.frames.take_held():
-            await self._send_frame(h.image, h.t_s)
+            try:
+                await self._send_frame(h.image, h.t_s)
+            except MediaError as e:  # one bad frame: the others still go; the input goes on
+                log.warning("held frame at %.3f s dropped: %s", h.t_s, e)

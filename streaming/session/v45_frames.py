@@ -15,9 +15,17 @@ from dataclasses import dataclass, field
 STATS_WINDOW_S = 2.0  # the rate shown is over this long
 STATS_EVERY_S = 1.0  # an omni.video.stats event at most this often, while frames flow
 MAX_HELD = 64  # frames held during one reply (at 6 fps: 10 s); older ones give way
+# ... and at most this many pixels held (decoded RGB, 3 bytes each: 60 MB), so full-HD frames over a
+# long reply do not hold hundreds of MB per session (64 of them would be 400 MB)
+MAX_HELD_PIXELS = 20_000_000
 # A frame up to this share of the interval early still takes its slot: camera clocks jitter, and
 # 30-fps frames fall 0-33 ms either side of a 2-fps grid.
 EARLY_SHARE = 0.25
+
+
+def _pixels(image) -> int:
+    size = getattr(image, "size", None)  # a PIL image's (width, height)
+    return size[0] * size[1] if isinstance(size, tuple) else 0
 
 
 @dataclass
@@ -35,19 +43,34 @@ class FrameGate:
     packs_total: int = 0
     open_pack: int = 0  # frames of the pack being filled
     last_stats_s: float | None = None
+    last_admitted_s: float | None = None  # capture time of the last frame admitted
+    refund_to: tuple = (None, None)  # the gate before the last admit
 
     def admit(self, t_s: float, fps: int) -> bool:
-        """Whether a frame captured at `t_s` takes a slot of `fps` a second (else it is dropped)."""
+        """Whether a frame captured at `t_s` takes a slot of `fps` a second (else it is dropped);
+        never one captured before the last admitted (the model takes frames in capture order)."""
         interval = 1.0 / fps
         if self.next_due_s is not None and t_s < self.next_due_s - EARLY_SHARE * interval:
             return False
+        if self.last_admitted_s is not None and t_s <= self.last_admitted_s:
+            return False
+        self.refund_to = (self.next_due_s, self.last_admitted_s)
+        self.last_admitted_s = t_s
         # On the grid while frames keep up; after a gap (or a new rate) the grid restarts at this frame.
         due = self.next_due_s
         self.next_due_s = due + interval if due is not None and t_s < due + interval else t_s + interval
         return True
 
+    def refund(self) -> None:
+        """The frame just admitted could not be decoded: its slot goes to the next one."""
+        self.next_due_s, self.last_admitted_s = self.refund_to
+
     def hold(self, image, t_s: float) -> None:
         self.held.append(Held(image, t_s))
+        pixels = [_pixels(h.image) for h in self.held]
+        while len(self.held) > 1 and sum(pixels) > MAX_HELD_PIXELS:  # the oldest give way
+            self.held.popleft()
+            pixels.pop(0)
 
     def take_held(self) -> list[Held]:
         out = list(self.held)

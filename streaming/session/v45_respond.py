@@ -94,10 +94,10 @@ class V45Responder:
                 if fresh and raw.startswith(THINK_PREFIX):  # the prompt opened the block: not reasoning
                     raw = raw[len(THINK_PREFIX) :]
                 fresh = False
-                await self._emit(r, *split.push(raw))
-                r.chars = produced - len(split._held)  # a piece of `</think>` held back is not delivered yet
+                # a piece of `</think>` held back is not delivered yet
+                await self._emit(r, *split.push(raw), produced - len(split._held))
             if not r.closed:
-                await self._emit(r, *split.flush())
+                await self._emit(r, *split.flush(), produced)
                 status = "completed" if self.engine.last_reply_end == "eos" else "incomplete"
                 await self.finish(r, status, None if status == "completed" else "max_output_tokens")
         except asyncio.CancelledError:
@@ -107,16 +107,25 @@ class V45Responder:
             if not r.closed:
                 await self.finish(r, "failed", reason=type(e).__name__)
 
-    async def _emit(self, r: V45Response, reasoning: str, content: str) -> None:
-        if reasoning:
+    async def _emit(self, r: V45Response, reasoning: str, content: str, chars_after: int) -> None:
+        """Send a step's reasoning and text. `r.chars` (what a cut keeps) counts each piece before
+        its send is awaited: a queued event reaches the client even when a cancel comes while the
+        send waits for a slow reader; nothing is sent once the reply is closed."""
+        if reasoning and not r.closed:
             r.reasoning.append(reasoning)
+            r.chars = chars_after - len(content)
             await self.send(E.ReasoningText(r.id, r.item_id, reasoning))
-        if content:
+        if content and not r.closed:
             await self._reasoning_done(r)
+            if r.closed:
+                return
             r.first_output.set()
             r.timings_ms.setdefault("first_text_ms", 1000.0 * (self.clock_s() - r.t_trigger_s))
             r.transcript.append(content)
+            r.chars = chars_after
             await self.send(E.ResponseText(r.id, r.item_id, content, False))
+        elif not r.closed:
+            r.chars = chars_after
 
     async def _reasoning_done(self, r: V45Response) -> None:
         if r.reasoning and not r.reasoning_done:
