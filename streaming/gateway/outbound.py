@@ -8,6 +8,7 @@ stream across deltas). A WebRTC call sends no audio deltas: its outgoing track c
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +22,20 @@ from .session_config import to_wire
 SendJson = Callable[[dict[str, Any]], Awaitable[None]]
 MODEL = "minicpm-o-2.6"
 MODELS = {"o-2.6": MODEL, "v-4.5": "minicpm-v-4.5"}  # the session object's `model`, by family
+
+
+class SendQueue(asyncio.Queue):
+    """A connection's bounded send queue, strictly in order: with `asyncio.Queue.put` alone, an
+    event put while an earlier one waits for room (a slow reader) can take the slot first, so a
+    client could get an error before the `response.done` it follows, or a delta after it."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self._in_order = asyncio.Lock()  # fair: waiters are served first come, first served
+
+    async def put(self, item) -> None:
+        async with self._in_order:
+            await super().put(item)
 
 
 def part_wire(p: E.Part) -> dict[str, Any]:

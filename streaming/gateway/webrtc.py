@@ -30,7 +30,7 @@ from .boundary import Supervisor
 from .codecs import MODEL_INPUT_RATE_HZ, StreamResampler
 from .errors import CapacityError, OmniError
 from .fragments import Reassembler
-from .outbound import WireEvents
+from .outbound import SendQueue, WireEvents
 from .v45_inbound import session_classes
 from .v45_media import V45CallConversation, v45_reader
 from .lifecycle import heartbeat, session_ended, session_started, watch_engine
@@ -176,7 +176,7 @@ class Call:
         self.app, self.lease, self.clock_s = app, lease, clock_s
         self.settings, self.manager = app["settings"], app["manager"]
         self.id = new_id("rtc")
-        self.queue: asyncio.Queue = asyncio.Queue(SEND_QUEUE)
+        self.queue: asyncio.Queue = SendQueue(SEND_QUEUE)
         self.fragments = Reassembler(self.settings.max_message_bytes)  # pieces of messages over 64 KiB
         self.playout = QueuePlayout()
         self.speaker = PlayoutTrack(self.playout)

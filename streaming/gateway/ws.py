@@ -19,7 +19,7 @@ from .errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TRY_AGAIN_LATER, Capac
 from .v45_inbound import session_classes
 from .lifecycle import heartbeat, session_ended, session_started, watch_engine
 from .mailbox import Mailbox
-from .outbound import WireEvents
+from .outbound import SendQueue, WireEvents
 
 log = logging.getLogger("omni.gateway")
 SEND_QUEUE = 512  # events; a client that stops reading stalls its own replies, nobody else's
@@ -47,7 +47,7 @@ async def realtime_ws(request: web.Request) -> web.StreamResponse:
         await ws.send_str(json.dumps(to_error_event(e)))
         await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=b"server full")
         return ws
-    queue: asyncio.Queue = asyncio.Queue(SEND_QUEUE)
+    queue: asyncio.Queue = SendQueue(SEND_QUEUE)
 
     async def send(event: dict) -> None:
         await queue.put(event)

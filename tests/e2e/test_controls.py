@@ -46,6 +46,10 @@ def test_lost_connection_is_explained_and_reconnect_starts_a_new_session(server_
     for lane in server.app["worker"]._lanes:  # forced fault: the model processes die
         lane.proc.kill()
     page.wait_for_selector("#error:not([hidden])", timeout=30_000)  # at the utterance's first unit
+    # the server's error event shows first, then the close it precedes replaces it
+    page.wait_for_function(
+        "document.querySelector('#error-text').innerText.startsWith('Connection lost')", timeout=10_000
+    )
     text = page.inner_text("#error-text")
     assert text.startswith("Connection lost") and "model process" in text and "context is lost" in text, text
     assert page.is_visible("#reconnect")

@@ -110,3 +110,19 @@ async def test_a_cancel_while_a_delta_waits_for_the_reader_keeps_what_the_client
         assert raw[: r.chars].endswith(delivered_text or delivered_reasoning), (r.chars, kinds)
     else:
         assert r.chars == len(delivered_text), (r.chars, delivered_text)
+
+
+@pytest.mark.asyncio
+async def test_the_send_queue_keeps_events_in_order_under_backpressure():
+    from streaming.gateway.outbound import SendQueue
+
+    q = SendQueue(1)
+    await q.put("delta")
+    done = asyncio.ensure_future(q.put("response.done"))  # waits for room: the reader is slow
+    await asyncio.sleep(0)
+    late = asyncio.ensure_future(q.put("error"))  # ready to run before the waiting put is woken
+    got = [q.get_nowait()]  # room for one: it must go to the put that waited for it
+    for _ in range(2):
+        got.append(await asyncio.wait_for(q.get(), 1))
+    await asyncio.gather(done, late)
+    assert got == ["delta", "response.done", "error"]

@@ -65,7 +65,7 @@ function types(since = 0) {
 }
 
 /** The first logged event at or after `since` that `pred` accepts; fails at a session error. */
-function waitFor(pred, since, what, timeoutMs = STEP_TIMEOUT_MS) {
+function waitFor(pred, since, what, timeoutMs = STEP_TIMEOUT_MS, tolerated = () => false) {
   const errorsBefore = errors.length;
   return new Promise((resolve, reject) => {
     let timer;
@@ -73,7 +73,7 @@ function waitFor(pred, since, what, timeoutMs = STEP_TIMEOUT_MS) {
       const found = log.slice(since).find(pred);
       let failure = null;
       if (found) resolve(found);
-      else if (errors.length > errorsBefore) failure = `error event while waiting for ${what}`;
+      else if (errors.slice(errorsBefore).some((e) => !tolerated(e))) failure = `error event while waiting for ${what}`;
       else if (closed) failure = `connection closed before ${what}`;
       else return;
       clearTimeout(timer);
@@ -92,8 +92,8 @@ function waitFor(pred, since, what, timeoutMs = STEP_TIMEOUT_MS) {
 const ofType = (t) => (e) => e.type === t;
 
 /** The next response.done after `since`, with the speech its audio events carried. */
-async function reply(since, what) {
-  const done = await waitFor(ofType('response.done'), since, `response.done (${what})`);
+async function reply(since, what, tolerated = undefined) {
+  const done = await waitFor(ofType('response.done'), since, `response.done (${what})`, STEP_TIMEOUT_MS, tolerated);
   const r = done.response;
   const a = audio.get(r.id) ?? { bytes: 0, peak: 0 };
   return { id: r.id, status: r.status, reason: r.status_details?.reason ?? null,
@@ -218,7 +218,8 @@ async function stoppedReply(text, stop, what, tries = 4) {
     session.sendMessage(text);
     await waitFor(ofType('audio'), since, `the first audio (${what})`);
     stop();
-    const r = await reply(since, what);
+    // a lost race's error may come before that reply's response.done: judged below, by its status
+    const r = await reply(since, what, (e) => e.server_error?.code === 'response_cancel_not_active');
     if (r.status !== 'cancelled' && i < tries) { // it ended by itself (completed, or at the token cap)
       await sleep(300); // what the late stop causes (an error, a truncate) lands first
       const late = errors.slice(errorsBefore);
