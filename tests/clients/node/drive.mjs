@@ -324,7 +324,12 @@ async function run() {
       (e.response.output ?? []).some((o) => o.type === 'message'), asked, 'the answer');
     const a = audio.get(answer.response.id) ?? { bytes: 0, peak: 0 };
     expect(a.peak > 0, 'the answer after the tool output is not spoken');
-    expect(toolRuns.length === 1 && toolRuns[0].city === args.city, `tool runs: ${JSON.stringify(toolRuns)}`);
+    // The tool's own update back to "auto" can reach the server after the SDK's response.create for
+    // the output (the SDK orders the two itself): that response is then still "required", a second
+    // call, run again; each run must have had valid arguments, the first this call's.
+    expect(toolRuns.length >= 1 && toolRuns[0].city === args.city &&
+      toolRuns.every((t) => ['Paris', 'Rome', 'Oslo'].includes(t.city) && t.days >= 1 && t.days <= 7),
+    `tool runs: ${JSON.stringify(toolRuns)}`);
     return { call: call.item, answer: answer.response.id };
   });
   await sleep(300); // late events (a retrieve's answer, an error) still count
