@@ -22,7 +22,7 @@ from . import events as E
 from .context import Context
 from .cuts import Cuts
 from .config import ResponseParams, ServerVad, SessionConfig
-from .items import MAX_ITEMS_KEPT, ItemLog
+from .items import ItemLog
 from .listen import Listener
 from .respond import Emit, Responder, reply_options
 from .state import ConnectionState, Phase, Turn
@@ -210,16 +210,7 @@ class Conversation:
         await self.cuts.delete(ev)
 
     async def _on_conversation_item_retrieve(self, ev) -> None:
-        item = self.items.get(ev.item_id)
-        if item is None:
-            # OpenAI's code: Pipecat ends its session on any other
-            raise ProtocolError(
-                "item_retrieve_invalid_item_id",
-                f"no item {ev.item_id!r} in this conversation (the last {MAX_ITEMS_KEPT} are kept)",
-                "item_id",
-                ev.event_id,
-            )
-        await self.send(E.ItemRetrieved(item))
+        await self.send(E.ItemRetrieved(self.items.retrieve(ev.item_id, ev.event_id)))
 
     async def _on_response_create(self, ev) -> None:
         if self.responder.current is not None:

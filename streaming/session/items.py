@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from ..errors import ProtocolError
 from . import events as E
 
 MAX_ITEMS_KEPT = 256  # items `conversation.item.retrieve` can fetch (the latest ones)
@@ -32,6 +33,18 @@ class ItemLog:
 
     def get(self, item_id: str) -> E.AnyItem | None:
         return self._items.get(item_id)
+
+    def retrieve(self, item_id: str, event_id: str | None) -> E.AnyItem:
+        """`conversation.item.retrieve`: the item, or OpenAI's error (Pipecat ends its session on any other)."""
+        item = self._items.get(item_id)
+        if item is None:
+            raise ProtocolError(
+                "item_retrieve_invalid_item_id",
+                f"no item {item_id!r} in this conversation (the last {MAX_ITEMS_KEPT} are kept)",
+                "item_id",
+                event_id,
+            )
+        return item
 
     def drop(self, item_id: str) -> None:
         self._items.pop(item_id, None)

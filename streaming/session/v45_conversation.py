@@ -27,7 +27,7 @@ from ..ids import new_id
 from . import events as E
 from .config import SessionConfig
 from .conversation import Post, run_soon
-from .items import MAX_ITEMS_KEPT, ItemLog
+from .items import ItemLog
 from .state import ConnectionState, Phase
 from .tasks import Spawn, plain_task
 from .v45_frames import FrameGate
@@ -221,15 +221,7 @@ class V45Conversation:
         await self.send(E.ItemDeleted(r.item_id))
 
     async def _on_conversation_item_retrieve(self, ev) -> None:
-        item = self.items.get(ev.item_id)
-        if item is None:
-            raise ProtocolError(
-                "item_retrieve_invalid_item_id",
-                f"no item {ev.item_id!r} in this conversation (the last {MAX_ITEMS_KEPT} are kept)",
-                "item_id",
-                ev.event_id,
-            )
-        await self.send(E.ItemRetrieved(item))
+        await self.send(E.ItemRetrieved(self.items.retrieve(ev.item_id, ev.event_id)))
 
     # ---- replies ------------------------------------------------------------------------------
     async def _on_response_create(self, ev) -> None:
